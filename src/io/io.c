@@ -1,0 +1,787 @@
+/* src/io/io.c -- IO threads and connections (see kv_io.h).
+ *
+ * Everything here runs on the thread that owns the connection, except
+ * kv_io_complete() (any thread) and kv_io_create/start/stop/destroy (the
+ * main thread). Lock rules: thr->lock guards only the completion queue and
+ * stop_requested; everything else of a thread and its connections is
+ * io-thread only.
+ *
+ * Per loop iteration an IO thread reads each readable connection once,
+ * decodes every whole frame into a request and appends it to the thread's
+ * batch; an ev_prepare watcher (run just before the loop blocks) then
+ * dispatches the whole batch at once and flushes every connection that got
+ * output, with one sendmsg each. Worker results arrive through ev_async. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "io_internal.h"
+#include "kv_err.h"
+#include "kv_mem.h"
+
+#define KV_IO_MAX_INFLIGHT 4096  /* requests per connection before reading pauses */
+#define KV_IO_MIN_TAIL 512       /* a smaller free tail is not worth a read */
+#define KV_IO_IOV_REQS 128       /* responses per sendmsg */
+
+static __thread struct kv_io_thread *current_thread;
+
+void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    int n;
+
+    if (level > io->cfg->log_level)
+        return;
+    n = snprintf(line, sizeof(line), "[io] ");
+    va_start(ap, fmt);
+    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof(line) - 2)
+        n = (int)sizeof(line) - 2;
+    line[n++] = '\n';
+    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+        /* nowhere left to report it */
+    }
+}
+
+/* ---- messages --------------------------------------------------------------- */
+static struct kv_io_msg *msg_new(size_t size)
+{
+    struct kv_io_msg *m = kv_mem_alloc(KV_MOD_MESSAGE, sizeof(*m));
+
+    if (!m)
+        return NULL;
+    m->buf = kv_mem_buf_get(size, &m->cap);
+    if (!m->buf) {
+        kv_mem_free(KV_MOD_MESSAGE, m);
+        return NULL;
+    }
+    m->len = m->parsed = 0;
+    m->refs = 1;
+    return m;
+}
+
+static void msg_unref(struct kv_io_msg *m)
+{
+    if (m && --m->refs == 0) {
+        kv_mem_buf_put(m->buf, m->cap);
+        kv_mem_free(KV_MOD_MESSAGE, m);
+    }
+}
+
+/* ---- requests --------------------------------------------------------------- */
+static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
+{
+    struct kv_io_req *r = kv_mem_alloc(KV_MOD_REQUEST, sizeof(*r));
+
+    if (!r)
+        return NULL;
+    memset(&r->call, 0, sizeof(r->call));
+    r->call.origin = c->thr;
+    r->call.session = &c->session;
+    r->conn = c;
+    r->msg = m;
+    r->out_next = NULL;
+    if (m)
+        m->refs++;
+    return r;
+}
+
+static void req_free(struct kv_io_req *r)
+{
+    if (r->call.resp_owned)
+        kv_mem_free(KV_MOD_PACKET, r->call.resp);
+    msg_unref(r->msg);
+    kv_mem_free(KV_MOD_REQUEST, r);
+}
+
+/* ---- connections ---------------------------------------------------------- */
+static void on_read(struct ev_loop *loop, ev_io *w, int revents);
+static void on_write(struct ev_loop *loop, ev_io *w, int revents);
+
+static void conn_free(struct kv_io_conn *c)
+{
+    struct kv_io_thread *thr = c->thr;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        thr->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    kv_mem_free(KV_MOD_CONNECTION, c);
+}
+
+static void conn_mark_flush(struct kv_io_conn *c);
+
+/* Closes the socket and drops everything queued. The conn itself lives on
+ * (closed) until conn_settle() finds no request with the workers. */
+static void conn_close(struct kv_io_conn *c)
+{
+    struct ev_loop *loop = c->thr->loop;
+
+    if (c->closed)
+        return;
+    ev_io_stop(loop, &c->rw);
+    ev_io_stop(loop, &c->ww);
+    close(c->fd);
+    c->fd = -1;
+    c->closed = 1;
+    c->reading = 0;
+    __atomic_fetch_sub(&c->thr->io->conns, 1, __ATOMIC_RELAXED);
+    kv_mem_stat_add(KV_STAT_CONNS_CLOSED, 1);
+    while (c->out_head) {
+        struct kv_io_req *r = c->out_head;
+
+        c->out_head = r->out_next;
+        kv_mem_stat_add(KV_STAT_DROPPED, 1);
+        req_free(r);
+    }
+    c->out_tail = NULL;
+    c->out_bytes = c->out_off = 0;
+    msg_unref(c->cur);
+    c->cur = NULL;
+    conn_mark_flush(c); /* conn_settle frees it once no request refers to it */
+}
+
+static void conn_new(struct kv_io_thread *thr, int fd)
+{
+    struct kv_io_conn *c = kv_mem_calloc(KV_MOD_CONNECTION, sizeof(*c));
+
+    if (!c) {
+        kv_io_log(thr->io, 0, "out of memory for a connection; closing fd %d", fd);
+        close(fd);
+        __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    c->fd = fd;
+    c->thr = thr;
+    ev_io_init(&c->rw, on_read, fd, EV_READ);
+    ev_io_init(&c->ww, on_write, fd, EV_WRITE);
+    c->rw.data = c->ww.data = c;
+    c->next = thr->conns;
+    if (thr->conns)
+        thr->conns->prev = c;
+    thr->conns = c;
+    ev_io_start(thr->loop, &c->rw);
+    c->reading = 1;
+}
+
+static void conn_mark_flush(struct kv_io_conn *c)
+{
+    if (!c->on_flush) {
+        c->on_flush = 1;
+        c->flush_next = c->thr->flush_list;
+        c->thr->flush_list = c;
+    }
+}
+
+/* Turns a finished request into output: header and crc beside the body. */
+static void conn_queue_response(struct kv_io_conn *c, struct kv_io_req *r)
+{
+    struct kv_frame f = {
+        .version = KV_FRAME_VERSION,
+        .flags = KV_FRAME_F_RESPONSE,
+        .opcode = r->call.opcode,
+        .request_id = r->request_id,
+        .body_len = r->call.resp_len,
+        .status = r->call.status,
+    };
+
+    kv_frame_encode_header(&f, r->hdr);
+    kv_put_le32(r->crc, kv_frame_crc(r->hdr, r->call.resp, r->call.resp_len));
+    r->out_next = NULL;
+    if (c->out_tail)
+        c->out_tail->out_next = r;
+    else
+        c->out_head = r;
+    c->out_tail = r;
+    c->out_bytes += KV_FRAME_OVERHEAD + r->call.resp_len;
+    conn_mark_flush(c);
+}
+
+/* Answers an error the IO thread detects itself (no worker involved). */
+static int conn_answer_error(struct kv_io_conn *c, const struct kv_frame *f, uint16_t status)
+{
+    struct kv_io_req *r = req_new(c, NULL);
+
+    if (!r)
+        return KV_ENOMEM;
+    r->call.opcode = f->opcode;
+    r->call.status = status;
+    r->request_id = f->request_id;
+    conn_queue_response(c, r);
+    return 0;
+}
+
+/* Reading stays on unless output or in-flight work is above its limit
+ * (backpressure), with hysteresis so it does not flap. */
+static void conn_update_reading(struct kv_io_conn *c)
+{
+    const struct kv_config *cfg = c->thr->io->cfg;
+    int want;
+
+    if (c->closed)
+        return;
+    if (c->closing || c->thr->stopping)
+        want = 0;
+    else if (c->reading)
+        want = c->out_bytes < cfg->max_output && c->inflight < KV_IO_MAX_INFLIGHT;
+    else
+        want = c->out_bytes <= cfg->max_output / 2 && c->inflight <= KV_IO_MAX_INFLIGHT / 2;
+    if (want && !c->reading)
+        ev_io_start(c->thr->loop, &c->rw);
+    else if (!want && c->reading)
+        ev_io_stop(c->thr->loop, &c->rw);
+    c->reading = (uint8_t)want;
+}
+
+/* Writes as much queued output as the socket takes. */
+static void conn_flush(struct kv_io_conn *c)
+{
+    struct iovec iov[KV_IO_IOV_REQS * 3];
+
+    while (c->out_head && !c->closed) {
+        struct msghdr mh = {.msg_iov = iov};
+        size_t total = 0, skip = c->out_off;
+        struct kv_io_req *r;
+        ssize_t n;
+        int k = 0;
+
+        for (r = c->out_head; r && k < KV_IO_IOV_REQS * 3 - 2; r = r->out_next) {
+            const struct iovec parts[3] = {
+                {r->hdr, KV_FRAME_HDR},
+                {r->call.resp, r->call.resp_len},
+                {r->crc, KV_FRAME_CRC},
+            };
+            for (int p = 0; p < 3; p++) {
+                size_t len = parts[p].iov_len;
+
+                if (skip >= len) {
+                    skip -= len;
+                    continue;
+                }
+                iov[k].iov_base = (uint8_t *)parts[p].iov_base + skip;
+                iov[k].iov_len = len - skip;
+                total += len - skip;
+                skip = 0;
+                k++;
+            }
+        }
+        mh.msg_iovlen = (size_t)k;
+        n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            conn_close(c); /* peer gone: EPIPE, ECONNRESET */
+            return;
+        }
+        kv_mem_stat_add(KV_STAT_BYTES_OUT, (uint64_t)n);
+        c->out_bytes -= (size_t)n;
+        /* retire every response now fully written */
+        size_t pos = c->out_off + (size_t)n;
+        while (c->out_head) {
+            size_t len = KV_FRAME_OVERHEAD + c->out_head->call.resp_len;
+
+            if (pos < len)
+                break;
+            pos -= len;
+            r = c->out_head;
+            c->out_head = r->out_next;
+            kv_mem_stat_add(KV_STAT_RESPONSES, 1);
+            req_free(r);
+        }
+        if (!c->out_head)
+            c->out_tail = NULL;
+        c->out_off = pos;
+        if ((size_t)n < total)
+            break; /* the socket is full: wait until it is writable */
+    }
+    if (c->closed)
+        return;
+    if (c->out_head)
+        ev_io_start(c->thr->loop, &c->ww);
+    else
+        ev_io_stop(c->thr->loop, &c->ww);
+}
+
+/* Frees a closed connection once nothing refers to it, closes one that was
+ * asked to close once its answers are out, and applies backpressure. The
+ * one place where connections are freed (from the prepare watcher). */
+static void conn_settle(struct kv_io_conn *c)
+{
+    if (!c->closed && c->closing && c->inflight == 0 && !c->out_head)
+        conn_close(c);
+    if (c->closed) {
+        if (c->inflight == 0 && !c->on_flush)
+            conn_free(c);
+        return;
+    }
+    conn_update_reading(c);
+}
+
+static void flush_all(struct kv_io_thread *thr)
+{
+    struct kv_io_conn *c;
+
+    while ((c = thr->flush_list)) {
+        thr->flush_list = c->flush_next;
+        c->on_flush = 0;
+        conn_flush(c);
+        conn_settle(c);
+    }
+}
+
+static void on_write(struct ev_loop *loop, ev_io *w, int revents)
+{
+    conn_mark_flush(w->data);
+}
+
+/* Decodes every whole frame in the current message into the thread's
+ * batch. Returns the header of a trailing partial frame through *partial
+ * (body_len valid when *have_hdr). */
+static void conn_parse(struct kv_io_conn *c, struct kv_frame *partial, int *have_hdr)
+{
+    struct kv_io_thread *thr = c->thr;
+    struct kv_io_msg *m = c->cur;
+    size_t max_body = thr->io->cfg->max_body;
+
+    *have_hdr = 0;
+    while (m->parsed < m->len) {
+        struct kv_frame f;
+        ssize_t r = kv_frame_decode(m->buf + m->parsed, m->len - m->parsed, max_body, 0, &f);
+        struct kv_io_req *req;
+        uint16_t status;
+
+        if (r > 0) {
+            req = req_new(c, m);
+            if (!req) {
+                kv_io_log(thr->io, 0, "out of memory for a request; closing connection");
+                conn_close(c);
+                return;
+            }
+            req->call.opcode = f.opcode;
+            req->call.body = f.body;
+            req->call.body_len = f.body_len;
+            req->request_id = f.request_id;
+            if (thr->batch_tail)
+                thr->batch_tail->next = &req->call;
+            else
+                thr->batch_head = &req->call;
+            thr->batch_tail = &req->call;
+            c->inflight++;
+            m->parsed += (size_t)r;
+            continue;
+        }
+        if (r == KV_EAGAIN) {
+            *have_hdr = m->len - m->parsed >= KV_FRAME_HDR;
+            *partial = f;
+            return;
+        }
+        kv_mem_stat_add(KV_STAT_PROTO_ERRORS, 1);
+        if (r == KV_EMAGIC) {
+            kv_io_log(thr->io, 3, "fd %d: not a libevkv frame; closing", c->fd);
+            conn_close(c);
+            return;
+        }
+        status = r == KV_ECRC ? KV_ST_CRC_MISMATCH
+               : r == KV_ETOOBIG ? KV_ST_TOO_LARGE : KV_ST_BAD_FRAME;
+        kv_io_log(thr->io, 3, "fd %d: %s; answering and closing", c->fd, kv_strerror((int)r));
+        /* the stream can no longer be trusted: answer, then close */
+        c->closing = 1;
+        conn_mark_flush(c);
+        if (conn_answer_error(c, &f, status) != 0)
+            conn_close(c);
+        return;
+    }
+}
+
+/* Makes room for the next read: reuse the buffer when nothing points into
+ * it, else continue in a new message sized for the partial frame. */
+static int conn_make_room(struct kv_io_conn *c, const struct kv_frame *partial, int have_hdr)
+{
+    const struct kv_config *cfg = c->thr->io->cfg;
+    struct kv_io_msg *m = c->cur, *n;
+    size_t rest = m->len - m->parsed;
+    size_t need = have_hdr ? KV_FRAME_OVERHEAD + (size_t)partial->body_len : KV_FRAME_HDR;
+    size_t tail_want = need - rest < KV_IO_MIN_TAIL ? need - rest : KV_IO_MIN_TAIL;
+
+    if (rest == 0 && m->refs == 1) {
+        m->len = m->parsed = 0;
+        if (m->cap >= cfg->recv_buf)
+            return 0;
+    }
+    if (m->cap - m->parsed >= need && m->cap - m->len >= tail_want)
+        return 0;
+    if (m->refs == 1 && m->cap >= need) {
+        memmove(m->buf, m->buf + m->parsed, rest);
+        m->len = rest;
+        m->parsed = 0;
+        return 0;
+    }
+    n = msg_new(need > cfg->recv_buf ? need : cfg->recv_buf);
+    if (!n)
+        return KV_ENOMEM;
+    memcpy(n->buf, m->buf + m->parsed, rest);
+    n->len = rest;
+    m->parsed = m->len;
+    c->cur = n;
+    msg_unref(m);
+    return 0;
+}
+
+static void on_read(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct kv_io_conn *c = w->data;
+    struct kv_io_msg *m = c->cur;
+    struct kv_frame partial;
+    int have_hdr;
+    ssize_t n;
+
+    if (!m) {
+        m = c->cur = msg_new(c->thr->io->cfg->recv_buf);
+        if (!m) {
+            kv_io_log(c->thr->io, 0, "out of memory for a receive buffer; closing connection");
+            conn_close(c);
+            return;
+        }
+    }
+    n = read(c->fd, m->buf + m->len, m->cap - m->len);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        conn_close(c); /* EOF or error: nobody left to answer */
+        return;
+    }
+    kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);
+    m->len += (size_t)n;
+    conn_parse(c, &partial, &have_hdr);
+    if (c->closed || c->closing)
+        return;
+    if (conn_make_room(c, &partial, have_hdr) != 0) {
+        kv_io_log(c->thr->io, 0, "out of memory for a receive buffer; closing connection");
+        conn_close(c);
+        return;
+    }
+    if (c->inflight >= KV_IO_MAX_INFLIGHT)
+        conn_mark_flush(c); /* settle applies backpressure */
+}
+
+/* ---- completions ---------------------------------------------------------- */
+static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
+{
+    while (calls) {
+        struct kv_io_req *r = (struct kv_io_req *)calls;
+        struct kv_io_conn *c = r->conn;
+
+        calls = calls->next;
+        c->inflight--;
+        kv_mem_stat_add(KV_STAT_REQUESTS, 1);
+        if (c->closed) {
+            kv_mem_stat_add(KV_STAT_DROPPED, 1);
+            req_free(r);
+            conn_mark_flush(c); /* settle frees it when this was the last */
+            continue;
+        }
+        if (__atomic_load_n(&c->session.flags, __ATOMIC_RELAXED) & KV_SESSION_CLOSE)
+            c->closing = 1;
+        conn_queue_response(c, r);
+    }
+}
+
+void kv_io_complete(void *origin, struct kv_call *calls)
+{
+    struct kv_io_thread *thr = origin;
+    struct kv_call *last;
+
+    if (!calls)
+        return;
+    if (thr == current_thread) {
+        process_done(thr, calls); /* inline dispatch: no hand-off needed */
+        return;
+    }
+    for (last = calls; last->next; last = last->next)
+        ;
+    pthread_mutex_lock(&thr->lock);
+    if (thr->done_tail)
+        thr->done_tail->next = calls;
+    else
+        thr->done_head = calls;
+    thr->done_tail = last;
+    pthread_mutex_unlock(&thr->lock);
+    ev_async_send(thr->loop, &thr->wake);
+}
+
+/* ---- the IO thread ------------------------------------------------------- */
+static void on_stop_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct kv_io_thread *thr = w->data;
+
+    for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
+        if (!c->closed)
+            kv_io_log(thr->io, 1, "shutdown: dropping %zu bytes of output on fd %d",
+                      c->out_bytes, c->fd);
+        conn_close(c);
+    }
+}
+
+static void begin_stop(struct kv_io_thread *thr)
+{
+    thr->stopping = 1;
+    for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
+        c->closing = 1;
+        conn_mark_flush(c);
+    }
+    ev_timer_set(&thr->stop_timer, thr->io->cfg->shutdown_grace, 0.);
+    ev_timer_start(thr->loop, &thr->stop_timer);
+}
+
+static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
+{
+    struct kv_io_thread *thr = w->data;
+    struct kv_call *calls;
+    int stop;
+
+    pthread_mutex_lock(&thr->lock);
+    calls = thr->done_head;
+    thr->done_head = thr->done_tail = NULL;
+    stop = thr->stop_requested;
+    pthread_mutex_unlock(&thr->lock);
+    process_done(thr, calls);
+    if (stop && !thr->stopping)
+        begin_stop(thr);
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct kv_io_thread *thr = w->data;
+    struct kv_call *batch = thr->batch_head;
+
+    if (batch) {
+        thr->batch_head = thr->batch_tail = NULL;
+        thr->io->dispatch(thr->io->dispatch_ctx, batch);
+    }
+    flush_all(thr);
+    if (thr->stopping && !thr->conns)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_pipe(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct kv_io_thread *thr = w->data;
+    int fds[64];
+    ssize_t n = read(thr->pipe_rd, fds, sizeof(fds));
+
+    for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(int); i++) {
+        if (thr->stopping) {
+            close(fds[i]);
+            __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        conn_new(thr, fds[i]);
+    }
+}
+
+void kv_io_thread_adopt(struct kv_io_thread *thr, int fd)
+{
+    ssize_t n;
+
+    do
+        n = write(thr->pipe_wr, &fd, sizeof(fd));
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof(fd)) {
+        kv_io_log(thr->io, 0, "cannot hand fd %d to IO thread %u: %s", fd, thr->index,
+                  strerror(errno));
+        close(fd);
+        __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void *thread_main(void *arg)
+{
+    struct kv_io_thread *thr = arg;
+    ev_prepare prep;
+    int fd;
+
+    current_thread = thr;
+    ev_prepare_init(&prep, on_prepare);
+    prep.data = thr;
+    ev_prepare_start(thr->loop, &prep);
+    ev_run(thr->loop, 0);
+    ev_prepare_stop(thr->loop, &prep);
+    /* fds handed over after the last look at the pipe */
+    while (read(thr->pipe_rd, &fd, sizeof(fd)) == (ssize_t)sizeof(fd)) {
+        close(fd);
+        __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
+    }
+    kv_mem_pool_drain();
+    current_thread = NULL;
+    return NULL;
+}
+
+/* ---- the whole ------------------------------------------------------------- */
+static int listen_socket(const struct kv_config *cfg, uint16_t *port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(cfg->port)};
+    socklen_t sl = sizeof(sa);
+    int fd, one = 1;
+
+    if (inet_pton(AF_INET, cfg->bind_addr, &sa.sin_addr) != 1) {
+        errno = EINVAL;
+        return KV_EINVAL;
+    }
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return KV_EIO;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 1024) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) {
+        int e = errno;
+
+        close(fd);
+        errno = e;
+        return KV_EIO;
+    }
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+static int thread_init(struct kv_io *io, struct kv_io_thread *thr, unsigned index)
+{
+    int p[2];
+
+    thr->io = io;
+    thr->index = index;
+    thr->pipe_rd = thr->pipe_wr = -1;
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return KV_EIO;
+    thr->pipe_rd = p[0];
+    thr->pipe_wr = p[1];
+    fcntl(thr->pipe_rd, F_SETFL, O_NONBLOCK);
+    thr->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (!thr->loop)
+        return KV_ENOMEM;
+    pthread_mutex_init(&thr->lock, NULL);
+    ev_io_init(&thr->pipe_w, on_pipe, thr->pipe_rd, EV_READ);
+    thr->pipe_w.data = thr;
+    ev_io_start(thr->loop, &thr->pipe_w);
+    ev_async_init(&thr->wake, on_wake);
+    thr->wake.data = thr;
+    ev_async_start(thr->loop, &thr->wake);
+    ev_timer_init(&thr->stop_timer, on_stop_timer, 1., 0.);
+    thr->stop_timer.data = thr;
+    return 0;
+}
+
+int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *dispatch_ctx,
+                 struct kv_io **out)
+{
+    struct kv_io *io = kv_mem_calloc(KV_MOD_THREAD, sizeof(*io));
+    int rc;
+
+    if (!io)
+        return KV_ENOMEM;
+    io->cfg = cfg;
+    io->dispatch = dispatch;
+    io->dispatch_ctx = dispatch_ctx;
+    io->nthreads = cfg->io_threads ? cfg->io_threads : 1;
+    io->listen_fd = listen_socket(cfg, &io->port);
+    if (io->listen_fd < 0) {
+        rc = io->listen_fd;
+        io->listen_fd = -1;
+        goto err_destroy;
+    }
+    io->threads = kv_mem_calloc(KV_MOD_THREAD, io->nthreads * sizeof(*io->threads));
+    if (!io->threads) {
+        rc = KV_ENOMEM;
+        goto err_destroy;
+    }
+    for (unsigned i = 0; i < io->nthreads; i++) {
+        rc = thread_init(io, &io->threads[i], i);
+        if (rc != 0)
+            goto err_destroy;
+    }
+    *out = io;
+    return 0;
+
+err_destroy:
+    kv_io_destroy(io);
+    return rc;
+}
+
+int kv_io_start(struct kv_io *io)
+{
+    sigset_t all, old;
+    int rc = 0;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (unsigned i = 0; i < io->nthreads && rc == 0; i++) {
+        if (pthread_create(&io->threads[i].tid, NULL, thread_main, &io->threads[i]) != 0)
+            rc = KV_ENOMEM;
+        else
+            io->threads[i].started = 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc == 0)
+        rc = kv_io_listener_start(io);
+    return rc;
+}
+
+void kv_io_stop(struct kv_io *io)
+{
+    kv_io_listener_stop(io);
+    for (unsigned i = 0; i < io->nthreads; i++) {
+        struct kv_io_thread *thr = &io->threads[i];
+
+        if (!thr->started)
+            continue;
+        pthread_mutex_lock(&thr->lock);
+        thr->stop_requested = 1;
+        pthread_mutex_unlock(&thr->lock);
+        ev_async_send(thr->loop, &thr->wake);
+    }
+    for (unsigned i = 0; i < io->nthreads; i++) {
+        if (io->threads[i].started)
+            pthread_join(io->threads[i].tid, NULL);
+        io->threads[i].started = 0;
+    }
+}
+
+void kv_io_destroy(struct kv_io *io)
+{
+    if (!io)
+        return;
+    for (unsigned i = 0; io->threads && i < io->nthreads; i++) {
+        struct kv_io_thread *thr = &io->threads[i];
+
+        if (thr->loop) {
+            ev_loop_destroy(thr->loop);
+            pthread_mutex_destroy(&thr->lock);
+        }
+        if (thr->pipe_rd >= 0)
+            close(thr->pipe_rd);
+        if (thr->pipe_wr >= 0)
+            close(thr->pipe_wr);
+    }
+    kv_mem_free(KV_MOD_THREAD, io->threads);
+    if (io->listen_fd >= 0)
+        close(io->listen_fd);
+    kv_mem_free(KV_MOD_THREAD, io);
+}
+
+uint16_t kv_io_port(const struct kv_io *io)
+{
+    return io->port;
+}

@@ -1,0 +1,109 @@
+/* src/io/io_internal.h -- structures shared by the files of src/io only. */
+#ifndef KV_IO_INTERNAL_H
+#define KV_IO_INTERNAL_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frame.h"
+#include "kv_call.h"
+#include "kv_config.h"
+#include "kv_io.h"
+
+struct kv_io_thread;
+struct kv_io_conn;
+
+/* One receive buffer. Requests decoded from it point into buf, so it lives
+ * until the last of them is freed and the connection has moved on to a
+ * newer message. */
+struct kv_io_msg {
+    uint8_t *buf;        /* owned: pool buffer (KV_MOD_BUF) */
+    size_t cap;          /* ro after create */
+    size_t len;          /* bytes received */
+    size_t parsed;       /* bytes consumed by whole frames */
+    unsigned refs;       /* io-thread only: live requests + 1 while current */
+};
+
+/* One request: the call the workers see, plus what the IO thread needs to
+ * answer it. Freed once its response is written (or its peer is gone). */
+struct kv_io_req {
+    struct kv_call call;         /* first: kv_io_complete casts back */
+    struct kv_io_conn *conn;     /* borrowed: the conn lives while requests do */
+    struct kv_io_msg *msg;       /* borrowed: pinned (refs) until freed; NULL for errors */
+    struct kv_io_req *out_next;  /* io-thread only: output queue link */
+    uint64_t request_id;
+    uint8_t hdr[KV_FRAME_HDR];   /* response header, built when queued */
+    uint8_t crc[KV_FRAME_CRC];   /* response crc */
+};
+
+struct kv_io_conn {                  /* io-thread only */
+    ev_io rw;                        /* first: read watcher, always on while reading */
+    ev_io ww;                        /* write watcher, on only while output is pending */
+    ev_timer idle;                   /* --idle-timeout */
+    int fd;                          /* owned: closed in conn_close */
+    struct kv_io_thread *thr;        /* borrowed: outlives the conn */
+    struct kv_io_msg *cur;           /* owned ref: message being filled */
+    struct kv_io_req *out_head;      /* owned: responses waiting to be written */
+    struct kv_io_req *out_tail;
+    size_t out_off;                  /* bytes of out_head already written */
+    size_t out_bytes;                /* pending output bytes */
+    unsigned inflight;               /* requests with the workers */
+    struct kv_session session;       /* shared with handlers (atomics) */
+    struct kv_io_conn *prev, *next;  /* thread's connection list */
+    struct kv_io_conn *flush_next;   /* io-thread only: on the to-flush list */
+    uint8_t reading;                 /* read watcher active */
+    uint8_t closing;                 /* answer what is queued, then close */
+    uint8_t closed;                  /* fd closed; freed when inflight reaches 0 */
+    uint8_t on_flush;                /* on the to-flush list */
+    ev_tstamp last_active;
+};
+
+struct kv_io_thread {
+    struct kv_io *io;                /* borrowed: owns the thread */
+    struct ev_loop *loop;            /* owned */
+    pthread_t tid;
+    unsigned index;
+    int pipe_rd, pipe_wr;            /* owned: new fds from the listener */
+    ev_io pipe_w;
+    ev_async wake;                   /* completions and stop */
+    ev_timer stop_timer;             /* shutdown deadline */
+    pthread_mutex_t lock;
+    struct kv_call *done_head;       /* guarded by lock: finished calls */
+    struct kv_call *done_tail;       /* guarded by lock */
+    int stop_requested;              /* guarded by lock */
+    struct kv_io_conn *conns;        /* io-thread only */
+    struct kv_io_conn *flush_list;   /* io-thread only: conns with new output */
+    struct kv_call *batch_head;      /* io-thread only: decoded, not yet dispatched */
+    struct kv_call *batch_tail;
+    int stopping;                    /* io-thread only */
+    int started;
+};
+
+struct kv_io {
+    const struct kv_config *cfg;     /* borrowed: outlives io */
+    kv_io_dispatch_fn dispatch;      /* ro after create */
+    void *dispatch_ctx;              /* borrowed */
+    int listen_fd;                   /* owned */
+    uint16_t port;                   /* ro after create */
+    unsigned nthreads;               /* ro after create */
+    struct kv_io_thread *threads;    /* owned (KV_MOD_THREAD) */
+    unsigned next_thread;            /* listener thread only */
+    unsigned conns;                  /* atomic: open connections */
+    /* listener */
+    struct ev_loop *lloop;           /* owned */
+    pthread_t ltid;
+    ev_io accept_w;
+    ev_timer backoff;                /* accept paused after EMFILE/ENFILE */
+    ev_async lstop;
+    int listener_started;
+};
+
+int kv_io_listener_start(struct kv_io *io);
+void kv_io_listener_stop(struct kv_io *io);
+void kv_io_thread_adopt(struct kv_io_thread *thr, int fd);
+void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

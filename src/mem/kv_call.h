@@ -1,0 +1,53 @@
+/* src/mem/kv_call.h -- the unit of work of the RPC framework.
+ *
+ * An IO thread turns each decoded frame into a kv_call, hands batches of
+ * them to the worker pool, and gets them back with a status and a response
+ * body. Both src/io and src/worker need this type, and neither may include
+ * the other (DESIGN.md), so it lives here, in the lowest layer, together
+ * with the wire status codes every handler answers with. */
+#ifndef KV_CALL_H
+#define KV_CALL_H
+
+#include <stdint.h>
+
+/* Status codes of PROTOCOL.md, as carried in a response header. */
+enum kv_status {
+    KV_ST_OK = 0,
+    KV_ST_NOT_FOUND = 1,
+    KV_ST_EXISTS = 2,
+    KV_ST_BAD_REQUEST = 3,
+    KV_ST_UNKNOWN_OPCODE = 4,
+    KV_ST_CRC_MISMATCH = 5,
+    KV_ST_TOO_LARGE = 6,
+    KV_ST_BAD_FRAME = 7,
+    KV_ST_OUT_OF_MEMORY = 8,
+    KV_ST_NOT_A_NUMBER = 9,
+    KV_ST_BUSY = 10,
+    KV_ST_INTERNAL = 11,
+    KV_ST_NOAUTH = 12,
+    KV_ST__COUNT
+};
+
+/* Per-connection state a handler may read and change (e.g. AUTH). Calls of
+ * one connection can run on different workers at once, hence atomics. */
+struct kv_session {
+    uint32_t flags;          /* KV_SESSION_*; atomic access */
+    uint32_t auth_failures;  /* atomic access */
+};
+#define KV_SESSION_AUTHED 0x1u
+#define KV_SESSION_CLOSE 0x2u /* the handler asks the IO thread to close after answering */
+
+struct kv_call {
+    struct kv_call *next;      /* link of whichever queue holds the call */
+    void *origin;              /* borrowed: the IO thread that gets it back */
+    struct kv_session *session;/* borrowed: outlives the call */
+    const uint8_t *body;       /* borrowed: request body, points into a receive buffer */
+    uint8_t *resp;             /* response body: owned (KV_MOD_PACKET) when resp_owned */
+    uint32_t body_len;
+    uint32_t resp_len;
+    uint16_t opcode;
+    uint16_t status;           /* out: KV_ST_* */
+    uint8_t resp_owned;        /* 1: resp is kv_mem_alloc(KV_MOD_PACKET) memory */
+};
+
+#endif

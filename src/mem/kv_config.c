@@ -1,0 +1,24 @@
+/* src/mem/kv_config.c -- documented defaults of struct kv_config. */
+#include "kv_config.h"
+
+#include <string.h>
+#include <unistd.h>
+
+void kv_config_defaults(struct kv_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    strcpy(c->bind_addr, "127.0.0.1");
+    c->port = 7379;
+    c->io_threads = 1;
+    c->workers = 1;
+    c->max_body = 16u << 20;
+    c->max_output = 64u << 20;
+    c->max_conns = 10000;
+    c->idle_timeout = 0;
+    c->recv_buf = 16384;
+    c->log_level = 2;
+    c->shutdown_grace = 5.0;
+    c->memory = 256u << 20;
+    c->eviction = KV_EVICT_NONE;
+    c->max_key = 4096;
+}

@@ -1,0 +1,44 @@
+/* src/mem/kv_config.h -- the one configuration struct of libevkv.
+ *
+ * Filled by the server's option parser (or by a test) and passed as
+ * `const struct kv_config *` to every create(); there are no settings
+ * globals. It lives in the lowest layer so that every module can read the
+ * fields it needs without depending on the server. */
+#ifndef KV_CONFIG_H
+#define KV_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum kv_eviction { KV_EVICT_NONE, KV_EVICT_LRU };
+
+struct kv_config {
+    /* network / io */
+    char bind_addr[64];          /* default 127.0.0.1 */
+    uint16_t port;               /* default 7379 */
+    unsigned io_threads;         /* IO threads (libev loops) */
+    unsigned workers;            /* worker threads; 0 = run handlers inline in the IO thread */
+    size_t max_body;             /* largest body_len accepted, bytes */
+    size_t max_output;           /* pending output per connection before reading stops */
+    unsigned max_conns;          /* simultaneous connections; above it: BUSY then close */
+    unsigned idle_timeout;       /* seconds, 0 = off */
+    size_t recv_buf;             /* size of a receive buffer (message) */
+    int log_level;               /* 0 error, 1 warn, 2 info, 3 debug */
+    double shutdown_grace;       /* seconds to flush output at shutdown */
+
+    /* store */
+    char shm_name[256];          /* shm_open name, "" = derived from the port */
+    char data_file[1024];        /* file path for a disk-backed segment, "" = shm */
+    size_t memory;               /* segment size, bytes */
+    enum kv_eviction eviction;
+    size_t max_key;              /* 1 .. max_key bytes */
+    int reset_store;             /* move an unusable segment aside and start empty */
+
+    /* service */
+    char requirepass[256];       /* "" = no AUTH required */
+};
+
+/* Fills *c with the documented defaults. */
+void kv_config_defaults(struct kv_config *c);
+
+#endif

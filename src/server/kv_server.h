@@ -1,0 +1,36 @@
+/* src/server/kv_server.h -- the libevkv server: io + worker pool + store,
+ * wired together, with the key-value handlers registered by opcode. */
+#ifndef KV_SERVER_H
+#define KV_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv_config.h"
+
+struct kv_server;
+
+/* Builds everything (binds the socket, opens the store) without starting
+ * threads. On failure writes a one-line reason to err. */
+int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
+                     struct kv_server **out);
+int kv_server_start(struct kv_server *srv);
+/* Graceful stop: see kv_io_stop(); then the worker pool drains and stops. */
+void kv_server_stop(struct kv_server *srv);
+void kv_server_destroy(struct kv_server *srv);
+uint16_t kv_server_port(const struct kv_server *srv);
+
+/* Writes the statistics table (memory per module, in-flight counts, event
+ * counters, worker pool figures) as text. Safe from any thread at any time
+ * between create and destroy. Returns the length written. */
+size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap);
+
+/* Handlers (handlers.c). */
+struct kv_worker_registry;
+int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry *reg);
+
+/* One log line on stderr with a [server] tag, if level <= cfg->log_level. */
+void kv_server_log(const struct kv_config *cfg, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

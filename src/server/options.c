@@ -1,0 +1,244 @@
+/* src/server/options.c -- libevkv's command line (see options.h). */
+#include "options.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kv_err.h"
+
+enum {
+    OPT_BIND = 256, OPT_PORT, OPT_IO_THREADS, OPT_WORKERS, OPT_MAX_BODY, OPT_MAX_CONNS,
+    OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
+    OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE,
+};
+
+static const struct option long_opts[] = {
+    {"help", no_argument, NULL, 'H'},
+    {"version", no_argument, NULL, 'V'},
+    {"bind", required_argument, NULL, OPT_BIND},
+    {"port", required_argument, NULL, OPT_PORT},
+    {"io-threads", required_argument, NULL, OPT_IO_THREADS},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"max-body", required_argument, NULL, OPT_MAX_BODY},
+    {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
+    {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
+    {"recv-buf", required_argument, NULL, OPT_RECV_BUF},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"shutdown-grace", required_argument, NULL, OPT_GRACE},
+    {"shm-name", required_argument, NULL, OPT_SHM_NAME},
+    {"data-file", required_argument, NULL, OPT_DATA_FILE},
+    {"memory", required_argument, NULL, OPT_MEMORY},
+    {"eviction", required_argument, NULL, OPT_EVICTION},
+    {"reset-store", no_argument, NULL, OPT_RESET_STORE},
+    {"requirepass", required_argument, NULL, OPT_REQUIREPASS},
+    {NULL, 0, NULL, 0},
+};
+
+void kv_options_usage(FILE *f)
+{
+    fputs("usage: libevkv [options]\n"
+          "  --bind ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
+          "  --port N             TCP port (default 7379; 0 = any free port)\n"
+          "  --io-threads N       IO threads, one libev loop each (default 1)\n"
+          "  --workers N          worker threads; 0 runs handlers in the IO thread (default 1)\n"
+          "  --max-body SIZE      largest request body accepted (default 16m)\n"
+          "  --max-output SIZE    pending output per connection before reading stops (default 64m)\n"
+          "  --max-conns N        simultaneous connections; more are answered BUSY (default 10000)\n"
+          "  --recv-buf SIZE      receive buffer size (default 16k)\n"
+          "  --shutdown-grace S   seconds to flush output at shutdown (default 5)\n"
+          "  --log-level L        error|warn|info|debug or 0..3 (default info)\n"
+          "  --shm-name NAME      shared-memory segment name (default /libevkv-PORT)\n"
+          "  --data-file PATH     map the store from a file instead of shm\n"
+          "  --memory SIZE        store size (default 256m)\n"
+          "  --eviction none|lru  when full: answer OUT_OF_MEMORY (default) or evict\n"
+          "  --reset-store        move an unusable segment aside and start empty\n"
+          "  --requirepass PASS   require AUTH before any opcode but PING\n"
+          "  --help, --version\n"
+          "SIZE takes a k, m or g suffix (binary units). Signal 41 (SIGRTMIN+7) prints the\n"
+          "memory and request statistics; SIGINT/SIGTERM stop gracefully.\n",
+          f);
+}
+
+int kv_options_parse_size(const char *s, size_t *out)
+{
+    char *end;
+    unsigned long long v;
+    unsigned shift = 0;
+
+    if (!s || !isdigit((unsigned char)*s))
+        return KV_EINVAL;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno)
+        return KV_EINVAL;
+    switch (tolower((unsigned char)*end)) {
+    case '\0': break;
+    case 'k': shift = 10; end++; break;
+    case 'm': shift = 20; end++; break;
+    case 'g': shift = 30; end++; break;
+    default: return KV_EINVAL;
+    }
+    if ((*end == 'b' || *end == 'B') && shift)
+        end++;
+    if (*end != '\0' || v > (SIZE_MAX >> shift))
+        return KV_EINVAL;
+    *out = (size_t)(v << shift);
+    return 0;
+}
+
+static int parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out)
+{
+    char *end;
+    unsigned long v;
+
+    if (!s || !isdigit((unsigned char)*s))
+        return KV_EINVAL;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return KV_EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int parse_log_level(const char *s, int *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    unsigned long v;
+
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    if (parse_uint(s, 0, 3, &v) != 0)
+        return KV_EINVAL;
+    *out = (int)v;
+    return 0;
+}
+
+static int copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+
+    if (n >= cap)
+        return KV_EINVAL;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, size_t errcap)
+{
+    int c, rc, idx = 0;
+    unsigned long v;
+    size_t sz;
+
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":", long_opts, &idx)) != -1) {
+        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+
+        rc = 0;
+        switch (c) {
+        case 'H': return KV_OPT_HELP;
+        case 'V': return KV_OPT_VERSION;
+        case OPT_BIND:
+            rc = copy_str(cfg->bind_addr, sizeof(cfg->bind_addr), optarg);
+            break;
+        case OPT_PORT:
+            rc = parse_uint(optarg, 0, 65535, &v);
+            cfg->port = (uint16_t)v;
+            break;
+        case OPT_IO_THREADS:
+            rc = parse_uint(optarg, 1, 64, &v);
+            cfg->io_threads = (unsigned)v;
+            break;
+        case OPT_WORKERS:
+            rc = parse_uint(optarg, 0, 256, &v);
+            cfg->workers = (unsigned)v;
+            break;
+        case OPT_MAX_BODY:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && (sz < 64 || sz > (1u << 30)))
+                rc = KV_EINVAL;
+            cfg->max_body = sz;
+            break;
+        case OPT_MAX_OUTPUT:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && sz < 4096)
+                rc = KV_EINVAL;
+            cfg->max_output = sz;
+            break;
+        case OPT_MAX_CONNS:
+            rc = parse_uint(optarg, 1, 1000000, &v);
+            cfg->max_conns = (unsigned)v;
+            break;
+        case OPT_RECV_BUF:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && (sz < 1024 || sz > (1u << 20)))
+                rc = KV_EINVAL;
+            cfg->recv_buf = sz;
+            break;
+        case OPT_IDLE:
+            rc = parse_uint(optarg, 0, 86400 * 365, &v);
+            cfg->idle_timeout = (unsigned)v;
+            break;
+        case OPT_GRACE:
+            rc = parse_uint(optarg, 0, 3600, &v);
+            cfg->shutdown_grace = (double)v;
+            break;
+        case OPT_LOG_LEVEL:
+            rc = parse_log_level(optarg, &cfg->log_level);
+            break;
+        case OPT_SHM_NAME:
+            rc = copy_str(cfg->shm_name, sizeof(cfg->shm_name), optarg);
+            break;
+        case OPT_DATA_FILE:
+            rc = copy_str(cfg->data_file, sizeof(cfg->data_file), optarg);
+            break;
+        case OPT_MEMORY:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && sz < (1u << 20))
+                rc = KV_EINVAL;
+            cfg->memory = sz;
+            break;
+        case OPT_EVICTION:
+            if (strcmp(optarg, "none") == 0)
+                cfg->eviction = KV_EVICT_NONE;
+            else if (strcmp(optarg, "lru") == 0)
+                cfg->eviction = KV_EVICT_LRU;
+            else
+                rc = KV_EINVAL;
+            break;
+        case OPT_RESET_STORE:
+            cfg->reset_store = 1;
+            break;
+        case OPT_REQUIREPASS:
+            rc = copy_str(cfg->requirepass, sizeof(cfg->requirepass), optarg);
+            break;
+        case ':':
+            snprintf(err, errcap, "option %s needs a value", name);
+            return KV_EINVAL;
+        default:
+            snprintf(err, errcap, "unknown option %s (see --help)", name);
+            return KV_EINVAL;
+        }
+        if (rc != 0) {
+            snprintf(err, errcap, "bad value '%s' for --%s (see --help)", optarg,
+                     long_opts[idx].name);
+            return KV_EINVAL;
+        }
+    }
+    if (optind < argc) {
+        snprintf(err, errcap, "unexpected argument '%s' (see --help)", argv[optind]);
+        return KV_EINVAL;
+    }
+    return KV_OPT_RUN;
+}

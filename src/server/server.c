@@ -1,0 +1,142 @@
+/* src/server/server.c -- builds, starts and stops the pieces of libevkv.
+ *
+ * The IO threads' dispatch callback is the worker pool's submit, and the
+ * pool's done callback is kv_io_complete(): that is all the wiring the RPC
+ * framework needs. Stop order matters: the IO side stops first (it waits for
+ * every call with the workers), then the pool. */
+#include "kv_server.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kv_err.h"
+#include "kv_io.h"
+#include "kv_mem.h"
+#include "kv_worker.h"
+
+struct kv_server {
+    const struct kv_config *cfg;       /* borrowed: outlives the server */
+    struct kv_worker_registry *reg;    /* owned */
+    struct kv_worker_pool *pool;       /* owned */
+    struct kv_io *io;                  /* owned */
+};
+
+void kv_server_log(const struct kv_config *cfg, int level, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    int n;
+
+    if (level > cfg->log_level)
+        return;
+    n = snprintf(line, sizeof(line), "[server] ");
+    va_start(ap, fmt);
+    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof(line) - 2)
+        n = (int)sizeof(line) - 2;
+    line[n++] = '\n';
+    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+        /* nowhere left to report it */
+    }
+}
+
+static void dispatch(void *ctx, struct kv_call *calls)
+{
+    struct kv_server *srv = ctx;
+
+    kv_worker_pool_submit(srv->pool, calls);
+}
+
+static void done(void *ctx, void *origin, struct kv_call *calls)
+{
+    kv_io_complete(origin, calls);
+}
+
+int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
+                     struct kv_server **out)
+{
+    struct kv_server *srv = kv_mem_calloc(KV_MOD_SERVER, sizeof(*srv));
+    int rc;
+
+    if (!srv) {
+        snprintf(err, errcap, "out of memory");
+        return KV_ENOMEM;
+    }
+    srv->cfg = cfg;
+    rc = kv_worker_registry_create(&srv->reg);
+    if (rc == 0)
+        rc = kv_server_handlers_register(srv, srv->reg);
+    if (rc != 0) {
+        snprintf(err, errcap, "handler registry: %s", kv_strerror(rc));
+        goto err_destroy;
+    }
+    rc = kv_io_create(cfg, dispatch, srv, &srv->io);
+    if (rc != 0) {
+        snprintf(err, errcap, "cannot listen on %s:%u: %s", cfg->bind_addr, cfg->port,
+                 rc == KV_EIO || rc == KV_EINVAL ? strerror(errno) : kv_strerror(rc));
+        goto err_destroy;
+    }
+    *out = srv;
+    return 0;
+
+err_destroy:
+    kv_server_destroy(srv);
+    return rc;
+}
+
+int kv_server_start(struct kv_server *srv)
+{
+    int rc = kv_worker_pool_create(srv->cfg, srv->reg, done, srv, &srv->pool);
+
+    if (rc != 0)
+        return rc;
+    return kv_io_start(srv->io);
+}
+
+void kv_server_stop(struct kv_server *srv)
+{
+    if (srv->io)
+        kv_io_stop(srv->io);
+    if (srv->pool)
+        kv_worker_pool_stop(srv->pool);
+}
+
+void kv_server_destroy(struct kv_server *srv)
+{
+    if (!srv)
+        return;
+    kv_io_destroy(srv->io);
+    kv_worker_pool_destroy(srv->pool);
+    kv_worker_registry_destroy(srv->reg);
+    kv_mem_free(KV_MOD_SERVER, srv);
+}
+
+uint16_t kv_server_port(const struct kv_server *srv)
+{
+    return kv_io_port(srv->io);
+}
+
+size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
+{
+    struct kv_mem_snapshot snap;
+    struct kv_worker_stats ws = {0};
+    size_t len;
+
+    kv_mem_snapshot(&snap);
+    len = kv_mem_format(&snap, buf, cap);
+    if (srv->pool && len + 1 < cap) {
+        kv_worker_pool_stats(srv->pool, &ws);
+        int n = snprintf(buf + len, cap - len,
+                         "worker_batches %llu\nworker_calls %llu\nworker_wakeups %llu\n"
+                         "worker_queued %zu\n",
+                         (unsigned long long)ws.batches, (unsigned long long)ws.calls,
+                         (unsigned long long)ws.wakeups, ws.queued);
+        if (n > 0)
+            len = (size_t)n >= cap - len ? cap - 1 : len + (size_t)n;
+    }
+    return len;
+}

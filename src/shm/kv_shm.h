@@ -1,0 +1,161 @@
+/* src/shm/kv_shm.h -- the libevkv store: a crash-safe hash table in shared memory.
+ *
+ * The data lives in one segment (a POSIX shm object or a mapped file) that outlives the
+ * process: a crash or kill -9 loses nothing whose call had returned, and never leaves a
+ * half-written value visible. Everything inside the segment is addressed by offsets, so it
+ * maps at any address. One process owns a segment at a time (an advisory lock on its fd).
+ *
+ * Inside: a header (magic, layout version, fingerprint, size, generation, owner pid, clean
+ * mark), striped process-shared rwlocks, a slab-like allocator in size classes, a
+ * linear-hashing index of item offsets that grows one bucket at a time, and the items
+ * {key, value, version, expiry, checksum}. A write is published by one atomic store of an
+ * offset into the index after the item is complete; an item is reclaimed only after it has
+ * been unlinked. Opening a segment that was not closed cleanly runs recovery, which rebuilds
+ * everything but the items and the index from the items reachable through the index.
+ *
+ * Thread safety: every call but open/close/unlink may be made from any number of threads
+ * at once on the same store. Readers of different keys never wait for each other, and
+ * readers of the same key share a read lock. Values are copied out under the key's stripe
+ * lock, so a concurrent overwrite or delete never hands out torn bytes.
+ *
+ * Every function returns 0 or a negative KV_E* code (kv_err.h); output parameters are
+ * written only on success. The library never logs. */
+#ifndef KV_SHM_H
+#define KV_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv_config.h"
+#include "kv_err.h"
+
+struct kv_shm_store; /* opaque; one per opened segment */
+
+/* Test-only knobs; the server passes NULL. */
+struct kv_shm_open_opts {
+    int attach;   /* 1: map a segment another handle of this process owns, without the
+                   * lock, recovery or header writes (reads through a second address) */
+    int crash_at; /* >0: _exit(77) at the crash_at-th crash point (fault injection in
+                   * child processes: mid-split, mid-free-list, mid-recovery, ...) */
+};
+
+/* Creates, or opens and (when it was not closed cleanly) recovers, the segment named by
+ * cfg: cfg->data_file when set, else cfg->shm_name, else "/libevkv-<port>". Sized by
+ * cfg->memory (>= 2 MiB), reserved up front with posix_fallocate.
+ * Fails with KV_ELOCKED when another process owns it (errbuf names its pid), KV_ECORRUPT
+ * on a wrong magic/version/fingerprint or a damaged header, KV_EINVAL on a size mismatch
+ * or bad cfg, KV_ENOMEM when the reservation fails, KV_EIO on a failed system call.
+ * With cfg->reset_store set, an unusable segment is renamed to <name>.bad-<unix time>
+ * and a new empty one is created (errbuf then says so). errbuf (may be NULL) receives a
+ * one-line text for the caller to log; it is "" when there is nothing to say. */
+int kv_shm_store_open(const struct kv_config *cfg, char *errbuf, size_t errcap,
+                      struct kv_shm_store **out);
+int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_opts *opts,
+                         char *errbuf, size_t errcap, struct kv_shm_store **out);
+
+/* Marks the clean shutdown, unmaps, unlocks and frees s. No call may be running on s. */
+void kv_shm_store_close(struct kv_shm_store *s);
+
+/* Removes the segment named by cfg (shm_unlink or unlink). KV_ENOTFOUND when absent. */
+int kv_shm_store_unlink(const struct kv_config *cfg);
+
+/* Copies the value of key out: dst = alloc(ctx, len) is called exactly once, with the exact
+ * value length, while the item is protected, and the value is copied into dst (alloc may
+ * return NULL only when len is 0, or to fail with KV_ENOMEM). Writes *vlen and *version
+ * (each may be NULL). KV_ENOTFOUND when absent or expired; KV_ECORRUPT when the item fails
+ * its checksum (it is then never returned); KV_EINVAL on a bad key length. */
+int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
+               void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+               uint64_t *version);
+
+#define KV_SHM_NX      0x1u /* only if absent: KV_EEXISTS when the key exists */
+#define KV_SHM_XX      0x2u /* only if present: KV_ENOTFOUND when absent */
+#define KV_SHM_CAS     0x4u /* only if the version is cas_version: KV_ENOTFOUND / KV_EEXISTS */
+#define KV_SHM_KEEPTTL 0x8u /* keep the existing expiry instead of ttl_ms */
+
+struct kv_shm_set_opts {
+    uint32_t flags;       /* KV_SHM_* */
+    uint64_t cas_version; /* with KV_SHM_CAS */
+    int64_t ttl_ms;       /* > 0: expire after that many ms; 0: no expiry */
+};
+
+/* Stores key = val (opts may be NULL). Writes the new version to *new_version (may be
+ * NULL). KV_ENOMEM when the store is full and eviction is off (the old value stays);
+ * KV_ETOOBIG when the item can never fit; the condition codes above. */
+int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
+               size_t vlen, const struct kv_shm_set_opts *opts, uint64_t *new_version);
+
+/* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
+int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);
+
+/* 0 when key exists (and has not expired), KV_ENOTFOUND when not. */
+int kv_shm_exists(struct kv_shm_store *s, const void *key, size_t klen);
+
+/* Adds delta to the decimal signed 64-bit integer stored at key (created at 0 when absent;
+ * the expiry is kept). KV_ENOTNUM when the value is not such an integer or the sum
+ * overflows; the value is then left unchanged. Writes *result and *version (may be NULL). */
+int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t delta,
+                int64_t *result, uint64_t *version);
+
+/* Sets key's expiry to ttl_ms from now (> 0), removes the key (== 0), or clears the expiry
+ * (< 0). A write: the version changes. KV_ENOTFOUND when absent. */
+int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t ttl_ms);
+
+/* Writes the remaining time to live in ms to *ttl_ms, -1 when the key has no expiry.
+ * KV_ENOTFOUND when absent. */
+int kv_shm_ttl(struct kv_shm_store *s, const void *key, size_t klen, int64_t *ttl_ms);
+
+/* Called once per key found by kv_shm_scan, outside every store lock (the key may be gone
+ * by then; it may call the store). */
+typedef void (*kv_shm_scan_fn)(void *ctx, const void *key, size_t klen);
+
+/* One step of a cursor scan. Start with cursor 0; continue with *next_cursor until it is
+ * 0. Every key that exists for the whole scan is reported at least once, even while the
+ * index grows; a key may be reported more than once. Only keys beginning with prefix
+ * (plen bytes, may be 0) are reported. count bounds the work of a step (about count keys,
+ * or count * 8 empty buckets). */
+int kv_shm_scan(struct kv_shm_store *s, uint64_t cursor, const void *prefix, size_t plen,
+                size_t count, kv_shm_scan_fn fn, void *ctx, uint64_t *next_cursor);
+
+/* Removes every key. Keys written concurrently with the flush may survive it. */
+int kv_shm_flush(struct kv_shm_store *s);
+
+/* One step of the incremental expiry sweep: looks at up to max_work buckets and removes
+ * their expired items. Returns the number removed (>= 0). Called from a timer. */
+int kv_shm_sweep(struct kv_shm_store *s, size_t max_work);
+
+#define KV_SHM_MAX_CLASSES 48
+
+struct kv_shm_class_stats {
+    uint32_t chunk_size;  /* bytes per chunk; 0 for the large-item row */
+    uint64_t pages;       /* pages owned by the class */
+    uint64_t chunks_used; /* items (and index overflow lines, class 0) */
+    uint64_t chunks_free; /* on the free list or not yet carved */
+    uint64_t bytes_used;  /* chunks_used * chunk_size (pages * page size for large) */
+};
+
+struct kv_shm_stats {
+    uint64_t keys;          /* items in the index (expired ones not yet removed included) */
+    uint64_t segment_size;  /* bytes */
+    uint64_t bytes_used;    /* metadata + index + chunks and pages holding items */
+    uint64_t bytes_free;    /* free chunks + free pages */
+    uint64_t page_size;
+    uint64_t pages_total, pages_free;
+    uint64_t index_buckets; /* active buckets */
+    uint64_t index_bytes;   /* bucket pages + overflow lines */
+    uint64_t hits, misses;  /* get / exists / ttl lookups, since the segment was created */
+    uint64_t evictions;     /* items evicted by LRU */
+    uint64_t expired;       /* items removed because they expired (lazy + sweep) */
+    uint64_t corrupt;       /* items that failed their checksum at run time */
+    uint64_t generation;    /* number of opens of the segment */
+    int recovered;          /* 1 when this open ran recovery */
+    uint64_t recovered_items, dropped_items; /* at this open: kept / dropped by recovery */
+    uint64_t recovery_ns;   /* time recovery took at this open */
+    unsigned nclasses;      /* rows in cls[]; the last row is the large-item pages */
+    struct kv_shm_class_stats cls[KV_SHM_MAX_CLASSES + 1];
+};
+
+/* Fills *out. Counts are summed without stopping writers: each exact, not mutually atomic. */
+int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out);
+
+#endif

@@ -1,0 +1,252 @@
+/* src/shm/shm_int.h -- the segment layout and the internal calls shared by src/shm files.
+ *
+ * Segment layout (every position is an offset from the mapping's base; nothing in the
+ * segment is a pointer):
+ *
+ *   0            struct shm_hdr (one 4 KiB page)
+ *   stripes_off  SHM_STRIPES x struct shm_stripe   (rwlock + key count per stripe)
+ *   classes_off  SHM_MAX_CLASSES x struct shm_class (allocator size classes)
+ *   pmap_off     n_pages x u32: what each data page holds (derived state, rebuilt by recovery)
+ *   dir_off      n_dir x u64: index directory, entry i = page holding buckets [i*1024, +1024)
+ *   data_off     n_pages pages of SHM_PAGE bytes: slab pages, large-item runs, bucket pages
+ *
+ * The index is linear hashing: buckets [0, 2^L + p) are active; bucket b < p (or >= 2^L)
+ * uses h mod 2^(L+1), the others h mod 2^L. Growing splits bucket p into p and p + 2^L,
+ * one bucket at a time. A bucket is one cache line: 7 slot words and a link to an
+ * overflow line (a 64-byte chunk of class 0, same shape). A slot word packs the item
+ * offset / 8 (40 bits), its class (8 bits) and 16 tag bits of the key hash; 0 is empty.
+ *
+ * Lock rules (written once, here):
+ *   - stripe[h & (SHM_STRIPES-1)].lock (process-shared rwlock) guards every bucket whose
+ *     index is congruent to h mod SHM_STRIPES, their overflow lines, and the items those
+ *     reference. SHM_STRIPES <= 2^L, so a key's stripe depends on its hash only, and a
+ *     split of bucket p touches only stripe p's buckets. Readers take it shared, writers
+ *     exclusive. Published items are immutable except atime (relaxed atomic).
+ *   - hdr->state (L, p) changes only under split_lock + the exclusive stripe lock of p;
+ *     it is read with an atomic load, and the mapping of a key is stable while its stripe
+ *     lock is held.
+ *   - class[c].lock guards the class's free list, carve page and counters.
+ *   - hdr->page_lock guards pmap entries, pages_free and the page hint.
+ *   - Order: split_lock -> stripe -> class -> page. Eviction, which may run while a
+ *     stripe is held, only trylocks stripes, so it never waits in the wrong order.
+ *   - Every lock is re-initialised by the owner at open: a process killed while holding
+ *     one leaves nothing behind. */
+#ifndef SHM_INT_H
+#define SHM_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv_shm.h"
+
+#define SHM_MAGIC          0x4D48535F564B5645ull /* "EVKV_SHM" little-endian */
+#define SHM_LAYOUT_VERSION 1u
+#define SHM_CLEAN          0x4E41454C43ull /* "CLEAN" */
+#define SHM_HDR_SIZE       4096u
+#define SHM_PAGE_SHIFT     16
+#define SHM_PAGE           (1u << SHM_PAGE_SHIFT) /* 64 KiB */
+#define SHM_STRIPES        1024u                  /* power of two, <= 2^SHM_INIT_LEVEL */
+#define SHM_INIT_LEVEL     10
+#define SHM_SLOTS          7                  /* slot words per bucket / overflow line */
+#define SHM_LINE           64u                /* bytes per bucket / overflow line */
+#define SHM_PAGE_BUCKETS   (SHM_PAGE / SHM_LINE) /* 1024 buckets per index page */
+#define SHM_LOAD           5                  /* split when keys > buckets * SHM_LOAD */
+#define SHM_MAX_CLASSES    KV_SHM_MAX_CLASSES
+#define SHM_MIN_CHUNK      64u
+#define SHM_MAX_CHUNK      32768u /* larger items take a run of whole pages */
+#define SHM_CLASS_LARGE    0xFFu
+#define SHM_ITEM_HDR       40u
+#define SHM_ITEM_MAGIC     0x4D455449u /* "ITEM" */
+#define SHM_FREE_MAGIC     0x45455246u /* "FREE" */
+#define SHM_MIN_SIZE       (2u << 20)
+
+/* pmap entry: type in the top 4 bits */
+#define PM_FREE   0u
+#define PM_SLAB   1u /* arg = class */
+#define PM_INDEX  2u
+#define PM_LARGE  3u /* head of a large-item run; arg = pages in the run */
+#define PM_LCONT  4u /* continuation page of a run */
+#define PM_TYPE(e) ((e) >> 28)
+#define PM_ARG(e)  ((e) & 0x0FFFFFFFu)
+#define PM_MAKE(t, a) (((uint32_t)(t) << 28) | ((uint32_t)(a) & 0x0FFFFFFFu))
+
+struct shm_hdr {
+    /* static: written once at creation, covered by hdr_crc */
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t hdr_crc; /* crc32c of the static fields with hdr_crc = 0 */
+    uint64_t fingerprint;
+    uint64_t size;
+    uint64_t created_ms; /* CLOCK_REALTIME at creation: base of item atime */
+    uint64_t stripes_off, classes_off, pmap_off, dir_off, data_off;
+    uint64_t n_pages, n_dir;
+    uint32_t n_classes, n_stripes;
+    uint64_t static_end; /* marker: static fields end here */
+
+    /* dynamic */
+    uint64_t generation; /* owner only: +1 per open */
+    int32_t owner_pid;   /* owner only: pid of the owner, 0 when closed */
+    uint32_t pad0;
+    uint64_t clean;        /* owner only: SHM_CLEAN while closed cleanly, 0 while open */
+    uint64_t state;        /* atomic: linear hashing (L, p) + check; see lock rules */
+    uint64_t version_ctr;  /* atomic: last version handed out */
+    uint64_t sweep_cursor; /* atomic: next bucket for kv_shm_sweep */
+    uint64_t evictions, expired, corrupt; /* atomic counters */
+    uint64_t pages_free;   /* guarded by page_lock */
+    uint64_t page_hint;    /* guarded by page_lock: lowest page that may be free */
+    uint64_t index_pages;  /* guarded by page_lock */
+    uint64_t lines;        /* atomic: overflow lines linked into the index */
+    uint64_t last_recovery_ns, last_recovered, last_dropped; /* owner only */
+    pthread_mutex_t page_lock __attribute__((aligned(64))); /* process-shared */
+    pthread_mutex_t split_lock __attribute__((aligned(64))); /* process-shared */
+};
+
+struct shm_stripe {
+    pthread_rwlock_t lock; /* process-shared; see lock rules */
+    int64_t keys;          /* guarded by lock (exclusive): items in this stripe's buckets */
+    uint64_t hits, misses; /* atomic relaxed */
+} __attribute__((aligned(128)));
+
+struct shm_class {
+    pthread_mutex_t lock; /* process-shared */
+    uint32_t chunk_size;  /* ro after creation */
+    uint32_t per_page;    /* ro after creation: chunks per page */
+    uint64_t free_head;   /* guarded by lock: offset of the first free chunk, 0 = none */
+    uint64_t free_count;  /* guarded by lock: chunks on the free list + uncarved */
+    uint64_t carve_page;  /* guarded by lock: page index + 1 being carved, 0 = none */
+    uint64_t carve_next;  /* guarded by lock: next uncarved chunk of carve_page */
+    uint64_t pages;       /* guarded by lock: pages owned */
+    uint64_t used;        /* guarded by lock: chunks handed out */
+} __attribute__((aligned(128)));
+
+struct shm_item {
+    uint32_t crc;   /* crc32c of bytes [8, SHM_ITEM_HDR + klen + vlen) */
+    uint32_t atime; /* atomic relaxed, not checksummed: last access, 4 ms units */
+    uint32_t magic; /* SHM_ITEM_MAGIC */
+    uint8_t cls;    /* size class, or SHM_CLASS_LARGE */
+    uint8_t flags;
+    uint16_t pad;
+    uint64_t version;
+    int64_t expire_ms; /* absolute CLOCK_REALTIME ms; 0 = never */
+    uint32_t klen, vlen;
+    uint8_t data[]; /* key then value */
+};
+
+/* A free chunk: magic at the item's magic position, next free chunk at 16. */
+struct shm_free_chunk {
+    uint32_t zero, zero2;
+    uint32_t magic; /* SHM_FREE_MAGIC */
+    uint32_t pad;
+    uint64_t next;
+};
+
+struct kv_shm_store {
+    uint8_t *base;       /* owned: the mapping, size bytes */
+    size_t size;         /* ro after open */
+    int fd;              /* owned: holds the flock while open (owner) */
+    int attach;          /* ro after open: second mapping, no ownership */
+    int lru;             /* ro after open: cfg->eviction == KV_EVICT_LRU */
+    int is_file;         /* ro after open */
+    size_t max_key;      /* ro after open */
+    struct shm_hdr *hdr; /* = base */
+    struct shm_stripe *stripes;
+    struct shm_class *cls;
+    uint32_t *pmap;
+    uint64_t *dir;
+    uint64_t data_off, n_pages, n_dir, data_end; /* ro after open */
+    unsigned n_classes;                          /* ro after open */
+    uint8_t class_of[SHM_MAX_CHUNK / 8 + 1];     /* ro after open: size/8 (rounded up) -> class */
+    int crash_at;                                /* ro after open: test fault injection */
+    int crash_n;                                 /* atomic: crash points passed */
+    int recovered;                               /* ro after open */
+    uint64_t recovered_items, dropped_items, recovery_ns; /* ro after open */
+    char name[1100]; /* ro after open: shm name or file path */
+};
+
+/* ---- shm_util.c ---- */
+uint32_t kv_shm_crc32c(uint32_t crc, const void *buf, size_t len);
+uint64_t kv_shm_hash(const void *key, size_t len);
+uint64_t kv_shm_mix64(uint64_t x);
+int64_t kv_shm_now_ms(void);
+uint64_t kv_shm_rand(void);
+uint64_t kv_shm_fingerprint(void);
+/* Fills chunk sizes of the classes; returns their count. */
+unsigned kv_shm_class_sizes(uint32_t *sizes, unsigned cap);
+void kv_shm_crash_point(struct kv_shm_store *s);
+
+/* ---- shm_alloc.c ---- */
+/* Allocates a chunk (or page run) for an item of total bytes; *cls gets its class.
+ * Under LRU may evict; may be called with one stripe held. KV_ENOMEM when full. */
+int kv_shm_alloc(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls);
+/* Returns an unlinked item's chunk or page run. */
+void kv_shm_free(struct kv_shm_store *s, uint64_t off);
+/* One free page run of n pages marked with pmap entry e. KV_ENOMEM when none. */
+int kv_shm_page_alloc(struct kv_shm_store *s, uint64_t n, uint32_t e, uint64_t *pi);
+/* Allocates a zeroed overflow line (a class-0 chunk). */
+int kv_shm_line_alloc(struct kv_shm_store *s, uint64_t *off);
+/* Rebuilds the allocator from a recovery claim map (pmap entries + used bitmaps). */
+void kv_shm_alloc_rebuild(struct kv_shm_store *s, const uint32_t *pm, const uint64_t *used);
+unsigned kv_shm_class_for(const struct kv_shm_store *s, size_t total);
+
+static inline void *shm_ptr(const struct kv_shm_store *s, uint64_t off)
+{
+    return s->base + off;
+}
+
+static inline uint64_t shm_page_base(const struct kv_shm_store *s, uint64_t pi)
+{
+    return s->data_off + (pi << SHM_PAGE_SHIFT);
+}
+
+static inline size_t shm_item_size(const struct shm_item *it)
+{
+    return SHM_ITEM_HDR + (size_t)it->klen + it->vlen;
+}
+
+/* ---- shm_index.c ---- */
+#define SHM_WORD_OFF(w) (((w) & 0xFFFFFFFFFFull) << 3)
+#define SHM_WORD_CLS(w) ((unsigned)(((w) >> 40) & 0xFF))
+#define SHM_WORD_TAG(w) ((uint16_t)((w) >> 48))
+static inline uint64_t shm_word(uint64_t off, unsigned cls, uint64_t h)
+{
+    return (off >> 3) | ((uint64_t)(cls & 0xFF) << 40) | (h & 0xFFFF000000000000ull);
+}
+
+/* state word: L (6 bits) | p (40 bits) << 6 | check (16 bits) << 48 */
+uint64_t kv_shm_state_make(unsigned L, uint64_t p);
+int kv_shm_state_parse(uint64_t w, unsigned *L, uint64_t *p);
+uint64_t kv_shm_dir_make(uint64_t pi);
+int kv_shm_dir_parse(const struct kv_shm_store *s, uint64_t e, uint64_t *pi);
+uint64_t kv_shm_link_make(uint64_t off);
+uint64_t kv_shm_link_parse(const struct kv_shm_store *s, uint64_t w);
+
+/* Bucket count and the bucket of hash h under the current state. */
+uint64_t kv_shm_index_active(const struct kv_shm_store *s);
+uint64_t kv_shm_index_bucket(const struct kv_shm_store *s, uint64_t h);
+uint64_t *kv_shm_index_line(const struct kv_shm_store *s, uint64_t b); /* NULL if no page */
+/* Validates the item a slot refers to against the live pmap; NULL when it is unsound. */
+struct shm_item *kv_shm_item_check(const struct kv_shm_store *s, uint64_t w);
+uint32_t kv_shm_item_crc(const struct shm_item *it);
+/* Stripe lock helpers. */
+static inline struct shm_stripe *shm_stripe_of(const struct kv_shm_store *s, uint64_t h)
+{
+    return &s->stripes[h & (SHM_STRIPES - 1)];
+}
+/* Finds key in bucket b (stripe held): returns its slot or NULL. */
+uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, const void *key,
+                            size_t klen, struct shm_item **itp);
+/* Puts word into an empty slot of bucket b (exclusive stripe held); may add a line. */
+int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word);
+/* Splits one bucket if the load asks for it; call with no stripe held. */
+void kv_shm_index_grow(struct kv_shm_store *s, uint64_t h);
+/* Frees one item chosen by sampled LRU (or only an expired one). 0 when one was freed. */
+int kv_shm_evict(struct kv_shm_store *s, unsigned want_cls, int expired_only);
+/* Allocates and publishes the index page for buckets [chunk*1024, +1024). */
+int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk);
+
+/* ---- shm_recover.c ---- */
+/* Rebuilds a segment that was not closed cleanly. KV_ECORRUPT (with errbuf) if it can't. */
+int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap);
+
+#endif

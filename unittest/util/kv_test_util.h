@@ -1,0 +1,37 @@
+/* unittest/util/kv_test_util.h -- helpers shared by the test suites:
+ * running a CUnit suite, and starting/stopping a real libevkv server on a
+ * free loopback port with a private shm segment. */
+#ifndef KV_TEST_UTIL_H
+#define KV_TEST_UTIL_H
+
+#include <CUnit/CUnit.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Runs every registered suite verbosely; returns the process exit code
+ * (non-zero when any test failed or the registry could not be built). */
+int kv_test_run_all(void);
+
+struct kv_test_server {
+    pid_t pid;
+    uint16_t port;
+    char shm_name[64];
+    char log_path[128];   /* the server's stdout+stderr */
+};
+
+/* Finds a free loopback port. */
+uint16_t kv_test_free_port(void);
+/* Starts ./bin/libevkv (path from $LIBEVKV_BIN, else bin/libevkv next to the
+ * test binary) with extra args (NULL-terminated) and waits until it answers
+ * PING. Registers it so that it is killed even if the test aborts. */
+int kv_test_server_start(struct kv_test_server *s, const char *const *extra_args);
+/* SIGTERM, waits (up to 10 s, then SIGKILL), removes the segment. Returns
+ * the exit status (exit code, or 128+signal). */
+int kv_test_server_stop(struct kv_test_server *s);
+/* Sends a signal (e.g. SIGKILL) and reaps; the segment is kept. */
+int kv_test_server_kill(struct kv_test_server *s, int sig);
+/* Reads the whole log into a malloc'd string (caller frees). */
+char *kv_test_server_log(const struct kv_test_server *s);
+
+#endif
