@@ -35,8 +35,18 @@ struct kv_shm_store; /* opaque; one per opened segment */
 struct kv_shm_open_opts {
     int attach;   /* 1: map a segment another handle of this process owns, without the
                    * lock, recovery or header writes (reads through a second address) */
-    int crash_at; /* >0: _exit(77) at the crash_at-th crash point (fault injection in
-                   * child processes: mid-split, mid-free-list, mid-recovery, ...) */
+    int crash_at;   /* >0: _exit(77) at the crash_at-th crash point of crash_site (fault
+                     * injection in child processes) */
+    int crash_site; /* KV_SHM_CRASH_*; KV_SHM_CRASH_ANY counts every site */
+};
+
+enum kv_shm_crash_site {
+    KV_SHM_CRASH_ANY,
+    KV_SHM_CRASH_PUBLISH,       /* item written and checksummed, not yet published */
+    KV_SHM_CRASH_SPLIT,         /* mid-split: an item is in both buckets */
+    KV_SHM_CRASH_FREE,          /* mid free-list update */
+    KV_SHM_CRASH_RECOVER,       /* recovery: items claimed, allocator not yet rebuilt */
+    KV_SHM_CRASH_RECOVER_MOVE,  /* recovery: a misplaced item is in both buckets */
 };
 
 /* Creates, or opens and (when it was not closed cleanly) recovers, the segment named by

@@ -157,7 +157,7 @@ struct kv_shm_store {
     uint64_t data_off, n_pages, n_dir, data_end; /* ro after open */
     unsigned n_classes;                          /* ro after open */
     uint8_t class_of[SHM_MAX_CHUNK / 8 + 1];     /* ro after open: size/8 (rounded up) -> class */
-    int crash_at;                                /* ro after open: test fault injection */
+    int crash_at, crash_site;                    /* ro after open: test fault injection */
     int crash_n;                                 /* atomic: crash points passed */
     int recovered;                               /* ro after open */
     uint64_t recovered_items, dropped_items, recovery_ns; /* ro after open */
@@ -173,7 +173,7 @@ uint64_t kv_shm_rand(void);
 uint64_t kv_shm_fingerprint(void);
 /* Fills chunk sizes of the classes; returns their count. */
 unsigned kv_shm_class_sizes(uint32_t *sizes, unsigned cap);
-void kv_shm_crash_point(struct kv_shm_store *s);
+void kv_shm_crash_point(struct kv_shm_store *s, int site);
 
 /* ---- shm_alloc.c ---- */
 /* Allocates a chunk (or page run) for an item of total bytes; *cls gets its class.
@@ -236,8 +236,10 @@ static inline struct shm_stripe *shm_stripe_of(const struct kv_shm_store *s, uin
 /* Finds key in bucket b (stripe held): returns its slot or NULL. */
 uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, const void *key,
                             size_t klen, struct shm_item **itp);
-/* Puts word into an empty slot of bucket b (exclusive stripe held); may add a line. */
-int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word);
+/* Puts word into an empty slot of bucket b (exclusive stripe held); may add a line.
+ * Returns 1 when (evict set, LRU on, no line to be had) it replaced the chain's least
+ * recently used item instead: the key count is then unchanged. */
+int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, int evict);
 /* Splits one bucket if the load asks for it; call with no stripe held. */
 void kv_shm_index_grow(struct kv_shm_store *s, uint64_t h);
 /* Frees one item chosen by sampled LRU (or only an expired one). 0 when one was freed. */

@@ -1,0 +1,627 @@
+/* src/shm/kv_shm.c -- the key-value operations of the store: get, set, del, exists, incr,
+ * expire, ttl, scan, flush, sweep, stats.
+ *
+ * Every write builds a complete, checksummed item in a chunk nobody else can see, then
+ * publishes it with one atomic store of its slot word (replacing the old word in place,
+ * or filling an empty slot), under the key's stripe lock; the old item is freed only
+ * after that store, once the lock is dropped. Readers copy values out under the shared
+ * stripe lock and verify the checksum before handing anything out.
+ *
+ * Lock rules: see shm_int.h. Here: one stripe lock at a time, never held across a call
+ * back into the caller (scan collects keys first), except get's alloc callback, which the
+ * API documents runs under the lock. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kv_mem.h"
+#include "shm_int.h"
+
+static int key_bad(const struct kv_shm_store *s, const void *key, size_t klen)
+{
+    return !key || klen < 1 || klen > s->max_key || klen > UINT32_MAX;
+}
+
+static int item_expired(const struct shm_item *it, int64_t now)
+{
+    return it->expire_ms && it->expire_ms <= now;
+}
+
+static uint32_t atime_now(const struct kv_shm_store *s)
+{
+    return (uint32_t)((uint64_t)(kv_shm_now_ms() - (int64_t)s->hdr->created_ms) / 4);
+}
+
+static void item_seal(struct shm_item *it)
+{
+    it->crc = kv_shm_item_crc(it);
+}
+
+/* Builds a complete item at off (not yet reachable). */
+static struct shm_item *item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
+                                  const void *key, size_t klen, const void *val, size_t vlen,
+                                  uint64_t version, int64_t expire_ms)
+{
+    struct shm_item *it = shm_ptr(s, off);
+    it->atime = atime_now(s);
+    it->magic = SHM_ITEM_MAGIC;
+    it->cls = (uint8_t)cls;
+    it->flags = 0;
+    it->pad = 0;
+    it->version = version;
+    it->expire_ms = expire_ms;
+    it->klen = (uint32_t)klen;
+    it->vlen = (uint32_t)vlen;
+    memcpy(it->data, key, klen);
+    if (vlen)
+        memcpy(it->data + klen, val, vlen);
+    item_seal(it);
+    return it;
+}
+
+static uint64_t version_next(struct kv_shm_store *s)
+{
+    return __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
+}
+
+static void slot_clear(struct shm_stripe *st, uint64_t *slot)
+{
+    __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
+    __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+}
+
+enum { RM_EXPIRED, RM_CORRUPT };
+
+/* Removes the item a reader found expired or damaged, if that same item is still there
+ * (the word could have been replaced between the shared and the exclusive lock). */
+static void remove_found(struct kv_shm_store *s, uint64_t h, const void *key, size_t klen,
+                         uint64_t word, int why)
+{
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    uint64_t off = 0;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    if (slot && *slot == word &&
+        (why == RM_EXPIRED ? item_expired(it, kv_shm_now_ms()) : kv_shm_item_crc(it) != it->crc)) {
+        slot_clear(st, slot);
+        off = SHM_WORD_OFF(word);
+        if (why == RM_EXPIRED)
+            __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (off)
+        kv_shm_free(s, off);
+}
+
+int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
+               void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+               uint64_t *version)
+{
+    if (key_bad(s, key, klen) || !alloc)
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(key, klen);
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    pthread_rwlock_rdlock(&st->lock);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    if (!slot) {
+        pthread_rwlock_unlock(&st->lock);
+        __atomic_add_fetch(&st->misses, 1, __ATOMIC_RELAXED);
+        return KV_ENOTFOUND;
+    }
+    uint64_t word = *slot;
+    int why = item_expired(it, kv_shm_now_ms()) ? RM_EXPIRED
+              : kv_shm_item_crc(it) != it->crc  ? RM_CORRUPT
+                                                : -1;
+    if (why >= 0) {
+        pthread_rwlock_unlock(&st->lock);
+        if (why == RM_CORRUPT)
+            __atomic_add_fetch(&s->hdr->corrupt, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&st->misses, 1, __ATOMIC_RELAXED);
+        remove_found(s, h, key, klen, word, why);
+        return why == RM_EXPIRED ? KV_ENOTFOUND : KV_ECORRUPT;
+    }
+    size_t n = it->vlen;
+    void *dst = alloc(ctx, n);
+    if (!dst && n) {
+        pthread_rwlock_unlock(&st->lock);
+        return KV_ENOMEM;
+    }
+    if (n)
+        memcpy(dst, it->data + it->klen, n);
+    uint64_t ver = it->version;
+    uint32_t an = atime_now(s);
+    if (__atomic_load_n(&it->atime, __ATOMIC_RELAXED) != an)
+        __atomic_store_n(&it->atime, an, __ATOMIC_RELAXED);
+    pthread_rwlock_unlock(&st->lock);
+    __atomic_add_fetch(&st->hits, 1, __ATOMIC_RELAXED);
+    if (vlen)
+        *vlen = n;
+    if (version)
+        *version = ver;
+    return 0;
+}
+
+/* Publishes word for key in bucket b under the exclusive stripe lock: replaces *slot when
+ * the key had one, else fills an empty slot. */
+static int publish(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, uint64_t *slot,
+                   uint64_t word)
+{
+    if (slot) {
+        __atomic_store_n(slot, word, __ATOMIC_RELEASE);
+        return 0;
+    }
+    int rc = kv_shm_index_insert(s, b, word, 1);
+    if (rc == 0)
+        __atomic_add_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+    return rc > 0 ? 0 : rc;
+}
+
+int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
+               size_t vlen, const struct kv_shm_set_opts *o, uint64_t *new_version)
+{
+    static const struct kv_shm_set_opts none;
+    if (!o)
+        o = &none;
+    if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX || o->ttl_ms < 0)
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(key, klen);
+    int64_t now = kv_shm_now_ms();
+    uint64_t off;
+    unsigned cls;
+    int rc = kv_shm_alloc(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
+    if (rc)
+        return rc;
+    uint64_t ver = version_next(s);
+    struct shm_item *nit = item_fill(s, off, cls, key, klen, val, vlen, ver,
+                                     o->ttl_ms > 0 ? now + o->ttl_ms : 0);
+    kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
+    uint64_t word = shm_word(off, cls, h), old = 0;
+
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t b = kv_shm_index_bucket(s, h);
+    uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+    int exists = slot && !item_expired(it, now);
+    if ((o->flags & KV_SHM_NX) && exists)
+        rc = KV_EEXISTS;
+    else if ((o->flags & (KV_SHM_XX | KV_SHM_CAS)) && !exists)
+        rc = KV_ENOTFOUND;
+    else if ((o->flags & KV_SHM_CAS) && it->version != o->cas_version)
+        rc = KV_EEXISTS;
+    if (rc == 0) {
+        if ((o->flags & KV_SHM_KEEPTTL) && exists && it->expire_ms != nit->expire_ms) {
+            nit->expire_ms = it->expire_ms;
+            item_seal(nit);
+        }
+        if (slot) {
+            old = SHM_WORD_OFF(*slot);
+            if (!exists)
+                __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+        }
+        rc = publish(s, st, b, slot, word);
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (rc) {
+        kv_shm_free(s, off);
+        return rc;
+    }
+    if (old)
+        kv_shm_free(s, old);
+    else
+        kv_shm_index_grow(s, h);
+    if (new_version)
+        *new_version = ver;
+    return 0;
+}
+
+int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen)
+{
+    if (key_bad(s, key, klen))
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(key, klen), off = 0;
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int rc = KV_ENOTFOUND;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    if (slot) {
+        if (item_expired(it, kv_shm_now_ms()))
+            __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+        else
+            rc = 0;
+        off = SHM_WORD_OFF(*slot);
+        slot_clear(st, slot);
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (off)
+        kv_shm_free(s, off);
+    return rc;
+}
+
+/* Shared lookup of exists/ttl: *expire_ms of the live item. */
+static int peek(struct kv_shm_store *s, const void *key, size_t klen, int64_t *expire_ms)
+{
+    if (key_bad(s, key, klen))
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(key, klen);
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int rc = KV_ENOTFOUND;
+    pthread_rwlock_rdlock(&st->lock);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    if (slot && !item_expired(it, kv_shm_now_ms())) {
+        *expire_ms = it->expire_ms;
+        rc = 0;
+    }
+    pthread_rwlock_unlock(&st->lock);
+    __atomic_add_fetch(rc ? &st->misses : &st->hits, 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
+int kv_shm_exists(struct kv_shm_store *s, const void *key, size_t klen)
+{
+    int64_t e;
+    return peek(s, key, klen, &e);
+}
+
+int kv_shm_ttl(struct kv_shm_store *s, const void *key, size_t klen, int64_t *ttl_ms)
+{
+    int64_t e;
+    int rc = peek(s, key, klen, &e);
+    if (rc)
+        return rc;
+    if (!e) {
+        *ttl_ms = -1;
+    } else {
+        int64_t left = e - kv_shm_now_ms();
+        *ttl_ms = left > 0 ? left : 0;
+    }
+    return 0;
+}
+
+/* Strict decimal int64: optional '-', 1..19 digits, nothing else. */
+static int parse_i64(const uint8_t *p, size_t n, int64_t *out)
+{
+    size_t i = 0;
+    int neg = 0;
+    if (n && p[0] == '-') {
+        neg = 1;
+        i = 1;
+    }
+    if (i == n || n - i > 19)
+        return KV_ENOTNUM;
+    uint64_t v = 0;
+    for (; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return KV_ENOTNUM;
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    }
+    if (neg) {
+        if (v > (uint64_t)INT64_MAX + 1)
+            return KV_ENOTNUM;
+        *out = (int64_t)(0 - v);
+    } else {
+        if (v > (uint64_t)INT64_MAX)
+            return KV_ENOTNUM;
+        *out = (int64_t)v;
+    }
+    return 0;
+}
+
+/* Replaces (or creates) key's item with a new one built from value/expiry, under the
+ * exclusive stripe lock the caller holds. *old gets the offset to free after unlocking. */
+static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b,
+                          uint64_t *slot, uint64_t h, const void *key, size_t klen,
+                          const void *val, size_t vlen, int64_t expire_ms, uint64_t *ver,
+                          uint64_t *old)
+{
+    uint64_t off;
+    unsigned cls;
+    int rc = kv_shm_alloc(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
+    if (rc)
+        return rc;
+    *ver = version_next(s);
+    item_fill(s, off, cls, key, klen, val, vlen, *ver, expire_ms);
+    kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
+    uint64_t prev = slot ? *slot : 0;
+    rc = publish(s, st, b, slot, shm_word(off, cls, h));
+    if (rc) {
+        kv_shm_free(s, off);
+        return rc;
+    }
+    *old = prev ? SHM_WORD_OFF(prev) : 0;
+    return 0;
+}
+
+int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t delta,
+                int64_t *result, uint64_t *version)
+{
+    if (key_bad(s, key, klen))
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(key, klen), old = 0, ver = 0;
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int64_t now = kv_shm_now_ms(), cur = 0, expire = 0, sum = 0;
+    int rc = 0;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t b = kv_shm_index_bucket(s, h);
+    uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+    if (slot && !item_expired(it, now)) {
+        rc = parse_i64(it->data + it->klen, it->vlen, &cur);
+        expire = it->expire_ms;
+    } else if (slot) {
+        __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+    }
+    if (rc == 0 && __builtin_add_overflow(cur, delta, &sum))
+        rc = KV_ENOTNUM;
+    if (rc == 0) {
+        char buf[24];
+        int n = snprintf(buf, sizeof(buf), "%" PRId64, sum);
+        rc = rewrite_locked(s, st, b, slot, h, key, klen, buf, (size_t)n, expire, &ver, &old);
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (rc)
+        return rc;
+    if (old)
+        kv_shm_free(s, old);
+    else
+        kv_shm_index_grow(s, h);
+    if (result)
+        *result = sum;
+    if (version)
+        *version = ver;
+    return 0;
+}
+
+int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t ttl_ms)
+{
+    if (key_bad(s, key, klen))
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(key, klen), old = 0, ver;
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int64_t now = kv_shm_now_ms();
+    int rc = KV_ENOTFOUND;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t b = kv_shm_index_bucket(s, h);
+    uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+    if (slot && item_expired(it, now)) {
+        old = SHM_WORD_OFF(*slot);
+        slot_clear(st, slot);
+        __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+    } else if (slot && ttl_ms == 0) {
+        old = SHM_WORD_OFF(*slot);
+        slot_clear(st, slot);
+        rc = 0;
+    } else if (slot) {
+        /* copy-on-write: the expiry is checksummed, so it is never patched in place */
+        rc = rewrite_locked(s, st, b, slot, h, key, klen, it->data + it->klen, it->vlen,
+                            ttl_ms > 0 ? now + ttl_ms : 0, &ver, &old);
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (old)
+        kv_shm_free(s, old);
+    return rc;
+}
+
+/* ---- scan ------------------------------------------------------------------------- */
+
+struct keybuf {
+    uint8_t *p; /* owned (KV_MOD_SHM): [u32 len][key] records */
+    size_t len, cap;
+    size_t n;
+};
+
+static int keybuf_add(struct keybuf *kb, const void *key, uint32_t klen)
+{
+    size_t need = kb->len + 4 + klen;
+    if (need > kb->cap) {
+        size_t cap = kb->cap ? kb->cap * 2 : 4096;
+        while (cap < need)
+            cap *= 2;
+        uint8_t *np = kv_mem_realloc(KV_MOD_SHM, kb->p, cap);
+        if (!np)
+            return KV_ENOMEM;
+        kb->p = np;
+        kb->cap = cap;
+    }
+    memcpy(kb->p + kb->len, &klen, 4);
+    memcpy(kb->p + kb->len + 4, key, klen);
+    kb->len = need;
+    kb->n++;
+    return 0;
+}
+
+static int collect_bucket(struct kv_shm_store *s, uint64_t b, const void *prefix, size_t plen,
+                          int64_t now, struct keybuf *kb)
+{
+    uint64_t *line = kv_shm_index_line(s, b);
+    for (int k = 0; line && k < 100000; k++) {
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            uint64_t w = __atomic_load_n(&line[i], __ATOMIC_ACQUIRE);
+            struct shm_item *it = w ? kv_shm_item_check(s, w) : NULL;
+            if (!it || item_expired(it, now) || it->klen < plen ||
+                (plen && memcmp(it->data, prefix, plen)))
+                continue;
+            if (keybuf_add(kb, it->data, it->klen))
+                return KV_ENOMEM;
+        }
+        uint64_t nx = kv_shm_link_parse(s, line[SHM_SLOTS]);
+        line = nx ? shm_ptr(s, nx) : NULL;
+    }
+    return 0;
+}
+
+static uint64_t rev64(uint64_t v)
+{
+    v = ((v >> 1) & 0x5555555555555555ull) | ((v & 0x5555555555555555ull) << 1);
+    v = ((v >> 2) & 0x3333333333333333ull) | ((v & 0x3333333333333333ull) << 2);
+    v = ((v >> 4) & 0x0F0F0F0F0F0F0F0Full) | ((v & 0x0F0F0F0F0F0F0F0Full) << 4);
+    return __builtin_bswap64(v);
+}
+
+/* Redis's reverse-binary cursor: visiting buckets in this order keeps every low-bit
+ * pattern already visited visited when the table doubles. Linear hashing always has the
+ * keys of residue b mod 2^L in bucket b, or in b and b + 2^L once b is split, and we
+ * visit both: a step covers one residue class mod 2^L whatever the split pointer does. */
+int kv_shm_scan(struct kv_shm_store *s, uint64_t cursor, const void *prefix, size_t plen,
+                size_t count, kv_shm_scan_fn fn, void *ctx, uint64_t *next_cursor)
+{
+    if (!fn || (plen && !prefix))
+        return KV_EINVAL;
+    if (count == 0)
+        count = 1;
+    struct keybuf kb = {0};
+    int64_t now = kv_shm_now_ms();
+    uint64_t c = cursor;
+    size_t visited = 0, max_visit = count * 8 < 64 ? 64 : count * 8;
+    int rc = 0;
+    do {
+        struct shm_stripe *st = &s->stripes[c & (SHM_STRIPES - 1)];
+        unsigned L;
+        uint64_t p;
+        pthread_rwlock_rdlock(&st->lock);
+        kv_shm_state_parse(__atomic_load_n(&s->hdr->state, __ATOMIC_ACQUIRE), &L, &p);
+        uint64_t m = (1ull << L) - 1, b = c & m;
+        rc = collect_bucket(s, b, prefix, plen, now, &kb);
+        if (rc == 0 && b < p)
+            rc = collect_bucket(s, b + (1ull << L), prefix, plen, now, &kb);
+        pthread_rwlock_unlock(&st->lock);
+        if (rc)
+            break;
+        c |= ~m;
+        c = rev64(rev64(c) + 1);
+        visited++;
+    } while (c != 0 && kb.n < count && visited < max_visit);
+    if (rc == 0) {
+        for (size_t at = 0; at < kb.len;) {
+            uint32_t klen;
+            memcpy(&klen, kb.p + at, 4);
+            fn(ctx, kb.p + at + 4, klen);
+            at += 4 + klen;
+        }
+        *next_cursor = c;
+    }
+    kv_mem_free(KV_MOD_SHM, kb.p);
+    return rc;
+}
+
+/* ---- flush, sweep ------------------------------------------------------------------ */
+
+/* Unlinks the items of bucket b that pass `drop` (all when now == 0) under the exclusive
+ * stripe lock, then frees them. Returns how many. */
+static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now)
+{
+    struct shm_stripe *st = &s->stripes[b & (SHM_STRIPES - 1)];
+    uint64_t offs[128];
+    int n = 0;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t *line = b < kv_shm_index_active(s) ? kv_shm_index_line(s, b) : NULL;
+    for (int k = 0; line && k < 100000 && n < 128 - SHM_SLOTS; k++) {
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            uint64_t w = line[i];
+            if (!w)
+                continue;
+            struct shm_item *it = kv_shm_item_check(s, w);
+            if (now && (!it || !item_expired(it, now)))
+                continue;
+            slot_clear(st, &line[i]);
+            if (it)
+                offs[n++] = SHM_WORD_OFF(w);
+        }
+        uint64_t nx = kv_shm_link_parse(s, line[SHM_SLOTS]);
+        line = nx ? shm_ptr(s, nx) : NULL;
+    }
+    pthread_rwlock_unlock(&st->lock);
+    for (int i = 0; i < n; i++)
+        kv_shm_free(s, offs[i]);
+    return n;
+}
+
+int kv_shm_flush(struct kv_shm_store *s)
+{
+    for (uint64_t b = 0; b < kv_shm_index_active(s); b++) {
+        while (bucket_drop(s, b, 0) >= 128 - SHM_SLOTS) {
+        }
+    }
+    return 0;
+}
+
+int kv_shm_sweep(struct kv_shm_store *s, size_t max_work)
+{
+    int64_t now = kv_shm_now_ms();
+    int total = 0;
+    for (size_t i = 0; i < max_work; i++) {
+        uint64_t c = __atomic_fetch_add(&s->hdr->sweep_cursor, 1, __ATOMIC_RELAXED);
+        total += bucket_drop(s, c % kv_shm_index_active(s), now);
+    }
+    __atomic_add_fetch(&s->hdr->expired, (uint64_t)total, __ATOMIC_RELAXED);
+    return total;
+}
+
+/* ---- stats ------------------------------------------------------------------------- */
+
+int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
+{
+    struct shm_hdr *h = s->hdr;
+    struct kv_shm_stats o;
+    memset(&o, 0, sizeof(o));
+    int64_t keys = 0;
+    for (unsigned i = 0; i < SHM_STRIPES; i++) {
+        keys += __atomic_load_n(&s->stripes[i].keys, __ATOMIC_RELAXED);
+        o.hits += __atomic_load_n(&s->stripes[i].hits, __ATOMIC_RELAXED);
+        o.misses += __atomic_load_n(&s->stripes[i].misses, __ATOMIC_RELAXED);
+    }
+    o.keys = keys > 0 ? (uint64_t)keys : 0;
+    o.segment_size = s->size;
+    o.page_size = SHM_PAGE;
+    o.pages_total = s->n_pages;
+    o.index_buckets = kv_shm_index_active(s);
+    o.evictions = __atomic_load_n(&h->evictions, __ATOMIC_RELAXED);
+    o.expired = __atomic_load_n(&h->expired, __ATOMIC_RELAXED);
+    o.corrupt = __atomic_load_n(&h->corrupt, __ATOMIC_RELAXED);
+    o.generation = h->generation;
+    o.recovered = s->recovered;
+    o.recovered_items = s->recovered_items;
+    o.dropped_items = s->dropped_items;
+    o.recovery_ns = s->recovery_ns;
+    uint64_t used = s->data_off, fr = 0, large = 0;
+    o.nclasses = s->n_classes + 1;
+    for (unsigned c = 0; c < s->n_classes; c++) {
+        struct shm_class *k = &s->cls[c];
+        struct kv_shm_class_stats *r = &o.cls[c];
+        pthread_mutex_lock(&k->lock);
+        r->chunk_size = k->chunk_size;
+        r->pages = k->pages;
+        r->chunks_used = k->used;
+        r->chunks_free = k->free_count;
+        pthread_mutex_unlock(&k->lock);
+        r->bytes_used = r->chunks_used * r->chunk_size;
+        used += r->bytes_used;
+        fr += r->chunks_free * r->chunk_size;
+    }
+    pthread_mutex_lock(&h->page_lock);
+    o.pages_free = h->pages_free;
+    uint64_t ipages = h->index_pages;
+    for (uint64_t pi = 0; pi < s->n_pages; pi++) {
+        unsigned t = PM_TYPE(s->pmap[pi]);
+        large += t == PM_LARGE || t == PM_LCONT;
+    }
+    pthread_mutex_unlock(&h->page_lock);
+    struct kv_shm_class_stats *r = &o.cls[s->n_classes];
+    r->pages = large;
+    r->chunks_used = 0;
+    r->bytes_used = large << SHM_PAGE_SHIFT;
+    used += r->bytes_used + (ipages << SHM_PAGE_SHIFT);
+    fr += o.pages_free << SHM_PAGE_SHIFT;
+    o.index_bytes = (ipages << SHM_PAGE_SHIFT) +
+                    __atomic_load_n(&h->lines, __ATOMIC_RELAXED) * SHM_LINE;
+    o.bytes_used = used;
+    o.bytes_free = fr;
+    *out = o;
+    return 0;
+}

@@ -1,0 +1,425 @@
+/* src/shm/shm_index.c -- the hash index: linear hashing over buckets of slot words, the
+ * incremental split, lookups and sampled-LRU eviction.
+ *
+ * Why linear hashing: the index grows one bucket at a time (bounded work per insert, no
+ * stop-the-world rehash, no second table), its pages are allocated one at a time from the
+ * segment, and a split of bucket p only touches buckets p and p + 2^L, both guarded by
+ * the same stripe lock.
+ *
+ * Crash safety of a split: each moving slot word is first stored into the new bucket,
+ * then cleared from the old one, and the state (L, p) advances only after the last move.
+ * A kill in between leaves an item referenced twice or from a not-yet-active bucket,
+ * never not at all; recovery puts every reachable item back into the bucket the state
+ * says, dropping the duplicates. Links and directory entries carry check bits so that a
+ * damaged one is refused instead of followed.
+ *
+ * Lock rules: see shm_int.h. */
+#include <string.h>
+
+#include "kv_mem.h"
+#include "shm_int.h"
+
+#define CHAIN_MAX 100000 /* lines followed before a chain is taken for a cycle */
+
+uint64_t kv_shm_state_make(unsigned L, uint64_t p)
+{
+    uint64_t v = (uint64_t)L | (p << 6);
+    return v | ((kv_shm_mix64(v ^ 0x57A7E5ull) >> 48) << 48);
+}
+
+int kv_shm_state_parse(uint64_t w, unsigned *L, uint64_t *p)
+{
+    uint64_t v = w & 0xFFFFFFFFFFFFull;
+    if ((w >> 48) != (kv_shm_mix64(v ^ 0x57A7E5ull) >> 48))
+        return KV_ECORRUPT;
+    unsigned l = v & 63;
+    uint64_t q = v >> 6;
+    if (l < SHM_INIT_LEVEL || l > 38 || q >= (1ull << l))
+        return KV_ECORRUPT;
+    *L = l;
+    *p = q;
+    return 0;
+}
+
+uint64_t kv_shm_dir_make(uint64_t pi)
+{
+    return (pi + 1) | ((uint64_t)(uint32_t)kv_shm_mix64(pi ^ 0xD1D1ull) << 32);
+}
+
+int kv_shm_dir_parse(const struct kv_shm_store *s, uint64_t e, uint64_t *pi)
+{
+    uint64_t v = e & 0xFFFFFFFFull;
+    if (v == 0 || v > s->n_pages)
+        return KV_ECORRUPT;
+    if ((e >> 32) != (uint32_t)kv_shm_mix64((v - 1) ^ 0xD1D1ull))
+        return KV_ECORRUPT;
+    *pi = v - 1;
+    return 0;
+}
+
+uint64_t kv_shm_link_make(uint64_t off)
+{
+    return off | ((kv_shm_mix64(off ^ 0x11AEull) >> 48) << 48);
+}
+
+/* Returns the line offset a link word names, 0 when empty or damaged. */
+uint64_t kv_shm_link_parse(const struct kv_shm_store *s, uint64_t w)
+{
+    uint64_t off = w & 0xFFFFFFFFFFFFull;
+    if (w == 0 || off < s->data_off || off + SHM_LINE > s->data_end || off % SHM_LINE)
+        return 0;
+    if ((w >> 48) != (kv_shm_mix64(off ^ 0x11AEull) >> 48))
+        return 0;
+    return off;
+}
+
+/* The next overflow line of a chain at run time: also checked against the page map. */
+static uint64_t *line_next(const struct kv_shm_store *s, const uint64_t *line)
+{
+    uint64_t off = kv_shm_link_parse(s, __atomic_load_n(&line[SHM_SLOTS], __ATOMIC_ACQUIRE));
+    if (!off)
+        return NULL;
+    uint64_t pi = (off - s->data_off) >> SHM_PAGE_SHIFT;
+    if (__atomic_load_n(&s->pmap[pi], __ATOMIC_RELAXED) != PM_MAKE(PM_SLAB, 0))
+        return NULL;
+    return shm_ptr(s, off);
+}
+
+uint64_t kv_shm_index_active(const struct kv_shm_store *s)
+{
+    unsigned L;
+    uint64_t p;
+    if (kv_shm_state_parse(__atomic_load_n(&s->hdr->state, __ATOMIC_ACQUIRE), &L, &p))
+        return 1ull << SHM_INIT_LEVEL; /* validated at open; cannot happen */
+    return (1ull << L) + p;
+}
+
+uint64_t kv_shm_index_bucket(const struct kv_shm_store *s, uint64_t h)
+{
+    unsigned L = SHM_INIT_LEVEL;
+    uint64_t p = 0;
+    kv_shm_state_parse(__atomic_load_n(&s->hdr->state, __ATOMIC_ACQUIRE), &L, &p);
+    uint64_t b = h & ((1ull << L) - 1);
+    if (b < p)
+        b = h & ((2ull << L) - 1);
+    return b;
+}
+
+uint64_t *kv_shm_index_line(const struct kv_shm_store *s, uint64_t b)
+{
+    uint64_t chunk = b / SHM_PAGE_BUCKETS, pi;
+    if (chunk >= s->n_dir)
+        return NULL;
+    if (kv_shm_dir_parse(s, __atomic_load_n(&s->dir[chunk], __ATOMIC_ACQUIRE), &pi))
+        return NULL;
+    return shm_ptr(s, shm_page_base(s, pi) + (b % SHM_PAGE_BUCKETS) * SHM_LINE);
+}
+
+uint32_t kv_shm_item_crc(const struct shm_item *it)
+{
+    return kv_shm_crc32c(0, (const uint8_t *)it + 8, shm_item_size(it) - 8);
+}
+
+struct shm_item *kv_shm_item_check(const struct kv_shm_store *s, uint64_t w)
+{
+    uint64_t off = SHM_WORD_OFF(w), cap;
+    unsigned c = SHM_WORD_CLS(w);
+    if (off < s->data_off || off + SHM_ITEM_HDR > s->data_end)
+        return NULL;
+    uint64_t pi = (off - s->data_off) >> SHM_PAGE_SHIFT;
+    uint64_t in = (off - s->data_off) & (SHM_PAGE - 1);
+    uint32_t e = __atomic_load_n(&s->pmap[pi], __ATOMIC_RELAXED);
+    if (c == SHM_CLASS_LARGE) {
+        if (PM_TYPE(e) != PM_LARGE || in != 0 || pi + PM_ARG(e) > s->n_pages)
+            return NULL;
+        cap = (uint64_t)PM_ARG(e) << SHM_PAGE_SHIFT;
+    } else {
+        if (c >= s->n_classes || e != PM_MAKE(PM_SLAB, c))
+            return NULL;
+        const struct shm_class *k = &s->cls[c];
+        if (in % k->chunk_size || in / k->chunk_size >= k->per_page)
+            return NULL;
+        cap = k->chunk_size;
+    }
+    struct shm_item *it = shm_ptr(s, off);
+    if (it->magic != SHM_ITEM_MAGIC || it->cls != c ||
+        SHM_ITEM_HDR + (uint64_t)it->klen + it->vlen > cap)
+        return NULL;
+    return it;
+}
+
+uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, const void *key,
+                            size_t klen, struct shm_item **itp)
+{
+    uint64_t *line = kv_shm_index_line(s, b);
+    uint16_t tag = (uint16_t)(h >> 48);
+    for (int n = 0; line && n < CHAIN_MAX; n++, line = line_next(s, line)) {
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            uint64_t w = __atomic_load_n(&line[i], __ATOMIC_ACQUIRE);
+            if (!w || SHM_WORD_TAG(w) != tag)
+                continue;
+            struct shm_item *it = kv_shm_item_check(s, w);
+            if (it && it->klen == klen && memcmp(it->data, key, klen) == 0) {
+                *itp = it;
+                return &line[i];
+            }
+        }
+    }
+    return NULL;
+}
+
+static uint32_t atime_now(const struct kv_shm_store *s)
+{
+    return (uint32_t)((uint64_t)(kv_shm_now_ms() - (int64_t)s->hdr->created_ms) / 4);
+}
+
+/* The chain of b is full and no overflow line can be had (class 0 has no room and
+ * evicting other classes cannot give it any): under LRU the least recently used item of
+ * this chain makes way. One store replaces its word with the new one. Returns 1. */
+static int chain_evict_into(struct kv_shm_store *s, uint64_t b, uint64_t word)
+{
+    int64_t now = kv_shm_now_ms();
+    uint32_t an = atime_now(s);
+    uint64_t *victim = NULL, best = 0;
+    uint64_t *line = kv_shm_index_line(s, b);
+    for (int n = 0; line && n < CHAIN_MAX; n++, line = line_next(s, line)) {
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            struct shm_item *it = kv_shm_item_check(s, line[i]);
+            if (!it)
+                continue;
+            uint64_t score = it->expire_ms && it->expire_ms <= now
+                                 ? UINT64_MAX
+                                 : (uint64_t)(int64_t)(int32_t)(an - it->atime);
+            if (!victim || score > best) {
+                victim = &line[i];
+                best = score;
+            }
+        }
+    }
+    if (!victim)
+        return KV_ENOMEM;
+    uint64_t old = *victim;
+    __atomic_store_n(victim, word, __ATOMIC_RELEASE);
+    __atomic_add_fetch(best == UINT64_MAX ? &s->hdr->expired : &s->hdr->evictions, 1,
+                       __ATOMIC_RELAXED);
+    kv_shm_free(s, SHM_WORD_OFF(old));
+    return 1;
+}
+
+/* Stores word into the first empty slot of bucket b, taking a line from spare[] (filled
+ * by the caller) or allocating one when the chain is full. Returns 1 instead of 0 when,
+ * under LRU and allowed by evict, an item of the chain was evicted to make room. */
+static int chain_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, uint64_t *spare,
+                        unsigned *nspare, int evict)
+{
+    uint64_t *line = kv_shm_index_line(s, b), *last = line;
+    if (!line)
+        return KV_ECORRUPT;
+    for (int n = 0; line && n < CHAIN_MAX; n++, line = line_next(s, line)) {
+        last = line;
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            if (__atomic_load_n(&line[i], __ATOMIC_RELAXED) == 0) {
+                __atomic_store_n(&line[i], word, __ATOMIC_RELEASE);
+                return 0;
+            }
+        }
+    }
+    uint64_t off;
+    if (spare && *nspare) {
+        off = spare[--*nspare];
+    } else {
+        int rc = kv_shm_line_alloc(s, &off);
+        if (rc == KV_ENOMEM && evict && s->lru)
+            return chain_evict_into(s, b, word);
+        if (rc)
+            return rc;
+    }
+    uint64_t *nl = shm_ptr(s, off);
+    nl[0] = word;
+    /* the line is complete before the link that publishes it */
+    __atomic_store_n(&last[SHM_SLOTS], kv_shm_link_make(off), __ATOMIC_RELEASE);
+    __atomic_add_fetch(&s->hdr->lines, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, int evict)
+{
+    return chain_insert(s, b, word, NULL, NULL, evict);
+}
+
+int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk)
+{
+    uint64_t pi;
+    int rc = kv_shm_page_alloc(s, 1, PM_MAKE(PM_INDEX, 0), &pi);
+    if (rc)
+        return rc;
+    memset(shm_ptr(s, shm_page_base(s, pi)), 0, SHM_PAGE);
+    __atomic_store_n(&s->dir[chunk], kv_shm_dir_make(pi), __ATOMIC_RELEASE);
+    __atomic_add_fetch(&s->hdr->index_pages, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+struct move {
+    uint64_t *slot;
+    uint64_t word;
+};
+
+/* Splits bucket p into p and p + 2^L. Holds split_lock (so splits run one at a time and in
+ * order) and the exclusive lock of p's stripe, which also guards p + 2^L. */
+static void split_one(struct kv_shm_store *s)
+{
+    struct shm_hdr *hd = s->hdr;
+    unsigned L;
+    uint64_t p;
+    if (kv_shm_state_parse(__atomic_load_n(&hd->state, __ATOMIC_ACQUIRE), &L, &p))
+        return;
+    uint64_t t = (1ull << L) + p;
+    if (t / SHM_PAGE_BUCKETS >= s->n_dir)
+        return; /* the index is at its largest for this segment */
+    if (!kv_shm_index_line(s, t) && kv_shm_index_page_add(s, t / SHM_PAGE_BUCKETS))
+        return; /* no free page: chains grow with overflow lines instead */
+
+    struct shm_stripe *st = &s->stripes[p & (SHM_STRIPES - 1)];
+    struct move local[64], *mv = local;
+    size_t cap = 64, n = 0;
+    uint64_t spare[64];
+    unsigned nspare = 0;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t *line = kv_shm_index_line(s, p);
+    for (int k = 0; line && k < CHAIN_MAX; k++, line = line_next(s, line)) {
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            uint64_t w = line[i];
+            if (!w)
+                continue;
+            struct shm_item *it = kv_shm_item_check(s, w);
+            if (!it) { /* unsound slot: no lookup can use it; recovery reclaims its chunk */
+                __atomic_store_n(&line[i], 0, __ATOMIC_RELEASE);
+                __atomic_add_fetch(&hd->corrupt, 1, __ATOMIC_RELAXED);
+                __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+                continue;
+            }
+            if (!((kv_shm_hash(it->data, it->klen) >> L) & 1))
+                continue;
+            if (n == cap) {
+                struct move *m2 = kv_mem_alloc(KV_MOD_SHM, cap * 2 * sizeof(*m2));
+                if (!m2)
+                    goto out;
+                memcpy(m2, mv, n * sizeof(*mv));
+                if (mv != local)
+                    kv_mem_free(KV_MOD_SHM, mv);
+                mv = m2;
+                cap *= 2;
+            }
+            mv[n].slot = &line[i];
+            mv[n++].word = w;
+        }
+    }
+    /* Every line the new bucket needs is taken before the first move: a split either
+     * happens whole or not at all. */
+    size_t need = n > SHM_SLOTS ? (n - SHM_SLOTS + SHM_SLOTS - 1) / SHM_SLOTS : 0;
+    if (need > 64)
+        goto out;
+    while (nspare < need) {
+        if (kv_shm_line_alloc(s, &spare[nspare]))
+            goto out;
+        nspare++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (chain_insert(s, t, mv[i].word, spare, &nspare, 0))
+            goto out; /* cannot happen: lines are reserved; state stays, recovery-safe */
+        kv_shm_crash_point(s, KV_SHM_CRASH_SPLIT); /* the item is in both buckets */
+        __atomic_store_n(mv[i].slot, 0, __ATOMIC_RELEASE);
+    }
+    p++;
+    if (p == (1ull << L)) {
+        L++;
+        p = 0;
+    }
+    __atomic_store_n(&hd->state, kv_shm_state_make(L, p), __ATOMIC_RELEASE);
+out:
+    pthread_rwlock_unlock(&st->lock);
+    while (nspare)
+        kv_shm_free(s, spare[--nspare]);
+    if (mv != local)
+        kv_mem_free(KV_MOD_SHM, mv);
+}
+
+void kv_shm_index_grow(struct kv_shm_store *s, uint64_t h)
+{
+    /* keys of one stripe x stripes estimates the total without a shared counter */
+    int64_t k = __atomic_load_n(&shm_stripe_of(s, h)->keys, __ATOMIC_RELAXED);
+    if ((uint64_t)(k > 0 ? k : 0) * SHM_STRIPES <= kv_shm_index_active(s) * SHM_LOAD)
+        return;
+    if (pthread_mutex_trylock(&s->hdr->split_lock))
+        return; /* someone else is splitting: the work gets done either way */
+    split_one(s);
+    pthread_mutex_unlock(&s->hdr->split_lock);
+}
+
+int kv_shm_evict(struct kv_shm_store *s, unsigned want, int expired_only)
+{
+    int64_t now = kv_shm_now_ms();
+    uint32_t an = atime_now(s);
+    uint64_t active = kv_shm_index_active(s);
+    uint64_t best_b = 0, best_w = 0, best_score = 0;
+    int found = 0;
+    for (int tries = 0; tries < 64 && (found < 5 || tries < 8); tries++) {
+        uint64_t b = kv_shm_rand() % active;
+        struct shm_stripe *st = &s->stripes[b & (SHM_STRIPES - 1)];
+        if (pthread_rwlock_tryrdlock(&st->lock))
+            continue;
+        uint64_t *line = kv_shm_index_line(s, b);
+        for (int k = 0; line && k < CHAIN_MAX; k++, line = line_next(s, line)) {
+            for (int i = 0; i < SHM_SLOTS; i++) {
+                uint64_t w = __atomic_load_n(&line[i], __ATOMIC_ACQUIRE);
+                unsigned c = SHM_WORD_CLS(w);
+                if (!w || (!expired_only && c != want && c != SHM_CLASS_LARGE))
+                    continue;
+                struct shm_item *it = kv_shm_item_check(s, w);
+                if (!it)
+                    continue;
+                int expired = it->expire_ms && it->expire_ms <= now;
+                if (expired_only && !expired)
+                    continue;
+                uint32_t at = __atomic_load_n(&it->atime, __ATOMIC_RELAXED);
+                uint64_t score = expired ? UINT64_MAX : (uint64_t)(int64_t)(int32_t)(an - at);
+                if (!found || score > best_score) {
+                    best_b = b;
+                    best_w = w;
+                    best_score = score;
+                }
+                found++;
+            }
+        }
+        pthread_rwlock_unlock(&st->lock);
+    }
+    if (!found)
+        return KV_ENOMEM;
+    struct shm_stripe *st = &s->stripes[best_b & (SHM_STRIPES - 1)];
+    if (pthread_rwlock_trywrlock(&st->lock))
+        return KV_EAGAIN; /* busy (maybe our own caller's stripe): sample again */
+    int rc = KV_EAGAIN;
+    struct shm_item *it = kv_shm_item_check(s, best_w);
+    if (it) {
+        /* a split may have moved it since it was sampled: look where its hash says */
+        uint64_t b = kv_shm_index_bucket(s, kv_shm_hash(it->data, it->klen));
+        int expired = it->expire_ms && it->expire_ms <= now;
+        uint64_t *line = kv_shm_index_line(s, b);
+        for (int k = 0; line && k < CHAIN_MAX && rc; k++, line = line_next(s, line)) {
+            for (int i = 0; i < SHM_SLOTS; i++) {
+                if (__atomic_load_n(&line[i], __ATOMIC_RELAXED) != best_w)
+                    continue;
+                __atomic_store_n(&line[i], 0, __ATOMIC_RELEASE);
+                __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+                __atomic_add_fetch(expired ? &s->hdr->expired : &s->hdr->evictions, 1,
+                                   __ATOMIC_RELAXED);
+                rc = 0;
+                break;
+            }
+        }
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (rc == 0)
+        kv_shm_free(s, SHM_WORD_OFF(best_w));
+    return rc;
+}

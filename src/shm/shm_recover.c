@@ -1,0 +1,359 @@
+/* src/shm/shm_recover.c -- repair of a segment that was not closed cleanly.
+ *
+ * The only things trusted are the items reachable from the index, and only after each
+ * has been bounds-checked and its checksum verified. Everything else (page map, free
+ * lists, carve pointers, per-class and per-stripe counters, the version counter's lower
+ * bound) is derived from them and rewritten. The steps:
+ *
+ *   1. directory: keep entries that name a distinct in-range page (check bits valid);
+ *   2. overflow lines: follow each bucket's links, cutting damaged ones and cycles;
+ *   3. items: every slot of every bucket page (active or not) is validated and claimed
+ *      (page class, chunk alignment, size, checksum); unsound slots are cleared and
+ *      counted as dropped; slot words are rewritten from the item (tag, class);
+ *   4. the allocator is rebuilt from the claims, missing bucket pages are re-added;
+ *   5. items sitting outside the bucket the index state assigns them (a split or a
+ *      previous recovery was killed midway) are inserted where they belong, then cleared
+ *      where they were;
+ *   6. per bucket: duplicate references are cleared, and of two items with the same key
+ *      the newer version wins; per-stripe key counts are recomputed.
+ *
+ * Idempotent: steps 1-3 only clear garbage or rewrite derived bits, step 4 rewrites
+ * derived state, step 5 inserts before it clears and step 6 keeps one copy; a kill at any
+ * point leaves an index from which the next run reaches every item this one would have.
+ *
+ * Runs single-threaded, before the store is handed to anyone; takes no locks. */
+#include <string.h>
+#include <time.h>
+
+#include "kv_mem.h"
+#include "shm_int.h"
+
+#define BM_WORDS (SHM_PAGE / SHM_MIN_CHUNK / 64) /* bitmap words per page */
+
+struct misplaced {
+    uint64_t *slot;
+    uint64_t word, bucket;
+};
+
+struct rec {
+    struct kv_shm_store *s;
+    unsigned L;
+    uint64_t p, active;
+    uint32_t *pm;    /* owned: claimed page map */
+    uint64_t *used;  /* owned: claimed chunk starts, BM_WORDS per page */
+    uint64_t *lines; /* owned: chunk starts claimed by overflow lines */
+    struct misplaced *mis; /* owned */
+    size_t nmis, capmis;
+    uint64_t kept, dropped, maxver, nlines;
+};
+
+static int bm_get(const uint64_t *bm, uint64_t pi, unsigned i)
+{
+    return (bm[pi * BM_WORDS + i / 64] >> (i % 64)) & 1;
+}
+
+static void bm_set(uint64_t *bm, uint64_t pi, unsigned i)
+{
+    bm[pi * BM_WORDS + i / 64] |= 1ull << (i % 64);
+}
+
+static uint64_t bucket_for(const struct rec *r, uint64_t h)
+{
+    uint64_t b = h & ((1ull << r->L) - 1);
+    return b < r->p ? h & ((2ull << r->L) - 1) : b;
+}
+
+static uint64_t *bucket_ptr(const struct rec *r, uint64_t b)
+{
+    return kv_shm_index_line(r->s, b);
+}
+
+/* Validates and claims the item a slot names; NULL when unsound. A second reference to an
+ * item already claimed is returned as is (duplicates are resolved in step 6). */
+static struct shm_item *claim_item(struct rec *r, uint64_t w)
+{
+    struct kv_shm_store *s = r->s;
+    uint64_t off = SHM_WORD_OFF(w);
+    if (off < s->data_off || off + SHM_ITEM_HDR > s->data_end || off % 8)
+        return NULL;
+    struct shm_item *it = shm_ptr(s, off);
+    uint64_t size = SHM_ITEM_HDR + (uint64_t)it->klen + it->vlen;
+    uint64_t pi = (off - s->data_off) >> SHM_PAGE_SHIFT;
+    uint64_t in = (off - s->data_off) & (SHM_PAGE - 1);
+    unsigned c = it->cls;
+    if (it->magic != SHM_ITEM_MAGIC || it->klen == 0)
+        return NULL;
+    if (c == SHM_CLASS_LARGE) {
+        uint64_t n = (size + SHM_PAGE - 1) >> SHM_PAGE_SHIFT;
+        if (in || size <= SHM_MAX_CHUNK || pi + n > s->n_pages)
+            return NULL;
+        if (r->pm[pi] == PM_MAKE(PM_LARGE, n) && bm_get(r->used, pi, 0))
+            return it;
+        for (uint64_t k = 0; k < n; k++)
+            if (r->pm[pi + k] != PM_MAKE(PM_FREE, 0))
+                return NULL;
+        if (kv_shm_item_crc(it) != it->crc)
+            return NULL;
+        r->pm[pi] = PM_MAKE(PM_LARGE, n);
+        for (uint64_t k = 1; k < n; k++)
+            r->pm[pi + k] = PM_MAKE(PM_LCONT, 0);
+        bm_set(r->used, pi, 0);
+        return it;
+    }
+    if (c >= s->n_classes)
+        return NULL;
+    const struct shm_class *k = &s->cls[c];
+    if (in % k->chunk_size || in / k->chunk_size >= k->per_page || size > k->chunk_size)
+        return NULL;
+    if (r->pm[pi] != PM_MAKE(PM_FREE, 0) && r->pm[pi] != PM_MAKE(PM_SLAB, c))
+        return NULL;
+    unsigned idx = (unsigned)(in / SHM_MIN_CHUNK);
+    if (bm_get(r->lines, pi, idx))
+        return NULL;
+    if (bm_get(r->used, pi, idx))
+        return it;
+    if (kv_shm_item_crc(it) != it->crc)
+        return NULL;
+    r->pm[pi] = PM_MAKE(PM_SLAB, c);
+    bm_set(r->used, pi, idx);
+    return it;
+}
+
+/* Step 2 for one bucket: claims its overflow lines, cutting the chain at a bad link. */
+static void claim_lines(struct rec *r, uint64_t *line)
+{
+    struct kv_shm_store *s = r->s;
+    for (;;) {
+        uint64_t w = line[SHM_SLOTS];
+        if (!w)
+            return;
+        uint64_t off = kv_shm_link_parse(s, w);
+        uint64_t pi = off ? (off - s->data_off) >> SHM_PAGE_SHIFT : 0;
+        unsigned idx = off ? (unsigned)(((off - s->data_off) & (SHM_PAGE - 1)) / SHM_LINE) : 0;
+        if (!off ||
+            (r->pm[pi] != PM_MAKE(PM_FREE, 0) && r->pm[pi] != PM_MAKE(PM_SLAB, 0)) ||
+            bm_get(r->used, pi, idx)) {
+            line[SHM_SLOTS] = 0; /* damaged link, or a line reached twice */
+            return;
+        }
+        r->pm[pi] = PM_MAKE(PM_SLAB, 0);
+        bm_set(r->used, pi, idx);
+        bm_set(r->lines, pi, idx);
+        r->nlines++;
+        line = shm_ptr(s, off);
+    }
+}
+
+static int mis_add(struct rec *r, uint64_t *slot, uint64_t word, uint64_t bucket)
+{
+    if (r->nmis == r->capmis) {
+        size_t cap = r->capmis ? r->capmis * 2 : 256;
+        struct misplaced *m = kv_mem_realloc(KV_MOD_SHM, r->mis, cap * sizeof(*m));
+        if (!m)
+            return KV_ENOMEM;
+        r->mis = m;
+        r->capmis = cap;
+    }
+    r->mis[r->nmis++] = (struct misplaced){slot, word, bucket};
+    return 0;
+}
+
+static uint64_t *next_line(const struct kv_shm_store *s, const uint64_t *line)
+{
+    uint64_t off = kv_shm_link_parse(s, line[SHM_SLOTS]);
+    return off ? shm_ptr(s, off) : NULL;
+}
+
+/* Step 3 for bucket b. */
+static int claim_bucket(struct rec *r, uint64_t b)
+{
+    struct kv_shm_store *s = r->s;
+    for (uint64_t *line = bucket_ptr(r, b); line; line = next_line(s, line)) {
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            if (!line[i])
+                continue;
+            struct shm_item *it = claim_item(r, line[i]);
+            if (!it) {
+                line[i] = 0;
+                r->dropped++;
+                continue;
+            }
+            uint64_t h = kv_shm_hash(it->data, it->klen);
+            uint64_t w = shm_word(SHM_WORD_OFF(line[i]), it->cls, h);
+            if (line[i] != w)
+                line[i] = w; /* tag or class bits were damaged */
+            if (it->version > r->maxver)
+                r->maxver = it->version;
+            uint64_t want = bucket_for(r, h);
+            if (want != b && mis_add(r, &line[i], w, want))
+                return KV_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+static int chain_has(const struct kv_shm_store *s, uint64_t *line, uint64_t w)
+{
+    for (; line; line = next_line(s, line))
+        for (int i = 0; i < SHM_SLOTS; i++)
+            if (line[i] == w)
+                return 1;
+    return 0;
+}
+
+/* Step 6 for bucket b: one reference per item, one item per key; returns items kept. */
+static uint64_t dedupe_bucket(struct rec *r, uint64_t b)
+{
+    struct kv_shm_store *s = r->s;
+    uint64_t *slots[256];
+    unsigned n = 0;
+    uint64_t kept = 0;
+    for (uint64_t *line = bucket_ptr(r, b); line; line = next_line(s, line)) {
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            uint64_t w = line[i];
+            if (!w)
+                continue;
+            int drop = 0;
+            for (unsigned j = 0; j < n && !drop; j++) {
+                uint64_t v = *slots[j];
+                if (v == w) {
+                    drop = 1; /* second reference to the same item */
+                    continue;
+                }
+                if (SHM_WORD_TAG(v) != SHM_WORD_TAG(w))
+                    continue;
+                struct shm_item *a = shm_ptr(s, SHM_WORD_OFF(v));
+                struct shm_item *c = shm_ptr(s, SHM_WORD_OFF(w));
+                if (a->klen != c->klen || memcmp(a->data, c->data, a->klen))
+                    continue;
+                /* two items, one key: cannot come from a crash, only from damage */
+                if (c->version > a->version) {
+                    *slots[j] = w;
+                    kv_shm_free(s, SHM_WORD_OFF(v));
+                } else {
+                    kv_shm_free(s, SHM_WORD_OFF(w));
+                }
+                r->dropped++;
+                drop = 1;
+            }
+            if (drop) {
+                line[i] = 0;
+                continue;
+            }
+            if (n < 256)
+                slots[n++] = &line[i];
+            kept++;
+        }
+    }
+    return kept;
+}
+
+int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
+{
+    struct shm_hdr *h = s->hdr;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct rec r;
+    memset(&r, 0, sizeof(r));
+    r.s = s;
+    int rc = kv_shm_state_parse(h->state, &r.L, &r.p);
+    if (rc)
+        return rc; /* checked by the caller, which has said so */
+    r.active = (1ull << r.L) + r.p;
+    r.pm = kv_mem_calloc(KV_MOD_SHM, s->n_pages * sizeof(*r.pm));
+    r.used = kv_mem_calloc(KV_MOD_SHM, s->n_pages * BM_WORDS * 8);
+    r.lines = kv_mem_calloc(KV_MOD_SHM, s->n_pages * BM_WORDS * 8);
+    if (!r.pm || !r.used || !r.lines) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    /* the class table's static part is rewritten too: it is cheap and may be damaged */
+    uint32_t sizes[SHM_MAX_CLASSES];
+    kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
+    for (unsigned c = 0; c < s->n_classes; c++) {
+        s->cls[c].chunk_size = sizes[c];
+        s->cls[c].per_page = SHM_PAGE / sizes[c];
+    }
+
+    /* 1. directory */
+    for (uint64_t i = 0; i < s->n_dir; i++) {
+        uint64_t pi;
+        if (!s->dir[i])
+            continue;
+        if (kv_shm_dir_parse(s, s->dir[i], &pi) || r.pm[pi] != PM_MAKE(PM_FREE, 0)) {
+            s->dir[i] = 0;
+            continue;
+        }
+        r.pm[pi] = PM_MAKE(PM_INDEX, 0);
+    }
+    /* 2. overflow lines, 3. items; every bucket of every index page */
+    uint64_t nb = s->n_dir * SHM_PAGE_BUCKETS;
+    for (uint64_t b = 0; b < nb; b++) {
+        uint64_t *line = bucket_ptr(&r, b);
+        if (line)
+            claim_lines(&r, line);
+        else
+            b |= SHM_PAGE_BUCKETS - 1; /* no page: skip its buckets */
+    }
+    for (uint64_t b = 0; b < nb; b++) {
+        if (!bucket_ptr(&r, b)) {
+            b |= SHM_PAGE_BUCKETS - 1;
+            continue;
+        }
+        if ((rc = claim_bucket(&r, b)))
+            goto out;
+    }
+    kv_shm_crash_point(s, KV_SHM_CRASH_RECOVER);
+
+    /* 4. allocator, and a page for every active bucket */
+    kv_shm_alloc_rebuild(s, r.pm, r.used);
+    h->lines = r.nlines;
+    if (h->version_ctr < r.maxver)
+        h->version_ctr = r.maxver;
+    for (uint64_t c = 0; c * SHM_PAGE_BUCKETS < r.active; c++) {
+        if (!kv_shm_index_line(s, c * SHM_PAGE_BUCKETS) && kv_shm_index_page_add(s, c)) {
+            snprintf(errbuf, errbuf ? errcap : 0, "segment %s: recovery cannot rebuild the "
+                     "index (no free page); start with --reset-store", s->name);
+            rc = KV_ECORRUPT;
+            goto out;
+        }
+    }
+
+    /* 5. misplaced items */
+    for (size_t i = 0; i < r.nmis; i++) {
+        struct misplaced *m = &r.mis[i];
+        if (*m->slot != m->word)
+            continue;
+        if (!chain_has(s, bucket_ptr(&r, m->bucket), m->word) &&
+            kv_shm_index_insert(s, m->bucket, m->word, 0)) {
+            r.dropped++; /* no room for a line: its chunk returns at the next recovery */
+        }
+        kv_shm_crash_point(s, KV_SHM_CRASH_RECOVER_MOVE); /* in both buckets */
+        *m->slot = 0;
+    }
+
+    /* 6. duplicates and counts */
+    for (unsigned i = 0; i < SHM_STRIPES; i++)
+        s->stripes[i].keys = 0;
+    for (uint64_t b = 0; b < r.active; b++) {
+        uint64_t k = dedupe_bucket(&r, b);
+        s->stripes[b & (SHM_STRIPES - 1)].keys += (int64_t)k;
+        r.kept += k;
+    }
+    h->sweep_cursor = 0;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s->recovered = 1;
+    s->recovered_items = r.kept;
+    s->dropped_items = r.dropped;
+    s->recovery_ns = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ull +
+                     (uint64_t)(t1.tv_nsec - t0.tv_nsec);
+    h->last_recovered = r.kept;
+    h->last_dropped = r.dropped;
+    h->last_recovery_ns = s->recovery_ns;
+out:
+    kv_mem_free(KV_MOD_SHM, r.pm);
+    kv_mem_free(KV_MOD_SHM, r.used);
+    kv_mem_free(KV_MOD_SHM, r.lines);
+    kv_mem_free(KV_MOD_SHM, r.mis);
+    return rc;
+}

@@ -1,0 +1,434 @@
+/* src/shm/shm_segment.c -- opening, creating, checking, locking and closing a segment.
+ *
+ * A segment is a POSIX shm object (/dev/shm) or a regular file, 0600, reserved in full
+ * with posix_fallocate at creation so that a full tmpfs fails here rather than with a
+ * SIGBUS on some later write. The owner holds flock(LOCK_EX) on its fd for as long as it
+ * has the segment open; a second opener gets KV_ELOCKED and a text naming the owner's pid.
+ *
+ * A segment we cannot read (wrong magic, version, fingerprint, size, damaged header) is
+ * never used and never wiped: the caller gets KV_ECORRUPT or KV_EINVAL and a text saying
+ * what is wrong and what to do. Only with cfg->reset_store is it renamed to
+ * <name>.bad-<unix time> and replaced by an empty one.
+ *
+ * The header's static fields are checksummed; the dynamic ones (state, counters) are
+ * either self-checking (the index state word) or rebuilt by recovery. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kv_mem.h"
+#include "shm_int.h"
+
+static void say(char *buf, size_t cap, const char *fmt, ...)
+{
+    if (!buf || !cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+}
+
+static void seg_name(const struct kv_config *cfg, char *out, size_t cap, int *is_file)
+{
+    *is_file = cfg->data_file[0] != 0;
+    if (*is_file)
+        snprintf(out, cap, "%s", cfg->data_file);
+    else if (cfg->shm_name[0])
+        snprintf(out, cap, "%s%s", cfg->shm_name[0] == '/' ? "" : "/", cfg->shm_name);
+    else
+        snprintf(out, cap, "/libevkv-%u", (unsigned)cfg->port);
+}
+
+struct layout {
+    uint64_t stripes_off, classes_off, pmap_off, dir_off, data_off, n_pages, n_dir;
+};
+
+/* The layout is a pure function of the size, so a header can be checked against it. */
+static int layout_compute(uint64_t size, struct layout *l)
+{
+    uint64_t est = size >> SHM_PAGE_SHIFT, off = SHM_HDR_SIZE;
+    l->stripes_off = off;
+    off += SHM_STRIPES * sizeof(struct shm_stripe);
+    l->classes_off = off;
+    off += SHM_MAX_CLASSES * sizeof(struct shm_class);
+    l->pmap_off = off;
+    off += (est * 4 + 63) & ~63ull;
+    l->dir_off = off;
+    l->n_dir = est;
+    off += est * 8;
+    l->data_off = (off + SHM_PAGE - 1) & ~(uint64_t)(SHM_PAGE - 1);
+    if (l->data_off >= size)
+        return KV_EINVAL;
+    l->n_pages = (size - l->data_off) >> SHM_PAGE_SHIFT;
+    return l->n_pages >= 8 ? 0 : KV_EINVAL;
+}
+
+static void store_wire(struct kv_shm_store *s, const struct layout *l)
+{
+    s->hdr = (struct shm_hdr *)s->base;
+    s->stripes = (struct shm_stripe *)(s->base + l->stripes_off);
+    s->cls = (struct shm_class *)(s->base + l->classes_off);
+    s->pmap = (uint32_t *)(s->base + l->pmap_off);
+    s->dir = (uint64_t *)(s->base + l->dir_off);
+    s->data_off = l->data_off;
+    s->n_pages = l->n_pages;
+    s->n_dir = l->n_dir;
+    s->data_end = l->data_off + (l->n_pages << SHM_PAGE_SHIFT);
+    uint32_t sizes[SHM_MAX_CLASSES];
+    s->n_classes = kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
+    unsigned c = 0;
+    for (unsigned i = 0; i <= SHM_MAX_CHUNK / 8; i++) {
+        while (sizes[c] < i * 8)
+            c++;
+        s->class_of[i] = (uint8_t)c;
+    }
+}
+
+static uint32_t hdr_crc(const struct shm_hdr *h)
+{
+    struct shm_hdr tmp;
+    memcpy(&tmp, h, offsetof(struct shm_hdr, static_end));
+    tmp.hdr_crc = 0;
+    return kv_shm_crc32c(0, &tmp, offsetof(struct shm_hdr, static_end));
+}
+
+/* Every lock in the segment, fresh: the previous owner may have died holding any. */
+static void locks_init(struct kv_shm_store *s)
+{
+    pthread_rwlockattr_t ra;
+    pthread_mutexattr_t ma;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setpshared(&ra, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+    for (unsigned i = 0; i < SHM_STRIPES; i++) {
+        memset(&s->stripes[i].lock, 0, sizeof(s->stripes[i].lock));
+        pthread_rwlock_init(&s->stripes[i].lock, &ra);
+    }
+    for (unsigned c = 0; c < SHM_MAX_CLASSES; c++) {
+        memset(&s->cls[c].lock, 0, sizeof(s->cls[c].lock));
+        pthread_mutex_init(&s->cls[c].lock, &ma);
+    }
+    memset(&s->hdr->page_lock, 0, sizeof(s->hdr->page_lock));
+    memset(&s->hdr->split_lock, 0, sizeof(s->hdr->split_lock));
+    pthread_mutex_init(&s->hdr->page_lock, &ma);
+    pthread_mutex_init(&s->hdr->split_lock, &ma);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutexattr_destroy(&ma);
+}
+
+/* Lays out an empty store. The magic is written last: a segment killed during this has
+ * no magic, and an all-zero header page is taken for an unfinished creation. */
+static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
+{
+    struct shm_hdr *h = s->hdr;
+    memset(s->base, 0, l->data_off);
+    h->layout_version = SHM_LAYOUT_VERSION;
+    h->fingerprint = kv_shm_fingerprint();
+    h->size = s->size;
+    h->created_ms = (uint64_t)kv_shm_now_ms();
+    h->stripes_off = l->stripes_off;
+    h->classes_off = l->classes_off;
+    h->pmap_off = l->pmap_off;
+    h->dir_off = l->dir_off;
+    h->data_off = l->data_off;
+    h->n_pages = l->n_pages;
+    h->n_dir = l->n_dir;
+    h->n_classes = s->n_classes;
+    h->n_stripes = SHM_STRIPES;
+    uint32_t sizes[SHM_MAX_CLASSES];
+    kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
+    for (unsigned c = 0; c < s->n_classes; c++) {
+        s->cls[c].chunk_size = sizes[c];
+        s->cls[c].per_page = SHM_PAGE / sizes[c];
+    }
+    locks_init(s);
+    h->pages_free = s->n_pages;
+    h->state = kv_shm_state_make(SHM_INIT_LEVEL, 0);
+    for (uint64_t c = 0; c < (1u << SHM_INIT_LEVEL) / SHM_PAGE_BUCKETS; c++)
+        if (kv_shm_index_page_add(s, c))
+            return KV_ENOMEM;
+    h->clean = 0;
+    h->magic = SHM_MAGIC;
+    h->hdr_crc = hdr_crc(h);
+    return 0;
+}
+
+static int page_all_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* Checks an existing header; on failure says what is wrong and how to proceed. */
+static int seg_check(struct kv_shm_store *s, const struct layout *l, char *eb, size_t ec)
+{
+    const struct shm_hdr *h = s->hdr;
+    const char *how = "start with --reset-store to move it aside and begin empty";
+    if (h->magic != SHM_MAGIC) {
+        say(eb, ec, "segment %s does not hold a libevkv store (magic %016" PRIx64 "); %s",
+            s->name, h->magic, how);
+        return KV_ECORRUPT;
+    }
+    if (h->layout_version != SHM_LAYOUT_VERSION) {
+        say(eb, ec, "segment %s has layout version %u, this build reads version %u; run the "
+            "build that wrote it, or %s", s->name, h->layout_version, SHM_LAYOUT_VERSION, how);
+        return KV_ECORRUPT;
+    }
+    if (h->fingerprint != kv_shm_fingerprint()) {
+        say(eb, ec, "segment %s was written by an incompatible build (layout fingerprint "
+            "%016" PRIx64 ", this build %016" PRIx64 "); run the build that wrote it, or %s",
+            s->name, h->fingerprint, kv_shm_fingerprint(), how);
+        return KV_ECORRUPT;
+    }
+    if (h->hdr_crc != hdr_crc(h)) {
+        say(eb, ec, "segment %s has a damaged header (checksum mismatch); %s", s->name, how);
+        return KV_ECORRUPT;
+    }
+    if (h->size != s->size || h->data_off != l->data_off || h->n_pages != l->n_pages ||
+        h->n_dir != l->n_dir || h->stripes_off != l->stripes_off ||
+        h->classes_off != l->classes_off || h->pmap_off != l->pmap_off ||
+        h->dir_off != l->dir_off || h->n_classes != s->n_classes ||
+        h->n_stripes != SHM_STRIPES) {
+        say(eb, ec, "segment %s: header says %" PRIu64 " bytes but the object has %zu, or "
+            "its layout does not match its size; %s", s->name, h->size, s->size, how);
+        return KV_ECORRUPT;
+    }
+    unsigned L;
+    uint64_t p;
+    if (kv_shm_state_parse(h->state, &L, &p)) {
+        say(eb, ec, "segment %s: the index state word is damaged; %s", s->name, how);
+        return KV_ECORRUPT;
+    }
+    return 0;
+}
+
+static int open_fd(const struct kv_shm_store *s, int create, int *created)
+{
+    int fl = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
+    int fd = s->is_file ? open(s->name, fl, 0600) : shm_open(s->name, fl, 0600);
+    *created = fd >= 0 && create;
+    if (fd < 0 && create && errno == EEXIST)
+        return open_fd(s, 0, created);
+    return fd;
+}
+
+static void seg_unmap(struct kv_shm_store *s)
+{
+    if (s->base)
+        munmap(s->base, s->size);
+    s->base = NULL;
+    if (s->fd >= 0)
+        close(s->fd); /* also drops the flock */
+    s->fd = -1;
+}
+
+/* Renames the segment to <name>.bad-<time>; for shm, through its /dev/shm path. */
+static int seg_move_aside(struct kv_shm_store *s, char *moved, size_t cap)
+{
+    char from[1200];
+    snprintf(from, sizeof(from), "%s%s", s->is_file ? "" : "/dev/shm", s->name);
+    snprintf(moved, cap, "%s.bad-%lld", from, (long long)time(NULL));
+    return rename(from, moved) ? KV_EIO : 0;
+}
+
+/* One attempt: *bad is set when the segment exists but is unusable (reset may help). */
+static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *eb, size_t ec,
+                    int *bad)
+{
+    int created = 0;
+    *bad = 0;
+    s->fd = open_fd(s, !s->attach, &created);
+    if (s->fd < 0) {
+        int e = errno;
+        say(eb, ec, "cannot open segment %s: %s", s->name, strerror(e));
+        return e == ENOENT ? KV_ENOTFOUND : KV_EIO;
+    }
+    if (!s->attach && flock(s->fd, LOCK_EX | LOCK_NB)) {
+        int e = errno;
+        struct shm_hdr h;
+        memset(&h, 0, sizeof(h));
+        if (pread(s->fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || h.magic != SHM_MAGIC)
+            h.owner_pid = 0;
+        if (e == EWOULDBLOCK)
+            say(eb, ec, "segment %s is in use by pid %d; stop that server or give this one "
+                "another --shm-name/--data-file", s->name, (int)h.owner_pid);
+        else
+            say(eb, ec, "cannot lock segment %s: %s", s->name, strerror(e));
+        seg_unmap(s);
+        return e == EWOULDBLOCK ? KV_ELOCKED : KV_EIO;
+    }
+    struct stat sb;
+    if (fstat(s->fd, &sb)) {
+        say(eb, ec, "cannot stat segment %s: %s", s->name, strerror(errno));
+        seg_unmap(s);
+        return KV_EIO;
+    }
+    int fresh = created || sb.st_size == 0;
+    if (s->attach)
+        s->size = (size_t)sb.st_size;
+    if (!fresh && (uint64_t)sb.st_size != s->size) {
+        say(eb, ec, "segment %s is %lld bytes but --memory is %zu; restart with --memory "
+            "%lld to keep its data, or with --reset-store to move it aside and start empty",
+            s->name, (long long)sb.st_size, s->size, (long long)sb.st_size);
+        seg_unmap(s);
+        *bad = 1;
+        return KV_EINVAL;
+    }
+    struct layout l;
+    if (layout_compute(s->size, &l)) {
+        say(eb, ec, "segment %s: %zu bytes is too small", s->name, s->size);
+        seg_unmap(s);
+        return KV_EINVAL;
+    }
+reserve:
+    if (fresh) {
+        int e = ftruncate(s->fd, (off_t)s->size) ? errno : 0;
+        if (!e)
+            e = posix_fallocate(s->fd, 0, (off_t)s->size);
+        if (e) {
+            say(eb, ec, "cannot reserve %zu bytes for segment %s: %s; lower --memory or make "
+                "room (e.g. a larger /dev/shm)", s->size, s->name, strerror(e));
+            seg_unmap(s);
+            if (created)
+                s->is_file ? unlink(s->name) : shm_unlink(s->name);
+            return e == ENOSPC || e == EFBIG ? KV_ENOMEM : KV_EIO;
+        }
+    }
+    if (!s->base) {
+        void *m = mmap(NULL, s->size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+        if (m == MAP_FAILED) {
+            say(eb, ec, "cannot map segment %s: %s", s->name, strerror(errno));
+            seg_unmap(s);
+            return KV_EIO;
+        }
+        s->base = m;
+        store_wire(s, &l);
+    }
+    if (!fresh && s->hdr->magic == 0 && page_all_zero(s->base, SHM_HDR_SIZE) && !s->attach) {
+        fresh = 1; /* a creation that never finished: nothing in it was ever published */
+        goto reserve;
+    }
+    int rc = 0;
+    if (fresh && !s->attach) {
+        rc = seg_init_fresh(s, &l);
+    } else {
+        rc = seg_check(s, &l, eb, ec);
+        if (rc)
+            *bad = 1;
+        if (rc == 0 && !s->attach) {
+            locks_init(s);
+            if (s->hdr->clean != SHM_CLEAN)
+                rc = kv_shm_recover(s, eb, ec);
+        }
+    }
+    if (rc) {
+        seg_unmap(s);
+        return rc;
+    }
+    if (!s->attach) {
+        s->hdr->generation++;
+        s->hdr->owner_pid = (int32_t)getpid();
+        __atomic_store_n(&s->hdr->clean, 0, __ATOMIC_RELEASE);
+        if (s->is_file)
+            msync(s->base, SHM_HDR_SIZE, MS_SYNC);
+    }
+    (void)cfg;
+    return 0;
+}
+
+int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_opts *opts,
+                         char *errbuf, size_t errcap, struct kv_shm_store **out)
+{
+    if (errbuf && errcap)
+        errbuf[0] = 0;
+    if (!cfg || !out || cfg->max_key < 1 || cfg->max_key > UINT32_MAX) {
+        say(errbuf, errcap, "bad store configuration");
+        return KV_EINVAL;
+    }
+    if (cfg->memory < SHM_MIN_SIZE || cfg->memory > (1ull << 43)) {
+        say(errbuf, errcap, "--memory %zu is out of range (%u bytes .. 8 TiB)", cfg->memory,
+            SHM_MIN_SIZE);
+        return KV_EINVAL;
+    }
+    struct kv_shm_store *s = kv_mem_calloc(KV_MOD_SHM, sizeof(*s));
+    if (!s)
+        return KV_ENOMEM;
+    s->fd = -1;
+    s->size = cfg->memory;
+    s->lru = cfg->eviction == KV_EVICT_LRU;
+    s->max_key = cfg->max_key;
+    s->attach = opts ? opts->attach : 0;
+    s->crash_at = opts ? opts->crash_at : 0;
+    s->crash_site = opts ? opts->crash_site : 0;
+    seg_name(cfg, s->name, sizeof(s->name), &s->is_file);
+    int bad;
+    int rc = seg_open(s, cfg, errbuf, errcap, &bad);
+    if (rc && bad && cfg->reset_store && !s->attach) {
+        /* reopen to hold the lock while renaming, so no second server races us */
+        char moved[1300], why[512];
+        snprintf(why, sizeof(why), "%s", errbuf && errcap ? errbuf : "unusable segment");
+        int created;
+        s->fd = open_fd(s, 0, &created);
+        if (s->fd >= 0 && flock(s->fd, LOCK_EX | LOCK_NB) == 0 &&
+            seg_move_aside(s, moved, sizeof(moved)) == 0) {
+            seg_unmap(s);
+            rc = seg_open(s, cfg, errbuf, errcap, &bad);
+            if (rc == 0)
+                say(errbuf, errcap, "moved the unusable segment aside to %s and started "
+                    "empty (it was: %s)", moved, why);
+        } else {
+            say(errbuf, errcap, "could not move segment %s aside: %s", s->name,
+                strerror(errno));
+            seg_unmap(s);
+            rc = KV_EIO;
+        }
+    }
+    if (rc) {
+        kv_mem_free(KV_MOD_SHM, s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int kv_shm_store_open(const struct kv_config *cfg, char *errbuf, size_t errcap,
+                      struct kv_shm_store **out)
+{
+    return kv_shm_store_open_ex(cfg, NULL, errbuf, errcap, out);
+}
+
+void kv_shm_store_close(struct kv_shm_store *s)
+{
+    if (!s)
+        return;
+    if (!s->attach && s->base) {
+        s->hdr->owner_pid = 0;
+        __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
+        if (s->is_file)
+            msync(s->base, s->size, MS_SYNC);
+    }
+    seg_unmap(s);
+    kv_mem_free(KV_MOD_SHM, s);
+}
+
+int kv_shm_store_unlink(const struct kv_config *cfg)
+{
+    char name[1100];
+    int is_file;
+    seg_name(cfg, name, sizeof(name), &is_file);
+    if ((is_file ? unlink(name) : shm_unlink(name)) == 0)
+        return 0;
+    return errno == ENOENT ? KV_ENOTFOUND : KV_EIO;
+}
