@@ -22,7 +22,7 @@
 /* ---- guard-page buffers ------------------------------------------------- */
 
 struct guarded {
-    uint8_t *map;  /* owned: the whole mapping */
+    uint8_t *map; /* owned: the whole mapping */
     size_t map_len;
     uint8_t *data; /* len bytes ending exactly at the guard page */
     size_t len;
@@ -112,7 +112,7 @@ static const struct vector vectors[] = {
      "cb4b5631010001002a0000000000000005000000000000000a03666f6fa17f5725", 0, 1, 42, 0,
      "0a03666f6f"},
 };
-#define NVEC (sizeof(vectors) / sizeof(vectors[0]))
+#define NVEC         (sizeof(vectors) / sizeof(vectors[0]))
 #define BIG_BODY_MAX (16u << 20)
 
 static size_t vec_bytes(const struct vector *v, uint8_t *out, size_t cap)
@@ -322,8 +322,8 @@ static void test_frame_bad_magic_each_byte(void)
 /* A text protocol is told apart from its first byte. */
 static void test_frame_bad_magic_text_protocol(void)
 {
-    static const char *const texts[] = {"GET / HTTP/1.1\r\n\r\n", "PING\r\n", "*1\r\n$4\r\nPING\r\n",
-                                        "\x00\x00\x00\x00"};
+    static const char *const texts[] = {"GET / HTTP/1.1\r\n\r\n", "PING\r\n",
+                                        "*1\r\n$4\r\nPING\r\n", "\x00\x00\x00\x00"};
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
         size_t n = i == 3 ? 4 : strlen(texts[i]);
         struct kv_frame f;
@@ -383,8 +383,11 @@ static void test_frame_wrong_version(void)
 
     for (size_t i = 0; i < sizeof(versions); i++)
         for (int resp = 0; resp < 2; resp++) {
-            struct kv_frame h = {.version = versions[i], .flags = (uint8_t)resp, .opcode = 9,
-                                 .request_id = 0x1234 + i, .body_len = 3};
+            struct kv_frame h = {.version = versions[i],
+                                 .flags = (uint8_t)resp,
+                                 .opcode = 9,
+                                 .request_id = 0x1234 + i,
+                                 .body_len = 3};
             uint8_t wire[64];
             size_t len = make_frame(&h, abc, wire, sizeof(wire));
 
@@ -396,8 +399,11 @@ static void test_frame_reserved_flag_bits(void)
 {
     for (int bit = 1; bit < 8; bit++)
         for (int resp = 0; resp < 2; resp++) {
-            struct kv_frame h = {.version = 1, .flags = (uint8_t)((1u << bit) | resp),
-                                 .opcode = 3, .request_id = 500 + bit, .body_len = 3};
+            struct kv_frame h = {.version = 1,
+                                 .flags = (uint8_t)((1u << bit) | resp),
+                                 .opcode = 3,
+                                 .request_id = 500 + bit,
+                                 .body_len = 3};
             uint8_t wire[64];
             size_t len = make_frame(&h, abc, wire, sizeof(wire));
 
@@ -409,10 +415,9 @@ static void test_frame_direction_flag(void)
 {
     uint8_t wire[64];
     size_t len;
-    struct kv_frame resp = {.version = 1, .flags = KV_FRAME_F_RESPONSE, .opcode = 1,
-                            .request_id = 99, .body_len = 3};
-    struct kv_frame req = {.version = 1, .flags = 0, .opcode = 1, .request_id = 98,
-                           .body_len = 3};
+    struct kv_frame resp = {
+        .version = 1, .flags = KV_FRAME_F_RESPONSE, .opcode = 1, .request_id = 99, .body_len = 3};
+    struct kv_frame req = {.version = 1, .flags = 0, .opcode = 1, .request_id = 98, .body_len = 3};
     struct kv_frame f;
 
     /* a response flag on a request (server side) */
@@ -431,8 +436,12 @@ static void test_frame_reserved_field_nonzero(void)
 
     for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++)
         for (int resp = 0; resp < 2; resp++) {
-            struct kv_frame h = {.version = 1, .flags = (uint8_t)resp, .opcode = 4,
-                                 .request_id = 7, .body_len = 3, .reserved = vals[i]};
+            struct kv_frame h = {.version = 1,
+                                 .flags = (uint8_t)resp,
+                                 .opcode = 4,
+                                 .request_id = 7,
+                                 .body_len = 3,
+                                 .reserved = vals[i]};
             uint8_t wire[64];
             size_t len = make_frame(&h, abc, wire, sizeof(wire));
 
@@ -445,8 +454,12 @@ static void test_frame_status_in_request(void)
     static const uint16_t vals[] = {1, 4, 0x0100, 0xFFFF};
 
     for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
-        struct kv_frame h = {.version = 1, .flags = 0, .opcode = 4, .request_id = 8,
-                             .body_len = 3, .status = vals[i]};
+        struct kv_frame h = {.version = 1,
+                             .flags = 0,
+                             .opcode = 4,
+                             .request_id = 8,
+                             .body_len = 3,
+                             .status = vals[i]};
         struct kv_frame r = h, f;
         uint8_t wire[64];
         size_t len = make_frame(&h, abc, wire, sizeof(wire));

@@ -272,8 +272,8 @@ static void test_mem_free_wrong_module_aborts(void)
 /* ---- threads ------------------------------------------------------------- */
 
 #define NTHREADS 4
-#define ITERS 20000
-#define HOLD 16
+#define ITERS    20000
+#define HOLD     16
 
 struct churn_arg {
     unsigned seed;
@@ -350,7 +350,7 @@ static void test_mem_threads_concurrent_exact(void)
 /* ---- cross-thread free: a producer allocates, a consumer frees ---------- */
 
 #define XFER_N 50000
-#define RING 256
+#define RING   256
 
 struct xfer {
     pthread_mutex_t lock;
@@ -672,7 +672,7 @@ static void test_mem_buf_capacity_classes(void)
         {65537, 131072},
         {MIB - 1, MIB},
         {MIB, MIB},
-        {MIB + 1, MIB + 1},           /* above the classes: straight to the heap, exact */
+        {MIB + 1, MIB + 1}, /* above the classes: straight to the heap, exact */
         {3 * MIB + 5, 3 * MIB + 5},
     };
 
@@ -798,7 +798,7 @@ static void test_mem_pool_cache_bounded(void)
 }
 
 struct pool_thread_arg {
-    void *keep;     /* out: a buffer taken in the thread, put back by main */
+    void *keep; /* out: a buffer taken in the thread, put back by main */
     size_t keep_cap;
 };
 
@@ -857,7 +857,7 @@ static void test_mem_names(void)
         CU_ASSERT_STRING_EQUAL(kv_mem_mod_name((enum kv_mod)i), mods[i]);
     }
     CU_ASSERT_STRING_EQUAL(kv_mem_mod_name(KV_MOD__COUNT), "?");
-    CU_ASSERT_STRING_EQUAL(kv_mem_mod_name((enum kv_mod)-1), "?");
+    CU_ASSERT_STRING_EQUAL(kv_mem_mod_name((enum kv_mod) - 1), "?");
     for (int i = 0; i < KV_STAT__COUNT; i++) {
         const char *n = kv_mem_stat_name((enum kv_stat)i);
 

@@ -19,16 +19,16 @@
 #include "kv_test_util.h"
 #include "kv_worker.h"
 
-#define OP_ECHO 1    /* status OK, resp = copy of the body (KV_MOD_PACKET) */
-#define OP_MISS 2    /* status NOT_FOUND */
-#define OP_SLOW 3    /* sleeps, then OK */
+#define OP_ECHO    1   /* status OK, resp = copy of the body (KV_MOD_PACKET) */
+#define OP_MISS    2   /* status NOT_FOUND */
+#define OP_SLOW    3   /* sleeps, then OK */
 #define OP_UNKNOWN 200 /* never registered */
 
 struct tcall {
     struct kv_call call; /* first: handlers and done cast back */
     uint32_t idx;
-    uint32_t runs;       /* atomic */
-    uint32_t returns;    /* atomic */
+    uint32_t runs;    /* atomic */
+    uint32_t returns; /* atomic */
     pthread_t ran_on;
 };
 
@@ -41,7 +41,7 @@ struct harness {
     uint32_t not_run;    /* atomic: a call came back before (or without) running */
     pthread_t done_thread;
     unsigned slow_us;
-    int record;          /* single-threaded tests: record the done sequence */
+    int record; /* single-threaded tests: record the done sequence */
     void *seq_origin[16];
     unsigned seq_len[16];
     unsigned nseq;
@@ -51,12 +51,9 @@ static unsigned expected_status(uint16_t opcode)
 {
     switch (opcode) {
     case OP_ECHO:
-    case OP_SLOW:
-        return KV_ST_OK;
-    case OP_MISS:
-        return KV_ST_NOT_FOUND;
-    default:
-        return KV_ST_UNKNOWN_OPCODE;
+    case OP_SLOW: return KV_ST_OK;
+    case OP_MISS: return KV_ST_NOT_FOUND;
+    default: return KV_ST_UNKNOWN_OPCODE;
     }
 }
 
@@ -332,14 +329,14 @@ static void test_worker_pool_inline_synchronous(void)
 /* ---- threaded pools: every call once, one origin per done ------------------- */
 
 #define TOTAL_CALLS 100000
-#define SUBMITTERS 4
-#define ORIGINS 6
+#define SUBMITTERS  4
+#define ORIGINS     6
 
 struct submitter {
     struct kv_worker_pool *pool; /* borrowed */
     struct tcall *calls;         /* borrowed: this submitter's slice */
     size_t n;
-    void **origins;              /* borrowed: ORIGINS tokens */
+    void **origins; /* borrowed: ORIGINS tokens */
     unsigned seed;
 };
 
@@ -483,9 +480,9 @@ static void test_worker_pool_batches_burst(void)
     kv_worker_pool_stats(pool, &st);
     CU_ASSERT_EQUAL(st.calls, N);
     CU_ASSERT(st.batches >= 1);
-    CU_ASSERT(st.batches * 20 < N);       /* shares of many calls */
-    CU_ASSERT(st.wakeups * 20 < N);       /* one wake-up per share, not per call */
-    CU_ASSERT(h.dones <= st.batches);     /* one origin: one done per share */
+    CU_ASSERT(st.batches * 20 < N);   /* shares of many calls */
+    CU_ASSERT(st.wakeups * 20 < N);   /* one wake-up per share, not per call */
+    CU_ASSERT(h.dones <= st.batches); /* one origin: one done per share */
     CU_ASSERT_EQUAL(h.bad_origin, 0);
     CU_ASSERT_EQUAL(h.not_run, 0);
     kv_worker_pool_stop(pool);
