@@ -19,7 +19,7 @@
 #include "kv_mem.h"
 
 /* Log-linear histogram of nanoseconds: 32 sub-buckets per power of two. */
-#define HIST_SUB 32
+#define HIST_SUB     32
 #define HIST_BUCKETS (64 * HIST_SUB)
 
 struct hist {
@@ -66,12 +66,12 @@ static double hist_pct(const struct hist *h, uint64_t total, double pct)
 
 struct bconn {
     int fd;
-    uint8_t *out;          /* owned: one pipeline of request frames */
+    uint8_t *out; /* owned: one pipeline of request frames */
     size_t out_len, out_off;
-    uint8_t *in;           /* owned */
+    uint8_t *in; /* owned */
     size_t in_len, in_cap;
-    unsigned waiting;      /* answers outstanding in this pipeline */
-    uint64_t sent_at;      /* ns, send time of the pipeline */
+    unsigned waiting; /* answers outstanding in this pipeline */
+    uint64_t sent_at; /* ns, send time of the pipeline */
     int dead;
 };
 
@@ -79,7 +79,7 @@ struct bthread {
     const struct kv_bench_opts *o;
     pthread_t tid;
     unsigned nconns;
-    uint64_t quota;        /* requests this thread sends */
+    uint64_t quota; /* requests this thread sends */
     uint64_t sent, done, errors, not_found, seq;
     struct hist h;
     int failed;
@@ -92,6 +92,48 @@ static uint64_t now_ns(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* AUTH on the still-blocking socket, before the run starts. */
+static int bconn_auth(int fd, const char *password)
+{
+    size_t plen = strlen(password);
+    uint8_t frame[KV_FRAME_OVERHEAD + 16 + 1024], *body = frame + KV_FRAME_HDR;
+    struct kv_frame f = {.version = KV_FRAME_VERSION, .opcode = 12, .request_id = 1};
+    uint8_t in[4096];
+    size_t n = 0, got = 0;
+    ssize_t r;
+
+    if (plen > 1024)
+        return KV_EINVAL;
+    /* AuthRequest{password}: tag 0x0A, varint length, bytes */
+    body[n++] = 0x0A;
+    if (plen >= 128) {
+        body[n++] = (uint8_t)(plen | 0x80);
+        body[n++] = (uint8_t)(plen >> 7);
+    } else {
+        body[n++] = (uint8_t)plen;
+    }
+    memcpy(body + n, password, plen);
+    n += plen;
+    f.body_len = (uint32_t)n;
+    kv_frame_encode_header(&f, frame);
+    kv_put_le32(body + n, kv_frame_crc(frame, body, n));
+    if (send(fd, frame, KV_FRAME_OVERHEAD + n, MSG_NOSIGNAL) != (ssize_t)(KV_FRAME_OVERHEAD + n))
+        return KV_EIO;
+    for (;;) {
+        struct kv_frame rf;
+        ssize_t d = kv_frame_decode(in, got, sizeof(in), 1, &rf);
+
+        if (d > 0)
+            return rf.status == KV_ST_OK ? 0 : KV_ESTATUS;
+        if (d != KV_EAGAIN || got == sizeof(in))
+            return KV_EPROTO;
+        r = recv(fd, in + got, sizeof(in) - got, 0);
+        if (r <= 0)
+            return KV_EIO;
+        got += (size_t)r;
+    }
 }
 
 static int bconn_open(const struct kv_bench_opts *o, struct bconn *c)
@@ -110,6 +152,8 @@ static int bconn_open(const struct kv_bench_opts *o, struct bconn *c)
     }
     freeaddrinfo(ai);
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (o->password && bconn_auth(c->fd, o->password) != 0)
+        return KV_EIO;
     c->in_cap = o->pipeline * (o->max_body + KV_FRAME_OVERHEAD) + 65536;
     c->out = kv_mem_alloc(KV_MOD_CLIENT, o->pipeline * (o->max_body + KV_FRAME_OVERHEAD));
     c->in = kv_mem_alloc(KV_MOD_CLIENT, c->in_cap);
@@ -126,10 +170,12 @@ static unsigned fill(struct bthread *t, struct bconn *c)
     while (k < o->pipeline && t->sent < t->quota) {
         uint8_t *p = c->out + c->out_len;
         uint16_t opcode = 0;
-        int len = o->encode(o->ctx, t->seq++ * 1000 + t->index, &opcode, p + KV_FRAME_HDR,
-                            o->max_body);
-        struct kv_frame f = {.version = KV_FRAME_VERSION, .opcode = opcode,
-                             .request_id = t->sent, .body_len = (uint32_t)(len < 0 ? 0 : len)};
+        int len =
+            o->encode(o->ctx, t->seq++ * 1000 + t->index, &opcode, p + KV_FRAME_HDR, o->max_body);
+        struct kv_frame f = {.version = KV_FRAME_VERSION,
+                             .opcode = opcode,
+                             .request_id = t->sent,
+                             .body_len = (uint32_t)(len < 0 ? 0 : len)};
 
         if (len < 0)
             len = 0;
@@ -147,8 +193,8 @@ static unsigned fill(struct bthread *t, struct bconn *c)
 static int bconn_write(struct bconn *c)
 {
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n =
+            send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0) {
             if (errno == EINTR)
@@ -177,8 +223,8 @@ static int bconn_read(struct bthread *t, struct bconn *c)
     now = now_ns();
     for (;;) {
         struct kv_frame f;
-        ssize_t r = kv_frame_decode(c->in + off, c->in_len - off, t->o->max_body * 2 + 65536, 1,
-                                    &f);
+        ssize_t r =
+            kv_frame_decode(c->in + off, c->in_len - off, t->o->max_body * 2 + 65536, 1, &f);
 
         if (r == KV_EAGAIN)
             break;

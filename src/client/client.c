@@ -1,6 +1,7 @@
 /* src/client/client.c -- the blocking client over one connection (see
  * kv_client.h). Buffers are KV_MOD_CLIENT memory that grows to the largest
- * frame seen; each response is decoded in place. */
+ * frame seen; each response frame is decoded in place, and its protobuf
+ * body is unpacked with a bounded allocator counted under KV_MOD_CLIENT. */
 #include "kv_client.h"
 
 #include <errno.h>
@@ -14,19 +15,23 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include "kv.pb-c.h"
 #include "kv_err.h"
 #include "kv_mem.h"
 
 #define KV_CLIENT_MAX_BODY (64u << 20)
+#define KV_CLIENT_ERRMSG   512
 
 struct kv_client {
-    int fd;                /* owned */
-    int timeout_ms;        /* 0 = none */
+    int fd;         /* owned */
+    int timeout_ms; /* 0 = none */
     uint64_t next_id;
-    uint8_t *out;          /* owned: queued request frames */
+    uint8_t *out; /* owned: queued request frames */
     size_t out_len, out_cap;
-    uint8_t *in;           /* owned: received bytes */
+    uint8_t *in; /* owned: received bytes */
     size_t in_len, in_off, in_cap;
+    int last_status;                   /* KV_ST_* of the last answer, -1 = none */
+    char last_error[KV_CLIENT_ERRMSG]; /* Error message of the last answer */
 };
 
 static int wait_fd(int fd, short ev, int timeout_ms)
@@ -79,6 +84,7 @@ int kv_client_connect(const char *host, uint16_t port, int timeout_ms, struct kv
     c->fd = fd;
     c->timeout_ms = timeout_ms;
     c->next_id = 1;
+    c->last_status = -1;
     *out = c;
     return 0;
 
@@ -119,11 +125,13 @@ static int reserve(uint8_t **buf, size_t *cap, size_t need)
     return 0;
 }
 
-int kv_client_queue(struct kv_client *c, uint16_t opcode, uint64_t request_id,
-                    const void *body, size_t body_len)
+int kv_client_queue(struct kv_client *c, uint16_t opcode, uint64_t request_id, const void *body,
+                    size_t body_len)
 {
-    struct kv_frame f = {.version = KV_FRAME_VERSION, .opcode = opcode,
-                         .request_id = request_id, .body_len = (uint32_t)body_len};
+    struct kv_frame f = {.version = KV_FRAME_VERSION,
+                         .opcode = opcode,
+                         .request_id = request_id,
+                         .body_len = (uint32_t)body_len};
     ssize_t n;
 
     if (body_len > KV_CLIENT_MAX_BODY)
@@ -199,8 +207,8 @@ int kv_client_recv(struct kv_client *c, struct kv_response *r)
             c->in_len -= c->in_off;
             c->in_off = 0;
         }
-        size_t need = c->in_len >= KV_FRAME_HDR ? KV_FRAME_OVERHEAD + (size_t)f.body_len
-                                                : KV_FRAME_HDR;
+        size_t need =
+            c->in_len >= KV_FRAME_HDR ? KV_FRAME_OVERHEAD + (size_t)f.body_len : KV_FRAME_HDR;
         if (reserve(&c->in, &c->in_cap, need > 65536 ? need : 65536) != 0)
             return KV_ENOMEM;
         ssize_t got = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
@@ -222,6 +230,130 @@ int kv_client_recv(struct kv_client *c, struct kv_response *r)
     }
 }
 
+/* ---- bounded protobuf-c allocator ------------------------------------------ */
+/* Unpacking an answer may allocate at most its budget: a hostile or broken
+ * server cannot make the client allocate more than a fixed multiple of the
+ * bytes it actually sent. The budget counts every allocation protobuf-c
+ * makes, its temporary scan slabs included (frees are not credited back):
+ * an MGET answer of N missing keys is 2N bytes and takes about 100N, hence
+ * 64 x body + 1 MiB. Blocks are KV_MOD_CLIENT memory. */
+struct pb_budget {
+    size_t left;
+    int exceeded;
+};
+
+static void *pb_alloc(void *data, size_t size)
+{
+    struct pb_budget *b = data;
+
+    if (b) {
+        if (size > b->left) {
+            b->exceeded = 1;
+            return NULL;
+        }
+        b->left -= size;
+    }
+    return kv_mem_alloc(KV_MOD_CLIENT, size ? size : 1);
+}
+
+static void pb_free(void *data, void *p)
+{
+    kv_mem_free(KV_MOD_CLIENT, p);
+}
+
+/* Frees unpacked messages (the budget is only consulted when allocating). */
+static ProtobufCAllocator pb_freer = {.alloc = pb_alloc, .free = pb_free, .allocator_data = NULL};
+
+static ProtobufCMessage *pb_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *body,
+                                   size_t len, int *rc)
+{
+    struct pb_budget b = {.left = 64 * len + (1u << 20)};
+    ProtobufCAllocator a = {.alloc = pb_alloc, .free = pb_free, .allocator_data = &b};
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, &a, len, body);
+
+    if (!m)
+        *rc = b.exceeded ? KV_ENOMEM : KV_EPROTO;
+    return m;
+}
+
+static void pb_release(void *m)
+{
+    if (m)
+        protobuf_c_message_free_unpacked(m, &pb_freer);
+}
+
+/* ---- answers and their statuses --------------------------------------------- */
+int kv_client_last_status(const struct kv_client *c)
+{
+    return c->last_status;
+}
+
+const char *kv_client_last_error(const struct kv_client *c)
+{
+    return c->last_error;
+}
+
+static void no_answer(struct kv_client *c)
+{
+    c->last_status = -1;
+    c->last_error[0] = '\0';
+}
+
+/* Records the status and the Error message of an answer. A body that is not
+ * an Error message but printable text is taken as the message itself. */
+static void record_answer(struct kv_client *c, const struct kv_response *r)
+{
+    c->last_status = r->status;
+    c->last_error[0] = '\0';
+    if (r->status == KV_ST_OK || r->body_len == 0)
+        return;
+    int rc = 0;
+    Kv__Error *e = (Kv__Error *)pb_unpack(&kv__error__descriptor, r->body, r->body_len, &rc);
+
+    if (e) {
+        snprintf(c->last_error, sizeof(c->last_error), "%s", e->message ? e->message : "");
+        pb_release(e);
+        return;
+    }
+    size_t n = r->body_len < sizeof(c->last_error) - 1 ? r->body_len : sizeof(c->last_error) - 1;
+
+    for (size_t i = 0; i < n; i++)
+        if (r->body[i] < 0x20 || r->body[i] > 0x7e)
+            return;
+    memcpy(c->last_error, r->body, n);
+    c->last_error[n] = '\0';
+}
+
+/* Maps a non-OK status to the result of a typed call. */
+static int status_rc(uint16_t status)
+{
+    switch (status) {
+    case KV_ST_OK: return 0;
+    case KV_ST_NOT_FOUND: return KV_ENOTFOUND;
+    case KV_ST_EXISTS: return KV_EEXISTS;
+    case KV_ST_NOT_A_NUMBER: return KV_ENOTNUM;
+    default: return KV_ESTATUS;
+    }
+}
+
+/* Sends one request frame whose body is already queued and waits for the
+ * answer carrying id and opcode. */
+static int roundtrip(struct kv_client *c, uint16_t opcode, uint64_t id, struct kv_response *r)
+{
+    int rc = kv_client_flush(c);
+
+    if (rc == 0)
+        rc = kv_client_recv(c, r);
+    if (rc == 0 && (r->request_id != id || r->opcode != opcode))
+        rc = KV_EPROTO;
+    if (rc != 0) {
+        no_answer(c);
+        return rc;
+    }
+    record_answer(c, r);
+    return 0;
+}
+
 int kv_client_call(struct kv_client *c, uint16_t opcode, const void *body, size_t body_len,
                    struct kv_response *r)
 {
@@ -229,24 +361,498 @@ int kv_client_call(struct kv_client *c, uint16_t opcode, const void *body, size_
     int rc = kv_client_queue(c, opcode, id, body, body_len);
 
     if (rc == 0)
-        rc = kv_client_flush(c);
-    if (rc == 0)
-        rc = kv_client_recv(c, r);
+        rc = roundtrip(c, opcode, id, r);
+    else
+        no_answer(c);
     if (rc != 0)
         return rc;
-    if (r->request_id != id)
-        return KV_EPROTO;
     return r->status == KV_ST_OK ? 0 : KV_ESTATUS;
 }
 
 int kv_client_ping(struct kv_client *c, const void *payload, size_t len)
 {
     struct kv_response r;
-    int rc = kv_client_call(c, 0, payload, len, &r);
+    int rc = kv_client_call(c, KV_OP_PING, payload, len, &r);
 
     if (rc != 0)
         return rc;
     if (r.body_len != len || (len && memcmp(r.body, payload, len) != 0))
         return KV_EPROTO;
     return 0;
+}
+
+const char *kv_opcode_name(unsigned opcode)
+{
+    static const char *const names[KV_OP__COUNT] = {
+        "PING", "GET",    "SET",  "DEL",   "EXISTS", "INCR", "MGET",
+        "MSET", "EXPIRE", "SCAN", "STATS", "FLUSH",  "AUTH",
+    };
+
+    return opcode < KV_OP__COUNT ? names[opcode] : "UNKNOWN";
+}
+
+/* Packs req straight into the send buffer as one frame. */
+static int queue_msg(struct kv_client *c, uint16_t opcode, uint64_t id, const ProtobufCMessage *req)
+{
+    size_t len = protobuf_c_message_get_packed_size(req);
+    struct kv_frame f = {
+        .version = KV_FRAME_VERSION, .opcode = opcode, .request_id = id, .body_len = (uint32_t)len};
+    uint8_t *p;
+
+    if (len > KV_CLIENT_MAX_BODY)
+        return KV_ETOOBIG;
+    if (reserve(&c->out, &c->out_cap, c->out_len + KV_FRAME_OVERHEAD + len) != 0)
+        return KV_ENOMEM;
+    p = c->out + c->out_len;
+    protobuf_c_message_pack(req, p + KV_FRAME_HDR);
+    kv_frame_encode_header(&f, p);
+    kv_put_le32(p + KV_FRAME_HDR + len, kv_frame_crc(p, p + KV_FRAME_HDR, len));
+    c->out_len += KV_FRAME_OVERHEAD + len;
+    return 0;
+}
+
+/* One typed call: sends req, waits, maps the status, and on OK unpacks the
+ * answer as resp_desc into *resp (the caller releases it with pb_release). */
+static int typed_call(struct kv_client *c, uint16_t opcode, const void *req,
+                      const ProtobufCMessageDescriptor *resp_desc, void **resp)
+{
+    uint64_t id = c->next_id++;
+    struct kv_response r;
+    int rc = queue_msg(c, opcode, id, req);
+
+    if (rc != 0) {
+        no_answer(c);
+        return rc;
+    }
+    rc = roundtrip(c, opcode, id, &r);
+    if (rc != 0)
+        return rc;
+    if (r.status != KV_ST_OK)
+        return status_rc(r.status);
+    if (!resp_desc)
+        return 0;
+    rc = 0;
+    *resp = pb_unpack(resp_desc, r.body, r.body_len, &rc);
+    return rc;
+}
+
+static ProtobufCBinaryData bin(const void *p, size_t n)
+{
+    return (ProtobufCBinaryData){.len = n, .data = (uint8_t *)(uintptr_t)p};
+}
+
+/* Copies n bytes into a new NUL-terminated KV_MOD_CLIENT buffer. */
+static uint8_t *dup_bytes(const uint8_t *p, size_t n)
+{
+    uint8_t *d = kv_mem_alloc(KV_MOD_CLIENT, n + 1);
+
+    if (d) {
+        if (n)
+            memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+void kv_client_value_free(struct kv_value *v)
+{
+    if (!v)
+        return;
+    kv_mem_free(KV_MOD_CLIENT, v->data);
+    memset(v, 0, sizeof(*v));
+}
+
+void kv_client_values_free(struct kv_value *v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        kv_client_value_free(&v[i]);
+}
+
+static int check_key(struct kv_client *c, const void *key, size_t klen)
+{
+    if (!key && klen) {
+        no_answer(c);
+        return KV_EINVAL;
+    }
+    return 0;
+}
+
+int kv_client_get(struct kv_client *c, const void *key, size_t klen, struct kv_value *out)
+{
+    Kv__GetRequest req = KV__GET_REQUEST__INIT;
+    Kv__GetResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc != 0)
+        return rc;
+    req.key = bin(key, klen);
+    rc = typed_call(c, KV_OP_GET, &req, &kv__get_response__descriptor, (void **)&resp);
+    if (rc != 0)
+        return rc;
+    uint8_t *d = dup_bytes(resp->value.data, resp->value.len);
+
+    if (d) {
+        out->data = d;
+        out->len = resp->value.len;
+        out->version = resp->version;
+        out->found = true;
+    }
+    pb_release(resp);
+    return d ? 0 : KV_ENOMEM;
+}
+
+int kv_client_set(struct kv_client *c, const void *key, size_t klen, const void *value, size_t vlen,
+                  const struct kv_set_opts *opts, uint64_t *version)
+{
+    Kv__SetRequest req = KV__SET_REQUEST__INIT;
+    Kv__SetResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc != 0)
+        return rc;
+    if (!value && vlen) {
+        no_answer(c);
+        return KV_EINVAL;
+    }
+    req.key = bin(key, klen);
+    req.value = bin(value, vlen);
+    if (opts) {
+        req.ttl_ms = opts->ttl_ms;
+        req.only_if_absent = opts->nx;
+        req.only_if_present = opts->xx;
+        req.has_cas = opts->cas;
+        req.cas_version = opts->cas_version;
+    }
+    rc = typed_call(c, KV_OP_SET, &req, &kv__set_response__descriptor, (void **)&resp);
+    if (rc != 0)
+        return rc;
+    if (version)
+        *version = resp->version;
+    pb_release(resp);
+    return 0;
+}
+
+/* A temporary array of n binary fields pointing at the caller's bytes. */
+static ProtobufCBinaryData *bin_array(const struct kv_bytes *v, size_t n)
+{
+    ProtobufCBinaryData *a = kv_mem_alloc(KV_MOD_CLIENT, n * sizeof(*a));
+
+    for (size_t i = 0; a && i < n; i++)
+        a[i] = bin(v[i].data, v[i].len);
+    return a;
+}
+
+int kv_client_del(struct kv_client *c, const struct kv_bytes *keys, size_t n, uint64_t *deleted)
+{
+    Kv__DelRequest req = KV__DEL_REQUEST__INIT;
+    Kv__DelResponse *resp = NULL;
+    int rc;
+
+    no_answer(c);
+    if (!keys || n == 0)
+        return KV_EINVAL;
+    req.n_keys = n;
+    req.keys = bin_array(keys, n);
+    if (!req.keys)
+        return KV_ENOMEM;
+    rc = typed_call(c, KV_OP_DEL, &req, &kv__del_response__descriptor, (void **)&resp);
+    kv_mem_free(KV_MOD_CLIENT, req.keys);
+    if (rc != 0)
+        return rc;
+    if (deleted)
+        *deleted = resp->deleted;
+    pb_release(resp);
+    return 0;
+}
+
+int kv_client_del1(struct kv_client *c, const void *key, size_t klen, uint64_t *deleted)
+{
+    struct kv_bytes k = {.data = key, .len = klen};
+
+    return kv_client_del(c, &k, 1, deleted);
+}
+
+int kv_client_exists(struct kv_client *c, const void *key, size_t klen, bool *exists)
+{
+    Kv__ExistsRequest req = KV__EXISTS_REQUEST__INIT;
+    Kv__ExistsResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc != 0)
+        return rc;
+    req.key = bin(key, klen);
+    rc = typed_call(c, KV_OP_EXISTS, &req, &kv__exists_response__descriptor, (void **)&resp);
+    if (rc != 0)
+        return rc;
+    if (exists)
+        *exists = resp->exists != 0;
+    pb_release(resp);
+    return 0;
+}
+
+int kv_client_incr(struct kv_client *c, const void *key, size_t klen, int64_t delta, int64_t *value,
+                   uint64_t *version)
+{
+    Kv__IncrRequest req = KV__INCR_REQUEST__INIT;
+    Kv__IncrResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc != 0)
+        return rc;
+    req.key = bin(key, klen);
+    req.delta = delta;
+    rc = typed_call(c, KV_OP_INCR, &req, &kv__incr_response__descriptor, (void **)&resp);
+    if (rc != 0)
+        return rc;
+    if (value)
+        *value = resp->value;
+    if (version)
+        *version = resp->version;
+    pb_release(resp);
+    return 0;
+}
+
+int kv_client_mget(struct kv_client *c, const struct kv_bytes *keys, size_t n, struct kv_value *out)
+{
+    Kv__MGetRequest req = KV__MGET_REQUEST__INIT;
+    Kv__MGetResponse *resp = NULL;
+    int rc;
+
+    no_answer(c);
+    if (!keys || !out || n == 0)
+        return KV_EINVAL;
+    req.n_keys = n;
+    req.keys = bin_array(keys, n);
+    if (!req.keys)
+        return KV_ENOMEM;
+    rc = typed_call(c, KV_OP_MGET, &req, &kv__mget_response__descriptor, (void **)&resp);
+    kv_mem_free(KV_MOD_CLIENT, req.keys);
+    if (rc != 0)
+        return rc;
+    if (resp->n_entries != n) {
+        pb_release(resp);
+        return KV_EPROTO;
+    }
+    struct kv_value *tmp = kv_mem_calloc(KV_MOD_CLIENT, n * sizeof(*tmp));
+
+    for (size_t i = 0; tmp && i < n; i++) {
+        const Kv__MGetEntry *e = resp->entries[i];
+
+        if (!e->found)
+            continue;
+        tmp[i].data = dup_bytes(e->value.data, e->value.len);
+        if (!tmp[i].data) {
+            kv_client_values_free(tmp, n);
+            kv_mem_free(KV_MOD_CLIENT, tmp);
+            tmp = NULL;
+            break;
+        }
+        tmp[i].len = e->value.len;
+        tmp[i].version = e->version;
+        tmp[i].found = true;
+    }
+    pb_release(resp);
+    if (!tmp)
+        return KV_ENOMEM;
+    memcpy(out, tmp, n * sizeof(*tmp));
+    kv_mem_free(KV_MOD_CLIENT, tmp);
+    return 0;
+}
+
+int kv_client_mset(struct kv_client *c, const struct kv_bytes *keys, const struct kv_bytes *values,
+                   size_t n, uint64_t ttl_ms, uint64_t *versions)
+{
+    Kv__MSetRequest req = KV__MSET_REQUEST__INIT;
+    Kv__MSetResponse *resp = NULL;
+    Kv__KeyValue *kvs, **ptrs;
+    int rc;
+
+    no_answer(c);
+    if (!keys || !values || n == 0)
+        return KV_EINVAL;
+    kvs = kv_mem_alloc(KV_MOD_CLIENT, n * sizeof(*kvs));
+    ptrs = kv_mem_alloc(KV_MOD_CLIENT, n * sizeof(*ptrs));
+    if (!kvs || !ptrs) {
+        kv_mem_free(KV_MOD_CLIENT, kvs);
+        kv_mem_free(KV_MOD_CLIENT, ptrs);
+        return KV_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        kv__key_value__init(&kvs[i]);
+        kvs[i].key = bin(keys[i].data, keys[i].len);
+        kvs[i].value = bin(values[i].data, values[i].len);
+        ptrs[i] = &kvs[i];
+    }
+    req.n_pairs = n;
+    req.pairs = ptrs;
+    req.ttl_ms = ttl_ms;
+    rc = typed_call(c, KV_OP_MSET, &req, &kv__mset_response__descriptor, (void **)&resp);
+    kv_mem_free(KV_MOD_CLIENT, kvs);
+    kv_mem_free(KV_MOD_CLIENT, ptrs);
+    if (rc != 0)
+        return rc;
+    if (resp->n_versions != n) {
+        pb_release(resp);
+        return KV_EPROTO;
+    }
+    if (versions)
+        memcpy(versions, resp->versions, n * sizeof(*versions));
+    pb_release(resp);
+    return 0;
+}
+
+int kv_client_expire(struct kv_client *c, const void *key, size_t klen,
+                     enum kv_expire_action action, uint64_t ttl_ms, int64_t *ttl_ms_out)
+{
+    Kv__ExpireRequest req = KV__EXPIRE_REQUEST__INIT;
+    Kv__ExpireResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc != 0)
+        return rc;
+    req.key = bin(key, klen);
+    req.action = (Kv__ExpireRequest__Action)action;
+    req.ttl_ms = ttl_ms;
+    rc = typed_call(c, KV_OP_EXPIRE, &req, &kv__expire_response__descriptor, (void **)&resp);
+    if (rc != 0)
+        return rc;
+    if (ttl_ms_out)
+        *ttl_ms_out = resp->ttl_ms;
+    pb_release(resp);
+    return 0;
+}
+
+int kv_client_ttl(struct kv_client *c, const void *key, size_t klen, int64_t *ttl_ms)
+{
+    return kv_client_expire(c, key, klen, KV_EXPIRE_QUERY, 0, ttl_ms);
+}
+
+void kv_client_scan_free(struct kv_scan *s)
+{
+    if (!s)
+        return;
+    kv_client_values_free(s->keys, s->nkeys);
+    kv_mem_free(KV_MOD_CLIENT, s->keys);
+    memset(s, 0, sizeof(*s));
+}
+
+int kv_client_scan(struct kv_client *c, uint64_t cursor, const void *prefix, size_t plen,
+                   uint32_t count, struct kv_scan *out)
+{
+    Kv__ScanRequest req = KV__SCAN_REQUEST__INIT;
+    Kv__ScanResponse *resp = NULL;
+    struct kv_scan s = {0};
+    int rc = check_key(c, prefix, plen);
+
+    if (rc != 0)
+        return rc;
+    req.cursor = cursor;
+    req.prefix = bin(prefix, plen);
+    req.count = count;
+    rc = typed_call(c, KV_OP_SCAN, &req, &kv__scan_response__descriptor, (void **)&resp);
+    if (rc != 0)
+        return rc;
+    s.cursor = resp->cursor;
+    if (resp->n_keys) {
+        s.keys = kv_mem_calloc(KV_MOD_CLIENT, resp->n_keys * sizeof(*s.keys));
+        rc = s.keys ? 0 : KV_ENOMEM;
+    }
+    for (size_t i = 0; rc == 0 && i < resp->n_keys; i++) {
+        s.keys[i].data = dup_bytes(resp->keys[i].data, resp->keys[i].len);
+        if (!s.keys[i].data) {
+            rc = KV_ENOMEM;
+            break;
+        }
+        s.keys[i].len = resp->keys[i].len;
+        s.keys[i].found = true;
+        s.nkeys = i + 1;
+    }
+    pb_release(resp);
+    if (rc != 0) {
+        kv_client_scan_free(&s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void kv_client_stats_free(struct kv_stats *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; s->entries && i < s->n; i++)
+        kv_mem_free(KV_MOD_CLIENT, s->entries[i].name);
+    kv_mem_free(KV_MOD_CLIENT, s->entries);
+    kv_mem_free(KV_MOD_CLIENT, s->text);
+    memset(s, 0, sizeof(*s));
+}
+
+int kv_client_stats(struct kv_client *c, struct kv_stats *out)
+{
+    Kv__StatsRequest req = KV__STATS_REQUEST__INIT;
+    Kv__StatsResponse *resp = NULL;
+    struct kv_stats s = {0};
+    int rc = typed_call(c, KV_OP_STATS, &req, &kv__stats_response__descriptor, (void **)&resp);
+
+    if (rc != 0)
+        return rc;
+    const char *text = resp->text ? resp->text : "";
+
+    s.text = (char *)dup_bytes((const uint8_t *)text, strlen(text));
+    if (resp->n_entries)
+        s.entries = kv_mem_calloc(KV_MOD_CLIENT, resp->n_entries * sizeof(*s.entries));
+    if (!s.text || (resp->n_entries && !s.entries))
+        rc = KV_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < resp->n_entries; i++) {
+        const char *name = resp->entries[i]->name ? resp->entries[i]->name : "";
+
+        s.entries[i].name = (char *)dup_bytes((const uint8_t *)name, strlen(name));
+        s.entries[i].value = resp->entries[i]->value;
+        s.n = i + 1;
+        if (!s.entries[i].name)
+            rc = KV_ENOMEM;
+    }
+    pb_release(resp);
+    if (rc != 0) {
+        kv_client_stats_free(&s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+bool kv_client_stats_find(const struct kv_stats *s, const char *name, int64_t *value)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->entries[i].name, name) == 0) {
+            if (value)
+                *value = s->entries[i].value;
+            return true;
+        }
+    return false;
+}
+
+int kv_client_flush_all(struct kv_client *c, uint64_t *removed)
+{
+    Kv__FlushRequest req = KV__FLUSH_REQUEST__INIT;
+    Kv__FlushResponse *resp = NULL;
+    int rc = typed_call(c, KV_OP_FLUSH, &req, &kv__flush_response__descriptor, (void **)&resp);
+
+    if (rc != 0)
+        return rc;
+    if (removed)
+        *removed = resp->removed;
+    pb_release(resp);
+    return 0;
+}
+
+int kv_client_auth(struct kv_client *c, const void *password, size_t len)
+{
+    Kv__AuthRequest req = KV__AUTH_REQUEST__INIT;
+    int rc = check_key(c, password, len);
+
+    if (rc != 0)
+        return rc;
+    req.password = bin(password, len);
+    return typed_call(c, KV_OP_AUTH, &req, NULL, NULL);
 }

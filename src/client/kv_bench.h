@@ -5,7 +5,8 @@
  * waits for all P answers, sends the next P (the meaning of -P in
  * redis-benchmark). Latency is measured per request from the send of its
  * batch to the arrival of its answer, into a log-bucketed histogram (about
- * 3% resolution). Nothing is allocated per request. */
+ * 3% resolution). Nothing is allocated per request: each connection has
+ * one preallocated pipeline buffer that encode() writes bodies into. */
 #ifndef KV_BENCH_H
 #define KV_BENCH_H
 
@@ -20,23 +21,24 @@ typedef int (*kv_bench_encode_fn)(void *ctx, uint64_t seq, uint16_t *opcode, uin
 struct kv_bench_opts {
     const char *host;
     uint16_t port;
-    unsigned conns;        /* -c */
-    uint64_t requests;     /* -n, total over all connections */
-    unsigned pipeline;     /* -P */
-    unsigned threads;      /* --threads */
-    size_t max_body;       /* largest body encode may produce */
+    const char *password; /* borrowed; non-NULL: each connection sends AUTH first */
+    unsigned conns;       /* -c */
+    uint64_t requests;    /* -n, total over all connections */
+    unsigned pipeline;    /* -P */
+    unsigned threads;     /* --threads */
+    size_t max_body;      /* largest body encode may produce */
     kv_bench_encode_fn encode;
-    void *ctx;             /* borrowed: passed to encode (must be thread-safe) */
+    void *ctx; /* borrowed: passed to encode (must be thread-safe) */
 };
 
 struct kv_bench_result {
-    uint64_t requests;     /* answered */
-    uint64_t errors;       /* answered with a status other than OK / NOT_FOUND */
+    uint64_t requests; /* answered */
+    uint64_t errors;   /* answered with a status other than OK / NOT_FOUND */
     uint64_t not_found;
     double seconds;
     double rps;
     double p50_us, p99_us, p999_us, max_us;
-    int failed;            /* a connection failed: the run is not valid */
+    int failed; /* a connection failed: the run is not valid */
 };
 
 int kv_bench_run(const struct kv_bench_opts *o, struct kv_bench_result *r);

@@ -1,14 +1,38 @@
 /* src/client/kv_client.h -- the libevkv C client library.
  *
  * A blocking client over one TCP connection speaking PROTOCOL.md frames:
- * connect with a timeout, synchronous calls, and a pipelined interface
- * (queue many requests, flush once, receive responses by request_id). It
- * never aborts the caller: every function returns 0 or a negative KV_E*
- * code, and a server answer that is not OK comes back as KV_ESTATUS with
- * the status in the response. Not thread-safe: one client per thread. */
+ * connect with a timeout, synchronous calls for every opcode, and a
+ * pipelined interface (queue many requests, flush once, receive responses by
+ * request_id). It never aborts the caller: every action returns 0 or a
+ * negative KV_E* code (kv_err.h). Not thread-safe: one client per thread.
+ *
+ * Results of the typed calls:
+ *   0             the server answered OK; output parameters are written
+ *   KV_ENOTFOUND  the server answered NOT_FOUND
+ *   KV_EEXISTS    the server answered EXISTS (NX on an existing key, or a
+ *                 CAS version that differs)
+ *   KV_ENOTNUM    the server answered NOT_A_NUMBER (INCR)
+ *   KV_ESTATUS    the server answered any other non-OK status: see
+ *                 kv_client_last_status() and kv_client_last_error()
+ *   KV_ETIMEDOUT, KV_ECLOSED, KV_EIO   transport failures (the connection
+ *                 should be closed: a late answer would be taken for the
+ *                 next call's)
+ *   KV_EPROTO     the answer did not decode (bad frame, wrong request_id,
+ *                 wrong opcode, or a body that is not the expected message)
+ *   KV_EINVAL     a bad argument (NULL, empty key list, ...), nothing sent
+ *   KV_ETOOBIG    the request body would exceed the client's 64 MiB limit
+ *   KV_ENOMEM     a local allocation failed, or an answer needed more
+ *                 memory to decode than its bound (64 x body + 1 MiB)
+ * Output parameters are written only on success (0).
+ *
+ * Memory: everything returned to the caller (values, key lists, stats) is
+ * kv_mem memory counted under KV_MOD_CLIENT, released by the matching
+ * kv_client_*_free() function. Protobuf answers are decoded with a bounded
+ * allocator counted under KV_MOD_CLIENT as well. */
 #ifndef KV_CLIENT_H
 #define KV_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,11 +40,32 @@
 
 struct kv_client;
 
+/* Opcodes of PROTOCOL.md. */
+enum kv_opcode {
+    KV_OP_PING = 0,
+    KV_OP_GET = 1,
+    KV_OP_SET = 2,
+    KV_OP_DEL = 3,
+    KV_OP_EXISTS = 4,
+    KV_OP_INCR = 5,
+    KV_OP_MGET = 6,
+    KV_OP_MSET = 7,
+    KV_OP_EXPIRE = 8,
+    KV_OP_SCAN = 9,
+    KV_OP_STATS = 10,
+    KV_OP_FLUSH = 11,
+    KV_OP_AUTH = 12,
+    KV_OP__COUNT
+};
+
+/* Returns "PING", "GET", ... or "UNKNOWN". */
+const char *kv_opcode_name(unsigned opcode);
+
 /* A response as received. body points into the client's receive buffer and
  * stays valid until the next receive call on the same client. */
 struct kv_response {
     uint16_t opcode;
-    uint16_t status;        /* KV_ST_* */
+    uint16_t status; /* KV_ST_* */
     uint64_t request_id;
     const uint8_t *body;
     uint32_t body_len;
@@ -32,11 +77,20 @@ int kv_client_connect(const char *host, uint16_t port, int timeout_ms, struct kv
 void kv_client_close(struct kv_client *c);
 int kv_client_fd(const struct kv_client *c);
 
+/* Status of the last answer a call received (KV_ST_*), or -1 when the last
+ * call got no answer (transport error, bad argument) or none was made. */
+int kv_client_last_status(const struct kv_client *c);
+/* Message of the Error body of the last non-OK answer; "" when the last
+ * answer was OK or carried no message, or when the last call got no
+ * answer. Owned by the client; valid until the next call. Truncated to
+ * 511 bytes. */
+const char *kv_client_last_error(const struct kv_client *c);
+
 /* ---- pipelined interface ---------------------------------------------------- */
 /* Appends a request frame to the send buffer; nothing is sent until
  * kv_client_flush(). Returns KV_ETOOBIG above the client's max body. */
-int kv_client_queue(struct kv_client *c, uint16_t opcode, uint64_t request_id,
-                    const void *body, size_t body_len);
+int kv_client_queue(struct kv_client *c, uint16_t opcode, uint64_t request_id, const void *body,
+                    size_t body_len);
 /* Sends everything queued. */
 int kv_client_flush(struct kv_client *c);
 /* Receives the next response frame, whatever its request_id. */
@@ -47,10 +101,119 @@ int kv_client_send_raw(struct kv_client *c, const void *buf, size_t len);
 /* ---- synchronous calls ----------------------------------------------------- */
 /* Sends one request and waits for its response (other responses arriving in
  * between are an error: use the pipelined interface for those). Returns 0
- * when the status is OK, KV_ESTATUS when not (r filled either way). */
+ * when the status is OK, KV_ESTATUS when not (r filled either way; the last
+ * status and error are recorded). */
 int kv_client_call(struct kv_client *c, uint16_t opcode, const void *body, size_t body_len,
                    struct kv_response *r);
-/* PING with a payload; the echo must match. */
+/* PING with a payload; the echo must match (KV_EPROTO if not). */
 int kv_client_ping(struct kv_client *c, const void *payload, size_t len);
+
+/* A borrowed byte string: a key or a value passed to a call. */
+struct kv_bytes {
+    const void *data;
+    size_t len;
+};
+
+/* A value returned by the library. */
+struct kv_value {
+    uint8_t *data; /* owned: KV_MOD_CLIENT, len bytes followed by a NUL
+                    * (so text values can be used as C strings); NULL
+                    * when !found */
+    size_t len;
+    uint64_t version; /* version of the value (0 for SCAN keys) */
+    bool found;
+};
+/* Frees v->data and zeroes *v. Accepts a zeroed or already freed value. */
+void kv_client_value_free(struct kv_value *v);
+
+/* GET: the value and version of key. KV_ENOTFOUND when missing. */
+int kv_client_get(struct kv_client *c, const void *key, size_t klen, struct kv_value *out);
+
+/* Conditions and expiry of a SET; a NULL opts pointer means all zero. */
+struct kv_set_opts {
+    uint64_t ttl_ms; /* 0 = no expiry */
+    bool nx;         /* only if absent: KV_EEXISTS when the key exists */
+    bool xx;         /* only if present: KV_ENOTFOUND when missing */
+    bool cas;        /* only if the version is cas_version: KV_EEXISTS
+                      * when it differs, KV_ENOTFOUND when missing */
+    uint64_t cas_version;
+};
+/* SET: stores the value; *version (may be NULL) gets the new version. */
+int kv_client_set(struct kv_client *c, const void *key, size_t klen, const void *value, size_t vlen,
+                  const struct kv_set_opts *opts, uint64_t *version);
+
+/* DEL of n >= 1 keys; *deleted (may be NULL) gets how many existed. */
+int kv_client_del(struct kv_client *c, const struct kv_bytes *keys, size_t n, uint64_t *deleted);
+/* DEL of one key. */
+int kv_client_del1(struct kv_client *c, const void *key, size_t klen, uint64_t *deleted);
+
+/* EXISTS: *exists says whether the key exists (the call itself returns 0). */
+int kv_client_exists(struct kv_client *c, const void *key, size_t klen, bool *exists);
+
+/* INCR: adds delta to the decimal integer stored at key (created at 0);
+ * *value and *version (each may be NULL) get the result. KV_ENOTNUM when
+ * the value is not a decimal int64 or the sum overflows (value intact). */
+int kv_client_incr(struct kv_client *c, const void *key, size_t klen, int64_t delta, int64_t *value,
+                   uint64_t *version);
+
+/* MGET of n >= 1 keys; out[0..n) (caller's array) gets one kv_value per
+ * key, in key order, found or not. Free with kv_client_values_free(). */
+int kv_client_mget(struct kv_client *c, const struct kv_bytes *keys, size_t n,
+                   struct kv_value *out);
+/* kv_client_value_free() on each of v[0..n). */
+void kv_client_values_free(struct kv_value *v, size_t n);
+
+/* MSET of n >= 1 pairs with one TTL (0 = none); versions[0..n) (may be
+ * NULL) gets the new versions. A KV_ESTATUS with last status OUT_OF_MEMORY
+ * means the store filled midway: the earlier pairs were stored. */
+int kv_client_mset(struct kv_client *c, const struct kv_bytes *keys, const struct kv_bytes *values,
+                   size_t n, uint64_t ttl_ms, uint64_t *versions);
+
+enum kv_expire_action {
+    KV_EXPIRE_SET = 0,   /* expire in ttl_ms (> 0) */
+    KV_EXPIRE_CLEAR = 1, /* remove the expiry */
+    KV_EXPIRE_QUERY = 2, /* only report */
+};
+/* EXPIRE: *ttl_ms_out (may be NULL) gets the remaining ms afterwards, or
+ * -1 for no expiry. KV_ENOTFOUND when the key is missing. */
+int kv_client_expire(struct kv_client *c, const void *key, size_t klen,
+                     enum kv_expire_action action, uint64_t ttl_ms, int64_t *ttl_ms_out);
+/* EXPIRE QUERY: remaining ms, or -1 for no expiry. */
+int kv_client_ttl(struct kv_client *c, const void *key, size_t klen, int64_t *ttl_ms);
+
+/* One page of a SCAN. */
+struct kv_scan {
+    uint64_t cursor; /* pass to the next call; 0 = the scan is done */
+    size_t nkeys;
+    struct kv_value *keys; /* owned: KV_MOD_CLIENT array of nkeys (found, version 0) */
+};
+/* SCAN from cursor (0 to start) over keys beginning with prefix (plen 0 =
+ * every key), at most count keys (0 = the server's default, 10). */
+int kv_client_scan(struct kv_client *c, uint64_t cursor, const void *prefix, size_t plen,
+                   uint32_t count, struct kv_scan *out);
+void kv_client_scan_free(struct kv_scan *s);
+
+/* STATS. */
+struct kv_stat_entry {
+    char *name; /* owned: NUL-terminated */
+    int64_t value;
+};
+struct kv_stats {
+    size_t n;
+    struct kv_stat_entry *entries; /* owned: KV_MOD_CLIENT array of n */
+    char *text;                    /* owned: the signal-41 dump as text ("" if none) */
+};
+int kv_client_stats(struct kv_client *c, struct kv_stats *out);
+void kv_client_stats_free(struct kv_stats *s);
+/* Value of the named entry in *s; false when there is no such entry. */
+bool kv_client_stats_find(const struct kv_stats *s, const char *name, int64_t *value);
+
+/* FLUSH: removes every key of the server; *removed (may be NULL) gets how
+ * many. (Named flush_all: kv_client_flush() sends queued requests.) */
+int kv_client_flush_all(struct kv_client *c, uint64_t *removed);
+
+/* AUTH with the server's shared secret: KV_ESTATUS with last status NOAUTH
+ * when refused (the server closes the connection after repeated failures). */
+int kv_client_auth(struct kv_client *c, const void *password, size_t len);
 
 #endif

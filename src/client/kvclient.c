@@ -1,37 +1,63 @@
-/* src/client/kvclient.c -- the command-line client of libevkv.
+/* src/client/kvclient.c -- the command-line client of libevkv: one command
+ * per opcode, the correctness run (`test`) and the load generator
+ * (`bench`). See usage() for the syntax.
  *
- *   kvclient [-h HOST] [-p PORT] [-t TIMEOUT_MS] ping [PAYLOAD]
- *   kvclient [-h HOST] [-p PORT] bench -t ping [-c CONNS] [-n REQUESTS]
- *            [-P PIPELINE] [-d BYTES] [--threads N] [--json]
- *
- * Exit codes: 0 OK, 1 NOT_FOUND, 2 any other error (message on stderr). */
-#include <getopt.h>
+ * Output: values are written raw to stdout (get adds a newline only when
+ * stdout is a terminal); other commands print one result per line.
+ * Exit codes: 0 OK, 1 NOT_FOUND (also a false EXISTS, and an MGET with a
+ * missing key), 2 any other error, with the status name and the server's
+ * message on stderr. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kv_bench.h"
 #include "kv_client.h"
 #include "kv_err.h"
 #include "kv_mem.h"
+#include "kv_selftest.h"
 
 struct global {
     const char *host;
     uint16_t port;
     int timeout_ms;
+    const char *password; /* -a */
 };
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvclient [-h HOST] [-p PORT] [-t TIMEOUT_MS] COMMAND [ARGS]\n"
+    fputs("usage: kvclient [-h HOST] [-p PORT] [-a PASSWORD] [-t TIMEOUT_MS] COMMAND [ARGS]\n"
           "commands:\n"
-          "  ping [PAYLOAD]        round trip; prints the echo and the time\n"
-          "  bench -t ping [-c CONNS] [-n REQUESTS] [-P PIPELINE] [-d BYTES]\n"
-          "        [--threads N] [--json]\n"
-          "                        load test; prints requests/s and latency percentiles\n"
+          "  ping [PAYLOAD]                 round trip; prints the echo and the time\n"
+          "  get KEY                        prints the value (raw bytes)\n"
+          "  set KEY VALUE [--ttl MS] [--nx] [--xx] [--cas VERSION]\n"
+          "                                 stores; prints the new version\n"
+          "  del KEY...                     prints how many keys existed\n"
+          "  exists KEY                     prints 1 (exit 0) or 0 (exit 1)\n"
+          "  incr KEY [DELTA]               adds DELTA (default 1); prints the result\n"
+          "  mget KEY...                    one line per key: the value, or empty if missing\n"
+          "  mset KEY VALUE [KEY VALUE]... [--ttl MS]\n"
+          "                                 stores all; prints the versions, one per line\n"
+          "  expire KEY MS                  expire in MS ms (-1 removes the expiry);\n"
+          "                                 prints the remaining ms (-1: none)\n"
+          "  ttl KEY                        prints the remaining ms (-1: no expiry)\n"
+          "  scan [PREFIX] [--count N]      prints every key (under PREFIX), one per line\n"
+          "  stats [--text]                 prints 'name value' lines, or the text dump\n"
+          "  flush                          removes every key; prints how many\n"
+          "  test [--allow-flush]           correctness run against the server; ends with\n"
+          "                                 'N passed, N failed' (exit 1 if any failed)\n"
+          "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS] [-P PIPELINE]\n"
+          "        [-d BYTES] [-r KEYSPACE] [--ratio SET:GET] [--threads N] [--json]\n"
+          "                                 load test: requests/s, latency percentiles\n"
+          "A VALUE of '-' is read from stdin (binary-safe); put '--' before a KEY or\n"
+          "VALUE that begins with '--'. -a sends AUTH before the command.\n"
           "defaults: -h 127.0.0.1 -p 7379 -t 5000\n"
-          "exit codes: 0 OK, 1 NOT_FOUND, 2 any other error\n",
+          "exit codes: 0 OK, 1 NOT_FOUND (or EXISTS false), 2 any other error\n",
           f);
 }
 
@@ -43,115 +69,814 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
-static int fail(const char *what, int rc, const struct kv_response *r)
+/* Reports a failed call on stderr; returns the exit code. */
+static int fail(const char *what, int rc, const struct kv_client *c)
 {
-    if (rc == KV_ESTATUS && r) {
-        fprintf(stderr, "kvclient: %s: %s", what, kv_status_name(r->status));
-        if (r->body_len)
-            fprintf(stderr, ": %.*s", (int)r->body_len, (const char *)r->body);
-        fputc('\n', stderr);
-        return r->status == KV_ST_NOT_FOUND ? 1 : 2;
+    int st = c ? kv_client_last_status(c) : -1;
+
+    if (st > 0) {
+        const char *msg = kv_client_last_error(c);
+
+        fprintf(stderr, "kvclient: %s: %s%s%s\n", what, kv_status_name((unsigned)st),
+                *msg ? ": " : "", msg);
+        return st == KV_ST_NOT_FOUND ? 1 : 2;
     }
-    fprintf(stderr, "kvclient: %s: %s\n", what, kv_strerror(rc));
+    if (rc == KV_EIO && errno)
+        fprintf(stderr, "kvclient: %s: %s (%s)\n", what, kv_strerror(rc), strerror(errno));
+    else
+        fprintf(stderr, "kvclient: %s: %s\n", what, kv_strerror(rc));
     return 2;
 }
 
-static int cmd_ping(const struct global *g, int argc, char **argv)
+static int parse_i64(const char *s, int64_t *out)
 {
-    struct kv_client *c;
-    const char *payload = argc > 1 ? argv[1] : "";
-    size_t len = strlen(payload);
-    double t0;
-    int rc = kv_client_connect(g->host, g->port, g->timeout_ms, &c);
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || end == s || *end)
+        return KV_EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    if (*s == '-')
+        return KV_EINVAL;
+    v = strtoull(s, &end, 10);
+    if (errno || end == s || *end)
+        return KV_EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int bad_arg(const char *cmd, const char *why)
+{
+    fprintf(stderr, "kvclient: %s: %s (see --help)\n", cmd, why);
+    return 2;
+}
+
+/* ---- arguments and stdin ----------------------------------------------------------- */
+/* The whole of stdin, once (a second '-' gets the same bytes). */
+static uint8_t *stdin_buf;
+static size_t stdin_len;
+static bool stdin_read;
+
+static int read_stdin(void)
+{
+    size_t cap = 65536;
+
+    if (stdin_read)
+        return 0;
+    stdin_buf = kv_mem_alloc(KV_MOD_CLIENT, cap);
+    if (!stdin_buf)
+        return KV_ENOMEM;
+    for (;;) {
+        size_t n;
+
+        if (stdin_len == cap) {
+            uint8_t *b = kv_mem_realloc(KV_MOD_CLIENT, stdin_buf, cap * 2);
+
+            if (!b)
+                return KV_ENOMEM;
+            stdin_buf = b;
+            cap *= 2;
+        }
+        n = fread(stdin_buf + stdin_len, 1, cap - stdin_len, stdin);
+        stdin_len += n;
+        if (n == 0) {
+            if (ferror(stdin))
+                return KV_EIO;
+            break;
+        }
+    }
+    stdin_read = true;
+    return 0;
+}
+
+/* A VALUE argument: the string itself, or stdin for "-". */
+static int value_arg(const char *arg, struct kv_bytes *out)
+{
+    if (strcmp(arg, "-") == 0) {
+        int rc = read_stdin();
+
+        if (rc != 0)
+            return rc;
+        *out = (struct kv_bytes){stdin_buf, stdin_len};
+        return 0;
+    }
+    *out = (struct kv_bytes){arg, strlen(arg)};
+    return 0;
+}
+
+/* Splits a command's arguments into positionals and the options it knows
+ * (opts: names with '=' suffix taking a value, e.g. "ttl=", "nx").
+ * Returns the number of positionals written to pos, or -1 on a bad option. */
+#define MAX_OPTS 4
+struct parsed {
+    int npos;
+    char **pos; /* borrowed: points into argv (room for argc) */
+    const char *val[MAX_OPTS];
+    bool set[MAX_OPTS];
+};
+
+static int parse_args(const char *cmd, int argc, char **argv, const char *const *opts,
+                      struct parsed *p)
+{
+    bool only_pos = false;
+
+    p->npos = 0;
+    p->pos = kv_mem_alloc(KV_MOD_CLIENT, (size_t)(argc + 1) * sizeof(char *));
+    if (!p->pos)
+        return -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int k;
+
+        if (only_pos || strncmp(a, "--", 2) != 0) {
+            p->pos[p->npos++] = argv[i];
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_pos = true;
+            continue;
+        }
+        for (k = 0; opts && opts[k]; k++) {
+            size_t n = strcspn(opts[k], "=");
+
+            if (strncmp(a + 2, opts[k], n) == 0 && a[2 + n] == '\0')
+                break;
+        }
+        if (!opts || !opts[k]) {
+            fprintf(stderr, "kvclient: %s: unknown option %s (see --help)\n", cmd, a);
+            return -1;
+        }
+        p->set[k] = true;
+        if (strchr(opts[k], '=')) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "kvclient: %s: %s needs a value\n", cmd, a);
+                return -1;
+            }
+            p->val[k] = argv[++i];
+        }
+    }
+    return p->npos;
+}
+
+static int connect_cmd(const struct global *g, struct kv_client **c)
+{
+    int rc = kv_client_connect(g->host, g->port, g->timeout_ms, c);
 
     if (rc != 0)
         return fail("connect", rc, NULL);
-    t0 = now_us();
-    rc = kv_client_ping(c, payload, len);
-    if (rc == 0)
-        printf("PONG %s (%.1f us)\n", payload, now_us() - t0);
-    kv_client_close(c);
-    return rc == 0 ? 0 : fail("ping", rc, NULL);
+    if (g->password) {
+        rc = kv_client_auth(*c, g->password, strlen(g->password));
+        if (rc != 0) {
+            int ex = fail("auth", rc, *c);
+
+            kv_client_close(*c);
+            return ex == 1 ? 2 : ex;
+        }
+    }
+    return 0;
 }
 
-/* ---- bench ----------------------------------------------------------------- */
-struct bench_ctx {
-    size_t data;     /* -d */
+/* ---- one function per command ------------------------------------------------------ */
+typedef int (*cmd_fn)(struct kv_client *c, struct parsed *p, const char *cmd);
+
+static int cmd_get(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    struct kv_value v = {0};
+    int rc;
+
+    if (p->npos != 1)
+        return bad_arg(cmd, "usage: get KEY");
+    rc = kv_client_get(c, p->pos[0], strlen(p->pos[0]), &v);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    fwrite(v.data, 1, v.len, stdout);
+    if (isatty(STDOUT_FILENO))
+        fputc('\n', stdout);
+    kv_client_value_free(&v);
+    return 0;
+}
+
+static int cmd_set(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    struct kv_set_opts o = {0};
+    struct kv_bytes v;
+    uint64_t ver = 0;
+    int rc;
+
+    if (p->npos != 2)
+        return bad_arg(cmd, "usage: set KEY VALUE [--ttl MS] [--nx] [--xx] [--cas VERSION]");
+    if (p->set[0] && (parse_u64(p->val[0], &o.ttl_ms) != 0 || o.ttl_ms == 0))
+        return bad_arg(cmd, "--ttl takes a number of milliseconds > 0");
+    o.nx = p->set[1];
+    o.xx = p->set[2];
+    o.cas = p->set[3];
+    if (o.cas && parse_u64(p->val[3], &o.cas_version) != 0)
+        return bad_arg(cmd, "--cas takes a version number");
+    rc = value_arg(p->pos[1], &v);
+    if (rc == 0)
+        rc = kv_client_set(c, p->pos[0], strlen(p->pos[0]), v.data, v.len, &o, &ver);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRIu64 "\n", ver);
+    return 0;
+}
+
+static int cmd_del(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    struct kv_bytes *keys;
+    uint64_t n = 0;
+    int rc;
+
+    if (p->npos < 1)
+        return bad_arg(cmd, "usage: del KEY...");
+    keys = kv_mem_alloc(KV_MOD_CLIENT, (size_t)p->npos * sizeof(*keys));
+    if (!keys)
+        return fail(cmd, KV_ENOMEM, NULL);
+    for (int i = 0; i < p->npos; i++)
+        keys[i] = (struct kv_bytes){p->pos[i], strlen(p->pos[i])};
+    rc = kv_client_del(c, keys, (size_t)p->npos, &n);
+    kv_mem_free(KV_MOD_CLIENT, keys);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRIu64 "\n", n);
+    return 0;
+}
+
+static int cmd_exists(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    bool ex = false;
+    int rc;
+
+    if (p->npos != 1)
+        return bad_arg(cmd, "usage: exists KEY");
+    rc = kv_client_exists(c, p->pos[0], strlen(p->pos[0]), &ex);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%d\n", ex ? 1 : 0);
+    return ex ? 0 : 1;
+}
+
+static int cmd_incr(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    int64_t delta = 1, v = 0;
+    int rc;
+
+    if (p->npos < 1 || p->npos > 2 || (p->npos == 2 && parse_i64(p->pos[1], &delta) != 0))
+        return bad_arg(cmd, "usage: incr KEY [DELTA]");
+    rc = kv_client_incr(c, p->pos[0], strlen(p->pos[0]), delta, &v, NULL);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRId64 "\n", v);
+    return 0;
+}
+
+static int cmd_mget(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    size_t n = (size_t)p->npos;
+    struct kv_bytes *keys;
+    struct kv_value *vals;
+    int rc, missing = 0;
+
+    if (n < 1)
+        return bad_arg(cmd, "usage: mget KEY...");
+    keys = kv_mem_alloc(KV_MOD_CLIENT, n * sizeof(*keys));
+    vals = kv_mem_calloc(KV_MOD_CLIENT, n * sizeof(*vals));
+    if (!keys || !vals) {
+        kv_mem_free(KV_MOD_CLIENT, keys);
+        kv_mem_free(KV_MOD_CLIENT, vals);
+        return fail(cmd, KV_ENOMEM, NULL);
+    }
+    for (size_t i = 0; i < n; i++)
+        keys[i] = (struct kv_bytes){p->pos[i], strlen(p->pos[i])};
+    rc = kv_client_mget(c, keys, n, vals);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (vals[i].found)
+            fwrite(vals[i].data, 1, vals[i].len, stdout);
+        else
+            missing = 1;
+        fputc('\n', stdout);
+    }
+    if (rc == 0)
+        kv_client_values_free(vals, n);
+    kv_mem_free(KV_MOD_CLIENT, keys);
+    kv_mem_free(KV_MOD_CLIENT, vals);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    return missing;
+}
+
+static int cmd_mset(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    size_t n = (size_t)p->npos / 2;
+    struct kv_bytes *keys, *vals;
+    uint64_t ttl = 0, *vers;
+    int rc = 0;
+
+    if (n < 1 || p->npos % 2)
+        return bad_arg(cmd, "usage: mset KEY VALUE [KEY VALUE]... [--ttl MS]");
+    if (p->set[0] && (parse_u64(p->val[0], &ttl) != 0 || ttl == 0))
+        return bad_arg(cmd, "--ttl takes a number of milliseconds > 0");
+    keys = kv_mem_alloc(KV_MOD_CLIENT, n * sizeof(*keys));
+    vals = kv_mem_alloc(KV_MOD_CLIENT, n * sizeof(*vals));
+    vers = kv_mem_alloc(KV_MOD_CLIENT, n * sizeof(*vers));
+    if (!keys || !vals || !vers)
+        rc = KV_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        keys[i] = (struct kv_bytes){p->pos[2 * i], strlen(p->pos[2 * i])};
+        rc = value_arg(p->pos[2 * i + 1], &vals[i]);
+    }
+    if (rc == 0)
+        rc = kv_client_mset(c, keys, vals, n, ttl, vers);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        printf("%" PRIu64 "\n", vers[i]);
+    kv_mem_free(KV_MOD_CLIENT, keys);
+    kv_mem_free(KV_MOD_CLIENT, vals);
+    kv_mem_free(KV_MOD_CLIENT, vers);
+    return rc == 0 ? 0 : fail(cmd, rc, c);
+}
+
+static int cmd_expire(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    int64_t ms, left = 0;
+    int rc;
+
+    if (p->npos != 2 || parse_i64(p->pos[1], &ms) != 0 || ms < -1)
+        return bad_arg(cmd, "usage: expire KEY MS (MS > 0, or -1 to remove the expiry)");
+    rc = kv_client_expire(c, p->pos[0], strlen(p->pos[0]),
+                          ms == -1 ? KV_EXPIRE_CLEAR : KV_EXPIRE_SET, ms == -1 ? 0 : (uint64_t)ms,
+                          &left);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRId64 "\n", left);
+    return 0;
+}
+
+static int cmd_ttl(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    int64_t left = 0;
+    int rc;
+
+    if (p->npos != 1)
+        return bad_arg(cmd, "usage: ttl KEY");
+    rc = kv_client_ttl(c, p->pos[0], strlen(p->pos[0]), &left);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRId64 "\n", left);
+    return 0;
+}
+
+static int cmd_scan(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    const char *prefix = p->npos ? p->pos[0] : "";
+    uint64_t count = 100, cursor = 0;
+    struct kv_scan s;
+    int rc;
+
+    if (p->npos > 1)
+        return bad_arg(cmd, "usage: scan [PREFIX] [--count N]");
+    if (p->set[0] && (parse_u64(p->val[0], &count) != 0 || count > UINT32_MAX))
+        return bad_arg(cmd, "--count takes a number");
+    do {
+        rc = kv_client_scan(c, cursor, prefix, strlen(prefix), (uint32_t)count, &s);
+        if (rc != 0)
+            return fail(cmd, rc, c);
+        for (size_t i = 0; i < s.nkeys; i++) {
+            fwrite(s.keys[i].data, 1, s.keys[i].len, stdout);
+            fputc('\n', stdout);
+        }
+        cursor = s.cursor;
+        kv_client_scan_free(&s);
+    } while (cursor != 0);
+    return 0;
+}
+
+static int cmd_stats(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    struct kv_stats s;
+    int rc;
+
+    if (p->npos != 0)
+        return bad_arg(cmd, "usage: stats [--text]");
+    rc = kv_client_stats(c, &s);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    if (p->set[0]) {
+        fputs(s.text, stdout);
+        if (*s.text && s.text[strlen(s.text) - 1] != '\n')
+            fputc('\n', stdout);
+    } else {
+        for (size_t i = 0; i < s.n; i++)
+            printf("%s %" PRId64 "\n", s.entries[i].name, s.entries[i].value);
+    }
+    kv_client_stats_free(&s);
+    return 0;
+}
+
+static int cmd_flush(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    uint64_t removed = 0;
+    int rc;
+
+    if (p->npos != 0)
+        return bad_arg(cmd, "usage: flush");
+    rc = kv_client_flush_all(c, &removed);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRIu64 "\n", removed);
+    return 0;
+}
+
+static int cmd_ping(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    const char *payload = p->npos ? p->pos[0] : "";
+    double t0 = now_us();
+    int rc = kv_client_ping(c, payload, strlen(payload));
+
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("PONG %s (%.1f us)\n", payload, now_us() - t0);
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    cmd_fn fn;
+    const char *opts[MAX_OPTS + 1];
+} commands[] = {
+    {"ping", cmd_ping, {NULL}},
+    {"get", cmd_get, {NULL}},
+    {"set", cmd_set, {"ttl=", "nx", "xx", "cas=", NULL}},
+    {"del", cmd_del, {NULL}},
+    {"exists", cmd_exists, {NULL}},
+    {"incr", cmd_incr, {NULL}},
+    {"mget", cmd_mget, {NULL}},
+    {"mset", cmd_mset, {"ttl=", NULL}},
+    {"expire", cmd_expire, {NULL}},
+    {"ttl", cmd_ttl, {NULL}},
+    {"scan", cmd_scan, {"count=", NULL}},
+    {"stats", cmd_stats, {"text", NULL}},
+    {"flush", cmd_flush, {NULL}},
 };
 
-static int encode_ping(void *ctx, uint64_t seq, uint16_t *opcode, uint8_t *buf, size_t cap)
+static int run_command(const struct global *g, int k, int argc, char **argv)
+{
+    struct parsed p = {0};
+    struct kv_client *c = NULL;
+    int ex;
+
+    /* incr and expire take negative numbers: "-5" is a positional there */
+    if (parse_args(commands[k].name, argc, argv, commands[k].opts, &p) < 0) {
+        kv_mem_free(KV_MOD_CLIENT, p.pos);
+        return 2;
+    }
+    ex = connect_cmd(g, &c);
+    if (ex == 0) {
+        ex = commands[k].fn(c, &p, commands[k].name);
+        kv_client_close(c);
+    }
+    if (fflush(stdout) != 0 && ex == 0)
+        ex = 2;
+    kv_mem_free(KV_MOD_CLIENT, p.pos);
+    return ex;
+}
+
+/* ---- test -------------------------------------------------------------------------- */
+static int cmd_test(const struct global *g, int argc, char **argv)
+{
+    struct kv_selftest_opts o = {.host = g->host,
+                                 .port = g->port,
+                                 .timeout_ms = g->timeout_ms,
+                                 .password = g->password,
+                                 .out = stdout};
+    unsigned passed = 0, failed = 0;
+    int rc;
+
+    /* test's own options may repeat the global ones: kvclient test -p PORT */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--allow-flush") == 0)
+            o.allow_flush = true;
+        else if (i + 1 < argc && strcmp(argv[i], "-h") == 0)
+            o.host = argv[++i];
+        else if (i + 1 < argc && strcmp(argv[i], "-p") == 0)
+            o.port = (uint16_t)strtoul(argv[++i], NULL, 10);
+        else if (i + 1 < argc && strcmp(argv[i], "-a") == 0)
+            o.password = argv[++i];
+        else
+            return bad_arg("test", "usage: test [-h HOST] [-p PORT] [-a PASSWORD] [--allow-flush]");
+    }
+    rc = kv_selftest_run(&o, &passed, &failed);
+    if (rc != 0)
+        return fail("test: connect", rc, NULL);
+    return failed ? 1 : 0;
+}
+
+/* ---- bench ------------------------------------------------------------------------- */
+enum bench_kind { B_PING, B_GET, B_SET, B_MIXED, B_MGET };
+#define BENCH_KEYLEN 16 /* "key:" + 12 digits */
+#define MGET_KEYS    10
+
+struct bench_ctx { /* read-only during a run: shared by the threads */
+    enum bench_kind kind;
+    size_t data;           /* -d */
+    uint64_t keyspace;     /* -r */
+    unsigned set_w, get_w; /* --ratio SET:GET */
+    uint8_t *value;        /* owned: data bytes */
+};
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static void put_key(uint8_t *p, uint64_t n)
+{
+    memcpy(p, "key:", 4);
+    for (int i = BENCH_KEYLEN - 1; i >= 4; i--) {
+        p[i] = (uint8_t)('0' + n % 10);
+        n /= 10;
+    }
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* field 1 (bytes) = key n: 0x0A, 16, key */
+static size_t put_key_field(uint8_t *p, uint64_t n)
+{
+    p[0] = 0x0A;
+    p[1] = BENCH_KEYLEN;
+    put_key(p + 2, n);
+    return 2 + BENCH_KEYLEN;
+}
+
+static size_t put_set_body(const struct bench_ctx *b, uint8_t *p, uint64_t n)
+{
+    size_t len = put_key_field(p, n);
+
+    p[len++] = 0x12;
+    len += put_varint(p + len, b->data);
+    memcpy(p + len, b->value, b->data);
+    return len + b->data;
+}
+
+static int bench_encode(void *ctx, uint64_t seq, uint16_t *opcode, uint8_t *buf, size_t cap)
 {
     const struct bench_ctx *b = ctx;
+    uint64_t r = mix64(seq);
+    size_t len = 0;
 
-    *opcode = 0;
-    if (b->data > cap)
-        return KV_ETOOBIG;
-    memset(buf, 'x', b->data);
-    return (int)b->data;
+    switch (b->kind) {
+    case B_PING:
+        *opcode = KV_OP_PING;
+        memcpy(buf, b->value, b->data);
+        return (int)b->data;
+    case B_GET: *opcode = KV_OP_GET; return (int)put_key_field(buf, r % b->keyspace);
+    case B_SET: *opcode = KV_OP_SET; return (int)put_set_body(b, buf, r % b->keyspace);
+    case B_MIXED:
+        if ((r >> 40) % (b->set_w + b->get_w) < b->set_w) {
+            *opcode = KV_OP_SET;
+            return (int)put_set_body(b, buf, r % b->keyspace);
+        }
+        *opcode = KV_OP_GET;
+        return (int)put_key_field(buf, r % b->keyspace);
+    case B_MGET:
+        *opcode = KV_OP_MGET;
+        for (int i = 0; i < MGET_KEYS; i++)
+            len += put_key_field(buf + len, mix64(r + (uint64_t)i) % b->keyspace);
+        return (int)len;
+    }
+    return KV_EINVAL;
+}
+
+/* Stores keys 0..keyspace-1 with MSET batches, a few in flight. */
+static int bench_populate(const struct global *g, const struct bench_ctx *b)
+{
+    size_t pair = 2 + (2 + BENCH_KEYLEN) + 1 + 10 + b->data;
+    size_t batch = (4u << 20) / pair;
+    uint64_t next = 0, id = 0, inflight = 0;
+    struct kv_client *c = NULL;
+    struct kv_response r;
+    uint8_t *body;
+    int rc = 0;
+
+    if (batch > 1000)
+        batch = 1000;
+    if (batch == 0)
+        batch = 1;
+    body = kv_mem_alloc(KV_MOD_CLIENT, batch * pair + 16);
+    if (!body)
+        return KV_ENOMEM;
+    rc = kv_client_connect(g->host, g->port, 30000, &c);
+    if (rc == 0 && g->password)
+        rc = kv_client_auth(c, g->password, strlen(g->password));
+    while (rc == 0 && (next < b->keyspace || inflight > 0)) {
+        while (next < b->keyspace && inflight < 4 && rc == 0) {
+            size_t len = 0;
+
+            for (size_t i = 0; i < batch && next < b->keyspace; i++, next++) {
+                uint8_t kv[64];
+                size_t kl = put_key_field(kv, next);
+
+                /* MSetRequest.pairs (field 1): KeyValue{key, value} */
+                body[len++] = 0x0A;
+                len +=
+                    put_varint(body + len, kl + 1 + (size_t)put_varint(kv + kl, b->data) + b->data);
+                memcpy(body + len, kv, kl);
+                len += kl;
+                body[len++] = 0x12;
+                len += put_varint(body + len, b->data);
+                memcpy(body + len, b->value, b->data);
+                len += b->data;
+            }
+            rc = kv_client_queue(c, KV_OP_MSET, ++id, body, len);
+            inflight++;
+        }
+        if (rc == 0)
+            rc = kv_client_flush(c);
+        if (rc == 0)
+            rc = kv_client_recv(c, &r);
+        if (rc == 0 && r.status != KV_ST_OK) {
+            fprintf(stderr, "kvclient: bench: populate: MSET answered %s\n",
+                    kv_status_name(r.status));
+            rc = KV_ESTATUS;
+        }
+        inflight--;
+    }
+    if (c)
+        kv_client_close(c);
+    kv_mem_free(KV_MOD_CLIENT, body);
+    return rc;
 }
 
 static int cmd_bench(const struct global *g, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"threads", required_argument, NULL, 'T'},
-        {"json", no_argument, NULL, 'J'},
-        {NULL, 0, NULL, 0},
-    };
-    struct bench_ctx ctx = {.data = 3};
-    struct kv_bench_opts o = {.host = g->host, .port = g->port, .conns = 50,
-                              .requests = 100000, .pipeline = 1, .threads = 1};
-    struct kv_bench_result r;
+    static const char *const names[] = {"ping", "get", "set", "mixed", "mget"};
+    struct bench_ctx ctx = {.data = 3, .keyspace = 100000, .set_w = 1, .get_w = 10};
+    struct kv_bench_opts o = {.host = g->host,
+                              .port = g->port,
+                              .password = g->password,
+                              .conns = 50,
+                              .requests = 100000,
+                              .pipeline = 1,
+                              .threads = 1};
     const char *tests = "ping";
-    int json = 0, c, rc;
+    char list[256], *save = NULL, *tok;
+    bool json = false, populated = false;
+    int ex = 0, rc;
 
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "t:c:n:P:d:", opts, NULL)) != -1) {
-        switch (c) {
-        case 't': tests = optarg; break;
-        case 'c': o.conns = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 'n': o.requests = strtoull(optarg, NULL, 10); break;
-        case 'P': o.pipeline = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 'd': ctx.data = strtoull(optarg, NULL, 10); break;
-        case 'T': o.threads = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 'J': json = 1; break;
-        default: usage(stderr); return 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        uint64_t n = 0;
+
+        if (strcmp(a, "--json") == 0) {
+            json = true;
+            continue;
+        }
+        if (!v)
+            return bad_arg("bench", "an option needs a value");
+        i++;
+        if (strcmp(a, "-t") == 0) {
+            tests = v;
+            continue;
+        }
+        if (strcmp(a, "--ratio") == 0) {
+            unsigned s, gw;
+
+            if (sscanf(v, "%u:%u", &s, &gw) != 2 || s + gw == 0 || s + gw > 1000000)
+                return bad_arg("bench", "--ratio takes SET:GET, e.g. 1:10");
+            ctx.set_w = s;
+            ctx.get_w = gw;
+            continue;
+        }
+        if (parse_u64(v, &n) != 0)
+            return bad_arg("bench", "option values are numbers");
+        if (strcmp(a, "-c") == 0)
+            o.conns = (unsigned)n;
+        else if (strcmp(a, "-n") == 0)
+            o.requests = n;
+        else if (strcmp(a, "-P") == 0)
+            o.pipeline = (unsigned)n;
+        else if (strcmp(a, "-d") == 0)
+            ctx.data = n;
+        else if (strcmp(a, "-r") == 0)
+            ctx.keyspace = n;
+        else if (strcmp(a, "--threads") == 0)
+            o.threads = (unsigned)n;
+        else
+            return bad_arg("bench", "unknown option");
+    }
+    if (o.conns == 0 || o.conns > 10000 || o.pipeline == 0 || o.pipeline > 10000 ||
+        o.requests == 0 || o.threads == 0 || o.threads > o.conns || o.threads > 1000 ||
+        ctx.data > (1u << 20) || ctx.keyspace == 0 || ctx.keyspace > 999999999999ull)
+        return bad_arg("bench", "bad -c/-n/-P/-d/-r/--threads value");
+    if (strlen(tests) >= sizeof(list))
+        return bad_arg("bench", "-t list too long");
+    /* validate the whole list before running anything */
+    snprintf(list, sizeof(list), "%s", tests);
+    for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        size_t k = 0;
+
+        while (k < 5 && strcmp(tok, names[k]) != 0)
+            k++;
+        if (k == 5) {
+            fprintf(stderr, "kvclient: bench: unknown test '%s' (get,set,mixed,mget,ping)\n", tok);
+            return 2;
         }
     }
-    if (strcmp(tests, "ping") != 0) {
-        fprintf(stderr, "kvclient: bench: unknown test '%s' (available: ping)\n", tests);
-        return 2;
-    }
-    if (o.conns == 0 || o.pipeline == 0 || o.requests == 0 || o.threads == 0 ||
-        o.threads > o.conns || ctx.data > (16u << 20)) {
-        fprintf(stderr, "kvclient: bench: bad -c/-n/-P/-d/--threads value\n");
-        return 2;
-    }
-    o.max_body = ctx.data + 64;
-    o.encode = encode_ping;
+    ctx.value = kv_mem_alloc(KV_MOD_CLIENT, ctx.data + 1);
+    if (!ctx.value)
+        return fail("bench", KV_ENOMEM, NULL);
+    for (size_t i = 0; i < ctx.data; i++)
+        ctx.value[i] = (uint8_t)('a' + i % 26);
+    /* bodies: the largest request, and the largest answer (MGET of 10) */
+    o.max_body = MGET_KEYS * (ctx.data + 48) + 256;
+    o.encode = bench_encode;
     o.ctx = &ctx;
-    rc = kv_bench_run(&o, &r);
-    if (rc != 0)
-        return fail("bench", rc, NULL);
-    if (json)
-        printf("{\"test\":\"%s\",\"conns\":%u,\"pipeline\":%u,\"data\":%zu,\"requests\":%llu,"
-               "\"errors\":%llu,\"seconds\":%.3f,\"rps\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
-               "\"p999_us\":%.1f,\"max_us\":%.1f,\"failed\":%s}\n",
-               tests, o.conns, o.pipeline, ctx.data, (unsigned long long)r.requests,
-               (unsigned long long)r.errors, r.seconds, r.rps, r.p50_us, r.p99_us, r.p999_us,
-               r.max_us, r.failed ? "true" : "false");
-    else
-        printf("%s: %llu requests in %.2f s, %.0f requests/s, p50 %.1f us, p99 %.1f us, "
-               "p99.9 %.1f us, max %.1f us, errors %llu%s\n",
-               tests, (unsigned long long)r.requests, r.seconds, r.rps, r.p50_us, r.p99_us,
-               r.p999_us, r.max_us, (unsigned long long)r.errors,
-               r.failed ? " (FAILED: a connection broke)" : "");
-    return r.failed || r.errors ? 2 : 0;
+
+    snprintf(list, sizeof(list), "%s", tests);
+    for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        struct kv_bench_result r;
+        size_t k = 0;
+
+        while (strcmp(tok, names[k]) != 0)
+            k++;
+        ctx.kind = (enum bench_kind)k;
+        if (!populated && (ctx.kind == B_GET || ctx.kind == B_MGET || ctx.kind == B_MIXED)) {
+            double t0 = now_us();
+
+            rc = bench_populate(g, &ctx);
+            if (rc != 0) {
+                ex = fail("bench: populate", rc, NULL);
+                break;
+            }
+            populated = true;
+            if (!json)
+                printf("populated %" PRIu64 " keys of %zu bytes in %.2f s\n", ctx.keyspace,
+                       ctx.data, (now_us() - t0) / 1e6);
+        }
+        rc = kv_bench_run(&o, &r);
+        if (rc != 0) {
+            ex = fail("bench", rc, NULL);
+            break;
+        }
+        if (json) {
+            printf(
+                "{\"test\":\"%s\",\"conns\":%u,\"pipeline\":%u,\"data\":%zu,\"keyspace\":%" PRIu64
+                ",\"threads\":%u,\"requests\":%" PRIu64 ",\"errors\":%" PRIu64
+                ",\"not_found\":%" PRIu64 ",\"seconds\":%.3f,\"rps\":%.0f",
+                tok, o.conns, o.pipeline, ctx.data, ctx.keyspace, o.threads, r.requests, r.errors,
+                r.not_found, r.seconds, r.rps);
+            if (ctx.kind == B_MGET)
+                printf(",\"keys_per_s\":%.0f", r.rps * MGET_KEYS);
+            printf(",\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
+                   "\"failed\":%s}\n",
+                   r.p50_us, r.p99_us, r.p999_us, r.max_us, r.failed ? "true" : "false");
+        } else {
+            printf("%-5s: %" PRIu64 " requests in %.2f s, %.0f requests/s", tok, r.requests,
+                   r.seconds, r.rps);
+            if (ctx.kind == B_MGET)
+                printf(" (%.0f keys/s)", r.rps * MGET_KEYS);
+            printf(", p50 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us, errors %" PRIu64,
+                   r.p50_us, r.p99_us, r.p999_us, r.max_us, r.errors);
+            if (r.not_found)
+                printf(", not found %" PRIu64, r.not_found);
+            printf("%s\n", r.failed ? " (FAILED: a connection broke)" : "");
+        }
+        fflush(stdout);
+        if (r.failed || r.errors)
+            ex = 2;
+    }
+    kv_mem_free(KV_MOD_CLIENT, ctx.value);
+    return ex;
 }
 
 int main(int argc, char **argv)
 {
     struct global g = {.host = "127.0.0.1", .port = 7379, .timeout_ms = 5000};
-    int i = 1;
+    int i = 1, ex;
 
     /* global options come before the command; parsed by hand so that the
      * command's own options (bench -t, -c ...) are left alone */
@@ -168,6 +893,8 @@ int main(int argc, char **argv)
             g.host = argv[++i];
         else if (strcmp(argv[i], "-p") == 0)
             g.port = (uint16_t)strtoul(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "-a") == 0)
+            g.password = argv[++i];
         else if (strcmp(argv[i], "-t") == 0)
             g.timeout_ms = (int)strtol(argv[++i], NULL, 10);
         else {
@@ -179,10 +906,16 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(argv[i], "ping") == 0)
-        return cmd_ping(&g, argc - i, argv + i);
+    if (strcmp(argv[i], "test") == 0)
+        return cmd_test(&g, argc - i, argv + i);
     if (strcmp(argv[i], "bench") == 0)
         return cmd_bench(&g, argc - i, argv + i);
+    for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
+        if (strcmp(argv[i], commands[k].name) == 0) {
+            ex = run_command(&g, (int)k, argc - i, argv + i);
+            kv_mem_free(KV_MOD_CLIENT, stdin_buf);
+            return ex;
+        }
     fprintf(stderr, "kvclient: unknown command '%s' (see --help)\n", argv[i]);
     return 2;
 }
