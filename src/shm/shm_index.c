@@ -286,6 +286,9 @@ static void split_one(struct kv_shm_store *s)
     unsigned nspare = 0;
     pthread_rwlock_wrlock(&st->lock);
     uint64_t *line = kv_shm_index_line(s, p);
+    for (int i = 0; line && i < SHM_SLOTS; i++) /* the keys are about to be rehashed */
+        if (line[i] && SHM_WORD_OFF(line[i]) + SHM_ITEM_HDR <= s->data_end)
+            __builtin_prefetch(s->base + SHM_WORD_OFF(line[i]) + SHM_ITEM_HDR - 8);
     for (int k = 0; line && k < CHAIN_MAX; k++, line = line_next(s, line)) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = line[i];
