@@ -753,6 +753,12 @@ static void *thr_main(void *arg)
         size_t n = 1 + (size_t)((i * 37 + t->id * 101) % (int)sizeof(val));
         uint8_t b = (uint8_t)(n * 7 + t->id);
         memset(val, b, n);
+        if (i % 4 == 0) { /* unique keys: the index splits while the others read */
+            char g[40];
+            snprintf(g, sizeof(g), "grow-%d-%d", t->id, i);
+            if (kv_shm_set(t->s, g, strlen(g), g, strlen(g), NULL, NULL))
+                t->errors++;
+        }
         int op = i % 5;
         if (op < 2) {
             if (kv_shm_set(t->s, k, strlen(k), val, n, NULL, NULL))
@@ -815,6 +821,17 @@ static void test_shm_threads(void)
     for (int i = 0; i < 40000; i++)
         want += (i % 5 == 4 && i % 2 == 0);
     CU_ASSERT_EQUAL(total, want * N);
+    int missing = 0;
+    for (int id = 0; id < N; id++)
+        for (int i = 0; i < 40000; i += 4) {
+            char g[40];
+            snprintf(g, sizeof(g), "grow-%d-%d", id, i);
+            missing += !value_is(s, g, g, strlen(g));
+        }
+    CU_ASSERT_EQUAL(missing, 0);
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    CU_ASSERT(st.index_buckets > 4 * 1024); /* splits ran concurrently with the readers */
     kv_shm_store_close(s);
     kv_shm_store_unlink(&c);
 }
