@@ -314,6 +314,10 @@ void kv_mem_buf_put(void *buf, size_t cap)
     }
     cls = pool_class(cap, &c);
     assert(c == cap && "kv_mem_buf_put with a capacity kv_mem_buf_get did not give");
+    if (c != cap) {
+        free(buf); /* never cache a buffer in a class larger than itself */
+        return;
+    }
     *(void **)buf = my_cache.head[cls];
     my_cache.head[cls] = buf;
     my_cache.bytes += cap;

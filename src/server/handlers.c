@@ -1,25 +1,729 @@
-/* src/server/handlers.c -- the handlers of the key-value service, one per
- * opcode of PROTOCOL.md, registered with the worker registry. Opcodes
- * without a handler answer UNKNOWN_OPCODE (the registry does that). */
-#include <stdint.h>
+/* src/server/handlers.c -- the key-value service: one handler per opcode of
+ * PROTOCOL.md, registered with the worker registry, each a thin layer that
+ * decodes the protobuf body, calls src/shm and encodes the answer.
+ *
+ * Single-key requests (GET, SET, EXISTS, INCR, EXPIRE, AUTH) and their small
+ * answers are read and written with the in-place wire reader of pb.h: no
+ * allocation but the response packet, and GET copies the value straight
+ * from the store into the packet. Messages with repeated fields go through
+ * protobuf-c with a bounded allocator counted under KV_MOD_PROTO, so a body
+ * that does not decode costs nothing and leaks nothing.
+ *
+ * Every handler runs on a worker thread (or inline in the IO thread with
+ * --workers 0) and may run concurrently with any other. */
+#include <stdio.h>
+#include <string.h>
 
+#include "kv.pb-c.h"
 #include "kv_call.h"
-#include "kv_server.h"
+#include "kv_err.h"
+#include "kv_mem.h"
+#include "kv_shm.h"
 #include "kv_worker.h"
+#include "pb.h"
+#include "server_int.h"
 
-enum { KV_OP_PING = 0 };
+enum {
+    KV_OP_PING = 0, KV_OP_GET, KV_OP_SET, KV_OP_DEL, KV_OP_EXISTS, KV_OP_INCR, KV_OP_MGET,
+    KV_OP_MSET, KV_OP_EXPIRE, KV_OP_SCAN, KV_OP_STATS, KV_OP_FLUSH, KV_OP_AUTH,
+};
 
-/* PING: echo the body. The response points at the request body, which lives
- * in its receive buffer until the response is written. */
+#define KV_AUTH_MAX_FAILURES 3
+#define KV_SCAN_DEFAULT 10
+#define KV_SCAN_MAX 10000
+
+/* ---- answers ------------------------------------------------------------- */
+static void answer_error(struct kv_call *call, uint16_t status, const char *msg)
+{
+    Kv__Error e = KV__ERROR__INIT;
+    size_t n;
+
+    call->status = status;
+    call->resp_len = 0;
+    if (!msg)
+        return;
+    e.message = (char *)msg;
+    n = kv__error__get_packed_size(&e);
+    call->resp = kv_mem_alloc(KV_MOD_PACKET, n);
+    if (!call->resp)
+        return; /* the status alone still answers */
+    call->resp_len = (uint32_t)kv__error__pack(&e, call->resp);
+    call->resp_owned = 1;
+}
+
+/* Maps a store code to its status and a message. */
+static void answer_store_error(struct kv_call *call, int rc)
+{
+    switch (rc) {
+    case KV_ENOTFOUND: answer_error(call, KV_ST_NOT_FOUND, NULL); break;
+    case KV_EEXISTS: answer_error(call, KV_ST_EXISTS, NULL); break;
+    case KV_EINVAL: answer_error(call, KV_ST_BAD_REQUEST, "key empty or too long"); break;
+    case KV_ENOTNUM:
+        answer_error(call, KV_ST_NOT_A_NUMBER, "value is not a 64-bit integer or overflows");
+        break;
+    case KV_ENOMEM:
+        answer_error(call, KV_ST_OUT_OF_MEMORY, "store is full (--eviction none)");
+        break;
+    case KV_ETOOBIG:
+        answer_error(call, KV_ST_OUT_OF_MEMORY, "item larger than the store can ever hold");
+        break;
+    case KV_ECORRUPT: answer_error(call, KV_ST_INTERNAL, "item failed its checksum"); break;
+    default: answer_error(call, KV_ST_INTERNAL, kv_strerror(rc)); break;
+    }
+}
+
+/* Allocates a response packet of up to cap bytes. */
+static uint8_t *packet(struct kv_call *call, size_t cap)
+{
+    call->resp = kv_mem_alloc(KV_MOD_PACKET, cap);
+    if (!call->resp) {
+        answer_error(call, KV_ST_INTERNAL, NULL);
+        return NULL;
+    }
+    call->resp_owned = 1;
+    return call->resp;
+}
+
+/* Answers OK with a message of up to two varint fields (0 = omitted). */
+static void answer_uints(struct kv_call *call, uint64_t f1, uint64_t f2)
+{
+    uint8_t *p = packet(call, 24);
+    size_t n = 0;
+
+    if (!p)
+        return;
+    if (f1)
+        n += pb_put_uint_field(p + n, 1, f1);
+    if (f2)
+        n += pb_put_uint_field(p + n, 2, f2);
+    call->status = KV_ST_OK;
+    call->resp_len = (uint32_t)n;
+}
+
+static void answer_packed(struct kv_call *call, const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *p = packet(call, n ? n : 1);
+
+    if (!p)
+        return;
+    call->status = KV_ST_OK;
+    call->resp_len = (uint32_t)protobuf_c_message_pack(m, p);
+}
+
+/* ---- bounded, counted protobuf-c allocator -------------------------------- */
+struct pb_budget {
+    size_t left; /* bytes the decode may still allocate */
+};
+
+static void *pb_alloc(void *data, size_t size)
+{
+    struct pb_budget *b = data;
+
+    if (size > b->left)
+        return NULL;
+    b->left -= size;
+    return kv_mem_alloc(KV_MOD_PROTO, size);
+}
+
+static void pb_free(void *data, void *p)
+{
+    kv_mem_free(KV_MOD_PROTO, p);
+}
+
+/* Unpacks call->body with a budget proportional to its size (protobuf-c
+ * needs a few pointers per repeated element); answers BAD_REQUEST and
+ * returns NULL when it does not decode. */
+static ProtobufCMessage *unpack(struct kv_call *call, const ProtobufCMessageDescriptor *d,
+                                struct pb_budget *b, ProtobufCAllocator *a)
+{
+    ProtobufCMessage *m;
+
+    b->left = 64 * (size_t)call->body_len + 4096;
+    a->alloc = pb_alloc;
+    a->free = pb_free;
+    a->allocator_data = b;
+    m = protobuf_c_message_unpack(d, a, call->body_len, call->body);
+    if (!m)
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
+    return m;
+}
+
+/* ---- single-key request parsing (in place) --------------------------------- */
+struct key_req {
+    const uint8_t *key, *value;
+    size_t klen, vlen;
+    uint64_t f3, f7;             /* varint fields 3 and 7 (ttl_ms, cas_version) */
+    uint64_t f2;                 /* varint field 2 (delta, action) */
+    int f4, f5, f6;              /* bools: nx, xx, has_cas */
+};
+
+/* Reads the fields of a Get/Set/Exists/Incr/Expire/Auth request. Field 1
+ * is the key (password for AUTH); field 2 the value (SET) or a varint. */
+static int parse_key_req(const struct kv_call *call, struct key_req *k)
+{
+    struct pb_reader r = {call->body, call->body + call->body_len};
+    struct pb_field f;
+    int rc;
+
+    memset(k, 0, sizeof(*k));
+    k->key = (const uint8_t *)"";
+    k->value = (const uint8_t *)"";
+    while ((rc = pb_next(&r, &f)) == 1) {
+        switch (f.number) {
+        case 1:
+            if (f.wire != 2)
+                return -1;
+            k->key = f.data;
+            k->klen = f.len;
+            break;
+        case 2:
+            if (f.wire == 2) {
+                k->value = f.data;
+                k->vlen = f.len;
+            } else if (f.wire == 0) {
+                k->f2 = f.u64;
+            } else {
+                return -1;
+            }
+            break;
+        case 3: k->f3 = f.u64; break;
+        case 4: k->f4 = f.u64 != 0; break;
+        case 5: k->f5 = f.u64 != 0; break;
+        case 6: k->f6 = f.u64 != 0; break;
+        case 7: k->f7 = f.u64; break;
+        default: break; /* unknown fields are skipped, as protobuf does */
+        }
+    }
+    return rc;
+}
+
+static int check_key(struct kv_server *srv, struct kv_call *call, const struct key_req *k)
+{
+    if (k->klen == 0 || k->klen > srv->cfg->max_key) {
+        answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_and_check(struct kv_server *srv, struct kv_call *call, struct key_req *k)
+{
+    if (parse_key_req(call, k) != 0) {
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
+        return -1;
+    }
+    return check_key(srv, call, k);
+}
+
+/* ---- AUTH gate ------------------------------------------------------------- */
+static int authed(struct kv_server *srv, struct kv_call *call)
+{
+    if (srv->cfg->requirepass[0] == '\0')
+        return 1;
+    if (__atomic_load_n(&call->session->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED)
+        return 1;
+    answer_error(call, KV_ST_NOAUTH, "authentication required");
+    return 0;
+}
+
+/* Constant-time comparison: the time taken does not tell how much matched. */
+static int secret_equal(const uint8_t *a, size_t alen, const char *b)
+{
+    size_t blen = strlen(b);
+    unsigned diff = (unsigned)(alen ^ blen);
+
+    for (size_t i = 0; i < alen; i++)
+        diff |= a[i] ^ (uint8_t)b[blen ? i % blen : 0];
+    return diff == 0;
+}
+
+static void handle_auth(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct key_req k;
+
+    if (parse_key_req(call, &k) != 0) {
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
+        return;
+    }
+    if (srv->cfg->requirepass[0] == '\0' ||
+        secret_equal(k.key, k.klen, srv->cfg->requirepass)) {
+        __atomic_fetch_or(&call->session->flags, KV_SESSION_AUTHED, __ATOMIC_RELEASE);
+        call->status = KV_ST_OK;
+        return;
+    }
+    if (__atomic_add_fetch(&call->session->auth_failures, 1, __ATOMIC_RELAXED) >=
+        KV_AUTH_MAX_FAILURES)
+        __atomic_fetch_or(&call->session->flags, KV_SESSION_CLOSE, __ATOMIC_RELEASE);
+    answer_error(call, KV_ST_NOAUTH, "wrong password");
+}
+
+/* ---- opcodes ----------------------------------------------------------------- */
 static void handle_ping(void *ctx, struct kv_call *call)
 {
+    /* echo: the answer points at the request body, which lives in its
+     * receive buffer until the answer is written */
     call->status = KV_ST_OK;
     call->resp = (uint8_t *)call->body;
     call->resp_len = call->body_len;
     call->resp_owned = 0;
 }
 
+/* GET copies the value straight into the response packet: the store calls
+ * get_alloc with the exact length, under its lock. */
+struct get_out {
+    uint8_t *pkt;
+    size_t prefix;
+};
+
+static void *get_alloc(void *ctx, size_t len)
+{
+    struct get_out *g = ctx;
+
+    g->prefix = 1 + pb_varint_len(len);
+    g->pkt = kv_mem_alloc(KV_MOD_PACKET, g->prefix + len + 11);
+    if (!g->pkt)
+        return NULL;
+    pb_put_len_prefix(g->pkt, 1, len);
+    return g->pkt + g->prefix;
+}
+
+static void handle_get(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct get_out g = {0};
+    struct key_req k;
+    size_t vlen = 0;
+    uint64_t version = 0;
+    int rc;
+
+    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+        return;
+    rc = kv_shm_get(srv->store, k.key, k.klen, get_alloc, &g, &vlen, &version);
+    if (rc != 0) {
+        kv_mem_free(KV_MOD_PACKET, g.pkt);
+        answer_store_error(call, rc);
+        return;
+    }
+    call->resp = g.pkt;
+    call->resp_owned = 1;
+    call->resp_len = (uint32_t)(g.prefix + vlen + pb_put_uint_field(g.pkt + g.prefix + vlen, 2,
+                                                                     version));
+    call->status = KV_ST_OK;
+}
+
+static void handle_set(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct kv_shm_set_opts o = {0};
+    struct key_req k;
+    uint64_t version = 0;
+    int rc;
+
+    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+        return;
+    if (k.f4 && (k.f5 || k.f6)) {
+        answer_error(call, KV_ST_BAD_REQUEST, "only_if_absent excludes only_if_present and cas");
+        return;
+    }
+    if (k.f3 > (uint64_t)INT64_MAX) {
+        answer_error(call, KV_ST_BAD_REQUEST, "ttl_ms out of range");
+        return;
+    }
+    o.ttl_ms = (int64_t)k.f3;
+    o.flags = (k.f4 ? KV_SHM_NX : 0) | (k.f5 ? KV_SHM_XX : 0) | (k.f6 ? KV_SHM_CAS : 0);
+    o.cas_version = k.f7;
+    rc = kv_shm_set(srv->store, k.key, k.klen, k.value, k.vlen, &o, &version);
+    if (rc != 0) {
+        answer_store_error(call, rc);
+        return;
+    }
+    answer_uints(call, version, 0);
+}
+
+static void handle_exists(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct key_req k;
+    int rc;
+
+    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+        return;
+    rc = kv_shm_exists(srv->store, k.key, k.klen);
+    if (rc != 0 && rc != KV_ENOTFOUND) {
+        answer_store_error(call, rc);
+        return;
+    }
+    answer_uints(call, rc == 0, 0);
+}
+
+static void handle_incr(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct key_req k;
+    int64_t value = 0;
+    uint64_t version = 0;
+    int rc;
+
+    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+        return;
+    rc = kv_shm_incr(srv->store, k.key, k.klen, pb_zigzag_decode(k.f2), &value, &version);
+    if (rc != 0) {
+        answer_store_error(call, rc);
+        return;
+    }
+    answer_uints(call, pb_zigzag_encode(value), version);
+}
+
+static void handle_expire(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct key_req k;
+    int64_t ttl = -1;
+    int rc;
+
+    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+        return;
+    switch (k.f2) {
+    case KV__EXPIRE_REQUEST__ACTION__SET:
+        if (k.f3 == 0 || k.f3 > (uint64_t)INT64_MAX / 2) {
+            answer_error(call, KV_ST_BAD_REQUEST, "ttl_ms must be > 0 (use CLEAR to remove)");
+            return;
+        }
+        rc = kv_shm_expire(srv->store, k.key, k.klen, (int64_t)k.f3);
+        break;
+    case KV__EXPIRE_REQUEST__ACTION__CLEAR:
+        rc = kv_shm_expire(srv->store, k.key, k.klen, -1);
+        break;
+    case KV__EXPIRE_REQUEST__ACTION__QUERY:
+        rc = 0;
+        break;
+    default:
+        answer_error(call, KV_ST_BAD_REQUEST, "unknown expire action");
+        return;
+    }
+    if (rc == 0)
+        rc = kv_shm_ttl(srv->store, k.key, k.klen, &ttl);
+    if (rc != 0) {
+        answer_store_error(call, rc);
+        return;
+    }
+    answer_uints(call, pb_zigzag_encode(ttl), 0);
+}
+
+static void handle_del(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    ProtobufCAllocator a;
+    struct pb_budget b;
+    Kv__DelRequest *m;
+    uint64_t deleted = 0;
+
+    if (!authed(srv, call))
+        return;
+    m = (Kv__DelRequest *)unpack(call, &kv__del_request__descriptor, &b, &a);
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_keys; i++)
+        if (m->keys[i].len == 0 || m->keys[i].len > srv->cfg->max_key) {
+            answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
+            goto out;
+        }
+    for (size_t i = 0; i < m->n_keys; i++)
+        if (kv_shm_del(srv->store, m->keys[i].data, m->keys[i].len) == 0)
+            deleted++;
+    answer_uints(call, deleted, 0);
+out:
+    protobuf_c_message_free_unpacked(&m->base, &a);
+}
+
+struct mget_val {
+    uint8_t *data;
+};
+
+static void *mget_alloc(void *ctx, size_t len)
+{
+    struct mget_val *v = ctx;
+
+    v->data = kv_mem_alloc(KV_MOD_PROTO, len ? len : 1);
+    return v->data;
+}
+
+static void handle_mget(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    ProtobufCAllocator a;
+    struct pb_budget b;
+    Kv__MGetRequest *m;
+    Kv__MGetResponse resp = KV__MGET_RESPONSE__INIT;
+    Kv__MGetEntry *entries = NULL, **ptrs = NULL;
+    size_t n;
+
+    if (!authed(srv, call))
+        return;
+    m = (Kv__MGetRequest *)unpack(call, &kv__mget_request__descriptor, &b, &a);
+    if (!m)
+        return;
+    n = m->n_keys;
+    for (size_t i = 0; i < n; i++)
+        if (m->keys[i].len == 0 || m->keys[i].len > srv->cfg->max_key) {
+            answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
+            goto out;
+        }
+    entries = kv_mem_calloc(KV_MOD_PROTO, (n ? n : 1) * sizeof(*entries));
+    ptrs = kv_mem_calloc(KV_MOD_PROTO, (n ? n : 1) * sizeof(*ptrs));
+    if (!entries || !ptrs) {
+        answer_error(call, KV_ST_INTERNAL, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct mget_val v = {0};
+        size_t vlen = 0;
+        uint64_t version = 0;
+        int rc;
+
+        kv__mget_entry__init(&entries[i]);
+        ptrs[i] = &entries[i];
+        rc = kv_shm_get(srv->store, m->keys[i].data, m->keys[i].len, mget_alloc, &v, &vlen,
+                        &version);
+        if (rc == 0) {
+            entries[i].found = 1;
+            entries[i].value.data = v.data;
+            entries[i].value.len = vlen;
+            entries[i].version = version;
+        } else {
+            kv_mem_free(KV_MOD_PROTO, v.data);
+        }
+    }
+    resp.n_entries = n;
+    resp.entries = ptrs;
+    answer_packed(call, &resp.base);
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].found)
+            kv_mem_free(KV_MOD_PROTO, entries[i].value.data);
+out:
+    kv_mem_free(KV_MOD_PROTO, entries);
+    kv_mem_free(KV_MOD_PROTO, ptrs);
+    protobuf_c_message_free_unpacked(&m->base, &a);
+}
+
+static void handle_mset(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    ProtobufCAllocator a;
+    struct pb_budget b;
+    Kv__MSetRequest *m;
+    Kv__MSetResponse resp = KV__MSET_RESPONSE__INIT;
+    struct kv_shm_set_opts o = {0};
+    uint64_t *versions = NULL;
+
+    if (!authed(srv, call))
+        return;
+    m = (Kv__MSetRequest *)unpack(call, &kv__mset_request__descriptor, &b, &a);
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_pairs; i++)
+        if (m->pairs[i]->key.len == 0 || m->pairs[i]->key.len > srv->cfg->max_key) {
+            answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
+            goto out;
+        }
+    if (m->ttl_ms > (uint64_t)INT64_MAX) {
+        answer_error(call, KV_ST_BAD_REQUEST, "ttl_ms out of range");
+        goto out;
+    }
+    versions = kv_mem_calloc(KV_MOD_PROTO, (m->n_pairs ? m->n_pairs : 1) * sizeof(*versions));
+    if (!versions) {
+        answer_error(call, KV_ST_INTERNAL, "out of memory");
+        goto out;
+    }
+    o.ttl_ms = (int64_t)m->ttl_ms;
+    for (size_t i = 0; i < m->n_pairs; i++) {
+        int rc = kv_shm_set(srv->store, m->pairs[i]->key.data, m->pairs[i]->key.len,
+                            m->pairs[i]->value.data, m->pairs[i]->value.len, &o, &versions[i]);
+        if (rc != 0) {
+            answer_store_error(call, rc);
+            goto out;
+        }
+    }
+    resp.n_versions = m->n_pairs;
+    resp.versions = versions;
+    answer_packed(call, &resp.base);
+out:
+    kv_mem_free(KV_MOD_PROTO, versions);
+    protobuf_c_message_free_unpacked(&m->base, &a);
+}
+
+struct scan_out {
+    ProtobufCBinaryData *keys;
+    size_t n, cap;
+    int failed;
+};
+
+static void scan_collect(void *ctx, const void *key, size_t klen)
+{
+    struct scan_out *s = ctx;
+    uint8_t *copy;
+
+    if (s->failed || s->n == s->cap) {
+        s->failed = 1;
+        return;
+    }
+    copy = kv_mem_alloc(KV_MOD_PROTO, klen ? klen : 1);
+    if (!copy) {
+        s->failed = 1;
+        return;
+    }
+    memcpy(copy, key, klen);
+    s->keys[s->n].data = copy;
+    s->keys[s->n].len = klen;
+    s->n++;
+}
+
+static void handle_scan(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    ProtobufCAllocator a;
+    struct pb_budget b;
+    Kv__ScanRequest *m;
+    Kv__ScanResponse resp = KV__SCAN_RESPONSE__INIT;
+    struct scan_out s = {0};
+    uint64_t next = 0;
+    size_t count;
+    int rc;
+
+    if (!authed(srv, call))
+        return;
+    m = (Kv__ScanRequest *)unpack(call, &kv__scan_request__descriptor, &b, &a);
+    if (!m)
+        return;
+    count = m->count ? m->count : KV_SCAN_DEFAULT;
+    if (count > KV_SCAN_MAX)
+        count = KV_SCAN_MAX;
+    /* a step reports about count keys; a bucket can hold a few more */
+    s.cap = count * 4 + 64;
+    s.keys = kv_mem_calloc(KV_MOD_PROTO, s.cap * sizeof(*s.keys));
+    if (!s.keys) {
+        answer_error(call, KV_ST_INTERNAL, "out of memory");
+        goto out;
+    }
+    rc = kv_shm_scan(srv->store, m->cursor, m->prefix.data, m->prefix.len, count, scan_collect,
+                     &s, &next);
+    if (rc != 0 || s.failed) {
+        answer_store_error(call, rc != 0 ? rc : KV_ENOMEM);
+        goto out;
+    }
+    resp.cursor = next;
+    resp.n_keys = s.n;
+    resp.keys = s.keys;
+    answer_packed(call, &resp.base);
+out:
+    for (size_t i = 0; i < s.n; i++)
+        kv_mem_free(KV_MOD_PROTO, s.keys[i].data);
+    kv_mem_free(KV_MOD_PROTO, s.keys);
+    protobuf_c_message_free_unpacked(&m->base, &a);
+}
+
+static void handle_stats(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    enum { MAXE = 64, TEXT = 16384 };
+    Kv__StatsResponse resp = KV__STATS_RESPONSE__INIT;
+    Kv__StatEntry *e, **pe;
+    struct kv_mem_snapshot snap;
+    struct kv_shm_stats st;
+    char *text;
+    size_t n = 0;
+
+    if (!authed(srv, call))
+        return;
+    e = kv_mem_calloc(KV_MOD_PROTO, MAXE * sizeof(*e));
+    pe = kv_mem_calloc(KV_MOD_PROTO, MAXE * sizeof(*pe));
+    text = kv_mem_alloc(KV_MOD_PROTO, TEXT);
+    if (!e || !pe || !text) {
+        answer_error(call, KV_ST_INTERNAL, "out of memory");
+        goto out;
+    }
+    kv_mem_snapshot(&snap);
+#define ADD(nm, v)                                                                            \
+    do {                                                                                      \
+        if (n < MAXE) {                                                                       \
+            kv__stat_entry__init(&e[n]);                                                      \
+            e[n].name = (char *)(nm);                                                         \
+            e[n].value = (int64_t)(v);                                                        \
+            pe[n] = &e[n];                                                                    \
+            n++;                                                                              \
+        }                                                                                     \
+    } while (0)
+    for (int i = 0; i < KV_STAT__COUNT; i++)
+        ADD(kv_mem_stat_name(i), snap.stat[i]);
+    ADD("connections", snap.mod[KV_MOD_CONNECTION].allocs - snap.mod[KV_MOD_CONNECTION].frees);
+    ADD("messages", snap.mod[KV_MOD_MESSAGE].allocs - snap.mod[KV_MOD_MESSAGE].frees);
+    ADD("requests_in_flight", snap.mod[KV_MOD_REQUEST].allocs - snap.mod[KV_MOD_REQUEST].frees);
+    ADD("heap_bytes", kv_mem_held_total(&snap));
+    if (kv_shm_stats(srv->store, &st) == 0) {
+        ADD("keys", st.keys);
+        ADD("store_bytes_used", st.bytes_used);
+        ADD("store_bytes_free", st.bytes_free);
+        ADD("store_size", st.segment_size);
+        ADD("hits", st.hits);
+        ADD("misses", st.misses);
+        ADD("evictions", st.evictions);
+        ADD("expired", st.expired);
+        ADD("corrupt_items", st.corrupt);
+        ADD("generation", st.generation);
+        ADD("recovered_items", st.recovered_items);
+        ADD("dropped_items", st.dropped_items);
+    }
+#undef ADD
+    kv_server_format_stats(srv, text, TEXT);
+    resp.n_entries = n;
+    resp.entries = pe;
+    resp.text = text;
+    answer_packed(call, &resp.base);
+out:
+    kv_mem_free(KV_MOD_PROTO, e);
+    kv_mem_free(KV_MOD_PROTO, pe);
+    kv_mem_free(KV_MOD_PROTO, text);
+}
+
+static void handle_flush(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct kv_shm_stats st;
+    uint64_t before = 0;
+    int rc;
+
+    if (!authed(srv, call))
+        return;
+    if (kv_shm_stats(srv->store, &st) == 0)
+        before = st.keys;
+    rc = kv_shm_flush(srv->store);
+    if (rc != 0) {
+        answer_store_error(call, rc);
+        return;
+    }
+    answer_uints(call, before, 0);
+}
+
 int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry *reg)
 {
-    return kv_worker_register(reg, KV_OP_PING, handle_ping, srv);
+    static const struct {
+        uint16_t op;
+        kv_handler_fn fn;
+    } table[] = {
+        {KV_OP_PING, handle_ping},     {KV_OP_GET, handle_get},       {KV_OP_SET, handle_set},
+        {KV_OP_DEL, handle_del},       {KV_OP_EXISTS, handle_exists}, {KV_OP_INCR, handle_incr},
+        {KV_OP_MGET, handle_mget},     {KV_OP_MSET, handle_mset},
+        {KV_OP_EXPIRE, handle_expire}, {KV_OP_SCAN, handle_scan},
+        {KV_OP_STATS, handle_stats},   {KV_OP_FLUSH, handle_flush},   {KV_OP_AUTH, handle_auth},
+    };
+
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+        int rc = kv_worker_register(reg, table[i].op, table[i].fn, srv);
+
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
 }

@@ -25,6 +25,11 @@ uint16_t kv_server_port(const struct kv_server *srv);
  * between create and destroy. Returns the length written. */
 size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap);
 
+/* Periodic housekeeping (the incremental expiry sweep); main calls it from
+ * a timer every KV_SERVER_TICK seconds. */
+#define KV_SERVER_TICK 0.1
+void kv_server_tick(struct kv_server *srv);
+
 /* Handlers (handlers.c). */
 struct kv_worker_registry;
 int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry *reg);

@@ -63,6 +63,13 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct main_ctx *m = w->data;
+
+    kv_server_tick(m->srv);
+}
+
 static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     struct main_ctx *m = w->data;
@@ -96,6 +103,7 @@ int main(int argc, char **argv)
     struct main_ctx m = {0};
     struct ev_loop *loop;
     ev_signal sig_int, sig_term, sig_stats;
+    ev_timer tick;
     sigset_t block;
     char err[512];
     int rc;
@@ -146,6 +154,9 @@ int main(int argc, char **argv)
     ev_signal_start(loop, &sig_int);
     ev_signal_start(loop, &sig_term);
     ev_signal_start(loop, &sig_stats);
+    ev_timer_init(&tick, on_tick, KV_SERVER_TICK, KV_SERVER_TICK);
+    tick.data = &m;
+    ev_timer_start(loop, &tick);
     pthread_sigmask(SIG_UNBLOCK, &block, NULL);
     kv_server_log(&cfg, 2, "libevkv %s listening on %s:%u (io-threads %u, workers %u)",
                   KV_VERSION, cfg.bind_addr, kv_server_port(m.srv), cfg.io_threads,

@@ -15,14 +15,12 @@
 #include "kv_err.h"
 #include "kv_io.h"
 #include "kv_mem.h"
+#include "kv_shm.h"
 #include "kv_worker.h"
+#include "server_int.h"
 
-struct kv_server {
-    const struct kv_config *cfg;       /* borrowed: outlives the server */
-    struct kv_worker_registry *reg;    /* owned */
-    struct kv_worker_pool *pool;       /* owned */
-    struct kv_io *io;                  /* owned */
-};
+#define KV_SWEEP_BUCKETS_PER_TICK 1024
+
 
 void kv_server_log(const struct kv_config *cfg, int level, const char *fmt, ...)
 {
@@ -62,11 +60,22 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
     struct kv_server *srv = kv_mem_calloc(KV_MOD_SERVER, sizeof(*srv));
     int rc;
 
+    if (errcap)
+        err[0] = '\0';
     if (!srv) {
         snprintf(err, errcap, "out of memory");
         return KV_ENOMEM;
     }
     srv->cfg = cfg;
+    rc = kv_shm_store_open(cfg, err, errcap, &srv->store);
+    if (rc != 0) {
+        if (err[0] == '\0')
+            snprintf(err, errcap, "cannot open the store: %s", kv_strerror(rc));
+        goto err_destroy;
+    }
+    if (err[0])
+        kv_server_log(cfg, 1, "store: %s", err);
+    err[0] = '\0';
     rc = kv_worker_registry_create(&srv->reg);
     if (rc == 0)
         rc = kv_server_handlers_register(srv, srv->reg);
@@ -112,6 +121,8 @@ void kv_server_destroy(struct kv_server *srv)
     kv_io_destroy(srv->io);
     kv_worker_pool_destroy(srv->pool);
     kv_worker_registry_destroy(srv->reg);
+    if (srv->store)
+        kv_shm_store_close(srv->store);
     kv_mem_free(KV_MOD_SERVER, srv);
 }
 
@@ -120,23 +131,61 @@ uint16_t kv_server_port(const struct kv_server *srv)
     return kv_io_port(srv->io);
 }
 
+static size_t appendf(char *buf, size_t cap, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static size_t appendf(char *buf, size_t cap, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (len + 1 >= cap)
+        return len;
+    va_start(ap, fmt);
+    n = vsnprintf(buf + len, cap - len, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return len;
+    return (size_t)n >= cap - len ? cap - 1 : len + (size_t)n;
+}
+
 size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
 {
     struct kv_mem_snapshot snap;
     struct kv_worker_stats ws = {0};
+    struct kv_shm_stats st;
     size_t len;
 
     kv_mem_snapshot(&snap);
     len = kv_mem_format(&snap, buf, cap);
-    if (srv->pool && len + 1 < cap) {
+    if (srv->pool) {
         kv_worker_pool_stats(srv->pool, &ws);
-        int n = snprintf(buf + len, cap - len,
-                         "worker_batches %llu\nworker_calls %llu\nworker_wakeups %llu\n"
-                         "worker_queued %zu\n",
-                         (unsigned long long)ws.batches, (unsigned long long)ws.calls,
-                         (unsigned long long)ws.wakeups, ws.queued);
-        if (n > 0)
-            len = (size_t)n >= cap - len ? cap - 1 : len + (size_t)n;
+        len = appendf(buf, cap, len,
+                      "worker_batches %llu\nworker_calls %llu\nworker_wakeups %llu\n"
+                      "worker_queued %zu\n",
+                      (unsigned long long)ws.batches, (unsigned long long)ws.calls,
+                      (unsigned long long)ws.wakeups, ws.queued);
+    }
+    if (srv->store && kv_shm_stats(srv->store, &st) == 0) {
+        len = appendf(buf, cap, len,
+                      "store keys %llu, bytes used %llu of %llu (free %llu), index buckets "
+                      "%llu (%llu bytes)\n"
+                      "store hits %llu, misses %llu, evictions %llu, expired %llu, corrupt %llu\n"
+                      "store generation %llu, recovered %d (kept %llu, dropped %llu, %.1f ms)\n",
+                      (unsigned long long)st.keys, (unsigned long long)st.bytes_used,
+                      (unsigned long long)st.segment_size, (unsigned long long)st.bytes_free,
+                      (unsigned long long)st.index_buckets, (unsigned long long)st.index_bytes,
+                      (unsigned long long)st.hits, (unsigned long long)st.misses,
+                      (unsigned long long)st.evictions, (unsigned long long)st.expired,
+                      (unsigned long long)st.corrupt, (unsigned long long)st.generation,
+                      st.recovered, (unsigned long long)st.recovered_items,
+                      (unsigned long long)st.dropped_items, (double)st.recovery_ns / 1e6);
     }
     return len;
+}
+
+void kv_server_tick(struct kv_server *srv)
+{
+    if (srv->store)
+        kv_shm_sweep(srv->store, KV_SWEEP_BUCKETS_PER_TICK);
 }

@@ -27,7 +27,7 @@ struct kv_worker_pool {
     const struct kv_worker_registry *reg; /* borrowed: outlives the pool */
     kv_worker_done_fn done;               /* ro after create */
     void *done_ctx;                       /* borrowed */
-    unsigned nthreads;                    /* ro after create */
+    unsigned nthreads;                    /* guarded by lock; 0 once stopped */
     pthread_t *threads;                   /* owned (KV_MOD_TASK) */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -187,13 +187,15 @@ void kv_worker_pool_submit(struct kv_worker_pool *pool, struct kv_call *calls)
 
     if (!calls)
         return;
-    if (pool->nthreads == 0) {
-        run_batch(pool, calls);
-        return;
-    }
     for (last = calls; last->next; last = last->next)
         n++;
     pthread_mutex_lock(&pool->lock);
+    if (pool->nthreads == 0) {
+        /* inline pool, or one already stopped: run in the caller */
+        pthread_mutex_unlock(&pool->lock);
+        run_batch(pool, calls);
+        return;
+    }
     if (pool->tail)
         pool->tail->next = calls;
     else
@@ -209,21 +211,25 @@ void kv_worker_pool_submit(struct kv_worker_pool *pool, struct kv_call *calls)
 
 void kv_worker_pool_stop(struct kv_worker_pool *pool)
 {
+    struct kv_call *rest;
+    unsigned n;
+
     pthread_mutex_lock(&pool->lock);
     pool->stopping = 1;
+    n = pool->nthreads;
     pthread_cond_broadcast(&pool->cond);
     pthread_mutex_unlock(&pool->lock);
-    for (unsigned i = 0; i < pool->nthreads; i++)
+    for (unsigned i = 0; i < n; i++)
         pthread_join(pool->threads[i], NULL);
+    /* from here on submit runs inline; take whatever was queued in between */
+    pthread_mutex_lock(&pool->lock);
     pool->nthreads = 0;
-    /* anything still queued (only possible with no threads) runs inline */
-    if (pool->head) {
-        struct kv_call *rest = pool->head;
-
-        pool->head = pool->tail = NULL;
-        pool->queued = 0;
+    rest = pool->head;
+    pool->head = pool->tail = NULL;
+    pool->queued = 0;
+    pthread_mutex_unlock(&pool->lock);
+    if (rest)
         run_batch(pool, rest);
-    }
 }
 
 void kv_worker_pool_destroy(struct kv_worker_pool *pool)
