@@ -59,7 +59,8 @@ static struct result run_raw(uint16_t op, const uint8_t *body, size_t len)
     r.status = call.status;
     r.len = call.resp_len;
     r.body = malloc(r.len + 1);
-    memcpy(r.body, call.resp, r.len);
+    if (r.len)
+        memcpy(r.body, call.resp, r.len);
     if (call.resp_owned)
         kv_mem_free(KV_MOD_PACKET, call.resp);
     return r;
