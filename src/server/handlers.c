@@ -565,9 +565,18 @@ static void scan_collect(void *ctx, const void *key, size_t klen)
     struct scan_out *s = ctx;
     uint8_t *copy;
 
-    if (s->failed || s->n == s->cap) {
-        s->failed = 1;
+    if (s->failed)
         return;
+    if (s->n == s->cap) {
+        /* a step finishes the buckets it started, so it may pass count */
+        ProtobufCBinaryData *k = kv_mem_realloc(KV_MOD_PROTO, s->keys, 2 * s->cap * sizeof(*k));
+
+        if (!k) {
+            s->failed = 1;
+            return;
+        }
+        s->keys = k;
+        s->cap *= 2;
     }
     copy = kv_mem_alloc(KV_MOD_PROTO, klen ? klen : 1);
     if (!copy) {
@@ -600,8 +609,7 @@ static void handle_scan(void *ctx, struct kv_call *call)
     count = m->count ? m->count : KV_SCAN_DEFAULT;
     if (count > KV_SCAN_MAX)
         count = KV_SCAN_MAX;
-    /* a step reports about count keys; a bucket can hold a few more */
-    s.cap = count * 4 + 64;
+    s.cap = count + 16;
     s.keys = kv_mem_calloc(KV_MOD_PROTO, s.cap * sizeof(*s.keys));
     if (!s.keys) {
         answer_error(call, KV_ST_INTERNAL, "out of memory");
