@@ -32,17 +32,6 @@ static struct kv_test_server srv, srv_auth;
 static char kvclient_path[PATH_MAX];
 static char tmpdir[64];
 
-/* GATE (remove once the key-value handlers are committed): until then the
- * server answers UNKNOWN_OPCODE to GET and the tests that need the
- * key-value opcodes pass vacuously. */
-static bool handlers;
-#define NEED_HANDLERS()                                                                            \
-    do {                                                                                           \
-        if (!handlers) {                                                                           \
-            CU_PASS("skipped: the server has no key-value handlers yet");                          \
-            return;                                                                                \
-        }                                                                                          \
-    } while (0)
 
 static int suite_init(void)
 {
@@ -64,18 +53,6 @@ static int suite_init(void)
         return -1;
     if (kv_test_server_start(&srv_auth, auth_args) != 0)
         return -1;
-    {
-        struct kv_client *c;
-        struct kv_value v = {0};
-
-        if (kv_client_connect("127.0.0.1", srv.port, 5000, &c) != 0)
-            return -1;
-        kv_client_get(c, "gate", 4, &v);
-        handlers =
-            kv_client_last_status(c) >= 0 && kv_client_last_status(c) != KV_ST_UNKNOWN_OPCODE;
-        kv_client_value_free(&v);
-        kv_client_close(c);
-    }
     return 0;
 }
 
@@ -141,7 +118,6 @@ static void test_client_last_status_starts_empty(void)
 /* ---- typed calls --------------------------------------------------------------- */
 static void test_client_get_set_roundtrip_with_versions(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_srv();
     struct kv_value v = {0};
     uint8_t bin[300];
@@ -170,7 +146,6 @@ static void test_client_get_set_roundtrip_with_versions(void)
 
 static void test_client_statuses_map_to_codes_and_last_error(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_srv();
     struct kv_set_opts nx = {.nx = true};
     struct kv_value v = {.data = NULL, .len = 77};
@@ -204,7 +179,6 @@ static void test_client_statuses_map_to_codes_and_last_error(void)
 
 static void test_client_set_conditions_and_ttl(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_srv();
     struct kv_set_opts o = {0};
     uint64_t ver = 0, ver2 = 0;
@@ -234,7 +208,6 @@ static void test_client_set_conditions_and_ttl(void)
 
 static void test_client_del_exists_incr(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_srv();
     struct kv_bytes keys[] = {{"dei:a", 5}, {"dei:b", 5}, {"dei:none", 8}};
     uint64_t deleted = 0, ver1 = 0, ver2 = 0;
@@ -263,7 +236,6 @@ static void test_client_del_exists_incr(void)
 
 static void test_client_mget_mset(void)
 {
-    NEED_HANDLERS();
     enum { N = 200 };
     struct kv_client *c = connect_srv();
     struct kv_bytes keys[N + 1], vals[N];
@@ -297,7 +269,6 @@ static void test_client_mget_mset(void)
  * unpacked: it must fit the decoder's bound. */
 static void test_client_mget_many_missing_keys_fits_the_bound(void)
 {
-    NEED_HANDLERS();
     enum { N = 20000 };
     struct kv_client *c = connect_srv();
     struct kv_bytes *keys = calloc(N, sizeof(*keys));
@@ -323,7 +294,6 @@ static void test_client_mget_many_missing_keys_fits_the_bound(void)
 
 static void test_client_expire_actions(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_srv();
     int64_t ttl = 0;
 
@@ -342,7 +312,6 @@ static void test_client_expire_actions(void)
 
 static void test_client_scan_pages_cover_the_prefix(void)
 {
-    NEED_HANDLERS();
     enum { N = 37 };
     struct kv_client *c = connect_srv();
     int seen[N] = {0};
@@ -383,7 +352,6 @@ static void test_client_scan_pages_cover_the_prefix(void)
 
 static void test_client_stats_and_flush(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_srv();
     struct kv_stats s;
     uint64_t removed = 0;
@@ -405,7 +373,6 @@ static void test_client_stats_and_flush(void)
 
 static void test_client_auth_with_requirepass(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_port(srv_auth.port);
     struct kv_value v = {0};
 
@@ -423,7 +390,6 @@ static void test_client_auth_with_requirepass(void)
  * are matched by request_id. */
 static void test_client_pipelined_answers_by_id(void)
 {
-    NEED_HANDLERS();
     enum { N = 500 };
     struct kv_client *c = connect_srv();
     static uint8_t seen[N];
@@ -448,7 +414,6 @@ static void test_client_pipelined_answers_by_id(void)
 /* Everything the calls return is given back by the free functions. */
 static void test_client_returned_buffers_all_freed(void)
 {
-    NEED_HANDLERS();
     struct kv_client *c = connect_srv();
     struct kv_bytes keys[] = {{"fr:a", 4}, {"fr:b", 4}};
     struct kv_value v = {0}, mv[2];
@@ -595,7 +560,6 @@ static char *slurp(const char *path, size_t *len)
 
 static void test_client_kvclient_test_run_passes(void)
 {
-    NEED_HANDLERS();
     char args[256], *out, *last;
     size_t len = 0;
     unsigned passed = 0, failed = 1;
@@ -619,7 +583,6 @@ static void test_client_kvclient_test_run_passes(void)
 
 static void test_client_kvclient_test_run_with_password(void)
 {
-    NEED_HANDLERS();
     char args[256], *out;
     size_t len = 0;
 
@@ -637,7 +600,6 @@ static void test_client_kvclient_test_run_with_password(void)
 
 static void test_client_kvclient_exit_codes(void)
 {
-    NEED_HANDLERS();
     char args[512], *err;
     size_t len = 0;
 
@@ -669,7 +631,6 @@ static void test_client_kvclient_exit_codes(void)
 
 static void test_client_kvclient_stdin_value_is_byte_exact(void)
 {
-    NEED_HANDLERS();
     char in[256], out[256], args[768];
     uint8_t data[70000];
     size_t len = 0;
