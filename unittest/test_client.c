@@ -32,7 +32,6 @@ static struct kv_test_server srv, srv_auth;
 static char kvclient_path[PATH_MAX];
 static char tmpdir[64];
 
-
 static int suite_init(void)
 {
     static const char *const auth_args[] = {"--requirepass", "s3cret", NULL};
@@ -328,7 +327,7 @@ static void test_client_scan_pages_cover_the_prefix(void)
         struct kv_scan s;
 
         CU_ASSERT_EQUAL_FATAL(kv_client_scan(c, cursor, K("scan:"), 5, &s), 0);
-        CU_ASSERT(s.nkeys <= 5);
+        CU_ASSERT(s.nkeys <= 4 * 5 + 64); /* count is a hint: about 5 */
         for (size_t i = 0; i < s.nkeys; i++) {
             int n = -1;
 
