@@ -165,6 +165,7 @@ static void conn_new(struct kv_io_thread *thr, int fd)
     }
     c->fd = fd;
     c->thr = thr;
+    c->last_active = ev_now(thr->loop);
     ev_io_init(&c->rw, on_read, fd, EV_READ);
     ev_io_init(&c->ww, on_write, fd, EV_WRITE);
     c->rw.data = c->ww.data = c;
@@ -207,6 +208,14 @@ static void conn_queue_response(struct kv_io_conn *c, struct kv_io_req *r)
     c->out_tail = r;
     c->out_bytes += KV_FRAME_OVERHEAD + r->call.resp_len;
     conn_mark_flush(c);
+    if (c->out_bytes > c->thr->io->cfg->output_hard_limit) {
+        /* a client that does not read its answers: like Redis's
+         * client-output-buffer-limit, drop it rather than grow without end */
+        kv_io_log(c->thr->io, 1, "fd %d: %zu bytes of output pending, above "
+                  "--output-hard-limit; closing", c->fd, c->out_bytes);
+        kv_mem_stat_add(KV_STAT_OUTPUT_LIMIT, 1);
+        conn_close(c);
+    }
 }
 
 /* Answers an error the IO thread detects itself (no worker involved). */
@@ -235,9 +244,11 @@ static void conn_update_reading(struct kv_io_conn *c)
     if (c->closing || c->thr->stopping)
         want = 0;
     else if (c->reading)
-        want = c->out_bytes < cfg->max_output && c->inflight < KV_IO_MAX_INFLIGHT;
+        want = c->out_bytes < cfg->max_output && c->inflight < KV_IO_MAX_INFLIGHT &&
+               c->inflight_bytes < cfg->max_output;
     else
-        want = c->out_bytes <= cfg->max_output / 2 && c->inflight <= KV_IO_MAX_INFLIGHT / 2;
+        want = c->out_bytes <= cfg->max_output / 2 && c->inflight <= KV_IO_MAX_INFLIGHT / 2 &&
+               c->inflight_bytes <= cfg->max_output / 2;
     if (want && !c->reading)
         ev_io_start(c->thr->loop, &c->rw);
     else if (!want && c->reading)
@@ -289,6 +300,7 @@ static void conn_flush(struct kv_io_conn *c)
         }
         kv_mem_stat_add(KV_STAT_BYTES_OUT, (uint64_t)n);
         c->out_bytes -= (size_t)n;
+        c->last_active = ev_now(c->thr->loop);
         /* retire every response now fully written */
         size_t pos = c->out_off + (size_t)n;
         while (c->out_head) {
@@ -354,9 +366,14 @@ static void on_write(struct ev_loop *loop, ev_io *w, int revents)
 static void conn_parse(struct kv_io_conn *c, struct kv_frame *partial, int *have_hdr)
 {
     struct kv_io_thread *thr = c->thr;
+    const struct kv_config *cfg = thr->io->cfg;
     struct kv_io_msg *m = c->cur;
-    size_t max_body = thr->io->cfg->max_body;
+    size_t max_body = cfg->max_body;
 
+    /* before AUTH, only small frames (PING, AUTH) are worth buffering */
+    if (cfg->requirepass[0] && cfg->max_body_noauth < max_body &&
+        !(__atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
+        max_body = cfg->max_body_noauth;
     *have_hdr = 0;
     while (m->parsed < m->len) {
         struct kv_frame f;
@@ -381,6 +398,7 @@ static void conn_parse(struct kv_io_conn *c, struct kv_frame *partial, int *have
                 thr->batch_head = &req->call;
             thr->batch_tail = &req->call;
             c->inflight++;
+            c->inflight_bytes += (size_t)r;
             m->parsed += (size_t)r;
             continue;
         }
@@ -466,9 +484,14 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     }
     kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);
     m->len += (size_t)n;
+    c->last_active = ev_now(loop);
     conn_parse(c, &partial, &have_hdr);
     if (c->closed || c->closing)
         return;
+    if (m->parsed == m->len)
+        c->partial_since = 0;
+    else if (c->partial_since == 0)
+        c->partial_since = ev_now(loop); /* a frame started: its deadline runs */
     if (conn_make_room(c, &partial, have_hdr) != 0) {
         kv_io_log(c->thr->io, 0, "out of memory for a receive buffer; closing connection");
         conn_close(c);
@@ -487,6 +510,7 @@ static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
 
         calls = calls->next;
         c->inflight--;
+        c->inflight_bytes -= KV_FRAME_OVERHEAD + r->call.body_len;
         kv_mem_stat_add(KV_STAT_REQUESTS, 1);
         if (c->closed) {
             kv_mem_stat_add(KV_STAT_DROPPED, 1);
@@ -524,6 +548,34 @@ void kv_io_complete(void *origin, struct kv_call *calls)
 }
 
 /* ---- the IO thread ------------------------------------------------------- */
+/* Once a second: close connections idle past --idle-timeout, and those
+ * whose started frame has not completed within --frame-timeout (a slowloris
+ * cannot hold a receive buffer for ever). */
+static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct kv_io_thread *thr = w->data;
+    const struct kv_config *cfg = thr->io->cfg;
+    ev_tstamp now = ev_now(loop);
+
+    for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
+        const char *why = NULL;
+
+        if (c->closed)
+            continue;
+        if (cfg->frame_timeout && c->partial_since &&
+            now - c->partial_since > cfg->frame_timeout)
+            why = "frame not completed within --frame-timeout";
+        else if (cfg->idle_timeout && c->inflight == 0 && !c->out_head &&
+                 now - c->last_active > cfg->idle_timeout)
+            why = "idle past --idle-timeout";
+        if (why) {
+            kv_io_log(thr->io, 3, "fd %d: %s; closing", c->fd, why);
+            kv_mem_stat_add(KV_STAT_TIMEOUTS, 1);
+            conn_close(c);
+        }
+    }
+}
+
 static void on_stop_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
@@ -681,6 +733,10 @@ static int thread_init(struct kv_io *io, struct kv_io_thread *thr, unsigned inde
     ev_async_start(thr->loop, &thr->wake);
     ev_timer_init(&thr->stop_timer, on_stop_timer, 1., 0.);
     thr->stop_timer.data = thr;
+    ev_timer_init(&thr->sweep, on_sweep, 1., 1.);
+    thr->sweep.data = thr;
+    if (io->cfg->idle_timeout || io->cfg->frame_timeout)
+        ev_timer_start(thr->loop, &thr->sweep);
     return 0;
 }
 

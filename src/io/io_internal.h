@@ -41,7 +41,6 @@ struct kv_io_req {
 struct kv_io_conn {                  /* io-thread only */
     ev_io rw;                        /* first: read watcher, always on while reading */
     ev_io ww;                        /* write watcher, on only while output is pending */
-    ev_timer idle;                   /* --idle-timeout */
     int fd;                          /* owned: closed in conn_close */
     struct kv_io_thread *thr;        /* borrowed: outlives the conn */
     struct kv_io_msg *cur;           /* owned ref: message being filled */
@@ -57,7 +56,9 @@ struct kv_io_conn {                  /* io-thread only */
     uint8_t closing;                 /* answer what is queued, then close */
     uint8_t closed;                  /* fd closed; freed when inflight reaches 0 */
     uint8_t on_flush;                /* on the to-flush list */
-    ev_tstamp last_active;
+    size_t inflight_bytes;           /* frame bytes of the requests with the workers */
+    ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
+    ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
 };
 
 struct kv_io_thread {
@@ -69,6 +70,7 @@ struct kv_io_thread {
     ev_io pipe_w;
     ev_async wake;                   /* completions and stop */
     ev_timer stop_timer;             /* shutdown deadline */
+    ev_timer sweep;                  /* idle and frame deadlines, once a second */
     pthread_mutex_t lock;
     struct kv_call *done_head;       /* guarded by lock: finished calls */
     struct kv_call *done_tail;       /* guarded by lock */

@@ -15,6 +15,9 @@ void kv_config_defaults(struct kv_config *c)
     c->max_output = 64u << 20;
     c->max_conns = 10000;
     c->idle_timeout = 0;
+    c->frame_timeout = 30;
+    c->max_body_noauth = 64u << 10;
+    c->output_hard_limit = 256u << 20;
     c->recv_buf = 16384;
     c->log_level = 2;
     c->shutdown_grace = 5.0;

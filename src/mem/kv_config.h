@@ -21,7 +21,10 @@ struct kv_config {
     size_t max_body;             /* largest body_len accepted, bytes */
     size_t max_output;           /* pending output per connection before reading stops */
     unsigned max_conns;          /* simultaneous connections; above it: BUSY then close */
-    unsigned idle_timeout;       /* seconds, 0 = off */
+    unsigned idle_timeout;       /* seconds without traffic before a close, 0 = off */
+    unsigned frame_timeout;      /* seconds a started frame may take to complete, 0 = off */
+    size_t max_body_noauth;      /* largest body before AUTH when a password is set */
+    size_t output_hard_limit;    /* pending output that closes the connection */
     size_t recv_buf;             /* size of a receive buffer (message) */
     int log_level;               /* 0 error, 1 warn, 2 info, 3 debug */
     double shutdown_grace;       /* seconds to flush output at shutdown */

@@ -71,6 +71,8 @@ static const char *const stat_names[KV_STAT__COUNT] = {
     [KV_STAT_RESPONSES] = "responses",
     [KV_STAT_DROPPED] = "responses_dropped",
     [KV_STAT_PROTO_ERRORS] = "protocol_errors",
+    [KV_STAT_TIMEOUTS] = "timeouts",
+    [KV_STAT_OUTPUT_LIMIT] = "output_limit_closes",
     [KV_STAT_BYTES_IN] = "bytes_in",
     [KV_STAT_BYTES_OUT] = "bytes_out",
 };

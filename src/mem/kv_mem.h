@@ -45,6 +45,8 @@ enum kv_stat {
     KV_STAT_RESPONSES,        /* responses fully written */
     KV_STAT_DROPPED,          /* responses whose peer had gone */
     KV_STAT_PROTO_ERRORS,     /* bad frames (magic, version, crc, size) */
+    KV_STAT_TIMEOUTS,         /* closed by --idle-timeout or --frame-timeout */
+    KV_STAT_OUTPUT_LIMIT,     /* closed by --output-hard-limit */
     KV_STAT_BYTES_IN,
     KV_STAT_BYTES_OUT,
     KV_STAT__COUNT

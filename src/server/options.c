@@ -15,7 +15,8 @@
 enum {
     OPT_BIND = 256, OPT_PORT, OPT_IO_THREADS, OPT_WORKERS, OPT_MAX_BODY, OPT_MAX_CONNS,
     OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
-    OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE,
+    OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
+    OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE,
 };
 
 static const struct option long_opts[] = {
@@ -38,6 +39,10 @@ static const struct option long_opts[] = {
     {"eviction", required_argument, NULL, OPT_EVICTION},
     {"reset-store", no_argument, NULL, OPT_RESET_STORE},
     {"requirepass", required_argument, NULL, OPT_REQUIREPASS},
+    {"requirepass-file", required_argument, NULL, OPT_REQUIREPASS_FILE},
+    {"frame-timeout", required_argument, NULL, OPT_FRAME_TIMEOUT},
+    {"max-body-noauth", required_argument, NULL, OPT_MAX_BODY_NOAUTH},
+    {"output-hard-limit", required_argument, NULL, OPT_OUTPUT_HARD},
     {NULL, 0, NULL, 0},
 };
 
@@ -51,6 +56,9 @@ void kv_options_usage(FILE *f)
           "  --max-body SIZE      largest request body accepted (default 16m)\n"
           "  --max-output SIZE    pending output per connection before reading stops (default 64m)\n"
           "  --max-conns N        simultaneous connections; more are answered BUSY (default 10000)\n"
+          "  --output-hard-limit SIZE  pending output that closes the connection (default 256m)\n"
+          "  --idle-timeout S     close connections idle for S seconds (default 0 = never)\n"
+          "  --frame-timeout S    close a connection whose started frame takes longer (default 30)\n"
           "  --recv-buf SIZE      receive buffer size (default 16k)\n"
           "  --shutdown-grace S   seconds to flush output at shutdown (default 5)\n"
           "  --log-level L        error|warn|info|debug or 0..3 (default info)\n"
@@ -60,6 +68,8 @@ void kv_options_usage(FILE *f)
           "  --eviction none|lru  when full: answer OUT_OF_MEMORY (default) or evict\n"
           "  --reset-store        move an unusable segment aside and start empty\n"
           "  --requirepass PASS   require AUTH before any opcode but PING\n"
+          "  --requirepass-file F the same, the password being the first line of file F\n"
+          "  --max-body-noauth SIZE  largest body accepted before AUTH (default 64k)\n"
           "  --help, --version\n"
           "SIZE takes a k, m or g suffix (binary units). Signal 41 (SIGRTMIN+7) prints the\n"
           "memory and request statistics; SIGINT/SIGTERM stop gracefully.\n",
@@ -122,6 +132,24 @@ static int parse_log_level(const char *s, int *out)
         return KV_EINVAL;
     *out = (int)v;
     return 0;
+}
+
+/* The first line of path, without its newline; empty is an error. */
+static int read_password(const char *path, char *dst, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (!f)
+        return KV_EINVAL;
+    if (!fgets(dst, (int)cap, f)) {
+        fclose(f);
+        return KV_EINVAL;
+    }
+    fclose(f);
+    n = strcspn(dst, "\r\n");
+    dst[n] = '\0';
+    return n ? 0 : KV_EINVAL;
 }
 
 static int copy_str(char *dst, size_t cap, const char *src)
@@ -223,6 +251,29 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         case OPT_REQUIREPASS:
             rc = copy_str(cfg->requirepass, sizeof(cfg->requirepass), optarg);
             break;
+        case OPT_REQUIREPASS_FILE:
+            rc = read_password(optarg, cfg->requirepass, sizeof(cfg->requirepass));
+            if (rc != 0) {
+                snprintf(err, errcap, "cannot read a password from '%s'", optarg);
+                return KV_EINVAL;
+            }
+            break;
+        case OPT_FRAME_TIMEOUT:
+            rc = parse_uint(optarg, 0, 86400, &v);
+            cfg->frame_timeout = (unsigned)v;
+            break;
+        case OPT_MAX_BODY_NOAUTH:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && sz < 64)
+                rc = KV_EINVAL;
+            cfg->max_body_noauth = sz;
+            break;
+        case OPT_OUTPUT_HARD:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && sz < 4096)
+                rc = KV_EINVAL;
+            cfg->output_hard_limit = sz;
+            break;
         case ':':
             snprintf(err, errcap, "option %s needs a value", name);
             return KV_EINVAL;
@@ -235,6 +286,10 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
                      long_opts[idx].name);
             return KV_EINVAL;
         }
+    }
+    if (cfg->output_hard_limit < cfg->max_output) {
+        snprintf(err, errcap, "--output-hard-limit must be at least --max-output");
+        return KV_EINVAL;
     }
     if (optind < argc) {
         snprintf(err, errcap, "unexpected argument '%s' (see --help)", argv[optind]);
