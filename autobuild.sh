@@ -14,6 +14,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 # ---- dependencies -------------------------------------------------------------
 need_pkgs=(cmake gcc libev-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev libcunit1-dev)
 [[ $mode == coverage ]] && need_pkgs+=(lcov)
+# the RESP suite drives the real tools: redis-cli, redis-benchmark, python3-redis, twemproxy
+[[ $mode == unittest || $mode == asan || $mode == coverage ]] && need_pkgs+=(redis-tools python3-redis nutcracker)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -91,6 +91,7 @@ static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
     r->conn = c;
     r->msg = m;
     r->out_next = NULL;
+    r->done = r->queued = r->body_owned = 0;
     if (m)
         m->refs++;
     return r;
@@ -100,6 +101,8 @@ static void req_free(struct kv_io_req *r)
 {
     if (r->call.resp_owned)
         kv_mem_free(KV_MOD_PACKET, r->call.resp);
+    if (r->body_owned)
+        kv_mem_free(KV_MOD_PACKET, (void *)r->call.body);
     msg_unref(r->msg);
     kv_mem_free(KV_MOD_REQUEST, r);
 }
@@ -143,8 +146,12 @@ static void conn_close(struct kv_io_conn *c)
         struct kv_io_req *r = c->out_head;
 
         c->out_head = r->out_next;
-        kv_mem_stat_add(KV_STAT_DROPPED, 1);
-        req_free(r);
+        r->out_next = NULL;
+        r->queued = 0;
+        if (r->done) { /* not done: still with a worker, freed when it returns */
+            kv_mem_stat_add(KV_STAT_DROPPED, 1);
+            req_free(r);
+        }
     }
     c->out_tail = NULL;
     c->out_bytes = c->out_off = 0;
@@ -186,27 +193,69 @@ static void conn_mark_flush(struct kv_io_conn *c)
     }
 }
 
-/* Turns a finished request into output: header and crc beside the body. */
-static void conn_queue_response(struct kv_io_conn *c, struct kv_io_req *r)
+/* Appends a request to the output queue. Binary answers are queued when
+ * they are done (any order: clients match request ids); text-protocol
+ * requests are queued when parsed, so answers leave in request order. */
+static void conn_enqueue(struct kv_io_conn *c, struct kv_io_req *r)
 {
-    struct kv_frame f = {
-        .version = KV_FRAME_VERSION,
-        .flags = KV_FRAME_F_RESPONSE,
-        .opcode = r->call.opcode,
-        .request_id = r->request_id,
-        .body_len = r->call.resp_len,
-        .status = r->call.status,
-    };
-
-    kv_frame_encode_header(&f, r->hdr);
-    kv_put_le32(r->crc, kv_frame_crc(r->hdr, r->call.resp, r->call.resp_len));
     r->out_next = NULL;
+    r->queued = 1;
     if (c->out_tail)
         c->out_tail->out_next = r;
     else
         c->out_head = r;
     c->out_tail = r;
-    c->out_bytes += KV_FRAME_OVERHEAD + r->call.resp_len;
+}
+
+/* The answer of r is ready: lay out its bytes and let flush write it. */
+static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
+{
+    const struct kv_io_textproto *text = &c->thr->io->text;
+
+    if (c->proto == KV_PROTO_TEXT) {
+        uint8_t *out = NULL;
+        size_t len = 0;
+
+        if (r->call.tag != UINT32_MAX && text->reply(text->ctx, &r->call, &out, &len) != 0) {
+            kv_io_log(c->thr->io, 0, "out of memory for a reply; closing connection");
+            conn_close(c);
+            return;
+        }
+        if (r->call.tag != UINT32_MAX) { /* UINT32_MAX: the reply is in resp already */
+            if (r->call.resp_owned)
+                kv_mem_free(KV_MOD_PACKET, r->call.resp);
+            r->call.resp = out;
+            r->call.resp_len = (uint32_t)len;
+            r->call.resp_owned = 1;
+        }
+        r->iov[0].iov_base = r->call.resp;
+        r->iov[0].iov_len = r->call.resp_len;
+        r->niov = 1;
+        r->out_len = r->call.resp_len;
+    } else {
+        struct kv_frame f = {
+            .version = KV_FRAME_VERSION,
+            .flags = KV_FRAME_F_RESPONSE,
+            .opcode = r->call.opcode,
+            .request_id = r->request_id,
+            .body_len = r->call.resp_len,
+            .status = r->call.status,
+        };
+
+        kv_frame_encode_header(&f, r->hdr);
+        kv_put_le32(r->crc, kv_frame_crc(r->hdr, r->call.resp, r->call.resp_len));
+        r->iov[0].iov_base = r->hdr;
+        r->iov[0].iov_len = KV_FRAME_HDR;
+        r->iov[1].iov_base = r->call.resp;
+        r->iov[1].iov_len = r->call.resp_len;
+        r->iov[2].iov_base = r->crc;
+        r->iov[2].iov_len = KV_FRAME_CRC;
+        r->niov = 3;
+        r->out_len = KV_FRAME_OVERHEAD + r->call.resp_len;
+        conn_enqueue(c, r);
+    }
+    r->done = 1;
+    c->out_bytes += r->out_len;
     conn_mark_flush(c);
     if (c->out_bytes > c->thr->io->cfg->output_hard_limit) {
         /* a client that does not read its answers: like Redis's
@@ -228,7 +277,7 @@ static int conn_answer_error(struct kv_io_conn *c, const struct kv_frame *f, uin
     r->call.opcode = f->opcode;
     r->call.status = status;
     r->request_id = f->request_id;
-    conn_queue_response(c, r);
+    req_finish(c, r);
     return 0;
 }
 
@@ -256,37 +305,40 @@ static void conn_update_reading(struct kv_io_conn *c)
     c->reading = (uint8_t)want;
 }
 
-/* Writes as much queued output as the socket takes. */
+/* Writes as much finished output as the socket takes, in queue order. */
 static void conn_flush(struct kv_io_conn *c)
 {
     struct iovec iov[KV_IO_IOV_REQS * 3];
 
-    while (c->out_head && !c->closed) {
+    while (c->out_head && c->out_head->done && !c->closed) {
         struct msghdr mh = {.msg_iov = iov};
         size_t total = 0, skip = c->out_off;
         struct kv_io_req *r;
         ssize_t n;
         int k = 0;
 
-        for (r = c->out_head; r && k < KV_IO_IOV_REQS * 3 - 2; r = r->out_next) {
-            const struct iovec parts[3] = {
-                {r->hdr, KV_FRAME_HDR},
-                {r->call.resp, r->call.resp_len},
-                {r->crc, KV_FRAME_CRC},
-            };
-            for (int p = 0; p < 3; p++) {
-                size_t len = parts[p].iov_len;
+        for (r = c->out_head; r && r->done && k < KV_IO_IOV_REQS * 3 - 2; r = r->out_next) {
+            for (int p = 0; p < r->niov; p++) {
+                size_t len = r->iov[p].iov_len;
 
                 if (skip >= len) {
                     skip -= len;
                     continue;
                 }
-                iov[k].iov_base = (uint8_t *)parts[p].iov_base + skip;
+                iov[k].iov_base = (uint8_t *)r->iov[p].iov_base + skip;
                 iov[k].iov_len = len - skip;
                 total += len - skip;
                 skip = 0;
                 k++;
             }
+        }
+        if (k == 0) { /* only empty answers (an empty text reply cannot happen) */
+            r = c->out_head;
+            c->out_head = r->out_next;
+            if (!c->out_head)
+                c->out_tail = NULL;
+            req_free(r);
+            continue;
         }
         mh.msg_iovlen = (size_t)k;
         n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -301,14 +353,10 @@ static void conn_flush(struct kv_io_conn *c)
         kv_mem_stat_add(KV_STAT_BYTES_OUT, (uint64_t)n);
         c->out_bytes -= (size_t)n;
         c->last_active = ev_now(c->thr->loop);
-        /* retire every response now fully written */
+        /* retire every answer now fully written */
         size_t pos = c->out_off + (size_t)n;
-        while (c->out_head) {
-            size_t len = KV_FRAME_OVERHEAD + c->out_head->call.resp_len;
-
-            if (pos < len)
-                break;
-            pos -= len;
+        while (c->out_head && c->out_head->done && pos >= c->out_head->out_len) {
+            pos -= c->out_head->out_len;
             r = c->out_head;
             c->out_head = r->out_next;
             kv_mem_stat_add(KV_STAT_RESPONSES, 1);
@@ -322,7 +370,7 @@ static void conn_flush(struct kv_io_conn *c)
     }
     if (c->closed)
         return;
-    if (c->out_head)
+    if (c->out_head && c->out_head->done)
         ev_io_start(c->thr->loop, &c->ww);
     else
         ev_io_stop(c->thr->loop, &c->ww);
@@ -360,10 +408,23 @@ static void on_write(struct ev_loop *loop, ev_io *w, int revents)
     conn_mark_flush(w->data);
 }
 
+static void batch_add(struct kv_io_thread *thr, struct kv_io_conn *c, struct kv_io_req *req,
+                      size_t wire_len)
+{
+    if (thr->batch_tail)
+        thr->batch_tail->next = &req->call;
+    else
+        thr->batch_head = &req->call;
+    thr->batch_tail = &req->call;
+    req->wire_len = wire_len;
+    c->inflight++;
+    c->inflight_bytes += wire_len;
+}
+
 /* Decodes every whole frame in the current message into the thread's
- * batch. Returns the header of a trailing partial frame through *partial
- * (body_len valid when *have_hdr). */
-static void conn_parse(struct kv_io_conn *c, struct kv_frame *partial, int *have_hdr)
+ * batch. Returns through *need the size of a trailing partial frame when
+ * its header is in (else 0). */
+static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
 {
     struct kv_io_thread *thr = c->thr;
     const struct kv_config *cfg = thr->io->cfg;
@@ -374,7 +435,6 @@ static void conn_parse(struct kv_io_conn *c, struct kv_frame *partial, int *have
     if (cfg->requirepass[0] && cfg->max_body_noauth < max_body &&
         !(__atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
         max_body = cfg->max_body_noauth;
-    *have_hdr = 0;
     while (m->parsed < m->len) {
         struct kv_frame f;
         ssize_t r = kv_frame_decode(m->buf + m->parsed, m->len - m->parsed, max_body, 0, &f);
@@ -392,19 +452,13 @@ static void conn_parse(struct kv_io_conn *c, struct kv_frame *partial, int *have
             req->call.body = f.body;
             req->call.body_len = f.body_len;
             req->request_id = f.request_id;
-            if (thr->batch_tail)
-                thr->batch_tail->next = &req->call;
-            else
-                thr->batch_head = &req->call;
-            thr->batch_tail = &req->call;
-            c->inflight++;
-            c->inflight_bytes += (size_t)r;
+            batch_add(thr, c, req, (size_t)r);
             m->parsed += (size_t)r;
             continue;
         }
         if (r == KV_EAGAIN) {
-            *have_hdr = m->len - m->parsed >= KV_FRAME_HDR;
-            *partial = f;
+            if (m->len - m->parsed >= KV_FRAME_HDR)
+                *need = KV_FRAME_OVERHEAD + (size_t)f.body_len;
             return;
         }
         kv_mem_stat_add(KV_STAT_PROTO_ERRORS, 1);
@@ -425,16 +479,130 @@ static void conn_parse(struct kv_io_conn *c, struct kv_frame *partial, int *have
     }
 }
 
+/* Queues an answer the IO thread has already (text protocol): bytes owned
+ * (KV_MOD_PACKET), or a static string when owned is 0. */
+static int conn_text_reply(struct kv_io_conn *c, uint8_t *bytes, size_t len, int owned)
+{
+    struct kv_io_req *r = req_new(c, NULL);
+
+    if (!r) {
+        if (owned)
+            kv_mem_free(KV_MOD_PACKET, bytes);
+        return KV_ENOMEM;
+    }
+    r->call.resp = bytes;
+    r->call.resp_len = (uint32_t)len;
+    r->call.resp_owned = (uint8_t)owned;
+    r->call.tag = UINT32_MAX; /* the reply is in resp already */
+    conn_enqueue(c, r);
+    req_finish(c, r);
+    return 0;
+}
+
+/* Parses every whole text-protocol (RESP) request of the current message:
+ * each becomes a call for the workers or an immediate reply, queued in
+ * request order. */
+static void conn_parse_text(struct kv_io_conn *c, size_t *need)
+{
+    struct kv_io_thread *thr = c->thr;
+    const struct kv_io_textproto *text = &thr->io->text;
+    const struct kv_config *cfg = thr->io->cfg;
+    struct kv_io_msg *m = c->cur;
+    int authed = !cfg->requirepass[0] ||
+                 (__atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED);
+    /* before AUTH, requests are kept small (Redis does the same) */
+    struct kv_resp_limits lim = {
+        .max_args = authed ? cfg->resp_max_args : 16,
+        .max_bulk = authed ? cfg->max_body : cfg->max_body_noauth,
+        .max_request = authed ? cfg->max_body : cfg->max_body_noauth,
+        .max_inline = 64 * 1024,
+    };
+
+    /* a partial request whose known size has not arrived: nothing to do */
+    if (c->partial_need && m->len - m->parsed < c->partial_need) {
+        *need = c->partial_need;
+        return;
+    }
+    c->partial_need = 0;
+    while (m->parsed < m->len && !c->closing) {
+        const char *err = NULL;
+        struct kv_text_result res = {0};
+        struct kv_io_req *req;
+        ssize_t r = kv_resp_parse(m->buf + m->parsed, m->len - m->parsed, &lim, &thr->argv, need,
+                                  &err);
+        int rc;
+
+        if (r == KV_EAGAIN) {
+            c->partial_need = *need;
+            return;
+        }
+        if (r < 0) {
+            static const char prefix[] = "-ERR Protocol error: ";
+            size_t n = sizeof(prefix) - 1 + strlen(err ? err : "") + 2;
+            uint8_t *msg = kv_mem_alloc(KV_MOD_PACKET, n + 1);
+
+            kv_mem_stat_add(KV_STAT_PROTO_ERRORS, 1);
+            c->closing = 1;
+            conn_mark_flush(c);
+            if (r == KV_ENOMEM || !msg) {
+                kv_mem_free(KV_MOD_PACKET, msg);
+                conn_close(c);
+                return;
+            }
+            snprintf((char *)msg, n + 1, "%s%s\r\n", prefix, err ? err : "");
+            if (conn_text_reply(c, msg, n, 1) != 0)
+                conn_close(c);
+            return;
+        }
+        m->parsed += (size_t)r;
+        if (thr->argv.argc == 0)
+            continue; /* an empty line */
+        req = req_new(c, NULL);
+        if (!req) {
+            conn_close(c);
+            return;
+        }
+        rc = text->command(text->ctx, &c->session, thr->argv.argc, thr->argv.v, &req->call, &res);
+        if (rc == KV_TEXT_DISPATCH) {
+            req->call.body = res.body;
+            req->call.body_len = (uint32_t)res.body_len;
+            req->body_owned = res.body != NULL;
+            conn_enqueue(c, req);
+            batch_add(thr, c, req, (size_t)r);
+        } else if (rc == KV_TEXT_REPLY) {
+            req->call.resp = res.reply;
+            req->call.resp_len = (uint32_t)res.reply_len;
+            req->call.resp_owned = 1;
+            req->call.tag = UINT32_MAX;
+            conn_enqueue(c, req);
+            req_finish(c, req);
+            if (res.close) {
+                c->closing = 1;
+                conn_mark_flush(c);
+            }
+        } else {
+            req_free(req);
+            conn_close(c);
+            return;
+        }
+        if (c->closed)
+            return;
+    }
+}
+
 /* Makes room for the next read: reuse the buffer when nothing points into
- * it, else continue in a new message sized for the partial frame. */
-static int conn_make_room(struct kv_io_conn *c, const struct kv_frame *partial, int have_hdr)
+ * it, else continue in a new message big enough for the partial request
+ * (need = its size when known, else 0). */
+static int conn_make_room(struct kv_io_conn *c, size_t need)
 {
     const struct kv_config *cfg = c->thr->io->cfg;
     struct kv_io_msg *m = c->cur, *n;
-    size_t rest = m->len - m->parsed;
-    size_t need = have_hdr ? KV_FRAME_OVERHEAD + (size_t)partial->body_len : KV_FRAME_HDR;
-    size_t tail_want = need - rest < KV_IO_MIN_TAIL ? need - rest : KV_IO_MIN_TAIL;
+    size_t rest = m->len - m->parsed, newcap;
+    size_t tail_want;
 
+    if (need < rest + 1)
+        need = rest + (rest < KV_FRAME_HDR ? KV_FRAME_HDR - rest : KV_IO_MIN_TAIL);
+    tail_want = need - rest < KV_IO_MIN_TAIL ? need - rest : KV_IO_MIN_TAIL;
     if (rest == 0 && m->refs == 1) {
         m->len = m->parsed = 0;
         if (m->cap >= cfg->recv_buf)
@@ -448,7 +616,12 @@ static int conn_make_room(struct kv_io_conn *c, const struct kv_frame *partial, 
         m->parsed = 0;
         return 0;
     }
-    n = msg_new(need > cfg->recv_buf ? need : cfg->recv_buf);
+    /* grow at least geometrically, so a request arriving in many reads
+     * whose size is learnt piece by piece (RESP) is not copied over and over */
+    newcap = need > cfg->recv_buf ? need : cfg->recv_buf;
+    if (newcap < 2 * rest)
+        newcap = 2 * rest;
+    n = msg_new(newcap);
     if (!n)
         return KV_ENOMEM;
     memcpy(n->buf, m->buf + m->parsed, rest);
@@ -463,8 +636,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct kv_io_conn *c = w->data;
     struct kv_io_msg *m = c->cur;
-    struct kv_frame partial;
-    int have_hdr;
+    size_t need = 0;
     ssize_t n;
 
     if (!m) {
@@ -485,14 +657,20 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);
     m->len += (size_t)n;
     c->last_active = ev_now(loop);
-    conn_parse(c, &partial, &have_hdr);
+    if (c->proto == KV_PROTO_UNKNOWN) /* the first byte picks the protocol */
+        c->proto = m->buf[0] == KV_FRAME_MAGIC0 || !c->thr->io->text.command ? KV_PROTO_BINARY
+                                                                             : KV_PROTO_TEXT;
+    if (c->proto == KV_PROTO_TEXT)
+        conn_parse_text(c, &need);
+    else
+        conn_parse_binary(c, &need);
     if (c->closed || c->closing)
         return;
     if (m->parsed == m->len)
         c->partial_since = 0;
     else if (c->partial_since == 0)
-        c->partial_since = ev_now(loop); /* a frame started: its deadline runs */
-    if (conn_make_room(c, &partial, have_hdr) != 0) {
+        c->partial_since = ev_now(loop); /* a request started: its deadline runs */
+    if (conn_make_room(c, need) != 0) {
         kv_io_log(c->thr->io, 0, "out of memory for a receive buffer; closing connection");
         conn_close(c);
         return;
@@ -510,7 +688,7 @@ static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
 
         calls = calls->next;
         c->inflight--;
-        c->inflight_bytes -= KV_FRAME_OVERHEAD + r->call.body_len;
+        c->inflight_bytes -= r->wire_len;
         kv_mem_stat_add(KV_STAT_REQUESTS, 1);
         if (c->closed) {
             kv_mem_stat_add(KV_STAT_DROPPED, 1);
@@ -520,7 +698,7 @@ static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
         }
         if (__atomic_load_n(&c->session.flags, __ATOMIC_RELAXED) & KV_SESSION_CLOSE)
             c->closing = 1;
-        conn_queue_response(c, r);
+        req_finish(c, r);
     }
 }
 
@@ -677,6 +855,7 @@ static void *thread_main(void *arg)
         close(fd);
         __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
     }
+    kv_resp_argv_fini(&thr->argv);
     kv_mem_pool_drain();
     current_thread = NULL;
     return NULL;
@@ -741,7 +920,7 @@ static int thread_init(struct kv_io *io, struct kv_io_thread *thr, unsigned inde
 }
 
 int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *dispatch_ctx,
-                 struct kv_io **out)
+                 const struct kv_io_textproto *text, struct kv_io **out)
 {
     struct kv_io *io = kv_mem_calloc(KV_MOD_THREAD, sizeof(*io));
     int rc;
@@ -751,6 +930,8 @@ int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *
     io->cfg = cfg;
     io->dispatch = dispatch;
     io->dispatch_ctx = dispatch_ctx;
+    if (text && !cfg->resp_disabled)
+        io->text = *text;
     io->nthreads = cfg->io_threads ? cfg->io_threads : 1;
     io->listen_fd = listen_socket(cfg, &io->port);
     if (io->listen_fd < 0) {

@@ -6,11 +6,13 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "frame.h"
 #include "kv_call.h"
 #include "kv_config.h"
 #include "kv_io.h"
+#include "resp.h"
 
 struct kv_io_thread;
 struct kv_io_conn;
@@ -34,9 +36,18 @@ struct kv_io_req {
     struct kv_io_msg *msg;       /* borrowed: pinned (refs) until freed; NULL for errors */
     struct kv_io_req *out_next;  /* io-thread only: output queue link */
     uint64_t request_id;
-    uint8_t hdr[KV_FRAME_HDR];   /* response header, built when queued */
+    struct iovec iov[3];         /* the answer's bytes, once done */
+    size_t out_len;              /* their total */
+    size_t wire_len;             /* bytes the request took on the wire (backpressure) */
+    uint8_t niov;
+    uint8_t done;                /* answer ready: may be written */
+    uint8_t queued;              /* on the conn's output queue */
+    uint8_t body_owned;          /* call.body is KV_MOD_PACKET memory (text protocol) */
+    uint8_t hdr[KV_FRAME_HDR];   /* response header, built when done */
     uint8_t crc[KV_FRAME_CRC];   /* response crc */
 };
+
+enum { KV_PROTO_UNKNOWN, KV_PROTO_BINARY, KV_PROTO_TEXT };
 
 struct kv_io_conn {                  /* io-thread only */
     ev_io rw;                        /* first: read watcher, always on while reading */
@@ -56,6 +67,8 @@ struct kv_io_conn {                  /* io-thread only */
     uint8_t closing;                 /* answer what is queued, then close */
     uint8_t closed;                  /* fd closed; freed when inflight reaches 0 */
     uint8_t on_flush;                /* on the to-flush list */
+    uint8_t proto;                   /* KV_PROTO_*, set by the first byte */
+    size_t partial_need;             /* bytes the partial request needs at least */
     size_t inflight_bytes;           /* frame bytes of the requests with the workers */
     ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
     ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
@@ -79,6 +92,7 @@ struct kv_io_thread {
     struct kv_io_conn *flush_list;   /* io-thread only: conns with new output */
     struct kv_call *batch_head;      /* io-thread only: decoded, not yet dispatched */
     struct kv_call *batch_tail;
+    struct kv_resp_argv argv;        /* io-thread only: text-protocol argv scratch */
     int stopping;                    /* io-thread only */
     int started;
 };
@@ -87,6 +101,7 @@ struct kv_io {
     const struct kv_config *cfg;     /* borrowed: outlives io */
     kv_io_dispatch_fn dispatch;      /* ro after create */
     void *dispatch_ctx;              /* borrowed */
+    struct kv_io_textproto text;     /* ro after create; text.command NULL = binary only */
     int listen_fd;                   /* owned */
     uint16_t port;                   /* ro after create */
     unsigned nthreads;               /* ro after create */

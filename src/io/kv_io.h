@@ -15,18 +15,45 @@
 
 #include "kv_call.h"
 #include "kv_config.h"
+#include "resp.h"
 
 struct kv_io;
+
+/* A text protocol (RESP) spoken on the same port: a connection whose first
+ * byte is not the binary magic is parsed by src/io/resp.c into argv, and
+ * this adapter (the service's) turns each command into a call or an
+ * immediate reply, then each finished call into reply bytes. Answers go
+ * back in request order on such connections. */
+enum { KV_TEXT_DISPATCH = 1, KV_TEXT_REPLY = 2 };
+
+struct kv_text_result {
+    uint8_t *body;      /* DISPATCH: request body, owned (KV_MOD_PACKET), may be NULL */
+    size_t body_len;
+    uint8_t *reply;     /* REPLY: reply bytes, owned (KV_MOD_PACKET) */
+    size_t reply_len;
+    int close;          /* close the connection after this reply */
+};
+
+struct kv_io_textproto {
+    /* Sets call->opcode (and call->tag) and res->body for DISPATCH, or
+     * res->reply for REPLY; returns which, or KV_ENOMEM. */
+    int (*command)(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
+                   struct kv_call *call, struct kv_text_result *res);
+    /* Turns a finished call into reply bytes (KV_MOD_PACKET); 0 or KV_ENOMEM. */
+    int (*reply)(void *ctx, const struct kv_call *call, uint8_t **out, size_t *len);
+    void *ctx;
+};
 
 /* Receives a batch of calls (linked by ->next) decoded by an IO thread. It
  * must eventually hand every call to kv_io_complete(), from any thread. */
 typedef void (*kv_io_dispatch_fn)(void *ctx, struct kv_call *calls);
 
 /* Binds and listens on cfg->bind_addr:cfg->port (0 = any free port) and
- * prepares cfg->io_threads loops. Returns KV_EIO with errno set when the
- * socket cannot be bound. */
+ * prepares cfg->io_threads loops. text (copied; NULL = binary only) is the
+ * text-protocol adapter, used unless cfg->resp_disabled. Returns KV_EIO
+ * with errno set when the socket cannot be bound. */
 int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *dispatch_ctx,
-                 struct kv_io **out);
+                 const struct kv_io_textproto *text, struct kv_io **out);
 /* Starts the IO threads and the listener thread. */
 int kv_io_start(struct kv_io *io);
 /* Graceful stop: stop accepting, stop reading, wait for every call with the

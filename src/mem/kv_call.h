@@ -45,6 +45,7 @@ struct kv_call {
     uint8_t *resp;             /* response body: owned (KV_MOD_PACKET) when resp_owned */
     uint32_t body_len;
     uint32_t resp_len;
+    uint32_t tag;              /* opaque to handlers: a text-protocol adapter's note to itself */
     uint16_t opcode;
     uint16_t status;           /* out: KV_ST_* */
     uint8_t resp_owned;        /* 1: resp is kv_mem_alloc(KV_MOD_PACKET) memory */

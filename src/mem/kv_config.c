@@ -21,6 +21,7 @@ void kv_config_defaults(struct kv_config *c)
     c->recv_buf = 16384;
     c->log_level = 2;
     c->shutdown_grace = 5.0;
+    c->resp_max_args = 1u << 20;
     c->memory = 256u << 20;
     c->eviction = KV_EVICT_NONE;
     c->max_key = 4096;

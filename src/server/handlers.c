@@ -154,6 +154,7 @@ struct key_req {
     const uint8_t *key, *value;
     size_t klen, vlen;
     uint64_t f3, f7;             /* varint fields 3 and 7 (ttl_ms, cas_version) */
+    int f8;                      /* bool: return_old */
     uint64_t f2;                 /* varint field 2 (delta, action) */
     int f4, f5, f6;              /* bools: nx, xx, has_cas */
 };
@@ -192,6 +193,7 @@ static int parse_key_req(const struct kv_call *call, struct key_req *k)
         case 5: k->f5 = f.u64 != 0; break;
         case 6: k->f6 = f.u64 != 0; break;
         case 7: k->f7 = f.u64; break;
+        case 8: k->f8 = f.u64 != 0; break;
         default: break; /* unknown fields are skipped, as protobuf does */
         }
     }
@@ -313,6 +315,76 @@ static void handle_get(void *ctx, struct kv_call *call)
     call->status = KV_ST_OK;
 }
 
+static void *old_alloc(void *ctx, size_t len)
+{
+    uint8_t **p = ctx;
+
+    *p = kv_mem_alloc(KV_MOD_PROTO, len ? len : 1);
+    return *p;
+}
+
+/* SET that answers the value it replaced (Redis SET ... GET, GETSET): read
+ * the old item, then write on condition that it is still the one read (CAS
+ * on its version, or only-if-absent), retrying when another writer came in
+ * between, so the answer is exactly the value this write replaced. The
+ * caller's own conditions are judged against the value read. */
+static void set_return_old(struct kv_server *srv, struct kv_call *call, const struct key_req *k,
+                           const struct kv_shm_set_opts *user)
+{
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint8_t *old = NULL;
+        struct kv_shm_set_opts o = *user;
+        uint64_t ver = 0, newver = 0;
+        size_t olen = 0;
+        int rc = kv_shm_get(srv->store, k->key, k->klen, old_alloc, &old, &olen, &ver);
+        int had = rc == 0;
+
+        if (rc != 0 && rc != KV_ENOTFOUND) {
+            answer_store_error(call, rc);
+            return;
+        }
+        if ((user->flags & KV_SHM_NX) && had)
+            rc = KV_EEXISTS;
+        else if ((user->flags & (KV_SHM_XX | KV_SHM_CAS)) && !had)
+            rc = KV_ENOTFOUND;
+        else if ((user->flags & KV_SHM_CAS) && user->cas_version != ver)
+            rc = KV_EEXISTS;
+        else {
+            o.flags = had ? KV_SHM_CAS : KV_SHM_NX;
+            o.cas_version = ver;
+            rc = kv_shm_set(srv->store, k->key, k->klen, k->value, k->vlen, &o, &newver);
+            if ((rc == KV_EEXISTS || rc == KV_ENOTFOUND)) {
+                kv_mem_free(KV_MOD_PROTO, old);
+                continue; /* another writer came in between: read again */
+            }
+        }
+        if (rc != 0 && rc != KV_EEXISTS && rc != KV_ENOTFOUND) {
+            kv_mem_free(KV_MOD_PROTO, old);
+            answer_store_error(call, rc);
+            return;
+        }
+        /* answer: version (when written), the old value, had_old */
+        uint8_t *p = packet(call, 11 + 1 + 10 + olen + 2);
+        size_t n = 0;
+
+        if (p) {
+            if (rc == 0)
+                n += pb_put_uint_field(p + n, 1, newver);
+            if (had) {
+                n += pb_put_len_prefix(p + n, 2, olen);
+                memcpy(p + n, old, olen);
+                n += olen;
+                n += pb_put_uint_field(p + n, 3, 1);
+            }
+            call->resp_len = (uint32_t)n;
+            call->status = rc == 0 ? KV_ST_OK : rc == KV_EEXISTS ? KV_ST_EXISTS : KV_ST_NOT_FOUND;
+        }
+        kv_mem_free(KV_MOD_PROTO, old);
+        return;
+    }
+    answer_error(call, KV_ST_BUSY, "too many concurrent writers on the key");
+}
+
 static void handle_set(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
@@ -334,6 +406,10 @@ static void handle_set(void *ctx, struct kv_call *call)
     o.ttl_ms = (int64_t)k.f3;
     o.flags = (k.f4 ? KV_SHM_NX : 0) | (k.f5 ? KV_SHM_XX : 0) | (k.f6 ? KV_SHM_CAS : 0);
     o.cas_version = k.f7;
+    if (k.f8) {
+        set_return_old(srv, call, &k, &o);
+        return;
+    }
     rc = kv_shm_set(srv->store, k.key, k.klen, k.value, k.vlen, &o, &version);
     if (rc != 0) {
         answer_store_error(call, rc);
@@ -380,11 +456,16 @@ static void handle_expire(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
     struct key_req k;
-    int64_t ttl = -1;
+    int64_t ttl = -1, prev = -1;
     int rc;
 
     if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
         return;
+    rc = kv_shm_ttl(srv->store, k.key, k.klen, &prev);
+    if (rc != 0) {
+        answer_store_error(call, rc);
+        return;
+    }
     switch (k.f2) {
     case KV__EXPIRE_REQUEST__ACTION__SET:
         if (k.f3 == 0 || k.f3 > (uint64_t)INT64_MAX / 2) {
@@ -409,7 +490,7 @@ static void handle_expire(void *ctx, struct kv_call *call)
         answer_store_error(call, rc);
         return;
     }
-    answer_uints(call, pb_zigzag_encode(ttl), 0);
+    answer_uints(call, pb_zigzag_encode(ttl), pb_zigzag_encode(prev));
 }
 
 static void handle_del(void *ctx, struct kv_call *call)

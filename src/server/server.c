@@ -58,6 +58,7 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
                      struct kv_server **out)
 {
     struct kv_server *srv = kv_mem_calloc(KV_MOD_SERVER, sizeof(*srv));
+    struct kv_io_textproto text;
     int rc;
 
     if (errcap)
@@ -83,7 +84,8 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         snprintf(err, errcap, "handler registry: %s", kv_strerror(rc));
         goto err_destroy;
     }
-    rc = kv_io_create(cfg, dispatch, srv, &srv->io);
+    kv_server_resp_adapter(srv, &text);
+    rc = kv_io_create(cfg, dispatch, srv, &text, &srv->io);
     if (rc != 0) {
         snprintf(err, errcap, "cannot listen on %s:%u: %s", cfg->bind_addr, cfg->port,
                  rc == KV_EIO || rc == KV_EINVAL ? strerror(errno) : kv_strerror(rc));

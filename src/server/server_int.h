@@ -19,4 +19,8 @@ struct kv_server {
     struct kv_shm_store *store;        /* owned: closed (clean mark) in destroy */
 };
 
+struct kv_io_textproto;
+/* Fills the RESP adapter of the server (resp_cmds.c). */
+void kv_server_resp_adapter(struct kv_server *srv, struct kv_io_textproto *out);
+
 #endif

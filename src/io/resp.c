@@ -1,0 +1,174 @@
+/* src/io/resp.c -- the RESP2 request parser (see resp.h). */
+#include "resp.h"
+
+#include <string.h>
+
+#include "kv_err.h"
+#include "kv_mem.h"
+
+void kv_resp_argv_fini(struct kv_resp_argv *a)
+{
+    kv_mem_free(KV_MOD_THREAD, a->v);
+    a->v = NULL;
+    a->cap = a->argc = 0;
+}
+
+static int push(struct kv_resp_argv *a, const uint8_t *p, size_t len)
+{
+    if (a->argc == a->cap) {
+        size_t ncap = a->cap ? a->cap * 2 : 16;
+        struct kv_slice *v = kv_mem_realloc(KV_MOD_THREAD, a->v, ncap * sizeof(*v));
+
+        if (!v)
+            return KV_ENOMEM;
+        a->v = v;
+        a->cap = ncap;
+    }
+    a->v[a->argc].p = p;
+    a->v[a->argc].len = len;
+    a->argc++;
+    return 0;
+}
+
+/* Reads "<prefix><digits>\r\n" at buf[*off]. Returns 0 with *val, KV_EAGAIN,
+ * or KV_EPROTO. The value is checked against max digit by digit, so it
+ * never overflows. */
+static int read_count(const uint8_t *buf, size_t len, size_t *off, size_t max, long long *val,
+                      int allow_negative, const char **err)
+{
+    size_t i = *off + 1;
+    long long v = 0;
+    int neg = 0, digits = 0;
+
+    if (i < len && buf[i] == '-' && allow_negative) {
+        neg = 1;
+        i++;
+    }
+    for (; i < len && buf[i] >= '0' && buf[i] <= '9'; i++) {
+        v = v * 10 + (buf[i] - '0');
+        digits++;
+        if ((unsigned long long)v > max || digits > 18) {
+            *err = "length or count above the limit";
+            return KV_ETOOBIG;
+        }
+    }
+    if (i >= len)
+        return KV_EAGAIN;
+    if (buf[i] != '\r' || digits == 0) {
+        *err = "invalid length or count";
+        return KV_EPROTO;
+    }
+    if (i + 1 >= len)
+        return KV_EAGAIN;
+    if (buf[i + 1] != '\n') {
+        *err = "expected \\r\\n";
+        return KV_EPROTO;
+    }
+    *off = i + 2;
+    *val = neg ? -v : v;
+    return 0;
+}
+
+static ssize_t parse_multibulk(const uint8_t *buf, size_t len, const struct kv_resp_limits *lim,
+                               struct kv_resp_argv *a, size_t *need, const char **err)
+{
+    size_t off = 0;
+    long long n, blen;
+    int rc = read_count(buf, len, &off, lim->max_args, &n, 1, err);
+
+    if (rc != 0)
+        return rc;
+    if (n <= 0)
+        return (ssize_t)off; /* "*0" and "*-1": an empty request, skipped */
+    for (long long i = 0; i < n; i++) {
+        if (off >= len)
+            return KV_EAGAIN;
+        if (buf[off] != '$') {
+            *err = "expected '$' for a bulk string";
+            return KV_EPROTO;
+        }
+        rc = read_count(buf, len, &off, lim->max_bulk, &blen, 0, err);
+        if (rc != 0)
+            return rc;
+        /* compare before adding: off and blen are both bounded here */
+        if ((size_t)blen + 2 > lim->max_request || off > lim->max_request - (size_t)blen - 2) {
+            *err = "request larger than --max-body";
+            return KV_ETOOBIG;
+        }
+        if (len - off < (size_t)blen + 2) {
+            *need = off + (size_t)blen + 2;
+            return KV_EAGAIN;
+        }
+        if (buf[off + blen] != '\r' || buf[off + blen + 1] != '\n') {
+            *err = "bulk string not followed by \\r\\n";
+            return KV_EPROTO;
+        }
+        if (push(a, buf + off, (size_t)blen) != 0)
+            return KV_ENOMEM;
+        off += (size_t)blen + 2;
+    }
+    return (ssize_t)off;
+}
+
+/* An inline command: words split by spaces and tabs; "double quoted"
+ * words may hold spaces. */
+static ssize_t parse_inline(const uint8_t *buf, size_t len, const struct kv_resp_limits *lim,
+                            struct kv_resp_argv *a, const char **err)
+{
+    const uint8_t *nl = memchr(buf, '\n', len < lim->max_inline ? len : lim->max_inline);
+    size_t end, i = 0;
+
+    if (!nl) {
+        if (len >= lim->max_inline) {
+            *err = "too big inline request";
+            return KV_ETOOBIG;
+        }
+        return KV_EAGAIN;
+    }
+    end = (size_t)(nl - buf);
+    if (end > 0 && buf[end - 1] == '\r')
+        end--;
+    while (i < end) {
+        size_t start;
+
+        while (i < end && (buf[i] == ' ' || buf[i] == '\t'))
+            i++;
+        if (i >= end)
+            break;
+        if (buf[i] == '"') {
+            start = ++i;
+            while (i < end && buf[i] != '"')
+                i++;
+            if (i >= end) {
+                *err = "unbalanced quotes in request";
+                return KV_EPROTO;
+            }
+            if (push(a, buf + start, i - start) != 0)
+                return KV_ENOMEM;
+            i++;
+            continue;
+        }
+        start = i;
+        while (i < end && buf[i] != ' ' && buf[i] != '\t')
+            i++;
+        if (a->argc >= lim->max_args) {
+            *err = "too many arguments";
+            return KV_ETOOBIG;
+        }
+        if (push(a, buf + start, i - start) != 0)
+            return KV_ENOMEM;
+    }
+    return (ssize_t)(nl - buf) + 1;
+}
+
+ssize_t kv_resp_parse(const uint8_t *buf, size_t len, const struct kv_resp_limits *lim,
+                      struct kv_resp_argv *a, size_t *need, const char **err)
+{
+    *need = 0;
+    a->argc = 0;
+    if (len == 0)
+        return KV_EAGAIN;
+    if (buf[0] == '*')
+        return parse_multibulk(buf, len, lim, a, need, err);
+    return parse_inline(buf, len, lim, a, err);
+}

@@ -1,0 +1,877 @@
+/* src/server/resp_cmds.c -- the Redis commands of libevkv: the text-protocol
+ * adapter the IO threads call with each parsed RESP command (argv pointing
+ * into the receive buffer).
+ *
+ * A command either becomes one internal call -- an opcode and a protobuf
+ * body, exactly what a binary client would send -- so the same handlers,
+ * workers, limits and accounting serve both protocols; or it is answered on
+ * the spot (PING, QUIT, SELECT, COMMAND, CONFIG GET, CLIENT, argument
+ * errors). The call's tag says how to turn the handler's answer back into a
+ * Redis reply; reply() does that on the IO thread. Error strings follow
+ * Redis's, so clients' error handling works unchanged. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "kv_call.h"
+#include "kv_err.h"
+#include "frame.h"
+#include "kv_io.h"
+#include "kv_mem.h"
+#include "kv_shm.h"
+#include "pb.h"
+#include "server_int.h"
+
+enum { OP_PING = 0, OP_GET, OP_SET, OP_DEL, OP_EXISTS, OP_INCR, OP_MGET, OP_MSET, OP_EXPIRE,
+       OP_SCAN, OP_STATS, OP_FLUSH, OP_AUTH };
+
+/* How a finished call becomes a reply (the call's tag). */
+enum reply_style {
+    RS_OK,          /* +OK */
+    RS_SET,         /* +OK; nil when NX/XX refused */
+    RS_SET_GET,     /* the old value or nil */
+    RS_BULK,        /* GET: the value or nil */
+    RS_ECHO,        /* the echoed body as a bulk string */
+    RS_INT_FIELD1,  /* :field 1 (DEL, EXISTS) */
+    RS_INT_INCR,    /* :value (sint64 field 1) */
+    RS_COUNT_FOUND, /* :number of found entries of an MGET (multi-key EXISTS) */
+    RS_MGET,        /* array of bulk/nil */
+    RS_EXPIRE,      /* :1, or :0 when the key is missing */
+    RS_TTL_S,       /* :seconds, -1 no ttl, -2 missing */
+    RS_TTL_MS,
+    RS_PERSIST,     /* :1 when a ttl was removed */
+    RS_SCAN,        /* *2 cursor keys */
+    RS_DBSIZE,      /* :keys from STATS */
+    RS_INFO,        /* bulk INFO text from STATS */
+    RS_AUTH,        /* +OK or -WRONGPASS */
+};
+
+/* ---- output buffer ------------------------------------------------------ */
+struct out {
+    uint8_t *p;  /* owned (KV_MOD_PACKET) until handed over */
+    size_t len, cap;
+    int failed;
+};
+
+static void out_reserve(struct out *o, size_t more)
+{
+    if (o->failed || o->len + more <= o->cap)
+        return;
+    size_t ncap = o->cap ? o->cap : 64;
+    while (ncap < o->len + more)
+        ncap *= 2;
+    uint8_t *n = kv_mem_realloc(KV_MOD_PACKET, o->p, ncap);
+    if (!n) {
+        o->failed = 1;
+        return;
+    }
+    o->p = n;
+    o->cap = ncap;
+}
+
+static void out_bytes(struct out *o, const void *b, size_t n)
+{
+    out_reserve(o, n);
+    if (!o->failed) {
+        memcpy(o->p + o->len, b, n);
+        o->len += n;
+    }
+}
+
+static void out_fmt(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_fmt(struct out *o, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        out_bytes(o, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+static void out_bulk(struct out *o, const void *b, size_t n)
+{
+    out_fmt(o, "$%zu\r\n", n);
+    out_bytes(o, b, n);
+    out_bytes(o, "\r\n", 2);
+}
+
+static void out_nil(struct out *o)
+{
+    out_bytes(o, "$-1\r\n", 5);
+}
+
+/* Hands the bytes over as a reply; KV_ENOMEM when building them failed. */
+static int out_reply(struct out *o, struct kv_text_result *res)
+{
+    if (o->failed) {
+        kv_mem_free(KV_MOD_PACKET, o->p);
+        return KV_ENOMEM;
+    }
+    res->reply = o->p;
+    res->reply_len = o->len;
+    return KV_TEXT_REPLY;
+}
+
+static int reply_str(struct kv_text_result *res, const char *s)
+{
+    struct out o = {0};
+
+    out_bytes(&o, s, strlen(s));
+    return out_reply(&o, res);
+}
+
+static int reply_err(struct kv_text_result *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int reply_err(struct kv_text_result *res, const char *fmt, ...)
+{
+    char buf[400];
+    struct out o = {0};
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    for (char *c = buf; *c; c++)
+        if (*c == '\r' || *c == '\n')
+            *c = ' '; /* an error line stays one line */
+    out_fmt(&o, "%s\r\n", buf);
+    return out_reply(&o, res);
+}
+
+/* ---- request bodies (protobuf, hand-encoded as a binary client would) --- */
+static void body_bytes(struct out *o, uint32_t field, const struct kv_slice *s)
+{
+    uint8_t tag[16];
+
+    out_bytes(o, tag, pb_put_len_prefix(tag, field, s->len));
+    out_bytes(o, s->p, s->len);
+}
+
+static void body_uint(struct out *o, uint32_t field, uint64_t v)
+{
+    uint8_t b[16];
+
+    if (v)
+        out_bytes(o, b, pb_put_uint_field(b, field, v));
+}
+
+static int dispatch(struct out *o, struct kv_call *call, struct kv_text_result *res,
+                    uint16_t op, enum reply_style style)
+{
+    if (o->failed) {
+        kv_mem_free(KV_MOD_PACKET, o->p);
+        return KV_ENOMEM;
+    }
+    call->opcode = op;
+    call->tag = style;
+    res->body = o->p;
+    res->body_len = o->len;
+    return KV_TEXT_DISPATCH;
+}
+
+/* ---- argument helpers --------------------------------------------------- */
+static int arg_is(const struct kv_slice *a, const char *word)
+{
+    size_t n = strlen(word);
+
+    return a->len == n && strncasecmp((const char *)a->p, word, n) == 0;
+}
+
+/* Parses a whole decimal int64 argument. */
+static int arg_int(const struct kv_slice *a, long long *out)
+{
+    char buf[32];
+    char *end;
+
+    if (a->len == 0 || a->len >= sizeof(buf))
+        return -1;
+    memcpy(buf, a->p, a->len);
+    buf[a->len] = '\0';
+    errno = 0;
+    *out = strtoll(buf, &end, 10);
+    return errno || *end || isspace((unsigned char)buf[0]) ? -1 : 0;
+}
+
+static int wrong_args(struct kv_text_result *res, const struct kv_slice *cmd)
+{
+    char name[32];
+    size_t n = cmd->len < sizeof(name) - 1 ? cmd->len : sizeof(name) - 1;
+
+    for (size_t i = 0; i < n; i++)
+        name[i] = (char)tolower(cmd->p[i]);
+    name[n] = '\0';
+    return reply_err(res, "-ERR wrong number of arguments for '%s' command", name);
+}
+
+static int not_integer(struct kv_text_result *res)
+{
+    return reply_err(res, "-ERR value is not an integer or out of range");
+}
+
+/* ---- commands --------------------------------------------------------------- */
+struct cmdctx {
+    struct kv_server *srv;
+    struct kv_session *session;
+    size_t argc;
+    const struct kv_slice *argv;
+    struct kv_call *call;
+    struct kv_text_result *res;
+};
+
+static int cmd_set(struct cmdctx *x, int getset)
+{
+    const struct kv_slice *v = x->argv;
+    struct out o = {0};
+    long long ttl = 0, n;
+    int nx = 0, xx = 0, get = getset;
+
+    for (size_t i = 3; i < x->argc; i++) {
+        if (arg_is(&v[i], "NX"))
+            nx = 1;
+        else if (arg_is(&v[i], "XX"))
+            xx = 1;
+        else if (arg_is(&v[i], "GET"))
+            get = 1;
+        else if (arg_is(&v[i], "KEEPTTL"))
+            ; /* a SET without a ttl keeps none; accepted for compatibility */
+        else if ((arg_is(&v[i], "EX") || arg_is(&v[i], "PX")) && i + 1 < x->argc && !ttl) {
+            if (arg_int(&v[i + 1], &n) != 0)
+                return not_integer(x->res);
+            if (n <= 0 || n > (arg_is(&v[i], "EX") ? 9223372036854775LL : INT64_MAX / 2))
+                return reply_err(x->res, "-ERR invalid expire time in 'set' command");
+            ttl = arg_is(&v[i], "EX") ? n * 1000 : n;
+            i++;
+        } else {
+            return reply_err(x->res, "-ERR syntax error");
+        }
+    }
+    if (nx && xx)
+        return reply_err(x->res, "-ERR syntax error");
+    body_bytes(&o, 1, &v[1]);
+    body_bytes(&o, 2, &v[2]);
+    body_uint(&o, 3, (uint64_t)ttl);
+    body_uint(&o, 4, nx);
+    body_uint(&o, 5, xx);
+    body_uint(&o, 8, get);
+    return dispatch(&o, x->call, x->res, OP_SET, get ? RS_SET_GET : RS_SET);
+}
+
+static int cmd_keys(struct cmdctx *x, uint16_t op, enum reply_style style)
+{
+    struct out o = {0};
+
+    for (size_t i = 1; i < x->argc; i++)
+        body_bytes(&o, 1, &x->argv[i]);
+    return dispatch(&o, x->call, x->res, op, style);
+}
+
+static int cmd_incr(struct cmdctx *x, long long delta)
+{
+    struct out o = {0};
+
+    body_bytes(&o, 1, &x->argv[1]);
+    body_uint(&o, 2, pb_zigzag_encode(delta));
+    return dispatch(&o, x->call, x->res, OP_INCR, RS_INT_INCR);
+}
+
+static int cmd_expire(struct cmdctx *x, int action, long long ms, enum reply_style style)
+{
+    struct out o = {0};
+
+    body_bytes(&o, 1, &x->argv[1]);
+    body_uint(&o, 2, (uint64_t)action);
+    body_uint(&o, 3, (uint64_t)ms);
+    return dispatch(&o, x->call, x->res, OP_EXPIRE, style);
+}
+
+static int cmd_mset(struct cmdctx *x)
+{
+    struct out o = {0};
+    uint8_t tag[16];
+
+    if (x->argc < 3 || x->argc % 2 == 0)
+        return wrong_args(x->res, &x->argv[0]);
+    for (size_t i = 1; i + 1 < x->argc; i += 2) {
+        const struct kv_slice *k = &x->argv[i], *v = &x->argv[i + 1];
+        size_t inner = 1 + pb_varint_len(k->len) + k->len + 1 + pb_varint_len(v->len) + v->len;
+
+        out_bytes(&o, tag, pb_put_len_prefix(tag, 1, inner));
+        body_bytes(&o, 1, k);
+        body_bytes(&o, 2, v);
+    }
+    return dispatch(&o, x->call, x->res, OP_MSET, RS_OK);
+}
+
+static int cmd_scan(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    struct out o = {0};
+    struct kv_slice prefix = {NULL, 0};
+    long long cursor, count = 10;
+
+    if (arg_int(&v[1], &cursor) != 0)
+        return reply_err(x->res, "-ERR invalid cursor");
+    for (size_t i = 2; i < x->argc; i++) {
+        if (arg_is(&v[i], "MATCH") && i + 1 < x->argc) {
+            const struct kv_slice *p = &v[++i];
+
+            /* only "prefix*" (and "*"): the store scans by prefix */
+            if (p->len == 0 || p->p[p->len - 1] != '*' ||
+                memchr(p->p, '*', p->len - 1) || memchr(p->p, '?', p->len) ||
+                memchr(p->p, '[', p->len) || memchr(p->p, '\\', p->len))
+                return reply_err(x->res, "-ERR only prefix patterns ('prefix*') are supported");
+            prefix.p = p->p;
+            prefix.len = p->len - 1;
+        } else if (arg_is(&v[i], "COUNT") && i + 1 < x->argc) {
+            if (arg_int(&v[++i], &count) != 0 || count < 1)
+                return not_integer(x->res);
+        } else if (arg_is(&v[i], "TYPE") && i + 1 < x->argc) {
+            i++; /* every value is a string */
+        } else {
+            return reply_err(x->res, "-ERR syntax error");
+        }
+    }
+    body_uint(&o, 1, (uint64_t)cursor);
+    if (prefix.len)
+        body_bytes(&o, 2, &prefix);
+    body_uint(&o, 3, (uint64_t)(count > 10000 ? 10000 : count));
+    return dispatch(&o, x->call, x->res, OP_SCAN, RS_SCAN);
+}
+
+static int cmd_config(struct cmdctx *x)
+{
+    struct out o = {0};
+    char mem[32];
+    const struct kv_slice *v = x->argv;
+
+    if (x->argc == 3 && arg_is(&v[1], "GET")) {
+        static const char *const known[][2] = {
+            {"save", ""}, {"appendonly", "no"}, {"databases", "1"}, {"maxmemory", NULL},
+            {"maxmemory-policy", NULL},
+        };
+        size_t n = 0;
+        struct out items = {0};
+
+        snprintf(mem, sizeof(mem), "%zu", x->srv->cfg->memory);
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+            const char *name = known[i][0];
+            const char *val = known[i][1];
+
+            if (!((v[2].len == 1 && v[2].p[0] == '*') || arg_is(&v[2], name)))
+                continue;
+            if (!val)
+                val = i == 3 ? mem
+                             : x->srv->cfg->eviction == KV_EVICT_LRU ? "allkeys-lru" : "noeviction";
+            out_bulk(&items, name, strlen(name));
+            out_bulk(&items, val, strlen(val));
+            n += 2;
+        }
+        out_fmt(&o, "*%zu\r\n", n);
+        if (items.failed)
+            o.failed = 1;
+        if (items.len)
+            out_bytes(&o, items.p, items.len);
+        kv_mem_free(KV_MOD_PACKET, items.p);
+        return out_reply(&o, x->res);
+    }
+    return reply_err(x->res, "-ERR CONFIG: only CONFIG GET is supported");
+}
+
+static int cmd_command(struct cmdctx *x)
+{
+    if (x->argc >= 2 && arg_is(&x->argv[1], "COUNT"))
+        return reply_str(x->res, ":0\r\n");
+    return reply_str(x->res, "*0\r\n"); /* no command table: clients fall back */
+}
+
+static int unknown_command(struct cmdctx *x)
+{
+    char name[64], args[200];
+    size_t n = x->argv[0].len < 60 ? x->argv[0].len : 60, len = 0;
+
+    memcpy(name, x->argv[0].p, n);
+    name[n] = '\0';
+    args[0] = '\0';
+    for (size_t i = 1; i < x->argc && len < sizeof(args) - 40; i++) {
+        int w = (int)(x->argv[i].len < 30 ? x->argv[i].len : 30);
+
+        len += (size_t)snprintf(args + len, sizeof(args) - len, "'%.*s' ", w,
+                                (const char *)x->argv[i].p);
+    }
+    return reply_err(x->res, "-ERR unknown command '%s', with args beginning with: %s", name, args);
+}
+
+static int resp_command(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
+                        struct kv_call *call, struct kv_text_result *res)
+{
+    struct cmdctx x = {ctx, s, argc, argv, call, res};
+    struct kv_server *srv = ctx;
+    const struct kv_slice *cmd = &argv[0];
+    long long n;
+
+    /* commands answered before (or without) AUTH */
+    if (arg_is(cmd, "PING")) {
+        if (argc > 2)
+            return wrong_args(res, cmd);
+        if (argc == 1)
+            return reply_str(res, "+PONG\r\n");
+        struct out o = {0};
+        out_bulk(&o, argv[1].p, argv[1].len);
+        return out_reply(&o, res);
+    }
+    if (arg_is(cmd, "QUIT")) {
+        res->close = 1;
+        return reply_str(res, "+OK\r\n");
+    }
+    if (arg_is(cmd, "AUTH")) {
+        struct out o = {0};
+
+        if (argc != 2 && argc != 3)
+            return wrong_args(res, cmd);
+        if (argc == 3 && !arg_is(&argv[1], "default"))
+            return reply_err(res, "-WRONGPASS invalid username-password pair or user is disabled.");
+        body_bytes(&o, 1, &argv[argc - 1]);
+        return dispatch(&o, call, res, OP_AUTH, RS_AUTH);
+    }
+    if (srv->cfg->requirepass[0] &&
+        !(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
+        return reply_str(res, "-NOAUTH Authentication required.\r\n");
+
+#define ARGS(min, max)                                                                        \
+    do {                                                                                      \
+        if (argc < (min) || argc > (max))                                                     \
+            return wrong_args(res, cmd);                                                      \
+    } while (0)
+    if (arg_is(cmd, "GET")) {
+        ARGS(2, 2);
+        return cmd_keys(&x, OP_GET, RS_BULK);
+    }
+    if (arg_is(cmd, "SET")) {
+        ARGS(3, 9);
+        return cmd_set(&x, 0);
+    }
+    if (arg_is(cmd, "GETSET")) {
+        ARGS(3, 3);
+        return cmd_set(&x, 1);
+    }
+    if (arg_is(cmd, "DEL") || arg_is(cmd, "UNLINK")) {
+        ARGS(2, SIZE_MAX);
+        return cmd_keys(&x, OP_DEL, RS_INT_FIELD1);
+    }
+    if (arg_is(cmd, "EXISTS")) {
+        ARGS(2, SIZE_MAX);
+        return argc == 2 ? cmd_keys(&x, OP_EXISTS, RS_INT_FIELD1)
+                         : cmd_keys(&x, OP_MGET, RS_COUNT_FOUND);
+    }
+    if (arg_is(cmd, "INCR") || arg_is(cmd, "DECR")) {
+        ARGS(2, 2);
+        return cmd_incr(&x, arg_is(cmd, "INCR") ? 1 : -1);
+    }
+    if (arg_is(cmd, "INCRBY") || arg_is(cmd, "DECRBY")) {
+        ARGS(3, 3);
+        if (arg_int(&argv[2], &n) != 0 || (arg_is(cmd, "DECRBY") && n == INT64_MIN))
+            return not_integer(res);
+        return cmd_incr(&x, arg_is(cmd, "INCRBY") ? n : -n);
+    }
+    if (arg_is(cmd, "MGET")) {
+        ARGS(2, SIZE_MAX);
+        return cmd_keys(&x, OP_MGET, RS_MGET);
+    }
+    if (arg_is(cmd, "MSET"))
+        return cmd_mset(&x);
+    if (arg_is(cmd, "EXPIRE") || arg_is(cmd, "PEXPIRE")) {
+        ARGS(3, 3);
+        if (arg_int(&argv[2], &n) != 0 || n > INT64_MAX / 1000 || n < INT64_MIN / 1000)
+            return not_integer(res);
+        if (arg_is(cmd, "EXPIRE"))
+            n *= 1000;
+        if (n <= 0) /* Redis deletes a key given a ttl in the past */
+            return cmd_keys(&x, OP_DEL, RS_INT_FIELD1);
+        return cmd_expire(&x, 0, n, RS_EXPIRE);
+    }
+    if (arg_is(cmd, "PERSIST")) {
+        ARGS(2, 2);
+        return cmd_expire(&x, 1, 0, RS_PERSIST);
+    }
+    if (arg_is(cmd, "TTL") || arg_is(cmd, "PTTL")) {
+        ARGS(2, 2);
+        return cmd_expire(&x, 2, 0, arg_is(cmd, "TTL") ? RS_TTL_S : RS_TTL_MS);
+    }
+    if (arg_is(cmd, "SCAN")) {
+        ARGS(2, 8);
+        return cmd_scan(&x);
+    }
+    if (arg_is(cmd, "ECHO")) {
+        ARGS(2, 2);
+        struct out o = {0};
+        out_bytes(&o, argv[1].p, argv[1].len);
+        return dispatch(&o, call, res, OP_PING, RS_ECHO);
+    }
+    if (arg_is(cmd, "DBSIZE") || arg_is(cmd, "INFO")) {
+        struct out o = {0};
+        return dispatch(&o, call, res, OP_STATS, arg_is(cmd, "DBSIZE") ? RS_DBSIZE : RS_INFO);
+    }
+    if (arg_is(cmd, "FLUSHDB") || arg_is(cmd, "FLUSHALL")) {
+        ARGS(1, 2); /* ASYNC / SYNC accepted */
+        struct out o = {0};
+        return dispatch(&o, call, res, OP_FLUSH, RS_OK);
+    }
+    if (arg_is(cmd, "SELECT")) {
+        ARGS(2, 2);
+        if (arg_int(&argv[1], &n) != 0)
+            return not_integer(res);
+        return n == 0 ? reply_str(res, "+OK\r\n") : reply_err(res, "-ERR DB index is out of range");
+    }
+    if (arg_is(cmd, "COMMAND"))
+        return cmd_command(&x);
+    if (arg_is(cmd, "CONFIG")) {
+        ARGS(2, 3);
+        return cmd_config(&x);
+    }
+    if (arg_is(cmd, "CLIENT")) {
+        if (argc >= 2 && arg_is(&argv[1], "GETNAME"))
+            return reply_str(res, "$-1\r\n");
+        if (argc >= 2 && arg_is(&argv[1], "ID"))
+            return reply_str(res, ":1\r\n");
+        return reply_str(res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
+    }
+    if (arg_is(cmd, "HELLO")) {
+        if (argc >= 2 && !(argv[1].len == 1 && argv[1].p[0] == '2'))
+            return reply_err(res, "-NOPROTO unsupported protocol version");
+        return reply_err(res, "-ERR unknown command 'HELLO': use RESP2 without HELLO");
+    }
+#undef ARGS
+    return unknown_command(&x);
+}
+
+/* ---- replies ------------------------------------------------------------------- */
+/* The error body (kv.Error{message}) of a non-OK answer, if any. */
+static struct kv_slice error_message(const struct kv_call *call)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    struct kv_slice m = {(const uint8_t *)"", 0};
+
+    while (pb_next(&r, &f) == 1)
+        if (f.number == 1 && f.wire == 2) {
+            m.p = f.data;
+            m.len = f.len;
+        }
+    return m;
+}
+
+static void reply_status_error(struct out *o, const struct kv_call *call)
+{
+    struct kv_slice m = error_message(call);
+
+    switch (call->status) {
+    case KV_ST_NOAUTH: out_fmt(o, "-NOAUTH Authentication required.\r\n"); break;
+    case KV_ST_OUT_OF_MEMORY:
+        out_fmt(o, "-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+        break;
+    case KV_ST_NOT_A_NUMBER: out_fmt(o, "-ERR value is not an integer or out of range\r\n"); break;
+    case KV_ST_BUSY: out_fmt(o, "-BUSY %.*s\r\n", (int)m.len, (const char *)m.p); break;
+    default:
+        out_fmt(o, "-ERR %s%s%.*s\r\n", kv_status_name(call->status), m.len ? ": " : "",
+                (int)(m.len < 300 ? m.len : 300), (const char *)m.p);
+        break;
+    }
+}
+
+/* Field values of a flat message (last occurrence wins). */
+struct fields {
+    uint64_t u[4];
+    struct kv_slice b[4];
+};
+
+static void read_fields(const struct kv_call *call, struct fields *f)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field fl;
+
+    memset(f, 0, sizeof(*f));
+    while (pb_next(&r, &fl) == 1)
+        if (fl.number < 4) {
+            f->u[fl.number] = fl.u64;
+            if (fl.wire == 2) {
+                f->b[fl.number].p = fl.data;
+                f->b[fl.number].len = fl.len;
+            }
+        }
+}
+
+static void reply_mget(struct out *o, const struct kv_call *call, int count_only)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    size_t n = 0, found = 0;
+
+    while (pb_next(&r, &f) == 1)
+        if (f.number == 1 && f.wire == 2)
+            n++;
+    if (!count_only)
+        out_fmt(o, "*%zu\r\n", n);
+    r.p = call->resp;
+    while (pb_next(&r, &f) == 1) {
+        struct pb_reader e = {f.data, f.data + f.len};
+        struct pb_field ef;
+        struct kv_slice v = {(const uint8_t *)"", 0};
+        int is_found = 0;
+
+        if (f.number != 1 || f.wire != 2)
+            continue;
+        while (pb_next(&e, &ef) == 1) {
+            if (ef.number == 1)
+                is_found = ef.u64 != 0;
+            else if (ef.number == 2 && ef.wire == 2) {
+                v.p = ef.data;
+                v.len = ef.len;
+            }
+        }
+        found += (size_t)is_found;
+        if (count_only)
+            continue;
+        if (is_found)
+            out_bulk(o, v.p, v.len);
+        else
+            out_nil(o);
+    }
+    if (count_only)
+        out_fmt(o, ":%zu\r\n", found);
+}
+
+static void reply_scan(struct out *o, const struct kv_call *call)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    uint64_t cursor = 0;
+    size_t n = 0;
+    char cur[32];
+
+    while (pb_next(&r, &f) == 1) {
+        if (f.number == 1)
+            cursor = f.u64;
+        else if (f.number == 2)
+            n++;
+    }
+    snprintf(cur, sizeof(cur), "%llu", (unsigned long long)cursor);
+    out_fmt(o, "*2\r\n");
+    out_bulk(o, cur, strlen(cur));
+    out_fmt(o, "*%zu\r\n", n);
+    r.p = call->resp;
+    while (pb_next(&r, &f) == 1)
+        if (f.number == 2 && f.wire == 2)
+            out_bulk(o, f.data, f.len);
+}
+
+/* A figure of a StatsResponse by name, or -1. */
+static int64_t stat_value(const struct kv_call *call, const char *name)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    size_t nl = strlen(name);
+
+    while (pb_next(&r, &f) == 1) {
+        struct pb_reader e = {f.data, f.data + f.len};
+        struct pb_field ef;
+        int match = 0;
+        int64_t v = 0;
+
+        if (f.number != 1 || f.wire != 2)
+            continue;
+        while (pb_next(&e, &ef) == 1) {
+            if (ef.number == 1 && ef.wire == 2)
+                match = ef.len == nl && memcmp(ef.data, name, nl) == 0;
+            else if (ef.number == 2)
+                v = pb_zigzag_decode(ef.u64);
+        }
+        if (match)
+            return v;
+    }
+    return -1;
+}
+
+static void reply_info(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct out t = {0};
+    int64_t heap = stat_value(call, "heap_bytes"), store = stat_value(call, "store_bytes_used");
+
+    out_fmt(&t, "# Server\r\nredis_version:7.0.0\r\nlibevkv_version:%s\r\nredis_mode:standalone\r\n"
+                "tcp_port:%u\r\nprocess_id:%d\r\n\r\n",
+            KV_VERSION, srv->cfg->port, (int)getpid());
+    out_fmt(&t, "# Clients\r\nconnected_clients:%lld\r\n\r\n",
+            (long long)stat_value(call, "connections"));
+    out_fmt(&t, "# Memory\r\nused_memory:%lld\r\nused_memory_heap:%lld\r\nused_memory_store:%lld\r\n"
+                "maxmemory:%zu\r\nmaxmemory_policy:%s\r\n\r\n",
+            (long long)(heap + store), (long long)heap, (long long)store, srv->cfg->memory,
+            srv->cfg->eviction == KV_EVICT_LRU ? "allkeys-lru" : "noeviction");
+    out_fmt(&t, "# Stats\r\ntotal_connections_received:%lld\r\ntotal_commands_processed:%lld\r\n"
+                "keyspace_hits:%lld\r\nkeyspace_misses:%lld\r\nevicted_keys:%lld\r\n"
+                "expired_keys:%lld\r\nrejected_connections:%lld\r\n\r\n",
+            (long long)stat_value(call, "connections_accepted"),
+            (long long)stat_value(call, "requests"), (long long)stat_value(call, "hits"),
+            (long long)stat_value(call, "misses"), (long long)stat_value(call, "evictions"),
+            (long long)stat_value(call, "expired"),
+            (long long)stat_value(call, "connections_rejected"));
+    out_fmt(&t, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n",
+            (long long)stat_value(call, "keys"));
+    if (t.failed)
+        o->failed = 1;
+    else
+        out_bulk(o, t.p, t.len);
+    kv_mem_free(KV_MOD_PACKET, t.p);
+}
+
+static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, size_t *lenp)
+{
+    struct kv_server *srv = ctx;
+    struct out o = {0};
+    struct fields f;
+    int ok = call->status == KV_ST_OK;
+    int64_t v;
+
+    switch ((enum reply_style)call->tag) {
+    case RS_OK:
+        if (ok)
+            out_fmt(&o, "+OK\r\n");
+        else
+            reply_status_error(&o, call);
+        break;
+    case RS_SET:
+        if (ok)
+            out_fmt(&o, "+OK\r\n");
+        else if (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND)
+            out_nil(&o);
+        else
+            reply_status_error(&o, call);
+        break;
+    case RS_SET_GET:
+        if (ok || call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND) {
+            read_fields(call, &f);
+            if (f.u[3])
+                out_bulk(&o, f.b[2].p, f.b[2].len);
+            else
+                out_nil(&o);
+        } else {
+            reply_status_error(&o, call);
+        }
+        break;
+    case RS_BULK:
+        if (ok) {
+            read_fields(call, &f);
+            out_bulk(&o, f.b[1].p, f.b[1].len);
+        } else if (call->status == KV_ST_NOT_FOUND) {
+            out_nil(&o);
+        } else {
+            reply_status_error(&o, call);
+        }
+        break;
+    case RS_ECHO:
+        if (ok)
+            out_bulk(&o, call->resp, call->resp_len);
+        else
+            reply_status_error(&o, call);
+        break;
+    case RS_INT_FIELD1:
+        if (ok) {
+            read_fields(call, &f);
+            out_fmt(&o, ":%llu\r\n", (unsigned long long)f.u[1]);
+        } else {
+            reply_status_error(&o, call);
+        }
+        break;
+    case RS_INT_INCR:
+        if (ok) {
+            read_fields(call, &f);
+            out_fmt(&o, ":%lld\r\n", (long long)pb_zigzag_decode(f.u[1]));
+        } else {
+            reply_status_error(&o, call);
+        }
+        break;
+    case RS_COUNT_FOUND:
+    case RS_MGET:
+        if (ok)
+            reply_mget(&o, call, call->tag == RS_COUNT_FOUND);
+        else
+            reply_status_error(&o, call);
+        break;
+    case RS_EXPIRE:
+    case RS_PERSIST:
+        if (ok) {
+            read_fields(call, &f);
+            out_fmt(&o, ":%d\r\n",
+                    call->tag == RS_EXPIRE ? 1 : pb_zigzag_decode(f.u[2]) != -1);
+        } else if (call->status == KV_ST_NOT_FOUND) {
+            out_fmt(&o, ":0\r\n");
+        } else {
+            reply_status_error(&o, call);
+        }
+        break;
+    case RS_TTL_S:
+    case RS_TTL_MS:
+        if (ok) {
+            read_fields(call, &f);
+            v = pb_zigzag_decode(f.u[1]);
+            if (v >= 0 && call->tag == RS_TTL_S)
+                v = (v + 500) / 1000;
+            out_fmt(&o, ":%lld\r\n", (long long)v);
+        } else if (call->status == KV_ST_NOT_FOUND) {
+            out_fmt(&o, ":-2\r\n");
+        } else {
+            reply_status_error(&o, call);
+        }
+        break;
+    case RS_SCAN:
+        if (ok)
+            reply_scan(&o, call);
+        else
+            reply_status_error(&o, call);
+        break;
+    case RS_DBSIZE:
+        if (ok)
+            out_fmt(&o, ":%lld\r\n", (long long)stat_value(call, "keys"));
+        else
+            reply_status_error(&o, call);
+        break;
+    case RS_INFO:
+        if (ok)
+            reply_info(&o, call, srv);
+        else
+            reply_status_error(&o, call);
+        break;
+    case RS_AUTH:
+        if (ok)
+            out_fmt(&o, "+OK\r\n");
+        else if (call->status == KV_ST_NOAUTH)
+            out_fmt(&o, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+        else
+            reply_status_error(&o, call);
+        break;
+    default:
+        out_fmt(&o, "-ERR internal error: unknown reply style\r\n");
+        break;
+    }
+    if (o.failed) {
+        kv_mem_free(KV_MOD_PACKET, o.p);
+        return KV_ENOMEM;
+    }
+    *outp = o.p;
+    *lenp = o.len;
+    return 0;
+}
+
+void kv_server_resp_adapter(struct kv_server *srv, struct kv_io_textproto *out)
+{
+    out->command = resp_command;
+    out->reply = resp_reply;
+    out->ctx = srv;
+}

@@ -1,0 +1,442 @@
+/* unittest/test_resp.c -- libevkv speaking RESP2 on its own port, end to
+ * end: exact replies for raw multibulk and inline commands, in-order
+ * pipelined answers, protocol errors (each closes the connection, costs
+ * nothing), AUTH, --no-resp; then the real tools: redis-cli for each
+ * command, redis-benchmark briefly with no errors, Debian's python3-redis
+ * doing a mixed workload, and nutcracker (twemproxy) sharding over two
+ * libevkv instances. .ci/run installs redis-tools, python3-redis and
+ * nutcracker; a missing tool fails its test rather than passing silently. */
+#include <CUnit/CUnit.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kv_test_util.h"
+
+static struct kv_test_server srv;
+
+static int suite_init(void)
+{
+    memset(&srv, 0, sizeof(srv));
+    return kv_test_server_start(&srv, NULL) == 0 ? 0 : -1;
+}
+
+static int suite_clean(void)
+{
+    if (srv.pid > 0)
+        kv_test_server_stop(&srv);
+    return 0;
+}
+
+static int raw_connect(uint16_t port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Sends req, then reads until want bytes came, the peer closed (*closed =
+ * 1) or 2 s passed. Returns a malloc'd NUL-terminated reply. */
+static char *exchange(int fd, const char *req, size_t reqlen, size_t want, int *closed)
+{
+    size_t cap = want + 65536, len = 0;
+    char *buf = malloc(cap + 1);
+
+    *closed = 0;
+    if (reqlen && send(fd, req, reqlen, MSG_NOSIGNAL) != (ssize_t)reqlen)
+        *closed = 1;
+    while (len < want || want == 0) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        ssize_t n;
+
+        if (poll(&p, 1, 2000) <= 0)
+            break;
+        n = recv(fd, buf + len, cap - len, 0);
+        if (n <= 0) {
+            *closed = 1;
+            break;
+        }
+        len += (size_t)n;
+        if (len == cap)
+            break;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+static void expect(int fd, const char *req, const char *reply)
+{
+    int closed;
+    char *got = exchange(fd, req, strlen(req), strlen(reply), &closed);
+
+    if (strcmp(got, reply) != 0)
+        fprintf(stderr, "\n  sent %s\n  want %s\n  got  %s\n", req, reply, got);
+    CU_ASSERT_STRING_EQUAL(got, reply);
+    CU_ASSERT_EQUAL(closed, 0);
+    free(got);
+}
+
+static void test_resp_multibulk_and_inline_exact_replies(void)
+{
+    int fd = raw_connect(srv.port);
+
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "*1\r\n$4\r\nPING\r\n", "+PONG\r\n");
+    expect(fd, "*3\r\n$3\r\nSET\r\n$5\r\nrk:a1\r\n$5\r\nhello\r\n", "+OK\r\n");
+    expect(fd, "*2\r\n$3\r\nGET\r\n$5\r\nrk:a1\r\n", "$5\r\nhello\r\n");
+    expect(fd, "*2\r\n$3\r\nGET\r\n$5\r\nrk:no\r\n", "$-1\r\n");
+    expect(fd, "GET rk:a1\r\n", "$5\r\nhello\r\n");                    /* inline */
+    expect(fd, "SET rk:q \"two words\"\r\n", "+OK\r\n");
+    expect(fd, "GET rk:q\n", "$9\r\ntwo words\r\n");                    /* bare \n */
+    expect(fd, "set rk:a1 x nx\r\n", "$-1\r\n");                        /* NX refused */
+    expect(fd, "SET rk:a1 world GET\r\n", "$5\r\nhello\r\n");
+    expect(fd, "GETSET rk:a1 third\r\n", "$5\r\nworld\r\n");
+    expect(fd, "INCR rk:n\r\n", ":1\r\n");
+    expect(fd, "INCRBY rk:n 41\r\n", ":42\r\n");
+    expect(fd, "DECRBY rk:n 2\r\n", ":40\r\n");
+    expect(fd, "INCR rk:a1\r\n", "-ERR value is not an integer or out of range\r\n");
+    expect(fd, "INCRBY rk:n x\r\n", "-ERR value is not an integer or out of range\r\n");
+    expect(fd, "MSET rk:m1 a rk:m2 b\r\n", "+OK\r\n");
+    expect(fd, "MGET rk:m1 rk:none rk:m2\r\n", "*3\r\n$1\r\na\r\n$-1\r\n$1\r\nb\r\n");
+    expect(fd, "EXISTS rk:m1 rk:none rk:m2\r\n", ":2\r\n");
+    expect(fd, "DEL rk:m1 rk:none\r\n", ":1\r\n");
+    expect(fd, "UNLINK rk:m2\r\n", ":1\r\n");
+    expect(fd, "TTL rk:a1\r\n", ":-1\r\n");
+    expect(fd, "TTL rk:none\r\n", ":-2\r\n");
+    expect(fd, "EXPIRE rk:a1 100\r\n", ":1\r\n");
+    expect(fd, "TTL rk:a1\r\n", ":100\r\n");
+    expect(fd, "PERSIST rk:a1\r\n", ":1\r\n");
+    expect(fd, "PERSIST rk:a1\r\n", ":0\r\n");
+    expect(fd, "EXPIRE rk:none 10\r\n", ":0\r\n");
+    expect(fd, "ECHO hi\r\n", "$2\r\nhi\r\n");
+    expect(fd, "SELECT 0\r\n", "+OK\r\n");
+    expect(fd, "SELECT 1\r\n", "-ERR DB index is out of range\r\n");
+    expect(fd, "GET\r\n", "-ERR wrong number of arguments for 'get' command\r\n");
+    expect(fd, "NOSUCH a\r\n", "-ERR unknown command 'NOSUCH', with args beginning with: 'a' \r\n");
+    expect(fd, "SCAN 0 MATCH rk:a?\r\n", "-ERR only prefix patterns ('prefix*') are supported\r\n");
+    expect(fd, "SCAN 0 MATCH rk:a1* COUNT 1000\r\n", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nrk:a1\r\n");
+    expect(fd, "QUIT\r\n", "+OK\r\n");
+    close(fd);
+}
+
+static void test_resp_pipelined_replies_in_request_order(void)
+{
+    enum { N = 300 };
+    char *req = malloc(N * 64), want[N * 16], *got;
+    size_t len = 0, wl = 0;
+    int fd = raw_connect(srv.port), closed;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    for (int i = 1; i <= N; i++) {
+        len += (size_t)sprintf(req + len, i % 3 ? "INCR rk:pipe\r\n" : "PING\r\n");
+        wl += (size_t)sprintf(want + wl, i % 3 ? ":%d\r\n" : "+PONG\r\n", i - i / 3);
+    }
+    got = exchange(fd, req, len, wl, &closed);
+    CU_ASSERT_STRING_EQUAL(got, want);
+    free(got);
+    free(req);
+    close(fd);
+}
+
+static void expect_protocol_error(const char *req, size_t len)
+{
+    int fd = raw_connect(srv.port), closed;
+    char *got;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    got = exchange(fd, req, len, 0, &closed);
+    CU_ASSERT(strncmp(got, "-ERR Protocol error: ", 21) == 0);
+    CU_ASSERT_EQUAL(closed, 1);
+    free(got);
+    close(fd);
+}
+
+static void test_resp_protocol_errors_close_the_connection(void)
+{
+    static char big[70000];
+
+    expect_protocol_error("*1\r\n$99999999999999\r\n", 22);         /* bulk above --max-body */
+    expect_protocol_error("*99999999999\r\n", 15);                  /* count above the limit */
+    expect_protocol_error("*2\r\n+PING\r\n", 11);                   /* not a bulk string */
+    expect_protocol_error("*1\r\n$4\r\nPINGxx", 14);                /* no \r\n after the bulk */
+    expect_protocol_error("*1x\r\n", 5);                            /* bad count */
+    expect_protocol_error("SET a \"unbalanced\r\n", 19);
+    memset(big, 'a', sizeof(big)); /* an inline line without end, over 64 KiB */
+    expect_protocol_error(big, sizeof(big));
+    /* nothing of it touched the others */
+    int fd = raw_connect(srv.port);
+    expect(fd, "PING\r\n", "+PONG\r\n");
+    close(fd);
+}
+
+/* Runs a shell command; returns its exit code and its stdout in *out. */
+static int run(const char *cmd, char **out)
+{
+    FILE *p = popen(cmd, "r");
+    size_t cap = 1 << 20, len = 0, n;
+    char *buf = malloc(cap + 1);
+    int st;
+
+    while (p && (n = fread(buf + len, 1, cap - len, p)) > 0)
+        len += n;
+    buf[len] = '\0';
+    st = p ? pclose(p) : -1;
+    if (out)
+        *out = buf;
+    else
+        free(buf);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void cli(const char *args, const char *want)
+{
+    char cmd[512], *out;
+
+    snprintf(cmd, sizeof(cmd), "redis-cli -p %u %s 2>&1", srv.port, args);
+    CU_ASSERT_EQUAL(run(cmd, &out), 0);
+    if (strcmp(out, want) != 0)
+        fprintf(stderr, "\n  redis-cli %s\n  want %s  got  %s", args, want, out);
+    CU_ASSERT_STRING_EQUAL(out, want);
+    free(out);
+}
+
+static void test_resp_redis_cli_every_command(void)
+{
+    CU_ASSERT_FATAL(system("command -v redis-cli >/dev/null") == 0);
+    cli("PING", "PONG\n");
+    cli("ECHO hello", "hello\n");
+    cli("SET cli:k v1", "OK\n");
+    cli("SET cli:k v2 GET", "v1\n");
+    cli("SET cli:k v3 XX PX 100000", "OK\n");
+    cli("SET cli:new x XX", "\n");
+    cli("SET cli:t v EX 100 NX", "OK\n");
+    cli("GETSET cli:k v4", "v3\n");
+    cli("GET cli:k", "v4\n");
+    cli("INCR cli:n", "1\n");
+    cli("INCRBY cli:n 9", "10\n");
+    cli("DECR cli:n", "9\n");
+    cli("DECRBY cli:n 10", "-1\n");
+    cli("MSET cli:a 1 cli:b 2", "OK\n");
+    cli("MGET cli:a cli:b cli:c", "1\n2\n\n");
+    cli("EXISTS cli:a cli:c", "1\n");
+    cli("PEXPIRE cli:a 100000", "1\n");
+    cli("TTL cli:a", "100\n");
+    cli("PERSIST cli:a", "1\n");
+    cli("PTTL cli:a", "-1\n");
+    cli("EXPIRE cli:a 50", "1\n");
+    cli("DEL cli:a cli:c", "1\n");
+    cli("UNLINK cli:b", "1\n");
+    cli("--scan --pattern 'cli:n*'", "cli:n\n"); /* iterates the cursor */
+    cli("SELECT 0", "OK\n");
+    cli("CONFIG GET save", "save\n\n");
+    cli("FLUSHDB", "OK\n");
+    cli("DBSIZE", "0\n");
+    cli("FLUSHALL", "OK\n");
+    cli("GET cli:k", "\n");
+    cli("FOO bar", "ERR unknown command 'FOO', with args beginning with: 'bar' \n\n"); /* as Redis */
+
+    char cmd[256], *out;
+    snprintf(cmd, sizeof(cmd), "redis-cli -p %u INFO", srv.port);
+    CU_ASSERT_EQUAL(run(cmd, &out), 0);
+    CU_ASSERT(strstr(out, "# Server") && strstr(out, "# Clients") && strstr(out, "# Memory") &&
+              strstr(out, "# Stats") && strstr(out, "# Keyspace") &&
+              strstr(out, "used_memory:") && strstr(out, "connected_clients:"));
+    free(out);
+}
+
+static void test_resp_redis_benchmark_runs_without_errors(void)
+{
+    char cmd[512], *out;
+
+    CU_ASSERT_FATAL(system("command -v redis-benchmark >/dev/null") == 0);
+    snprintf(cmd, sizeof(cmd),
+             "redis-benchmark -p %u -t ping,set,get,incr,mset -n 20000 -c 20 -P 4 -q 2>&1",
+             srv.port);
+    CU_ASSERT_EQUAL(run(cmd, &out), 0);
+    CU_ASSERT(strstr(out, "SET: ") != NULL && strstr(out, "GET: ") != NULL &&
+              strstr(out, "MSET (10 keys): ") != NULL);
+    CU_ASSERT(strstr(out, "rror") == NULL); /* "Error from server" on any error reply */
+    if (strstr(out, "rror"))
+        fprintf(stderr, "\n%s\n", out);
+    free(out);
+}
+
+static void test_resp_python_redis_client_mixed_workload(void)
+{
+    char cmd[4096], *out;
+
+    CU_ASSERT_FATAL(system("/usr/bin/python3 -c 'import redis' 2>/dev/null") == 0);
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/python3 - <<'PY' 2>&1\n"
+             "import redis\n"
+             "r = redis.Redis(host='127.0.0.1', port=%u)\n"
+             "assert r.ping()\n"
+             "for i in range(500):\n"
+             "    r.set(f'py:{i}', f'value-{i}'.encode() * (i %% 7 + 1))\n"
+             "for i in range(500):\n"
+             "    assert r.get(f'py:{i}') == f'value-{i}'.encode() * (i %% 7 + 1)\n"
+             "assert r.incr('py:n', 5) == 5 and r.decr('py:n') == 4\n"
+             "assert r.mget(['py:1', 'py:none']) == [b'value-1' * 2, None]\n"
+             "assert r.set('py:x', 'y', nx=True, ex=100) and r.ttl('py:x') == 100\n"
+             "assert r.set('py:x', 'z', nx=True) is None\n"
+             "assert r.exists('py:1', 'py:none') == 1\n"
+             "p = r.pipeline(transaction=False)\n"
+             "for i in range(200): p.incr('py:p')\n"
+             "assert p.execute() == list(range(1, 201))\n"
+             "keys = set(r.scan_iter(match='py:*', count=50))\n"
+             "assert len(keys) == 503, len(keys)\n"
+             "try:\n"
+             "    r.incr('py:1')\n"
+             "    raise SystemExit('no error')\n"
+             "except redis.ResponseError as e:\n"
+             "    assert 'not an integer' in str(e)\n"
+             "assert r.delete(*[f'py:{i}' for i in range(500)]) == 500\n"
+             "print('OK')\n"
+             "PY",
+             srv.port);
+    CU_ASSERT_EQUAL(run(cmd, &out), 0);
+    if (strcmp(out, "OK\n") != 0)
+        fprintf(stderr, "\n%s\n", out);
+    CU_ASSERT_STRING_EQUAL(out, "OK\n");
+    free(out);
+}
+
+static void test_resp_twemproxy_shards_over_two_instances(void)
+{
+    struct kv_test_server a = {0}, b = {0};
+    char conf[256], cmd[1024], *out;
+    uint16_t pport = kv_test_free_port(), sport = kv_test_free_port();
+    long long na = -1, nb = -1;
+    FILE *f;
+    pid_t proxy;
+
+    CU_ASSERT_FATAL(system("command -v nutcracker >/dev/null") == 0);
+    CU_ASSERT_FATAL(kv_test_server_start(&a, NULL) == 0);
+    CU_ASSERT_FATAL(kv_test_server_start(&b, NULL) == 0);
+    snprintf(conf, sizeof(conf), "/tmp/libevkv-twem-%d.yml", (int)getpid());
+    f = fopen(conf, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fprintf(f, "kv:\n  listen: 127.0.0.1:%u\n  hash: fnv1a_64\n  distribution: modula\n"
+               "  redis: true\n  server_retry_timeout: 2000\n  server_failure_limit: 3\n"
+               "  servers:\n   - 127.0.0.1:%u:1\n   - 127.0.0.1:%u:1\n",
+            pport, a.port, b.port);
+    fclose(f);
+    proxy = fork();
+    if (proxy == 0) {
+        char sp[16];
+        snprintf(sp, sizeof(sp), "%u", sport);
+        freopen("/dev/null", "w", stdout);
+        freopen("/dev/null", "w", stderr);
+        execlp("nutcracker", "nutcracker", "-c", conf, "-s", sp, (char *)NULL);
+        _exit(127);
+    }
+    usleep(500000);
+    snprintf(cmd, sizeof(cmd),
+             "for i in $(seq 1 200); do echo \"SET tw:$i v$i\"; done | redis-cli -p %u >/dev/null"
+             " && for i in $(seq 1 200); do echo \"GET tw:$i\"; done | redis-cli -p %u",
+             pport, pport);
+    CU_ASSERT_EQUAL(run(cmd, &out), 0);
+    int ok = 1;
+    char *line = out;
+    for (int i = 1; i <= 200 && line; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "v%d\n", i);
+        if (strncmp(line, want, strlen(want)) != 0)
+            ok = 0;
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    CU_ASSERT(ok); /* every key read back through the proxy */
+    free(out);
+    snprintf(cmd, sizeof(cmd), "redis-cli -p %u DBSIZE", a.port);
+    run(cmd, &out);
+    na = atoll(out);
+    free(out);
+    snprintf(cmd, sizeof(cmd), "redis-cli -p %u DBSIZE", b.port);
+    run(cmd, &out);
+    nb = atoll(out);
+    free(out);
+    CU_ASSERT(na > 50 && nb > 50); /* spread over both (modula: about half each) */
+    CU_ASSERT_EQUAL(na + nb, 200);
+    kill(proxy, SIGTERM);
+    waitpid(proxy, NULL, 0);
+    unlink(conf);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&b), 0);
+}
+
+static void test_resp_auth_and_no_resp_option(void)
+{
+    static const char *const pw[] = {"--requirepass", "sesame", NULL};
+    static const char *const nr[] = {"--no-resp", NULL};
+    struct kv_test_server s = {0};
+    int fd, closed;
+    char *got;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&s, pw) == 0);
+    fd = raw_connect(s.port);
+    expect(fd, "GET x\r\n", "-NOAUTH Authentication required.\r\n");
+    expect(fd, "AUTH nope\r\n", "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    expect(fd, "AUTH sesame\r\n", "+OK\r\n");
+    expect(fd, "GET x\r\n", "$-1\r\n");
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_FATAL(kv_test_server_start(&s, nr) == 0);
+    fd = raw_connect(s.port);
+    got = exchange(fd, "PING\r\n", 6, 0, &closed);
+    CU_ASSERT_STRING_EQUAL(got, ""); /* not our protocol: closed without an answer */
+    CU_ASSERT_EQUAL(closed, 1);
+    free(got);
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+}
+
+static void test_resp_exit_table_zero(void)
+{
+    char *log;
+
+    CU_ASSERT_EQUAL(kv_test_server_stop(&srv), 0);
+    log = kv_test_server_log(&srv);
+    CU_ASSERT_FATAL(log != NULL);
+    CU_ASSERT(strstr(log, "memory still held") == NULL);
+    free(log);
+}
+
+int main(void)
+{
+    CU_pSuite s;
+
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    s = CU_add_suite("resp", suite_init, suite_clean);
+    CU_add_test(s, "test_resp_multibulk_and_inline_exact_replies",
+                test_resp_multibulk_and_inline_exact_replies);
+    CU_add_test(s, "test_resp_pipelined_replies_in_request_order",
+                test_resp_pipelined_replies_in_request_order);
+    CU_add_test(s, "test_resp_protocol_errors_close_the_connection",
+                test_resp_protocol_errors_close_the_connection);
+    CU_add_test(s, "test_resp_redis_cli_every_command", test_resp_redis_cli_every_command);
+    CU_add_test(s, "test_resp_redis_benchmark_runs_without_errors",
+                test_resp_redis_benchmark_runs_without_errors);
+    CU_add_test(s, "test_resp_python_redis_client_mixed_workload",
+                test_resp_python_redis_client_mixed_workload);
+    CU_add_test(s, "test_resp_twemproxy_shards_over_two_instances",
+                test_resp_twemproxy_shards_over_two_instances);
+    CU_add_test(s, "test_resp_auth_and_no_resp_option", test_resp_auth_and_no_resp_option);
+    CU_add_test(s, "test_resp_exit_table_zero", test_resp_exit_table_zero);
+    return kv_test_run_all();
+}
