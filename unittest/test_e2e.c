@@ -6,6 +6,7 @@
  * stopped (suite cleanup, atexit and fatal-signal hooks in kv_test_util). */
 #include <CUnit/CUnit.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -186,9 +187,18 @@ static void test_e2e_text_protocol_first_byte_selects_resp(void)
     ssize_t n;
 
     CU_ASSERT_EQUAL_FATAL(kv_client_send_raw(c, "GET / HTTP/1.0\r\n\r\n", 18), 0);
-    n = recv(kv_client_fd(c), buf, sizeof(buf) - 1, MSG_WAITALL);
-    CU_ASSERT_FATAL(n > 0);
-    buf[n] = '\0';
+    struct pollfd p = {.fd = kv_client_fd(c), .events = POLLIN};
+    size_t got = 0;
+
+    /* the client's socket is non-blocking: wait for the whole error line */
+    while (got < sizeof(buf) - 1 && !memchr(buf, '\n', got) && poll(&p, 1, 2000) == 1) {
+        n = recv(kv_client_fd(c), buf + got, sizeof(buf) - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    CU_ASSERT_FATAL(got > 0);
+    buf[got] = '\0';
     CU_ASSERT(strncmp((char *)buf, "-ERR wrong number of arguments for 'get'", 40) == 0);
     kv_client_close(c);
     assert_alive();
@@ -386,6 +396,29 @@ static void test_e2e_peer_vanishes_with_answers_pending(void)
     assert_alive();
 }
 
+static void test_e2e_in_order_option_keeps_request_order(void)
+{
+    static const char *const args[] = {"--in-order", "--workers", "4", NULL};
+    struct kv_test_server s = {0};
+    struct kv_client *c;
+    struct kv_response r;
+    int in_order = 1;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", s.port, 5000, &c) == 0);
+    for (uint64_t i = 0; i < 3000; i++)
+        CU_ASSERT_EQUAL_FATAL(kv_client_queue(c, 0, i, "order", 5), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_client_flush(c), 0);
+    for (uint64_t i = 0; i < 3000; i++) {
+        CU_ASSERT_EQUAL_FATAL(kv_client_recv(c, &r), 0);
+        if (r.request_id != i)
+            in_order = 0;
+    }
+    CU_ASSERT(in_order);
+    kv_client_close(c);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+}
+
 /* Must run last: stops the server and checks its exit table. */
 static void test_e2e_graceful_stop_exit_table_zero(void)
 {
@@ -481,6 +514,8 @@ int main(void)
     CU_add_test(s, "test_e2e_peer_vanishes_with_answers_pending",
                 test_e2e_peer_vanishes_with_answers_pending);
     CU_add_test(s, "test_e2e_bad_option_exits_2", test_e2e_bad_option_exits_2);
+    CU_add_test(s, "test_e2e_in_order_option_keeps_request_order",
+                test_e2e_in_order_option_keeps_request_order);
     CU_add_test(s, "test_e2e_graceful_stop_exit_table_zero", test_e2e_graceful_stop_exit_table_zero);
     return kv_test_run_all();
 }

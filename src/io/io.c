@@ -252,7 +252,8 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
         r->iov[2].iov_len = KV_FRAME_CRC;
         r->niov = 3;
         r->out_len = KV_FRAME_OVERHEAD + r->call.resp_len;
-        conn_enqueue(c, r);
+        if (!r->queued) /* --in-order queued it when it was parsed */
+            conn_enqueue(c, r);
     }
     r->done = 1;
     c->out_bytes += r->out_len;
@@ -452,6 +453,8 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
             req->call.body = f.body;
             req->call.body_len = f.body_len;
             req->request_id = f.request_id;
+            if (cfg->in_order)
+                conn_enqueue(c, req); /* answers leave in request order */
             batch_add(thr, c, req, (size_t)r);
             m->parsed += (size_t)r;
             continue;

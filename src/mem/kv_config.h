@@ -37,6 +37,7 @@ struct kv_config {
     size_t max_key;              /* 1 .. max_key bytes */
     int reset_store;             /* move an unusable segment aside and start empty */
 
+    int in_order;                /* 1: binary answers leave in request order too */
     int resp_disabled;           /* 1: binary frames only (no RESP on the port) */
     size_t resp_max_args;        /* elements of a RESP multibulk */
 

@@ -16,7 +16,7 @@ enum {
     OPT_BIND = 256, OPT_PORT, OPT_IO_THREADS, OPT_WORKERS, OPT_MAX_BODY, OPT_MAX_CONNS,
     OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
     OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
-    OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP,
+    OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER,
 };
 
 static const struct option long_opts[] = {
@@ -42,6 +42,7 @@ static const struct option long_opts[] = {
     {"requirepass-file", required_argument, NULL, OPT_REQUIREPASS_FILE},
     {"frame-timeout", required_argument, NULL, OPT_FRAME_TIMEOUT},
     {"no-resp", no_argument, NULL, OPT_NO_RESP},
+    {"in-order", no_argument, NULL, OPT_IN_ORDER},
     {"max-body-noauth", required_argument, NULL, OPT_MAX_BODY_NOAUTH},
     {"output-hard-limit", required_argument, NULL, OPT_OUTPUT_HARD},
     {NULL, 0, NULL, 0},
@@ -72,6 +73,7 @@ void kv_options_usage(FILE *f)
           "  --requirepass-file F the same, the password being the first line of file F\n"
           "  --max-body-noauth SIZE  largest body accepted before AUTH (default 64k)\n"
           "  --no-resp            binary frames only: no Redis protocol on the port\n"
+          "  --in-order           answer binary requests in request order on each connection\n"
           "  --help, --version\n"
           "SIZE takes a k, m or g suffix (binary units). Signal 41 (SIGRTMIN+7) prints the\n"
           "memory and request statistics; SIGINT/SIGTERM stop gracefully.\n",
@@ -259,6 +261,9 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
                 snprintf(err, errcap, "cannot read a password from '%s'", optarg);
                 return KV_EINVAL;
             }
+            break;
+        case OPT_IN_ORDER:
+            cfg->in_order = 1;
             break;
         case OPT_NO_RESP:
             cfg->resp_disabled = 1;
