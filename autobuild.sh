@@ -5,6 +5,8 @@
 #   ./autobuild.sh unittest   clean debug build, then every test suite; non-zero if any fails
 #   ./autobuild.sh asan       clean build with ASan+UBSan, then every test suite
 #   ./autobuild.sh coverage   clean gcov build, suites, lcov HTML in build/coverage/
+#   ./autobuild.sh fuzz [SECS] libFuzzer harnesses with ASan+UBSan in build-fuzz/: every
+#                             regression input, then SECS (default 60) split among them
 set -euo pipefail
 cd "$(dirname "$0")"
 top=$PWD
@@ -90,8 +92,105 @@ coverage)
     echo "[autobuild] coverage of src/ (HTML: build/coverage/index.html):"
     lcov --summary build-cov/src.info 2>&1 | grep -E "lines|functions"
     ;;
+fuzz)
+    # Harnesses and corpora: fuzz/ (see fuzz/README.md). Built with clang
+    # directly, not CMake, so that the other build dirs are never touched.
+    budget=${2:-60}
+    [[ $budget =~ ^[0-9]+$ ]] || { echo "usage: $0 fuzz [SECONDS]" >&2; exit 2; }
+    fuzz_pkgs=()
+    command -v clang >/dev/null || fuzz_pkgs+=(clang)
+    dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "install ok installed" ||
+        fuzz_pkgs+=(libclang-rt-14-dev)
+    if ((${#fuzz_pkgs[@]})); then
+        if [[ $(id -u) == 0 ]]; then
+            echo "[autobuild] installing: ${fuzz_pkgs[*]}"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get install -y -qq "${fuzz_pkgs[@]}" >/dev/null 2>&1 ||
+                { apt-get update -qq && apt-get install -y -qq "${fuzz_pkgs[@]}"; }
+        else
+            echo "[autobuild] missing packages: ${fuzz_pkgs[*]}" >&2
+            exit 1
+        fi
+    fi
+    fb=$top/build-fuzz
+    mkdir -p "$fb/gen" "$fb/obj"
+    protoc-c --proto_path=proto --c_out="$fb/gen" proto/kv.proto
+    version=$(sed -n 's/^project(libevkv VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+    cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -DKV_VERSION="\"$version\""
+            -fno-strict-aliasing -fno-omit-frame-pointer
+            -fsanitize=address,undefined -fno-sanitize-recover=undefined
+            -Wall -Wno-unused-parameter -Wno-unused-function
+            -Isrc/mem -Isrc/io -Isrc/worker -Isrc/shm -Isrc/server -I"$fb/gen" -Ifuzz)
+    libs=(-lev -lprotobuf-c -lz -lrt -lm -lpthread)
+    rm -rf "$fb/obj"
+    mkdir -p "$fb/obj"
+    srcs=(src/mem/*.c src/io/*.c src/worker/*.c src/shm/*.c "$fb/gen/kv.pb-c.c")
+    for f in src/server/*.c; do [[ $f == */main.c ]] || srcs+=("$f"); done
+    objs=() running=0 ccfail=0
+    for f in "${srcs[@]}"; do # $jobs compiles at a time
+        o=$fb/obj/$(basename "$(dirname "$f")")_$(basename "${f%.c}").o
+        objs+=("$o")
+        clang "${cflags[@]}" -fsanitize=fuzzer-no-link -c "$f" -o "$o" &
+        running=$((running + 1))
+        if ((running >= jobs)); then wait -n || ccfail=1; running=$((running - 1)); fi
+    done
+    while ((running > 0)); do wait -n || ccfail=1; running=$((running - 1)); done
+    ((ccfail == 0)) || { echo "[autobuild] fuzz: compilation failed" >&2; exit 1; }
+    harnesses=(fuzz_frame fuzz_handlers fuzz_conn)
+    for h in "${harnesses[@]}"; do
+        clang "${cflags[@]}" -fsanitize=fuzzer "fuzz/$h.c" "${objs[@]}" "${libs[@]}" -o "$fb/$h"
+    done
+    clang "${cflags[@]}" fuzz/gen_seeds.c "$fb/obj/io_frame.o" "$fb/obj/gen_kv.pb-c.o" \
+        "${libs[@]}" -o "$fb/gen_seeds"
+    echo "[autobuild] fuzz harnesses built in $fb"
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    shm_clean() { # segments of fuzz processes that are gone (crashes leave them)
+        local f pid
+        for f in /dev/shm/libevkv-fuzz-*; do
+            [[ -e $f ]] || continue
+            pid=${f##*-}
+            kill -0 "$pid" 2>/dev/null || rm -f "$f"
+        done
+    }
+    failed=0
+    # every regression input, once
+    for h in "${harnesses[@]}"; do
+        regs=(fuzz/regressions/$h/*)
+        [[ -e ${regs[0]} ]] || continue
+        echo "==== $h: ${#regs[@]} regression inputs"
+        "$fb/$h" -runs=1 "${regs[@]}" >"$fb/$h.regressions.log" 2>&1 ||
+            { tail -n 40 "$fb/$h.regressions.log" >&2
+              echo "[autobuild] FAILED: $h regressions" >&2
+              failed=1; }
+        shm_clean
+    done
+    # then fuzz, one harness at a time, each for its share of the budget
+    share=$((budget / ${#harnesses[@]}))
+    if ((share > 0)); then
+        for h in "${harnesses[@]}"; do
+            maxlen=4096
+            [[ $h == fuzz_conn ]] && maxlen=65536
+            mkdir -p "$fb/corpus/$h" "$fb/artifacts/$h"
+            echo "==== $h: ${share}s, -max_len=$maxlen"
+            if "$fb/$h" "$fb/corpus/$h" "fuzz/corpus/$h" -max_total_time="$share" \
+                -max_len="$maxlen" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
+                -artifact_prefix="$fb/artifacts/$h/" >"$fb/$h.log" 2>&1; then
+                execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$fb/$h.log")
+                echo "[autobuild] $h: ${execs:-?} executions in ${share}s, no crash, no leak"
+            else
+                tail -n 60 "$fb/$h.log" >&2
+                echo "[autobuild] FAILED: $h (artifacts in $fb/artifacts/$h/)" >&2
+                failed=1
+            fi
+            shm_clean
+        done
+    fi
+    ((failed == 0)) || exit 1
+    echo "[autobuild] fuzz: all harnesses passed"
+    ;;
 *)
-    echo "usage: $0 [release|unittest|asan|coverage]" >&2
+    echo "usage: $0 [release|unittest|asan|coverage|fuzz [SECONDS]]" >&2
     exit 2
     ;;
 esac
