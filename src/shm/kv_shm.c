@@ -159,6 +159,13 @@ static int publish(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, ui
     return rc > 0 ? 0 : rc;
 }
 
+/* now + ttl_ms, saturating: a ttl too long to represent never expires in
+ * practice, and must not overflow into the past. */
+static int64_t expiry_at(int64_t now, int64_t ttl_ms)
+{
+    return ttl_ms > INT64_MAX - now ? INT64_MAX : now + ttl_ms;
+}
+
 int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
                size_t vlen, const struct kv_shm_set_opts *o, uint64_t *new_version)
 {
@@ -176,7 +183,7 @@ int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void 
         return rc;
     uint64_t ver = version_next(s);
     struct shm_item *nit = item_fill(s, off, cls, key, klen, val, vlen, ver,
-                                     o->ttl_ms > 0 ? now + o->ttl_ms : 0);
+                                     o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0);
     kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
     uint64_t word = shm_word(off, cls, h), old = 0;
 
@@ -401,7 +408,7 @@ int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t 
     } else if (slot) {
         /* copy-on-write: the expiry is checksummed, so it is never patched in place */
         rc = rewrite_locked(s, st, b, slot, h, key, klen, it->data + it->klen, it->vlen,
-                            ttl_ms > 0 ? now + ttl_ms : 0, &ver, &old);
+                            ttl_ms > 0 ? expiry_at(now, ttl_ms) : 0, &ver, &old);
     }
     pthread_rwlock_unlock(&st->lock);
     if (old)
