@@ -51,9 +51,13 @@ static void usage(FILE *f)
           "  flush                          removes every key; prints how many\n"
           "  test [--allow-flush]           correctness run against the server; ends with\n"
           "                                 'N passed, N failed' (exit 1 if any failed)\n"
-          "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS] [-P PIPELINE]\n"
-          "        [-d BYTES] [-r KEYSPACE] [--ratio SET:GET] [--threads N] [--json]\n"
-          "                                 load test: requests/s, latency percentiles\n"
+          "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS | --seconds S]\n"
+          "        [-P PIPELINE] [-d BYTES] [-r KEYSPACE] [--ratio SET:GET] [--threads N]\n"
+          "        [--protocol binary|resp|memcache] [--no-populate] [--json]\n"
+          "                                 load test: requests/s, latency percentiles;\n"
+          "                                 resp drives Redis or libevkv's RESP side,\n"
+          "                                 memcache drives memcached (mg/set/mn; an mget\n"
+          "                                 is 10 pipelined mg, counted as one request)\n"
           "A VALUE of '-' is read from stdin (binary-safe); put '--' before a KEY or\n"
           "VALUE that begins with '--'. -a sends AUTH before the command.\n"
           "defaults: -h 127.0.0.1 -p 7379 -t 5000\n"
@@ -583,15 +587,12 @@ static int cmd_test(const struct global *g, int argc, char **argv)
 
 /* ---- bench ------------------------------------------------------------------------- */
 enum bench_kind { B_PING, B_GET, B_SET, B_MIXED, B_MGET };
-#define BENCH_KEYLEN 16 /* "key:" + 12 digits */
-#define MGET_KEYS    10
+#define MGET_KEYS 10
 
 struct bench_ctx { /* read-only during a run: shared by the threads */
     enum bench_kind kind;
-    size_t data;           /* -d */
     uint64_t keyspace;     /* -r */
     unsigned set_w, get_w; /* --ratio SET:GET */
-    uint8_t *value;        /* owned: data bytes */
 };
 
 static uint64_t mix64(uint64_t x)
@@ -602,149 +603,49 @@ static uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-static void put_key(uint8_t *p, uint64_t n)
-{
-    memcpy(p, "key:", 4);
-    for (int i = BENCH_KEYLEN - 1; i >= 4; i--) {
-        p[i] = (uint8_t)('0' + n % 10);
-        n /= 10;
-    }
-}
-
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
-/* field 1 (bytes) = key n: 0x0A, 16, key */
-static size_t put_key_field(uint8_t *p, uint64_t n)
-{
-    p[0] = 0x0A;
-    p[1] = BENCH_KEYLEN;
-    put_key(p + 2, n);
-    return 2 + BENCH_KEYLEN;
-}
-
-static size_t put_set_body(const struct bench_ctx *b, uint8_t *p, uint64_t n)
-{
-    size_t len = put_key_field(p, n);
-
-    p[len++] = 0x12;
-    len += put_varint(p + len, b->data);
-    memcpy(p + len, b->value, b->data);
-    return len + b->data;
-}
-
-static int bench_encode(void *ctx, uint64_t seq, uint16_t *opcode, uint8_t *buf, size_t cap)
+/* Uniform random keys over the keyspace, a pure function of seq. */
+static void bench_pick(void *ctx, uint64_t seq, struct kv_bench_req *q)
 {
     const struct bench_ctx *b = ctx;
     uint64_t r = mix64(seq);
-    size_t len = 0;
 
+    q->nkeys = 1;
+    q->keys[0] = r % b->keyspace;
     switch (b->kind) {
-    case B_PING:
-        *opcode = KV_OP_PING;
-        memcpy(buf, b->value, b->data);
-        return (int)b->data;
-    case B_GET: *opcode = KV_OP_GET; return (int)put_key_field(buf, r % b->keyspace);
-    case B_SET: *opcode = KV_OP_SET; return (int)put_set_body(b, buf, r % b->keyspace);
+    case B_PING: q->op = KV_BENCH_PING; break;
+    case B_GET: q->op = KV_BENCH_GET; break;
+    case B_SET: q->op = KV_BENCH_SET; break;
     case B_MIXED:
-        if ((r >> 40) % (b->set_w + b->get_w) < b->set_w) {
-            *opcode = KV_OP_SET;
-            return (int)put_set_body(b, buf, r % b->keyspace);
-        }
-        *opcode = KV_OP_GET;
-        return (int)put_key_field(buf, r % b->keyspace);
+        q->op = (r >> 40) % (b->set_w + b->get_w) < b->set_w ? KV_BENCH_SET : KV_BENCH_GET;
+        break;
     case B_MGET:
-        *opcode = KV_OP_MGET;
-        for (int i = 0; i < MGET_KEYS; i++)
-            len += put_key_field(buf + len, mix64(r + (uint64_t)i) % b->keyspace);
-        return (int)len;
+        q->op = KV_BENCH_MGET;
+        q->nkeys = MGET_KEYS;
+        for (unsigned i = 0; i < MGET_KEYS; i++)
+            q->keys[i] = mix64(r + i) % b->keyspace;
+        break;
     }
-    return KV_EINVAL;
-}
-
-/* Stores keys 0..keyspace-1 with MSET batches, a few in flight. */
-static int bench_populate(const struct global *g, const struct bench_ctx *b)
-{
-    size_t pair = 2 + (2 + BENCH_KEYLEN) + 1 + 10 + b->data;
-    size_t batch = (4u << 20) / pair;
-    uint64_t next = 0, id = 0, inflight = 0;
-    struct kv_client *c = NULL;
-    struct kv_response r;
-    uint8_t *body;
-    int rc = 0;
-
-    if (batch > 1000)
-        batch = 1000;
-    if (batch == 0)
-        batch = 1;
-    body = kv_mem_alloc(KV_MOD_CLIENT, batch * pair + 16);
-    if (!body)
-        return KV_ENOMEM;
-    rc = kv_client_connect(g->host, g->port, 30000, &c);
-    if (rc == 0 && g->password)
-        rc = kv_client_auth(c, g->password, strlen(g->password));
-    while (rc == 0 && (next < b->keyspace || inflight > 0)) {
-        while (next < b->keyspace && inflight < 4 && rc == 0) {
-            size_t len = 0;
-
-            for (size_t i = 0; i < batch && next < b->keyspace; i++, next++) {
-                uint8_t kv[64];
-                size_t kl = put_key_field(kv, next);
-
-                /* MSetRequest.pairs (field 1): KeyValue{key, value} */
-                body[len++] = 0x0A;
-                len +=
-                    put_varint(body + len, kl + 1 + (size_t)put_varint(kv + kl, b->data) + b->data);
-                memcpy(body + len, kv, kl);
-                len += kl;
-                body[len++] = 0x12;
-                len += put_varint(body + len, b->data);
-                memcpy(body + len, b->value, b->data);
-                len += b->data;
-            }
-            rc = kv_client_queue(c, KV_OP_MSET, ++id, body, len);
-            inflight++;
-        }
-        if (rc == 0)
-            rc = kv_client_flush(c);
-        if (rc == 0)
-            rc = kv_client_recv(c, &r);
-        if (rc == 0 && r.status != KV_ST_OK) {
-            fprintf(stderr, "kvclient: bench: populate: MSET answered %s\n",
-                    kv_status_name(r.status));
-            rc = KV_ESTATUS;
-        }
-        inflight--;
-    }
-    if (c)
-        kv_client_close(c);
-    kv_mem_free(KV_MOD_CLIENT, body);
-    return rc;
 }
 
 static int cmd_bench(const struct global *g, int argc, char **argv)
 {
     static const char *const names[] = {"ping", "get", "set", "mixed", "mget"};
-    struct bench_ctx ctx = {.data = 3, .keyspace = 100000, .set_w = 1, .get_w = 10};
+    static const char *const protos[] = {"binary", "resp", "memcache"};
+    struct bench_ctx ctx = {.keyspace = 100000, .set_w = 1, .get_w = 10};
     struct kv_bench_opts o = {.host = g->host,
                               .port = g->port,
+                              .proto = KV_BENCH_BINARY,
                               .password = g->password,
                               .conns = 50,
                               .requests = 100000,
                               .pipeline = 1,
-                              .threads = 1};
+                              .threads = 1,
+                              .value_len = 3,
+                              .mget_keys = MGET_KEYS};
     const char *tests = "ping";
     char list[256], *save = NULL, *tok;
-    bool json = false, populated = false;
+    bool json = false, populated = false, no_populate = false;
+    uint8_t *value;
     int ex = 0, rc;
 
     for (int i = 1; i < argc; i++) {
@@ -755,11 +656,25 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
             json = true;
             continue;
         }
+        if (strcmp(a, "--no-populate") == 0) {
+            no_populate = true;
+            continue;
+        }
         if (!v)
             return bad_arg("bench", "an option needs a value");
         i++;
         if (strcmp(a, "-t") == 0) {
             tests = v;
+            continue;
+        }
+        if (strcmp(a, "--protocol") == 0) {
+            size_t k = 0;
+
+            while (k < 3 && strcmp(v, protos[k]) != 0)
+                k++;
+            if (k == 3)
+                return bad_arg("bench", "--protocol is binary, resp or memcache");
+            o.proto = (enum kv_bench_proto)k;
             continue;
         }
         if (strcmp(a, "--ratio") == 0) {
@@ -771,6 +686,14 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
             ctx.get_w = gw;
             continue;
         }
+        if (strcmp(a, "--seconds") == 0) {
+            char *end;
+
+            o.seconds = strtod(v, &end);
+            if (*end || !(o.seconds > 0 && o.seconds <= 3600))
+                return bad_arg("bench", "--seconds takes a duration in (0, 3600]");
+            continue;
+        }
         if (parse_u64(v, &n) != 0)
             return bad_arg("bench", "option values are numbers");
         if (strcmp(a, "-c") == 0)
@@ -780,7 +703,7 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
         else if (strcmp(a, "-P") == 0)
             o.pipeline = (unsigned)n;
         else if (strcmp(a, "-d") == 0)
-            ctx.data = n;
+            o.value_len = n;
         else if (strcmp(a, "-r") == 0)
             ctx.keyspace = n;
         else if (strcmp(a, "--threads") == 0)
@@ -790,8 +713,10 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
     }
     if (o.conns == 0 || o.conns > 10000 || o.pipeline == 0 || o.pipeline > 10000 ||
         o.requests == 0 || o.threads == 0 || o.threads > o.conns || o.threads > 1000 ||
-        ctx.data > (1u << 20) || ctx.keyspace == 0 || ctx.keyspace > 999999999999ull)
+        o.value_len > (1u << 20) || ctx.keyspace == 0 || ctx.keyspace > 999999999999ull)
         return bad_arg("bench", "bad -c/-n/-P/-d/-r/--threads value");
+    if (o.proto == KV_BENCH_MEMCACHE && g->password)
+        return bad_arg("bench", "the memcache protocol has no AUTH (-a)");
     if (strlen(tests) >= sizeof(list))
         return bad_arg("bench", "-t list too long");
     /* validate the whole list before running anything */
@@ -806,14 +731,13 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
             return 2;
         }
     }
-    ctx.value = kv_mem_alloc(KV_MOD_CLIENT, ctx.data + 1);
-    if (!ctx.value)
+    value = kv_mem_alloc(KV_MOD_CLIENT, o.value_len + 1);
+    if (!value)
         return fail("bench", KV_ENOMEM, NULL);
-    for (size_t i = 0; i < ctx.data; i++)
-        ctx.value[i] = (uint8_t)('a' + i % 26);
-    /* bodies: the largest request, and the largest answer (MGET of 10) */
-    o.max_body = MGET_KEYS * (ctx.data + 48) + 256;
-    o.encode = bench_encode;
+    for (size_t i = 0; i < o.value_len; i++)
+        value[i] = (uint8_t)('a' + i % 26);
+    o.value = value;
+    o.pick = bench_pick;
     o.ctx = &ctx;
 
     snprintf(list, sizeof(list), "%s", tests);
@@ -824,18 +748,19 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
         while (strcmp(tok, names[k]) != 0)
             k++;
         ctx.kind = (enum bench_kind)k;
-        if (!populated && (ctx.kind == B_GET || ctx.kind == B_MGET || ctx.kind == B_MIXED)) {
+        if (!populated && !no_populate &&
+            (ctx.kind == B_GET || ctx.kind == B_MGET || ctx.kind == B_MIXED)) {
             double t0 = now_us();
 
-            rc = bench_populate(g, &ctx);
+            rc = kv_bench_populate(&o, ctx.keyspace);
             if (rc != 0) {
                 ex = fail("bench: populate", rc, NULL);
                 break;
             }
             populated = true;
             if (!json)
-                printf("populated %" PRIu64 " keys of %zu bytes in %.2f s\n", ctx.keyspace,
-                       ctx.data, (now_us() - t0) / 1e6);
+                printf("populated %" PRIu64 " keys of %zu bytes in %.2f s (%s)\n", ctx.keyspace,
+                       o.value_len, (now_us() - t0) / 1e6, protos[o.proto]);
         }
         rc = kv_bench_run(&o, &r);
         if (rc != 0) {
@@ -843,12 +768,12 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
             break;
         }
         if (json) {
-            printf(
-                "{\"test\":\"%s\",\"conns\":%u,\"pipeline\":%u,\"data\":%zu,\"keyspace\":%" PRIu64
-                ",\"threads\":%u,\"requests\":%" PRIu64 ",\"errors\":%" PRIu64
-                ",\"not_found\":%" PRIu64 ",\"seconds\":%.3f,\"rps\":%.0f",
-                tok, o.conns, o.pipeline, ctx.data, ctx.keyspace, o.threads, r.requests, r.errors,
-                r.not_found, r.seconds, r.rps);
+            printf("{\"test\":\"%s\",\"protocol\":\"%s\",\"conns\":%u,\"pipeline\":%u,"
+                   "\"data\":%zu,\"keyspace\":%" PRIu64 ",\"threads\":%u,\"requests\":%" PRIu64
+                   ",\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64 ",\"seconds\":%.3f,"
+                   "\"rps\":%.0f",
+                   tok, protos[o.proto], o.conns, o.pipeline, o.value_len, ctx.keyspace, o.threads,
+                   r.requests, r.errors, r.not_found, r.seconds, r.rps);
             if (ctx.kind == B_MGET)
                 printf(",\"keys_per_s\":%.0f", r.rps * MGET_KEYS);
             printf(",\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
@@ -869,7 +794,7 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
         if (r.failed || r.errors)
             ex = 2;
     }
-    kv_mem_free(KV_MOD_CLIENT, ctx.value);
+    kv_mem_free(KV_MOD_CLIENT, value);
     return ex;
 }
 
