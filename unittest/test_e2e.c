@@ -383,6 +383,24 @@ static void test_e2e_backpressure_on_client_that_does_not_read(void)
     kv_client_close(c);
 }
 
+/* A peer that only shuts down its sending side (nc -N, printf | socat)
+ * still gets every answer, then EOF. */
+static void test_e2e_half_close_still_answered(void)
+{
+    struct kv_client *c = connect_srv();
+    struct kv_response r;
+    int answered = 0;
+
+    for (uint64_t i = 0; i < 10; i++)
+        kv_client_queue(c, 0, i, "half", 4);
+    CU_ASSERT_EQUAL_FATAL(kv_client_flush(c), 0);
+    shutdown(kv_client_fd(c), SHUT_WR);
+    while (kv_client_recv(c, &r) == 0)
+        answered += r.status == KV_ST_OK;
+    CU_ASSERT_EQUAL(answered, 10);
+    kv_client_close(c);
+}
+
 static void test_e2e_peer_vanishes_with_answers_pending(void)
 {
     for (int k = 0; k < 20; k++) {
@@ -511,6 +529,7 @@ int main(void)
                 test_e2e_concurrent_connections_and_stats_signal);
     CU_add_test(s, "test_e2e_backpressure_on_client_that_does_not_read",
                 test_e2e_backpressure_on_client_that_does_not_read);
+    CU_add_test(s, "test_e2e_half_close_still_answered", test_e2e_half_close_still_answered);
     CU_add_test(s, "test_e2e_peer_vanishes_with_answers_pending",
                 test_e2e_peer_vanishes_with_answers_pending);
     CU_add_test(s, "test_e2e_bad_option_exits_2", test_e2e_bad_option_exits_2);

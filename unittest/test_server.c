@@ -437,6 +437,56 @@ static void test_server_bad_bodies(void)
     free(r.body);
 }
 
+static void test_server_wire_types_checked_like_protobuf(void)
+{
+    static const uint8_t set_value_as_varint[] = {0x0a, 0x01, 'a', 0x10, 0x05};
+    static const uint8_t set_ttl_as_bytes[] = {0x0a, 0x01, 'a', 0x12, 0x01, 'b', 0x1a, 0x02, 0, 0};
+    static const uint8_t incr_delta_as_bytes[] = {0x0a, 0x01, 'n', 0x12, 0x01, 0x02};
+    struct result r;
+
+    r = run_raw(2, set_value_as_varint, sizeof(set_value_as_varint));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    r = run_raw(2, set_ttl_as_bytes, sizeof(set_ttl_as_bytes));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    r = run_raw(5, incr_delta_as_bytes, sizeof(incr_delta_as_bytes));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+}
+
+/* A small MGET naming one big value many times must not make the server
+ * build an answer larger than --max-body. */
+static void test_server_mget_answer_bounded_by_max_body(void)
+{
+    Kv__MGetRequest mg = KV__MGET_REQUEST__INIT;
+    ProtobufCBinaryData keys[3];
+    struct kv_mem_snapshot before, after;
+    char big[700];
+    struct result r;
+    size_t saved = cfg.max_body;
+
+    memset(big, 'v', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    CU_ASSERT_EQUAL(set_kv("hs:big-value", big, NULL), KV_ST_OK);
+    for (int i = 0; i < 3; i++)
+        keys[i] = bin("hs:big-value");
+    mg.keys = keys;
+    cfg.max_body = 1500; /* two copies fit, three do not */
+    kv_mem_snapshot(&before);
+    mg.n_keys = 2;
+    r = run(6, &mg.base);
+    CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+    free(r.body);
+    mg.n_keys = 3;
+    r = run(6, &mg.base);
+    CU_ASSERT_EQUAL(r.status, KV_ST_TOO_LARGE);
+    free(r.body);
+    kv_mem_snapshot(&after);
+    CU_ASSERT_EQUAL(after.mod[KV_MOD_PROTO].bytes, before.mod[KV_MOD_PROTO].bytes);
+    cfg.max_body = saved;
+}
+
 static void test_server_auth_gate(void)
 {
     Kv__AuthRequest a = KV__AUTH_REQUEST__INIT;
@@ -499,6 +549,10 @@ int main(void)
     CU_add_test(s, "test_server_stats_and_flush", test_server_stats_and_flush);
     CU_add_test(s, "test_server_bad_bodies", test_server_bad_bodies);
     CU_add_test(s, "test_server_auth_gate", test_server_auth_gate);
+    CU_add_test(s, "test_server_wire_types_checked_like_protobuf",
+                test_server_wire_types_checked_like_protobuf);
+    CU_add_test(s, "test_server_mget_answer_bounded_by_max_body",
+                test_server_mget_answer_bounded_by_max_body);
     CU_add_test(s, "test_server_no_heap_left_behind", test_server_no_heap_left_behind);
     return kv_test_run_all();
 }

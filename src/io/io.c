@@ -651,10 +651,17 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         }
     }
     n = read(c->fd, m->buf + m->len, m->cap - m->len);
-    if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    if (n == 0) {
+        /* EOF: the peer may only have shut down its sending side (nc -N,
+         * printf | socat): every request is still answered, then closed */
+        c->closing = 1;
+        conn_mark_flush(c);
+        return;
+    }
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
-        conn_close(c); /* EOF or error: nobody left to answer */
+        conn_close(c); /* reset: nobody left to answer */
         return;
     }
     kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);

@@ -30,7 +30,7 @@ enum {
 
 #define KV_AUTH_MAX_FAILURES 3
 #define KV_SCAN_DEFAULT 10
-#define KV_SCAN_MAX 10000
+#define KV_SCAN_MAX 1000 /* keys are <= max-key bytes: a page stays a few MiB */
 
 /* ---- answers ------------------------------------------------------------- */
 static void answer_error(struct kv_call *call, uint16_t status, const char *msg)
@@ -160,8 +160,11 @@ struct key_req {
 };
 
 /* Reads the fields of a Get/Set/Exists/Incr/Expire/Auth request. Field 1
- * is the key (password for AUTH); field 2 the value (SET) or a varint. */
-static int parse_key_req(const struct kv_call *call, struct key_req *k)
+ * is the key (password for AUTH); field 2 the value (wire type 2, SET) or a
+ * varint (wire type 0: INCR's delta, EXPIRE's action), as f2_wire says;
+ * fields 3..8 are varints. A field of another wire type is refused, as
+ * protobuf-c refuses it. */
+static int parse_key_req(const struct kv_call *call, struct key_req *k, uint32_t f2_wire)
 {
     struct pb_reader r = {call->body, call->body + call->body_len};
     struct pb_field f;
@@ -179,21 +182,31 @@ static int parse_key_req(const struct kv_call *call, struct key_req *k)
             k->klen = f.len;
             break;
         case 2:
+            if (f.wire != f2_wire)
+                return -1;
             if (f.wire == 2) {
                 k->value = f.data;
                 k->vlen = f.len;
-            } else if (f.wire == 0) {
-                k->f2 = f.u64;
             } else {
-                return -1;
+                k->f2 = f.u64;
             }
             break;
-        case 3: k->f3 = f.u64; break;
-        case 4: k->f4 = f.u64 != 0; break;
-        case 5: k->f5 = f.u64 != 0; break;
-        case 6: k->f6 = f.u64 != 0; break;
-        case 7: k->f7 = f.u64; break;
-        case 8: k->f8 = f.u64 != 0; break;
+        case 3: case 4: case 5: case 6: case 7: case 8:
+            if (f.wire != 0)
+                return -1;
+            if (f.number == 3)
+                k->f3 = f.u64;
+            else if (f.number == 7)
+                k->f7 = f.u64;
+            else if (f.number == 4)
+                k->f4 = f.u64 != 0;
+            else if (f.number == 5)
+                k->f5 = f.u64 != 0;
+            else if (f.number == 6)
+                k->f6 = f.u64 != 0;
+            else
+                k->f8 = f.u64 != 0;
+            break;
         default: break; /* unknown fields are skipped, as protobuf does */
         }
     }
@@ -209,9 +222,10 @@ static int check_key(struct kv_server *srv, struct kv_call *call, const struct k
     return 0;
 }
 
-static int parse_and_check(struct kv_server *srv, struct kv_call *call, struct key_req *k)
+static int parse_and_check(struct kv_server *srv, struct kv_call *call, struct key_req *k,
+                           uint32_t f2_wire)
 {
-    if (parse_key_req(call, k) != 0) {
+    if (parse_key_req(call, k, f2_wire) != 0) {
         answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
         return -1;
     }
@@ -245,7 +259,7 @@ static void handle_auth(void *ctx, struct kv_call *call)
     struct kv_server *srv = ctx;
     struct key_req k;
 
-    if (parse_key_req(call, &k) != 0) {
+    if (parse_key_req(call, &k, 2) != 0) {
         answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
         return;
     }
@@ -300,7 +314,7 @@ static void handle_get(void *ctx, struct kv_call *call)
     uint64_t version = 0;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+    if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
     rc = kv_shm_get(srv->store, k.key, k.klen, get_alloc, &g, &vlen, &version);
     if (rc != 0) {
@@ -393,7 +407,7 @@ static void handle_set(void *ctx, struct kv_call *call)
     uint64_t version = 0;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+    if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
     if (k.f4 && (k.f5 || k.f6)) {
         answer_error(call, KV_ST_BAD_REQUEST, "only_if_absent excludes only_if_present and cas");
@@ -424,7 +438,7 @@ static void handle_exists(void *ctx, struct kv_call *call)
     struct key_req k;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+    if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
     rc = kv_shm_exists(srv->store, k.key, k.klen);
     if (rc != 0 && rc != KV_ENOTFOUND) {
@@ -442,7 +456,7 @@ static void handle_incr(void *ctx, struct kv_call *call)
     uint64_t version = 0;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+    if (!authed(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
         return;
     rc = kv_shm_incr(srv->store, k.key, k.klen, pb_zigzag_decode(k.f2), &value, &version);
     if (rc != 0) {
@@ -459,7 +473,7 @@ static void handle_expire(void *ctx, struct kv_call *call)
     int64_t ttl = -1, prev = -1;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k) != 0)
+    if (!authed(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
         return;
     rc = kv_shm_ttl(srv->store, k.key, k.klen, &prev);
     if (rc != 0) {
@@ -521,12 +535,19 @@ out:
 
 struct mget_val {
     uint8_t *data;
+    size_t *budget; /* bytes of values the answer may still carry */
 };
 
+/* Refuses (KV_ENOMEM from the store) a value that would take the answer
+ * past --max-body: a small MGET naming one big key many times must not
+ * make the server allocate without bound. */
 static void *mget_alloc(void *ctx, size_t len)
 {
     struct mget_val *v = ctx;
 
+    if (len > *v->budget)
+        return NULL;
+    *v->budget -= len;
     v->data = kv_mem_alloc(KV_MOD_PROTO, len ? len : 1);
     return v->data;
 }
@@ -539,7 +560,7 @@ static void handle_mget(void *ctx, struct kv_call *call)
     Kv__MGetRequest *m;
     Kv__MGetResponse resp = KV__MGET_RESPONSE__INIT;
     Kv__MGetEntry *entries = NULL, **ptrs = NULL;
-    size_t n;
+    size_t n, budget = srv->cfg->max_body;
 
     if (!authed(srv, call))
         return;
@@ -559,15 +580,22 @@ static void handle_mget(void *ctx, struct kv_call *call)
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        struct mget_val v = {0};
+        kv__mget_entry__init(&entries[i]);
+        ptrs[i] = &entries[i];
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct mget_val v = {NULL, &budget};
         size_t vlen = 0;
         uint64_t version = 0;
         int rc;
 
-        kv__mget_entry__init(&entries[i]);
-        ptrs[i] = &entries[i];
         rc = kv_shm_get(srv->store, m->keys[i].data, m->keys[i].len, mget_alloc, &v, &vlen,
                         &version);
+        if (rc == KV_ENOMEM && !v.data) {
+            answer_error(call, KV_ST_TOO_LARGE,
+                         "the answer would exceed --max-body: ask for fewer keys");
+            goto out_values;
+        }
         if (rc == 0) {
             entries[i].found = 1;
             entries[i].value.data = v.data;
@@ -580,6 +608,7 @@ static void handle_mget(void *ctx, struct kv_call *call)
     resp.n_entries = n;
     resp.entries = ptrs;
     answer_packed(call, &resp.base);
+out_values:
     for (size_t i = 0; i < n; i++)
         if (entries[i].found)
             kv_mem_free(KV_MOD_PROTO, entries[i].value.data);
