@@ -13,6 +13,10 @@
 #               -DNDEBUG; NOTE programs land in ./bin (CMake's output dir),
 #               replacing whatever build is there
 #   --rows LIST comma-separated subset of: get1,set1,get16,set16,lat,mget
+#   --nice N    run every server and the client under `nice -n N` (N < 0 needs
+#               root): on a machine shared with other jobs, the measured
+#               processes then take precedence; the CPU line below tells how
+#               much the others still got
 #   env LIBEVKV_ARGS   extra libevkv options (e.g. "--workers 0")
 #
 # Systems, each on loopback on a private port (127.0.0.1, chosen free):
@@ -36,6 +40,7 @@ runs=3
 secs=2.5
 build=0
 rows_sel=get1,set1,get16,set16,lat,mget
+prio=()
 while (($#)); do
     case $1 in
     --quick) runs=1 secs=1 ;;
@@ -43,6 +48,7 @@ while (($#)); do
     --seconds) secs=$2; shift ;;
     --build) build=1 ;;
     --rows) rows_sel=$2; shift ;;
+    --nice) prio=(nice -n "$2"); shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -97,7 +103,7 @@ declare -A port
 start() { # NAME CMD...
     local name=$1
     shift
-    "$@" >"$tmp/$name.log" 2>&1 &
+    "${prio[@]}" "$@" >"$tmp/$name.log" 2>&1 &
     pids+=($!)
     wait_port "${port[$name]}" $! "$name"
 }
@@ -131,7 +137,7 @@ for r in "${rows[@]}"; do [[ -n ${rowargs[$r]:-} ]] || { echo "compare.sh: unkno
 bench() { # SYSTEM ARGS...
     local s=$1
     shift
-    ./bin/kvclient -p "${sport[$s]}" bench --protocol "${sproto[$s]}" -d 100 -r 100000 "$@"
+    "${prio[@]}" ./bin/kvclient -p "${sport[$s]}" bench --protocol "${sproto[$s]}" -d 100 -r 100000 "$@"
 }
 
 # ---- the record --------------------------------------------------------------------------
@@ -140,7 +146,7 @@ dirty=$({ git status --porcelain --untracked-files=no 2>/dev/null || true; } | h
 echo "# libevkv comparison, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "# git $rev${dirty:+ (uncommitted changes)}; $(nproc) cores: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | sort -u | head -1)"
 echo "# libevkv $(readelf -S bin/libevkv 2>/dev/null | grep -q debug_info && echo 'DEBUG build (has debug info)' || echo 'release build (no debug info)') ${LIBEVKV_ARGS:-(default threads)}; $(redis-server --version | awk '{print $3}') $(memcached -V)"
-echo "# $runs run(s) of ${secs} s per cell, interleaved; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $runs run(s) of ${secs} s per cell, interleaved${prio:+, under ${prio[*]}}; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # CPU accounting: jiffies the machine was busy, and jiffies of our own
 # processes (the servers, and every kvclient this shell has reaped)
