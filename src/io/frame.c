@@ -41,12 +41,7 @@ static void put_le64(uint8_t *p, uint64_t v)
 
 uint32_t kv_frame_crc(const uint8_t hdr[KV_FRAME_HDR], const uint8_t *body, size_t body_len)
 {
-    uLong c = crc32(0L, hdr, KV_FRAME_HDR);
-
-    /* zlib takes uInt lengths; bodies are bounded by max_body (< 4 GiB) */
-    if (body_len)
-        c = crc32(c, body, (uInt)body_len);
-    return (uint32_t)c;
+    return kv_crc32(kv_crc32(0, hdr, KV_FRAME_HDR), body, body_len);
 }
 
 ssize_t kv_frame_decode(const uint8_t *buf, size_t len, size_t max_body, int expect_response,

@@ -55,6 +55,10 @@ ssize_t kv_frame_decode(const uint8_t *buf, size_t len, size_t max_body, int exp
 /* Writes the 24-byte header of f (body pointer ignored) to out. */
 void kv_frame_encode_header(const struct kv_frame *f, uint8_t out[KV_FRAME_HDR]);
 
+/* zlib's crc32(crc, buf, len), computed faster where the CPU allows
+ * (crc32.c); start with crc 0. */
+uint32_t kv_crc32(uint32_t crc, const void *buf, size_t len);
+
 /* crc32 of a header followed by a body, as written after the body. */
 uint32_t kv_frame_crc(const uint8_t hdr[KV_FRAME_HDR], const uint8_t *body, size_t body_len);
 
