@@ -1004,12 +1004,45 @@ static void test_mem_format_truncates(void)
     }
 }
 
+/* The small-object cache: in use counts under the module, cached under
+ * POOL, reused without malloc, drained to zero. */
+static void test_mem_obj_cache_counts_and_reuse(void)
+{
+    struct kv_mem_snapshot a, b, c;
+    void *p, *q;
+
+    kv_mem_pool_drain();
+    kv_mem_snapshot(&a);
+    p = kv_mem_obj_get(KV_MOD_TEST, 200); /* class of 256 bytes */
+    CU_ASSERT_FATAL(p != NULL);
+    memset(p, 0xab, 200);
+    kv_mem_snapshot(&b);
+    CU_ASSERT_EQUAL(b.mod[KV_MOD_TEST].bytes - a.mod[KV_MOD_TEST].bytes, 256);
+    CU_ASSERT_EQUAL(b.mod[KV_MOD_TEST].allocs - a.mod[KV_MOD_TEST].allocs, 1);
+    kv_mem_obj_put(KV_MOD_TEST, p, 200);
+    kv_mem_snapshot(&c);
+    CU_ASSERT_EQUAL(c.mod[KV_MOD_TEST].bytes, a.mod[KV_MOD_TEST].bytes);
+    CU_ASSERT_EQUAL(c.mod[KV_MOD_TEST].frees - a.mod[KV_MOD_TEST].frees, 1);
+    CU_ASSERT_EQUAL(c.mod[KV_MOD_POOL].bytes - a.mod[KV_MOD_POOL].bytes, 256);
+    q = kv_mem_obj_get(KV_MOD_TEST, 250); /* same class: the cached one */
+    CU_ASSERT_PTR_EQUAL(q, p);
+    kv_mem_obj_put(KV_MOD_TEST, q, 250);
+    q = kv_mem_obj_get(KV_MOD_TEST, 5000); /* above KV_OBJ_MAX: plain allocation */
+    CU_ASSERT_FATAL(q != NULL);
+    kv_mem_obj_put(KV_MOD_TEST, q, 5000);
+    kv_mem_pool_drain();
+    kv_mem_snapshot(&c);
+    CU_ASSERT_EQUAL(c.mod[KV_MOD_POOL].bytes, a.mod[KV_MOD_POOL].bytes);
+    CU_ASSERT_EQUAL(c.mod[KV_MOD_TEST].bytes, a.mod[KV_MOD_TEST].bytes);
+}
+
 int main(void)
 {
     static const struct {
         const char *name;
         CU_TestFunc fn;
     } tests[] = {
+        {"test_mem_obj_cache_counts_and_reuse", test_mem_obj_cache_counts_and_reuse},
         {"test_mem_alloc_free_exact", test_mem_alloc_free_exact},
         {"test_mem_alloc_counts_per_module", test_mem_alloc_counts_per_module},
         {"test_mem_calloc_zeroes_and_counts", test_mem_calloc_zeroes_and_counts},

@@ -41,6 +41,8 @@ static void put_le64(uint8_t *p, uint64_t v)
 
 uint32_t kv_frame_crc(const uint8_t hdr[KV_FRAME_HDR], const uint8_t *body, size_t body_len)
 {
+    if (body == hdr + KV_FRAME_HDR) /* contiguous, as received: one pass */
+        return kv_crc32(0, hdr, KV_FRAME_HDR + body_len);
     return kv_crc32(kv_crc32(0, hdr, KV_FRAME_HDR), body, body_len);
 }
 

@@ -81,7 +81,7 @@ static void msg_unref(struct kv_io_msg *m)
 /* ---- requests --------------------------------------------------------------- */
 static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
 {
-    struct kv_io_req *r = kv_mem_alloc(KV_MOD_REQUEST, sizeof(*r));
+    struct kv_io_req *r = kv_mem_obj_get(KV_MOD_REQUEST, sizeof(*r));
 
     if (!r)
         return NULL;
@@ -104,7 +104,7 @@ static void req_free(struct kv_io_req *r)
     if (r->body_owned)
         kv_mem_free(KV_MOD_PACKET, (void *)r->call.body);
     msg_unref(r->msg);
-    kv_mem_free(KV_MOD_REQUEST, r);
+    kv_mem_obj_put(KV_MOD_REQUEST, r, sizeof(*r));
 }
 
 /* ---- connections ---------------------------------------------------------- */

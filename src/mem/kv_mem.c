@@ -53,6 +53,15 @@ struct kv_pool_cache {
 };
 static __thread struct kv_pool_cache my_cache;
 
+#define KV_OBJ_CLASSES (KV_OBJ_MAX / 64)
+#define KV_OBJ_CACHE_BYTES (1u << 20) /* per thread */
+
+struct kv_obj_cache {
+    void *head[KV_OBJ_CLASSES];      /* singly linked through the first word */
+    size_t bytes;
+};
+static __thread struct kv_obj_cache my_objs;
+
 static const char *const mod_names[KV_MOD__COUNT] = {
     [KV_MOD_BUF] = "BUF",         [KV_MOD_POOL] = "POOL",
     [KV_MOD_MESSAGE] = "MESSAGE", [KV_MOD_REQUEST] = "REQUEST",
@@ -326,8 +335,67 @@ void kv_mem_buf_put(void *buf, size_t cap)
     account(KV_MOD_POOL, (int64_t)cap, 1);
 }
 
+static size_t obj_class(size_t size)
+{
+    return size ? (size - 1) / 64 : 0;
+}
+
+void *kv_mem_obj_get(enum kv_mod mod, size_t size)
+{
+    size_t cls = obj_class(size), cap = (cls + 1) * 64;
+    void *p;
+
+    if (size > KV_OBJ_MAX)
+        return kv_mem_alloc(mod, size);
+    p = my_objs.head[cls];
+    if (p) {
+        my_objs.head[cls] = *(void **)p;
+        my_objs.bytes -= cap;
+        account(KV_MOD_POOL, -(int64_t)cap, 0);
+    } else {
+        p = malloc(cap);
+        if (!p)
+            return NULL;
+    }
+    account(mod, (int64_t)cap, 1);
+    return p;
+}
+
+void kv_mem_obj_put(enum kv_mod mod, void *p, size_t size)
+{
+    size_t cls = obj_class(size), cap = (cls + 1) * 64;
+
+    if (!p)
+        return;
+    if (size > KV_OBJ_MAX) {
+        kv_mem_free(mod, p);
+        return;
+    }
+    account(mod, -(int64_t)cap, 0);
+    if (my_objs.bytes + cap > KV_OBJ_CACHE_BYTES) {
+        free(p);
+        return;
+    }
+    *(void **)p = my_objs.head[cls];
+    my_objs.head[cls] = p;
+    my_objs.bytes += cap;
+    account(KV_MOD_POOL, (int64_t)cap, 1);
+}
+
 void kv_mem_pool_drain(void)
 {
+    for (size_t i = 0; i < KV_OBJ_CLASSES; i++) {
+        size_t cap = (i + 1) * 64;
+
+        while (my_objs.head[i]) {
+            void *p = my_objs.head[i];
+
+            my_objs.head[i] = *(void **)p;
+            my_objs.bytes -= cap;
+            account(KV_MOD_POOL, -(int64_t)cap, 0);
+            free(p);
+        }
+    }
     for (int i = 0; i < KV_POOL_CLASSES; i++) {
         size_t c = (size_t)KV_POOL_MIN << i;
 

@@ -85,6 +85,16 @@ void kv_mem_buf_put(void *buf, size_t cap);
 /* Frees the calling thread's cached buffers. */
 void kv_mem_pool_drain(void);
 
+/* ---- small-object cache -------------------------------------------------
+ * For objects made and freed at a high rate on one thread (requests): a
+ * per-thread free list per 64-byte size class up to KV_OBJ_MAX, so the hot
+ * path does not go to malloc. The object counts under mod while in use (so
+ * in-flight counts stay exact), under KV_MOD_POOL while cached. Objects may
+ * be returned on another thread; kv_mem_pool_drain() empties the cache. */
+#define KV_OBJ_MAX 1024u
+void *kv_mem_obj_get(enum kv_mod mod, size_t size);
+void kv_mem_obj_put(enum kv_mod mod, void *p, size_t size);
+
 /* ---- snapshots ---------------------------------------------------------- */
 struct kv_mem_row {
     int64_t bytes;  /* bytes held now */
