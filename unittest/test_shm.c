@@ -1218,6 +1218,33 @@ static void test_shm_byte_flips(void)
     kv_shm_store_unlink(&c);
 }
 
+/* kv_shm_prefetch is a hint: any key, present or not, of any length, at
+ * any stage, changes nothing and never faults. */
+static void test_shm_prefetch_is_only_a_hint(void)
+{
+    struct kv_config c;
+    struct kv_shm_store *s;
+    struct vbuf v = {0};
+    char big[5000];
+
+    cfg_make(&c, "prefetch", 4u << 20);
+    s = open_ok(&c);
+    CU_ASSERT_EQUAL(kv_shm_set(s, "here", 4, "value", 5, NULL, NULL), 0);
+    memset(big, 'k', sizeof(big));
+    for (int stage = 0; stage < 2; stage++) {
+        kv_shm_prefetch(s, "here", 4, stage);
+        kv_shm_prefetch(s, "absent", 6, stage);
+        kv_shm_prefetch(s, "", 0, stage);
+        kv_shm_prefetch(s, big, sizeof(big), stage);
+    }
+    CU_ASSERT_EQUAL(getv(s, "here", &v, NULL), 0);
+    CU_ASSERT(v.len == 5 && memcmp(v.p, "value", 5) == 0);
+    vbuf_free(&v);
+    CU_ASSERT_EQUAL(getv(s, "absent", &v, NULL), KV_ENOTFOUND);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
 /* ---- runner -------------------------------------------------------------------------- */
 
 int main(void)
@@ -1230,6 +1257,7 @@ int main(void)
         void (*fn)(void);
     } tests[] = {
         {"test_shm_set_get_del", test_shm_set_get_del},
+        {"test_shm_prefetch_is_only_a_hint", test_shm_prefetch_is_only_a_hint},
         {"test_shm_set_conditions", test_shm_set_conditions},
         {"test_shm_incr", test_shm_incr},
         {"test_shm_expiry_lazy", test_shm_expiry_lazy},

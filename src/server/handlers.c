@@ -824,8 +824,20 @@ static void handle_flush(void *ctx, struct kv_call *call)
     answer_uints(call, before, 0);
 }
 
+/* Cache hint for the single-key opcodes: the key is field 1 of the body. */
+static void prefetch_key(void *ctx, const struct kv_call *call, int stage)
+{
+    struct kv_server *srv = ctx;
+    struct pb_reader r = {call->body, call->body + call->body_len};
+    struct pb_field f;
+
+    if (pb_next(&r, &f) == 1 && f.number == 1 && f.wire == 2)
+        kv_shm_prefetch(srv->store, f.data, f.len, stage);
+}
+
 int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry *reg)
 {
+    static const uint16_t keyed[] = {KV_OP_GET, KV_OP_SET, KV_OP_EXISTS, KV_OP_INCR};
     static const struct {
         uint16_t op;
         kv_handler_fn fn;
@@ -839,6 +851,12 @@ int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry
 
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
         int rc = kv_worker_register(reg, table[i].op, table[i].fn, srv);
+
+        if (rc != 0)
+            return rc;
+    }
+    for (size_t i = 0; i < sizeof(keyed) / sizeof(keyed[0]); i++) {
+        int rc = kv_worker_register_prefetch(reg, keyed[i], prefetch_key);
 
         if (rc != 0)
             return rc;

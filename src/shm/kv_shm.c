@@ -95,6 +95,30 @@ static void remove_found(struct kv_shm_store *s, uint64_t h, const void *key, si
         kv_shm_free(s, off);
 }
 
+void kv_shm_prefetch(struct kv_shm_store *s, const void *key, size_t klen, int stage)
+{
+    if (key_bad(s, key, klen))
+        return;
+    uint64_t h = kv_shm_hash(key, klen);
+    uint64_t *line = kv_shm_index_line(s, kv_shm_index_bucket(s, h));
+    if (!line)
+        return;
+    if (stage == 0) {
+        __builtin_prefetch(line, 0, 3);
+        __builtin_prefetch(&shm_stripe_of(s, h)->lock, 1, 3);
+        return;
+    }
+    uint16_t tag = (uint16_t)(h >> 48);
+    for (int i = 0; i < SHM_SLOTS; i++) {
+        uint64_t w = __atomic_load_n(&line[i], __ATOMIC_RELAXED);
+        uint64_t off = SHM_WORD_OFF(w);
+        if (w && SHM_WORD_TAG(w) == tag && off >= s->data_off && off < s->data_end) {
+            __builtin_prefetch(shm_ptr(s, off), 0, 3);
+            return;
+        }
+    }
+}
+
 int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
                void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
                uint64_t *version)

@@ -95,6 +95,14 @@ struct kv_shm_set_opts {
 int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
                size_t vlen, const struct kv_shm_set_opts *opts, uint64_t *new_version);
 
+/* A hint, no effect on the data: stage 0 prefetches the key's bucket and
+ * stripe lock into the cache, stage 1 (after stage 0 of a whole batch has
+ * had time to land) the item the bucket points to. Callers running a batch
+ * of lookups issue stage 0 for all, then stage 1 for all, then the
+ * lookups, so the batch's cache misses overlap instead of queueing. Reads
+ * without locks: it only ever computes an address to prefetch. */
+void kv_shm_prefetch(struct kv_shm_store *s, const void *key, size_t klen, int stage);
+
 /* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);
 

@@ -38,6 +38,13 @@ void kv_worker_registry_destroy(struct kv_worker_registry *reg);
  * opcode out of range, KV_EEXISTS when one is registered already. */
 int kv_worker_register(struct kv_worker_registry *reg, uint16_t opcode, kv_handler_fn fn,
                        void *ctx);
+/* An optional cache hint for an opcode's handler: called with stage 0, then
+ * 1, for every call of a window of a batch before the handlers run, so the
+ * window's memory misses overlap (see kv_shm_prefetch). */
+typedef void (*kv_prefetch_fn)(void *ctx, const struct kv_call *call, int stage);
+int kv_worker_register_prefetch(struct kv_worker_registry *reg, uint16_t opcode,
+                                kv_prefetch_fn fn);
+
 /* Runs the handler of call->opcode, or answers UNKNOWN_OPCODE. */
 void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call);
 

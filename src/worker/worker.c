@@ -19,8 +19,10 @@
 struct kv_worker_registry {
     struct {
         kv_handler_fn fn;
+        kv_prefetch_fn prefetch; /* may be NULL */
         void *ctx;
     } h[KV_WORKER_MAX_OPCODE]; /* ro after start */
+    int any_prefetch;          /* ro after start */
 };
 
 struct kv_worker_pool {
@@ -65,6 +67,29 @@ int kv_worker_register(struct kv_worker_registry *reg, uint16_t opcode, kv_handl
     return 0;
 }
 
+int kv_worker_register_prefetch(struct kv_worker_registry *reg, uint16_t opcode,
+                                kv_prefetch_fn fn)
+{
+    if (opcode >= KV_WORKER_MAX_OPCODE || !reg->h[opcode].fn)
+        return KV_EINVAL;
+    reg->h[opcode].prefetch = fn;
+    reg->any_prefetch = 1;
+    return 0;
+}
+
+/* Issues the cache hints of up to KV_PREFETCH_WINDOW calls from calls on. */
+#define KV_PREFETCH_WINDOW 16
+static void prefetch_window(const struct kv_worker_registry *reg, struct kv_call *calls)
+{
+    for (int stage = 0; stage < 2; stage++) {
+        struct kv_call *c = calls;
+
+        for (int n = 0; c && n < KV_PREFETCH_WINDOW; n++, c = c->next)
+            if (c->opcode < KV_WORKER_MAX_OPCODE && reg->h[c->opcode].prefetch)
+                reg->h[c->opcode].prefetch(reg->h[c->opcode].ctx, c, stage);
+    }
+}
+
 void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
 {
     call->status = KV_ST_OK;
@@ -80,12 +105,21 @@ void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
  * connection), so grouping consecutive runs is enough. */
 static void run_batch(struct kv_worker_pool *pool, struct kv_call *calls)
 {
+    const struct kv_worker_registry *reg = pool->reg;
+    unsigned since_hint = 0;
+
     while (calls) {
         struct kv_call *first = calls, *last = calls;
 
-        kv_worker_run(pool->reg, first);
+        if (reg->any_prefetch && since_hint == 0 && first->next)
+            prefetch_window(reg, first);
+        since_hint = (since_hint + 1) % KV_PREFETCH_WINDOW;
+        kv_worker_run(reg, first);
         while (last->next && last->next->origin == first->origin) {
-            kv_worker_run(pool->reg, last->next);
+            if (reg->any_prefetch && since_hint == 0)
+                prefetch_window(reg, last->next);
+            since_hint = (since_hint + 1) % KV_PREFETCH_WINDOW;
+            kv_worker_run(reg, last->next);
             last = last->next;
         }
         calls = last->next;
