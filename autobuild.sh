@@ -140,7 +140,7 @@ fuzz)
     for h in "${harnesses[@]}"; do
         clang "${cflags[@]}" -fsanitize=fuzzer "fuzz/$h.c" "${objs[@]}" "${libs[@]}" -o "$fb/$h"
     done
-    clang "${cflags[@]}" fuzz/gen_seeds.c "$fb/obj/io_frame.o" "$fb/obj/gen_kv.pb-c.o" \
+    clang "${cflags[@]}" fuzz/gen_seeds.c "$fb/obj/io_frame.o" "$fb/obj/io_crc32.o" "$fb/obj/gen_kv.pb-c.o" \
         "${libs[@]}" -o "$fb/gen_seeds"
     echo "[autobuild] fuzz harnesses built in $fb"
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
