@@ -320,6 +320,8 @@ static void test_worker_pool_inline_synchronous(void)
     CU_ASSERT_EQUAL(h.dones, 3);
     kv_worker_pool_stats(pool, &st);
     CU_ASSERT_EQUAL(st.queued, 0);
+    CU_ASSERT_EQUAL(st.batches, 1); /* inline batches are counted too */
+    CU_ASSERT_EQUAL(st.calls, 5);
     kv_worker_pool_stop(pool);
     kv_worker_pool_destroy(pool);
     kv_worker_registry_destroy(reg);

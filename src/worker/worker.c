@@ -226,6 +226,8 @@ void kv_worker_pool_submit(struct kv_worker_pool *pool, struct kv_call *calls)
     pthread_mutex_lock(&pool->lock);
     if (pool->nthreads == 0) {
         /* inline pool, or one already stopped: run in the caller */
+        pool->batches++;
+        pool->calls += n;
         pthread_mutex_unlock(&pool->lock);
         run_batch(pool, calls);
         return;
