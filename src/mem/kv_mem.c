@@ -13,6 +13,7 @@
 
 #include <assert.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -439,11 +440,7 @@ int64_t kv_mem_held_total(const struct kv_mem_snapshot *s)
     return t;
 }
 
-static size_t append(char *buf, size_t cap, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-#include <stdarg.h>
-static size_t append(char *buf, size_t cap, size_t len, const char *fmt, ...)
+size_t kv_mem_appendf(char *buf, size_t cap, size_t len, const char *fmt, ...)
 {
     va_list ap;
     int n;
@@ -470,19 +467,19 @@ size_t kv_mem_format(const struct kv_mem_snapshot *s, char *buf, size_t cap)
     if (cap == 0)
         return 0;
     buf[0] = '\0';
-    len = append(buf, cap, len, "%-12s %16s %14s %14s\n", "module", "bytes_held", "allocs",
+    len = kv_mem_appendf(buf, cap, len, "%-12s %16s %14s %14s\n", "module", "bytes_held", "allocs",
                  "frees");
     for (int i = 0; i < KV_MOD__COUNT; i++)
-        len = append(buf, cap, len, "%-12s %16lld %14llu %14llu\n", mod_names[i],
+        len = kv_mem_appendf(buf, cap, len, "%-12s %16lld %14llu %14llu\n", mod_names[i],
                      (long long)s->mod[i].bytes, (unsigned long long)s->mod[i].allocs,
                      (unsigned long long)s->mod[i].frees);
-    len = append(buf, cap, len, "%-12s %16lld\n", "TOTAL", (long long)kv_mem_held_total(s));
-    len = append(buf, cap, len, "in flight: connections %llu, messages %llu, requests %llu\n",
+    len = kv_mem_appendf(buf, cap, len, "%-12s %16lld\n", "TOTAL", (long long)kv_mem_held_total(s));
+    len = kv_mem_appendf(buf, cap, len, "in flight: connections %llu, messages %llu, requests %llu\n",
                  (unsigned long long)live(s, KV_MOD_CONNECTION),
                  (unsigned long long)live(s, KV_MOD_MESSAGE),
                  (unsigned long long)live(s, KV_MOD_REQUEST));
     for (int i = 0; i < KV_STAT__COUNT; i++)
-        len = append(buf, cap, len, "%s %llu\n", stat_names[i],
+        len = kv_mem_appendf(buf, cap, len, "%s %llu\n", stat_names[i],
                      (unsigned long long)s->stat[i]);
     return len;
 }

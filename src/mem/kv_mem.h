@@ -118,6 +118,11 @@ void kv_mem_snapshot(struct kv_mem_snapshot *out);
  * buf as text. Returns the length written (truncated to cap-1). */
 size_t kv_mem_format(const struct kv_mem_snapshot *s, char *buf, size_t cap);
 
+/* Appends printf output to buf[len..cap) for tables like the one above:
+ * returns the new length, truncated to cap - 1 (buf stays terminated). */
+size_t kv_mem_appendf(char *buf, size_t cap, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Bytes held by the modules of *s, summed; 0 means nothing leaked. */
 int64_t kv_mem_held_total(const struct kv_mem_snapshot *s);
 

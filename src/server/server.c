@@ -133,24 +133,6 @@ uint16_t kv_server_port(const struct kv_server *srv)
     return kv_io_port(srv->io);
 }
 
-static size_t appendf(char *buf, size_t cap, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static size_t appendf(char *buf, size_t cap, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (len + 1 >= cap)
-        return len;
-    va_start(ap, fmt);
-    n = vsnprintf(buf + len, cap - len, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return len;
-    return (size_t)n >= cap - len ? cap - 1 : len + (size_t)n;
-}
-
 size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
 {
     struct kv_mem_snapshot snap;
@@ -162,14 +144,14 @@ size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
     len = kv_mem_format(&snap, buf, cap);
     if (srv->pool) {
         kv_worker_pool_stats(srv->pool, &ws);
-        len = appendf(buf, cap, len,
+        len = kv_mem_appendf(buf, cap, len,
                       "worker_batches %llu\nworker_calls %llu\nworker_wakeups %llu\n"
                       "worker_queued %zu\n",
                       (unsigned long long)ws.batches, (unsigned long long)ws.calls,
                       (unsigned long long)ws.wakeups, ws.queued);
     }
     if (srv->store && kv_shm_stats(srv->store, &st) == 0) {
-        len = appendf(buf, cap, len,
+        len = kv_mem_appendf(buf, cap, len,
                       "store keys %llu, bytes used %llu of %llu (free %llu), index buckets "
                       "%llu (%llu bytes)\n"
                       "store hits %llu, misses %llu, evictions %llu, expired %llu, corrupt %llu\n"
