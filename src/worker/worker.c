@@ -77,17 +77,26 @@ int kv_worker_register_prefetch(struct kv_worker_registry *reg, uint16_t opcode,
     return 0;
 }
 
-/* Issues the cache hints of up to KV_PREFETCH_WINDOW calls from calls on. */
-#define KV_PREFETCH_WINDOW 16
-static void prefetch_window(const struct kv_worker_registry *reg, struct kv_call *calls)
-{
-    for (int stage = 0; stage < 2; stage++) {
-        struct kv_call *c = calls;
+/* Cache hints run ahead of execution in a software pipeline: stage 0
+ * (bucket) KV_HINT_AHEAD0 calls ahead, stage 1 (item, whose address needs
+ * the bucket) KV_HINT_AHEAD1 calls ahead, so each miss has several calls'
+ * worth of time to land. */
+#define KV_HINT_AHEAD0 8
+#define KV_HINT_AHEAD1 4
 
-        for (int n = 0; c && n < KV_PREFETCH_WINDOW; n++, c = c->next)
-            if (c->opcode < KV_WORKER_MAX_OPCODE && reg->h[c->opcode].prefetch)
-                reg->h[c->opcode].prefetch(reg->h[c->opcode].ctx, c, stage);
-    }
+struct hinter {
+    struct kv_call *at[2]; /* next call to hint, per stage */
+};
+
+static void hint(const struct kv_worker_registry *reg, struct hinter *h, int stage)
+{
+    struct kv_call *c = h->at[stage];
+
+    if (!c)
+        return;
+    if (c->opcode < KV_WORKER_MAX_OPCODE && reg->h[c->opcode].prefetch)
+        reg->h[c->opcode].prefetch(reg->h[c->opcode].ctx, c, stage);
+    h->at[stage] = c->next;
 }
 
 void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
@@ -106,24 +115,29 @@ void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
 static void run_batch(struct kv_worker_pool *pool, struct kv_call *calls)
 {
     const struct kv_worker_registry *reg = pool->reg;
-    unsigned since_hint = 0;
+    struct hinter h = {{calls, calls}};
+    int hints = reg->any_prefetch && calls->next;
 
+    for (int i = 0; hints && i < KV_HINT_AHEAD0; i++) {
+        hint(reg, &h, 0);
+        if (i < KV_HINT_AHEAD1)
+            hint(reg, &h, 1);
+    }
     while (calls) {
         struct kv_call *first = calls, *last = calls;
 
-        if (reg->any_prefetch && since_hint == 0 && first->next)
-            prefetch_window(reg, first);
-        since_hint = (since_hint + 1) % KV_PREFETCH_WINDOW;
-        kv_worker_run(reg, first);
-        while (last->next && last->next->origin == first->origin) {
-            if (reg->any_prefetch && since_hint == 0)
-                prefetch_window(reg, last->next);
-            since_hint = (since_hint + 1) % KV_PREFETCH_WINDOW;
-            kv_worker_run(reg, last->next);
+        for (;;) {
+            if (hints) {
+                hint(reg, &h, 0);
+                hint(reg, &h, 1);
+            }
+            kv_worker_run(reg, last);
+            if (!last->next || last->next->origin != first->origin)
+                break;
             last = last->next;
         }
         calls = last->next;
-        last->next = NULL;
+        last->next = NULL; /* the hinters are ahead of last: their chain is intact */
         pool->done(pool->done_ctx, first->origin, first);
     }
 }
