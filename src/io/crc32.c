@@ -46,15 +46,12 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t fold16(uint32_t crc, co
     return (uint32_t)_mm_extract_epi32(_mm_xor_si128(x, t), 1);
 }
 
-static int have_pclmul(void)
-{
-    static int known = -1; /* racy but idempotent: every thread computes the same */
+static int pclmul_ok; /* written once before main() */
 
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
-    }
-    return known;
+__attribute__((constructor)) static void pclmul_detect(void)
+{
+    __builtin_cpu_init();
+    pclmul_ok = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
 }
 #endif
 
@@ -78,7 +75,7 @@ uint32_t kv_crc32(uint32_t crc, const void *buf, size_t len)
     const uint8_t *p = buf;
 
 #if defined(__x86_64__)
-    if (len >= 16 && have_pclmul()) {
+    if (len >= 16 && pclmul_ok) {
         size_t n16 = len & ~(size_t)15;
         uint32_t c = ~fold16(~crc, p, n16);
 
