@@ -824,10 +824,7 @@ static void test_frame_crc32_equals_zlib_every_length(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } tests[] = {
+    static const struct kv_test_case tests[] = {
         {"test_frame_vectors_decode_exact", test_frame_vectors_decode_exact},
         {"test_frame_vectors_encode_from_fields", test_frame_vectors_encode_from_fields},
         {"test_frame_vectors_file", test_frame_vectors_file},
@@ -852,15 +849,6 @@ int main(void)
         {"test_frame_garbage_answers_documented", test_frame_garbage_answers_documented},
         {"test_frame_status_names", test_frame_status_names},
     };
-    CU_pSuite suite;
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite("frame", NULL, NULL);
-    if (!suite)
-        return 1;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            return 1;
-    return kv_test_run_all();
+    return kv_test_run_suite("frame", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -1038,10 +1038,7 @@ static void test_mem_obj_cache_counts_and_reuse(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } tests[] = {
+    static const struct kv_test_case tests[] = {
         {"test_mem_obj_cache_counts_and_reuse", test_mem_obj_cache_counts_and_reuse},
         {"test_mem_alloc_free_exact", test_mem_alloc_free_exact},
         {"test_mem_alloc_counts_per_module", test_mem_alloc_counts_per_module},
@@ -1069,15 +1066,6 @@ int main(void)
         {"test_mem_format_contents", test_mem_format_contents},
         {"test_mem_format_truncates", test_mem_format_truncates},
     };
-    CU_pSuite suite;
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite("mem", NULL, NULL);
-    if (!suite)
-        return 1;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            return 1;
-    return kv_test_run_all();
+    return kv_test_run_suite("mem", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -605,10 +605,7 @@ static void test_worker_pool_memory_accounting(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } tests[] = {
+    static const struct kv_test_case tests[] = {
         {"test_worker_register_rules", test_worker_register_rules},
         {"test_worker_run_dispatch", test_worker_run_dispatch},
         {"test_worker_pool_inline_synchronous", test_worker_pool_inline_synchronous},
@@ -620,15 +617,6 @@ int main(void)
         {"test_worker_pool_stop_idle_and_twice", test_worker_pool_stop_idle_and_twice},
         {"test_worker_pool_memory_accounting", test_worker_pool_memory_accounting},
     };
-    CU_pSuite suite;
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite("worker", NULL, NULL);
-    if (!suite)
-        return 1;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            return 1;
-    return kv_test_run_all();
+    return kv_test_run_suite("worker", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -63,6 +63,22 @@ int kv_test_run_all(void)
     return failed ? 1 : CU_get_error();
 }
 
+int kv_test_run_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
+                      const struct kv_test_case *tests, size_t n)
+{
+    CU_pSuite suite;
+
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    suite = CU_add_suite(name, init, clean);
+    if (!suite)
+        return 1;
+    for (size_t i = 0; i < n; i++)
+        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
+            return 1;
+    return kv_test_run_all();
+}
+
 uint16_t kv_test_free_port(void)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};

@@ -13,6 +13,16 @@
  * (non-zero when any test failed or the registry could not be built). */
 int kv_test_run_all(void);
 
+struct kv_test_case {
+    const char *name;
+    CU_TestFunc fn;
+};
+
+/* Builds the registry with one suite of n tests and runs it, as
+ * kv_test_run_all(); the usual main() of a suite. */
+int kv_test_run_suite(const char *suite, CU_InitializeFunc init, CU_CleanupFunc clean,
+                      const struct kv_test_case *tests, size_t n);
+
 struct kv_test_server {
     pid_t pid;
     uint16_t port;
