@@ -213,12 +213,29 @@ static int parse_key_req(const struct kv_call *call, struct key_req *k, uint32_t
     return rc;
 }
 
-static int check_key(struct kv_server *srv, struct kv_call *call, const struct key_req *k)
+/* The one key-length rule of every opcode: 1..--max-key bytes. Answers
+ * BAD_REQUEST and returns -1 when len breaks it. */
+static int check_key_len(struct kv_server *srv, struct kv_call *call, size_t len)
 {
-    if (k->klen == 0 || k->klen > srv->cfg->max_key) {
+    if (len == 0 || len > srv->cfg->max_key) {
         answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
         return -1;
     }
+    return 0;
+}
+
+static int check_key(struct kv_server *srv, struct kv_call *call, const struct key_req *k)
+{
+    return check_key_len(srv, call, k->klen);
+}
+
+/* check_key_len for every key of a repeated field. */
+static int check_keys(struct kv_server *srv, struct kv_call *call, const ProtobufCBinaryData *keys,
+                      size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (check_key_len(srv, call, keys[i].len) != 0)
+            return -1;
     return 0;
 }
 
@@ -520,11 +537,8 @@ static void handle_del(void *ctx, struct kv_call *call)
     m = (Kv__DelRequest *)unpack(call, &kv__del_request__descriptor, &b, &a);
     if (!m)
         return;
-    for (size_t i = 0; i < m->n_keys; i++)
-        if (m->keys[i].len == 0 || m->keys[i].len > srv->cfg->max_key) {
-            answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
-            goto out;
-        }
+    if (check_keys(srv, call, m->keys, m->n_keys) != 0)
+        goto out;
     for (size_t i = 0; i < m->n_keys; i++)
         if (kv_shm_del(srv->store, m->keys[i].data, m->keys[i].len) == 0)
             deleted++;
@@ -568,11 +582,8 @@ static void handle_mget(void *ctx, struct kv_call *call)
     if (!m)
         return;
     n = m->n_keys;
-    for (size_t i = 0; i < n; i++)
-        if (m->keys[i].len == 0 || m->keys[i].len > srv->cfg->max_key) {
-            answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
-            goto out;
-        }
+    if (check_keys(srv, call, m->keys, n) != 0)
+        goto out;
     entries = kv_mem_calloc(KV_MOD_PROTO, (n ? n : 1) * sizeof(*entries));
     ptrs = kv_mem_calloc(KV_MOD_PROTO, (n ? n : 1) * sizeof(*ptrs));
     if (!entries || !ptrs) {
@@ -634,10 +645,8 @@ static void handle_mset(void *ctx, struct kv_call *call)
     if (!m)
         return;
     for (size_t i = 0; i < m->n_pairs; i++)
-        if (m->pairs[i]->key.len == 0 || m->pairs[i]->key.len > srv->cfg->max_key) {
-            answer_error(call, KV_ST_BAD_REQUEST, "key must be 1..max-key bytes");
+        if (check_key_len(srv, call, m->pairs[i]->key.len) != 0)
             goto out;
-        }
     if (m->ttl_ms > (uint64_t)INT64_MAX) {
         answer_error(call, KV_ST_BAD_REQUEST, "ttl_ms out of range");
         goto out;
