@@ -366,7 +366,10 @@ static void test_bench_kvclient_seconds_bounds_the_run(void)
                     0);
     CU_ASSERT_EQUAL_FATAL(n, 1);
     secs = strtod(strstr(lines[0], "\"seconds\":") + 10, NULL);
-    CU_ASSERT(secs >= 0.3 && secs < 15.0);
+    /* the clock starts once every connection is up; allow a scheduling tick */
+    CU_ASSERT(secs >= 0.25 && secs < 15.0);
+    if (!(secs >= 0.25 && secs < 15.0))
+        fprintf(stderr, "\n  bench line: %s\n", lines[0]);
     CU_ASSERT(json_u64(lines[0], "requests") > 0);
 }
 
