@@ -10,7 +10,12 @@
  * decodes every whole frame into a request and appends it to the thread's
  * batch; an ev_prepare watcher (run just before the loop blocks) then
  * dispatches the whole batch at once and flushes every connection that got
- * output, with one sendmsg each. Worker results arrive through ev_async. */
+ * output, with one send each. Worker results arrive through ev_async.
+ *
+ * A finished answer is laid out wire-ready (header, body, crc) at the end of
+ * its connection's chain of output buffers and its request is freed at
+ * once: the bytes of a whole batch leave in one contiguous send, and the
+ * receive buffer the request pointed into is free for the next read. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -29,7 +34,8 @@
 
 #define KV_IO_MAX_INFLIGHT 4096  /* requests per connection before reading pauses */
 #define KV_IO_MIN_TAIL 512       /* a smaller free tail is not worth a read */
-#define KV_IO_IOV_REQS 128       /* responses per sendmsg */
+#define KV_IO_IOV_MAX 64         /* output buffers per sendmsg */
+#define KV_IO_OBUF 16384u        /* output buffer size (larger answers get their own) */
 
 static __thread struct kv_io_thread *current_thread;
 
@@ -88,6 +94,8 @@ static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
     memset(&r->call, 0, sizeof(r->call));
     r->call.origin = c->thr;
     r->call.session = &c->session;
+    r->call.scratch = r->scratch;
+    r->call.scratch_cap = sizeof(r->scratch);
     r->conn = c;
     r->msg = m;
     r->out_next = NULL;
@@ -154,7 +162,14 @@ static void conn_close(struct kv_io_conn *c)
         }
     }
     c->out_tail = NULL;
-    c->out_bytes = c->out_off = 0;
+    while (c->ob_head) {
+        struct kv_io_obuf *b = c->ob_head;
+
+        c->ob_head = b->next;
+        kv_mem_buf_put(b, b->pool_cap);
+    }
+    c->ob_tail = NULL;
+    c->out_bytes = 0;
     msg_unref(c->cur);
     c->cur = NULL;
     conn_mark_flush(c); /* conn_settle frees it once no request refers to it */
@@ -207,31 +222,40 @@ static void conn_enqueue(struct kv_io_conn *c, struct kv_io_req *r)
     c->out_tail = r;
 }
 
-/* The answer of r is ready: lay out its bytes and let flush write it. */
-static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
+/* Returns room for n more bytes at the end of c's output, in the last
+ * buffer or a new one; the caller lays them out and adds n to its len. */
+static uint8_t *out_reserve(struct kv_io_conn *c, size_t n)
 {
-    const struct kv_io_textproto *text = &c->thr->io->text;
+    struct kv_io_obuf *b = c->ob_tail;
+    size_t want, cap;
 
+    if (b && b->cap - b->len >= n)
+        return b->data + b->len;
+    want = sizeof(*b) + n > KV_IO_OBUF ? sizeof(*b) + n : KV_IO_OBUF;
+    b = kv_mem_buf_get(want, &cap);
+    if (!b)
+        return NULL;
+    b->next = NULL;
+    b->cap = cap - sizeof(*b);
+    b->len = b->off = 0;
+    b->pool_cap = cap;
+    if (c->ob_tail)
+        c->ob_tail->next = b;
+    else
+        c->ob_head = b;
+    c->ob_tail = b;
+    return b->data;
+}
+
+/* Lays out the answer of r at the end of c's output. */
+static int out_append(struct kv_io_conn *c, const struct kv_io_req *r)
+{
+    uint8_t *p = out_reserve(c, r->out_len);
+
+    if (!p)
+        return KV_ENOMEM;
     if (c->proto == KV_PROTO_TEXT) {
-        uint8_t *out = NULL;
-        size_t len = 0;
-
-        if (r->call.tag != UINT32_MAX && text->reply(text->ctx, &r->call, &out, &len) != 0) {
-            kv_io_log(c->thr->io, 0, "out of memory for a reply; closing connection");
-            conn_close(c);
-            return;
-        }
-        if (r->call.tag != UINT32_MAX) { /* UINT32_MAX: the reply is in resp already */
-            if (r->call.resp_owned)
-                kv_mem_free(KV_MOD_PACKET, r->call.resp);
-            r->call.resp = out;
-            r->call.resp_len = (uint32_t)len;
-            r->call.resp_owned = 1;
-        }
-        r->iov[0].iov_base = r->call.resp;
-        r->iov[0].iov_len = r->call.resp_len;
-        r->niov = 1;
-        r->out_len = r->call.resp_len;
+        memcpy(p, r->call.resp, r->call.resp_len);
     } else {
         struct kv_frame f = {
             .version = KV_FRAME_VERSION,
@@ -242,19 +266,63 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
             .status = r->call.status,
         };
 
-        kv_frame_encode_header(&f, r->hdr);
-        kv_put_le32(r->crc, kv_frame_crc(r->hdr, r->call.resp, r->call.resp_len));
-        r->iov[0].iov_base = r->hdr;
-        r->iov[0].iov_len = KV_FRAME_HDR;
-        r->iov[1].iov_base = r->call.resp;
-        r->iov[1].iov_len = r->call.resp_len;
-        r->iov[2].iov_base = r->crc;
-        r->iov[2].iov_len = KV_FRAME_CRC;
-        r->niov = 3;
-        r->out_len = KV_FRAME_OVERHEAD + r->call.resp_len;
-        if (!r->queued) /* --in-order queued it when it was parsed */
-            conn_enqueue(c, r);
+        kv_frame_encode_header(&f, p);
+        if (r->call.resp_len)
+            memcpy(p + KV_FRAME_HDR, r->call.resp, r->call.resp_len);
+        kv_put_le32(p + KV_FRAME_HDR + r->call.resp_len,
+                    kv_crc32(0, p, KV_FRAME_HDR + r->call.resp_len));
     }
+    c->ob_tail->len += r->out_len;
+    return 0;
+}
+
+/* Lays out every finished answer at the head of the queue (the rest wait
+ * for an earlier answer) and frees their requests. */
+static int conn_drain(struct kv_io_conn *c)
+{
+    while (c->out_head && c->out_head->done) {
+        struct kv_io_req *r = c->out_head;
+
+        if (out_append(c, r) != 0)
+            return KV_ENOMEM;
+        c->out_head = r->out_next;
+        if (!c->out_head)
+            c->out_tail = NULL;
+        kv_mem_stat_add(KV_STAT_RESPONSES, 1);
+        req_free(r);
+    }
+    return 0;
+}
+
+/* The answer of r is ready: lay it out (now, or once the answers before it
+ * are) and let flush write it. */
+static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
+{
+    const struct kv_io_textproto *text = &c->thr->io->text;
+
+    if (c->proto == KV_PROTO_TEXT) {
+        uint8_t *out = NULL;
+        size_t len = 0;
+
+        if (r->call.tag != UINT32_MAX && text->reply(text->ctx, &r->call, &out, &len) != 0) {
+            kv_io_log(c->thr->io, 0, "out of memory for a reply; closing connection");
+            r->done = 1; /* queued since it was parsed: conn_close frees it */
+            conn_close(c);
+            return;
+        }
+        if (r->call.tag != UINT32_MAX) { /* UINT32_MAX: the reply is in resp already */
+            if (r->call.resp_owned)
+                kv_mem_free(KV_MOD_PACKET, r->call.resp);
+            r->call.resp = out;
+            r->call.resp_len = (uint32_t)len;
+            r->call.resp_owned = 1;
+        }
+        r->out_len = r->call.resp_len;
+    } else {
+        r->out_len = KV_FRAME_OVERHEAD + r->call.resp_len;
+    }
+    if (!r->queued) /* binary: queued when done; text and --in-order: when parsed */
+        conn_enqueue(c, r);
     r->done = 1;
     c->out_bytes += r->out_len;
     conn_mark_flush(c);
@@ -264,6 +332,11 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
         kv_io_log(c->thr->io, 1, "fd %d: %zu bytes of output pending, above "
                   "--output-hard-limit; closing", c->fd, c->out_bytes);
         kv_mem_stat_add(KV_STAT_OUTPUT_LIMIT, 1);
+        conn_close(c);
+        return;
+    }
+    if (conn_drain(c) != 0) {
+        kv_io_log(c->thr->io, 0, "out of memory for output; closing connection");
         conn_close(c);
     }
 }
@@ -306,43 +379,28 @@ static void conn_update_reading(struct kv_io_conn *c)
     c->reading = (uint8_t)want;
 }
 
-/* Writes as much finished output as the socket takes, in queue order. */
+/* Writes as much laid-out output as the socket takes. */
 static void conn_flush(struct kv_io_conn *c)
 {
-    struct iovec iov[KV_IO_IOV_REQS * 3];
-
-    while (c->out_head && c->out_head->done && !c->closed) {
-        struct msghdr mh = {.msg_iov = iov};
-        size_t total = 0, skip = c->out_off;
-        struct kv_io_req *r;
+    while (c->ob_head && !c->closed) {
+        struct iovec iov[KV_IO_IOV_MAX];
+        struct kv_io_obuf *b;
+        size_t total = 0, left;
         ssize_t n;
         int k = 0;
 
-        for (r = c->out_head; r && r->done && k < KV_IO_IOV_REQS * 3 - 2; r = r->out_next) {
-            for (int p = 0; p < r->niov; p++) {
-                size_t len = r->iov[p].iov_len;
+        for (b = c->ob_head; b && k < KV_IO_IOV_MAX; b = b->next, k++) {
+            iov[k].iov_base = b->data + b->off;
+            iov[k].iov_len = b->len - b->off;
+            total += b->len - b->off;
+        }
+        if (k == 1) {
+            n = send(c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)k};
 
-                if (skip >= len) {
-                    skip -= len;
-                    continue;
-                }
-                iov[k].iov_base = (uint8_t *)r->iov[p].iov_base + skip;
-                iov[k].iov_len = len - skip;
-                total += len - skip;
-                skip = 0;
-                k++;
-            }
+            n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         }
-        if (k == 0) { /* only empty answers (an empty text reply cannot happen) */
-            r = c->out_head;
-            c->out_head = r->out_next;
-            if (!c->out_head)
-                c->out_tail = NULL;
-            req_free(r);
-            continue;
-        }
-        mh.msg_iovlen = (size_t)k;
-        n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -354,24 +412,27 @@ static void conn_flush(struct kv_io_conn *c)
         kv_mem_stat_add(KV_STAT_BYTES_OUT, (uint64_t)n);
         c->out_bytes -= (size_t)n;
         c->last_active = ev_now(c->thr->loop);
-        /* retire every answer now fully written */
-        size_t pos = c->out_off + (size_t)n;
-        while (c->out_head && c->out_head->done && pos >= c->out_head->out_len) {
-            pos -= c->out_head->out_len;
-            r = c->out_head;
-            c->out_head = r->out_next;
-            kv_mem_stat_add(KV_STAT_RESPONSES, 1);
-            req_free(r);
+        /* retire every buffer now fully written */
+        for (left = (size_t)n; left;) {
+            size_t take;
+
+            b = c->ob_head;
+            take = b->len - b->off < left ? b->len - b->off : left;
+            b->off += take;
+            left -= take;
+            if (b->off == b->len) {
+                c->ob_head = b->next;
+                kv_mem_buf_put(b, b->pool_cap);
+            }
         }
-        if (!c->out_head)
-            c->out_tail = NULL;
-        c->out_off = pos;
+        if (!c->ob_head)
+            c->ob_tail = NULL;
         if ((size_t)n < total)
             break; /* the socket is full: wait until it is writable */
     }
     if (c->closed)
         return;
-    if (c->out_head && c->out_head->done)
+    if (c->ob_head)
         ev_io_start(c->thr->loop, &c->ww);
     else
         ev_io_stop(c->thr->loop, &c->ww);
@@ -382,7 +443,7 @@ static void conn_flush(struct kv_io_conn *c)
  * one place where connections are freed (from the prepare watcher). */
 static void conn_settle(struct kv_io_conn *c)
 {
-    if (!c->closed && c->closing && c->inflight == 0 && !c->out_head)
+    if (!c->closed && c->closing && c->inflight == 0 && !c->out_head && !c->ob_head)
         conn_close(c);
     if (c->closed) {
         if (c->inflight == 0 && !c->on_flush)

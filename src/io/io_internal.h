@@ -28,23 +28,36 @@ struct kv_io_msg {
     unsigned refs;       /* io-thread only: live requests + 1 while current */
 };
 
+/* Answers up to this size are built in the request itself (call.scratch):
+ * a GET of a value of up to ~200 bytes allocates no response packet. */
+#define KV_IO_SCRATCH 232
+
 /* One request: the call the workers see, plus what the IO thread needs to
- * answer it. Freed once its response is written (or its peer is gone). */
+ * answer it. Freed as soon as its answer has been copied into the
+ * connection's output buffers (or its peer is gone). */
 struct kv_io_req {
     struct kv_call call;         /* first: kv_io_complete casts back */
     struct kv_io_conn *conn;     /* borrowed: the conn lives while requests do */
     struct kv_io_msg *msg;       /* borrowed: pinned (refs) until freed; NULL for errors */
     struct kv_io_req *out_next;  /* io-thread only: output queue link */
     uint64_t request_id;
-    struct iovec iov[3];         /* the answer's bytes, once done */
-    size_t out_len;              /* their total */
+    size_t out_len;              /* bytes of the answer on the wire, once done */
     size_t wire_len;             /* bytes the request took on the wire (backpressure) */
-    uint8_t niov;
-    uint8_t done;                /* answer ready: may be written */
+    uint8_t done;                /* answer ready: may be laid out */
     uint8_t queued;              /* on the conn's output queue */
     uint8_t body_owned;          /* call.body is KV_MOD_PACKET memory (text protocol) */
-    uint8_t hdr[KV_FRAME_HDR];   /* response header, built when done */
-    uint8_t crc[KV_FRAME_CRC];   /* response crc */
+    uint8_t scratch[KV_IO_SCRATCH] __attribute__((aligned(8))); /* call.scratch */
+};
+
+/* One output buffer (a pool buffer with this header in front): answers laid
+ * out back to back, wire-ready, written in order. */
+struct kv_io_obuf {
+    struct kv_io_obuf *next;     /* owned: the next buffer of the chain */
+    size_t cap;                  /* bytes of data[] */
+    size_t len;                  /* bytes laid out */
+    size_t off;                  /* bytes already written */
+    size_t pool_cap;             /* what kv_mem_buf_get returned, for the put */
+    uint8_t data[];
 };
 
 enum { KV_PROTO_UNKNOWN, KV_PROTO_BINARY, KV_PROTO_TEXT };
@@ -55,10 +68,12 @@ struct kv_io_conn {                  /* io-thread only */
     int fd;                          /* owned: closed in conn_close */
     struct kv_io_thread *thr;        /* borrowed: outlives the conn */
     struct kv_io_msg *cur;           /* owned ref: message being filled */
-    struct kv_io_req *out_head;      /* owned: responses waiting to be written */
+    struct kv_io_req *out_head;      /* owned: requests whose answers wait for
+                                      * an earlier one (text, --in-order) */
     struct kv_io_req *out_tail;
-    size_t out_off;                  /* bytes of out_head already written */
-    size_t out_bytes;                /* pending output bytes */
+    struct kv_io_obuf *ob_head;      /* owned: laid-out answers not yet written */
+    struct kv_io_obuf *ob_tail;
+    size_t out_bytes;                /* pending output bytes (queued + laid out) */
     unsigned inflight;               /* requests with the workers */
     struct kv_session session;       /* shared with handlers (atomics) */
     struct kv_io_conn *prev, *next;  /* thread's connection list */

@@ -43,8 +43,10 @@ struct kv_call {
     struct kv_session *session;/* borrowed: outlives the call */
     const uint8_t *body;       /* borrowed: request body, points into a receive buffer */
     uint8_t *resp;             /* response body: owned (KV_MOD_PACKET) when resp_owned */
+    uint8_t *scratch;          /* borrowed, may be NULL: room the caller lends for resp */
     uint32_t body_len;
     uint32_t resp_len;
+    uint32_t scratch_cap;      /* bytes at scratch */
     uint32_t tag;              /* opaque to handlers: a text-protocol adapter's note to itself */
     uint16_t opcode;
     uint16_t status;           /* out: KV_ST_* */

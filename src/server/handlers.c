@@ -33,6 +33,29 @@ enum {
 #define KV_SCAN_MAX 1000 /* keys are <= max-key bytes: a page stays a few MiB */
 
 /* ---- answers ------------------------------------------------------------- */
+/* Points call->resp at n bytes: the caller's scratch room when it lends
+ * enough (no allocation: the common small answer), else a packet. */
+static uint8_t *resp_alloc(struct kv_call *call, size_t n)
+{
+    if (n <= call->scratch_cap) {
+        call->resp = call->scratch;
+        call->resp_owned = 0;
+        return call->resp;
+    }
+    call->resp = kv_mem_alloc(KV_MOD_PACKET, n);
+    call->resp_owned = call->resp != NULL;
+    return call->resp;
+}
+
+/* Gives back what resp_alloc took, for an answer that changed its mind. */
+static void resp_release(struct kv_call *call)
+{
+    if (call->resp_owned)
+        kv_mem_free(KV_MOD_PACKET, call->resp);
+    call->resp = NULL;
+    call->resp_owned = 0;
+}
+
 static void answer_error(struct kv_call *call, uint16_t status, const char *msg)
 {
     Kv__Error e = KV__ERROR__INIT;
@@ -44,11 +67,9 @@ static void answer_error(struct kv_call *call, uint16_t status, const char *msg)
         return;
     e.message = (char *)msg;
     n = kv__error__get_packed_size(&e);
-    call->resp = kv_mem_alloc(KV_MOD_PACKET, n);
-    if (!call->resp)
+    if (!resp_alloc(call, n))
         return; /* the status alone still answers */
     call->resp_len = (uint32_t)kv__error__pack(&e, call->resp);
-    call->resp_owned = 1;
 }
 
 /* Maps a store code to its status and a message. */
@@ -75,12 +96,10 @@ static void answer_store_error(struct kv_call *call, int rc)
 /* Allocates a response packet of up to cap bytes. */
 static uint8_t *packet(struct kv_call *call, size_t cap)
 {
-    call->resp = kv_mem_alloc(KV_MOD_PACKET, cap);
-    if (!call->resp) {
+    if (!resp_alloc(call, cap)) {
         answer_error(call, KV_ST_INTERNAL, NULL);
         return NULL;
     }
-    call->resp_owned = 1;
     return call->resp;
 }
 
@@ -306,26 +325,27 @@ static void handle_ping(void *ctx, struct kv_call *call)
 /* GET copies the value straight into the response packet: the store calls
  * get_alloc with the exact length, under its lock. */
 struct get_out {
-    uint8_t *pkt;
+    struct kv_call *call;
     size_t prefix;
 };
 
 static void *get_alloc(void *ctx, size_t len)
 {
     struct get_out *g = ctx;
+    uint8_t *p;
 
     g->prefix = 1 + pb_varint_len(len);
-    g->pkt = kv_mem_alloc(KV_MOD_PACKET, g->prefix + len + 11);
-    if (!g->pkt)
+    p = resp_alloc(g->call, g->prefix + len + 11);
+    if (!p)
         return NULL;
-    pb_put_len_prefix(g->pkt, 1, len);
-    return g->pkt + g->prefix;
+    pb_put_len_prefix(p, 1, len);
+    return p + g->prefix;
 }
 
 static void handle_get(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
-    struct get_out g = {0};
+    struct get_out g = {.call = call};
     struct key_req k;
     size_t vlen = 0;
     uint64_t version = 0;
@@ -335,14 +355,12 @@ static void handle_get(void *ctx, struct kv_call *call)
         return;
     rc = kv_shm_get(srv->store, k.key, k.klen, get_alloc, &g, &vlen, &version);
     if (rc != 0) {
-        kv_mem_free(KV_MOD_PACKET, g.pkt);
+        resp_release(call);
         answer_store_error(call, rc);
         return;
     }
-    call->resp = g.pkt;
-    call->resp_owned = 1;
-    call->resp_len = (uint32_t)(g.prefix + vlen + pb_put_uint_field(g.pkt + g.prefix + vlen, 2,
-                                                                     version));
+    call->resp_len = (uint32_t)(g.prefix + vlen + pb_put_uint_field(call->resp + g.prefix + vlen,
+                                                                     2, version));
     call->status = KV_ST_OK;
 }
 
