@@ -9,6 +9,7 @@
  * result is always exactly zlib's crc32(): test_frame checks every length. */
 #include "frame.h"
 
+#include <string.h>
 #include <zlib.h>
 
 #if defined(__x86_64__)
@@ -55,19 +56,52 @@ __attribute__((constructor)) static void pclmul_detect(void)
 }
 #endif
 
-/* A byte-at-a-time table for the tails (< 16 bytes) of the folded path:
- * cheaper than a call into zlib, whose set-up dominates for a few bytes. */
-static uint32_t tail_table[256];
+/* Slicing-by-8 tables for the tails (< 16 bytes) of the folded path and for
+ * short buffers: a tail costs at most three dependent steps instead of up to
+ * fifteen byte steps (which were half of the crc time of a 40-byte frame). */
+static uint32_t slice[8][256];
 
-__attribute__((constructor)) static void tail_table_init(void)
+__attribute__((constructor)) static void slice_init(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
 
         for (int k = 0; k < 8; k++)
             c = c & 1 ? (c >> 1) ^ 0xEDB88320u : c >> 1;
-        tail_table[i] = c;
+        slice[0][i] = c;
     }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            slice[t][i] = (slice[t - 1][i] >> 8) ^ slice[0][slice[t - 1][i] & 0xff];
+}
+
+/* The crc state (not inverted) after len more bytes, len < 16 in practice. */
+static uint32_t crc_short(uint32_t c, const uint8_t *p, size_t len)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ /* the slices load words little-endian */
+    for (; len >= 8; p += 8, len -= 8) {
+        uint64_t v;
+
+        memcpy(&v, p, 8);
+        v ^= c;
+        c = slice[7][v & 0xff] ^ slice[6][(v >> 8) & 0xff] ^ slice[5][(v >> 16) & 0xff] ^
+            slice[4][(v >> 24) & 0xff] ^ slice[3][(v >> 32) & 0xff] ^
+            slice[2][(v >> 40) & 0xff] ^ slice[1][(v >> 48) & 0xff] ^ slice[0][v >> 56];
+    }
+    if (len >= 4) {
+        uint32_t v;
+
+        memcpy(&v, p, 4);
+        v ^= c;
+        c = slice[3][v & 0xff] ^ slice[2][(v >> 8) & 0xff] ^ slice[1][(v >> 16) & 0xff] ^
+            slice[0][v >> 24];
+        p += 4;
+        len -= 4;
+    }
+#endif
+    while (len--)
+        c = slice[0][(c ^ *p++) & 0xff] ^ (c >> 8);
+    return c;
 }
 
 uint32_t kv_crc32(uint32_t crc, const void *buf, size_t len)
@@ -77,16 +111,13 @@ uint32_t kv_crc32(uint32_t crc, const void *buf, size_t len)
 #if defined(__x86_64__)
     if (len >= 16 && pclmul_ok) {
         size_t n16 = len & ~(size_t)15;
-        uint32_t c = ~fold16(~crc, p, n16);
+        uint32_t c = fold16(~crc, p, n16);
 
-        p += n16;
-        len -= n16;
-        c = ~c; /* tail_table is filled before main() */
-        while (len--)
-            c = tail_table[(c ^ *p++) & 0xff] ^ (c >> 8);
-        return ~c;
+        return ~crc_short(c, p + n16, len - n16); /* tables are filled before main() */
     }
 #endif
+    if (len < 64)
+        return ~crc_short(~crc, p, len);
     /* zlib takes uInt lengths; callers' buffers are bounded by max_body */
-    return len ? (uint32_t)crc32(crc, p, (uInt)len) : crc;
+    return (uint32_t)crc32(crc, p, (uInt)len);
 }

@@ -77,6 +77,9 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
     if (err[0])
         kv_server_log(cfg, 1, "store: %s", err);
     err[0] = '\0';
+    if (kv_shm_huge_bytes(srv->store) == 0)
+        kv_server_log(cfg, 2, "store: the segment is not on huge pages; lookups run faster "
+                      "when its tmpfs allows them (README, \"Huge pages\")");
     rc = kv_worker_registry_create(&srv->reg);
     if (rc == 0)
         rc = kv_server_handlers_register(srv, srv->reg);
@@ -155,7 +158,8 @@ size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
                       "store keys %llu, bytes used %llu of %llu (free %llu), index buckets "
                       "%llu (%llu bytes)\n"
                       "store hits %llu, misses %llu, evictions %llu, expired %llu, corrupt %llu\n"
-                      "store generation %llu, recovered %d (kept %llu, dropped %llu, %.1f ms)\n",
+                      "store generation %llu, recovered %d (kept %llu, dropped %llu, %.1f ms)\n"
+                      "store mapped on huge pages %llu bytes\n",
                       (unsigned long long)st.keys, (unsigned long long)st.bytes_used,
                       (unsigned long long)st.segment_size, (unsigned long long)st.bytes_free,
                       (unsigned long long)st.index_buckets, (unsigned long long)st.index_bytes,
@@ -163,7 +167,8 @@ size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
                       (unsigned long long)st.evictions, (unsigned long long)st.expired,
                       (unsigned long long)st.corrupt, (unsigned long long)st.generation,
                       st.recovered, (unsigned long long)st.recovered_items,
-                      (unsigned long long)st.dropped_items, (double)st.recovery_ns / 1e6);
+                      (unsigned long long)st.dropped_items, (double)st.recovery_ns / 1e6,
+                      (unsigned long long)st.huge_bytes);
     }
     return len;
 }

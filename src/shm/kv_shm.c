@@ -655,6 +655,7 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
                     __atomic_load_n(&h->lines, __ATOMIC_RELAXED) * SHM_LINE;
     o.bytes_used = used;
     o.bytes_free = fr;
+    o.huge_bytes = kv_shm_huge_bytes(s);
     *out = o;
     return 0;
 }

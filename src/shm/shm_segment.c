@@ -434,3 +434,29 @@ int kv_shm_store_unlink(const struct kv_config *cfg)
         return 0;
     return errno == ENOENT ? KV_ENOTFOUND : KV_EIO;
 }
+
+uint64_t kv_shm_huge_bytes(const struct kv_shm_store *s)
+{
+    char line[256], want[32];
+    uint64_t kb = 0;
+    int in = 0;
+    FILE *f = fopen("/proc/self/smaps", "r");
+
+    if (!f)
+        return 0;
+    snprintf(want, sizeof(want), "%" PRIxPTR "-", (uintptr_t)s->base);
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long v;
+
+        if (strchr(line, '-') && strchr(line, ' ') && strchr(line, '-') < strchr(line, ' ')) {
+            if (in)
+                break; /* the next mapping: ours is done */
+            in = strncmp(line, want, strlen(want)) == 0;
+        } else if (in && (sscanf(line, "ShmemPmdMapped: %llu kB", &v) == 1 ||
+                          sscanf(line, "FilePmdMapped: %llu kB", &v) == 1)) {
+            kb += v;
+        }
+    }
+    fclose(f);
+    return kb * 1024;
+}
