@@ -1232,10 +1232,11 @@ static void test_shm_prefetch_is_only_a_hint(void)
     CU_ASSERT_EQUAL(kv_shm_set(s, "here", 4, "value", 5, NULL, NULL), 0);
     memset(big, 'k', sizeof(big));
     for (int stage = 0; stage < 2; stage++) {
-        kv_shm_prefetch(s, "here", 4, stage);
-        kv_shm_prefetch(s, "absent", 6, stage);
-        kv_shm_prefetch(s, "", 0, stage);
-        kv_shm_prefetch(s, big, sizeof(big), stage);
+        kv_shm_prefetch(s, kv_shm_key_hash("here", 4), stage);
+        kv_shm_prefetch(s, kv_shm_key_hash("absent", 6), stage);
+        kv_shm_prefetch(s, kv_shm_key_hash("", 0), stage);
+        kv_shm_prefetch(s, ~0ull, stage);
+        kv_shm_prefetch(s, kv_shm_key_hash(big, sizeof(big)), stage);
     }
     CU_ASSERT_EQUAL(getv(s, "here", &v, NULL), 0);
     CU_ASSERT(v.len == 5 && memcmp(v.p, "value", 5) == 0);

@@ -47,6 +47,11 @@ struct kv_call {
     uint32_t body_len;
     uint32_t resp_len;
     uint32_t scratch_cap;      /* bytes at scratch */
+    /* opaque to the framework: what a prefetch hook noted for the handler
+     * (e.g. the key it hashed, and the hash); hint_ptr NULL = nothing */
+    const uint8_t *hint_ptr;
+    uint64_t hint;
+    uint32_t hint_len;
     uint32_t tag;              /* opaque to handlers: a text-protocol adapter's note to itself */
     uint16_t opcode;
     uint16_t status;           /* out: KV_ST_* */

@@ -183,6 +183,24 @@ static void account(enum kv_mod mod, int64_t bytes, int alloc)
     counter_inc(alloc ? &s->allocs[mod] : &s->frees[mod], 1);
 }
 
+/* Two rows at once (an object moving between the cache and a module): one
+ * slot lookup for both. */
+static void account2(enum kv_mod a, int64_t da, int alloc_a, enum kv_mod b, int64_t db,
+                     int alloc_b)
+{
+    struct kv_mem_slot *s = slot_get();
+
+    if (__builtin_expect(s == NULL, 0)) {
+        account(a, da, alloc_a);
+        account(b, db, alloc_b);
+        return;
+    }
+    counter_add(&s->bytes[a], da);
+    counter_inc(alloc_a ? &s->allocs[a] : &s->frees[a], 1);
+    counter_add(&s->bytes[b], db);
+    counter_inc(alloc_b ? &s->allocs[b] : &s->frees[b], 1);
+}
+
 void kv_mem_stat_add(enum kv_stat stat, uint64_t n)
 {
     struct kv_mem_slot *s = slot_get();
@@ -352,12 +370,12 @@ void *kv_mem_obj_get(enum kv_mod mod, size_t size)
     if (p) {
         my_objs.head[cls] = *(void **)p;
         my_objs.bytes -= cap;
-        account(KV_MOD_POOL, -(int64_t)cap, 0);
-    } else {
-        p = malloc(cap);
-        if (!p)
-            return NULL;
+        account2(KV_MOD_POOL, -(int64_t)cap, 0, mod, (int64_t)cap, 1);
+        return p;
     }
+    p = malloc(cap);
+    if (!p)
+        return NULL;
     account(mod, (int64_t)cap, 1);
     return p;
 }
@@ -372,15 +390,15 @@ void kv_mem_obj_put(enum kv_mod mod, void *p, size_t size)
         kv_mem_free(mod, p);
         return;
     }
-    account(mod, -(int64_t)cap, 0);
     if (my_objs.bytes + cap > KV_OBJ_CACHE_BYTES) {
+        account(mod, -(int64_t)cap, 0);
         free(p);
         return;
     }
     *(void **)p = my_objs.head[cls];
     my_objs.head[cls] = p;
     my_objs.bytes += cap;
-    account(KV_MOD_POOL, (int64_t)cap, 1);
+    account2(mod, -(int64_t)cap, 0, KV_MOD_POOL, (int64_t)cap, 1);
 }
 
 void kv_mem_pool_drain(void)

@@ -311,6 +311,16 @@ static void handle_auth(void *ctx, struct kv_call *call)
     answer_error(call, KV_ST_NOAUTH, "wrong password");
 }
 
+/* The store hash of k's key: the one prefetch_key noted when it hashed the
+ * very same bytes (a body may repeat the key field: the decoder's last one
+ * wins, the hint saw the first), else computed now. */
+static uint64_t key_hash(const struct kv_call *call, const struct key_req *k)
+{
+    if (call->hint_ptr == (const uint8_t *)k->key && call->hint_len == k->klen)
+        return call->hint;
+    return kv_shm_key_hash(k->key, k->klen);
+}
+
 /* ---- opcodes ----------------------------------------------------------------- */
 static void handle_ping(void *ctx, struct kv_call *call)
 {
@@ -353,7 +363,8 @@ static void handle_get(void *ctx, struct kv_call *call)
 
     if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
-    rc = kv_shm_get(srv->store, k.key, k.klen, get_alloc, &g, &vlen, &version);
+    rc = kv_shm_get_h(srv->store, k.key, k.klen, key_hash(call, &k), get_alloc, &g, &vlen,
+                      &version);
     if (rc != 0) {
         resp_release(call);
         answer_store_error(call, rc);
@@ -459,7 +470,8 @@ static void handle_set(void *ctx, struct kv_call *call)
         set_return_old(srv, call, &k, &o);
         return;
     }
-    rc = kv_shm_set(srv->store, k.key, k.klen, k.value, k.vlen, &o, &version);
+    rc = kv_shm_set_h(srv->store, k.key, k.klen, key_hash(call, &k), k.value, k.vlen, &o,
+                      &version);
     if (rc != 0) {
         answer_store_error(call, rc);
         return;
@@ -851,15 +863,25 @@ static void handle_flush(void *ctx, struct kv_call *call)
     answer_uints(call, before, 0);
 }
 
-/* Cache hint for the single-key opcodes: the key is field 1 of the body. */
-static void prefetch_key(void *ctx, const struct kv_call *call, int stage)
+/* Cache hint for the single-key opcodes: the key is field 1 of the body.
+ * Stage 0 hashes it once and notes key and hash in the call, for stage 1
+ * and the handler (key_hash). */
+static void prefetch_key(void *ctx, struct kv_call *call, int stage)
 {
     struct kv_server *srv = ctx;
-    struct pb_reader r = {call->body, call->body + call->body_len};
-    struct pb_field f;
 
-    if (pb_next(&r, &f) == 1 && f.number == 1 && f.wire == 2)
-        kv_shm_prefetch(srv->store, f.data, f.len, stage);
+    if (stage == 0) {
+        struct pb_reader r = {call->body, call->body + call->body_len};
+        struct pb_field f;
+
+        if (pb_next(&r, &f) != 1 || f.number != 1 || f.wire != 2)
+            return;
+        call->hint_ptr = f.data;
+        call->hint_len = (uint32_t)f.len;
+        call->hint = kv_shm_key_hash(f.data, f.len);
+    }
+    if (call->hint_ptr)
+        kv_shm_prefetch(srv->store, call->hint, stage);
 }
 
 int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry *reg)

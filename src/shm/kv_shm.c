@@ -10,6 +10,7 @@
  * Lock rules: see shm_int.h. Here: one stripe lock at a time, never held across a call
  * back into the caller (scan collects keys first), except get's alloc callback, which the
  * API documents runs under the lock. */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -95,11 +96,13 @@ static void remove_found(struct kv_shm_store *s, uint64_t h, const void *key, si
         kv_shm_free(s, off);
 }
 
-void kv_shm_prefetch(struct kv_shm_store *s, const void *key, size_t klen, int stage)
+uint64_t kv_shm_key_hash(const void *key, size_t klen)
 {
-    if (key_bad(s, key, klen))
-        return;
-    uint64_t h = kv_shm_hash(key, klen);
+    return kv_shm_hash(key, klen);
+}
+
+void kv_shm_prefetch(struct kv_shm_store *s, uint64_t h, int stage)
+{
     uint64_t *line = kv_shm_index_line(s, kv_shm_index_bucket(s, h));
     if (!line)
         return;
@@ -123,9 +126,18 @@ int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
                void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
                uint64_t *version)
 {
+    if (key_bad(s, key, klen))
+        return KV_EINVAL;
+    return kv_shm_get_h(s, key, klen, kv_shm_hash(key, klen), alloc, ctx, vlen, version);
+}
+
+int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
+                 void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                 uint64_t *version)
+{
     if (key_bad(s, key, klen) || !alloc)
         return KV_EINVAL;
-    uint64_t h = kv_shm_hash(key, klen);
+    assert(h == kv_shm_hash(key, klen));
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     pthread_rwlock_rdlock(&st->lock);
@@ -193,12 +205,21 @@ static int64_t expiry_at(int64_t now, int64_t ttl_ms)
 int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
                size_t vlen, const struct kv_shm_set_opts *o, uint64_t *new_version)
 {
+    if (key_bad(s, key, klen))
+        return KV_EINVAL;
+    return kv_shm_set_h(s, key, klen, kv_shm_hash(key, klen), val, vlen, o, new_version);
+}
+
+int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
+                 const void *val, size_t vlen, const struct kv_shm_set_opts *o,
+                 uint64_t *new_version)
+{
     static const struct kv_shm_set_opts none;
     if (!o)
         o = &none;
     if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX || o->ttl_ms < 0)
         return KV_EINVAL;
-    uint64_t h = kv_shm_hash(key, klen);
+    assert(h == kv_shm_hash(key, klen));
     int64_t now = kv_shm_now_ms();
     uint64_t off;
     unsigned cls;

@@ -95,13 +95,29 @@ struct kv_shm_set_opts {
 int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
                size_t vlen, const struct kv_shm_set_opts *opts, uint64_t *new_version);
 
-/* A hint, no effect on the data: stage 0 prefetches the key's bucket and
- * stripe lock into the cache, stage 1 (after stage 0 of a whole batch has
- * had time to land) the item the bucket points to. Callers running a batch
- * of lookups issue stage 0 for all, then stage 1 for all, then the
- * lookups, so the batch's cache misses overlap instead of queueing. Reads
- * without locks: it only ever computes an address to prefetch. */
-void kv_shm_prefetch(struct kv_shm_store *s, const void *key, size_t klen, int stage);
+/* The store's hash of a key, for the _h calls and kv_shm_prefetch: a
+ * caller that looks a key up more than once (hint, then the operation)
+ * hashes it once. */
+uint64_t kv_shm_key_hash(const void *key, size_t klen);
+
+/* kv_shm_get and kv_shm_set with the key's hash already computed: hash MUST
+ * be kv_shm_key_hash(key, klen) (a different one files the key where
+ * lookups do not find it; debug builds check). */
+int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t hash,
+                 void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                 uint64_t *version);
+int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t hash,
+                 const void *val, size_t vlen, const struct kv_shm_set_opts *opts,
+                 uint64_t *new_version);
+
+/* A hint, no effect on the data, for the key of hash kv_shm_key_hash(): stage
+ * 0 prefetches the key's bucket and stripe lock into the cache, stage 1
+ * (after stage 0 of a whole batch has had time to land) the item the bucket
+ * points to. Callers running a batch of lookups issue stage 0 for all, then
+ * stage 1 for all, then the lookups, so the batch's cache misses overlap
+ * instead of queueing. Reads without locks: it only ever computes an address
+ * to prefetch, and any hash is harmless. */
+void kv_shm_prefetch(struct kv_shm_store *s, uint64_t hash, int stage);
 
 /* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);

@@ -94,11 +94,38 @@ uint64_t kv_shm_index_active(const struct kv_shm_store *s)
     return (1ull << L) + p;
 }
 
+/* The state word changes once per bucket split and a directory word once
+ * per index page, while every lookup reads both: each thread keeps the words
+ * it validated last, with what they decoded to (a pure function of the word,
+ * and of n_pages for the directory), and checks a word again only when it
+ * differs. The check is unchanged; it is just not repeated for the same
+ * bits. */
+static __thread struct {
+    uint64_t w, p;
+    unsigned L;
+    int valid;
+} state_seen;
+
+#define DIR_SEEN 8
+static __thread struct {
+    uint64_t e, n_pages, pi;
+    int valid;
+} dir_seen[DIR_SEEN];
+
 uint64_t kv_shm_index_bucket(const struct kv_shm_store *s, uint64_t h)
 {
     unsigned L = SHM_INIT_LEVEL;
     uint64_t p = 0;
-    kv_shm_state_parse(__atomic_load_n(&s->hdr->state, __ATOMIC_ACQUIRE), &L, &p);
+    uint64_t w = __atomic_load_n(&s->hdr->state, __ATOMIC_ACQUIRE);
+    if (state_seen.valid && state_seen.w == w) {
+        L = state_seen.L;
+        p = state_seen.p;
+    } else if (kv_shm_state_parse(w, &L, &p) == 0) {
+        state_seen.w = w;
+        state_seen.L = L;
+        state_seen.p = p;
+        state_seen.valid = 1;
+    }
     uint64_t b = h & ((1ull << L) - 1);
     if (b < p)
         b = h & ((2ull << L) - 1);
@@ -110,8 +137,18 @@ uint64_t *kv_shm_index_line(const struct kv_shm_store *s, uint64_t b)
     uint64_t chunk = b / SHM_PAGE_BUCKETS, pi;
     if (chunk >= s->n_dir)
         return NULL;
-    if (kv_shm_dir_parse(s, __atomic_load_n(&s->dir[chunk], __ATOMIC_ACQUIRE), &pi))
-        return NULL;
+    uint64_t e = __atomic_load_n(&s->dir[chunk], __ATOMIC_ACQUIRE);
+    unsigned k = (unsigned)(chunk % DIR_SEEN);
+    if (dir_seen[k].valid && dir_seen[k].e == e && dir_seen[k].n_pages == s->n_pages) {
+        pi = dir_seen[k].pi;
+    } else {
+        if (kv_shm_dir_parse(s, e, &pi))
+            return NULL;
+        dir_seen[k].e = e;
+        dir_seen[k].n_pages = s->n_pages;
+        dir_seen[k].pi = pi;
+        dir_seen[k].valid = 1;
+    }
     return shm_ptr(s, shm_page_base(s, pi) + (b % SHM_PAGE_BUCKETS) * SHM_LINE);
 }
 

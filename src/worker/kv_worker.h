@@ -41,9 +41,12 @@ int kv_worker_register(struct kv_worker_registry *reg, uint16_t opcode, kv_handl
 /* An optional cache hint for an opcode's handler: called with stage 0, then
  * 1, for every call of a window of a batch before the handlers run, so the
  * window's memory misses overlap (see kv_shm_prefetch). */
-typedef void (*kv_prefetch_fn)(void *ctx, const struct kv_call *call, int stage);
+typedef void (*kv_prefetch_fn)(void *ctx, struct kv_call *call, int stage);
 int kv_worker_register_prefetch(struct kv_worker_registry *reg, uint16_t opcode,
                                 kv_prefetch_fn fn);
+
+/* Runs the prefetch hook of call->opcode for stage, if it has one. */
+void kv_worker_prefetch(const struct kv_worker_registry *reg, struct kv_call *call, int stage);
 
 /* Runs the handler of call->opcode, or answers UNKNOWN_OPCODE. */
 void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call);

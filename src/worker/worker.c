@@ -88,14 +88,19 @@ struct hinter {
     struct kv_call *at[2]; /* next call to hint, per stage */
 };
 
+void kv_worker_prefetch(const struct kv_worker_registry *reg, struct kv_call *call, int stage)
+{
+    if (call->opcode < KV_WORKER_MAX_OPCODE && reg->h[call->opcode].prefetch)
+        reg->h[call->opcode].prefetch(reg->h[call->opcode].ctx, call, stage);
+}
+
 static void hint(const struct kv_worker_registry *reg, struct hinter *h, int stage)
 {
     struct kv_call *c = h->at[stage];
 
     if (!c)
         return;
-    if (c->opcode < KV_WORKER_MAX_OPCODE && reg->h[c->opcode].prefetch)
-        reg->h[c->opcode].prefetch(reg->h[c->opcode].ctx, c, stage);
+    kv_worker_prefetch(reg, c, stage);
     h->at[stage] = c->next;
 }
 
