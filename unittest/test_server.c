@@ -305,6 +305,66 @@ static void test_server_mget_mset(void)
     free(r.body);
 }
 
+/* MGET of many keys (several lookup windows), present and absent, repeated,
+ * with values of 0 to 20,000 bytes (one- to three-byte length prefixes,
+ * answers growing from the request's scratch room into a packet): every
+ * entry decodes with protobuf-c to exactly what GET answers. */
+static void test_server_mget_many_keys_exact(void)
+{
+    enum { N = 70 };
+    static char names[N][24];
+    static uint8_t big[20000];
+    ProtobufCBinaryData keys[N];
+    Kv__MGetRequest mg = KV__MGET_REQUEST__INIT;
+    uint64_t ver[N] = {0};
+    struct result r;
+
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (uint8_t)(i * 7 + 3);
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof(names[i]), "mg:%d", i % 50); /* keys 50.. repeat */
+        keys[i] = bin(names[i]);
+    }
+    for (int i = 0; i < 50; i += 2) { /* even keys exist, value size grows with i */
+        Kv__SetRequest m = KV__SET_REQUEST__INIT;
+        size_t vlen = i == 0 ? 0 : i == 48 ? sizeof(big) : (size_t)i * 13;
+
+        m.key = keys[i];
+        m.value.data = big;
+        m.value.len = vlen;
+        r = run(2, &m.base);
+        CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+        Kv__SetResponse *sr = kv__set_response__unpack(NULL, r.len, r.body);
+        ver[i] = sr ? sr->version : 0;
+        kv__set_response__free_unpacked(sr, NULL);
+        free(r.body);
+    }
+    for (int n = 1; n <= N; n += 23) {
+        mg.n_keys = (size_t)n;
+        mg.keys = keys;
+        r = run(6, &mg.base);
+        CU_ASSERT_EQUAL_FATAL(r.status, KV_ST_OK);
+        Kv__MGetResponse *g = kv__mget_response__unpack(NULL, r.len, r.body);
+        CU_ASSERT_FATAL(g != NULL);
+        CU_ASSERT_EQUAL_FATAL(g->n_entries, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            int k = i % 50;
+            size_t vlen = k == 0 ? 0 : k == 48 ? sizeof(big) : (size_t)k * 13;
+
+            if (k % 2) {
+                CU_ASSERT(!g->entries[i]->found);
+                continue;
+            }
+            CU_ASSERT(g->entries[i]->found);
+            CU_ASSERT_EQUAL(g->entries[i]->version, ver[k]);
+            CU_ASSERT_EQUAL(g->entries[i]->value.len, vlen);
+            CU_ASSERT(vlen == 0 || memcmp(g->entries[i]->value.data, big, vlen) == 0);
+        }
+        kv__mget_response__free_unpacked(g, NULL);
+        free(r.body);
+    }
+}
+
 static int64_t expire(const char *k, Kv__ExpireRequest__Action a, uint64_t ms, uint16_t *st)
 {
     Kv__ExpireRequest m = KV__EXPIRE_REQUEST__INIT;
@@ -602,6 +662,7 @@ int main(void)
                 test_server_wire_types_checked_like_protobuf);
     CU_add_test(s, "test_server_mget_answer_bounded_by_max_body",
                 test_server_mget_answer_bounded_by_max_body);
+    CU_add_test(s, "test_server_mget_many_keys_exact", test_server_mget_many_keys_exact);
     CU_add_test(s, "test_server_repeated_key_field_last_wins",
                 test_server_repeated_key_field_last_wins);
     CU_add_test(s, "test_server_no_heap_left_behind", test_server_no_heap_left_behind);

@@ -577,86 +577,185 @@ out:
     protobuf_c_message_free_unpacked(&m->base, &a);
 }
 
-struct mget_val {
-    uint8_t *data;
-    size_t *budget; /* bytes of values the answer may still carry */
+/* MGET answers are encoded straight into the response packet, entry by
+ * entry, values copied from the store under its lock: no decode of the
+ * request into allocated messages, no per-value buffer, no second pass to
+ * pack. The answer never grows past --max-body: a small MGET naming one big
+ * key many times must not make the server allocate without bound. */
+#define MGET_WINDOW 16 /* keys whose cache misses are overlapped at once */
+#define MGET_GAP 5     /* room left for an entry's length prefix */
+
+struct mget_out {
+    struct kv_call *call;
+    uint8_t *buf;  /* call->scratch or owned (KV_MOD_PACKET) */
+    size_t len, cap, limit;
+    size_t entry;  /* where the entry being written starts */
+    int too_big;   /* the answer would pass limit */
+    int oom;
 };
 
-/* Refuses (KV_ENOMEM from the store) a value that would take the answer
- * past --max-body: a small MGET naming one big key many times must not
- * make the server allocate without bound. */
-static void *mget_alloc(void *ctx, size_t len)
+/* Room for n more bytes, growing the packet (doubling) up to limit. */
+static int mget_room(struct mget_out *o, size_t n)
 {
-    struct mget_val *v = ctx;
+    size_t cap = o->cap;
+    uint8_t *nb;
 
-    if (len > *v->budget)
+    if (o->len + n <= o->cap)
+        return 0;
+    if (o->len + n > o->limit) {
+        o->too_big = 1;
+        return -1;
+    }
+    while (cap < o->len + n)
+        cap = cap && cap * 2 < o->limit ? cap * 2 : o->limit;
+    if (o->buf == o->call->scratch) {
+        nb = kv_mem_alloc(KV_MOD_PACKET, cap);
+        if (nb)
+            memcpy(nb, o->buf, o->len);
+    } else {
+        nb = kv_mem_realloc(KV_MOD_PACKET, o->buf, cap);
+    }
+    if (!nb) {
+        o->oom = 1;
+        return -1;
+    }
+    o->buf = nb;
+    o->cap = cap;
+    return 0;
+}
+
+/* The store's alloc callback (under its lock): lays out the entry up to the
+ * value and returns where the value goes. The entry's length prefix is
+ * written once its version is known (mget_entry_end). */
+static void *mget_alloc(void *ctx, size_t vlen)
+{
+    struct mget_out *o = ctx;
+    uint8_t *p;
+
+    if (mget_room(o, 1 + MGET_GAP + 2 + 1 + 10 + vlen + 11) != 0)
         return NULL;
-    *v->budget -= len;
-    v->data = kv_mem_alloc(KV_MOD_PROTO, len ? len : 1);
-    return v->data;
+    o->entry = o->len;
+    p = o->buf + o->len + 1 + MGET_GAP;
+    p[0] = 0x08; /* found = true */
+    p[1] = 1;
+    p += 2;
+    p += pb_put_len_prefix(p, 2, vlen);
+    return p;
+}
+
+static void mget_entry_end(struct mget_out *o, size_t vlen, uint64_t version)
+{
+    uint8_t *start = o->buf + o->entry;
+    uint8_t *content = start + 1 + MGET_GAP;
+    size_t clen = 2 + 1 + pb_varint_len(vlen) + vlen, pl;
+
+    clen += pb_put_uint_field(content + clen, 3, version);
+    pl = pb_put_len_prefix(start, 1, clen); /* tag + prefix <= 1 + MGET_GAP bytes */
+    if (pl != 1 + MGET_GAP)
+        memmove(start + pl, content, clen);
+    o->len = o->entry + pl + clen;
+}
+
+/* Looks up a window of keys: hashes and cache hints for all first, so
+ * their misses overlap, then the lookups, each appending its entry. */
+static int mget_window(struct kv_server *srv, struct mget_out *o, const struct pb_field *keys,
+                       size_t n)
+{
+    uint64_t h[MGET_WINDOW];
+
+    for (size_t i = 0; i < n; i++) {
+        h[i] = kv_shm_key_hash(keys[i].data, keys[i].len);
+        kv_shm_prefetch(srv->store, h[i], 0);
+    }
+    for (size_t i = 0; n > 1 && i < n; i++)
+        kv_shm_prefetch(srv->store, h[i], 1);
+    for (size_t i = 0; i < n; i++) {
+        size_t vlen = 0;
+        uint64_t version = 0;
+        int rc = kv_shm_get_h(srv->store, keys[i].data, keys[i].len, h[i], mget_alloc, o,
+                              &vlen, &version);
+
+        if (rc == 0) {
+            mget_entry_end(o, vlen, version);
+            continue;
+        }
+        if (o->too_big || o->oom)
+            return -1;
+        /* absent, expired or failed its checksum: an empty entry (found = false) */
+        if (mget_room(o, 2) != 0)
+            return -1;
+        o->buf[o->len++] = 0x0a;
+        o->buf[o->len++] = 0;
+    }
+    return 0;
 }
 
 static void handle_mget(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
-    ProtobufCAllocator a;
-    struct pb_budget b;
-    Kv__MGetRequest *m;
-    Kv__MGetResponse resp = KV__MGET_RESPONSE__INIT;
-    Kv__MGetEntry *entries = NULL, **ptrs = NULL;
-    size_t n, budget = srv->cfg->max_body;
+    struct pb_reader r = {call->body, call->body + call->body_len};
+    struct pb_field f, win[MGET_WINDOW];
+    struct mget_out o = {.call = call, .limit = srv->cfg->max_body};
+    size_t n = 0, k = 0;
+    int rc;
 
     if (!authed(srv, call))
         return;
-    m = (Kv__MGetRequest *)unpack(call, &kv__mget_request__descriptor, &b, &a);
-    if (!m)
+    /* the whole body is checked (wire types, key lengths) before any lookup */
+    while ((rc = pb_next(&r, &f)) == 1) {
+        if (f.number != 1)
+            continue; /* unknown fields are skipped, as protobuf does */
+        if (f.wire != 2) {
+            rc = -1;
+            break;
+        }
+        if (check_key_len(srv, call, f.len) != 0)
+            return;
+        n++;
+    }
+    if (rc != 0) {
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
         return;
-    n = m->n_keys;
-    if (check_keys(srv, call, m->keys, n) != 0)
-        goto out;
-    entries = kv_mem_calloc(KV_MOD_PROTO, (n ? n : 1) * sizeof(*entries));
-    ptrs = kv_mem_calloc(KV_MOD_PROTO, (n ? n : 1) * sizeof(*ptrs));
-    if (!entries || !ptrs) {
-        answer_error(call, KV_ST_INTERNAL, "out of memory");
-        goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        kv__mget_entry__init(&entries[i]);
-        ptrs[i] = &entries[i];
+    o.cap = 64 + n * 24; /* misses; grown as values come */
+    if (o.cap <= call->scratch_cap) {
+        o.buf = call->scratch;
+        o.cap = call->scratch_cap;
+    } else {
+        o.cap = o.cap < o.limit ? o.cap : o.limit;
+        o.buf = kv_mem_alloc(KV_MOD_PACKET, o.cap);
+        if (!o.buf) {
+            answer_error(call, KV_ST_INTERNAL, "out of memory");
+            return;
+        }
     }
-    for (size_t i = 0; i < n; i++) {
-        struct mget_val v = {NULL, &budget};
-        size_t vlen = 0;
-        uint64_t version = 0;
-        int rc;
-
-        rc = kv_shm_get(srv->store, m->keys[i].data, m->keys[i].len, mget_alloc, &v, &vlen,
-                        &version);
-        if (rc == KV_ENOMEM && !v.data) {
+    r.p = call->body;
+    while (pb_next(&r, &f) == 1) {
+        if (f.number != 1)
+            continue;
+        win[k++] = f;
+        if (k == MGET_WINDOW) {
+            if (mget_window(srv, &o, win, k) != 0)
+                break;
+            k = 0;
+        }
+    }
+    if (!o.too_big && !o.oom && k)
+        mget_window(srv, &o, win, k);
+    if (o.too_big || o.oom) {
+        if (o.buf != call->scratch)
+            kv_mem_free(KV_MOD_PACKET, o.buf);
+        if (o.too_big)
             answer_error(call, KV_ST_TOO_LARGE,
                          "the answer would exceed --max-body: ask for fewer keys");
-            goto out_values;
-        }
-        if (rc == 0) {
-            entries[i].found = 1;
-            entries[i].value.data = v.data;
-            entries[i].value.len = vlen;
-            entries[i].version = version;
-        } else {
-            kv_mem_free(KV_MOD_PROTO, v.data);
-        }
+        else
+            answer_error(call, KV_ST_INTERNAL, "out of memory");
+        return;
     }
-    resp.n_entries = n;
-    resp.entries = ptrs;
-    answer_packed(call, &resp.base);
-out_values:
-    for (size_t i = 0; i < n; i++)
-        if (entries[i].found)
-            kv_mem_free(KV_MOD_PROTO, entries[i].value.data);
-out:
-    kv_mem_free(KV_MOD_PROTO, entries);
-    kv_mem_free(KV_MOD_PROTO, ptrs);
-    protobuf_c_message_free_unpacked(&m->base, &a);
+    call->resp = o.buf;
+    call->resp_owned = o.buf != call->scratch;
+    call->resp_len = (uint32_t)o.len;
+    call->status = KV_ST_OK;
 }
 
 static void handle_mset(void *ctx, struct kv_call *call)

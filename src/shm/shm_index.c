@@ -173,10 +173,12 @@ struct shm_item *kv_shm_item_check(const struct kv_shm_store *s, uint64_t w)
     } else {
         if (c >= s->n_classes || e != PM_MAKE(PM_SLAB, c))
             return NULL;
-        const struct shm_class *k = &s->cls[c];
-        if (in % k->chunk_size || in / k->chunk_size >= k->per_page)
+        /* in / size by a multiply: in < 2^16 and size < 2^16 keep it exact */
+        _Static_assert(SHM_PAGE <= 65536 && SHM_MAX_CHUNK < 65536, "reciprocal division");
+        uint64_t q = (in * s->crecip[c]) >> 32;
+        if (in != q * s->csize[c] || q >= s->cper[c])
             return NULL;
-        cap = k->chunk_size;
+        cap = s->csize[c];
     }
     struct shm_item *it = shm_ptr(s, off);
     if (it->magic != SHM_ITEM_MAGIC || it->cls != c ||

@@ -157,6 +157,11 @@ struct kv_shm_store {
     uint64_t data_off, n_pages, n_dir, data_end; /* ro after open */
     unsigned n_classes;                          /* ro after open */
     uint8_t class_of[SHM_MAX_CHUNK / 8 + 1];     /* ro after open: size/8 (rounded up) -> class */
+    /* ro after open, process-local copies of the class table: chunk size,
+     * chunks per page, and ceil(2^32 / size), so that checking an item's
+     * offset divides by multiplying (exact for offsets within a page) */
+    uint32_t csize[SHM_MAX_CLASSES], cper[SHM_MAX_CLASSES];
+    uint64_t crecip[SHM_MAX_CLASSES];
     int crash_at, crash_site;                    /* ro after open: test fault injection */
     int crash_n;                                 /* atomic: crash points passed */
     int recovered;                               /* ro after open */

@@ -85,6 +85,11 @@ static void store_wire(struct kv_shm_store *s, const struct layout *l)
     s->data_end = l->data_off + (l->n_pages << SHM_PAGE_SHIFT);
     uint32_t sizes[SHM_MAX_CLASSES];
     s->n_classes = kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
+    for (unsigned k = 0; k < s->n_classes; k++) {
+        s->csize[k] = sizes[k];
+        s->cper[k] = SHM_PAGE / sizes[k];
+        s->crecip[k] = ((1ull << 32) + sizes[k] - 1) / sizes[k];
+    }
     unsigned c = 0;
     for (unsigned i = 0; i <= SHM_MAX_CHUNK / 8; i++) {
         while (sizes[c] < i * 8)
