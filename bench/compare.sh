@@ -13,6 +13,11 @@
 #               -DNDEBUG; NOTE programs land in ./bin (CMake's output dir),
 #               replacing whatever build is there
 #   --rows LIST comma-separated subset of: get1,set1,get16,set16,lat,mget
+#   --huge yes|no|auto
+#               libevkv's store on huge pages (README, "Huge pages"): a private
+#               tmpfs mounted with huge=always (root only) holds the store
+#               (--data-file), and libevkv-4k runs the default /dev/shm segment
+#               next to it; auto (default) = yes when root
 #   --nice N    run every server and the client under `nice -n N` (N < 0 needs
 #               root): on a machine shared with other jobs, the measured
 #               processes then take precedence; the CPU line below tells how
@@ -20,9 +25,13 @@
 #   env LIBEVKV_ARGS   extra libevkv options (e.g. "--workers 0")
 #
 # Systems, each on loopback on a private port (127.0.0.1, chosen free):
-#   libevkv       ./bin/libevkv (defaults for threads), private shm segment
-#                 /libevkv-compare-PID, --memory 512m; driven with binary
-#                 frames, and with RESP (libevkv-resp) on the same port
+#   libevkv       ./bin/libevkv (defaults for threads), --memory 512m, its store
+#                 on huge pages when --huge (a file on a private huge=always
+#                 tmpfs), else the private shm segment /libevkv-compare-PID;
+#                 driven with binary frames, and with RESP (libevkv-resp) on
+#                 the same port
+#   libevkv-4k    with --huge only: the same on a /dev/shm segment (4 KiB
+#                 pages, the out-of-the-box setting), binary frames
 #   redis         redis-server --save '' --appendonly no (io-threads 1), RESP
 #   memcached-t1  memcached -t 1 -m 512 -U 0; gets are meta `mg k v`
 #   memcached-t2  the same with -t 2
@@ -41,6 +50,7 @@ secs=2.5
 build=0
 rows_sel=get1,set1,get16,set16,lat,mget
 prio=()
+huge=auto
 while (($#)); do
     case $1 in
     --quick) runs=1 secs=1 ;;
@@ -49,6 +59,7 @@ while (($#)); do
     --build) build=1 ;;
     --rows) rows_sel=$2; shift ;;
     --nice) prio=(nice -n "$2"); shift ;;
+    --huge) huge=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -67,11 +78,13 @@ fi
 tmp=$(mktemp -d /tmp/compare.XXXXXX)
 shm=/libevkv-compare-$$
 pids=()
+hugedir=
 stop_all() {
     local p
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -f "/dev/shm$shm"
+    rm -f "/dev/shm$shm" "/dev/shm$shm-4k"
+    [[ -n $hugedir ]] && umount "$hugedir" 2>/dev/null || true
 }
 trap 'stop_all; rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
@@ -107,10 +120,27 @@ start() { # NAME CMD...
     pids+=($!)
     wait_port "${port[$name]}" $! "$name"
 }
-for s in libevkv redis mc1 mc2 echo; do port[$s]=$(pick_port); done
+[[ $huge == auto ]] && { [[ $(id -u) == 0 ]] && huge=yes || huge=no; }
+store=(--shm-name "$shm")
+if [[ $huge == yes ]]; then
+    mkdir -p "$tmp/huge"
+    if mount -t tmpfs -o huge=always,size=600m,mode=0700 tmpfs "$tmp/huge"; then
+        hugedir=$tmp/huge
+        store=(--data-file "$hugedir/store")
+    else
+        echo "compare.sh: cannot mount a huge=always tmpfs (needs root); running without" >&2
+        huge=no
+    fi
+fi
+for s in libevkv libevkv4k redis mc1 mc2 echo; do port[$s]=$(pick_port); done
 # shellcheck disable=SC2086
-start libevkv ./bin/libevkv --bind 127.0.0.1 --port "${port[libevkv]}" --shm-name $shm \
+start libevkv ./bin/libevkv --bind 127.0.0.1 --port "${port[libevkv]}" "${store[@]}" \
     --memory 512m --log-level warn ${LIBEVKV_ARGS:-}
+if [[ $huge == yes ]]; then
+    # shellcheck disable=SC2086
+    start libevkv4k ./bin/libevkv --bind 127.0.0.1 --port "${port[libevkv4k]}" \
+        --shm-name "$shm-4k" --memory 512m --log-level warn ${LIBEVKV_ARGS:-}
+fi
 start redis redis-server --bind 127.0.0.1 --port "${port[redis]}" --save '' --appendonly no \
     --daemonize no --protected-mode no --io-threads 1
 mcuser=()
@@ -121,11 +151,13 @@ start echo ./bin/echo_server -p "${port[echo]}" -d 100
 
 # system -> "server-port protocol"
 systems=(libevkv libevkv-resp redis memcached-t1 memcached-t2 echo-binary echo-resp echo-memcache)
+[[ $huge == yes ]] && systems=(libevkv libevkv-4k "${systems[@]:1}")
 declare -A sport sproto
-sport=([libevkv]=${port[libevkv]} [libevkv-resp]=${port[libevkv]} [redis]=${port[redis]}
+sport=([libevkv]=${port[libevkv]} [libevkv-resp]=${port[libevkv]} [libevkv-4k]=${port[libevkv4k]:-0}
+    [redis]=${port[redis]}
     [memcached-t1]=${port[mc1]} [memcached-t2]=${port[mc2]} [echo-binary]=${port[echo]}
     [echo-resp]=${port[echo]} [echo-memcache]=${port[echo]})
-sproto=([libevkv]=binary [libevkv-resp]=resp [redis]=resp [memcached-t1]=memcache
+sproto=([libevkv]=binary [libevkv-resp]=resp [libevkv-4k]=binary [redis]=resp [memcached-t1]=memcache
     [memcached-t2]=memcache [echo-binary]=binary [echo-resp]=resp [echo-memcache]=memcache)
 # row -> kvclient bench arguments
 declare -A rowargs=([get1]="-t get -c 50 -P 1" [set1]="-t set -c 50 -P 1"
@@ -146,6 +178,11 @@ dirty=$({ git status --porcelain --untracked-files=no 2>/dev/null || true; } | h
 echo "# libevkv comparison, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "# git $rev${dirty:+ (uncommitted changes)}; $(nproc) cores: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | sort -u | head -1)"
 echo "# libevkv $(readelf -S bin/libevkv 2>/dev/null | grep -q debug_info && echo 'DEBUG build (has debug info)' || echo 'release build (no debug info)') ${LIBEVKV_ARGS:-(default threads)}; $(redis-server --version | awk '{print $3}') $(memcached -V)"
+if [[ $huge == yes ]]; then
+    echo "# libevkv store on huge pages (private huge=always tmpfs, --data-file; README \"Huge pages\"); libevkv-4k: /dev/shm, 4 KiB pages"
+else
+    echo "# libevkv store on /dev/shm (4 KiB pages unless its tmpfs allows huge pages; see --huge)"
+fi
 echo "# $runs run(s) of ${secs} s per cell, interleaved${prio:+, under ${prio[*]}}; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # CPU accounting: jiffies the machine was busy, and jiffies of our own
@@ -215,7 +252,7 @@ print("%-15s %-14s %11s %9s %9s %8s %8s %8s %8s" % ("workload", "system", "req/s
       "p99 us", "/libevkv", "/redis", "/mc best", "/echo"))
 for row in rows:
     mc = max(("memcached-t1", "memcached-t2"), key=lambda s: m(row, s, "rps"))
-    for s in ["libevkv", "libevkv-resp", "redis", "memcached-t1", "memcached-t2",
+    for s in ["libevkv", "libevkv-4k", "libevkv-resp", "redis", "memcached-t1", "memcached-t2",
               "echo-binary", "echo-resp", "echo-memcache"]:
         if (row, s) not in med:
             continue
@@ -233,30 +270,33 @@ print("ratios: /libevkv, /redis, /mc best = req/s over that system's median in t
       "(mc best = the faster of memcached -t 1 / -t 2);")
 print("/echo = req/s over echo_server's median in the same row and the same protocol.")
 print("MGET rows count requests of 10 keys: keys/s = 10 x req/s.")
-print()
-print("issue 8 targets (libevkv, binary):")
 def tgt(ok, text):
     print("  [%s] %s" % ("ok" if ok else "MISS", text))
-for row in rows:
-    kv = m(row, "libevkv", "rps")
-    rd = m(row, "redis", "rps")
-    mc = max(m(row, "memcached-t1", "rps"), m(row, "memcached-t2", "rps"))
-    mcs = max(("memcached-t1", "memcached-t2"), key=lambda s: m(row, s, "rps"))
-    ec = m(row, "echo-binary", "rps")
-    p99 = m(row, "libevkv", "p99_us")
-    if row in ("get1", "set1"):
-        tgt(kv >= 0.9 * ec, "%s: %.2f of the echo ceiling (>= 0.9)" % (names[row], kv / ec))
-        tgt(kv > rd and kv > mc, "%s: ahead of redis (%.2fx) and memcached (%.2fx)" % (names[row], kv / rd, kv / mc))
-    if row in ("get16", "set16"):
-        tgt(kv >= 2 * rd and kv >= 2 * mc, "%s: %.2fx redis, %.2fx memcached (>= 2x)" % (names[row], kv / rd, kv / mc))
-        tgt(kv >= 0.5 * ec, "%s: %.2f of the echo ceiling (>= 0.5)" % (names[row], kv / ec))
-    if row == "lat":
-        for f in ("p50_us", "p99_us"):
-            a, b = m(row, "libevkv", f), m(row, "redis", f)
-            tgt(a <= 1.1 * b, "%s %s: %.1f us vs redis %.1f us (within 10%%)" % (names[row], f[:3], a, b))
-    elif row != "mget":
-        tgt(p99 <= m(row, "redis", "p99_us") and p99 <= m(row, mcs, "p99_us"),
-            "%s p99: %.0f us vs redis %.0f, memcached %.0f" % (names[row], p99, m(row, "redis", "p99_us"), m(row, mcs, "p99_us")))
-    if row == "mget":
-        tgt(kv >= 2 * rd, "MGET of 10: %.0f keys/s = %.2fx redis's (>= 2x)" % (10 * kv, kv / rd))
+for kvs in ("libevkv", "libevkv-4k"):
+    if not any(k[1] == kvs for k in med):
+        continue
+    print()
+    print("issue 8 targets (%s, binary):" % kvs)
+    for row in rows:
+        kv = m(row, kvs, "rps")
+        rd = m(row, "redis", "rps")
+        mc = max(m(row, "memcached-t1", "rps"), m(row, "memcached-t2", "rps"))
+        mcs = max(("memcached-t1", "memcached-t2"), key=lambda s: m(row, s, "rps"))
+        ec = m(row, "echo-binary", "rps")
+        p99 = m(row, kvs, "p99_us")
+        if row in ("get1", "set1"):
+            tgt(kv >= 0.9 * ec, "%s: %.2f of the echo ceiling (>= 0.9)" % (names[row], kv / ec))
+            tgt(kv > rd and kv > mc, "%s: ahead of redis (%.2fx) and memcached (%.2fx)" % (names[row], kv / rd, kv / mc))
+        if row in ("get16", "set16"):
+            tgt(kv >= 2 * rd and kv >= 2 * mc, "%s: %.2fx redis, %.2fx memcached (>= 2x)" % (names[row], kv / rd, kv / mc))
+            tgt(kv >= 0.5 * ec, "%s: %.2f of the echo ceiling (>= 0.5)" % (names[row], kv / ec))
+        if row == "lat":
+            for f in ("p50_us", "p99_us"):
+                a, b = m(row, kvs, f), m(row, "redis", f)
+                tgt(a <= 1.1 * b, "%s %s: %.1f us vs redis %.1f us (within 10%%)" % (names[row], f[:3], a, b))
+        elif row != "mget":
+            tgt(p99 <= m(row, "redis", "p99_us") and p99 <= m(row, mcs, "p99_us"),
+                "%s p99: %.0f us vs redis %.0f, memcached %.0f" % (names[row], p99, m(row, "redis", "p99_us"), m(row, mcs, "p99_us")))
+        if row == "mget":
+            tgt(kv >= 2 * rd, "MGET of 10: %.0f keys/s = %.2fx redis's (>= 2x)" % (10 * kv, kv / rd))
 EOF

@@ -13,7 +13,7 @@
  *   binary (0xCB)  frames are read by their header (the request crc is not
  *                  checked); the answer carries the request's opcode and id,
  *                  status OK, and the frame crc32 (computed with the client's
- *                  slicing-by-8 kv_bench_crc32, 2.5-4x faster than zlib's on
+ *                  kv_bench_crc32 = the server's kv_crc32, 3-4x faster than zlib's on
  *                  small frames, so the ceiling stays a ceiling): PING echoes
  *                  its body; GET answers GetResponse{value: d bytes,
  *                  version: 1}; SET SetResponse{version: 1}; MGET one found

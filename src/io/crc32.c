@@ -28,6 +28,37 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t fold16(uint32_t crc, co
     __m128i x = _mm_loadu_si128((const __m128i *)p), t;
 
     x = _mm_xor_si128(x, _mm_cvtsi32_si128((int)crc));
+    if (n >= 64) {
+        /* four independent lanes folded 64 bytes at a time (x^(512+32) and
+         * x^(512-32) mod P), so four multiplies are in flight instead of
+         * one; then the lanes are folded into one with k34 */
+        const __m128i k12 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
+        __m128i y = _mm_loadu_si128((const __m128i *)(p + 16));
+        __m128i z = _mm_loadu_si128((const __m128i *)(p + 32));
+        __m128i w = _mm_loadu_si128((const __m128i *)(p + 48));
+
+        for (p += 64, n -= 64; n >= 64; p += 64, n -= 64) {
+            __m128i tx = _mm_clmulepi64_si128(x, k12, 0x11), ty = _mm_clmulepi64_si128(y, k12, 0x11);
+            __m128i tz = _mm_clmulepi64_si128(z, k12, 0x11), tw = _mm_clmulepi64_si128(w, k12, 0x11);
+
+            x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k12, 0x00), tx),
+                              _mm_loadu_si128((const __m128i *)p));
+            y = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(y, k12, 0x00), ty),
+                              _mm_loadu_si128((const __m128i *)(p + 16)));
+            z = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(z, k12, 0x00), tz),
+                              _mm_loadu_si128((const __m128i *)(p + 32)));
+            w = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(w, k12, 0x00), tw),
+                              _mm_loadu_si128((const __m128i *)(p + 48)));
+        }
+        t = _mm_clmulepi64_si128(x, k34, 0x11);
+        x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k34, 0x00), t), y);
+        t = _mm_clmulepi64_si128(x, k34, 0x11);
+        x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k34, 0x00), t), z);
+        t = _mm_clmulepi64_si128(x, k34, 0x11);
+        x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k34, 0x00), t), w);
+        p -= 16; /* the loop below starts by stepping over the block in x */
+        n += 16;
+    }
     for (p += 16, n -= 16; n >= 16; p += 16, n -= 16) {
         t = _mm_clmulepi64_si128(x, k34, 0x11);
         x = _mm_clmulepi64_si128(x, k34, 0x00);
