@@ -656,25 +656,38 @@ static void mget_entry_end(struct mget_out *o, size_t vlen, uint64_t version)
     o->len = o->entry + pl + clen;
 }
 
-/* Looks up a window of keys: hashes and cache hints for all first, so
- * their misses overlap, then the lookups, each appending its entry. */
+/* Looks up a window of keys as a software pipeline: the bucket of key
+ * i + MGET_AHEAD0 and the item of key i + MGET_AHEAD1 are hinted while key i
+ * is looked up, so each miss has a few lookups' time to land (hinting all
+ * buckets, then all items, then looking up left the items too little). */
+#define MGET_AHEAD0 6
+#define MGET_AHEAD1 3
+
 static int mget_window(struct kv_server *srv, struct mget_out *o, const struct pb_field *keys,
                        size_t n)
 {
     uint64_t h[MGET_WINDOW];
 
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && i < MGET_AHEAD0; i++) {
         h[i] = kv_shm_key_hash(keys[i].data, keys[i].len);
         kv_shm_prefetch(srv->store, h[i], 0);
     }
-    for (size_t i = 0; n > 1 && i < n; i++)
+    for (size_t i = 0; i < n && i < MGET_AHEAD1; i++)
         kv_shm_prefetch(srv->store, h[i], 1);
     for (size_t i = 0; i < n; i++) {
         size_t vlen = 0;
         uint64_t version = 0;
-        int rc = kv_shm_get_h(srv->store, keys[i].data, keys[i].len, h[i], mget_alloc, o,
-                              &vlen, &version);
+        int rc;
 
+        if (i + MGET_AHEAD0 < n) {
+            h[i + MGET_AHEAD0] = kv_shm_key_hash(keys[i + MGET_AHEAD0].data,
+                                                 keys[i + MGET_AHEAD0].len);
+            kv_shm_prefetch(srv->store, h[i + MGET_AHEAD0], 0);
+        }
+        if (i + MGET_AHEAD1 < n)
+            kv_shm_prefetch(srv->store, h[i + MGET_AHEAD1], 1);
+        rc = kv_shm_get_h(srv->store, keys[i].data, keys[i].len, h[i], mget_alloc, o, &vlen,
+                          &version);
         if (rc == 0) {
             mget_entry_end(o, vlen, version);
             continue;
