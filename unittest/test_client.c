@@ -143,6 +143,40 @@ static void test_client_get_set_roundtrip_with_versions(void)
     kv_client_close(c);
 }
 
+/* Answers of every size class of the output path: built in the request's
+ * scratch room (small), in a shared 16 KiB output buffer, in a buffer of
+ * their own (above 16 KiB), and larger than the socket buffer (written in
+ * several sends): each comes back byte for byte, interleaved with small
+ * ones on the same connection. */
+static void test_client_answers_of_every_size_intact(void)
+{
+    static const size_t sizes[] = {0, 1, 150, 200, 231, 232, 233, 1000, 16300, 16384, 16500,
+                                   100000, 3u << 20};
+    struct kv_client *c = connect_srv();
+    uint8_t *buf = malloc(3u << 20);
+
+    CU_ASSERT_FATAL(buf != NULL);
+    for (size_t i = 0; i < (3u << 20); i++)
+        buf[i] = (uint8_t)(i * 131 + (i >> 12));
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        char key[32];
+        struct kv_value v = {0};
+
+        snprintf(key, sizeof(key), "sz:%zu", sizes[k]);
+        CU_ASSERT_EQUAL(kv_client_set(c, key, strlen(key), buf + k, sizes[k], NULL, NULL), 0);
+        CU_ASSERT_EQUAL(kv_client_set(c, K("sz:small"), "s", 1, NULL, NULL), 0);
+        CU_ASSERT_EQUAL_FATAL(kv_client_get(c, key, strlen(key), &v), 0);
+        CU_ASSERT(v.found && v.len == sizes[k]);
+        CU_ASSERT(v.len == sizes[k] && memcmp(v.data, buf + k, v.len) == 0);
+        kv_client_value_free(&v);
+        CU_ASSERT_EQUAL_FATAL(kv_client_get(c, K("sz:small"), &v), 0);
+        CU_ASSERT(v.len == 1 && v.data[0] == 's');
+        kv_client_value_free(&v);
+    }
+    free(buf);
+    kv_client_close(c);
+}
+
 static void test_client_statuses_map_to_codes_and_last_error(void)
 {
     struct kv_client *c = connect_srv();
@@ -679,6 +713,8 @@ int main(void)
     CU_add_test(s, "test_client_last_status_starts_empty", test_client_last_status_starts_empty);
     CU_add_test(s, "test_client_get_set_roundtrip_with_versions",
                 test_client_get_set_roundtrip_with_versions);
+    CU_add_test(s, "test_client_answers_of_every_size_intact",
+                test_client_answers_of_every_size_intact);
     CU_add_test(s, "test_client_statuses_map_to_codes_and_last_error",
                 test_client_statuses_map_to_codes_and_last_error);
     CU_add_test(s, "test_client_set_conditions_and_ttl", test_client_set_conditions_and_ttl);
