@@ -152,13 +152,14 @@ static void test_client_answers_of_every_size_intact(void)
 {
     static const size_t sizes[] = {0, 1, 150, 200, 231, 232, 233, 1000, 16300, 16384, 16500,
                                    100000, 3u << 20};
+    enum { NSIZES = sizeof(sizes) / sizeof(sizes[0]) };
     struct kv_client *c = connect_srv();
-    uint8_t *buf = malloc(3u << 20);
+    uint8_t *buf = malloc((3u << 20) + NSIZES); /* value k starts at buf + k */
 
     CU_ASSERT_FATAL(buf != NULL);
-    for (size_t i = 0; i < (3u << 20); i++)
+    for (size_t i = 0; i < (3u << 20) + NSIZES; i++)
         buf[i] = (uint8_t)(i * 131 + (i >> 12));
-    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+    for (size_t k = 0; k < NSIZES; k++) {
         char key[32];
         struct kv_value v = {0};
 
