@@ -453,7 +453,7 @@ static void test_server_stats_and_flush(void)
     Kv__StatsRequest sm = KV__STATS_REQUEST__INIT;
     Kv__FlushRequest fm = KV__FLUSH_REQUEST__INIT;
     struct result r;
-    int64_t keys = -1;
+    int64_t keys = -1, huge = -1;
     char v[8];
 
     set_kv("hs:f", "x", NULL);
@@ -464,8 +464,13 @@ static void test_server_stats_and_flush(void)
     for (size_t i = 0; i < s->n_entries; i++)
         if (strcmp(s->entries[i]->name, "keys") == 0)
             keys = s->entries[i]->value;
+        else if (strcmp(s->entries[i]->name, "store_huge_page_bytes") == 0)
+            huge = s->entries[i]->value;
     CU_ASSERT(keys >= 1);
+    /* huge pages depend on the machine's tmpfs: reported, within the segment */
+    CU_ASSERT(huge >= 0 && huge <= 8 * 1024 * 1024);
     CU_ASSERT(strstr(s->text, "REQUEST") != NULL);
+    CU_ASSERT(strstr(s->text, "store mapped on huge pages") != NULL);
     kv__stats_response__free_unpacked(s, NULL);
     free(r.body);
     r = run(11, &fm.base);

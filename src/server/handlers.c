@@ -943,6 +943,7 @@ static void handle_stats(void *ctx, struct kv_call *call)
         ADD("generation", st.generation);
         ADD("recovered_items", st.recovered_items);
         ADD("dropped_items", st.dropped_items);
+        ADD("store_huge_page_bytes", st.huge_bytes);
     }
 #undef ADD
     kv_server_format_stats(srv, text, TEXT);
