@@ -210,6 +210,26 @@ int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void 
     return kv_shm_set_h(s, key, klen, kv_shm_hash(key, klen), val, vlen, o, new_version);
 }
 
+/* This thread's row of spare chunks for s (NULL: none to be had). */
+static struct shm_spare *spare_row(struct kv_shm_store *s)
+{
+    static __thread uint64_t open_id;
+    static __thread struct shm_spare *row;
+    if (open_id == s->open_id)
+        return row;
+    if (s->attach)
+        return NULL;
+    unsigned i = __atomic_load_n(&s->spare_rows, __ATOMIC_RELAXED);
+    do {
+        if (i >= SHM_SPARE_ROWS)
+            return NULL; /* more writer threads than rows: they use the free lists */
+    } while (!__atomic_compare_exchange_n(&s->spare_rows, &i, i + 1, 0, __ATOMIC_ACQ_REL,
+                                          __ATOMIC_RELAXED));
+    open_id = s->open_id;
+    row = &s->spares[i];
+    return row;
+}
+
 int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
                  const void *val, size_t vlen, const struct kv_shm_set_opts *o,
                  uint64_t *new_version)
@@ -221,9 +241,16 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         return KV_EINVAL;
     assert(h == kv_shm_hash(key, klen));
     int64_t now = kv_shm_now_ms();
-    uint64_t off;
-    unsigned cls;
-    int rc = kv_shm_alloc(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
+    uint64_t off = 0;
+    unsigned cls = kv_shm_class_for(s, SHM_ITEM_HDR + klen + vlen);
+    struct shm_spare *spare = spare_row(s);
+    int rc = 0;
+    if (spare && cls < s->n_classes && spare->off[cls]) {
+        off = spare->off[cls]; /* the chunk this thread's last overwrite of the class freed */
+        spare->off[cls] = 0;
+    } else {
+        rc = kv_shm_alloc(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
+    }
     if (rc)
         return rc;
     uint64_t ver = version_next(s);
@@ -231,6 +258,7 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
                                      o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0);
     kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
     uint64_t word = shm_word(off, cls, h), old = 0;
+    unsigned old_cls = SHM_CLASS_LARGE;
 
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
@@ -251,6 +279,7 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         }
         if (slot) {
             old = SHM_WORD_OFF(*slot);
+            old_cls = SHM_WORD_CLS(*slot);
             if (!exists)
                 __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
         }
@@ -261,7 +290,11 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         kv_shm_free(s, off);
         return rc;
     }
-    if (old)
+    /* no reader can hold the replaced item now (they hold the stripe lock while
+     * they use one): it becomes this thread's spare of its class, or is freed */
+    if (old && spare && old_cls < s->n_classes && !spare->off[old_cls])
+        spare->off[old_cls] = old;
+    else if (old)
         kv_shm_free(s, old);
     else
         kv_shm_index_grow(s, h);

@@ -141,6 +141,15 @@ struct shm_free_chunk {
     uint64_t next;
 };
 
+/* A thread's spare chunks, one per class: the chunk its last overwrite
+ * replaced, kept for its next write of that class (no class mutex either
+ * way). Unreachable from the index, so recovery reclaims them after a crash;
+ * kv_shm_store_close frees them before the clean mark. */
+#define SHM_SPARE_ROWS 64
+struct shm_spare {
+    uint64_t off[SHM_MAX_CLASSES]; /* one thread only; 0 = none */
+};
+
 struct kv_shm_store {
     uint8_t *base;       /* owned: the mapping, size bytes */
     size_t size;         /* ro after open */
@@ -166,6 +175,9 @@ struct kv_shm_store {
     int crash_n;                                 /* atomic: crash points passed */
     int recovered;                               /* ro after open */
     uint64_t recovered_items, dropped_items, recovery_ns; /* ro after open */
+    uint64_t open_id;                            /* ro after open: unique per open */
+    unsigned spare_rows;                         /* atomic: rows of spares claimed */
+    struct shm_spare spares[SHM_SPARE_ROWS];     /* row i: one thread's */
     char name[1100]; /* ro after open: shm name or file path */
 };
 

@@ -369,6 +369,7 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
             SHM_MIN_SIZE);
         return KV_EINVAL;
     }
+    static uint64_t opens;
     struct kv_shm_store *s = kv_mem_calloc(KV_MOD_SHM, sizeof(*s));
     if (!s)
         return KV_ENOMEM;
@@ -376,6 +377,7 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
     s->size = cfg->memory;
     s->lru = cfg->eviction == KV_EVICT_LRU;
     s->max_key = cfg->max_key;
+    s->open_id = __atomic_add_fetch(&opens, 1, __ATOMIC_RELAXED);
     s->attach = opts ? opts->attach : 0;
     s->crash_at = opts ? opts->crash_at : 0;
     s->crash_site = opts ? opts->crash_site : 0;
@@ -421,6 +423,11 @@ void kv_shm_store_close(struct kv_shm_store *s)
     if (!s)
         return;
     if (!s->attach && s->base) {
+        unsigned rows = __atomic_load_n(&s->spare_rows, __ATOMIC_ACQUIRE);
+        for (unsigned r = 0; r < rows && r < SHM_SPARE_ROWS; r++)
+            for (unsigned c = 0; c < SHM_MAX_CLASSES; c++)
+                if (s->spares[r].off[c])
+                    kv_shm_free(s, s->spares[r].off[c]);
         s->hdr->owner_pid = 0;
         __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
         if (s->is_file)
