@@ -1,7 +1,7 @@
 /* src/server/pb.c -- minimal protobuf wire reader/writer (see pb.h). */
 #include "pb.h"
 
-static int get_varint(struct pb_reader *r, uint64_t *out)
+static int get_varint_slow(struct pb_reader *r, uint64_t *out)
 {
     uint64_t v = 0;
 
@@ -18,6 +18,16 @@ static int get_varint(struct pb_reader *r, uint64_t *out)
         }
     }
     return -1; /* more than 10 bytes */
+}
+
+/* Tags, short lengths and small numbers take one byte: read those inline. */
+static inline int get_varint(struct pb_reader *r, uint64_t *out)
+{
+    if (r->p < r->end && *r->p < 0x80) {
+        *out = *r->p++;
+        return 0;
+    }
+    return get_varint_slow(r, out);
 }
 
 int pb_next(struct pb_reader *r, struct pb_field *f)
