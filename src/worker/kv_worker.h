@@ -20,8 +20,10 @@
 #include "kv_config.h"
 
 /* A handler fills call->status and, if it answers a body, call->resp /
- * resp_len / resp_owned. It must not block for long and must not keep
- * call->body after it returns. */
+ * resp_len / resp_owned; an answer of up to call->scratch_cap bytes may be
+ * written at call->scratch instead of a packet (resp = scratch, resp_owned
+ * 0). It must not block for long and must not keep call->body after it
+ * returns. */
 typedef void (*kv_handler_fn)(void *ctx, struct kv_call *call);
 
 /* Receives finished calls, linked by ->next, all of the same origin. */
