@@ -227,6 +227,8 @@ awk -v b=$((busy1 - busy0)) -v o=$((ours1 - ours0)) -v st=$((steal1 - steal0)) -
     warn = ""
     if (other > 0.05)
         warn = "  <-- NOT QUIET: other processes ran; rerun for clean figures"
+    else if (st / cap > 0.05)
+        warn = "  <-- NOT QUIET: the host took CPU from this VM (steal); rerun for clean figures"
     printf("# CPU during the runs: ours %.0f%%, other processes %.0f%% (+-5), steal %.0f%% of %d cores%s\n",
         100 * o / cap, 100 * other, 100 * st / cap, n, warn)
 }'
