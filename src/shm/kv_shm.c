@@ -39,25 +39,36 @@ static void item_seal(struct shm_item *it)
     it->crc = kv_shm_item_crc(it);
 }
 
-/* Builds a complete item at off (not yet reachable). */
+/* Builds a complete item at off (not yet reachable). The checksum is taken from the
+ * header built on the stack and from the caller's key and value, which are in cache,
+ * rather than by reading back the chunk just written: that chunk is usually cold, and a
+ * read-back waits for its lines to arrive (perf: 8% of a SET -P16 server on the load
+ * after the copy). The bytes summed are the bytes stored, so the seal is the same. */
 static struct shm_item *item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
                                   const void *key, size_t klen, const void *val, size_t vlen,
                                   uint64_t version, int64_t expire_ms)
 {
+    _Static_assert(sizeof(struct shm_item) == SHM_ITEM_HDR, "item header layout");
+    struct shm_item h = {
+        .atime = atime_now(s),
+        .magic = SHM_ITEM_MAGIC,
+        .cls = (uint8_t)cls,
+        .version = version,
+        .expire_ms = expire_ms,
+        .klen = (uint32_t)klen,
+        .vlen = (uint32_t)vlen,
+    };
+    uint32_t crc = kv_shm_crc32c(0, (const uint8_t *)&h + 8, SHM_ITEM_HDR - 8);
+    crc = kv_shm_crc32c(crc, key, klen);
+    if (vlen)
+        crc = kv_shm_crc32c(crc, val, vlen);
+    h.crc = crc;
     struct shm_item *it = shm_ptr(s, off);
-    it->atime = atime_now(s);
-    it->magic = SHM_ITEM_MAGIC;
-    it->cls = (uint8_t)cls;
-    it->flags = 0;
-    it->pad = 0;
-    it->version = version;
-    it->expire_ms = expire_ms;
-    it->klen = (uint32_t)klen;
-    it->vlen = (uint32_t)vlen;
+    memcpy(it, &h, SHM_ITEM_HDR);
     memcpy(it->data, key, klen);
     if (vlen)
         memcpy(it->data + klen, val, vlen);
-    item_seal(it);
+    assert(it->crc == kv_shm_item_crc(it));
     return it;
 }
 
@@ -101,6 +112,8 @@ uint64_t kv_shm_key_hash(const void *key, size_t klen)
     return kv_shm_hash(key, klen);
 }
 
+#define PREFETCH_ITEM_MAX 256 /* bytes of an item hinted: bigger ones stream anyway */
+
 void kv_shm_prefetch(struct kv_shm_store *s, uint64_t h, int stage)
 {
     uint64_t *line = kv_shm_index_line(s, kv_shm_index_bucket(s, h));
@@ -116,7 +129,14 @@ void kv_shm_prefetch(struct kv_shm_store *s, uint64_t h, int stage)
         uint64_t w = __atomic_load_n(&line[i], __ATOMIC_RELAXED);
         uint64_t off = SHM_WORD_OFF(w);
         if (w && SHM_WORD_TAG(w) == tag && off >= s->data_off && off < s->data_end) {
-            __builtin_prefetch(shm_ptr(s, off), 0, 3);
+            /* every line of a small item: the lookup checks its checksum and copies the
+             * value, so all of them are read (a 100-byte value spans three lines) */
+            unsigned c = SHM_WORD_CLS(w);
+            uint64_t end = off + (c < s->n_classes ? s->csize[c] : 2 * SHM_LINE);
+            end = end < off + PREFETCH_ITEM_MAX ? end : off + PREFETCH_ITEM_MAX;
+            end = end < s->data_end ? end : s->data_end;
+            for (uint64_t a = off & ~(uint64_t)(SHM_LINE - 1); a < end; a += SHM_LINE)
+                __builtin_prefetch(shm_ptr(s, a), 0, 3);
             return;
         }
     }
