@@ -703,6 +703,10 @@ static int mget_window(struct kv_server *srv, struct mget_out *o, const struct p
     return 0;
 }
 
+/* answer bytes per key of this thread's last MGET, 2..4096: bigger values are
+ * left to the doubling, not guessed (a guess is allocated whole) */
+static __thread size_t mget_per_key = 24;
+
 static void handle_mget(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
@@ -724,13 +728,17 @@ static void handle_mget(void *ctx, struct kv_call *call)
         }
         if (check_key_len(srv, call, f.len) != 0)
             return;
+        if (n < MGET_WINDOW)
+            win[n] = f; /* the first window needs no second parse */
         n++;
     }
     if (rc != 0) {
         answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
         return;
     }
-    o.cap = 64 + n * 24; /* misses; grown as values come */
+    /* sized from the bytes per key of this thread's last MGET (misses: 2), so
+     * that a steady workload allocates once and never regrows the answer */
+    o.cap = 64 + n * (mget_per_key + mget_per_key / 8);
     if (o.cap <= call->scratch_cap) {
         o.buf = call->scratch;
         o.cap = call->scratch_cap;
@@ -742,19 +750,23 @@ static void handle_mget(void *ctx, struct kv_call *call)
             return;
         }
     }
-    r.p = call->body;
-    while (pb_next(&r, &f) == 1) {
-        if (f.number != 1)
-            continue;
-        win[k++] = f;
-        if (k == MGET_WINDOW) {
-            if (mget_window(srv, &o, win, k) != 0)
-                break;
-            k = 0;
+    if (n <= MGET_WINDOW) {
+        mget_window(srv, &o, win, n);
+    } else {
+        r.p = call->body;
+        while (pb_next(&r, &f) == 1) {
+            if (f.number != 1)
+                continue;
+            win[k++] = f;
+            if (k == MGET_WINDOW) {
+                if (mget_window(srv, &o, win, k) != 0)
+                    break;
+                k = 0;
+            }
         }
+        if (!o.too_big && !o.oom && k)
+            mget_window(srv, &o, win, k);
     }
-    if (!o.too_big && !o.oom && k)
-        mget_window(srv, &o, win, k);
     if (o.too_big || o.oom) {
         if (o.buf != call->scratch)
             kv_mem_free(KV_MOD_PACKET, o.buf);
@@ -765,6 +777,8 @@ static void handle_mget(void *ctx, struct kv_call *call)
             answer_error(call, KV_ST_INTERNAL, "out of memory");
         return;
     }
+    if (n)
+        mget_per_key = o.len / n < 2 ? 2 : o.len / n > 4096 ? 4096 : o.len / n;
     call->resp = o.buf;
     call->resp_owned = o.buf != call->scratch;
     call->resp_len = (uint32_t)o.len;

@@ -29,10 +29,11 @@ static int item_expired(const struct shm_item *it, int64_t now)
     return it->expire_ms && it->expire_ms <= now;
 }
 
-static uint32_t atime_now(const struct kv_shm_store *s)
+static uint32_t atime_at(const struct kv_shm_store *s, int64_t now)
 {
-    return (uint32_t)((uint64_t)(kv_shm_now_ms() - (int64_t)s->hdr->created_ms) / 4);
+    return (uint32_t)((uint64_t)(now - (int64_t)s->hdr->created_ms) / 4);
 }
+
 
 static void item_seal(struct shm_item *it)
 {
@@ -46,11 +47,11 @@ static void item_seal(struct shm_item *it)
  * after the copy). The bytes summed are the bytes stored, so the seal is the same. */
 static struct shm_item *item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
                                   const void *key, size_t klen, const void *val, size_t vlen,
-                                  uint64_t version, int64_t expire_ms)
+                                  uint64_t version, int64_t expire_ms, int64_t now)
 {
     _Static_assert(sizeof(struct shm_item) == SHM_ITEM_HDR, "item header layout");
     struct shm_item h = {
-        .atime = atime_now(s),
+        .atime = atime_at(s, now),
         .magic = SHM_ITEM_MAGIC,
         .cls = (uint8_t)cls,
         .version = version,
@@ -168,7 +169,8 @@ int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         return KV_ENOTFOUND;
     }
     uint64_t word = *slot;
-    int why = item_expired(it, kv_shm_now_ms()) ? RM_EXPIRED
+    int64_t now = kv_shm_now_ms();
+    int why = item_expired(it, now) ? RM_EXPIRED
               : kv_shm_item_crc(it) != it->crc  ? RM_CORRUPT
                                                 : -1;
     if (why >= 0) {
@@ -188,7 +190,7 @@ int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
     if (n)
         memcpy(dst, it->data + it->klen, n);
     uint64_t ver = it->version;
-    uint32_t an = atime_now(s);
+    uint32_t an = atime_at(s, now);
     if (__atomic_load_n(&it->atime, __ATOMIC_RELAXED) != an)
         __atomic_store_n(&it->atime, an, __ATOMIC_RELAXED);
     pthread_rwlock_unlock(&st->lock);
@@ -275,7 +277,7 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         return rc;
     uint64_t ver = version_next(s);
     struct shm_item *nit = item_fill(s, off, cls, key, klen, val, vlen, ver,
-                                     o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0);
+                                     o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0, now);
     kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
     uint64_t word = shm_word(off, cls, h), old = 0;
     unsigned old_cls = SHM_CLASS_LARGE;
@@ -431,7 +433,7 @@ static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_
     if (rc)
         return rc;
     *ver = version_next(s);
-    item_fill(s, off, cls, key, klen, val, vlen, *ver, expire_ms);
+    item_fill(s, off, cls, key, klen, val, vlen, *ver, expire_ms, kv_shm_now_ms());
     kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
     uint64_t prev = slot ? *slot : 0;
     rc = publish(s, st, b, slot, shm_word(off, cls, h));

@@ -96,21 +96,20 @@ uint64_t kv_shm_index_active(const struct kv_shm_store *s)
 
 /* The state word changes once per bucket split and a directory word once
  * per index page, while every lookup reads both: each thread keeps the words
- * it validated last, with what they decoded to (a pure function of the word,
- * and of n_pages for the directory), and checks a word again only when it
- * differs. The check is unchanged; it is just not repeated for the same
- * bits. */
+ * it validated last, with what they decoded to (a pure function of the word),
+ * and checks a word again only when it differs. The check is unchanged; it is
+ * just not repeated for the same bits. */
 static __thread struct {
     uint64_t w, p;
     unsigned L;
     int valid;
 } state_seen;
 
-#define DIR_SEEN 8
-static __thread struct {
-    uint64_t e, n_pages, pi;
-    int valid;
-} dir_seen[DIR_SEEN];
+/* Directory words whose check bits passed, by chunk: 256 chunks = 256k buckets,
+ * ~1.5M keys, in 2 KiB. The page range check depends on the store and is cheap,
+ * so it is done every time; only the hash of the check bits is remembered. */
+#define DIR_SEEN 256
+static __thread uint64_t dir_seen[DIR_SEEN]; /* 0 = none (a valid word is never 0) */
 
 uint64_t kv_shm_index_bucket(const struct kv_shm_store *s, uint64_t h)
 {
@@ -139,15 +138,14 @@ uint64_t *kv_shm_index_line(const struct kv_shm_store *s, uint64_t b)
         return NULL;
     uint64_t e = __atomic_load_n(&s->dir[chunk], __ATOMIC_ACQUIRE);
     unsigned k = (unsigned)(chunk % DIR_SEEN);
-    if (dir_seen[k].valid && dir_seen[k].e == e && dir_seen[k].n_pages == s->n_pages) {
-        pi = dir_seen[k].pi;
+    if (e && dir_seen[k] == e) {
+        pi = (e & 0xFFFFFFFFull) - 1; /* as kv_shm_dir_parse decodes it */
+        if (pi >= s->n_pages)
+            return NULL;
     } else {
         if (kv_shm_dir_parse(s, e, &pi))
             return NULL;
-        dir_seen[k].e = e;
-        dir_seen[k].n_pages = s->n_pages;
-        dir_seen[k].pi = pi;
-        dir_seen[k].valid = 1;
+        dir_seen[k] = e;
     }
     return shm_ptr(s, shm_page_base(s, pi) + (b % SHM_PAGE_BUCKETS) * SHM_LINE);
 }
