@@ -106,6 +106,11 @@ static void test_resp_multibulk_and_inline_exact_replies(void)
     expect(fd, "INCR rk:n\r\n", ":1\r\n");
     expect(fd, "INCRBY rk:n 41\r\n", ":42\r\n");
     expect(fd, "DECRBY rk:n 2\r\n", ":40\r\n");
+    /* integer replies at the ends of int64 (formatted without printf) */
+    expect(fd, "INCRBY rk:big -9223372036854775808\r\n", ":-9223372036854775808\r\n");
+    expect(fd, "INCRBY rk:big 9223372036854775807\r\n", ":-1\r\n");
+    expect(fd, "INCRBY rk:big2 9223372036854775807\r\n", ":9223372036854775807\r\n");
+    expect(fd, "INCRBY rk:big3 0\r\n", ":0\r\n");
     expect(fd, "INCR rk:a1\r\n", "-ERR value is not an integer or out of range\r\n");
     expect(fd, "INCRBY rk:n x\r\n", "-ERR value is not an integer or out of range\r\n");
     expect(fd, "MSET rk:m1 a rk:m2 b\r\n", "+OK\r\n");

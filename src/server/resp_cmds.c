@@ -58,11 +58,14 @@ struct out {
     int failed;
 };
 
+/* Grows to at least len + more: the first allocation is what the caller
+ * sized (out_init) or the need itself, so a reply or body that was sized
+ * right is one allocation, never a chain of reallocs. */
 static void out_reserve(struct out *o, size_t more)
 {
     if (o->failed || o->len + more <= o->cap)
         return;
-    size_t ncap = o->cap ? o->cap : 64;
+    size_t ncap = o->cap ? o->cap * 2 : 64;
     while (ncap < o->len + more)
         ncap *= 2;
     uint8_t *n = kv_mem_realloc(KV_MOD_PACKET, o->p, ncap);
@@ -72,6 +75,18 @@ static void out_reserve(struct out *o, size_t more)
     }
     o->p = n;
     o->cap = ncap;
+}
+
+/* Allocates cap bytes up front (an estimate of the whole output). */
+static void out_init(struct out *o, size_t cap)
+{
+    if (o->p || o->failed)
+        return;
+    o->p = kv_mem_alloc(KV_MOD_PACKET, cap ? cap : 1);
+    if (!o->p)
+        o->failed = 1;
+    else
+        o->cap = cap ? cap : 1;
 }
 
 static void out_bytes(struct out *o, const void *b, size_t n)
@@ -97,12 +112,34 @@ static void out_fmt(struct out *o, const char *fmt, ...)
         out_bytes(o, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
+/* "<type><decimal>\r\n" (":12", "$100", "*10", ":-2"): the header of every
+ * bulk, array and integer reply, without a printf per line. */
+static void out_line_int(struct out *o, char type, int64_t v)
+{
+    char buf[24], *p = buf + sizeof(buf);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+    *--p = '\n';
+    *--p = '\r';
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    *--p = type;
+    out_bytes(o, p, (size_t)(buf + sizeof(buf) - p));
+}
+
 static void out_bulk(struct out *o, const void *b, size_t n)
 {
-    out_fmt(o, "$%zu\r\n", n);
+    out_reserve(o, n + 24);
+    out_line_int(o, '$', (int64_t)n);
     out_bytes(o, b, n);
     out_bytes(o, "\r\n", 2);
 }
+
+#define OUT_LIT(o, lit) out_bytes((o), (lit), sizeof(lit) - 1)
 
 static void out_nil(struct out *o)
 {
@@ -256,6 +293,7 @@ static int cmd_set(struct cmdctx *x, int getset)
     }
     if (nx && xx)
         return reply_err(x->res, "-ERR syntax error");
+    out_init(&o, v[1].len + v[2].len + 64); /* two fields + four varints */
     body_bytes(&o, 1, &v[1]);
     body_bytes(&o, 2, &v[2]);
     body_uint(&o, 3, (uint64_t)ttl);
@@ -268,7 +306,11 @@ static int cmd_set(struct cmdctx *x, int getset)
 static int cmd_keys(struct cmdctx *x, uint16_t op, enum reply_style style)
 {
     struct out o = {0};
+    size_t need = 0;
 
+    for (size_t i = 1; i < x->argc; i++)
+        need += x->argv[i].len + 16; /* tag + length prefix <= 16 */
+    out_init(&o, need);
     for (size_t i = 1; i < x->argc; i++)
         body_bytes(&o, 1, &x->argv[i]);
     return dispatch(&o, x->call, x->res, op, style);
@@ -278,6 +320,7 @@ static int cmd_incr(struct cmdctx *x, long long delta)
 {
     struct out o = {0};
 
+    out_init(&o, x->argv[1].len + 32);
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, pb_zigzag_encode(delta));
     return dispatch(&o, x->call, x->res, OP_INCR, RS_INT_INCR);
@@ -287,6 +330,7 @@ static int cmd_expire(struct cmdctx *x, int action, long long ms, enum reply_sty
 {
     struct out o = {0};
 
+    out_init(&o, x->argv[1].len + 48);
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, (uint64_t)action);
     body_uint(&o, 3, (uint64_t)ms);
@@ -619,7 +663,7 @@ static void reply_mget(struct out *o, const struct kv_call *call, int count_only
         if (f.number == 1 && f.wire == 2)
             n++;
     if (!count_only)
-        out_fmt(o, "*%zu\r\n", n);
+        out_line_int(o, '*', (int64_t)n);
     r.p = call->resp;
     while (pb_next(&r, &f) == 1) {
         struct pb_reader e = {f.data, f.data + f.len};
@@ -646,7 +690,7 @@ static void reply_mget(struct out *o, const struct kv_call *call, int count_only
             out_nil(o);
     }
     if (count_only)
-        out_fmt(o, ":%zu\r\n", found);
+        out_line_int(o, ':', (int64_t)found);
 }
 
 static void reply_scan(struct out *o, const struct kv_call *call)
@@ -666,7 +710,7 @@ static void reply_scan(struct out *o, const struct kv_call *call)
     snprintf(cur, sizeof(cur), "%llu", (unsigned long long)cursor);
     out_fmt(o, "*2\r\n");
     out_bulk(o, cur, strlen(cur));
-    out_fmt(o, "*%zu\r\n", n);
+    out_line_int(o, '*', (int64_t)n);
     r.p = call->resp;
     while (pb_next(&r, &f) == 1)
         if (f.number == 2 && f.wire == 2)
@@ -739,16 +783,26 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, siz
     int ok = call->status == KV_ST_OK;
     int64_t v;
 
+    /* one allocation of about the right size: an answer's RESP form is at
+     * most its protobuf form plus a few bytes per entry (misses: 5 for 2) */
+    switch ((enum reply_style)call->tag) {
+    case RS_MGET:
+    case RS_SCAN: out_init(&o, call->resp_len + call->resp_len / 2 + 32); break;
+    case RS_BULK:
+    case RS_ECHO:
+    case RS_SET_GET: out_init(&o, call->resp_len + 32); break;
+    default: out_init(&o, 32); break;
+    }
     switch ((enum reply_style)call->tag) {
     case RS_OK:
         if (ok)
-            out_fmt(&o, "+OK\r\n");
+            OUT_LIT(&o, "+OK\r\n");
         else
             reply_status_error(&o, call);
         break;
     case RS_SET:
         if (ok)
-            out_fmt(&o, "+OK\r\n");
+            OUT_LIT(&o, "+OK\r\n");
         else if (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND)
             out_nil(&o);
         else
@@ -784,7 +838,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, siz
     case RS_INT_FIELD1:
         if (ok) {
             read_fields(call, &f);
-            out_fmt(&o, ":%llu\r\n", (unsigned long long)f.u[1]);
+            out_line_int(&o, ':', (int64_t)f.u[1]);
         } else {
             reply_status_error(&o, call);
         }
@@ -792,7 +846,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, siz
     case RS_INT_INCR:
         if (ok) {
             read_fields(call, &f);
-            out_fmt(&o, ":%lld\r\n", (long long)pb_zigzag_decode(f.u[1]));
+            out_line_int(&o, ':', pb_zigzag_decode(f.u[1]));
         } else {
             reply_status_error(&o, call);
         }
@@ -811,7 +865,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, siz
             out_fmt(&o, ":%d\r\n",
                     call->tag == RS_EXPIRE ? 1 : pb_zigzag_decode(f.u[2]) != -1);
         } else if (call->status == KV_ST_NOT_FOUND) {
-            out_fmt(&o, ":0\r\n");
+            OUT_LIT(&o, ":0\r\n");
         } else {
             reply_status_error(&o, call);
         }
@@ -823,9 +877,9 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, siz
             v = pb_zigzag_decode(f.u[1]);
             if (v >= 0 && call->tag == RS_TTL_S)
                 v = (v + 500) / 1000;
-            out_fmt(&o, ":%lld\r\n", (long long)v);
+            out_line_int(&o, ':', v);
         } else if (call->status == KV_ST_NOT_FOUND) {
-            out_fmt(&o, ":-2\r\n");
+            OUT_LIT(&o, ":-2\r\n");
         } else {
             reply_status_error(&o, call);
         }
@@ -850,7 +904,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, siz
         break;
     case RS_AUTH:
         if (ok)
-            out_fmt(&o, "+OK\r\n");
+            OUT_LIT(&o, "+OK\r\n");
         else if (call->status == KV_ST_NOAUTH)
             out_fmt(&o, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
         else
