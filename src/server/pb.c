@@ -30,7 +30,7 @@ static inline int get_varint(struct pb_reader *r, uint64_t *out)
     return get_varint_slow(r, out);
 }
 
-int pb_next(struct pb_reader *r, struct pb_field *f)
+int pb_next_slow(struct pb_reader *r, struct pb_field *f)
 {
     uint64_t key;
 

@@ -21,10 +21,43 @@ struct pb_field {
     size_t len;
 };
 
+/* The general reader; pb_next below calls it for anything but the common
+ * case. */
+int pb_next_slow(struct pb_reader *r, struct pb_field *f);
+
 /* Returns 1 and fills *f with the next field, 0 at the end, -1 on a
  * malformed body (truncated varint or length past the end, bad wire type,
- * field number 0). Never reads outside [p, end). */
-int pb_next(struct pb_reader *r, struct pb_field *f);
+ * field number 0). Never reads outside [p, end).
+ * Inline for the common case, a one-byte tag (fields 1..15) with a one-byte
+ * varint or length: every field of the hot requests and answers. */
+static inline int pb_next(struct pb_reader *r, struct pb_field *f)
+{
+    const uint8_t *p = r->p;
+
+    if (r->end - p >= 2 && p[0] < 0x80 && p[1] < 0x80 && (p[0] >> 3) != 0) {
+        unsigned wire = p[0] & 7;
+
+        if (wire == 0) {
+            f->number = p[0] >> 3;
+            f->wire = 0;
+            f->u64 = p[1];
+            f->data = NULL;
+            f->len = 0;
+            r->p = p + 2;
+            return 1;
+        }
+        if (wire == 2 && p[1] <= (size_t)(r->end - p - 2)) {
+            f->number = p[0] >> 3;
+            f->wire = 2;
+            f->u64 = p[1];
+            f->data = p + 2;
+            f->len = p[1];
+            r->p = p + 2 + p[1];
+            return 1;
+        }
+    }
+    return pb_next_slow(r, f);
+}
 
 static inline int64_t pb_zigzag_decode(uint64_t v)
 {

@@ -61,10 +61,8 @@ struct out {
 /* Grows to at least len + more: the first allocation is what the caller
  * sized (out_init) or the need itself, so a reply or body that was sized
  * right is one allocation, never a chain of reallocs. */
-static void out_reserve(struct out *o, size_t more)
+static void out_grow(struct out *o, size_t more)
 {
-    if (o->failed || o->len + more <= o->cap)
-        return;
     size_t ncap = o->cap ? o->cap * 2 : 64;
     while (ncap < o->len + more)
         ncap *= 2;
@@ -75,6 +73,12 @@ static void out_reserve(struct out *o, size_t more)
     }
     o->p = n;
     o->cap = ncap;
+}
+
+static inline void out_reserve(struct out *o, size_t more)
+{
+    if (!o->failed && o->len + more > o->cap)
+        out_grow(o, more);
 }
 
 /* Allocates cap bytes up front (an estimate of the whole output). */
@@ -89,7 +93,7 @@ static void out_init(struct out *o, size_t cap)
         o->cap = cap ? cap : 1;
 }
 
-static void out_bytes(struct out *o, const void *b, size_t n)
+static inline void out_bytes(struct out *o, const void *b, size_t n)
 {
     out_reserve(o, n);
     if (!o->failed) {
