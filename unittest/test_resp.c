@@ -421,6 +421,43 @@ static void test_resp_exit_table_zero(void)
     free(log);
 }
 
+/* Bodies of small commands are built in the request's own scratch room and
+ * their answers in what is left of it; bigger ones on the heap. Values of
+ * every size across that boundary (0..400 bytes, keys 1..60 bytes) must
+ * come back byte for byte through SET, GETSET, GET, INCR and EXPIRE. */
+static void test_resp_bodies_across_the_scratch_room(void)
+{
+    int fd = raw_connect(srv.port);
+    char key[64], val[512], req[1024], want[1024];
+
+    CU_ASSERT_FATAL(fd >= 0);
+    for (int n = 0; n <= 400; n += 3) {
+        int kl = 1 + n % 60;
+
+        memset(key, 'k', (size_t)kl);
+        key[kl] = '\0';
+        key[0] = (char)('a' + n % 26);
+        for (int i = 0; i < n; i++)
+            val[i] = (char)('A' + (i * 7 + n) % 26);
+        val[n] = '\0';
+        snprintf(req, sizeof(req), "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", kl, key, n,
+                 val);
+        expect(fd, req, "+OK\r\n");
+        snprintf(req, sizeof(req), "*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", kl, key);
+        snprintf(want, sizeof(want), "$%d\r\n%s\r\n", n, val);
+        expect(fd, req, want);
+        snprintf(req, sizeof(req), "*3\r\n$6\r\nGETSET\r\n$%d\r\n%s\r\n$1\r\n7\r\n", kl, key);
+        expect(fd, req, want);
+        snprintf(req, sizeof(req), "*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n", kl, key);
+        expect(fd, req, ":8\r\n");
+        snprintf(req, sizeof(req), "*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%s\r\n$3\r\n100\r\n", kl, key);
+        expect(fd, req, ":1\r\n");
+        snprintf(req, sizeof(req), "*2\r\n$3\r\nDEL\r\n$%d\r\n%s\r\n", kl, key);
+        expect(fd, req, ":1\r\n");
+    }
+    close(fd);
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -432,6 +469,8 @@ int main(void)
                 test_resp_multibulk_and_inline_exact_replies);
     CU_add_test(s, "test_resp_pipelined_replies_in_request_order",
                 test_resp_pipelined_replies_in_request_order);
+    CU_add_test(s, "test_resp_bodies_across_the_scratch_room",
+                test_resp_bodies_across_the_scratch_room);
     CU_add_test(s, "test_resp_protocol_errors_close_the_connection",
                 test_resp_protocol_errors_close_the_connection);
     CU_add_test(s, "test_resp_redis_cli_every_command", test_resp_redis_cli_every_command);

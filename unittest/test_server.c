@@ -16,6 +16,7 @@
 #include "kv_server.h"
 #include "kv_test_util.h"
 #include "kv_worker.h"
+#include "pb.h"
 #include "server_int.h"
 
 static struct kv_config cfg;
@@ -646,6 +647,67 @@ static void test_server_no_heap_left_behind(void)
     CU_ASSERT(after.mod[KV_MOD_PROTO].allocs > before.mod[KV_MOD_PROTO].allocs);
 }
 
+/* The inline reader (one-byte tags, short varints and lengths) must agree
+ * with the general one on every input: result, field and position. Edge
+ * cases first (varints of 1..11 bytes, truncated at every byte, lengths at
+ * the end of the buffer), then random bytes biased towards tags. */
+static void pb_check_same(const uint8_t *buf, size_t len)
+{
+    struct pb_reader a = {buf, buf + len}, b = {buf, buf + len};
+
+    for (int n = 0; n < 64; n++) {
+        struct pb_field fa, fb;
+        int ra, rb;
+
+        memset(&fa, 0xAB, sizeof(fa));
+        memset(&fb, 0xAB, sizeof(fb));
+        ra = pb_next(&a, &fa);
+        rb = pb_next_slow(&b, &fb);
+        CU_ASSERT_EQUAL_FATAL(ra, rb);
+        if (ra != 1)
+            return;
+        CU_ASSERT_PTR_EQUAL_FATAL(a.p, b.p);
+        CU_ASSERT_EQUAL_FATAL(fa.number, fb.number);
+        CU_ASSERT_EQUAL_FATAL(fa.wire, fb.wire);
+        CU_ASSERT_EQUAL_FATAL(fa.u64, fb.u64);
+        CU_ASSERT_PTR_EQUAL_FATAL(fa.data, fb.data);
+        CU_ASSERT_EQUAL_FATAL(fa.len, fb.len);
+    }
+}
+
+static void test_pb_inline_reader_matches_general(void)
+{
+    uint8_t buf[64];
+    unsigned seed = 12345;
+
+    for (int vbytes = 1; vbytes <= 11; vbytes++) {
+        for (int cut = 0; cut <= vbytes + 1; cut++) {
+            buf[0] = 0x18; /* field 3, varint */
+            for (int k = 1; k <= vbytes; k++)
+                buf[k] = (uint8_t)(k < vbytes ? 0x80 | (k * 37) : k * 5);
+            pb_check_same(buf, (size_t)cut);
+        }
+    }
+    for (int l = 0; l < 130; l++) { /* length field 2 at and past the end */
+        buf[0] = 0x12;
+        buf[1] = (uint8_t)l;
+        memset(buf + 2, 'v', sizeof(buf) - 2);
+        for (size_t cut = 0; cut <= sizeof(buf); cut += 7)
+            pb_check_same(buf, cut);
+    }
+    for (int round = 0; round < 200000; round++) {
+        size_t len = (size_t)(rand_r(&seed) % sizeof(buf));
+
+        for (size_t i = 0; i < len; i++) {
+            unsigned r = (unsigned)rand_r(&seed);
+            /* tags of fields 0..16 with each wire type, small and continued bytes */
+            buf[i] = (uint8_t)(r % 3 == 0 ? ((r >> 4) % 17) << 3 | ((r >> 9) % 8)
+                               : r % 3 == 1 ? (r >> 4) % 20 : 0x80 | (r >> 4));
+        }
+        pb_check_same(buf, len);
+    }
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -671,5 +733,6 @@ int main(void)
     CU_add_test(s, "test_server_repeated_key_field_last_wins",
                 test_server_repeated_key_field_last_wins);
     CU_add_test(s, "test_server_no_heap_left_behind", test_server_no_heap_left_behind);
+    CU_add_test(s, "test_pb_inline_reader_matches_general", test_pb_inline_reader_matches_general);
     return kv_test_run_all();
 }

@@ -630,7 +630,7 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         if (rc == KV_TEXT_DISPATCH) {
             req->call.body = res.body;
             req->call.body_len = (uint32_t)res.body_len;
-            req->body_owned = res.body != NULL;
+            req->body_owned = res.body != NULL && !res.body_in_scratch;
             conn_enqueue(c, req);
             batch_add(thr, c, req, (size_t)r);
         } else if (rc == KV_TEXT_REPLY) {

@@ -29,6 +29,8 @@ enum { KV_TEXT_DISPATCH = 1, KV_TEXT_REPLY = 2 };
 struct kv_text_result {
     uint8_t *body;      /* DISPATCH: request body, owned (KV_MOD_PACKET), may be NULL */
     size_t body_len;
+    int body_in_scratch; /* DISPATCH: body lies at the start of call->scratch (not
+                          * owned), and the adapter moved call->scratch past it */
     uint8_t *reply;     /* REPLY: reply bytes, owned (KV_MOD_PACKET) */
     size_t reply_len;
     int close;          /* close the connection after this reply */

@@ -33,7 +33,8 @@ static int push(struct kv_resp_argv *a, const uint8_t *p, size_t len)
 /* Reads "<prefix><digits>\r\n" at buf[*off]. Returns 0 with *val, KV_EAGAIN,
  * or KV_EPROTO. The value is checked against max digit by digit, so it
  * never overflows. */
-static int read_count(const uint8_t *buf, size_t len, size_t *off, size_t max, long long *val,
+static inline __attribute__((always_inline)) int read_count(const uint8_t *buf, size_t len,
+                                                             size_t *off, size_t max, long long *val,
                       int allow_negative, const char **err)
 {
     size_t i = *off + 1;

@@ -28,25 +28,18 @@ int pb_next_slow(struct pb_reader *r, struct pb_field *f);
 /* Returns 1 and fills *f with the next field, 0 at the end, -1 on a
  * malformed body (truncated varint or length past the end, bad wire type,
  * field number 0). Never reads outside [p, end).
- * Inline for the common case, a one-byte tag (fields 1..15) with a one-byte
- * varint or length: every field of the hot requests and answers. */
+ * Inline for the common case, a one-byte tag (fields 1..15) with a varint
+ * of up to 9 bytes or a one-byte length: every field of the hot requests and
+ * answers. The rest, and every malformed case, goes to pb_next_slow. */
 static inline int pb_next(struct pb_reader *r, struct pb_field *f)
 {
     const uint8_t *p = r->p;
+    size_t avail = (size_t)(r->end - p);
 
-    if (r->end - p >= 2 && p[0] < 0x80 && p[1] < 0x80 && (p[0] >> 3) != 0) {
+    if (avail >= 2 && p[0] < 0x80 && (p[0] >> 3) != 0) {
         unsigned wire = p[0] & 7;
 
-        if (wire == 0) {
-            f->number = p[0] >> 3;
-            f->wire = 0;
-            f->u64 = p[1];
-            f->data = NULL;
-            f->len = 0;
-            r->p = p + 2;
-            return 1;
-        }
-        if (wire == 2 && p[1] <= (size_t)(r->end - p - 2)) {
+        if (wire == 2 && p[1] < 0x80 && p[1] <= avail - 2) {
             f->number = p[0] >> 3;
             f->wire = 2;
             f->u64 = p[1];
@@ -54,6 +47,23 @@ static inline int pb_next(struct pb_reader *r, struct pb_field *f)
             f->len = p[1];
             r->p = p + 2 + p[1];
             return 1;
+        }
+        if (wire == 0) {
+            uint64_t v = 0;
+            size_t lim = avail < 10 ? avail : 10;
+
+            for (size_t k = 1, shift = 0; k < lim; k++, shift += 7) {
+                v |= (uint64_t)(p[k] & 0x7f) << shift;
+                if (!(p[k] & 0x80)) {
+                    f->number = p[0] >> 3;
+                    f->wire = 0;
+                    f->u64 = v;
+                    f->data = NULL;
+                    f->len = 0;
+                    r->p = p + k + 1;
+                    return 1;
+                }
+            }
         }
     }
     return pb_next_slow(r, f);

@@ -53,9 +53,10 @@ enum reply_style {
 
 /* ---- output buffer ------------------------------------------------------ */
 struct out {
-    uint8_t *p;  /* owned (KV_MOD_PACKET) until handed over */
+    uint8_t *p;  /* owned (KV_MOD_PACKET) until handed over, or in_room */
     size_t len, cap;
     int failed;
+    int in_room; /* p is the call's scratch (out_init_room), not allocated */
 };
 
 /* Grows to at least len + more: the first allocation is what the caller
@@ -66,7 +67,17 @@ static void out_grow(struct out *o, size_t more)
     size_t ncap = o->cap ? o->cap * 2 : 64;
     while (ncap < o->len + more)
         ncap *= 2;
-    uint8_t *n = kv_mem_realloc(KV_MOD_PACKET, o->p, ncap);
+    uint8_t *n;
+    if (o->in_room) { /* the estimate was short: move to the heap */
+        n = kv_mem_alloc(KV_MOD_PACKET, ncap);
+        if (n)
+            memcpy(n, o->p, o->len);
+        else
+            o->p = NULL; /* the room is not ours to free */
+        o->in_room = 0;
+    } else {
+        n = kv_mem_realloc(KV_MOD_PACKET, o->p, ncap); /* on failure p is freed later */
+    }
     if (!n) {
         o->failed = 1;
         return;
@@ -91,6 +102,23 @@ static void out_init(struct out *o, size_t cap)
         o->failed = 1;
     else
         o->cap = cap ? cap : 1;
+}
+
+/* A request body of at most cap bytes is built in the call's own scratch
+ * room when it leaves at least OUT_ANSWER_ROOM bytes of it for the answer
+ * (a GET of a 100-byte value, a SET's version): no allocation for the body
+ * of a small command. dispatch() moves call->scratch past the body. Else,
+ * and when the estimate was short, the heap as usual. */
+#define OUT_ANSWER_ROOM 32
+static void out_init_room(struct out *o, struct kv_call *call, size_t cap)
+{
+    if (!o->p && !o->failed && call->scratch && cap + OUT_ANSWER_ROOM <= call->scratch_cap) {
+        o->p = call->scratch;
+        o->cap = cap;
+        o->in_room = 1;
+        return;
+    }
+    out_init(o, cap);
 }
 
 static inline void out_bytes(struct out *o, const void *b, size_t n)
@@ -216,6 +244,12 @@ static int dispatch(struct out *o, struct kv_call *call, struct kv_text_result *
     call->tag = style;
     res->body = o->p;
     res->body_len = o->len;
+    if (o->in_room) { /* the answer may use what the body left of the room */
+        size_t used = (o->len + 7) & ~(size_t)7;
+        call->scratch += used;
+        call->scratch_cap -= used;
+        res->body_in_scratch = 1;
+    }
     return KV_TEXT_DISPATCH;
 }
 
@@ -297,7 +331,8 @@ static int cmd_set(struct cmdctx *x, int getset)
     }
     if (nx && xx)
         return reply_err(x->res, "-ERR syntax error");
-    out_init(&o, v[1].len + v[2].len + 64); /* two fields + four varints */
+    /* two fields (tag + length <= 6 bytes each here) and four varints */
+    out_init_room(&o, x->call, v[1].len + v[2].len + 12 + 4 * 11);
     body_bytes(&o, 1, &v[1]);
     body_bytes(&o, 2, &v[2]);
     body_uint(&o, 3, (uint64_t)ttl);
@@ -314,7 +349,7 @@ static int cmd_keys(struct cmdctx *x, uint16_t op, enum reply_style style)
 
     for (size_t i = 1; i < x->argc; i++)
         need += x->argv[i].len + 16; /* tag + length prefix <= 16 */
-    out_init(&o, need);
+    out_init_room(&o, x->call, need);
     for (size_t i = 1; i < x->argc; i++)
         body_bytes(&o, 1, &x->argv[i]);
     return dispatch(&o, x->call, x->res, op, style);
@@ -324,7 +359,7 @@ static int cmd_incr(struct cmdctx *x, long long delta)
 {
     struct out o = {0};
 
-    out_init(&o, x->argv[1].len + 32);
+    out_init_room(&o, x->call, x->argv[1].len + 32);
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, pb_zigzag_encode(delta));
     return dispatch(&o, x->call, x->res, OP_INCR, RS_INT_INCR);
@@ -334,7 +369,7 @@ static int cmd_expire(struct cmdctx *x, int action, long long ms, enum reply_sty
 {
     struct out o = {0};
 
-    out_init(&o, x->argv[1].len + 48);
+    out_init_room(&o, x->call, x->argv[1].len + 48);
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, (uint64_t)action);
     body_uint(&o, 3, (uint64_t)ms);
