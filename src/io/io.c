@@ -16,6 +16,7 @@
  * its connection's chain of output buffers and its request is freed at
  * once: the bytes of a whole batch leave in one contiguous send, and the
  * receive buffer the request pointed into is free for the next read. */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -36,6 +37,7 @@
 #define KV_IO_MIN_TAIL 512       /* a smaller free tail is not worth a read */
 #define KV_IO_IOV_MAX 64         /* output buffers per sendmsg */
 #define KV_IO_OBUF 16384u        /* output buffer size (larger answers get their own) */
+#define KV_IO_TEXT_ROOM 64u      /* least free space a text reply is offered in place */
 
 static __thread struct kv_io_thread *current_thread;
 
@@ -99,7 +101,7 @@ static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
     r->conn = c;
     r->msg = m;
     r->out_next = NULL;
-    r->done = r->queued = r->body_owned = 0;
+    r->done = r->queued = r->body_owned = r->in_place = 0;
     if (m)
         m->refs++;
     return r;
@@ -247,6 +249,20 @@ static uint8_t *out_reserve(struct kv_io_conn *c, size_t n)
     return b->data;
 }
 
+/* The free end of c's output for a text reply written in place: the last
+ * buffer when it has KV_IO_TEXT_ROOM free, a new one when there is none,
+ * else NULL (the reply is then allocated and copied, as any other). */
+static uint8_t *out_room(struct kv_io_conn *c, size_t *cap)
+{
+    struct kv_io_obuf *b = c->ob_tail;
+    uint8_t *p = NULL;
+
+    if (!b || b->cap - b->len >= KV_IO_TEXT_ROOM)
+        p = out_reserve(c, KV_IO_TEXT_ROOM);
+    *cap = p ? c->ob_tail->cap - c->ob_tail->len : 0;
+    return p;
+}
+
 /* Lays out the answer of r at the end of c's output. */
 static int out_append(struct kv_io_conn *c, const struct kv_io_req *r)
 {
@@ -255,7 +271,10 @@ static int out_append(struct kv_io_conn *c, const struct kv_io_req *r)
     if (!p)
         return KV_ENOMEM;
     if (c->proto == KV_PROTO_TEXT) {
-        memcpy(p, r->call.resp, r->call.resp_len);
+        if (!r->in_place)
+            memcpy(p, r->call.resp, r->call.resp_len);
+        /* in place: written at p by the adapter, nothing laid out since */
+        assert(!r->in_place || p == c->ob_tail->data + c->ob_tail->len);
     } else {
         struct kv_frame f = {
             .version = KV_FRAME_VERSION,
@@ -301,10 +320,15 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
     const struct kv_io_textproto *text = &c->thr->io->text;
 
     if (c->proto == KV_PROTO_TEXT) {
-        uint8_t *out = NULL;
-        size_t len = 0;
+        uint8_t *out = NULL, *room = NULL;
+        size_t len = 0, room_cap = 0;
 
-        if (r->call.tag != UINT32_MAX && text->reply(text->ctx, &r->call, &out, &len) != 0) {
+        /* first in line (every answer before it laid out): the reply may be
+         * written straight into the output, where conn_drain commits it */
+        if (r->call.tag != UINT32_MAX && c->out_head == r)
+            room = out_room(c, &room_cap);
+        if (r->call.tag != UINT32_MAX &&
+            text->reply(text->ctx, &r->call, room, room_cap, &out, &len) != 0) {
             kv_io_log(c->thr->io, 0, "out of memory for a reply; closing connection");
             r->done = 1; /* queued since it was parsed: conn_close frees it */
             conn_close(c);
@@ -313,9 +337,10 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
         if (r->call.tag != UINT32_MAX) { /* UINT32_MAX: the reply is in resp already */
             if (r->call.resp_owned)
                 kv_mem_free(KV_MOD_PACKET, r->call.resp);
-            r->call.resp = out;
+            r->in_place = room && out == room;
+            r->call.resp = r->in_place ? NULL : out;
             r->call.resp_len = (uint32_t)len;
-            r->call.resp_owned = 1;
+            r->call.resp_owned = !r->in_place;
         }
         r->out_len = r->call.resp_len;
     } else {

@@ -46,6 +46,7 @@ struct kv_io_req {
     uint8_t done;                /* answer ready: may be laid out */
     uint8_t queued;              /* on the conn's output queue */
     uint8_t body_owned;          /* call.body is KV_MOD_PACKET memory (text protocol) */
+    uint8_t in_place;            /* text reply already written at the end of the output */
     uint8_t scratch[KV_IO_SCRATCH] __attribute__((aligned(8))); /* call.scratch */
 };
 

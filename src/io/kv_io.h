@@ -41,8 +41,12 @@ struct kv_io_textproto {
      * res->reply for REPLY; returns which, or KV_ENOMEM. */
     int (*command)(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
                    struct kv_call *call, struct kv_text_result *res);
-    /* Turns a finished call into reply bytes (KV_MOD_PACKET); 0 or KV_ENOMEM. */
-    int (*reply)(void *ctx, const struct kv_call *call, uint8_t **out, size_t *len);
+    /* Turns a finished call into reply bytes; 0 or KV_ENOMEM. When room is
+     * not NULL the reply may be written there (the free end of the
+     * connection's output, room_cap bytes): *out = room says it was. Else
+     * *out is KV_MOD_PACKET memory, handed over. */
+    int (*reply)(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
+                 uint8_t **out, size_t *len);
     void *ctx;
 };
 

@@ -56,7 +56,8 @@ struct out {
     uint8_t *p;  /* owned (KV_MOD_PACKET) until handed over, or in_room */
     size_t len, cap;
     int failed;
-    int in_room; /* p is the call's scratch (out_init_room), not allocated */
+    int in_room; /* p is a room not ours: the call's scratch (out_init_room)
+                  * or the connection's output (resp_reply) */
 };
 
 /* Grows to at least len + more: the first allocation is what the caller
@@ -814,7 +815,8 @@ static void reply_info(struct out *o, const struct kv_call *call, const struct k
     kv_mem_free(KV_MOD_PACKET, t.p);
 }
 
-static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, size_t *lenp)
+static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
+                      uint8_t **outp, size_t *lenp)
 {
     struct kv_server *srv = ctx;
     struct out o = {0};
@@ -822,8 +824,15 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t **outp, siz
     int ok = call->status == KV_ST_OK;
     int64_t v;
 
-    /* one allocation of about the right size: an answer's RESP form is at
-     * most its protobuf form plus a few bytes per entry (misses: 5 for 2) */
+    /* straight into the connection's output when offered (a reply longer
+     * than the room moves to the heap, see out_grow); else one allocation
+     * of about the right size: an answer's RESP form is at most its
+     * protobuf form plus a few bytes per entry (misses: 5 for 2) */
+    if (room) {
+        o.p = room;
+        o.cap = room_cap;
+        o.in_room = 1;
+    }
     switch ((enum reply_style)call->tag) {
     case RS_MGET:
     case RS_SCAN: out_init(&o, call->resp_len + call->resp_len / 2 + 32); break;
