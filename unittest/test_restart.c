@@ -129,6 +129,47 @@ static void test_restart_second_server_on_segment_refused(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
 }
 
+/* --huge-pages: whether /dev/shm gives huge pages depends on the machine,
+ * so the default start tells (its info line), and require must agree with
+ * it: refuse, say why and leave no segment behind when there are none;
+ * start when there are. off never asks and never says. */
+static void test_restart_huge_pages_option(void)
+{
+    const char *req[] = {"--huge-pages", "require", NULL};
+    const char *off[] = {"--huge-pages", "off", NULL};
+    struct kv_test_server a = {0}, b = {0}, c = {0};
+    char path[128];
+    char *log;
+    int none;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&a, NULL) == 0);
+    log = kv_test_server_log(&a);
+    CU_ASSERT_FATAL(log != NULL);
+    none = strstr(log, "not on huge pages") != NULL;
+    free(log);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+
+    if (none) {
+        CU_ASSERT_NOT_EQUAL(kv_test_server_start(&b, req), 0);
+        log = kv_test_server_log(&b);
+        CU_ASSERT_FATAL(log != NULL);
+        CU_ASSERT(strstr(log, "--huge-pages require") != NULL);
+        free(log);
+        snprintf(path, sizeof(path), "/dev/shm%s", b.shm_name);
+        CU_ASSERT_EQUAL(access(path, F_OK), -1); /* the empty segment was removed */
+    } else {
+        CU_ASSERT_EQUAL_FATAL(kv_test_server_start(&b, req), 0);
+        CU_ASSERT_EQUAL(kv_test_server_stop(&b), 0);
+    }
+
+    CU_ASSERT_EQUAL_FATAL(kv_test_server_start(&c, off), 0);
+    log = kv_test_server_log(&c);
+    CU_ASSERT_FATAL(log != NULL);
+    CU_ASSERT(strstr(log, "not on huge pages") == NULL);
+    free(log);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&c), 0);
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -142,5 +183,6 @@ int main(void)
                 test_restart_after_sigkill_serves_every_acknowledged_write);
     CU_add_test(s, "test_restart_second_server_on_segment_refused",
                 test_restart_second_server_on_segment_refused);
+    CU_add_test(s, "test_restart_huge_pages_option", test_restart_huge_pages_option);
     return kv_test_run_all();
 }

@@ -11,6 +11,9 @@
 #include <stdint.h>
 
 enum kv_eviction { KV_EVICT_NONE, KV_EVICT_LRU };
+/* try: ask for huge pages (madvise), say at start when the store did not get
+ * them; require: refuse to start without them; off: do not ask. */
+enum kv_huge_pages { KV_HUGE_TRY, KV_HUGE_REQUIRE, KV_HUGE_OFF };
 
 struct kv_config {
     /* network / io */
@@ -34,6 +37,7 @@ struct kv_config {
     char data_file[1024];        /* file path for a disk-backed segment, "" = shm */
     size_t memory;               /* segment size, bytes */
     enum kv_eviction eviction;
+    enum kv_huge_pages huge_pages; /* default try */
     size_t max_key;              /* 1 .. max_key bytes */
     int reset_store;             /* move an unusable segment aside and start empty */
 

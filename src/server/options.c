@@ -16,7 +16,7 @@ enum {
     OPT_BIND = 256, OPT_PORT, OPT_IO_THREADS, OPT_WORKERS, OPT_MAX_BODY, OPT_MAX_CONNS,
     OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
     OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
-    OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER,
+    OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER, OPT_HUGE_PAGES,
 };
 
 static const struct option long_opts[] = {
@@ -45,6 +45,7 @@ static const struct option long_opts[] = {
     {"in-order", no_argument, NULL, OPT_IN_ORDER},
     {"max-body-noauth", required_argument, NULL, OPT_MAX_BODY_NOAUTH},
     {"output-hard-limit", required_argument, NULL, OPT_OUTPUT_HARD},
+    {"huge-pages", required_argument, NULL, OPT_HUGE_PAGES},
     {NULL, 0, NULL, 0},
 };
 
@@ -70,6 +71,9 @@ void kv_options_usage(FILE *f)
           "  --memory SIZE        store size (default 256m)\n"
           "  --eviction none|lru  when full: answer OUT_OF_MEMORY (default) or evict\n"
           "  --reset-store        move an unusable segment aside and start empty\n"
+          "  --huge-pages try|require|off  back the store with huge pages: ask and say\n"
+          "                       when it did not get them (default), refuse to start\n"
+          "                       without them, or do not ask\n"
           "  --requirepass PASS   require AUTH before any opcode but PING\n"
           "  --requirepass-file F the same, the password being the first line of file F\n"
           "  --max-body-noauth SIZE  largest body accepted before AUTH (default 64k)\n"
@@ -247,6 +251,16 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
                 cfg->eviction = KV_EVICT_NONE;
             else if (strcmp(optarg, "lru") == 0)
                 cfg->eviction = KV_EVICT_LRU;
+            else
+                rc = KV_EINVAL;
+            break;
+        case OPT_HUGE_PAGES:
+            if (strcmp(optarg, "try") == 0)
+                cfg->huge_pages = KV_HUGE_TRY;
+            else if (strcmp(optarg, "require") == 0)
+                cfg->huge_pages = KV_HUGE_REQUIRE;
+            else if (strcmp(optarg, "off") == 0)
+                cfg->huge_pages = KV_HUGE_OFF;
             else
                 rc = KV_EINVAL;
             break;

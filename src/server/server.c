@@ -77,9 +77,24 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
     if (err[0])
         kv_server_log(cfg, 1, "store: %s", err);
     err[0] = '\0';
-    if (kv_shm_huge_bytes(srv->store) == 0)
+    if (cfg->huge_pages != KV_HUGE_OFF && kv_shm_huge_bytes(srv->store) == 0) {
+        if (cfg->huge_pages == KV_HUGE_REQUIRE) {
+            struct kv_shm_stats st;
+            /* an empty segment this start created is not left behind */
+            int empty = kv_shm_stats(srv->store, &st) == 0 && st.keys == 0;
+
+            snprintf(err, errcap, "--huge-pages require: the store is not on huge pages; "
+                     "put it on a tmpfs mounted with huge=always (README, \"Huge pages\")");
+            kv_shm_store_close(srv->store);
+            srv->store = NULL;
+            if (empty)
+                kv_shm_store_unlink(cfg);
+            rc = KV_EINVAL;
+            goto err_destroy;
+        }
         kv_server_log(cfg, 2, "store: the segment is not on huge pages; lookups run faster "
                       "when its tmpfs allows them (README, \"Huge pages\")");
+    }
     rc = kv_worker_registry_create(&srv->reg);
     if (rc == 0)
         rc = kv_server_handlers_register(srv, srv->reg);

@@ -320,7 +320,8 @@ reserve:
         }
         s->base = m;
         /* fewer TLB misses for lookups and recovery where the admin allows shmem THP */
-        madvise(m, s->size, MADV_HUGEPAGE);
+        if (cfg->huge_pages != KV_HUGE_OFF)
+            madvise(m, s->size, MADV_HUGEPAGE);
         store_wire(s, &l);
     }
     if (!fresh && s->hdr->magic == 0 && page_all_zero(s->base, SHM_HDR_SIZE) && !s->attach) {
