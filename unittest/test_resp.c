@@ -94,6 +94,7 @@ static void test_resp_multibulk_and_inline_exact_replies(void)
 
     CU_ASSERT_FATAL(fd >= 0);
     expect(fd, "*1\r\n$4\r\nPING\r\n", "+PONG\r\n");
+    expect(fd, "*2\r\n$4\r\nECHO\r\n$0\r\n\r\n", "$0\r\n\r\n"); /* empty bulk */
     expect(fd, "*3\r\n$3\r\nSET\r\n$5\r\nrk:a1\r\n$5\r\nhello\r\n", "+OK\r\n");
     expect(fd, "*2\r\n$3\r\nGET\r\n$5\r\nrk:a1\r\n", "$5\r\nhello\r\n");
     expect(fd, "*2\r\n$3\r\nGET\r\n$5\r\nrk:no\r\n", "$-1\r\n");

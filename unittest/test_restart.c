@@ -156,7 +156,24 @@ static void test_restart_huge_pages_option(void)
         CU_ASSERT(strstr(log, "--huge-pages require") != NULL);
         free(log);
         snprintf(path, sizeof(path), "/dev/shm%s", b.shm_name);
-        CU_ASSERT_EQUAL(access(path, F_OK), -1); /* the empty segment was removed */
+        CU_ASSERT_EQUAL(access(path, F_OK), -1); /* the segment it created was removed */
+
+        /* a segment that existed before is kept, even one holding no keys */
+        struct kv_test_server d = {0};
+        uint16_t port;
+
+        CU_ASSERT_FATAL(kv_test_server_start(&d, NULL) == 0); /* created, left empty */
+        port = d.port;
+        CU_ASSERT_EQUAL(kv_test_server_kill(&d, SIGTERM), 0);
+        d.port = port;
+        CU_ASSERT_NOT_EQUAL(kv_test_server_start(&d, req), 0);
+        snprintf(path, sizeof(path), "/dev/shm%s", d.shm_name);
+        CU_ASSERT_EQUAL(access(path, F_OK), 0);
+        d.port = port;
+        CU_ASSERT_FATAL(kv_test_server_start(&d, NULL) == 0); /* and it still opens */
+        fill(&d, 1);
+        CU_ASSERT_EQUAL(verify(&d, 1), 0);
+        CU_ASSERT_EQUAL(kv_test_server_stop(&d), 0);
     } else {
         CU_ASSERT_EQUAL_FATAL(kv_test_server_start(&b, req), 0);
         CU_ASSERT_EQUAL(kv_test_server_stop(&b), 0);

@@ -29,7 +29,8 @@ struct kv_io_msg {
 };
 
 /* Answers up to this size are built in the request itself (call.scratch):
- * a GET of a value of up to ~200 bytes allocates no response packet. */
+ * a binary GET of a value of up to ~200 bytes allocates no response packet
+ * (over RESP the request body takes the front of it, so ~170 bytes). */
 #define KV_IO_SCRATCH 232
 
 /* One request: the call the workers see, plus what the IO thread needs to

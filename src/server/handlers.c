@@ -739,6 +739,10 @@ static void handle_mget(void *ctx, struct kv_call *call)
     /* sized from the bytes per key of this thread's last MGET (misses: 2), so
      * that a steady workload allocates once and never regrows the answer */
     o.cap = 64 + n * (mget_per_key + mget_per_key / 8);
+    /* ...but never more than 64 KiB above the all-miss size: the estimate is
+     * the thread's, not this client's, and a guess is allocated whole */
+    if (o.cap > 64 + n * 24 + (64u << 10))
+        o.cap = 64 + n * 24 + (64u << 10);
     if (o.cap <= call->scratch_cap) {
         o.buf = call->scratch;
         o.cap = call->scratch_cap;

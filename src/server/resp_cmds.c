@@ -125,10 +125,19 @@ static void out_init_room(struct out *o, struct kv_call *call, size_t cap)
 static inline void out_bytes(struct out *o, const void *b, size_t n)
 {
     out_reserve(o, n);
-    if (!o->failed) {
+    if (!o->failed && n) { /* n == 0 may come with b == NULL (ECHO "") */
         memcpy(o->p + o->len, b, n);
         o->len += n;
     }
+}
+
+/* Gives up what o holds: its heap buffer; a room is not ours to free. */
+static void out_release(struct out *o)
+{
+    if (!o->in_room)
+        kv_mem_free(KV_MOD_PACKET, o->p);
+    o->p = NULL;
+    o->len = o->cap = 0;
 }
 
 static void out_fmt(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -183,7 +192,7 @@ static void out_nil(struct out *o)
 static int out_reply(struct out *o, struct kv_text_result *res)
 {
     if (o->failed) {
-        kv_mem_free(KV_MOD_PACKET, o->p);
+        out_release(o);
         return KV_ENOMEM;
     }
     res->reply = o->p;
@@ -238,7 +247,7 @@ static int dispatch(struct out *o, struct kv_call *call, struct kv_text_result *
                     uint16_t op, enum reply_style style)
 {
     if (o->failed) {
-        kv_mem_free(KV_MOD_PACKET, o->p);
+        out_release(o);
         return KV_ENOMEM;
     }
     call->opcode = op;
@@ -824,22 +833,25 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
     int ok = call->status == KV_ST_OK;
     int64_t v;
 
-    /* straight into the connection's output when offered (a reply longer
-     * than the room moves to the heap, see out_grow); else one allocation
-     * of about the right size: an answer's RESP form is at most its
-     * protobuf form plus a few bytes per entry (misses: 5 for 2) */
-    if (room) {
+    /* an answer's RESP form is at most its protobuf form plus a few bytes
+     * per entry (misses: 5 for 2): written straight into the connection's
+     * output when that room holds the estimate (a longer reply still moves
+     * to the heap, see out_grow), else one allocation of the estimate */
+    size_t est;
+    switch ((enum reply_style)call->tag) {
+    case RS_MGET:
+    case RS_SCAN: est = call->resp_len + call->resp_len / 2 + 32; break;
+    case RS_BULK:
+    case RS_ECHO:
+    case RS_SET_GET: est = call->resp_len + 32; break;
+    default: est = 32; break;
+    }
+    if (room && est <= room_cap) {
         o.p = room;
         o.cap = room_cap;
         o.in_room = 1;
-    }
-    switch ((enum reply_style)call->tag) {
-    case RS_MGET:
-    case RS_SCAN: out_init(&o, call->resp_len + call->resp_len / 2 + 32); break;
-    case RS_BULK:
-    case RS_ECHO:
-    case RS_SET_GET: out_init(&o, call->resp_len + 32); break;
-    default: out_init(&o, 32); break;
+    } else {
+        out_init(&o, est);
     }
     switch ((enum reply_style)call->tag) {
     case RS_OK:
@@ -963,7 +975,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
         break;
     }
     if (o.failed) {
-        kv_mem_free(KV_MOD_PACKET, o.p);
+        out_release(&o);
         return KV_ENOMEM;
     }
     *outp = o.p;

@@ -80,15 +80,16 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
     if (cfg->huge_pages != KV_HUGE_OFF && kv_shm_huge_bytes(srv->store) == 0) {
         if (cfg->huge_pages == KV_HUGE_REQUIRE) {
             struct kv_shm_stats st;
-            /* an empty segment this start created is not left behind */
-            int empty = kv_shm_stats(srv->store, &st) == 0 && st.keys == 0;
 
             snprintf(err, errcap, "--huge-pages require: the store is not on huge pages; "
                      "put it on a tmpfs mounted with huge=always (README, \"Huge pages\")");
+            /* a segment this very start created (first open, nothing in it) is
+             * not left behind; unlinked while still locked, so that no other
+             * server can open it in between. Any older segment is kept. */
+            if (kv_shm_stats(srv->store, &st) == 0 && st.generation == 1 && st.keys == 0)
+                kv_shm_store_unlink(cfg);
             kv_shm_store_close(srv->store);
             srv->store = NULL;
-            if (empty)
-                kv_shm_store_unlink(cfg);
             rc = KV_EINVAL;
             goto err_destroy;
         }
