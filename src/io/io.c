@@ -313,34 +313,39 @@ static int conn_drain(struct kv_io_conn *c)
     return 0;
 }
 
+/* Turns r's finished call into its text reply (the adapter's). First in
+ * line (every answer before it laid out), the reply may be written straight
+ * into the output, where conn_drain commits it. 0 or KV_ENOMEM. */
+static int text_reply(struct kv_io_conn *c, struct kv_io_req *r)
+{
+    const struct kv_io_textproto *text = &c->thr->io->text;
+    uint8_t *out = NULL, *room = NULL;
+    size_t len = 0, room_cap = 0;
+
+    if (c->out_head == r)
+        room = out_room(c, &room_cap);
+    if (text->reply(text->ctx, &r->call, room, room_cap, &out, &len) != 0)
+        return KV_ENOMEM;
+    if (r->call.resp_owned)
+        kv_mem_free(KV_MOD_PACKET, r->call.resp);
+    r->in_place = room && out == room;
+    r->call.resp = r->in_place ? NULL : out;
+    r->call.resp_len = (uint32_t)len;
+    r->call.resp_owned = !r->in_place;
+    return 0;
+}
+
 /* The answer of r is ready: lay it out (now, or once the answers before it
  * are) and let flush write it. */
 static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
 {
-    const struct kv_io_textproto *text = &c->thr->io->text;
-
     if (c->proto == KV_PROTO_TEXT) {
-        uint8_t *out = NULL, *room = NULL;
-        size_t len = 0, room_cap = 0;
-
-        /* first in line (every answer before it laid out): the reply may be
-         * written straight into the output, where conn_drain commits it */
-        if (r->call.tag != UINT32_MAX && c->out_head == r)
-            room = out_room(c, &room_cap);
-        if (r->call.tag != UINT32_MAX &&
-            text->reply(text->ctx, &r->call, room, room_cap, &out, &len) != 0) {
+        /* tag UINT32_MAX: the reply is in resp already */
+        if (r->call.tag != UINT32_MAX && text_reply(c, r) != 0) {
             kv_io_log(c->thr->io, 0, "out of memory for a reply; closing connection");
             r->done = 1; /* queued since it was parsed: conn_close frees it */
             conn_close(c);
             return;
-        }
-        if (r->call.tag != UINT32_MAX) { /* UINT32_MAX: the reply is in resp already */
-            if (r->call.resp_owned)
-                kv_mem_free(KV_MOD_PACKET, r->call.resp);
-            r->in_place = room && out == room;
-            r->call.resp = r->in_place ? NULL : out;
-            r->call.resp_len = (uint32_t)len;
-            r->call.resp_owned = !r->in_place;
         }
         r->out_len = r->call.resp_len;
     } else {

@@ -127,16 +127,25 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
     return 0;
 }
 
+/* *out = the index of s in names[0..n), which the callers index by their
+ * enum values; KV_EINVAL when s is none of them. */
+static int parse_name(const char *s, const char *const *names, int n, int *out)
+{
+    for (int i = 0; i < n; i++)
+        if (names[i] && strcmp(s, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    return KV_EINVAL;
+}
+
 static int parse_log_level(const char *s, int *out)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
     unsigned long v;
 
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, names[i]) == 0) {
-            *out = i;
-            return 0;
-        }
+    if (parse_name(s, names, 4, out) == 0)
+        return 0;
     if (parse_uint(s, 0, 3, &v) != 0)
         return KV_EINVAL;
     *out = (int)v;
@@ -246,24 +255,27 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
                 rc = KV_EINVAL;
             cfg->memory = sz;
             break;
-        case OPT_EVICTION:
-            if (strcmp(optarg, "none") == 0)
-                cfg->eviction = KV_EVICT_NONE;
-            else if (strcmp(optarg, "lru") == 0)
-                cfg->eviction = KV_EVICT_LRU;
-            else
-                rc = KV_EINVAL;
+        case OPT_EVICTION: {
+            static const char *const names[] = {[KV_EVICT_NONE] = "none",
+                                                [KV_EVICT_LRU] = "lru"};
+            int i;
+
+            rc = parse_name(optarg, names, 2, &i);
+            if (rc == 0)
+                cfg->eviction = (enum kv_eviction)i;
             break;
-        case OPT_HUGE_PAGES:
-            if (strcmp(optarg, "try") == 0)
-                cfg->huge_pages = KV_HUGE_TRY;
-            else if (strcmp(optarg, "require") == 0)
-                cfg->huge_pages = KV_HUGE_REQUIRE;
-            else if (strcmp(optarg, "off") == 0)
-                cfg->huge_pages = KV_HUGE_OFF;
-            else
-                rc = KV_EINVAL;
+        }
+        case OPT_HUGE_PAGES: {
+            static const char *const names[] = {[KV_HUGE_TRY] = "try",
+                                                [KV_HUGE_REQUIRE] = "require",
+                                                [KV_HUGE_OFF] = "off"};
+            int i;
+
+            rc = parse_name(optarg, names, 3, &i);
+            if (rc == 0)
+                cfg->huge_pages = (enum kv_huge_pages)i;
             break;
+        }
         case OPT_RESET_STORE:
             cfg->reset_store = 1;
             break;

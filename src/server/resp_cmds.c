@@ -105,21 +105,30 @@ static void out_init(struct out *o, size_t cap)
         o->cap = cap ? cap : 1;
 }
 
-/* A request body of at most cap bytes is built in the call's own scratch
- * room when it leaves at least OUT_ANSWER_ROOM bytes of it for the answer
- * (a GET of a 100-byte value, a SET's version): no allocation for the body
- * of a small command. dispatch() moves call->scratch past the body. Else,
- * and when the estimate was short, the heap as usual. */
-#define OUT_ANSWER_ROOM 32
-static void out_init_room(struct out *o, struct kv_call *call, size_t cap)
+/* Starts o in room (room_cap bytes, not ours) when the estimate est fits
+ * there, else on the heap with est bytes. Either way a longer output still
+ * works: out_grow moves it to the heap. */
+static void out_start(struct out *o, uint8_t *room, size_t room_cap, size_t est)
 {
-    if (!o->p && !o->failed && call->scratch && cap + OUT_ANSWER_ROOM <= call->scratch_cap) {
-        o->p = call->scratch;
-        o->cap = cap;
+    if (room && est <= room_cap) {
+        o->p = room;
+        o->cap = room_cap;
         o->in_room = 1;
-        return;
+    } else {
+        out_init(o, est);
     }
-    out_init(o, cap);
+}
+
+/* A request body of about est bytes is built in the call's own scratch room,
+ * keeping at least OUT_ANSWER_ROOM bytes of it for the answer (a GET of a
+ * 100-byte value, a SET's version): no allocation for the body of a small
+ * command. dispatch() moves call->scratch past the body. */
+#define OUT_ANSWER_ROOM 32
+static void out_init_room(struct out *o, struct kv_call *call, size_t est)
+{
+    size_t cap = call->scratch_cap > OUT_ANSWER_ROOM ? call->scratch_cap - OUT_ANSWER_ROOM : 0;
+
+    out_start(o, cap ? call->scratch : NULL, cap, est);
 }
 
 static inline void out_bytes(struct out *o, const void *b, size_t n)
@@ -846,13 +855,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
     case RS_SET_GET: est = call->resp_len + 32; break;
     default: est = 32; break;
     }
-    if (room && est <= room_cap) {
-        o.p = room;
-        o.cap = room_cap;
-        o.in_room = 1;
-    } else {
-        out_init(&o, est);
-    }
+    out_start(&o, room, room_cap, est);
     switch ((enum reply_style)call->tag) {
     case RS_OK:
         if (ok)
@@ -922,8 +925,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
     case RS_PERSIST:
         if (ok) {
             read_fields(call, &f);
-            out_fmt(&o, ":%d\r\n",
-                    call->tag == RS_EXPIRE ? 1 : pb_zigzag_decode(f.u[2]) != -1);
+            out_line_int(&o, ':', call->tag == RS_EXPIRE ? 1 : pb_zigzag_decode(f.u[2]) != -1);
         } else if (call->status == KV_ST_NOT_FOUND) {
             OUT_LIT(&o, ":0\r\n");
         } else {

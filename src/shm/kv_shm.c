@@ -34,7 +34,6 @@ static uint32_t atime_at(const struct kv_shm_store *s, int64_t now)
     return (uint32_t)((uint64_t)(now - (int64_t)s->hdr->created_ms) / 4);
 }
 
-
 static void item_seal(struct shm_item *it)
 {
     it->crc = kv_shm_item_crc(it);
