@@ -1076,13 +1076,14 @@ static void test_shm_crash_split_then_recovery(void)
     uint64_t last, start = 0;
     int any, problems = 0;
     for (int r = 0; r < 6; r++) {
-        struct kv_shm_open_opts o = {0, 20 + r * 150, KV_SHM_CRASH_SPLIT};
+        struct kv_shm_open_opts o = {.crash_at = 20 + r * 150, .crash_site = KV_SHM_CRASH_SPLIT};
         CU_ASSERT_EQUAL_FATAL(cr_round(&c, &o, done, start, m.cap, 0, &last, &any), 0);
         /* the recovering opener dies while moving a misplaced item, or after claiming */
         pid_t pid = fork();
         if (pid == 0) {
-            struct kv_shm_open_opts o2 = {0, 1, r % 2 ? KV_SHM_CRASH_RECOVER
-                                                      : KV_SHM_CRASH_RECOVER_MOVE};
+            struct kv_shm_open_opts o2 = {
+                .crash_at = 1,
+                .crash_site = r % 2 ? KV_SHM_CRASH_RECOVER : KV_SHM_CRASH_RECOVER_MOVE};
             struct kv_shm_store *s2;
             _exit(kv_shm_store_open_ex(&c, &o2, NULL, 0, &s2) ? 1 : 0);
         }
@@ -1275,11 +1276,11 @@ static void test_shm_prefetch_is_only_a_hint(void)
     CU_ASSERT_EQUAL(kv_shm_set(s, "here", 4, "value", 5, NULL, NULL), 0);
     memset(big, 'k', sizeof(big));
     for (int stage = 0; stage < 2; stage++) {
-        kv_shm_prefetch(s, kv_shm_key_hash("here", 4), stage);
-        kv_shm_prefetch(s, kv_shm_key_hash("absent", 6), stage);
-        kv_shm_prefetch(s, kv_shm_key_hash("", 0), stage);
+        kv_shm_prefetch(s, kv_shm_key_hash(s, "here", 4), stage);
+        kv_shm_prefetch(s, kv_shm_key_hash(s, "absent", 6), stage);
+        kv_shm_prefetch(s, kv_shm_key_hash(s, "", 0), stage);
         kv_shm_prefetch(s, ~0ull, stage);
-        kv_shm_prefetch(s, kv_shm_key_hash(big, sizeof(big)), stage);
+        kv_shm_prefetch(s, kv_shm_key_hash(s, big, sizeof(big)), stage);
     }
     CU_ASSERT_EQUAL(getv(s, "here", &v, NULL), 0);
     CU_ASSERT(v.len == 5 && memcmp(v.p, "value", 5) == 0);

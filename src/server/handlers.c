@@ -314,11 +314,12 @@ static void handle_auth(void *ctx, struct kv_call *call)
 /* The store hash of k's key: the one prefetch_key noted when it hashed the
  * very same bytes (a body may repeat the key field: the decoder's last one
  * wins, the hint saw the first), else computed now. */
-static uint64_t key_hash(const struct kv_call *call, const struct key_req *k)
+static uint64_t key_hash(const struct kv_server *srv, const struct kv_call *call,
+                         const struct key_req *k)
 {
     if (call->hint_ptr == (const uint8_t *)k->key && call->hint_len == k->klen)
         return call->hint;
-    return kv_shm_key_hash(k->key, k->klen);
+    return kv_shm_key_hash(srv->store, k->key, k->klen);
 }
 
 /* ---- opcodes ----------------------------------------------------------------- */
@@ -363,7 +364,7 @@ static void handle_get(void *ctx, struct kv_call *call)
 
     if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
-    rc = kv_shm_get_h(srv->store, k.key, k.klen, key_hash(call, &k), get_alloc, &g, &vlen,
+    rc = kv_shm_get_h(srv->store, k.key, k.klen, key_hash(srv, call, &k), get_alloc, &g, &vlen,
                       &version);
     if (rc != 0) {
         resp_release(call);
@@ -470,7 +471,7 @@ static void handle_set(void *ctx, struct kv_call *call)
         set_return_old(srv, call, &k, &o);
         return;
     }
-    rc = kv_shm_set_h(srv->store, k.key, k.klen, key_hash(call, &k), k.value, k.vlen, &o,
+    rc = kv_shm_set_h(srv->store, k.key, k.klen, key_hash(srv, call, &k), k.value, k.vlen, &o,
                       &version);
     if (rc != 0) {
         answer_store_error(call, rc);
@@ -669,7 +670,7 @@ static int mget_window(struct kv_server *srv, struct mget_out *o, const struct p
     uint64_t h[MGET_WINDOW];
 
     for (size_t i = 0; i < n && i < MGET_AHEAD0; i++) {
-        h[i] = kv_shm_key_hash(keys[i].data, keys[i].len);
+        h[i] = kv_shm_key_hash(srv->store, keys[i].data, keys[i].len);
         kv_shm_prefetch(srv->store, h[i], 0);
     }
     for (size_t i = 0; i < n && i < MGET_AHEAD1; i++)
@@ -680,7 +681,7 @@ static int mget_window(struct kv_server *srv, struct mget_out *o, const struct p
         int rc;
 
         if (i + MGET_AHEAD0 < n) {
-            h[i + MGET_AHEAD0] = kv_shm_key_hash(keys[i + MGET_AHEAD0].data,
+            h[i + MGET_AHEAD0] = kv_shm_key_hash(srv->store, keys[i + MGET_AHEAD0].data,
                                                  keys[i + MGET_AHEAD0].len);
             kv_shm_prefetch(srv->store, h[i + MGET_AHEAD0], 0);
         }
@@ -1009,7 +1010,7 @@ static void prefetch_key(void *ctx, struct kv_call *call, int stage)
             return;
         call->hint_ptr = f.data;
         call->hint_len = (uint32_t)f.len;
-        call->hint = kv_shm_key_hash(f.data, f.len);
+        call->hint = kv_shm_key_hash(srv->store, f.data, f.len);
     }
     if (call->hint_ptr)
         kv_shm_prefetch(srv->store, call->hint, stage);

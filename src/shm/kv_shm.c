@@ -107,9 +107,9 @@ static void remove_found(struct kv_shm_store *s, uint64_t h, const void *key, si
         kv_shm_free(s, off);
 }
 
-uint64_t kv_shm_key_hash(const void *key, size_t klen)
+uint64_t kv_shm_key_hash(const struct kv_shm_store *s, const void *key, size_t klen)
 {
-    return kv_shm_hash(key, klen);
+    return kv_shm_hash(s, key, klen);
 }
 
 #define PREFETCH_ITEM_MAX 256 /* bytes of an item hinted: bigger ones stream anyway */
@@ -148,7 +148,7 @@ int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    return kv_shm_get_h(s, key, klen, kv_shm_hash(key, klen), alloc, ctx, vlen, version);
+    return kv_shm_get_h(s, key, klen, kv_shm_hash(s, key, klen), alloc, ctx, vlen, version);
 }
 
 int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
@@ -157,7 +157,7 @@ int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
 {
     if (key_bad(s, key, klen) || !alloc)
         return KV_EINVAL;
-    assert(h == kv_shm_hash(key, klen));
+    assert(h == kv_shm_hash(s, key, klen));
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     pthread_rwlock_rdlock(&st->lock);
@@ -228,7 +228,7 @@ int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void 
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    return kv_shm_set_h(s, key, klen, kv_shm_hash(key, klen), val, vlen, o, new_version);
+    return kv_shm_set_h(s, key, klen, kv_shm_hash(s, key, klen), val, vlen, o, new_version);
 }
 
 /* This thread's row of spare chunks for s (NULL: none to be had). */
@@ -260,7 +260,7 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         o = &none;
     if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX || o->ttl_ms < 0)
         return KV_EINVAL;
-    assert(h == kv_shm_hash(key, klen));
+    assert(h == kv_shm_hash(s, key, klen));
     int64_t now = kv_shm_now_ms();
     uint64_t off = 0;
     unsigned cls = kv_shm_class_for(s, SHM_ITEM_HDR + klen + vlen);
@@ -328,7 +328,7 @@ int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen)
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    uint64_t h = kv_shm_hash(key, klen), off = 0;
+    uint64_t h = kv_shm_hash(s, key, klen), off = 0;
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     int rc = KV_ENOTFOUND;
@@ -353,7 +353,7 @@ static int peek(struct kv_shm_store *s, const void *key, size_t klen, int64_t *e
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    uint64_t h = kv_shm_hash(key, klen);
+    uint64_t h = kv_shm_hash(s, key, klen);
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     int rc = KV_ENOTFOUND;
@@ -449,7 +449,7 @@ int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t de
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    uint64_t h = kv_shm_hash(key, klen), old = 0, ver = 0;
+    uint64_t h = kv_shm_hash(s, key, klen), old = 0, ver = 0;
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     int64_t now = kv_shm_now_ms(), cur = 0, expire = 0, sum = 0;
@@ -488,7 +488,7 @@ int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t 
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    uint64_t h = kv_shm_hash(key, klen), old = 0, ver;
+    uint64_t h = kv_shm_hash(s, key, klen), old = 0, ver;
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     int64_t now = kv_shm_now_ms();

@@ -38,6 +38,10 @@ struct kv_shm_open_opts {
     int crash_at;   /* >0: _exit(77) at the crash_at-th crash point of crash_site (fault
                      * injection in child processes) */
     int crash_site; /* KV_SHM_CRASH_*; KV_SHM_CRASH_ANY counts every site */
+    int fixed_hash_key;  /* 1: a new segment gets the all-zero hash key, so a test can
+                          * craft colliding keys as an attacker who knew the key could */
+    unsigned chain_max;  /* >0: overflow lines a bucket's chain may have (default
+                          * SHM_CHAIN_MAX), so a test can fill a chain */
 };
 
 enum kv_shm_crash_site {
@@ -98,10 +102,10 @@ int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void 
 /* The store's hash of a key, for the _h calls and kv_shm_prefetch: a
  * caller that looks a key up more than once (hint, then the operation)
  * hashes it once. */
-uint64_t kv_shm_key_hash(const void *key, size_t klen);
+uint64_t kv_shm_key_hash(const struct kv_shm_store *s, const void *key, size_t klen);
 
 /* kv_shm_get and kv_shm_set with the key's hash already computed: hash MUST
- * be kv_shm_key_hash(key, klen) (a different one files the key where
+ * be kv_shm_key_hash(s, key, klen) (a different one files the key where
  * lookups do not find it; debug builds check). */
 int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t hash,
                  void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,

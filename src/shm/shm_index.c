@@ -19,7 +19,6 @@
 #include "kv_mem.h"
 #include "shm_int.h"
 
-#define CHAIN_MAX 100000 /* lines followed before a chain is taken for a cycle */
 
 uint64_t kv_shm_state_make(unsigned L, uint64_t p)
 {
@@ -190,7 +189,7 @@ uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, cons
 {
     uint64_t *line = kv_shm_index_line(s, b);
     uint16_t tag = (uint16_t)(h >> 48);
-    for (int n = 0; line && n < CHAIN_MAX; n++, line = line_next(s, line)) {
+    for (int n = 0; line && n < (int)s->chain_max; n++, line = line_next(s, line)) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = __atomic_load_n(&line[i], __ATOMIC_ACQUIRE);
             if (!w || SHM_WORD_TAG(w) != tag)
@@ -219,7 +218,7 @@ static int chain_evict_into(struct kv_shm_store *s, uint64_t b, uint64_t word)
     uint32_t an = atime_now(s);
     uint64_t *victim = NULL, best = 0;
     uint64_t *line = kv_shm_index_line(s, b);
-    for (int n = 0; line && n < CHAIN_MAX; n++, line = line_next(s, line)) {
+    for (int n = 0; line && n < (int)s->chain_max; n++, line = line_next(s, line)) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             struct shm_item *it = kv_shm_item_check(s, line[i]);
             if (!it)
@@ -252,7 +251,8 @@ static int chain_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, uint6
     uint64_t *line = kv_shm_index_line(s, b), *last = line;
     if (!line)
         return KV_ECORRUPT;
-    for (int n = 0; line && n < CHAIN_MAX; n++, line = line_next(s, line)) {
+    int n = 0;
+    for (; line && n < (int)s->chain_max; n++, line = line_next(s, line)) {
         last = line;
         for (int i = 0; i < SHM_SLOTS; i++) {
             if (__atomic_load_n(&line[i], __ATOMIC_RELAXED) == 0) {
@@ -261,6 +261,11 @@ static int chain_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, uint6
             }
         }
     }
+    /* A chain at its limit is never extended (linking past the limit would cut off the
+     * lines beyond it): the write is refused, not acknowledged and then lost. With the
+     * keyed hash only a bucket the index could not split for want of pages gets here. */
+    if (line || n >= (int)s->chain_max)
+        return KV_ENOMEM;
     uint64_t off;
     if (spare && *nspare) {
         off = spare[--*nspare];
@@ -319,14 +324,14 @@ static void split_one(struct kv_shm_store *s)
     struct shm_stripe *st = &s->stripes[p & (SHM_STRIPES - 1)];
     struct move local[64], *mv = local;
     size_t cap = 64, n = 0;
-    uint64_t spare[64];
+    uint64_t spare_local[16], *spare = spare_local;
     unsigned nspare = 0;
     pthread_rwlock_wrlock(&st->lock);
     uint64_t *line = kv_shm_index_line(s, p);
     for (int i = 0; line && i < SHM_SLOTS; i++) /* the keys are about to be rehashed */
         if (line[i] && SHM_WORD_OFF(line[i]) + SHM_ITEM_HDR <= s->data_end)
             __builtin_prefetch(s->base + SHM_WORD_OFF(line[i]) + SHM_ITEM_HDR - 8);
-    for (int k = 0; line && k < CHAIN_MAX; k++, line = line_next(s, line)) {
+    for (int k = 0; line && k < (int)s->chain_max; k++, line = line_next(s, line)) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = line[i];
             if (!w)
@@ -338,7 +343,7 @@ static void split_one(struct kv_shm_store *s)
                 __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
                 continue;
             }
-            if (!((kv_shm_hash(it->data, it->klen) >> L) & 1))
+            if (!((kv_shm_hash(s, it->data, it->klen) >> L) & 1))
                 continue;
             if (n == cap) {
                 struct move *m2 = kv_mem_alloc(KV_MOD_SHM, cap * 2 * sizeof(*m2));
@@ -357,8 +362,13 @@ static void split_one(struct kv_shm_store *s)
     /* Every line the new bucket needs is taken before the first move: a split either
      * happens whole or not at all. */
     size_t need = n > SHM_SLOTS ? (n - SHM_SLOTS + SHM_SLOTS - 1) / SHM_SLOTS : 0;
-    if (need > 64)
-        goto out;
+    if (need > 16) { /* a big bucket (a flood, or a store that could not split for long) */
+        spare = kv_mem_alloc(KV_MOD_SHM, need * sizeof(*spare));
+        if (!spare) {
+            spare = spare_local;
+            goto out;
+        }
+    }
     while (nspare < need) {
         if (kv_shm_line_alloc(s, &spare[nspare]))
             goto out;
@@ -380,6 +390,8 @@ out:
     pthread_rwlock_unlock(&st->lock);
     while (nspare)
         kv_shm_free(s, spare[--nspare]);
+    if (spare != spare_local)
+        kv_mem_free(KV_MOD_SHM, spare);
     if (mv != local)
         kv_mem_free(KV_MOD_SHM, mv);
 }
@@ -409,7 +421,7 @@ int kv_shm_evict(struct kv_shm_store *s, unsigned want, int expired_only)
         if (pthread_rwlock_tryrdlock(&st->lock))
             continue;
         uint64_t *line = kv_shm_index_line(s, b);
-        for (int k = 0; line && k < CHAIN_MAX; k++, line = line_next(s, line)) {
+        for (int k = 0; line && k < (int)s->chain_max; k++, line = line_next(s, line)) {
             for (int i = 0; i < SHM_SLOTS; i++) {
                 uint64_t w = __atomic_load_n(&line[i], __ATOMIC_ACQUIRE);
                 unsigned c = SHM_WORD_CLS(w);
@@ -442,10 +454,10 @@ int kv_shm_evict(struct kv_shm_store *s, unsigned want, int expired_only)
     struct shm_item *it = kv_shm_item_check(s, best_w);
     if (it) {
         /* a split may have moved it since it was sampled: look where its hash says */
-        uint64_t b = kv_shm_index_bucket(s, kv_shm_hash(it->data, it->klen));
+        uint64_t b = kv_shm_index_bucket(s, kv_shm_hash(s, it->data, it->klen));
         int expired = it->expire_ms && it->expire_ms <= now;
         uint64_t *line = kv_shm_index_line(s, b);
-        for (int k = 0; line && k < CHAIN_MAX && rc; k++, line = line_next(s, line)) {
+        for (int k = 0; line && k < (int)s->chain_max && rc; k++, line = line_next(s, line)) {
             for (int i = 0; i < SHM_SLOTS; i++) {
                 if (__atomic_load_n(&line[i], __ATOMIC_RELAXED) != best_w)
                     continue;

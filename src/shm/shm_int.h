@@ -41,7 +41,7 @@
 #include "kv_shm.h"
 
 #define SHM_MAGIC          0x4D48535F564B5645ull /* "EVKV_SHM" little-endian */
-#define SHM_LAYOUT_VERSION 1u
+#define SHM_LAYOUT_VERSION 2u
 #define SHM_CLEAN          0x4E41454C43ull /* "CLEAN" */
 #define SHM_HDR_SIZE       4096u
 #define SHM_PAGE_SHIFT     16
@@ -60,6 +60,7 @@
 #define SHM_ITEM_MAGIC     0x4D455449u /* "ITEM" */
 #define SHM_FREE_MAGIC     0x45455246u /* "FREE" */
 #define SHM_MIN_SIZE       (2u << 20)
+#define SHM_CHAIN_MAX      100000u /* overflow lines a chain may have; more is taken for a cycle */
 
 /* pmap entry: type in the top 4 bits */
 #define PM_FREE   0u
@@ -82,6 +83,7 @@ struct shm_hdr {
     uint64_t stripes_off, classes_off, pmap_off, dir_off, data_off;
     uint64_t n_pages, n_dir;
     uint32_t n_classes, n_stripes;
+    uint64_t hash_key[2]; /* random at creation: the SipHash key of every bucket choice */
     uint64_t static_end; /* marker: static fields end here */
 
     /* dynamic */
@@ -158,6 +160,9 @@ struct kv_shm_store {
     int lru;             /* ro after open: cfg->eviction == KV_EVICT_LRU */
     int is_file;         /* ro after open */
     size_t max_key;      /* ro after open */
+    uint64_t hkey[2];    /* ro after open: hdr->hash_key */
+    uint32_t chain_max;  /* ro after open: overflow lines a chain may have */
+    int fixed_key;       /* ro after open: test knob, a zero hash key at creation */
     struct shm_hdr *hdr; /* = base */
     struct shm_stripe *stripes;
     struct shm_class *cls;
@@ -183,7 +188,10 @@ struct kv_shm_store {
 
 /* ---- shm_util.c ---- */
 uint32_t kv_shm_crc32c(uint32_t crc, const void *buf, size_t len);
-uint64_t kv_shm_hash(const void *key, size_t len);
+uint64_t kv_shm_siphash13(const uint64_t k[2], const void *key, size_t len);
+/* The keyed hash of a key in store s (SipHash-1-3 under the segment's key). */
+uint64_t kv_shm_hash(const struct kv_shm_store *s, const void *key, size_t len);
+void kv_shm_random_key(uint64_t k[2]);
 uint64_t kv_shm_mix64(uint64_t x);
 int64_t kv_shm_now_ms(void);
 uint64_t kv_shm_rand(void);

@@ -194,7 +194,7 @@ static int claim_bucket(struct rec *r, uint64_t b)
                 r->dropped++;
                 continue;
             }
-            uint64_t h = kv_shm_hash(it->data, it->klen);
+            uint64_t h = kv_shm_hash(s, it->data, it->klen);
             uint64_t w = shm_word(SHM_WORD_OFF(line[i]), it->cls, h);
             if (line[i] != w)
                 line[i] = w; /* tag or class bits were damaged */

@@ -150,6 +150,9 @@ static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
     h->n_dir = l->n_dir;
     h->n_classes = s->n_classes;
     h->n_stripes = SHM_STRIPES;
+    kv_shm_random_key(h->hash_key);
+    if (s->fixed_key)
+        h->hash_key[0] = h->hash_key[1] = 0;
     uint32_t sizes[SHM_MAX_CLASSES];
     kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
     for (unsigned c = 0; c < s->n_classes; c++) {
@@ -162,6 +165,7 @@ static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
     for (uint64_t c = 0; c < (1u << SHM_INIT_LEVEL) / SHM_PAGE_BUCKETS; c++)
         if (kv_shm_index_page_add(s, c))
             return KV_ENOMEM;
+    memcpy(s->hkey, h->hash_key, sizeof(s->hkey));
     h->clean = 0;
     h->magic = SHM_MAGIC;
     h->hdr_crc = hdr_crc(h);
@@ -298,13 +302,18 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
         return KV_EINVAL;
     }
 reserve:
-    if (fresh) {
-        int e = ftruncate(s->fd, (off_t)s->size) ? errno : 0;
+    /* Reserved at every open, not only at creation: a copied or restored segment may be
+     * sparse, and a hole that cannot be backed later is a SIGBUS at the first write to
+     * it (or in recovery, at every restart). Reserving what is already backed is cheap. */
+    if (fresh || !s->attach) {
+        int e = fresh && ftruncate(s->fd, (off_t)s->size) ? errno : 0;
         if (!e)
             e = posix_fallocate(s->fd, 0, (off_t)s->size);
         if (e) {
-            say(eb, ec, "cannot reserve %zu bytes for segment %s: %s; lower --memory or make "
-                "room (e.g. a larger /dev/shm)", s->size, s->name, strerror(e));
+            say(eb, ec, "cannot reserve %zu bytes for segment %s: %s; %s", s->size, s->name,
+                strerror(e), fresh ? "lower --memory or make room (e.g. a larger /dev/shm)"
+                : "its file is sparse and the file system cannot back it: make room, "
+                  "nothing in it was touched");
             seg_unmap(s);
             if (created)
                 s->is_file ? unlink(s->name) : shm_unlink(s->name);
@@ -335,6 +344,8 @@ reserve:
         rc = seg_check(s, &l, eb, ec);
         if (rc)
             *bad = 1;
+        else
+            memcpy(s->hkey, s->hdr->hash_key, sizeof(s->hkey));
         if (rc == 0 && !s->attach) {
             locks_init(s);
             if (s->hdr->clean != SHM_CLEAN)
@@ -382,6 +393,8 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
     s->attach = opts ? opts->attach : 0;
     s->crash_at = opts ? opts->crash_at : 0;
     s->crash_site = opts ? opts->crash_site : 0;
+    s->fixed_key = opts ? opts->fixed_hash_key : 0;
+    s->chain_max = opts && opts->chain_max ? opts->chain_max : SHM_CHAIN_MAX;
     seg_name(cfg, s->name, sizeof(s->name), &s->is_file);
     int bad;
     int rc = seg_open(s, cfg, errbuf, errcap, &bad);
