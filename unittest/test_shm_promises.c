@@ -7,6 +7,8 @@
  * for an attacker who somehow learnt it: the keyed hash itself is what stops them in
  * production, and test_promise_hash_keyed_per_segment checks that part. */
 #include <CUnit/Basic.h>
+#include <math.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +65,7 @@ static int value_is(struct kv_shm_store *s, const void *k, size_t klen, const vo
     return ok;
 }
 
-static __attribute__((unused)) void fill_value(uint8_t *p, size_t n, uint64_t seed)
+static void fill_value(uint8_t *p, size_t n, uint64_t seed)
 {
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
     for (size_t i = 0; i < n; i++) {
@@ -194,6 +196,329 @@ static void test_promise_full_chain_refuses_never_loses(void)
     kv_shm_store_unlink(&c);
 }
 
+static int set_sized(struct kv_shm_store *s, const char *k, size_t vlen, uint64_t seed)
+{
+    uint8_t *v = kv_mem_alloc(KV_MOD_TEST, vlen ? vlen : 1);
+    fill_value(v, vlen, seed);
+    int rc = kv_shm_set(s, k, strlen(k), v, vlen, NULL, NULL);
+    kv_mem_free(KV_MOD_TEST, v);
+    return rc;
+}
+
+static int holds_sized(struct kv_shm_store *s, const char *k, size_t vlen, uint64_t seed)
+{
+    uint8_t *v = kv_mem_alloc(KV_MOD_TEST, vlen ? vlen : 1);
+    fill_value(v, vlen, seed);
+    int ok = value_is(s, k, strlen(k), v, vlen);
+    kv_mem_free(KV_MOD_TEST, v);
+    return ok;
+}
+
+/* Fills store s with 100-byte values until it refuses one (or n keys); returns the count. */
+static int fill_small(struct kv_shm_store *s, int max)
+{
+    int n = 0;
+    for (; n < max; n++) {
+        char k[32];
+        snprintf(k, sizeof(k), "small-%d", n);
+        if (set_sized(s, k, 100, (uint64_t)n))
+            break;
+    }
+    return n;
+}
+
+/* Issue 13's sequence: fill a 16 MiB store with 100-byte values, FLUSHALL, and the empty
+ * store must take values of every size that fits (it answered OOM to 1,000 bytes), with
+ * --eviction none and lru, and after a clean restart too. */
+static void test_promise_emptied_store_takes_any_size(void)
+{
+    for (int lru = 0; lru < 2; lru++) {
+        for (int restart = 0; restart < 2; restart++) {
+            struct kv_config c;
+            cfg_make(&c, "empty", 16u << 20);
+            c.eviction = lru ? KV_EVICT_LRU : KV_EVICT_NONE;
+            struct kv_shm_store *s = open_with(&c, NULL);
+            int n = fill_small(s, lru ? 200000 : 1000000);
+            CU_ASSERT(n > 50000);
+            CU_ASSERT_EQUAL(kv_shm_flush(s), 0);
+            if (restart) {
+                kv_shm_store_close(s);
+                s = open_with(&c, NULL);
+            }
+            static const size_t sizes[] = {0, 1, 1000, 5000, 32000, 40000, 100000,
+                                           1u << 20, 8u << 20};
+            for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+                char k[32];
+                snprintf(k, sizeof(k), "after-%zu", i);
+                int rc = set_sized(s, k, sizes[i], i);
+                if (rc)
+                    fprintf(stderr, "lru %d restart %d: %zu bytes: %d\n", lru, restart,
+                            sizes[i], rc);
+                CU_ASSERT_EQUAL(rc, 0);
+                CU_ASSERT(holds_sized(s, k, sizes[i], i));
+            }
+            kv_shm_store_close(s);
+            kv_shm_store_unlink(&c);
+        }
+    }
+}
+
+/* --eviction none answers OOM only when the bytes really do not fit: after deleting every
+ * other 100-byte value, 1,000-byte values fill the space freed (compaction moves the
+ * survivors together), up to the per-class rounding. */
+static void test_promise_none_uses_freed_bytes(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "none", 16u << 20);
+    struct kv_shm_store *s = open_with(&c, NULL);
+    int n = fill_small(s, 1000000);
+    for (int i = 0; i < n; i += 2) {
+        char k[32];
+        snprintf(k, sizeof(k), "small-%d", i);
+        CU_ASSERT_EQUAL(kv_shm_del(s, k, strlen(k)), 0);
+    }
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    uint64_t free_before = st.bytes_free;
+    int big = 0;
+    for (;; big++) {
+        char k[32];
+        snprintf(k, sizeof(k), "big-%d", big);
+        if (set_sized(s, k, 1000, (uint64_t)big + 7))
+            break;
+    }
+    /* 1,000-byte values take 1,040-byte items in 1,080-byte chunks (60 per page) */
+    uint64_t could = free_before / 1092;
+    fprintf(stderr, "(%d small, freed %llu bytes, %d x 1000 B stored, %llu could) ", n,
+            (unsigned long long)free_before, big, (unsigned long long)could);
+    CU_ASSERT((uint64_t)big * 100 >= could * 90);
+    int bad = 0;
+    for (int i = 1; i < n; i += 2) {
+        char k[32];
+        snprintf(k, sizeof(k), "small-%d", i);
+        bad += !holds_sized(s, k, 100, (uint64_t)i);
+    }
+    for (int i = 0; i < big; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "big-%d", i);
+        bad += !holds_sized(s, k, 1000, (uint64_t)i + 7);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
+static uint64_t rnd(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* LRU with mixed value sizes (50 B to 60 KB): at most 1 SET in 1,000 answers OOM (it was
+ * about 3 in 100), and what is there reads back whole. */
+static void test_promise_lru_mixed_sizes(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "mixed", 16u << 20);
+    c.eviction = KV_EVICT_LRU;
+    struct kv_shm_store *s = open_with(&c, NULL);
+    uint64_t x = 88172645463325252ull;
+    int oom = 0, total = 30000, bad = 0;
+    for (int i = 0; i < total; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "m-%d", (int)(rnd(&x) % 20000));
+        /* log-uniform sizes: as many small values as large ones */
+        size_t v = (size_t)(50.0 * pow(1200.0, (double)(rnd(&x) % 10000) / 10000));
+        int rc = set_sized(s, k, v, (uint64_t)i);
+        oom += rc == KV_ENOMEM;
+        CU_ASSERT(rc == 0 || rc == KV_ENOMEM);
+        if (rc == 0 && i % 97 == 0)
+            bad += !holds_sized(s, k, v, (uint64_t)i);
+    }
+    fprintf(stderr, "(%d of %d OOM) ", oom, total);
+    CU_ASSERT(oom * 1000 <= total);
+    CU_ASSERT_EQUAL(bad, 0);
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    CU_ASSERT(st.evictions > 0);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
+/* LRU stores a value of any size up to half of --memory when every key is evictable: in a
+ * 64 MiB store of small values, 8 MiB and 16 MiB values always fit (about half of them,
+ * and 58 of 61 of the 16 MiB ones, answered OOM before: eviction freed only its own class,
+ * and a large value needed contiguous pages). */
+static void test_promise_lru_big_values(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "lrubig", 64u << 20);
+    c.eviction = KV_EVICT_LRU;
+    struct kv_shm_store *s = open_with(&c, NULL);
+    int oom = 0, i;
+    uint64_t x = 12345;
+    for (i = 0; i < 40; i++) {
+        /* a mix of small values between the big ones fragments the pages */
+        for (int j = 0; j < 3000; j++) {
+            char k[32];
+            snprintf(k, sizeof(k), "s-%d-%d", i, j);
+            CU_ASSERT_EQUAL(set_sized(s, k, 50 + rnd(&x) % 400, (uint64_t)j), 0);
+        }
+        char k[32];
+        snprintf(k, sizeof(k), "big-%d", i);
+        size_t v = (i % 2 ? 16u : 8u) << 20;
+        int rc = set_sized(s, k, v, (uint64_t)i);
+        oom += rc != 0;
+        if (rc) {
+            struct kv_shm_stats st;
+            kv_shm_stats(s, &st);
+            fprintf(stderr, "big %d: rc %d, pages free %llu of %llu, keys %llu\n", i, rc,
+                    (unsigned long long)st.pages_free, (unsigned long long)st.pages_total,
+                    (unsigned long long)st.keys);
+        }
+        CU_ASSERT(holds_sized(s, k, v, (uint64_t)i));
+    }
+    CU_ASSERT_EQUAL(oom, 0);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
+/* A large value takes pages that need not be contiguous: after every other page-sized
+ * value is deleted (free pages scattered), a value as large as all of them together fits
+ * with --eviction none, and survives a clean reopen and recovery. */
+static void test_promise_large_value_scattered_pages(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "scatter", 8u << 20);
+    struct kv_shm_store *s = open_with(&c, NULL);
+    int n = 0;
+    for (; n < 1000; n++) {
+        char k[32];
+        snprintf(k, sizeof(k), "p-%d", n);
+        if (set_sized(s, k, 40000, (uint64_t)n))
+            break;
+    }
+    CU_ASSERT(n > 40);
+    for (int i = 0; i < n; i += 2) {
+        char k[32];
+        snprintf(k, sizeof(k), "p-%d", i);
+        CU_ASSERT_EQUAL(kv_shm_del(s, k, strlen(k)), 0);
+    }
+    size_t big = (size_t)(n / 2 - 2) * 60000;
+    CU_ASSERT_EQUAL(set_sized(s, "huge", big, 99), 0);
+    for (int round = 0; round < 2; round++) {
+        CU_ASSERT(holds_sized(s, "huge", big, 99));
+        int bad = 0;
+        for (int i = 1; i < n; i += 2) {
+            char k[32];
+            snprintf(k, sizeof(k), "p-%d", i);
+            bad += !holds_sized(s, k, 40000, (uint64_t)i);
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        kv_shm_store_close(s);
+        if (round == 0) {
+            int fd = shm_open(c.shm_name, O_RDWR, 0);
+            uint64_t zero = 0;
+            CU_ASSERT(pwrite(fd, &zero, 8, offsetof(struct shm_hdr, clean)) == 8);
+            close(fd);
+        }
+        s = open_with(&c, NULL);
+        struct kv_shm_stats st;
+        kv_shm_stats(s, &st);
+        if (round == 0)
+            CU_ASSERT_EQUAL(st.dropped_items, 0);
+    }
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
+/* Crash safety while eviction, compaction and page moves run: a child writes values of
+ * every size into a small LRU store and is killed at a random instant, again and again;
+ * after each recovery every key holds a whole value of a version at least its last
+ * acknowledged one, or is absent (evicted). */
+struct ack_map {
+    uint64_t ver[512]; /* last acknowledged version of key i (child writes, parent reads) */
+};
+
+static size_t crash_vlen(uint64_t i, uint64_t ver)
+{
+    uint64_t x = i * 7919 + ver * 104729 + 1, r = rnd(&x) % 100;
+    return r < 70 ? 16 + r * 3 : r < 95 ? 1000 + r * 300 : 40000 + r * 2000;
+}
+
+static void crash_value(uint8_t *v, size_t n, uint64_t i, uint64_t ver)
+{
+    fill_value(v, n, i * 1000003 + ver);
+    memcpy(v, &ver, n < 8 ? n : 8);
+}
+
+static void test_promise_crash_under_eviction(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "crash", 4u << 20);
+    c.eviction = KV_EVICT_LRU;
+    struct ack_map *m = mmap(NULL, sizeof(*m), PROT_READ | PROT_WRITE,
+                             MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CU_ASSERT_FATAL(m != MAP_FAILED);
+    memset(m, 0, sizeof(*m));
+    uint8_t *v = kv_mem_alloc(KV_MOD_TEST, 300000);
+    int problems = 0, present = 0;
+    for (int round = 0; round < 12; round++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            struct kv_shm_store *s;
+            if (kv_shm_store_open(&c, NULL, 0, &s))
+                _exit(3);
+            uint64_t x = (uint64_t)getpid() * 2654435761u;
+            for (;;) {
+                uint64_t i = rnd(&x) % 512, ver = m->ver[i] + 1 + rnd(&x) % 3;
+                size_t n = crash_vlen(i, ver);
+                crash_value(v, n, i, ver);
+                char k[16];
+                snprintf(k, sizeof(k), "c%llu", (unsigned long long)i);
+                if (kv_shm_set(s, k, strlen(k), v, n, NULL, NULL) == 0)
+                    __atomic_store_n(&m->ver[i], ver, __ATOMIC_RELEASE);
+                if (rnd(&x) % 50 == 0)
+                    kv_shm_del(s, k, strlen(k)) == 0 ? m->ver[i] = ver + 1 : 0;
+            }
+        }
+        usleep(20000 + (unsigned)(round * 37000) % 150000);
+        kill(pid, SIGKILL);
+        int st;
+        waitpid(pid, &st, 0);
+        struct kv_shm_store *s = open_with(&c, NULL);
+        for (uint64_t i = 0; i < 512; i++) {
+            char k[16];
+            snprintf(k, sizeof(k), "c%llu", (unsigned long long)i);
+            struct vbuf got = {0};
+            if (kv_shm_get(s, k, strlen(k), vbuf_alloc, &got, NULL, NULL) == 0) {
+                uint64_t ver = 0;
+                memcpy(&ver, got.p, got.len < 8 ? got.len : 8);
+                size_t n = crash_vlen(i, ver);
+                int ok = got.len == n && ver >= m->ver[i];
+                if (ok) {
+                    crash_value(v, n, i, ver);
+                    ok = memcmp(v, got.p, n) == 0;
+                }
+                problems += !ok;
+                present++;
+                if (ver > m->ver[i])
+                    m->ver[i] = ver; /* written but not acknowledged: now it is there */
+            }
+            kv_mem_free(KV_MOD_TEST, got.p);
+        }
+        kv_shm_store_close(s);
+    }
+    fprintf(stderr, "(%d keys read back) ", present);
+    CU_ASSERT_EQUAL(problems, 0);
+    CU_ASSERT(present > 100);
+    kv_mem_free(KV_MOD_TEST, v);
+    munmap(m, sizeof(*m));
+    kv_shm_store_unlink(&c);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -209,6 +534,12 @@ int main(void)
         {"test_promise_flood_does_not_freeze_index", test_promise_flood_does_not_freeze_index},
         {"test_promise_full_chain_refuses_never_loses",
          test_promise_full_chain_refuses_never_loses},
+        {"test_promise_emptied_store_takes_any_size", test_promise_emptied_store_takes_any_size},
+        {"test_promise_none_uses_freed_bytes", test_promise_none_uses_freed_bytes},
+        {"test_promise_lru_mixed_sizes", test_promise_lru_mixed_sizes},
+        {"test_promise_lru_big_values", test_promise_lru_big_values},
+        {"test_promise_large_value_scattered_pages", test_promise_large_value_scattered_pages},
+        {"test_promise_crash_under_eviction", test_promise_crash_under_eviction},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
         if (!CU_add_test(su, tests[i].name, tests[i].fn))

@@ -34,9 +34,9 @@ static uint32_t atime_at(const struct kv_shm_store *s, int64_t now)
     return (uint32_t)((uint64_t)(now - (int64_t)s->hdr->created_ms) / 4);
 }
 
-static void item_seal(struct shm_item *it)
+static void item_seal(const struct kv_shm_store *s, struct shm_item *it)
 {
-    it->crc = kv_shm_item_crc(it);
+    it->crc = kv_shm_item_crc(s, it);
 }
 
 /* Builds a complete item at off (not yet reachable). The checksum is taken from the
@@ -44,9 +44,12 @@ static void item_seal(struct shm_item *it)
  * rather than by reading back the chunk just written: that chunk is usually cold, and a
  * read-back waits for its lines to arrive (perf: 8% of a SET -P16 server on the load
  * after the copy). The bytes summed are the bytes stored, so the seal is the same. */
+#define COPY_PIECE 16384 /* bytes of a value copied from one item to another at a time */
+
 static struct shm_item *item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
-                                  const void *key, size_t klen, const void *val, size_t vlen,
-                                  uint64_t version, int64_t expire_ms, int64_t now)
+                                  const void *key, size_t klen, const void *val,
+                                  const struct shm_item *from, size_t vlen, uint64_t version,
+                                  int64_t expire_ms, int64_t now)
 {
     _Static_assert(sizeof(struct shm_item) == SHM_ITEM_HDR, "item header layout");
     struct shm_item h = {
@@ -60,15 +63,39 @@ static struct shm_item *item_fill(struct kv_shm_store *s, uint64_t off, unsigned
     };
     uint32_t crc = kv_shm_crc32c(0, (const uint8_t *)&h + 8, SHM_ITEM_HDR - 8);
     crc = kv_shm_crc32c(crc, key, klen);
+    struct shm_item *it = shm_ptr(s, off);
+    uint64_t pages = cls == SHM_CLASS_LARGE ? kv_shm_large_pages(SHM_ITEM_HDR + klen + vlen) : 1;
+    if (pages > 1 || from) {
+        /* a value over several pages, or copied from another item: piece by piece */
+        kv_shm_item_write(s, off, pages, SHM_ITEM_HDR, key, klen);
+        uint8_t buf[COPY_PIECE];
+        for (size_t pos = 0; pos < vlen;) {
+            size_t n = vlen - pos;
+            const void *src = (const uint8_t *)val + pos;
+            if (from) {
+                n = n < COPY_PIECE ? n : COPY_PIECE;
+                kv_shm_item_read(s, from, SHM_ITEM_HDR + from->klen + pos, buf, n);
+                src = buf;
+            }
+            crc = kv_shm_crc32c(crc, src, n);
+            kv_shm_item_write(s, off, pages, SHM_ITEM_HDR + klen + pos, src, n);
+            pos += n;
+        }
+        if (pages > 1)
+            crc = kv_shm_crc32c(crc, kv_shm_large_list(s, off, pages), 4 * (pages - 1));
+        h.crc = crc;
+        memcpy(it, &h, SHM_ITEM_HDR);
+        assert(it->crc == kv_shm_item_crc(s, it));
+        return it;
+    }
     if (vlen)
         crc = kv_shm_crc32c(crc, val, vlen);
     h.crc = crc;
-    struct shm_item *it = shm_ptr(s, off);
     memcpy(it, &h, SHM_ITEM_HDR);
     memcpy(it->data, key, klen);
     if (vlen)
         memcpy(it->data + klen, val, vlen);
-    assert(it->crc == kv_shm_item_crc(it));
+    assert(it->crc == kv_shm_item_crc(s, it));
     return it;
 }
 
@@ -96,7 +123,8 @@ static void remove_found(struct kv_shm_store *s, uint64_t h, const void *key, si
     pthread_rwlock_wrlock(&st->lock);
     uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
     if (slot && *slot == word &&
-        (why == RM_EXPIRED ? item_expired(it, kv_shm_now_ms()) : kv_shm_item_crc(it) != it->crc)) {
+        (why == RM_EXPIRED ? item_expired(it, kv_shm_now_ms())
+                           : kv_shm_item_crc(s, it) != it->crc)) {
         slot_clear(st, slot);
         off = SHM_WORD_OFF(word);
         if (why == RM_EXPIRED)
@@ -143,8 +171,7 @@ void kv_shm_prefetch(struct kv_shm_store *s, uint64_t h, int stage)
 }
 
 int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
-               void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
-               uint64_t *version)
+               void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen, uint64_t *version)
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
@@ -152,8 +179,7 @@ int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
 }
 
 int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
-                 void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
-                 uint64_t *version)
+                 void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen, uint64_t *version)
 {
     if (key_bad(s, key, klen) || !alloc)
         return KV_EINVAL;
@@ -169,9 +195,9 @@ int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
     }
     uint64_t word = *slot;
     int64_t now = kv_shm_now_ms();
-    int why = item_expired(it, now) ? RM_EXPIRED
-              : kv_shm_item_crc(it) != it->crc  ? RM_CORRUPT
-                                                : -1;
+    int why = item_expired(it, now)               ? RM_EXPIRED
+              : kv_shm_item_crc(s, it) != it->crc ? RM_CORRUPT
+                                                  : -1;
     if (why >= 0) {
         pthread_rwlock_unlock(&st->lock);
         if (why == RM_CORRUPT)
@@ -186,7 +212,9 @@ int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         pthread_rwlock_unlock(&st->lock);
         return KV_ENOMEM;
     }
-    if (n)
+    if (n && it->cls == SHM_CLASS_LARGE)
+        kv_shm_item_read(s, it, SHM_ITEM_HDR + it->klen, dst, n);
+    else if (n)
         memcpy(dst, it->data + it->klen, n);
     uint64_t ver = it->version;
     uint32_t an = atime_at(s, now);
@@ -210,10 +238,10 @@ static int publish(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, ui
         __atomic_store_n(slot, word, __ATOMIC_RELEASE);
         return 0;
     }
-    int rc = kv_shm_index_insert(s, b, word, 1);
+    int rc = kv_shm_index_insert(s, b, word);
     if (rc == 0)
         __atomic_add_fetch(&st->keys, 1, __ATOMIC_RELAXED);
-    return rc > 0 ? 0 : rc;
+    return rc;
 }
 
 /* now + ttl_ms, saturating: a ttl too long to represent never expires in
@@ -223,8 +251,8 @@ static int64_t expiry_at(int64_t now, int64_t ttl_ms)
     return ttl_ms > INT64_MAX - now ? INT64_MAX : now + ttl_ms;
 }
 
-int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
-               size_t vlen, const struct kv_shm_set_opts *o, uint64_t *new_version)
+int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val, size_t vlen,
+               const struct kv_shm_set_opts *o, uint64_t *new_version)
 {
     if (key_bad(s, key, klen))
         return KV_EINVAL;
@@ -251,9 +279,45 @@ static struct shm_spare *spare_row(struct kv_shm_store *s)
     return row;
 }
 
-int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
-                 const void *val, size_t vlen, const struct kv_shm_set_opts *o,
-                 uint64_t *new_version)
+/* Frees this thread's spare chunks: under memory pressure each pins a page. */
+static void spares_release(struct kv_shm_store *s)
+{
+    struct shm_spare *row = spare_row(s);
+    for (unsigned c = 0; row && c < SHM_MAX_CLASSES; c++) {
+        if (row->off[c])
+            kv_shm_free(s, row->off[c]);
+        row->off[c] = 0;
+    }
+}
+
+#define ROOM_TRIES 64 /* rounds of making room for one small allocation before KV_ENOMEM */
+
+/* kv_shm_alloc, making room (shm_evict.c) while it says KV_ENOMEM; no lock may be held.
+ * A large item may need one round per page it takes. */
+static int alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls)
+{
+    int rc = kv_shm_alloc(s, total, off, cls);
+    uint64_t tries = ROOM_TRIES + 4 * (total > SHM_MAX_CHUNK ? kv_shm_large_pages(total) : 0);
+    for (uint64_t n = 0; rc == KV_ENOMEM && n < tries; n++) {
+        if (n == 0)
+            spares_release(s);
+        if (kv_shm_make_room(s, total, 0))
+            break;
+        rc = kv_shm_alloc(s, total, off, cls);
+    }
+    return rc;
+}
+
+/* Room for an index line after an insert said KV_ENOMEM. */
+static int line_room(struct kv_shm_store *s, int attempt)
+{
+    if (attempt == 0)
+        spares_release(s);
+    return kv_shm_make_room(s, SHM_LINE, 1);
+}
+
+int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h, const void *val,
+                 size_t vlen, const struct kv_shm_set_opts *o, uint64_t *new_version)
 {
     static const struct kv_shm_set_opts none;
     if (!o)
@@ -262,66 +326,73 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         return KV_EINVAL;
     assert(h == kv_shm_hash(s, key, klen));
     int64_t now = kv_shm_now_ms();
-    uint64_t off = 0;
-    unsigned cls = kv_shm_class_for(s, SHM_ITEM_HDR + klen + vlen);
+    size_t total = SHM_ITEM_HDR + klen + vlen;
+    unsigned cls = kv_shm_class_for(s, total);
     struct shm_spare *spare = spare_row(s);
-    int rc = 0;
-    if (spare && cls < s->n_classes && spare->off[cls]) {
-        off = spare->off[cls]; /* the chunk this thread's last overwrite of the class freed */
-        spare->off[cls] = 0;
-    } else {
-        rc = kv_shm_alloc(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
-    }
-    if (rc)
-        return rc;
-    uint64_t ver = version_next(s);
-    struct shm_item *nit = item_fill(s, off, cls, key, klen, val, vlen, ver,
-                                     o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0, now);
-    kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
-    uint64_t word = shm_word(off, cls, h), old = 0;
-    unsigned old_cls = SHM_CLASS_LARGE;
+    int rc;
+    for (int attempt = 0;; attempt++) {
+        uint64_t off = 0;
+        rc = 0;
+        if (spare && cls < s->n_classes && spare->off[cls]) {
+            off = spare->off[cls]; /* the chunk this thread's last overwrite of the class freed */
+            spare->off[cls] = 0;
+        } else {
+            rc = alloc_room(s, total, &off, &cls);
+        }
+        if (rc)
+            return rc;
+        uint64_t ver = version_next(s);
+        struct shm_item *nit = item_fill(s, off, cls, key, klen, val, NULL, vlen, ver,
+                                         o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0, now);
+        kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
+        uint64_t word = shm_word(off, cls, h), old = 0;
+        unsigned old_cls = SHM_CLASS_LARGE;
 
-    struct shm_stripe *st = shm_stripe_of(s, h);
-    struct shm_item *it;
-    pthread_rwlock_wrlock(&st->lock);
-    uint64_t b = kv_shm_index_bucket(s, h);
-    uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
-    int exists = slot && !item_expired(it, now);
-    if ((o->flags & KV_SHM_NX) && exists)
-        rc = KV_EEXISTS;
-    else if ((o->flags & (KV_SHM_XX | KV_SHM_CAS)) && !exists)
-        rc = KV_ENOTFOUND;
-    else if ((o->flags & KV_SHM_CAS) && it->version != o->cas_version)
-        rc = KV_EEXISTS;
-    if (rc == 0) {
-        if ((o->flags & KV_SHM_KEEPTTL) && exists && it->expire_ms != nit->expire_ms) {
-            nit->expire_ms = it->expire_ms;
-            item_seal(nit);
+        struct shm_stripe *st = shm_stripe_of(s, h);
+        struct shm_item *it;
+        pthread_rwlock_wrlock(&st->lock);
+        uint64_t b = kv_shm_index_bucket(s, h);
+        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        int exists = slot && !item_expired(it, now);
+        if ((o->flags & KV_SHM_NX) && exists)
+            rc = KV_EEXISTS;
+        else if ((o->flags & (KV_SHM_XX | KV_SHM_CAS)) && !exists)
+            rc = KV_ENOTFOUND;
+        else if ((o->flags & KV_SHM_CAS) && it->version != o->cas_version)
+            rc = KV_EEXISTS;
+        if (rc == 0) {
+            if ((o->flags & KV_SHM_KEEPTTL) && exists && it->expire_ms != nit->expire_ms) {
+                nit->expire_ms = it->expire_ms;
+                item_seal(s, nit);
+            }
+            if (slot) {
+                old = SHM_WORD_OFF(*slot);
+                old_cls = SHM_WORD_CLS(*slot);
+                if (!exists)
+                    __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+            }
+            rc = publish(s, st, b, slot, word);
         }
-        if (slot) {
-            old = SHM_WORD_OFF(*slot);
-            old_cls = SHM_WORD_CLS(*slot);
-            if (!exists)
-                __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+        pthread_rwlock_unlock(&st->lock);
+        if (rc) {
+            kv_shm_free(s, off);
+            /* no index line for a new key: make room for one, then start again */
+            if (rc == KV_ENOMEM && attempt < ROOM_TRIES && line_room(s, attempt) == 0)
+                continue;
+            return rc;
         }
-        rc = publish(s, st, b, slot, word);
+        /* no reader can hold the replaced item now (they hold the stripe lock while
+         * they use one): it becomes this thread's spare of its class, or is freed */
+        if (old && spare && old_cls < s->n_classes && !spare->off[old_cls])
+            spare->off[old_cls] = old;
+        else if (old)
+            kv_shm_free(s, old);
+        else
+            kv_shm_index_grow(s, h);
+        if (new_version)
+            *new_version = ver;
+        return 0;
     }
-    pthread_rwlock_unlock(&st->lock);
-    if (rc) {
-        kv_shm_free(s, off);
-        return rc;
-    }
-    /* no reader can hold the replaced item now (they hold the stripe lock while
-     * they use one): it becomes this thread's spare of its class, or is freed */
-    if (old && spare && old_cls < s->n_classes && !spare->off[old_cls])
-        spare->off[old_cls] = old;
-    else if (old)
-        kv_shm_free(s, old);
-    else
-        kv_shm_index_grow(s, h);
-    if (new_version)
-        *new_version = ver;
-    return 0;
 }
 
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen)
@@ -419,29 +490,45 @@ static int parse_i64(const uint8_t *p, size_t n, int64_t *out)
     return 0;
 }
 
-/* Replaces (or creates) key's item with a new one built from value/expiry, under the
- * exclusive stripe lock the caller holds. *old gets the offset to free after unlocking. */
-static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b,
-                          uint64_t *slot, uint64_t h, const void *key, size_t klen,
-                          const void *val, size_t vlen, int64_t expire_ms, uint64_t *ver,
-                          uint64_t *old)
+/* Replaces (or creates) key's item with a new one built from value/expiry (val, or the
+ * value of item `from`), under the exclusive stripe lock the caller holds. *old gets the
+ * offset to free after unlocking. On KV_ENOMEM nothing changed; *need says what to make
+ * room for (an item of that many bytes, or SHM_LINE with *line set) before trying again
+ * with no lock held. */
+static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, uint64_t *slot,
+                          uint64_t h, const void *key, size_t klen, const void *val,
+                          const struct shm_item *from, size_t vlen, int64_t expire_ms,
+                          uint64_t *ver, uint64_t *old, size_t *need, int *line)
 {
     uint64_t off;
     unsigned cls;
-    int rc = kv_shm_alloc(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
+    *need = SHM_ITEM_HDR + klen + vlen;
+    *line = 0;
+    int rc = kv_shm_alloc(s, *need, &off, &cls);
     if (rc)
         return rc;
     *ver = version_next(s);
-    item_fill(s, off, cls, key, klen, val, vlen, *ver, expire_ms, kv_shm_now_ms());
+    item_fill(s, off, cls, key, klen, val, from, vlen, *ver, expire_ms, kv_shm_now_ms());
     kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
     uint64_t prev = slot ? *slot : 0;
     rc = publish(s, st, b, slot, shm_word(off, cls, h));
     if (rc) {
         kv_shm_free(s, off);
+        *line = 1;
         return rc;
     }
     *old = prev ? SHM_WORD_OFF(prev) : 0;
     return 0;
+}
+
+/* After rewrite_locked said KV_ENOMEM (lock dropped): 0 when room was made, try again. */
+static int rewrite_room(struct kv_shm_store *s, int attempt, size_t need, int line)
+{
+    if (attempt >= ROOM_TRIES)
+        return KV_ENOMEM;
+    if (attempt == 0)
+        spares_release(s);
+    return kv_shm_make_room(s, line ? SHM_LINE : need, line);
 }
 
 int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t delta,
@@ -452,25 +539,40 @@ int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t de
     uint64_t h = kv_shm_hash(s, key, klen), old = 0, ver = 0;
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
-    int64_t now = kv_shm_now_ms(), cur = 0, expire = 0, sum = 0;
-    int rc = 0;
-    pthread_rwlock_wrlock(&st->lock);
-    uint64_t b = kv_shm_index_bucket(s, h);
-    uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
-    if (slot && !item_expired(it, now)) {
-        rc = parse_i64(it->data + it->klen, it->vlen, &cur);
-        expire = it->expire_ms;
-    } else if (slot) {
-        __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+    int64_t cur, expire, sum = 0;
+    int rc, line = 0;
+    size_t need = 0;
+    for (int attempt = 0;; attempt++) {
+        int64_t now = kv_shm_now_ms();
+        cur = expire = 0;
+        rc = 0;
+        pthread_rwlock_wrlock(&st->lock);
+        uint64_t b = kv_shm_index_bucket(s, h);
+        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        if (slot && !item_expired(it, now)) {
+            char num[20];
+            rc = KV_ENOTNUM;
+            if (it->vlen <= sizeof(num)) {
+                kv_shm_item_read(s, it, SHM_ITEM_HDR + it->klen, num, it->vlen);
+                rc = parse_i64((const uint8_t *)num, it->vlen, &cur);
+            }
+            expire = it->expire_ms;
+        } else if (slot && attempt == 0) {
+            __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+        }
+        if (rc == 0 && __builtin_add_overflow(cur, delta, &sum))
+            rc = KV_ENOTNUM;
+        if (rc == 0) {
+            char buf[24];
+            int n = snprintf(buf, sizeof(buf), "%" PRId64, sum);
+            rc = rewrite_locked(s, st, b, slot, h, key, klen, buf, NULL, (size_t)n, expire, &ver,
+                                &old, &need, &line);
+        }
+        pthread_rwlock_unlock(&st->lock);
+        if (rc == KV_ENOMEM && rewrite_room(s, attempt, need, line) == 0)
+            continue;
+        break;
     }
-    if (rc == 0 && __builtin_add_overflow(cur, delta, &sum))
-        rc = KV_ENOTNUM;
-    if (rc == 0) {
-        char buf[24];
-        int n = snprintf(buf, sizeof(buf), "%" PRId64, sum);
-        rc = rewrite_locked(s, st, b, slot, h, key, klen, buf, (size_t)n, expire, &ver, &old);
-    }
-    pthread_rwlock_unlock(&st->lock);
     if (rc)
         return rc;
     if (old)
@@ -491,25 +593,32 @@ int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t 
     uint64_t h = kv_shm_hash(s, key, klen), old = 0, ver;
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
-    int64_t now = kv_shm_now_ms();
-    int rc = KV_ENOTFOUND;
-    pthread_rwlock_wrlock(&st->lock);
-    uint64_t b = kv_shm_index_bucket(s, h);
-    uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
-    if (slot && item_expired(it, now)) {
-        old = SHM_WORD_OFF(*slot);
-        slot_clear(st, slot);
-        __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
-    } else if (slot && ttl_ms == 0) {
-        old = SHM_WORD_OFF(*slot);
-        slot_clear(st, slot);
-        rc = 0;
-    } else if (slot) {
-        /* copy-on-write: the expiry is checksummed, so it is never patched in place */
-        rc = rewrite_locked(s, st, b, slot, h, key, klen, it->data + it->klen, it->vlen,
-                            ttl_ms > 0 ? expiry_at(now, ttl_ms) : 0, &ver, &old);
+    int rc, line = 0;
+    size_t need = 0;
+    for (int attempt = 0;; attempt++) {
+        int64_t now = kv_shm_now_ms();
+        rc = KV_ENOTFOUND;
+        pthread_rwlock_wrlock(&st->lock);
+        uint64_t b = kv_shm_index_bucket(s, h);
+        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        if (slot && item_expired(it, now)) {
+            old = SHM_WORD_OFF(*slot);
+            slot_clear(st, slot);
+            __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+        } else if (slot && ttl_ms == 0) {
+            old = SHM_WORD_OFF(*slot);
+            slot_clear(st, slot);
+            rc = 0;
+        } else if (slot) {
+            /* copy-on-write: the expiry is checksummed, so it is never patched in place */
+            rc = rewrite_locked(s, st, b, slot, h, key, klen, NULL, it, it->vlen,
+                                ttl_ms > 0 ? expiry_at(now, ttl_ms) : 0, &ver, &old, &need, &line);
+        }
+        pthread_rwlock_unlock(&st->lock);
+        if (rc == KV_ENOMEM && rewrite_room(s, attempt, need, line) == 0)
+            continue;
+        break;
     }
-    pthread_rwlock_unlock(&st->lock);
     if (old)
         kv_shm_free(s, old);
     return rc;
@@ -702,15 +811,20 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
         struct shm_class *k = &s->cls[c];
         struct kv_shm_class_stats *r = &o.cls[c];
         pthread_mutex_lock(&k->lock);
-        r->chunk_size = k->chunk_size;
+        r->chunk_size = s->csize[c];
         r->pages = k->pages;
         r->chunks_used = k->used;
-        r->chunks_free = k->free_count;
+        r->chunks_free = k->pages * s->cper[c] - k->used;
         pthread_mutex_unlock(&k->lock);
         r->bytes_used = r->chunks_used * r->chunk_size;
         used += r->bytes_used;
         fr += r->chunks_free * r->chunk_size;
     }
+    struct shm_class *lk = &s->cls[s->line_cls];
+    pthread_mutex_lock(&lk->lock);
+    used += lk->used * SHM_LINE; /* index lines: counted in index_bytes below */
+    fr += (lk->pages * s->cper[s->line_cls] - lk->used) * SHM_LINE;
+    pthread_mutex_unlock(&lk->lock);
     pthread_mutex_lock(&h->page_lock);
     o.pages_free = h->pages_free;
     uint64_t ipages = h->index_pages;
@@ -726,8 +840,8 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
     r->bytes_used = large << SHM_PAGE_SHIFT;
     used += r->bytes_used + (ipages << SHM_PAGE_SHIFT);
     fr += o.pages_free << SHM_PAGE_SHIFT;
-    o.index_bytes = (ipages << SHM_PAGE_SHIFT) +
-                    __atomic_load_n(&h->lines, __ATOMIC_RELAXED) * SHM_LINE;
+    o.index_bytes =
+        (ipages << SHM_PAGE_SHIFT) + __atomic_load_n(&h->lines, __ATOMIC_RELAXED) * SHM_LINE;
     o.bytes_used = used;
     o.bytes_free = fr;
     o.huge_bytes = kv_shm_huge_bytes(s);

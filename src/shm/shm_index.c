@@ -19,7 +19,6 @@
 #include "kv_mem.h"
 #include "shm_int.h"
 
-
 uint64_t kv_shm_state_make(unsigned L, uint64_t p)
 {
     uint64_t v = (uint64_t)L | (p << 6);
@@ -79,7 +78,7 @@ static uint64_t *line_next(const struct kv_shm_store *s, const uint64_t *line)
     if (!off)
         return NULL;
     uint64_t pi = (off - s->data_off) >> SHM_PAGE_SHIFT;
-    if (__atomic_load_n(&s->pmap[pi], __ATOMIC_RELAXED) != PM_MAKE(PM_SLAB, 0))
+    if (__atomic_load_n(&s->pmap[pi], __ATOMIC_RELAXED) != PM_MAKE(PM_SLAB, s->line_cls))
         return NULL;
     return shm_ptr(s, off);
 }
@@ -149,11 +148,6 @@ uint64_t *kv_shm_index_line(const struct kv_shm_store *s, uint64_t b)
     return shm_ptr(s, shm_page_base(s, pi) + (b % SHM_PAGE_BUCKETS) * SHM_LINE);
 }
 
-uint32_t kv_shm_item_crc(const struct shm_item *it)
-{
-    return kv_shm_crc32c(0, (const uint8_t *)it + 8, shm_item_size(it) - 8);
-}
-
 struct shm_item *kv_shm_item_check(const struct kv_shm_store *s, uint64_t w)
 {
     uint64_t off = SHM_WORD_OFF(w), cap;
@@ -164,9 +158,16 @@ struct shm_item *kv_shm_item_check(const struct kv_shm_store *s, uint64_t w)
     uint64_t in = (off - s->data_off) & (SHM_PAGE - 1);
     uint32_t e = __atomic_load_n(&s->pmap[pi], __ATOMIC_RELAXED);
     if (c == SHM_CLASS_LARGE) {
-        if (PM_TYPE(e) != PM_LARGE || in != 0 || pi + PM_ARG(e) > s->n_pages)
+        if (PM_TYPE(e) != PM_LARGE || in != 0)
             return NULL;
-        cap = (uint64_t)PM_ARG(e) << SHM_PAGE_SHIFT;
+        struct shm_item *it = shm_ptr(s, off);
+        uint64_t n = PM_ARG(e), size = SHM_ITEM_HDR + (uint64_t)it->klen + it->vlen;
+        /* the key must lie in the first page, before the page list */
+        if (it->magic != SHM_ITEM_MAGIC || it->cls != c || size <= SHM_MAX_CHUNK ||
+            kv_shm_large_pages(size) != n ||
+            SHM_ITEM_HDR + (uint64_t)it->klen > SHM_PAGE - 4 * (n - 1))
+            return NULL;
+        return it;
     } else {
         if (c >= s->n_classes || e != PM_MAKE(PM_SLAB, c))
             return NULL;
@@ -204,49 +205,10 @@ uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, cons
     return NULL;
 }
 
-static uint32_t atime_now(const struct kv_shm_store *s)
-{
-    return (uint32_t)((uint64_t)(kv_shm_now_ms() - (int64_t)s->hdr->created_ms) / 4);
-}
-
-/* The chain of b is full and no overflow line can be had (class 0 has no room and
- * evicting other classes cannot give it any): under LRU the least recently used item of
- * this chain makes way. One store replaces its word with the new one. Returns 1. */
-static int chain_evict_into(struct kv_shm_store *s, uint64_t b, uint64_t word)
-{
-    int64_t now = kv_shm_now_ms();
-    uint32_t an = atime_now(s);
-    uint64_t *victim = NULL, best = 0;
-    uint64_t *line = kv_shm_index_line(s, b);
-    for (int n = 0; line && n < (int)s->chain_max; n++, line = line_next(s, line)) {
-        for (int i = 0; i < SHM_SLOTS; i++) {
-            struct shm_item *it = kv_shm_item_check(s, line[i]);
-            if (!it)
-                continue;
-            uint64_t score = it->expire_ms && it->expire_ms <= now
-                                 ? UINT64_MAX
-                                 : (uint64_t)(int64_t)(int32_t)(an - it->atime);
-            if (!victim || score > best) {
-                victim = &line[i];
-                best = score;
-            }
-        }
-    }
-    if (!victim)
-        return KV_ENOMEM;
-    uint64_t old = *victim;
-    __atomic_store_n(victim, word, __ATOMIC_RELEASE);
-    __atomic_add_fetch(best == UINT64_MAX ? &s->hdr->expired : &s->hdr->evictions, 1,
-                       __ATOMIC_RELAXED);
-    kv_shm_free(s, SHM_WORD_OFF(old));
-    return 1;
-}
-
-/* Stores word into the first empty slot of bucket b, taking a line from spare[] (filled
- * by the caller) or allocating one when the chain is full. Returns 1 instead of 0 when,
- * under LRU and allowed by evict, an item of the chain was evicted to make room. */
-static int chain_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, uint64_t *spare,
-                        unsigned *nspare, int evict)
+/* The first empty slot of bucket b, taking a line from spare[] (filled by the caller) or
+ * allocating one when the chain is full (KV_ENOMEM when none). */
+static int chain_slot(struct kv_shm_store *s, uint64_t b, uint64_t *spare, unsigned *nspare,
+                      uint64_t **slotp)
 {
     uint64_t *line = kv_shm_index_line(s, b), *last = line;
     if (!line)
@@ -256,7 +218,7 @@ static int chain_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, uint6
         last = line;
         for (int i = 0; i < SHM_SLOTS; i++) {
             if (__atomic_load_n(&line[i], __ATOMIC_RELAXED) == 0) {
-                __atomic_store_n(&line[i], word, __ATOMIC_RELEASE);
+                *slotp = &line[i];
                 return 0;
             }
         }
@@ -271,28 +233,40 @@ static int chain_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, uint6
         off = spare[--*nspare];
     } else {
         int rc = kv_shm_line_alloc(s, &off);
-        if (rc == KV_ENOMEM && evict && s->lru)
-            return chain_evict_into(s, b, word);
         if (rc)
             return rc;
     }
-    uint64_t *nl = shm_ptr(s, off);
-    nl[0] = word;
-    /* the line is complete before the link that publishes it */
+    /* an empty line is complete: it is linked first, and the caller fills its slot */
     __atomic_store_n(&last[SHM_SLOTS], kv_shm_link_make(off), __ATOMIC_RELEASE);
     __atomic_add_fetch(&s->hdr->lines, 1, __ATOMIC_RELAXED);
+    *slotp = shm_ptr(s, off);
     return 0;
 }
 
-int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, int evict)
+static int chain_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, uint64_t *spare,
+                        unsigned *nspare)
 {
-    return chain_insert(s, b, word, NULL, NULL, evict);
+    uint64_t *slot;
+    int rc = chain_slot(s, b, spare, nspare, &slot);
+    if (rc == 0)
+        __atomic_store_n(slot, word, __ATOMIC_RELEASE);
+    return rc;
+}
+
+int kv_shm_index_reserve(struct kv_shm_store *s, uint64_t b, uint64_t **slot)
+{
+    return chain_slot(s, b, NULL, NULL, slot);
+}
+
+int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word)
+{
+    return chain_insert(s, b, word, NULL, NULL);
 }
 
 int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk)
 {
     uint64_t pi;
-    int rc = kv_shm_page_alloc(s, 1, PM_MAKE(PM_INDEX, 0), &pi);
+    int rc = kv_shm_page_alloc(s, PM_MAKE(PM_INDEX, 0), &pi);
     if (rc)
         return rc;
     memset(shm_ptr(s, shm_page_base(s, pi)), 0, SHM_PAGE);
@@ -375,7 +349,7 @@ static void split_one(struct kv_shm_store *s)
         nspare++;
     }
     for (size_t i = 0; i < n; i++) {
-        if (chain_insert(s, t, mv[i].word, spare, &nspare, 0))
+        if (chain_insert(s, t, mv[i].word, spare, &nspare))
             goto out; /* cannot happen: lines are reserved; state stays, recovery-safe */
         kv_shm_crash_point(s, KV_SHM_CRASH_SPLIT); /* the item is in both buckets */
         __atomic_store_n(mv[i].slot, 0, __ATOMIC_RELEASE);
@@ -406,72 +380,4 @@ void kv_shm_index_grow(struct kv_shm_store *s, uint64_t h)
         return; /* someone else is splitting: the work gets done either way */
     split_one(s);
     pthread_mutex_unlock(&s->hdr->split_lock);
-}
-
-int kv_shm_evict(struct kv_shm_store *s, unsigned want, int expired_only)
-{
-    int64_t now = kv_shm_now_ms();
-    uint32_t an = atime_now(s);
-    uint64_t active = kv_shm_index_active(s);
-    uint64_t best_b = 0, best_w = 0, best_score = 0;
-    int found = 0;
-    for (int tries = 0; tries < 64 && (found < 5 || tries < 8); tries++) {
-        uint64_t b = kv_shm_rand() % active;
-        struct shm_stripe *st = &s->stripes[b & (SHM_STRIPES - 1)];
-        if (pthread_rwlock_tryrdlock(&st->lock))
-            continue;
-        uint64_t *line = kv_shm_index_line(s, b);
-        for (int k = 0; line && k < (int)s->chain_max; k++, line = line_next(s, line)) {
-            for (int i = 0; i < SHM_SLOTS; i++) {
-                uint64_t w = __atomic_load_n(&line[i], __ATOMIC_ACQUIRE);
-                unsigned c = SHM_WORD_CLS(w);
-                if (!w || (!expired_only && c != want && c != SHM_CLASS_LARGE))
-                    continue;
-                struct shm_item *it = kv_shm_item_check(s, w);
-                if (!it)
-                    continue;
-                int expired = it->expire_ms && it->expire_ms <= now;
-                if (expired_only && !expired)
-                    continue;
-                uint32_t at = __atomic_load_n(&it->atime, __ATOMIC_RELAXED);
-                uint64_t score = expired ? UINT64_MAX : (uint64_t)(int64_t)(int32_t)(an - at);
-                if (!found || score > best_score) {
-                    best_b = b;
-                    best_w = w;
-                    best_score = score;
-                }
-                found++;
-            }
-        }
-        pthread_rwlock_unlock(&st->lock);
-    }
-    if (!found)
-        return KV_ENOMEM;
-    struct shm_stripe *st = &s->stripes[best_b & (SHM_STRIPES - 1)];
-    if (pthread_rwlock_trywrlock(&st->lock))
-        return KV_EAGAIN; /* busy (maybe our own caller's stripe): sample again */
-    int rc = KV_EAGAIN;
-    struct shm_item *it = kv_shm_item_check(s, best_w);
-    if (it) {
-        /* a split may have moved it since it was sampled: look where its hash says */
-        uint64_t b = kv_shm_index_bucket(s, kv_shm_hash(s, it->data, it->klen));
-        int expired = it->expire_ms && it->expire_ms <= now;
-        uint64_t *line = kv_shm_index_line(s, b);
-        for (int k = 0; line && k < (int)s->chain_max && rc; k++, line = line_next(s, line)) {
-            for (int i = 0; i < SHM_SLOTS; i++) {
-                if (__atomic_load_n(&line[i], __ATOMIC_RELAXED) != best_w)
-                    continue;
-                __atomic_store_n(&line[i], 0, __ATOMIC_RELEASE);
-                __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
-                __atomic_add_fetch(expired ? &s->hdr->expired : &s->hdr->evictions, 1,
-                                   __ATOMIC_RELAXED);
-                rc = 0;
-                break;
-            }
-        }
-    }
-    pthread_rwlock_unlock(&st->lock);
-    if (rc == 0)
-        kv_shm_free(s, SHM_WORD_OFF(best_w));
-    return rc;
 }

@@ -7,6 +7,7 @@
  *   stripes_off  SHM_STRIPES x struct shm_stripe   (rwlock + key count per stripe)
  *   classes_off  SHM_MAX_CLASSES x struct shm_class (allocator size classes)
  *   pmap_off     n_pages x u32: what each data page holds (derived state, rebuilt by recovery)
+ *   pages_off    n_pages x struct shm_page: the allocator's bookkeeping of each page (derived)
  *   dir_off      n_dir x u64: index directory, entry i = page holding buckets [i*1024, +1024)
  *   data_off     n_pages pages of SHM_PAGE bytes: slab pages, large-item runs, bucket pages
  *
@@ -25,10 +26,13 @@
  *   - hdr->state (L, p) changes only under split_lock + the exclusive stripe lock of p;
  *     it is read with an atomic load, and the mapping of a key is stable while its stripe
  *     lock is held.
- *   - class[c].lock guards the class's free list, carve page and counters.
- *   - hdr->page_lock guards pmap entries, pages_free and the page hint.
- *   - Order: split_lock -> stripe -> class -> page. Eviction, which may run while a
- *     stripe is held, only trylocks stripes, so it never waits in the wrong order.
+ *   - class[c].lock guards the class's partial-page list, counters, and the shm_page
+ *     entries (and free chunks) of the pages the class owns.
+ *   - hdr->page_lock guards the free-page stack, pages_free, and the pmap and shm_page
+ *     entries of free pages; a page changes owner only under both locks.
+ *   - Order: split_lock -> stripe -> class -> page. The allocator never evicts and never
+ *     takes a stripe; eviction and compaction (shm_evict.c) run with no lock held and
+ *     take one stripe at a time.
  *   - Every lock is re-initialised by the owner at open: a process killed while holding
  *     one leaves nothing behind. */
 #ifndef SHM_INT_H
@@ -48,10 +52,10 @@
 #define SHM_PAGE           (1u << SHM_PAGE_SHIFT) /* 64 KiB */
 #define SHM_STRIPES        1024u                  /* power of two, <= 2^SHM_INIT_LEVEL */
 #define SHM_INIT_LEVEL     10
-#define SHM_SLOTS          7                  /* slot words per bucket / overflow line */
-#define SHM_LINE           64u                /* bytes per bucket / overflow line */
+#define SHM_SLOTS          7                     /* slot words per bucket / overflow line */
+#define SHM_LINE           64u                   /* bytes per bucket / overflow line */
 #define SHM_PAGE_BUCKETS   (SHM_PAGE / SHM_LINE) /* 1024 buckets per index page */
-#define SHM_LOAD           5                  /* split when keys > buckets * SHM_LOAD */
+#define SHM_LOAD           5                     /* split when keys > buckets * SHM_LOAD */
 #define SHM_MAX_CLASSES    KV_SHM_MAX_CLASSES
 #define SHM_MIN_CHUNK      64u
 #define SHM_MAX_CHUNK      32768u /* larger items take a run of whole pages */
@@ -63,14 +67,14 @@
 #define SHM_CHAIN_MAX      100000u /* overflow lines a chain may have; more is taken for a cycle */
 
 /* pmap entry: type in the top 4 bits */
-#define PM_FREE   0u
-#define PM_SLAB   1u /* arg = class */
-#define PM_INDEX  2u
-#define PM_LARGE  3u /* head of a large-item run; arg = pages in the run */
-#define PM_LCONT  4u /* continuation page of a run */
-#define PM_TYPE(e) ((e) >> 28)
-#define PM_ARG(e)  ((e) & 0x0FFFFFFFu)
-#define PM_MAKE(t, a) (((uint32_t)(t) << 28) | ((uint32_t)(a) & 0x0FFFFFFFu))
+#define PM_FREE       0u
+#define PM_SLAB       1u /* arg = class */
+#define PM_INDEX      2u
+#define PM_LARGE      3u /* first page of a large item; arg = pages of the item */
+#define PM_LCONT      4u /* another page of a large item; arg = its first page */
+#define PM_TYPE(e)    ((e) >> 28)
+#define PM_ARG(e)     ((e)&0x0FFFFFFFu)
+#define PM_MAKE(t, a) (((uint32_t)(t) << 28) | ((uint32_t)(a)&0x0FFFFFFFu))
 
 struct shm_hdr {
     /* static: written once at creation, covered by hdr_crc */
@@ -80,11 +84,11 @@ struct shm_hdr {
     uint64_t fingerprint;
     uint64_t size;
     uint64_t created_ms; /* CLOCK_REALTIME at creation: base of item atime */
-    uint64_t stripes_off, classes_off, pmap_off, dir_off, data_off;
+    uint64_t stripes_off, classes_off, pmap_off, pages_off, dir_off, data_off;
     uint64_t n_pages, n_dir;
     uint32_t n_classes, n_stripes;
     uint64_t hash_key[2]; /* random at creation: the SipHash key of every bucket choice */
-    uint64_t static_end; /* marker: static fields end here */
+    uint64_t static_end;  /* marker: static fields end here */
 
     /* dynamic */
     uint64_t generation; /* owner only: +1 per open */
@@ -95,12 +99,12 @@ struct shm_hdr {
     uint64_t version_ctr;  /* atomic: last version handed out */
     uint64_t sweep_cursor; /* atomic: next bucket for kv_shm_sweep */
     uint64_t evictions, expired, corrupt; /* atomic counters */
-    uint64_t pages_free;   /* guarded by page_lock */
-    uint64_t page_hint;    /* guarded by page_lock: lowest page that may be free */
-    uint64_t index_pages;  /* guarded by page_lock */
-    uint64_t lines;        /* atomic: overflow lines linked into the index */
+    uint64_t pages_free;                  /* guarded by page_lock */
+    uint64_t free_top;    /* guarded by page_lock: page index + 1 atop the free stack */
+    uint64_t index_pages; /* guarded by page_lock */
+    uint64_t lines;       /* atomic: overflow lines linked into the index */
     uint64_t last_recovery_ns, last_recovered, last_dropped; /* owner only */
-    pthread_mutex_t page_lock __attribute__((aligned(64))); /* process-shared */
+    pthread_mutex_t page_lock __attribute__((aligned(64)));  /* process-shared */
     pthread_mutex_t split_lock __attribute__((aligned(64))); /* process-shared */
 };
 
@@ -110,17 +114,27 @@ struct shm_stripe {
     uint64_t hits, misses; /* atomic relaxed */
 } __attribute__((aligned(128)));
 
+/* A size class. Its sizes live in the process (kv_shm_class_sizes), never read from here. */
 struct shm_class {
     pthread_mutex_t lock; /* process-shared */
-    uint32_t chunk_size;  /* ro after creation */
-    uint32_t per_page;    /* ro after creation: chunks per page */
-    uint64_t free_head;   /* guarded by lock: offset of the first free chunk, 0 = none */
-    uint64_t free_count;  /* guarded by lock: chunks on the free list + uncarved */
-    uint64_t carve_page;  /* guarded by lock: page index + 1 being carved, 0 = none */
-    uint64_t carve_next;  /* guarded by lock: next uncarved chunk of carve_page */
+    uint64_t partial;     /* guarded by lock: page index + 1 of the first page with room */
     uint64_t pages;       /* guarded by lock: pages owned */
     uint64_t used;        /* guarded by lock: chunks handed out */
 } __attribute__((aligned(128)));
+
+/* The allocator's view of one data page. A slab page's free chunks are linked through the
+ * chunks themselves by index within the page, so a page that empties returns to the free
+ * stack at once, whatever class it served. */
+#define PG_LISTED   0x1u /* on its class's partial list */
+#define PG_DRAINING 0x2u /* being emptied (compaction, eviction): not listed, not freed */
+struct shm_page {
+    uint16_t used;      /* slab: chunks handed out (items, lines, chunks being built, spares) */
+    uint16_t carved;    /* slab: chunks [0, carved) were handed out at least once */
+    uint16_t free_head; /* slab: index + 1 of the page's first free chunk, 0 = none */
+    uint16_t flags;     /* PG_* */
+    uint32_t next;      /* page index + 1: next on the partial list or the free stack */
+    uint32_t prev;      /* page index + 1: previous on the partial list */
+};
 
 struct shm_item {
     uint32_t crc;   /* crc32c of bytes [8, SHM_ITEM_HDR + klen + vlen) */
@@ -135,13 +149,19 @@ struct shm_item {
     uint8_t data[]; /* key then value */
 };
 
-/* A free chunk: magic at the item's magic position, next free chunk at 16. */
+/* A free chunk: magic at the item's magic position, then the index + 1 of the next free
+ * chunk of the same page (0 = none). */
 struct shm_free_chunk {
     uint32_t zero, zero2;
     uint32_t magic; /* SHM_FREE_MAGIC */
-    uint32_t pad;
-    uint64_t next;
+    uint32_t next;
 };
+
+/* Items larger than SHM_MAX_CHUNK take whole pages that need not be contiguous: the item
+ * header, key and the first part of the value fill the first page, whose last 4 * (n - 1)
+ * bytes list the other n - 1 pages (u32 page indices, in order); those hold the rest of
+ * the value, SHM_PAGE bytes each. The item checksum covers the page list too. */
+#define SHM_LARGE_MAX_PAGES ((SHM_PAGE - SHM_ITEM_HDR - 4096) / 4) /* key + list in page 0 */
 
 /* A thread's spare chunks, one per class: the chunk its last overwrite
  * replaced, kept for its next write of that class (no class mutex either
@@ -167,23 +187,25 @@ struct kv_shm_store {
     struct shm_stripe *stripes;
     struct shm_class *cls;
     uint32_t *pmap;
+    struct shm_page *pg;
     uint64_t *dir;
     uint64_t data_off, n_pages, n_dir, data_end; /* ro after open */
-    unsigned n_classes;                          /* ro after open */
+    unsigned n_classes;                          /* ro after open: item classes */
+    unsigned line_cls;                           /* ro after open: = n_classes, index lines */
     uint8_t class_of[SHM_MAX_CHUNK / 8 + 1];     /* ro after open: size/8 (rounded up) -> class */
     /* ro after open, process-local copies of the class table: chunk size,
      * chunks per page, and ceil(2^32 / size), so that checking an item's
      * offset divides by multiplying (exact for offsets within a page) */
     uint32_t csize[SHM_MAX_CLASSES], cper[SHM_MAX_CLASSES];
     uint64_t crecip[SHM_MAX_CLASSES];
-    int crash_at, crash_site;                    /* ro after open: test fault injection */
-    int crash_n;                                 /* atomic: crash points passed */
-    int recovered;                               /* ro after open */
+    int crash_at, crash_site;                             /* ro after open: test fault injection */
+    int crash_n;                                          /* atomic: crash points passed */
+    int recovered;                                        /* ro after open */
     uint64_t recovered_items, dropped_items, recovery_ns; /* ro after open */
-    uint64_t open_id;                            /* ro after open: unique per open */
-    unsigned spare_rows;                         /* atomic: rows of spares claimed */
-    struct shm_spare spares[SHM_SPARE_ROWS];     /* row i: one thread's */
-    char name[1100]; /* ro after open: shm name or file path */
+    uint64_t open_id;                                     /* ro after open: unique per open */
+    unsigned spare_rows;                                  /* atomic: rows of spares claimed */
+    struct shm_spare spares[SHM_SPARE_ROWS];              /* row i: one thread's */
+    char name[1100];                                      /* ro after open: shm name or file path */
 };
 
 /* ---- shm_util.c ---- */
@@ -201,18 +223,35 @@ unsigned kv_shm_class_sizes(uint32_t *sizes, unsigned cap);
 void kv_shm_crash_point(struct kv_shm_store *s, int site);
 
 /* ---- shm_alloc.c ---- */
-/* Allocates a chunk (or page run) for an item of total bytes; *cls gets its class.
- * Under LRU may evict; may be called with one stripe held. KV_ENOMEM when full. */
+/* Allocates a chunk, or the pages of a large item, for an item of total bytes; *cls gets
+ * its class (SHM_CLASS_LARGE for pages). Never evicts, takes no stripe: KV_ENOMEM when
+ * there is no room (the caller may make room, shm_evict.c, and call again), KV_ETOOBIG
+ * when it can never fit. A large item's pages are marked and listed in its first page. */
 int kv_shm_alloc(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls);
-/* Returns an unlinked item's chunk or page run. */
+/* Returns an unlinked item's chunk, or all of a large item's pages. */
 void kv_shm_free(struct kv_shm_store *s, uint64_t off);
-/* One free page run of n pages marked with pmap entry e. KV_ENOMEM when none. */
-int kv_shm_page_alloc(struct kv_shm_store *s, uint64_t n, uint32_t e, uint64_t *pi);
-/* Allocates a zeroed overflow line (a class-0 chunk). */
+/* One free page, marked with pmap entry e. KV_ENOMEM when none. */
+int kv_shm_page_alloc(struct kv_shm_store *s, uint32_t e, uint64_t *pi);
+/* Allocates a zeroed overflow line (a chunk of the line class). */
 int kv_shm_line_alloc(struct kv_shm_store *s, uint64_t *off);
 /* Rebuilds the allocator from a recovery claim map (pmap entries + used bitmaps). */
 void kv_shm_alloc_rebuild(struct kv_shm_store *s, const uint32_t *pm, const uint64_t *used);
 unsigned kv_shm_class_for(const struct kv_shm_store *s, size_t total);
+/* Pages a large item of total bytes takes (0 when it is too large for any). */
+uint64_t kv_shm_large_pages(size_t total);
+/* Page indices of a large item's pages after the first: a pointer into its first page. */
+uint32_t *kv_shm_large_list(const struct kv_shm_store *s, uint64_t off, uint64_t n);
+/* Page drain support for shm_evict.c: takes slab page pi off its class's list and marks it
+ * draining (0), or KV_EAGAIN when it is not a slab page or is being drained already. */
+int kv_shm_page_drain_begin(struct kv_shm_store *s, uint64_t pi, unsigned *cls, unsigned *carved);
+/* Ends a drain: the page returns to the free stack when empty (1), else to its list (0). */
+int kv_shm_page_drain_end(struct kv_shm_store *s, uint64_t pi);
+/* A chunk of class c from a page the class already owns (never a new page): compaction's
+ * destination. KV_ENOMEM when its listed pages are full. */
+int kv_shm_chunk_alloc_listed(struct kv_shm_store *s, unsigned c, uint64_t *off);
+/* Class c's chunks free now, and its emptiest page among the first few listed. */
+void kv_shm_class_room(struct kv_shm_store *s, unsigned c, uint64_t *free_chunks,
+                       uint64_t *emptiest);
 
 static inline void *shm_ptr(const struct kv_shm_store *s, uint64_t off)
 {
@@ -229,8 +268,21 @@ static inline size_t shm_item_size(const struct shm_item *it)
     return SHM_ITEM_HDR + (size_t)it->klen + it->vlen;
 }
 
+/* ---- shm_item.c ---- */
+/* An item's bytes as one stream [0, size), wherever its pages are: copies n bytes from
+ * stream position pos to dst. */
+void kv_shm_item_read(const struct kv_shm_store *s, const struct shm_item *it, size_t pos,
+                      void *dst, size_t n);
+/* Writes n bytes at stream position pos of the item being built at off, which takes
+ * `pages` pages (1 for a chunk; kv_shm_large_pages for a large item). */
+void kv_shm_item_write(struct kv_shm_store *s, uint64_t off, uint64_t pages, size_t pos,
+                       const void *src, size_t n);
+/* The checksum an item should carry: bytes [8, size) of its stream, then a large item's
+ * page list. */
+uint32_t kv_shm_item_crc(const struct kv_shm_store *s, const struct shm_item *it);
+
 /* ---- shm_index.c ---- */
-#define SHM_WORD_OFF(w) (((w) & 0xFFFFFFFFFFull) << 3)
+#define SHM_WORD_OFF(w) (((w)&0xFFFFFFFFFFull) << 3)
 #define SHM_WORD_CLS(w) ((unsigned)(((w) >> 40) & 0xFF))
 #define SHM_WORD_TAG(w) ((uint16_t)((w) >> 48))
 static inline uint64_t shm_word(uint64_t off, unsigned cls, uint64_t h)
@@ -252,7 +304,6 @@ uint64_t kv_shm_index_bucket(const struct kv_shm_store *s, uint64_t h);
 uint64_t *kv_shm_index_line(const struct kv_shm_store *s, uint64_t b); /* NULL if no page */
 /* Validates the item a slot refers to against the live pmap; NULL when it is unsound. */
 struct shm_item *kv_shm_item_check(const struct kv_shm_store *s, uint64_t w);
-uint32_t kv_shm_item_crc(const struct shm_item *it);
 /* Stripe lock helpers. */
 static inline struct shm_stripe *shm_stripe_of(const struct kv_shm_store *s, uint64_t h)
 {
@@ -262,15 +313,24 @@ static inline struct shm_stripe *shm_stripe_of(const struct kv_shm_store *s, uin
 uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, const void *key,
                             size_t klen, struct shm_item **itp);
 /* Puts word into an empty slot of bucket b (exclusive stripe held); may add a line.
- * Returns 1 when (evict set, LRU on, no line to be had) it replaced the chain's least
- * recently used item instead: the key count is then unchanged. */
-int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word, int evict);
+ * KV_ENOMEM when no line can be had (the caller unlocks, makes room, tries again). */
+int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word);
+/* An empty slot of bucket b (exclusive stripe held), adding a line when the chain is full:
+ * what kv_shm_index_insert would fill, for a caller that must note where before it does.
+ * It stays empty, and so reserved, only until the stripe lock is dropped. */
+int kv_shm_index_reserve(struct kv_shm_store *s, uint64_t b, uint64_t **slot);
 /* Splits one bucket if the load asks for it; call with no stripe held. */
 void kv_shm_index_grow(struct kv_shm_store *s, uint64_t h);
-/* Frees one item chosen by sampled LRU (or only an expired one). 0 when one was freed. */
-int kv_shm_evict(struct kv_shm_store *s, unsigned want_cls, int expired_only);
 /* Allocates and publishes the index page for buckets [chunk*1024, +1024). */
 int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk);
+
+/* ---- shm_evict.c ---- */
+/* Makes room after kv_shm_alloc (or a line allocation) said KV_ENOMEM for an item of
+ * total bytes (SHM_LINE for a line): reclaims expired items, compacts a class whose free
+ * chunks fill a page, and under LRU evicts (whole pages of other classes when the oldest
+ * item sampled is not of the class wanted). Call with no lock held. 0 when it freed
+ * something (allocate again), KV_ENOMEM when nothing more can be freed. */
+int kv_shm_make_room(struct kv_shm_store *s, size_t total, int line);
 
 /* ---- shm_recover.c ---- */
 /* Rebuilds a segment that was not closed cleanly. KV_ECORRUPT (with errbuf) if it can't. */

@@ -39,9 +39,9 @@ struct rec {
     struct kv_shm_store *s;
     unsigned L;
     uint64_t p, active;
-    uint32_t *pm;    /* owned: claimed page map */
-    uint64_t *used;  /* owned: claimed chunk starts, BM_WORDS per page */
-    uint64_t *lines; /* owned: chunk starts claimed by overflow lines */
+    uint32_t *pm;          /* owned: claimed page map */
+    uint64_t *used;        /* owned: claimed chunk starts, BM_WORDS per page */
+    uint64_t *lines;       /* owned: chunk starts claimed by overflow lines */
     struct misplaced *mis; /* owned */
     size_t nmis, capmis;
     uint64_t kept, dropped, maxver, nlines;
@@ -84,26 +84,37 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
     if (it->magic != SHM_ITEM_MAGIC || it->klen == 0)
         return NULL;
     if (c == SHM_CLASS_LARGE) {
-        uint64_t n = (size + SHM_PAGE - 1) >> SHM_PAGE_SHIFT;
-        if (in || size <= SHM_MAX_CHUNK || pi + n > s->n_pages)
+        uint64_t n = kv_shm_large_pages(size);
+        if (in || size <= SHM_MAX_CHUNK || n == 0 ||
+            SHM_ITEM_HDR + (uint64_t)it->klen > SHM_PAGE - 4 * (n - 1))
             return NULL;
         if (r->pm[pi] == PM_MAKE(PM_LARGE, n) && bm_get(r->used, pi, 0))
             return it;
-        for (uint64_t k = 0; k < n; k++)
-            if (r->pm[pi + k] != PM_MAKE(PM_FREE, 0))
-                return NULL;
-        if (kv_shm_item_crc(it) != it->crc)
+        if (r->pm[pi] != PM_MAKE(PM_FREE, 0))
             return NULL;
+        /* every listed page in range, distinct and unclaimed; marked as they are checked
+         * so that a page listed twice is caught, unmarked again if the item is refused */
+        const uint32_t *list = kv_shm_large_list(s, off, n);
+        uint64_t k = 0;
         r->pm[pi] = PM_MAKE(PM_LARGE, n);
-        for (uint64_t k = 1; k < n; k++)
-            r->pm[pi + k] = PM_MAKE(PM_LCONT, 0);
+        for (; k + 1 < n; k++) {
+            uint64_t q = list[k];
+            if (q >= s->n_pages || r->pm[q] != PM_MAKE(PM_FREE, 0))
+                break;
+            r->pm[q] = PM_MAKE(PM_LCONT, pi);
+        }
+        if (k + 1 < n || kv_shm_item_crc(s, it) != it->crc) {
+            for (uint64_t j = 0; j < k; j++)
+                r->pm[list[j]] = PM_MAKE(PM_FREE, 0);
+            r->pm[pi] = PM_MAKE(PM_FREE, 0);
+            return NULL;
+        }
         bm_set(r->used, pi, 0);
         return it;
     }
     if (c >= s->n_classes)
         return NULL;
-    const struct shm_class *k = &s->cls[c];
-    if (in % k->chunk_size || in / k->chunk_size >= k->per_page || size > k->chunk_size)
+    if (in % s->csize[c] || in / s->csize[c] >= s->cper[c] || size > s->csize[c])
         return NULL;
     if (r->pm[pi] != PM_MAKE(PM_FREE, 0) && r->pm[pi] != PM_MAKE(PM_SLAB, c))
         return NULL;
@@ -112,7 +123,7 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
         return NULL;
     if (bm_get(r->used, pi, idx))
         return it;
-    if (kv_shm_item_crc(it) != it->crc)
+    if (kv_shm_item_crc(s, it) != it->crc)
         return NULL;
     r->pm[pi] = PM_MAKE(PM_SLAB, c);
     bm_set(r->used, pi, idx);
@@ -131,12 +142,12 @@ static void claim_lines(struct rec *r, uint64_t *line)
         uint64_t pi = off ? (off - s->data_off) >> SHM_PAGE_SHIFT : 0;
         unsigned idx = off ? (unsigned)(((off - s->data_off) & (SHM_PAGE - 1)) / SHM_LINE) : 0;
         if (!off ||
-            (r->pm[pi] != PM_MAKE(PM_FREE, 0) && r->pm[pi] != PM_MAKE(PM_SLAB, 0)) ||
+            (r->pm[pi] != PM_MAKE(PM_FREE, 0) && r->pm[pi] != PM_MAKE(PM_SLAB, s->line_cls)) ||
             bm_get(r->used, pi, idx)) {
             line[SHM_SLOTS] = 0; /* damaged link, or a line reached twice */
             return;
         }
-        r->pm[pi] = PM_MAKE(PM_SLAB, 0);
+        r->pm[pi] = PM_MAKE(PM_SLAB, s->line_cls);
         bm_set(r->used, pi, idx);
         bm_set(r->lines, pi, idx);
         r->nlines++;
@@ -283,13 +294,6 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
         rc = KV_ENOMEM;
         goto out;
     }
-    /* the class table's static part is rewritten too: it is cheap and may be damaged */
-    uint32_t sizes[SHM_MAX_CLASSES];
-    kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
-    for (unsigned c = 0; c < s->n_classes; c++) {
-        s->cls[c].chunk_size = sizes[c];
-        s->cls[c].per_page = SHM_PAGE / sizes[c];
-    }
 
     /* 1. directory */
     for (uint64_t i = 0; i < s->n_dir; i++) {
@@ -329,8 +333,10 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
         h->version_ctr = r.maxver;
     for (uint64_t c = 0; c * SHM_PAGE_BUCKETS < r.active; c++) {
         if (!kv_shm_index_line(s, c * SHM_PAGE_BUCKETS) && kv_shm_index_page_add(s, c)) {
-            snprintf(errbuf, errbuf ? errcap : 0, "segment %s: recovery cannot rebuild the "
-                     "index (no free page); start with --reset-store", s->name);
+            snprintf(errbuf, errbuf ? errcap : 0,
+                     "segment %s: recovery cannot rebuild the "
+                     "index (no free page); start with --reset-store",
+                     s->name);
             rc = KV_ECORRUPT;
             goto out;
         }
@@ -342,7 +348,7 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
         if (*m->slot != m->word)
             continue;
         if (!chain_has(s, bucket_ptr(&r, m->bucket), m->word) &&
-            kv_shm_index_insert(s, m->bucket, m->word, 0)) {
+            kv_shm_index_insert(s, m->bucket, m->word)) {
             r.dropped++; /* no room for a line: its chunk returns at the next recovery */
         }
         kv_shm_crash_point(s, KV_SHM_CRASH_RECOVER_MOVE); /* in both buckets */
@@ -362,8 +368,8 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
     s->recovered = 1;
     s->recovered_items = r.kept;
     s->dropped_items = r.dropped;
-    s->recovery_ns = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ull +
-                     (uint64_t)(t1.tv_nsec - t0.tv_nsec);
+    s->recovery_ns =
+        (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ull + (uint64_t)(t1.tv_nsec - t0.tv_nsec);
     h->last_recovered = r.kept;
     h->last_dropped = r.dropped;
     h->last_recovery_ns = s->recovery_ns;

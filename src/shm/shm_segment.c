@@ -49,7 +49,7 @@ static void seg_name(const struct kv_config *cfg, char *out, size_t cap, int *is
 }
 
 struct layout {
-    uint64_t stripes_off, classes_off, pmap_off, dir_off, data_off, n_pages, n_dir;
+    uint64_t stripes_off, classes_off, pmap_off, pages_off, dir_off, data_off, n_pages, n_dir;
 };
 
 /* The layout is a pure function of the size, so a header can be checked against it. */
@@ -62,6 +62,8 @@ static int layout_compute(uint64_t size, struct layout *l)
     off += SHM_MAX_CLASSES * sizeof(struct shm_class);
     l->pmap_off = off;
     off += (est * 4 + 63) & ~63ull;
+    l->pages_off = off;
+    off += (est * sizeof(struct shm_page) + 63) & ~63ull;
     l->dir_off = off;
     l->n_dir = est;
     off += est * 8;
@@ -78,14 +80,17 @@ static void store_wire(struct kv_shm_store *s, const struct layout *l)
     s->stripes = (struct shm_stripe *)(s->base + l->stripes_off);
     s->cls = (struct shm_class *)(s->base + l->classes_off);
     s->pmap = (uint32_t *)(s->base + l->pmap_off);
+    s->pg = (struct shm_page *)(s->base + l->pages_off);
     s->dir = (uint64_t *)(s->base + l->dir_off);
     s->data_off = l->data_off;
     s->n_pages = l->n_pages;
     s->n_dir = l->n_dir;
     s->data_end = l->data_off + (l->n_pages << SHM_PAGE_SHIFT);
     uint32_t sizes[SHM_MAX_CLASSES];
-    s->n_classes = kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
-    for (unsigned k = 0; k < s->n_classes; k++) {
+    s->n_classes = kv_shm_class_sizes(sizes, SHM_MAX_CLASSES - 1);
+    s->line_cls = s->n_classes;
+    sizes[s->line_cls] = SHM_LINE; /* index lines: a class of their own, never moved */
+    for (unsigned k = 0; k <= s->line_cls; k++) {
         s->csize[k] = sizes[k];
         s->cper[k] = SHM_PAGE / sizes[k];
         s->crecip[k] = ((1ull << 32) + sizes[k] - 1) / sizes[k];
@@ -144,6 +149,7 @@ static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
     h->stripes_off = l->stripes_off;
     h->classes_off = l->classes_off;
     h->pmap_off = l->pmap_off;
+    h->pages_off = l->pages_off;
     h->dir_off = l->dir_off;
     h->data_off = l->data_off;
     h->n_pages = l->n_pages;
@@ -153,14 +159,14 @@ static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
     kv_shm_random_key(h->hash_key);
     if (s->fixed_key)
         h->hash_key[0] = h->hash_key[1] = 0;
-    uint32_t sizes[SHM_MAX_CLASSES];
-    kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
-    for (unsigned c = 0; c < s->n_classes; c++) {
-        s->cls[c].chunk_size = sizes[c];
-        s->cls[c].per_page = SHM_PAGE / sizes[c];
-    }
     locks_init(s);
-    h->pages_free = s->n_pages;
+    h->pages_free = 0;
+    h->free_top = 0;
+    for (uint64_t pi = s->n_pages; pi-- > 0;) { /* low pages on top */
+        s->pg[pi].next = (uint32_t)h->free_top;
+        h->free_top = pi + 1;
+        h->pages_free++;
+    }
     h->state = kv_shm_state_make(SHM_INIT_LEVEL, 0);
     for (uint64_t c = 0; c < (1u << SHM_INIT_LEVEL) / SHM_PAGE_BUCKETS; c++)
         if (kv_shm_index_page_add(s, c))
@@ -186,17 +192,20 @@ static int seg_check(struct kv_shm_store *s, const struct layout *l, char *eb, s
     const struct shm_hdr *h = s->hdr;
     const char *how = "start with --reset-store to move it aside and begin empty";
     if (h->magic != SHM_MAGIC) {
-        say(eb, ec, "segment %s does not hold a libevkv store (magic %016" PRIx64 "); %s",
-            s->name, h->magic, how);
+        say(eb, ec, "segment %s does not hold a libevkv store (magic %016" PRIx64 "); %s", s->name,
+            h->magic, how);
         return KV_ECORRUPT;
     }
     if (h->layout_version != SHM_LAYOUT_VERSION) {
-        say(eb, ec, "segment %s has layout version %u, this build reads version %u; run the "
-            "build that wrote it, or %s", s->name, h->layout_version, SHM_LAYOUT_VERSION, how);
+        say(eb, ec,
+            "segment %s has layout version %u, this build reads version %u; run the "
+            "build that wrote it, or %s",
+            s->name, h->layout_version, SHM_LAYOUT_VERSION, how);
         return KV_ECORRUPT;
     }
     if (h->fingerprint != kv_shm_fingerprint()) {
-        say(eb, ec, "segment %s was written by an incompatible build (layout fingerprint "
+        say(eb, ec,
+            "segment %s was written by an incompatible build (layout fingerprint "
             "%016" PRIx64 ", this build %016" PRIx64 "); run the build that wrote it, or %s",
             s->name, h->fingerprint, kv_shm_fingerprint(), how);
         return KV_ECORRUPT;
@@ -208,10 +217,12 @@ static int seg_check(struct kv_shm_store *s, const struct layout *l, char *eb, s
     if (h->size != s->size || h->data_off != l->data_off || h->n_pages != l->n_pages ||
         h->n_dir != l->n_dir || h->stripes_off != l->stripes_off ||
         h->classes_off != l->classes_off || h->pmap_off != l->pmap_off ||
-        h->dir_off != l->dir_off || h->n_classes != s->n_classes ||
+        h->pages_off != l->pages_off || h->dir_off != l->dir_off || h->n_classes != s->n_classes ||
         h->n_stripes != SHM_STRIPES) {
-        say(eb, ec, "segment %s: header says %" PRIu64 " bytes but the object has %zu, or "
-            "its layout does not match its size; %s", s->name, h->size, s->size, how);
+        say(eb, ec,
+            "segment %s: header says %" PRIu64 " bytes but the object has %zu, or "
+            "its layout does not match its size; %s",
+            s->name, h->size, s->size, how);
         return KV_ECORRUPT;
     }
     unsigned L;
@@ -271,8 +282,10 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
         if (pread(s->fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || h.magic != SHM_MAGIC)
             h.owner_pid = 0;
         if (e == EWOULDBLOCK)
-            say(eb, ec, "segment %s is in use by pid %d; stop that server or give this one "
-                "another --shm-name/--data-file", s->name, (int)h.owner_pid);
+            say(eb, ec,
+                "segment %s is in use by pid %d; stop that server or give this one "
+                "another --shm-name/--data-file",
+                s->name, (int)h.owner_pid);
         else
             say(eb, ec, "cannot lock segment %s: %s", s->name, strerror(e));
         seg_unmap(s);
@@ -288,7 +301,8 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
     if (s->attach)
         s->size = (size_t)sb.st_size;
     if (!fresh && (uint64_t)sb.st_size != s->size) {
-        say(eb, ec, "segment %s is %lld bytes but --memory is %zu; restart with --memory "
+        say(eb, ec,
+            "segment %s is %lld bytes but --memory is %zu; restart with --memory "
             "%lld to keep its data, or with --reset-store to move it aside and start empty",
             s->name, (long long)sb.st_size, s->size, (long long)sb.st_size);
         seg_unmap(s);
@@ -311,9 +325,10 @@ reserve:
             e = posix_fallocate(s->fd, 0, (off_t)s->size);
         if (e) {
             say(eb, ec, "cannot reserve %zu bytes for segment %s: %s; %s", s->size, s->name,
-                strerror(e), fresh ? "lower --memory or make room (e.g. a larger /dev/shm)"
-                : "its file is sparse and the file system cannot back it: make room, "
-                  "nothing in it was touched");
+                strerror(e),
+                fresh ? "lower --memory or make room (e.g. a larger /dev/shm)"
+                      : "its file is sparse and the file system cannot back it: make room, "
+                        "nothing in it was touched");
             seg_unmap(s);
             if (created)
                 s->is_file ? unlink(s->name) : shm_unlink(s->name);
@@ -409,11 +424,12 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
             seg_unmap(s);
             rc = seg_open(s, cfg, errbuf, errcap, &bad);
             if (rc == 0)
-                say(errbuf, errcap, "moved the unusable segment aside to %s and started "
-                    "empty (it was: %s)", moved, why);
+                say(errbuf, errcap,
+                    "moved the unusable segment aside to %s and started "
+                    "empty (it was: %s)",
+                    moved, why);
         } else {
-            say(errbuf, errcap, "could not move segment %s aside: %s", s->name,
-                strerror(errno));
+            say(errbuf, errcap, "could not move segment %s aside: %s", s->name, strerror(errno));
             seg_unmap(s);
             rc = KV_EIO;
         }

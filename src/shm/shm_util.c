@@ -178,9 +178,10 @@ unsigned kv_shm_class_sizes(uint32_t *sizes, unsigned cap)
 uint64_t kv_shm_fingerprint(void)
 {
     uint32_t sizes[SHM_MAX_CLASSES];
-    unsigned n = kv_shm_class_sizes(sizes, SHM_MAX_CLASSES);
+    unsigned n = kv_shm_class_sizes(sizes, SHM_MAX_CLASSES - 1);
     uint64_t v[] = {sizeof(struct shm_hdr),      sizeof(struct shm_stripe),
                     sizeof(struct shm_class),    sizeof(struct shm_item),
+                    sizeof(struct shm_page),     SHM_MAX_CHUNK,
                     sizeof(pthread_rwlock_t),    sizeof(pthread_mutex_t),
                     SHM_PAGE_SHIFT,              SHM_STRIPES,
                     SHM_SLOTS,                   SHM_LINE,
