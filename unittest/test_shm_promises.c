@@ -8,6 +8,7 @@
  * production, and test_promise_hash_keyed_per_segment checks that part. */
 #include <CUnit/Basic.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -519,6 +520,211 @@ static void test_promise_crash_under_eviction(void)
     kv_shm_store_unlink(&c);
 }
 
+/* ---- multi-key writes ---------------------------------------------------------------- */
+
+static void test_promise_mset_basics(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "mset", 8u << 20);
+    struct kv_shm_store *s = open_with(&c, NULL);
+    struct kv_shm_pair p[4] = {{"a", 1, "1", 1}, {"b", 1, "22", 2}, {"a", 1, "333", 3},
+                               {"c", 1, "", 0}};
+    uint64_t ver[4];
+    CU_ASSERT_EQUAL(kv_shm_mset(s, p, 4, NULL, ver), 0);
+    CU_ASSERT(ver[0] < ver[1] && ver[1] < ver[2] && ver[2] < ver[3]);
+    CU_ASSERT(value_is(s, "a", 1, "333", 3)); /* a key given twice takes its last value */
+    CU_ASSERT(value_is(s, "b", 1, "22", 2));
+    CU_ASSERT(value_is(s, "c", 1, "", 0));
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    CU_ASSERT_EQUAL(st.keys, 3);
+    /* NX: one existing key and nothing is stored */
+    struct kv_shm_set_opts nx = {.flags = KV_SHM_NX};
+    struct kv_shm_pair q[2] = {{"new", 3, "x", 1}, {"b", 1, "y", 1}};
+    CU_ASSERT_EQUAL(kv_shm_mset(s, q, 2, &nx, NULL), KV_EEXISTS);
+    CU_ASSERT_EQUAL(kv_shm_exists(s, "new", 3), KV_ENOTFOUND);
+    CU_ASSERT(value_is(s, "b", 1, "22", 2));
+    q[1].key = "d";
+    CU_ASSERT_EQUAL(kv_shm_mset(s, q, 2, &nx, NULL), 0);
+    CU_ASSERT(value_is(s, "d", 1, "y", 1));
+    /* TTL for all */
+    struct kv_shm_set_opts ttl = {.ttl_ms = 100000};
+    CU_ASSERT_EQUAL(kv_shm_mset(s, p, 2, &ttl, NULL), 0);
+    int64_t left;
+    CU_ASSERT_EQUAL(kv_shm_ttl(s, "b", 1, &left), 0);
+    CU_ASSERT(left > 90000 && left <= 100000);
+    /* bad arguments change nothing */
+    struct kv_shm_pair bad[2] = {{"e", 1, "1", 1}, {"", 0, "2", 1}};
+    CU_ASSERT_EQUAL(kv_shm_mset(s, bad, 2, NULL, NULL), KV_EINVAL);
+    CU_ASSERT_EQUAL(kv_shm_exists(s, "e", 1), KV_ENOTFOUND);
+    CU_ASSERT_EQUAL(kv_shm_mset(s, NULL, 0, NULL, NULL), 0);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
+/* Issue 13's case: in a 4 MiB store, an MSET whose 5 MB value cannot fit answered OOM
+ * after storing the pairs before it. Now nothing changes. */
+static void test_promise_mset_that_does_not_fit_changes_nothing(void)
+{
+    for (int lru = 0; lru < 2; lru++) {
+        struct kv_config c;
+        cfg_make(&c, "msetoom", 4u << 20);
+        c.eviction = lru ? KV_EVICT_LRU : KV_EVICT_NONE;
+        struct kv_shm_store *s = open_with(&c, NULL);
+        CU_ASSERT_EQUAL(kv_shm_set(s, "old1", 4, "before", 6, NULL, NULL), 0);
+        size_t bn = 5u << 20;
+        uint8_t *big = kv_mem_alloc(KV_MOD_TEST, bn);
+        memset(big, 'z', bn);
+        struct kv_shm_pair p[4] = {{"old1", 4, "after", 5},
+                                   {"new1", 4, "hello", 5},
+                                   {"big", 3, big, bn},
+                                   {"new2", 4, "world", 5}};
+        int rc = kv_shm_mset(s, p, 4, NULL, NULL);
+        CU_ASSERT(rc == KV_ENOMEM || rc == KV_ETOOBIG);
+        CU_ASSERT(value_is(s, "old1", 4, "before", 6));
+        CU_ASSERT_EQUAL(kv_shm_exists(s, "new1", 4), KV_ENOTFOUND);
+        CU_ASSERT_EQUAL(kv_shm_exists(s, "big", 3), KV_ENOTFOUND);
+        CU_ASSERT_EQUAL(kv_shm_exists(s, "new2", 4), KV_ENOTFOUND);
+        /* and the store still works: the space the attempt took came back */
+        p[2].vlen = 1u << 20;
+        CU_ASSERT_EQUAL(kv_shm_mset(s, p, 4, NULL, NULL), 0);
+        CU_ASSERT(value_is(s, "old1", 4, "after", 5));
+        kv_mem_free(KV_MOD_TEST, big);
+        kv_shm_store_close(s);
+        kv_shm_store_unlink(&c);
+    }
+}
+
+/* Isolation: a writer stores the same counter into K keys with each MSET; a reader reads
+ * the keys one by one in order. Batches are atomic and the counter grows, so a later key
+ * can never hold a smaller value than an earlier one read before it (sequential SETs,
+ * published first to last, show exactly that). */
+enum { ISO_K = 8 };
+struct iso {
+    struct kv_shm_store *s;
+    volatile int stop;
+    uint64_t batches;
+};
+
+static void *iso_writer(void *arg)
+{
+    struct iso *x = arg;
+    char keys[ISO_K][16];
+    for (uint64_t v = 1; !x->stop; v++) {
+        struct kv_shm_pair p[ISO_K];
+        for (int i = 0; i < ISO_K; i++) {
+            snprintf(keys[i], sizeof(keys[i]), "iso%d", i);
+            p[i] = (struct kv_shm_pair){keys[i], strlen(keys[i]), &v, sizeof(v)};
+        }
+        if (kv_shm_mset(x->s, p, ISO_K, NULL, NULL) == 0)
+            x->batches = v;
+    }
+    return NULL;
+}
+
+static void test_promise_mset_isolated(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "iso", 8u << 20);
+    struct iso x = {.s = open_with(&c, NULL)};
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, iso_writer, &x), 0);
+    int torn = 0;
+    for (int round = 0; round < 200000; round++) {
+        uint64_t prev = 0;
+        for (int i = 0; i < ISO_K; i++) { /* in the order a sequential writer publishes */
+            char k[8];
+            snprintf(k, sizeof(k), "iso%d", i);
+            uint64_t v = 0;
+            size_t n;
+            struct vbuf got = {0};
+            if (kv_shm_get(x.s, k, strlen(k), vbuf_alloc, &got, &n, NULL) == 0 && n == 8)
+                memcpy(&v, got.p, 8);
+            kv_mem_free(KV_MOD_TEST, got.p);
+            if (v < prev)
+                torn++;
+            prev = v;
+        }
+    }
+    x.stop = 1;
+    pthread_join(t, NULL);
+    fprintf(stderr, "(%llu batches, %d torn reads) ", (unsigned long long)x.batches, torn);
+    CU_ASSERT(x.batches > 100);
+    CU_ASSERT_EQUAL(torn, 0);
+    kv_shm_store_close(x.s);
+    kv_shm_store_unlink(&c);
+}
+
+/* Across a kill -9: a child stores batches of 8 keys with a common value, and dies at the
+ * k-th key of a batch (the fault-injection point) or by SIGKILL at a random instant. After
+ * recovery the 8 keys always hold one and the same value, never older than the last
+ * batch acknowledged. */
+static void test_promise_mset_crash_all_or_nothing(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "msetcrash", 16u << 20);
+    volatile uint64_t *acked = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CU_ASSERT_FATAL(acked != MAP_FAILED);
+    *acked = 0;
+    int problems = 0, undone_seen = 0;
+    for (int round = 0; round < 24; round++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            struct kv_shm_open_opts o = {.crash_at = round % 2 ? 0 : 3 + round * 5,
+                                         .crash_site = KV_SHM_CRASH_BATCH};
+            struct kv_shm_store *s;
+            if (kv_shm_store_open_ex(&c, &o, NULL, 0, &s))
+                _exit(3);
+            static uint8_t val[3000];
+            char keys[8][8];
+            for (uint64_t v = *acked + 1;; v++) {
+                struct kv_shm_pair p[8];
+                for (int i = 0; i < 8; i++) {
+                    snprintf(keys[i], sizeof(keys[i]), "g%d", i);
+                    size_t n = i == 3 ? sizeof(val) : 8; /* one item of another class */
+                    memcpy(val, &v, 8);
+                    p[i] = (struct kv_shm_pair){keys[i], strlen(keys[i]), val, n};
+                }
+                if (kv_shm_mset(s, p, 8, NULL, NULL) == 0)
+                    *acked = v;
+            }
+        }
+        if (round % 2)
+            usleep(5000 + (unsigned)(round * 7919) % 30000);
+        else
+            usleep(200000); /* the crash point ends it */
+        kill(pid, SIGKILL);
+        int st;
+        waitpid(pid, &st, 0);
+        undone_seen += WIFEXITED(st) && WEXITSTATUS(st) == 77;
+        struct kv_shm_store *s = open_with(&c, NULL);
+        uint64_t v0 = 0;
+        for (int i = 0; i < 8; i++) {
+            char k[8];
+            snprintf(k, sizeof(k), "g%d", i);
+            struct vbuf got = {0};
+            uint64_t v = 0;
+            if (kv_shm_get(s, k, strlen(k), vbuf_alloc, &got, NULL, NULL) == 0 && got.len >= 8)
+                memcpy(&v, got.p, 8);
+            kv_mem_free(KV_MOD_TEST, got.p);
+            if (i == 0)
+                v0 = v;
+            problems += v != v0;
+        }
+        problems += v0 < *acked;
+        if (v0 > *acked)
+            *acked = v0;
+        kv_shm_store_close(s);
+    }
+    fprintf(stderr, "(%d deaths mid-batch, last batch %llu) ", undone_seen,
+            (unsigned long long)*acked);
+    CU_ASSERT_EQUAL(problems, 0);
+    CU_ASSERT(undone_seen >= 6);
+    munmap((void *)acked, 4096);
+    kv_shm_store_unlink(&c);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -540,6 +746,11 @@ int main(void)
         {"test_promise_lru_big_values", test_promise_lru_big_values},
         {"test_promise_large_value_scattered_pages", test_promise_large_value_scattered_pages},
         {"test_promise_crash_under_eviction", test_promise_crash_under_eviction},
+        {"test_promise_mset_basics", test_promise_mset_basics},
+        {"test_promise_mset_that_does_not_fit_changes_nothing",
+         test_promise_mset_that_does_not_fit_changes_nothing},
+        {"test_promise_mset_isolated", test_promise_mset_isolated},
+        {"test_promise_mset_crash_all_or_nothing", test_promise_mset_crash_all_or_nothing},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
         if (!CU_add_test(su, tests[i].name, tests[i].fn))

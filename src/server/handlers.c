@@ -799,6 +799,7 @@ static void handle_mset(void *ctx, struct kv_call *call)
     Kv__MSetResponse resp = KV__MSET_RESPONSE__INIT;
     struct kv_shm_set_opts o = {0};
     uint64_t *versions = NULL;
+    struct kv_shm_pair *pairs = NULL;
 
     if (!authed(srv, call))
         return;
@@ -813,24 +814,27 @@ static void handle_mset(void *ctx, struct kv_call *call)
         goto out;
     }
     versions = kv_mem_calloc(KV_MOD_PROTO, (m->n_pairs ? m->n_pairs : 1) * sizeof(*versions));
-    if (!versions) {
+    pairs = kv_mem_calloc(KV_MOD_PROTO, (m->n_pairs ? m->n_pairs : 1) * sizeof(*pairs));
+    if (!versions || !pairs) {
         answer_error(call, KV_ST_INTERNAL, "out of memory");
         goto out;
     }
     o.ttl_ms = (int64_t)m->ttl_ms;
-    for (size_t i = 0; i < m->n_pairs; i++) {
-        int rc = kv_shm_set(srv->store, m->pairs[i]->key.data, m->pairs[i]->key.len,
-                            m->pairs[i]->value.data, m->pairs[i]->value.len, &o, &versions[i]);
-        if (rc != 0) {
-            answer_store_error(call, rc);
-            goto out;
-        }
+    for (size_t i = 0; i < m->n_pairs; i++)
+        pairs[i] = (struct kv_shm_pair){m->pairs[i]->key.data, m->pairs[i]->key.len,
+                                        m->pairs[i]->value.data, m->pairs[i]->value.len};
+    /* all or nothing, as Redis's MSET: a batch that does not fit changes nothing */
+    int rc = kv_shm_mset(srv->store, pairs, m->n_pairs, &o, versions);
+    if (rc != 0) {
+        answer_store_error(call, rc);
+        goto out;
     }
     resp.n_versions = m->n_pairs;
     resp.versions = versions;
     answer_packed(call, &resp.base);
 out:
     kv_mem_free(KV_MOD_PROTO, versions);
+    kv_mem_free(KV_MOD_PROTO, pairs);
     protobuf_c_message_free_unpacked(&m->base, &a);
 }
 

@@ -46,7 +46,7 @@ static void item_seal(const struct kv_shm_store *s, struct shm_item *it)
  * after the copy). The bytes summed are the bytes stored, so the seal is the same. */
 #define COPY_PIECE 16384 /* bytes of a value copied from one item to another at a time */
 
-static struct shm_item *item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
+struct shm_item *kv_shm_item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
                                   const void *key, size_t klen, const void *val,
                                   const struct shm_item *from, size_t vlen, uint64_t version,
                                   int64_t expire_ms, int64_t now)
@@ -99,7 +99,7 @@ static struct shm_item *item_fill(struct kv_shm_store *s, uint64_t off, unsigned
     return it;
 }
 
-static uint64_t version_next(struct kv_shm_store *s)
+uint64_t kv_shm_version_next(struct kv_shm_store *s)
 {
     return __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
 }
@@ -290,11 +290,10 @@ static void spares_release(struct kv_shm_store *s)
     }
 }
 
-#define ROOM_TRIES 64 /* rounds of making room for one small allocation before KV_ENOMEM */
 
 /* kv_shm_alloc, making room (shm_evict.c) while it says KV_ENOMEM; no lock may be held.
  * A large item may need one round per page it takes. */
-static int alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls)
+int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls)
 {
     int rc = kv_shm_alloc(s, total, off, cls);
     uint64_t tries = ROOM_TRIES + 4 * (total > SHM_MAX_CHUNK ? kv_shm_large_pages(total) : 0);
@@ -309,7 +308,7 @@ static int alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsig
 }
 
 /* Room for an index line after an insert said KV_ENOMEM. */
-static int line_room(struct kv_shm_store *s, int attempt)
+int kv_shm_line_room(struct kv_shm_store *s, int attempt)
 {
     if (attempt == 0)
         spares_release(s);
@@ -337,12 +336,12 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
             off = spare->off[cls]; /* the chunk this thread's last overwrite of the class freed */
             spare->off[cls] = 0;
         } else {
-            rc = alloc_room(s, total, &off, &cls);
+            rc = kv_shm_alloc_room(s, total, &off, &cls);
         }
         if (rc)
             return rc;
-        uint64_t ver = version_next(s);
-        struct shm_item *nit = item_fill(s, off, cls, key, klen, val, NULL, vlen, ver,
+        uint64_t ver = kv_shm_version_next(s);
+        struct shm_item *nit = kv_shm_item_fill(s, off, cls, key, klen, val, NULL, vlen, ver,
                                          o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0, now);
         kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
         uint64_t word = shm_word(off, cls, h), old = 0;
@@ -377,7 +376,7 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         if (rc) {
             kv_shm_free(s, off);
             /* no index line for a new key: make room for one, then start again */
-            if (rc == KV_ENOMEM && attempt < ROOM_TRIES && line_room(s, attempt) == 0)
+            if (rc == KV_ENOMEM && attempt < ROOM_TRIES && kv_shm_line_room(s, attempt) == 0)
                 continue;
             return rc;
         }
@@ -507,8 +506,8 @@ static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_
     int rc = kv_shm_alloc(s, *need, &off, &cls);
     if (rc)
         return rc;
-    *ver = version_next(s);
-    item_fill(s, off, cls, key, klen, val, from, vlen, *ver, expire_ms, kv_shm_now_ms());
+    *ver = kv_shm_version_next(s);
+    kv_shm_item_fill(s, off, cls, key, klen, val, from, vlen, *ver, expire_ms, kv_shm_now_ms());
     kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
     uint64_t prev = slot ? *slot : 0;
     rc = publish(s, st, b, slot, shm_word(off, cls, h));

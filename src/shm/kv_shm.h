@@ -51,6 +51,7 @@ enum kv_shm_crash_site {
     KV_SHM_CRASH_FREE,          /* mid free-list update */
     KV_SHM_CRASH_RECOVER,       /* recovery: items claimed, allocator not yet rebuilt */
     KV_SHM_CRASH_RECOVER_MOVE,  /* recovery: a misplaced item is in both buckets */
+    KV_SHM_CRASH_BATCH,         /* a multi-key write: some of its keys published */
 };
 
 /* Creates, or opens and (when it was not closed cleanly) recovers, the segment named by
@@ -122,6 +123,22 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
  * instead of queueing. Reads without locks: it only ever computes an address
  * to prefetch, and any hash is harmless. */
 void kv_shm_prefetch(struct kv_shm_store *s, uint64_t hash, int stage);
+
+struct kv_shm_pair {
+    const void *key;
+    size_t klen;
+    const void *val;
+    size_t vlen;
+};
+
+/* Stores every pair, all or nothing: no other client sees some of them stored and others
+ * not (every key's stripe is held while the batch is published), and a kill -9 at any
+ * instant leaves all of them or none (an undo log in the segment, replayed by recovery).
+ * opts: ttl_ms for every pair; KV_SHM_NX stores nothing (KV_EEXISTS) if any key exists.
+ * KV_ENOMEM when the batch does not fit (nothing changed). A key given twice takes its
+ * last value. versions[i] (may be NULL) gets pair i's new version. */
+int kv_shm_mset(struct kv_shm_store *s, const struct kv_shm_pair *pairs, size_t n,
+                const struct kv_shm_set_opts *opts, uint64_t *versions);
 
 /* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);

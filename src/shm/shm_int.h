@@ -64,6 +64,8 @@
 #define SHM_ITEM_MAGIC     0x4D455449u /* "ITEM" */
 #define SHM_FREE_MAGIC     0x45455246u /* "FREE" */
 #define SHM_MIN_SIZE       (2u << 20)
+#define SHM_BATCH_ROWS     64u      /* multi-key writes in progress at once */
+#define SHM_LOG_MAGIC      0x474F4C42u /* "BLOG": a batch's undo log, never indexed */
 #define SHM_CHAIN_MAX      100000u /* overflow lines a chain may have; more is taken for a cycle */
 
 /* pmap entry: type in the top 4 bits */
@@ -104,6 +106,7 @@ struct shm_hdr {
     uint64_t index_pages; /* guarded by page_lock */
     uint64_t lines;       /* atomic: overflow lines linked into the index */
     uint64_t last_recovery_ns, last_recovered, last_dropped; /* owner only */
+    uint64_t batch[SHM_BATCH_ROWS]; /* atomic: undo log of a multi-key write in progress */
     pthread_mutex_t page_lock __attribute__((aligned(64)));  /* process-shared */
     pthread_mutex_t split_lock __attribute__((aligned(64))); /* process-shared */
 };
@@ -331,6 +334,25 @@ int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk);
  * item sampled is not of the class wanted). Call with no lock held. 0 when it freed
  * something (allocate again), KV_ENOMEM when nothing more can be freed. */
 int kv_shm_make_room(struct kv_shm_store *s, size_t total, int line);
+
+/* ---- kv_shm.c, for shm_batch.c ---- */
+#define ROOM_TRIES 64 /* rounds of making room for one small allocation before KV_ENOMEM */
+/* Builds a complete, checksummed item at off (not yet reachable), its value from val or,
+ * when from is set, from that item's value. */
+struct shm_item *kv_shm_item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
+                                  const void *key, size_t klen, const void *val,
+                                  const struct shm_item *from, size_t vlen, uint64_t version,
+                                  int64_t expire_ms, int64_t now);
+/* kv_shm_alloc, making room as needed; no lock may be held. */
+int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls);
+/* Room for an index line after an insert said KV_ENOMEM (no lock held): 0 to try again. */
+int kv_shm_line_room(struct kv_shm_store *s, int attempt);
+uint64_t kv_shm_version_next(struct kv_shm_store *s);
+
+/* ---- shm_batch.c ---- */
+/* Undoes the multi-key writes a kill interrupted (their logs in hdr->batch); recovery's
+ * first step. Returns the number of batches rolled back. */
+uint64_t kv_shm_batch_undo(struct kv_shm_store *s);
 
 /* ---- shm_recover.c ---- */
 /* Rebuilds a segment that was not closed cleanly. KV_ECORRUPT (with errbuf) if it can't. */

@@ -5,6 +5,7 @@
  * lists, carve pointers, per-class and per-stripe counters, the version counter's lower
  * bound) is derived from them and rewritten. The steps:
  *
+ *   0. multi-key writes a kill interrupted are undone (shm_batch.c);
  *   1. directory: keep entries that name a distinct in-range page (check bits valid);
  *   2. overflow lines: follow each bucket's links, cutting damaged ones and cycles;
  *   3. items: every slot of every bucket page (active or not) is validated and claimed
@@ -44,7 +45,7 @@ struct rec {
     uint64_t *lines;       /* owned: chunk starts claimed by overflow lines */
     struct misplaced *mis; /* owned */
     size_t nmis, capmis;
-    uint64_t kept, dropped, maxver, nlines;
+    uint64_t kept, dropped, maxver, nlines, batches;
 };
 
 static int bm_get(const uint64_t *bm, uint64_t pi, unsigned i)
@@ -287,6 +288,8 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
     if (rc)
         return rc; /* checked by the caller, which has said so */
     r.active = (1ull << r.L) + r.p;
+    /* 0. multi-key writes a kill interrupted vanish whole (shm_batch.c) */
+    r.batches = kv_shm_batch_undo(s);
     r.pm = kv_mem_calloc(KV_MOD_SHM, s->n_pages * sizeof(*r.pm));
     r.used = kv_mem_calloc(KV_MOD_SHM, s->n_pages * BM_WORDS * 8);
     r.lines = kv_mem_calloc(KV_MOD_SHM, s->n_pages * BM_WORDS * 8);
