@@ -463,6 +463,13 @@ static void poke_hdr(const struct kv_config *c, size_t off, const void *bytes, s
     close(fd);
 }
 
+static void poke_both(const struct kv_config *c, uint64_t copy_off, size_t off,
+                      const void *bytes, size_t n)
+{
+    poke_hdr(c, off, bytes, n);
+    poke_hdr(c, copy_off + off, bytes, n);
+}
+
 static void expect_refused(const struct kv_config *c, int want, const char *needle)
 {
     struct kv_shm_store *s = NULL;
@@ -489,20 +496,22 @@ static void test_shm_bad_header(void)
     CU_ASSERT_FATAL(pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h));
     close(fd);
 
+    /* the header has a copy (a damaged header alone is restored from it: see
+     * test_shm_promises); damage to both is refused */
     uint64_t bad64 = 0x1234;
     uint32_t bad32 = 99;
-    poke_hdr(&c, offsetof(struct shm_hdr, magic), &bad64, 8);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, magic), &bad64, 8);
     expect_refused(&c, KV_ECORRUPT, "does not hold a libevkv store");
-    poke_hdr(&c, offsetof(struct shm_hdr, magic), &h.magic, 8);
-    poke_hdr(&c, offsetof(struct shm_hdr, layout_version), &bad32, 4);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, magic), &h.magic, 8);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, layout_version), &bad32, 4);
     expect_refused(&c, KV_ECORRUPT, "layout version 99");
-    poke_hdr(&c, offsetof(struct shm_hdr, layout_version), &h.layout_version, 4);
-    poke_hdr(&c, offsetof(struct shm_hdr, fingerprint), &bad64, 8);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, layout_version), &h.layout_version, 4);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, fingerprint), &bad64, 8);
     expect_refused(&c, KV_ECORRUPT, "incompatible build");
-    poke_hdr(&c, offsetof(struct shm_hdr, fingerprint), &h.fingerprint, 8);
-    poke_hdr(&c, offsetof(struct shm_hdr, n_dir), &bad64, 8);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, fingerprint), &h.fingerprint, 8);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, n_dir), &bad64, 8);
     expect_refused(&c, KV_ECORRUPT, "damaged header");
-    poke_hdr(&c, offsetof(struct shm_hdr, n_dir), &h.n_dir, 8);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, n_dir), &h.n_dir, 8);
     /* size mismatch: the segment is never resized or wiped */
     struct kv_config c2 = c;
     c2.memory = 8u << 20;
@@ -513,7 +522,7 @@ static void test_shm_bad_header(void)
     kv_shm_store_close(s);
 
     /* reset_store moves it aside and starts empty */
-    poke_hdr(&c, offsetof(struct shm_hdr, magic), &bad64, 8);
+    poke_both(&c, h.hdr2_off, offsetof(struct shm_hdr, magic), &bad64, 8);
     c.reset_store = 1;
     char err[512];
     CU_ASSERT_EQUAL(kv_shm_store_open(&c, err, sizeof(err), &s), 0);

@@ -803,6 +803,8 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
     o.recovered = s->recovered;
     o.recovered_items = s->recovered_items;
     o.dropped_items = s->dropped_items;
+    memcpy(o.dropped_why, s->dropped_why, sizeof(o.dropped_why));
+    o.batches_undone = s->batches_undone;
     o.recovery_ns = s->recovery_ns;
     uint64_t used = s->data_off, fr = 0, large = 0, large_items = 0;
     o.nclasses = s->n_classes + 1;

@@ -189,6 +189,17 @@ struct kv_shm_class_stats {
     uint64_t bytes_used;  /* chunks_used * chunk_size (pages * page size for large) */
 };
 
+/* Why recovery dropped an item (kv_shm_stats.dropped_why). */
+enum kv_shm_drop_reason {
+    KV_SHM_DROP_BOUNDS,    /* slot names a place outside the data, or misaligned */
+    KV_SHM_DROP_HEADER,    /* no item header there, or one that cannot be this item's */
+    KV_SHM_DROP_OVERLAP,   /* its chunk or pages are claimed by another item already */
+    KV_SHM_DROP_CHECKSUM,  /* header sound, bytes damaged */
+    KV_SHM_DROP_DUPLICATE, /* a second item of the same key: the newer version is kept */
+    KV_SHM_DROP_NOROOM,    /* misplaced, and no index line to move it to */
+    KV_SHM_DROP_REASONS
+};
+
 struct kv_shm_stats {
     uint64_t keys;          /* items in the index (expired ones not yet removed included) */
     uint64_t segment_size;  /* bytes */
@@ -206,6 +217,8 @@ struct kv_shm_stats {
     uint64_t huge_bytes;    /* bytes of this process's mapping on huge pages (README) */
     int recovered;          /* 1 when this open ran recovery */
     uint64_t recovered_items, dropped_items; /* at this open: kept / dropped by recovery */
+    uint64_t dropped_why[KV_SHM_DROP_REASONS];
+    uint64_t batches_undone; /* multi-key writes a kill interrupted, undone at this open */
     uint64_t recovery_ns;   /* time recovery took at this open */
     unsigned nclasses;      /* rows in cls[]; the last row is the large-item pages */
     struct kv_shm_class_stats cls[KV_SHM_MAX_CLASSES + 1];

@@ -270,6 +270,7 @@ int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk)
     if (rc)
         return rc;
     memset(shm_ptr(s, shm_page_base(s, pi)), 0, SHM_PAGE);
+    __atomic_store_n(&s->dir2[chunk], kv_shm_dir_make(pi), __ATOMIC_RELEASE);
     __atomic_store_n(&s->dir[chunk], kv_shm_dir_make(pi), __ATOMIC_RELEASE);
     __atomic_add_fetch(&s->hdr->index_pages, 1, __ATOMIC_RELAXED);
     return 0;

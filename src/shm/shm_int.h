@@ -9,6 +9,9 @@
  *   pmap_off     n_pages x u32: what each data page holds (derived state, rebuilt by recovery)
  *   pages_off    n_pages x struct shm_page: the allocator's bookkeeping of each page (derived)
  *   dir_off      n_dir x u64: index directory, entry i = page holding buckets [i*1024, +1024)
+ *   dir2_off     n_dir x u64: a second copy of the directory (a damaged entry is read here)
+ *   hdr2_off     4 KiB: a copy of the header's static fields and, as of the last clean
+ *                close or open, its state word (a damaged header is restored from it)
  *   data_off     n_pages pages of SHM_PAGE bytes: slab pages, large-item runs, bucket pages
  *
  * The index is linear hashing: buckets [0, 2^L + p) are active; bucket b < p (or >= 2^L)
@@ -86,7 +89,8 @@ struct shm_hdr {
     uint64_t fingerprint;
     uint64_t size;
     uint64_t created_ms; /* CLOCK_REALTIME at creation: base of item atime */
-    uint64_t stripes_off, classes_off, pmap_off, pages_off, dir_off, data_off;
+    uint64_t stripes_off, classes_off, pmap_off, pages_off, dir_off, dir2_off, hdr2_off;
+    uint64_t data_off;
     uint64_t n_pages, n_dir;
     uint32_t n_classes, n_stripes;
     uint64_t hash_key[2]; /* random at creation: the SipHash key of every bucket choice */
@@ -107,6 +111,8 @@ struct shm_hdr {
     uint64_t lines;       /* atomic: overflow lines linked into the index */
     uint64_t last_recovery_ns, last_recovered, last_dropped; /* owner only */
     uint64_t batch[SHM_BATCH_ROWS]; /* atomic: undo log of a multi-key write in progress */
+    uint32_t meta_crc; /* owner only: checksum of the derived state at the last clean close */
+    uint32_t pad1;
     pthread_mutex_t page_lock __attribute__((aligned(64)));  /* process-shared */
     pthread_mutex_t split_lock __attribute__((aligned(64))); /* process-shared */
 };
@@ -191,7 +197,8 @@ struct kv_shm_store {
     struct shm_class *cls;
     uint32_t *pmap;
     struct shm_page *pg;
-    uint64_t *dir;
+    uint64_t *dir, *dir2;
+    struct shm_hdr *hdr2; /* the header's copy (static fields and state word only) */
     uint64_t data_off, n_pages, n_dir, data_end; /* ro after open */
     unsigned n_classes;                          /* ro after open: item classes */
     unsigned line_cls;                           /* ro after open: = n_classes, index lines */
@@ -205,6 +212,8 @@ struct kv_shm_store {
     int crash_n;                                          /* atomic: crash points passed */
     int recovered;                                        /* ro after open */
     uint64_t recovered_items, dropped_items, recovery_ns; /* ro after open */
+    uint64_t dropped_why[KV_SHM_DROP_REASONS];           /* ro after open */
+    uint64_t batches_undone;                             /* ro after open */
     uint64_t open_id;                                     /* ro after open: unique per open */
     unsigned spare_rows;                                  /* atomic: rows of spares claimed */
     struct shm_spare spares[SHM_SPARE_ROWS];              /* row i: one thread's */

@@ -46,6 +46,8 @@ struct rec {
     struct misplaced *mis; /* owned */
     size_t nmis, capmis;
     uint64_t kept, dropped, maxver, nlines, batches;
+    int why;                                /* reason of claim_item's last refusal */
+    uint64_t why_n[KV_SHM_DROP_REASONS];    /* dropped items by reason */
 };
 
 static int bm_get(const uint64_t *bm, uint64_t pi, unsigned i)
@@ -75,6 +77,7 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
 {
     struct kv_shm_store *s = r->s;
     uint64_t off = SHM_WORD_OFF(w);
+    r->why = KV_SHM_DROP_BOUNDS;
     if (off < s->data_off || off + SHM_ITEM_HDR > s->data_end || off % 8)
         return NULL;
     struct shm_item *it = shm_ptr(s, off);
@@ -82,6 +85,7 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
     uint64_t pi = (off - s->data_off) >> SHM_PAGE_SHIFT;
     uint64_t in = (off - s->data_off) & (SHM_PAGE - 1);
     unsigned c = it->cls;
+    r->why = KV_SHM_DROP_HEADER;
     if (it->magic != SHM_ITEM_MAGIC || it->klen == 0)
         return NULL;
     if (c == SHM_CLASS_LARGE) {
@@ -91,6 +95,7 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
             return NULL;
         if (r->pm[pi] == PM_MAKE(PM_LARGE, n) && bm_get(r->used, pi, 0))
             return it;
+        r->why = KV_SHM_DROP_OVERLAP;
         if (r->pm[pi] != PM_MAKE(PM_FREE, 0))
             return NULL;
         /* every listed page in range, distinct and unclaimed; marked as they are checked
@@ -100,23 +105,27 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
         r->pm[pi] = PM_MAKE(PM_LARGE, n);
         for (; k + 1 < n; k++) {
             uint64_t q = list[k];
-            if (q >= s->n_pages || r->pm[q] != PM_MAKE(PM_FREE, 0))
+            if (q >= s->n_pages || r->pm[q] != PM_MAKE(PM_FREE, 0)) {
+                r->why = q >= s->n_pages ? KV_SHM_DROP_BOUNDS : KV_SHM_DROP_OVERLAP;
                 break;
+            }
             r->pm[q] = PM_MAKE(PM_LCONT, pi);
         }
-        if (k + 1 < n || kv_shm_item_crc(s, it) != it->crc) {
-            for (uint64_t j = 0; j < k; j++)
-                r->pm[list[j]] = PM_MAKE(PM_FREE, 0);
-            r->pm[pi] = PM_MAKE(PM_FREE, 0);
-            return NULL;
+        if (k + 1 == n && kv_shm_item_crc(s, it) != it->crc)
+            r->why = KV_SHM_DROP_CHECKSUM;
+        else if (k + 1 == n) {
+            bm_set(r->used, pi, 0);
+            return it;
         }
-        bm_set(r->used, pi, 0);
-        return it;
+        for (uint64_t j = 0; j < k; j++)
+            r->pm[list[j]] = PM_MAKE(PM_FREE, 0);
+        r->pm[pi] = PM_MAKE(PM_FREE, 0);
+        return NULL;
     }
-    if (c >= s->n_classes)
+    if (c >= s->n_classes || in % s->csize[c] || in / s->csize[c] >= s->cper[c] ||
+        size > s->csize[c])
         return NULL;
-    if (in % s->csize[c] || in / s->csize[c] >= s->cper[c] || size > s->csize[c])
-        return NULL;
+    r->why = KV_SHM_DROP_OVERLAP;
     if (r->pm[pi] != PM_MAKE(PM_FREE, 0) && r->pm[pi] != PM_MAKE(PM_SLAB, c))
         return NULL;
     unsigned idx = (unsigned)(in / SHM_MIN_CHUNK);
@@ -124,6 +133,7 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
         return NULL;
     if (bm_get(r->used, pi, idx))
         return it;
+    r->why = KV_SHM_DROP_CHECKSUM;
     if (kv_shm_item_crc(s, it) != it->crc)
         return NULL;
     r->pm[pi] = PM_MAKE(PM_SLAB, c);
@@ -204,6 +214,7 @@ static int claim_bucket(struct rec *r, uint64_t b)
             if (!it) {
                 line[i] = 0;
                 r->dropped++;
+                r->why_n[r->why]++;
                 continue;
             }
             uint64_t h = kv_shm_hash(s, it->data, it->klen);
@@ -262,6 +273,7 @@ static uint64_t dedupe_bucket(struct rec *r, uint64_t b)
                     kv_shm_free(s, SHM_WORD_OFF(w));
                 }
                 r->dropped++;
+                r->why_n[KV_SHM_DROP_DUPLICATE]++;
                 drop = 1;
             }
             if (drop) {
@@ -298,15 +310,16 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
         goto out;
     }
 
-    /* 1. directory */
+    /* 1. directory: an entry that fails its check is read from the second copy */
     for (uint64_t i = 0; i < s->n_dir; i++) {
-        uint64_t pi;
-        if (!s->dir[i])
-            continue;
-        if (kv_shm_dir_parse(s, s->dir[i], &pi) || r.pm[pi] != PM_MAKE(PM_FREE, 0)) {
-            s->dir[i] = 0;
+        uint64_t pi, e = s->dir[i];
+        if (kv_shm_dir_parse(s, e, &pi))
+            e = s->dir2[i];
+        if (!e || kv_shm_dir_parse(s, e, &pi) || r.pm[pi] != PM_MAKE(PM_FREE, 0)) {
+            s->dir[i] = s->dir2[i] = 0;
             continue;
         }
+        s->dir[i] = s->dir2[i] = e;
         r.pm[pi] = PM_MAKE(PM_INDEX, 0);
     }
     /* 2. overflow lines, 3. items; every bucket of every index page */
@@ -352,7 +365,8 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
             continue;
         if (!chain_has(s, bucket_ptr(&r, m->bucket), m->word) &&
             kv_shm_index_insert(s, m->bucket, m->word)) {
-            r.dropped++; /* no room for a line: its chunk returns at the next recovery */
+            r.dropped++;
+            r.why_n[KV_SHM_DROP_NOROOM]++; /* no room for a line: its chunk returns at the next recovery */
         }
         kv_shm_crash_point(s, KV_SHM_CRASH_RECOVER_MOVE); /* in both buckets */
         *m->slot = 0;
@@ -371,6 +385,8 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
     s->recovered = 1;
     s->recovered_items = r.kept;
     s->dropped_items = r.dropped;
+    memcpy(s->dropped_why, r.why_n, sizeof(s->dropped_why));
+    s->batches_undone = r.batches;
     s->recovery_ns =
         (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ull + (uint64_t)(t1.tv_nsec - t0.tv_nsec);
     h->last_recovered = r.kept;

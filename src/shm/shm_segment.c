@@ -49,7 +49,8 @@ static void seg_name(const struct kv_config *cfg, char *out, size_t cap, int *is
 }
 
 struct layout {
-    uint64_t stripes_off, classes_off, pmap_off, pages_off, dir_off, data_off, n_pages, n_dir;
+    uint64_t stripes_off, classes_off, pmap_off, pages_off, dir_off, dir2_off, hdr2_off;
+    uint64_t data_off, n_pages, n_dir;
 };
 
 /* The layout is a pure function of the size, so a header can be checked against it. */
@@ -67,6 +68,10 @@ static int layout_compute(uint64_t size, struct layout *l)
     l->dir_off = off;
     l->n_dir = est;
     off += est * 8;
+    l->dir2_off = off;
+    off += est * 8;
+    l->hdr2_off = (off + 4095) & ~4095ull; /* a page of its own, away from the header */
+    off = l->hdr2_off + SHM_HDR_SIZE;
     l->data_off = (off + SHM_PAGE - 1) & ~(uint64_t)(SHM_PAGE - 1);
     if (l->data_off >= size)
         return KV_EINVAL;
@@ -82,6 +87,8 @@ static void store_wire(struct kv_shm_store *s, const struct layout *l)
     s->pmap = (uint32_t *)(s->base + l->pmap_off);
     s->pg = (struct shm_page *)(s->base + l->pages_off);
     s->dir = (uint64_t *)(s->base + l->dir_off);
+    s->dir2 = (uint64_t *)(s->base + l->dir2_off);
+    s->hdr2 = (struct shm_hdr *)(s->base + l->hdr2_off);
     s->data_off = l->data_off;
     s->n_pages = l->n_pages;
     s->n_dir = l->n_dir;
@@ -136,6 +143,37 @@ static void locks_init(struct kv_shm_store *s)
     pthread_mutexattr_destroy(&ma);
 }
 
+/* The header's copy: its static fields and the state word (the only dynamic field
+ * recovery cannot rebuild: it says how the buckets are split). */
+static void hdr2_write(struct kv_shm_store *s)
+{
+    memcpy(s->hdr2, s->hdr, offsetof(struct shm_hdr, static_end));
+    __atomic_store_n(&s->hdr2->state, __atomic_load_n(&s->hdr->state, __ATOMIC_ACQUIRE),
+                     __ATOMIC_RELEASE);
+}
+
+/* Checksum of everything the allocator and index follow that is not an item: written at a
+ * clean close, checked at the next open, so that damage to a stopped segment is repaired
+ * (by recovery) instead of trusted. About 30 bytes per 64 KiB page. */
+static uint32_t meta_crc(const struct kv_shm_store *s)
+{
+    const struct shm_hdr *h = s->hdr;
+    uint64_t v[] = {h->state,       h->version_ctr, h->pages_free, h->free_top,
+                    h->index_pages, h->lines,       h->sweep_cursor};
+    uint32_t c = kv_shm_crc32c(0, v, sizeof(v));
+    c = kv_shm_crc32c(c, h->batch, sizeof(h->batch));
+    for (unsigned k = 0; k <= s->line_cls; k++) {
+        uint64_t w[] = {s->cls[k].partial, s->cls[k].pages, s->cls[k].used};
+        c = kv_shm_crc32c(c, w, sizeof(w));
+    }
+    for (unsigned i = 0; i < SHM_STRIPES; i++)
+        c = kv_shm_crc32c(c, &s->stripes[i].keys, sizeof(s->stripes[i].keys));
+    c = kv_shm_crc32c(c, s->pmap, s->n_pages * sizeof(*s->pmap));
+    c = kv_shm_crc32c(c, s->pg, s->n_pages * sizeof(*s->pg));
+    c = kv_shm_crc32c(c, s->dir, s->n_dir * sizeof(*s->dir));
+    return kv_shm_crc32c(c, s->dir2, s->n_dir * sizeof(*s->dir2));
+}
+
 /* Lays out an empty store. The magic is written last: a segment killed during this has
  * no magic, and an all-zero header page is taken for an unfinished creation. */
 static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
@@ -151,6 +189,8 @@ static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
     h->pmap_off = l->pmap_off;
     h->pages_off = l->pages_off;
     h->dir_off = l->dir_off;
+    h->dir2_off = l->dir2_off;
+    h->hdr2_off = l->hdr2_off;
     h->data_off = l->data_off;
     h->n_pages = l->n_pages;
     h->n_dir = l->n_dir;
@@ -175,6 +215,7 @@ static int seg_init_fresh(struct kv_shm_store *s, const struct layout *l)
     h->clean = 0;
     h->magic = SHM_MAGIC;
     h->hdr_crc = hdr_crc(h);
+    hdr2_write(s); /* after the magic: a kill before it leaves no valid header anywhere */
     return 0;
 }
 
@@ -186,10 +227,28 @@ static int page_all_zero(const uint8_t *p, size_t n)
     return 1;
 }
 
-/* Checks an existing header; on failure says what is wrong and how to proceed. */
-static int seg_check(struct kv_shm_store *s, const struct layout *l, char *eb, size_t ec)
+/* What recovery did, in one line for the caller to log (after note, if any). */
+static void recovery_say(const struct kv_shm_store *s, const char *note, char *eb, size_t ec)
 {
-    const struct shm_hdr *h = s->hdr;
+    static const char *const why[KV_SHM_DROP_REASONS] = {
+        "out of bounds", "no item header", "overlapping", "checksum", "older duplicate",
+        "no room to move"};
+    char d[300] = "";
+    size_t at = 0;
+    for (int i = 0; i < KV_SHM_DROP_REASONS; i++)
+        if (s->dropped_why[i] && at < sizeof(d))
+            at += (size_t)snprintf(d + at, sizeof(d) - at, "%s%" PRIu64 " %s", at ? ", " : "",
+                                   s->dropped_why[i], why[i]);
+    say(eb, ec, "%ssegment %s recovered: %" PRIu64 " items kept, %" PRIu64 " dropped%s%s%s, "
+        "%" PRIu64 " interrupted multi-key writes undone, in %.1f ms", note, s->name,
+        s->recovered_items, s->dropped_items, at ? " (" : "", d, at ? ")" : "",
+        s->batches_undone, (double)s->recovery_ns / 1e6);
+}
+
+/* Checks an existing header; on failure says what is wrong and how to proceed. */
+static int seg_check(struct kv_shm_store *s, const struct shm_hdr *h, const struct layout *l,
+                     char *eb, size_t ec)
+{
     const char *how = "start with --reset-store to move it aside and begin empty";
     if (h->magic != SHM_MAGIC) {
         say(eb, ec, "segment %s does not hold a libevkv store (magic %016" PRIx64 "); %s", s->name,
@@ -217,7 +276,8 @@ static int seg_check(struct kv_shm_store *s, const struct layout *l, char *eb, s
     if (h->size != s->size || h->data_off != l->data_off || h->n_pages != l->n_pages ||
         h->n_dir != l->n_dir || h->stripes_off != l->stripes_off ||
         h->classes_off != l->classes_off || h->pmap_off != l->pmap_off ||
-        h->pages_off != l->pages_off || h->dir_off != l->dir_off || h->n_classes != s->n_classes ||
+        h->pages_off != l->pages_off || h->dir_off != l->dir_off ||
+        h->dir2_off != l->dir2_off || h->hdr2_off != l->hdr2_off || h->n_classes != s->n_classes ||
         h->n_stripes != SHM_STRIPES) {
         say(eb, ec,
             "segment %s: header says %" PRIu64 " bytes but the object has %zu, or "
@@ -315,7 +375,7 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
         seg_unmap(s);
         return KV_EINVAL;
     }
-reserve:
+
     /* Reserved at every open, not only at creation: a copied or restored segment may be
      * sparse, and a hole that cannot be backed later is a SIGBUS at the first write to
      * it (or in recovery, at every restart). Reserving what is already backed is cheap. */
@@ -348,23 +408,48 @@ reserve:
             madvise(m, s->size, MADV_HUGEPAGE);
         store_wire(s, &l);
     }
-    if (!fresh && s->hdr->magic == 0 && page_all_zero(s->base, SHM_HDR_SIZE) && !s->attach) {
-        fresh = 1; /* a creation that never finished: nothing in it was ever published */
-        goto reserve;
-    }
+    /* A creation that never finished leaves no header in either place and nothing in the
+     * data area; anything else with a header we cannot read is refused, never re-created. */
+    if (!fresh && !s->attach && page_all_zero(s->base, SHM_HDR_SIZE) &&
+        page_all_zero((const uint8_t *)s->hdr2, SHM_HDR_SIZE) &&
+        page_all_zero(s->base + s->data_off, s->size - s->data_off))
+        fresh = 1;
     int rc = 0;
+    char note[600] = "";
     if (fresh && !s->attach) {
         rc = seg_init_fresh(s, &l);
     } else {
-        rc = seg_check(s, &l, eb, ec);
+        rc = seg_check(s, s->hdr, &l, eb, ec);
+        if (rc && !s->attach && seg_check(s, s->hdr2, &l, NULL, 0) == 0) {
+            /* the header is damaged, its copy sound: the static part comes back from the
+             * copy, the state word too unless the header's own still checks (the copy's
+             * may be older: recovery moves every item to where the state says) */
+            unsigned L;
+            uint64_t p, state = s->hdr->state;
+            int state_ok = kv_shm_state_parse(state, &L, &p) == 0;
+            snprintf(note, sizeof(note), "the header was damaged (%.300s); restored from its copy, "
+                     "recovery ran; ", eb && ec ? eb : "");
+            memcpy(s->hdr, s->hdr2, offsetof(struct shm_hdr, static_end));
+            s->hdr->state = state_ok ? state : s->hdr2->state;
+            s->hdr->clean = 0;
+            rc = 0;
+        }
         if (rc)
             *bad = 1;
         else
             memcpy(s->hkey, s->hdr->hash_key, sizeof(s->hkey));
         if (rc == 0 && !s->attach) {
             locks_init(s);
-            if (s->hdr->clean != SHM_CLEAN)
+            if (s->hdr->clean == SHM_CLEAN && s->hdr->meta_crc != meta_crc(s)) {
+                snprintf(note, sizeof(note), "the store's metadata failed its checksum at open "
+                         "(damaged while stopped): rebuilt from the items; ");
+                s->hdr->clean = 0;
+            }
+            if (s->hdr->clean != SHM_CLEAN) {
                 rc = kv_shm_recover(s, eb, ec);
+                if (rc == 0)
+                    recovery_say(s, note, eb, ec);
+            }
         }
     }
     if (rc) {
@@ -372,6 +457,7 @@ reserve:
         return rc;
     }
     if (!s->attach) {
+        hdr2_write(s);
         s->hdr->generation++;
         s->hdr->owner_pid = (int32_t)getpid();
         __atomic_store_n(&s->hdr->clean, 0, __ATOMIC_RELEASE);
@@ -459,6 +545,8 @@ void kv_shm_store_close(struct kv_shm_store *s)
                 if (s->spares[r].off[c])
                     kv_shm_free(s, s->spares[r].off[c]);
         s->hdr->owner_pid = 0;
+        s->hdr->meta_crc = meta_crc(s);
+        hdr2_write(s);
         __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
         if (s->is_file)
             msync(s->base, s->size, MS_SYNC);
