@@ -10,6 +10,10 @@
 #   unittest/fixtures/v1-crash.manifest  the keys written before the writer started (exact),
 #                                        then every write the writer got an answer for, and
 #                                        the one it was waiting for when the server died
+#   unittest/fixtures/v1-split.seg.gz    a 4 MiB segment whose writer (the store of the same
+#                                        commit, linked in) died mid-split at the store's own
+#                                        crash point: one item is referenced from two buckets
+#   unittest/fixtures/v1-split.manifest  every key it holds
 #
 # Usage: tests/make_v1_fixture.sh [OUTDIR]      (default: unittest/fixtures of this checkout)
 #
@@ -415,20 +419,21 @@ stop_server() { # SIGTERM, wait; fails unless the exit code is 0
     pid=
     ((rc == 0)) || { echo "make_v1_fixture: server exited with $rc" >&2; cat "$tmp"/*.log >&2; exit 1; }
 }
-head_lines() { # head_lines NAME
+head_lines() { # head_lines NAME HOW
     echo "layout-1 fixture $1, written by tests/make_v1_fixture.sh at $(date -u +%FT%TZ)"
-    echo "server: commit $v1 ($(git rev-parse --short HEAD) checked out), bin/libevkv --data-file --memory 4m"
+    echo "sources of commit $v1 ($(git rev-parse --short HEAD) checked out); $2"
 }
+srv_how="bin/libevkv --data-file FILE --memory 4m"
 
 # ---- clean: SIGTERM stop ---------------------------------------------------------------
 start_server "$tmp/v1-clean.seg" "$tmp/clean.log"
-python3 "$tmp/v1client.py" fill "$port" "$tmp/v1-clean.manifest" "$(head_lines clean)"
+python3 "$tmp/v1client.py" fill "$port" "$tmp/v1-clean.manifest" "$(head_lines clean "$srv_how, then SIGTERM")"
 stop_server
 grep -q "listening" "$tmp/clean.log"
 
 # ---- crash: SIGKILL while a writer runs ------------------------------------------------
 start_server "$tmp/v1-crash.seg" "$tmp/crash.log"
-python3 "$tmp/v1client.py" base "$port" "$tmp/base.manifest" "$(head_lines crash)"
+python3 "$tmp/v1client.py" base "$port" "$tmp/base.manifest" "$(head_lines crash "$srv_how, SIGKILL while a writer ran")"
 python3 "$tmp/v1client.py" writer "$port" "$tmp/writer.log" 60 &
 wpid=$!
 sleep "${V1_CRASH_AFTER:-2.5}"
@@ -439,7 +444,83 @@ wait "$wpid"
 grep -q "gave up" "$tmp/writer.log" && { echo "make_v1_fixture: the writer did not run into the kill" >&2; exit 1; }
 { cat "$tmp/base.manifest"; python3 "$tmp/v1client.py" fold 0 "$tmp/writer.log"; } >"$tmp/v1-crash.manifest"
 
-for n in clean crash; do
+# ---- split: the store of the same commit, stopped by its own crash point mid-split ------
+# No kill from outside lands in the few instructions where a split has stored an item in
+# the new bucket and not yet cleared it from the old one, so this one uses the store's
+# test hook (KV_SHM_CRASH_SPLIT: _exit(77) there) in a single-threaded writer linked
+# against this checkout's src/shm and src/mem. Versions are consecutive (one writer on a
+# fresh segment), so even the write that died is known exactly: its item was published
+# before the split it triggered, and it is in the segment.
+cat >"$tmp/v1split.c" <<'CEOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "kv_config.h"
+#include "kv_shm.h"
+static void pattern(unsigned long seed, unsigned char *o, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        o[i] = (unsigned char)((seed * 31 + i * 7 + (i >> 8) * 13) & 0xFF);
+}
+int main(int argc, char **argv)
+{
+    struct kv_config c;
+    kv_config_defaults(&c);
+    snprintf(c.data_file, sizeof(c.data_file), "%s", argv[1]);
+    c.memory = 4u << 20;
+    c.huge_pages = KV_HUGE_OFF;
+    FILE *log = fopen(argv[2], "w");
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct kv_shm_open_opts o = {0, atoi(argv[3]), KV_SHM_CRASH_SPLIT};
+        struct kv_shm_store *s;
+        char err[512];
+        static unsigned char v[70000];
+        if (kv_shm_store_open_ex(&c, &o, err, sizeof(err), &s))
+            _exit(1);
+        setvbuf(log, NULL, _IONBF, 0);
+        for (unsigned long i = 0; i < 20000; i++) {
+            char k[32];
+            size_t n = i % 500 == 7 ? 40000 + i : (i * 13) % 300 + 1;
+            int kl = snprintf(k, sizeof(k), "split:%lu", i);
+            pattern(i, v, n);
+            fprintf(log, "key\t%s\t%lu\t0\t0\t%zu\tpat:%lu\n", k, i + 1, n, i);
+            uint64_t ver = 0;
+            if (kv_shm_set(s, k, (size_t)kl, v, n, NULL, &ver) || ver != i + 1)
+                _exit(2);
+        }
+        _exit(3); /* no split reached the crash point */
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 77 ? 0 : 1;
+}
+CEOF
+shm_srcs=()
+for f in src/shm/*.c src/mem/*.c; do [[ $f == src/shm/shm_v1.c ]] || shm_srcs+=("$f"); done
+gcc -O1 -D_GNU_SOURCE -Isrc/shm -Isrc/mem "$tmp/v1split.c" "${shm_srcs[@]}" -lrt -lpthread \
+    -o "$tmp/v1split"
+"$tmp/v1split" "$tmp/v1-split.seg" "$tmp/split.log" "${V1_SPLIT_AT:-40}" ||
+    { echo "make_v1_fixture: the split writer did not die at its crash point" >&2; exit 1; }
+python3 - "$tmp/split.log" "$tmp/v1-split.manifest" "$(head_lines split "the store linked into a writer that died at its KV_SHM_CRASH_SPLIT point")" <<'PEOF'
+import hashlib, sys, zlib
+def pattern(seed, n):
+    return bytes(((seed * 31 + i * 7 + (i >> 8) * 13) & 0xFF) for i in range(n))
+lines = open(sys.argv[1]).read().splitlines()
+with open(sys.argv[2], "w") as f:
+    for h in sys.argv[3].split("\n"):
+        f.write("# %s\n" % h)
+    f.write("# %d writes, the last one published before the split it triggered\n" % len(lines))
+    for line in lines:
+        tag, k, ver, lo, hi, n, how = line.split("\t")
+        v = pattern(int(how[4:]), int(n))
+        f.write("\t".join([tag, k, ver, lo, hi, n, "%08x" % zlib.crc32(v),
+                           hashlib.sha1(v).hexdigest(), how]) + "\n")
+PEOF
+
+for n in clean crash split; do
     gzip -9 -n -c "$tmp/v1-$n.seg" >"$out/v1-$n.seg.gz"
     cp "$tmp/v1-$n.manifest" "$out/v1-$n.manifest"
 done

@@ -3,7 +3,8 @@
  * Its inputs are real layout-1 segments, written by the server of commit 7db7ef5 with
  * tests/make_v1_fixture.sh and committed gzip-compressed under unittest/fixtures/ with the
  * manifests that say what the live server held before it was stopped (clean: SIGTERM) or
- * killed (crash: SIGKILL under a writer). Each is decompressed into a temporary file and
+ * killed (crash: SIGKILL under a writer), plus one whose writer (the store of that commit,
+ * linked in) died inside a bucket split (split). Each is decompressed into a temporary file and
  * mapped privately, with an inaccessible page right after it, so a read past the end
  * faults even without ASan. The reader must report every manifest key exactly and nothing
  * else; then copies of the segments are damaged on purpose, targeted (a killed split, a
@@ -378,17 +379,19 @@ static void check_manifest(const struct walk *w, const char *name, struct check 
 
 /* ---- tests --------------------------------------------------------------------------- */
 
-static struct seg clean_seg, crash_seg;
+static struct seg clean_seg, crash_seg, split_seg;
 
 static int suite_init(void)
 {
-    return seg_load("v1-clean", &clean_seg) || seg_load("v1-crash", &crash_seg);
+    return seg_load("v1-clean", &clean_seg) || seg_load("v1-crash", &crash_seg) ||
+           seg_load("v1-split", &split_seg);
 }
 
 static int suite_clean(void)
 {
     seg_unload(&clean_seg);
     seg_unload(&crash_seg);
+    seg_unload(&split_seg);
     return 0;
 }
 
@@ -458,6 +461,31 @@ static void test_shm_v1_crash_fixture_exact(void)
     CU_ASSERT_EQUAL(c.items, ck.matched); /* every item is a manifest entry */
     CU_ASSERT_EQUAL(c.bad_offset + c.bad_magic + c.bad_crc + c.bad_link, 0);
     CU_ASSERT_EQUAL(c.clean, 0);
+    CU_ASSERT_EQUAL(w.bad_crc + w.outside, 0);
+    free(w.v);
+}
+
+/* A writer died inside a split (the store's own crash point): the item being moved is in
+ * both buckets, and is reported once. */
+static void test_shm_v1_split_fixture_exact(void)
+{
+    struct walk w;
+    struct kv_shm_v1_counts c;
+    struct check ck;
+    CU_ASSERT_EQUAL_FATAL(run(&split_seg, &w, &c), 0);
+    check_manifest(&w, "v1-split", &ck);
+    printf("\n    split: %" PRIu64 " items, manifest %zu keys (%zu exact); bad "
+           "offset/magic/crc/link %" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64
+           ", duplicates %" PRIu64 ", last version %" PRIu64 "\n",
+           c.items, ck.keys, ck.matched, c.bad_offset, c.bad_magic, c.bad_crc, c.bad_link,
+           c.duplicates, c.last_version);
+    CU_ASSERT(ck.keys > 1000);
+    CU_ASSERT_EQUAL(ck.matched, ck.keys);
+    CU_ASSERT_EQUAL(c.items, ck.keys);
+    CU_ASSERT_EQUAL(c.duplicates, 1);
+    CU_ASSERT_EQUAL(c.bad_offset + c.bad_magic + c.bad_crc + c.bad_link, 0);
+    CU_ASSERT_EQUAL(c.clean, 0);
+    CU_ASSERT_EQUAL(c.last_version, ck.max_version); /* the write that died included */
     CU_ASSERT_EQUAL(w.bad_crc + w.outside, 0);
     free(w.v);
 }
@@ -800,12 +828,13 @@ static void damage_rounds(struct seg *s, const char *name, int rounds)
 
 static void test_shm_v1_random_damage_clean(void)
 {
-    damage_rounds(&clean_seg, "clean", 400);
+    damage_rounds(&clean_seg, "clean", 600);
 }
 
 static void test_shm_v1_random_damage_crash(void)
 {
-    damage_rounds(&crash_seg, "crash", 400);
+    damage_rounds(&crash_seg, "crash", 600);
+    damage_rounds(&split_seg, "split", 300);
 }
 
 int main(void)
@@ -814,6 +843,7 @@ int main(void)
         {"test_shm_v1_probe", test_shm_v1_probe},
         {"test_shm_v1_clean_fixture_exact", test_shm_v1_clean_fixture_exact},
         {"test_shm_v1_crash_fixture_exact", test_shm_v1_crash_fixture_exact},
+        {"test_shm_v1_split_fixture_exact", test_shm_v1_split_fixture_exact},
         {"test_shm_v1_stop_early", test_shm_v1_stop_early},
         {"test_shm_v1_split_duplicate_once", test_shm_v1_split_duplicate_once},
         {"test_shm_v1_same_key_both_reported", test_shm_v1_same_key_both_reported},
