@@ -674,20 +674,23 @@ static void test_shm_v1_chain_cycles_cut(void)
     seg_restore(s);
 }
 
-/* A lost directory entry: the page map still knows the bucket page, nothing is lost. */
+/* A lost directory entry: the page map still knows the bucket page, nothing is lost; a
+ * damaged index state word costs nothing either. */
 static void test_shm_v1_lost_directory_entry(void)
 {
     struct seg *s = &clean_seg;
     uint64_t dir_off = hdr_u64(s, V1_HDR_DIR);
-    for (int variant = 0; variant < 2; variant++) {
+    for (int variant = 0; variant < 3; variant++) {
         if (variant == 0)
             memset(s->base + dir_off, 0, 8); /* zeroed */
-        else
+        else if (variant == 1)
             s->base[dir_off + 5] ^= 0x40; /* check bits no longer match */
+        else
+            s->base[136 + 7] ^= 0x10; /* the index state word: not needed, only a hint */
         struct walk w;
         struct kv_shm_v1_counts c;
         CU_ASSERT_EQUAL(run(s, &w, &c), 0);
-        CU_ASSERT_EQUAL(c.bad_link, 1);
+        CU_ASSERT_EQUAL(c.bad_link, variant < 2);
         struct check ck;
         check_manifest(&w, "v1-clean", &ck);
         CU_ASSERT_EQUAL(ck.matched, ck.keys);
@@ -755,11 +758,16 @@ static void damage(struct seg *s, unsigned k, const struct walk *pw)
             *slot(s, lines[rnd() % nl], V1_SLOTS) = link_word(off);
         }
         break;
-    default: /* the page map and directory */
+    default: /* the page map, the directory, the header's unchecked part (state word...) */
     {
         uint64_t pmap = hdr_u64(s, 56), dir = hdr_u64(s, V1_HDR_DIR);
-        for (int i = 0, n = 1 + (int)(rnd() % 16); i < n; i++)
-            s->base[(rnd() % 2 ? pmap : dir) + rnd() % 256] ^= (uint8_t)(1 + rnd() % 255);
+        for (int i = 0, n = 1 + (int)(rnd() % 16); i < n; i++) {
+            unsigned r = (unsigned)(rnd() % 3);
+            uint64_t at = r == 0   ? pmap + rnd() % 256
+                          : r == 1 ? dir + rnd() % 256
+                                   : 104 + rnd() % 56;
+            s->base[at] ^= (uint8_t)(1 + rnd() % 255);
+        }
         break;
     }
     }

@@ -279,6 +279,16 @@ static int walk_bucket(struct v1_walk *wk, uint64_t line_off)
     }
 }
 
+/* Every bucket of bucket page pi. Returns fn's value or 0. */
+static int walk_page(struct v1_walk *wk, uint64_t pi)
+{
+    uint64_t page = wk->data_off + (pi << V1_PAGE_SHIFT);
+    int rc = 0;
+    for (uint64_t b = 0; b < V1_PAGE_BKTS && rc == 0; b++)
+        rc = walk_bucket(wk, page + b * V1_LINE);
+    return rc;
+}
+
 int kv_shm_v1_probe(const void *base, size_t size)
 {
     struct v1_hdr h;
@@ -356,23 +366,21 @@ int kv_shm_v1_read(const void *base, size_t size,
             dir_damaged = 1;
         }
     }
-    /* then, if the directory lost some, the pages the page map still marks as buckets:
-     * their slots are checked like any other, so a wrong guess costs only counts */
+    rc = 0;
+    for (uint64_t pi = 0; pi < h.n_pages && rc == 0; pi++)
+        if (wk.claim[pi] == CL_INDEX)
+            rc = walk_page(&wk, pi);
+    /* then, if the directory lost some, the pages the page map still marks as bucket
+     * pages and the walk above found nothing else in: their slots are checked like any
+     * other, so a wrong guess costs only counts */
     const uint8_t *pmap = wk.base + h.pmap_off;
-    for (uint64_t pi = 0; dir_damaged && pi < h.n_pages; pi++) {
+    for (uint64_t pi = 0; dir_damaged && pi < h.n_pages && rc == 0; pi++) {
         uint32_t e;
         memcpy(&e, pmap + 4 * pi, 4);
-        if (e == V1_PM_INDEX && wk.claim[pi] == CL_FREE)
+        if (e == V1_PM_INDEX && wk.claim[pi] == CL_FREE) {
             wk.claim[pi] = CL_INDEX;
-    }
-
-    rc = 0;
-    for (uint64_t pi = 0; pi < h.n_pages && rc == 0; pi++) {
-        if (wk.claim[pi] != CL_INDEX)
-            continue;
-        uint64_t page = wk.data_off + (pi << V1_PAGE_SHIFT);
-        for (uint64_t b = 0; b < V1_PAGE_BKTS && rc == 0; b++)
-            rc = walk_bucket(&wk, page + b * V1_LINE);
+            rc = walk_page(&wk, pi);
+        }
     }
     if (counts)
         *counts = wk.c;

@@ -58,10 +58,11 @@ int kv_shm_v1_probe(const void *base, size_t size);
 /* Calls fn(ctx, it) once per sound item reachable from the index of the layout-1
  * segment mapped at base[0..size), clean or crashed: every bucket of every bucket page
  * the directory names (active or not), their overflow chains, items in slab chunks and
- * large page runs. When the directory is damaged, bucket pages that only the page map
- * marks as index are walked too. Each item offset is reported at most once; two different
- * items may carry the same key after damage: both are reported, the caller keeps the
- * higher version. Order: by bucket page, then bucket, then chain.
+ * large page runs. When the directory is damaged (a bad or repeated entry, or none for a
+ * page the index state needs), the pages the page map still marks as bucket pages are
+ * walked too, after the others and unless those reached an item or line in them. Each item offset
+ * is reported at most once; two different items may carry the same key after damage: both are
+ * reported, the caller keeps the higher version. Order: by bucket page, then bucket, then chain.
  *
  * Returns 0 when the walk is complete, fn's return value as soon as fn returns non-zero
  * (the walk stops there), KV_EINVAL when kv_shm_v1_probe(base, size) is 0, KV_ENOMEM
