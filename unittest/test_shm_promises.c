@@ -915,7 +915,7 @@ static void test_promise_sparse_copy_refused(void)
     kv_shm_store_close(s);
     char dst[600];
     snprintf(dst, sizeof(dst), "%s/seg", dir);
-    snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s", c.data_file, dst);
+    snprintf(cmd, sizeof(cmd), "cp --sparse=always %.200s %.200s", c.data_file, dst);
     CU_ASSERT_EQUAL(system(cmd), 0);
     unlink(c.data_file);
     snprintf(c.data_file, sizeof(c.data_file), "%s", dst);

@@ -19,10 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include "kv_err.h"
+#include "kv_mem.h"
+#include "kv_shm.h"
 #include "kv_test_util.h"
 #include "shm_v1.h"
 
@@ -845,6 +849,131 @@ static void test_shm_v1_random_damage_crash(void)
     damage_rounds(&split_seg, "split", 300);
 }
 
+/* ---- the upgrade: a layout-1 segment opened by this release --------------------------- */
+
+/* Writes the fixture's pristine bytes to a new file; returns its path in out. */
+static void seg_to_file(const struct seg *sg, char *out, size_t cap)
+{
+    snprintf(out, cap, "/tmp/kv-upgrade-%d-XXXXXX", (int)getpid());
+    int fd = mkstemp(out);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_FATAL(write(fd, sg->pristine, sg->size) == (ssize_t)sg->size);
+    close(fd);
+}
+
+static void *up_alloc(void *ctx, size_t n)
+{
+    uint8_t **p = ctx;
+    *p = malloc(n ? n : 1);
+    return *p;
+}
+
+/* Every key the reader finds in the fixture (its newest version: the reader's own tests
+ * tie those to the manifest) is in the upgraded store with the same value, version and
+ * expiry; the expired ones are gone. */
+static void check_upgraded(struct kv_shm_store *st, const struct walk *w, int64_t now)
+{
+    int wrong = 0, live = 0;
+    for (size_t i = 0; i < w->n; i++) {
+        const struct got *g = &w->v[i];
+        if (i + 1 < w->n && w->v[i + 1].klen == g->klen &&
+            memcmp(w->v[i + 1].key, g->key, g->klen) == 0)
+            continue; /* an older copy of the same key: the newest one counts */
+        uint8_t *val = NULL;
+        size_t vlen = 0;
+        uint64_t ver = 0;
+        int rc = kv_shm_get(st, g->key, g->klen, up_alloc, &val, &vlen, &ver);
+        if (g->expire_ms && g->expire_ms <= now) {
+            wrong += rc != KV_ENOTFOUND;
+        } else {
+            live++;
+            wrong += rc != 0 || vlen != g->vlen || ver != g->version ||
+                     (vlen && memcmp(val, g->val, vlen) != 0);
+            int64_t ttl = 0;
+            kv_shm_ttl(st, g->key, g->klen, &ttl);
+            if (g->expire_ms == 0)
+                wrong += ttl != -1;
+            else if (g->expire_ms - now < (int64_t)1 << 40) /* saturated ones never expire */
+                wrong += ttl > g->expire_ms - now + 10 || ttl < g->expire_ms - now - 2000;
+        }
+        free(val);
+    }
+    CU_ASSERT(live > 100);
+    CU_ASSERT_EQUAL(wrong, 0);
+    /* the version counter continues above every copied version */
+    uint64_t nv = 0;
+    CU_ASSERT_EQUAL(kv_shm_set(st, "after-upgrade", 13, "x", 1, NULL, &nv), 0);
+    for (size_t i = 0; i < w->n; i++)
+        CU_ASSERT(nv > w->v[i].version);
+}
+
+static void upgrade_one(struct seg *sg)
+{
+    struct walk w;
+    struct kv_shm_v1_counts c;
+    CU_ASSERT_EQUAL_FATAL(run(sg, &w, &c), 0);
+    struct kv_config cfg;
+    kv_config_defaults(&cfg);
+    seg_to_file(sg, cfg.data_file, sizeof(cfg.data_file));
+    cfg.memory = sg->size;
+    /* killed mid-copy: the old segment is untouched and the next start upgrades it */
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct kv_shm_open_opts o = {.crash_at = 100, .crash_site = KV_SHM_CRASH_UPGRADE};
+        struct kv_shm_store *st;
+        _exit(kv_shm_store_open_ex(&cfg, &o, NULL, 0, &st) ? 1 : 0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 77);
+    int fd = open(cfg.data_file, O_RDONLY);
+    uint8_t *m = mmap(NULL, sg->size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    CU_ASSERT_FATAL(m != MAP_FAILED);
+    CU_ASSERT(kv_shm_v1_probe(m, sg->size));
+    CU_ASSERT_EQUAL(memcmp(m, sg->pristine, sg->size), 0);
+    munmap(m, sg->size);
+
+    struct kv_shm_store *st = NULL;
+    char err[2048];
+    int rc = kv_shm_store_open(&cfg, err, sizeof(err), &st);
+    if (rc)
+        fprintf(stderr, "upgrade: %d %s\n", rc, err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "upgraded to layout"));
+    int64_t now = (int64_t)time(NULL) * 1000;
+    check_upgraded(st, &w, now);
+    kv_shm_store_close(st);
+    /* the second open is an ordinary one of the new layout */
+    CU_ASSERT_EQUAL_FATAL(kv_shm_store_open(&cfg, err, sizeof(err), &st), 0);
+    CU_ASSERT_PTR_NULL(strstr(err, "upgraded"));
+    kv_shm_del(st, "after-upgrade", 13);
+    check_upgraded(st, &w, now);
+    kv_shm_store_close(st);
+    char up[PATH_MAX + 16];
+    snprintf(up, sizeof(up), "%s.upgrade", cfg.data_file);
+    CU_ASSERT_EQUAL(access(up, F_OK), -1); /* the copy was renamed over the old file */
+    unlink(cfg.data_file);
+    free(w.v);
+}
+
+/* Issue 13 item 6, kept for every later layout change: segments written by the release
+ * before the change open with every key, value, version and expiry. */
+static void test_shm_v1_upgrade_clean(void)
+{
+    upgrade_one(&clean_seg);
+}
+
+static void test_shm_v1_upgrade_crash(void)
+{
+    upgrade_one(&crash_seg);
+}
+
+static void test_shm_v1_upgrade_split(void)
+{
+    upgrade_one(&split_seg);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -859,6 +988,9 @@ int main(void)
         {"test_shm_v1_lost_directory_entry", test_shm_v1_lost_directory_entry},
         {"test_shm_v1_random_damage_clean", test_shm_v1_random_damage_clean},
         {"test_shm_v1_random_damage_crash", test_shm_v1_random_damage_crash},
+        {"test_shm_v1_upgrade_clean", test_shm_v1_upgrade_clean},
+        {"test_shm_v1_upgrade_crash", test_shm_v1_upgrade_crash},
+        {"test_shm_v1_upgrade_split", test_shm_v1_upgrade_split},
     };
     return kv_test_run_suite("shm_v1", suite_init, suite_clean, tests,
                              sizeof(tests) / sizeof(tests[0]));

@@ -71,11 +71,12 @@ struct shm_item *kv_shm_item_fill(struct kv_shm_store *s, uint64_t off, unsigned
         uint8_t buf[COPY_PIECE];
         for (size_t pos = 0; pos < vlen;) {
             size_t n = vlen - pos;
-            const void *src = (const uint8_t *)val + pos;
+            const void *src = buf;
             if (from) {
                 n = n < COPY_PIECE ? n : COPY_PIECE;
                 kv_shm_item_read(s, from, SHM_ITEM_HDR + from->klen + pos, buf, n);
-                src = buf;
+            } else {
+                src = (const uint8_t *)val + pos;
             }
             crc = kv_shm_crc32c(crc, src, n);
             kv_shm_item_write(s, off, pages, SHM_ITEM_HDR + klen + pos, src, n);
@@ -277,6 +278,51 @@ static struct shm_spare *spare_row(struct kv_shm_store *s)
     open_id = s->open_id;
     row = &s->spares[i];
     return row;
+}
+
+int kv_shm_put_versioned(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
+                         size_t vlen, uint64_t version, int64_t expire_ms)
+{
+    if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX)
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(s, key, klen);
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    for (int attempt = 0;; attempt++) {
+        uint64_t off, old = 0;
+        unsigned cls;
+        int rc = kv_shm_alloc_room(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
+        if (rc)
+            return rc;
+        kv_shm_item_fill(s, off, cls, key, klen, val, NULL, vlen, version, expire_ms,
+                         kv_shm_now_ms());
+        struct shm_item *it;
+        pthread_rwlock_wrlock(&st->lock);
+        uint64_t b = kv_shm_index_bucket(s, h);
+        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        if (slot && it->version >= version) {
+            old = off; /* a newer copy of the key is there already: keep it */
+        } else {
+            old = slot ? SHM_WORD_OFF(*slot) : 0;
+            rc = publish(s, st, b, slot, shm_word(off, cls, h));
+        }
+        pthread_rwlock_unlock(&st->lock);
+        if (rc) {
+            kv_shm_free(s, off);
+            if (rc == KV_ENOMEM && attempt < ROOM_TRIES && kv_shm_line_room(s, attempt) == 0)
+                continue;
+            return rc;
+        }
+        if (old)
+            kv_shm_free(s, old);
+        else
+            kv_shm_index_grow(s, h);
+        uint64_t cur = __atomic_load_n(&s->hdr->version_ctr, __ATOMIC_RELAXED);
+        while (cur < version && !__atomic_compare_exchange_n(&s->hdr->version_ctr, &cur, version,
+                                                             0, __ATOMIC_RELAXED,
+                                                             __ATOMIC_RELAXED)) {
+        }
+        return 0;
+    }
 }
 
 /* Frees this thread's spare chunks: under memory pressure each pins a page. */

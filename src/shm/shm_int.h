@@ -357,6 +357,18 @@ int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsig
 /* Room for an index line after an insert said KV_ENOMEM (no lock held): 0 to try again. */
 int kv_shm_line_room(struct kv_shm_store *s, int attempt);
 uint64_t kv_shm_version_next(struct kv_shm_store *s);
+/* Stores key with the given version and absolute expiry, unless the store holds a version
+ * at least as new (then 0, unchanged); the version counter is raised to it. For upgrades. */
+int kv_shm_put_versioned(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
+                         size_t vlen, uint64_t version, int64_t expire_ms);
+
+/* ---- shm_upgrade.c ---- */
+#define SHM_REOPEN 1 /* seg_open: the segment was upgraded, open it again */
+/* s is mapped and locked but not checked, and holds a layout-1 segment: copies every live
+ * item into a new segment of this layout under <name>.upgrade, then renames it over the
+ * old one. 0 when done (the caller reopens the name); the old segment is untouched on any
+ * failure and after a kill at any instant. */
+int kv_shm_upgrade_v1(struct kv_shm_store *s, const struct kv_config *cfg, char *eb, size_t ec);
 
 /* ---- shm_batch.c ---- */
 /* Undoes the multi-key writes a kill interrupted (their logs in hdr->batch); recovery's

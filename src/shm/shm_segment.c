@@ -26,6 +26,7 @@
 
 #include "kv_mem.h"
 #include "shm_int.h"
+#include "shm_v1.h"
 
 static void say(char *buf, size_t cap, const char *fmt, ...)
 {
@@ -408,6 +409,11 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
             madvise(m, s->size, MADV_HUGEPAGE);
         store_wire(s, &l);
     }
+    if (!fresh && !s->attach && kv_shm_v1_probe(s->base, s->size)) {
+        int rc = kv_shm_upgrade_v1(s, cfg, eb, ec);
+        seg_unmap(s);
+        return rc ? rc : SHM_REOPEN;
+    }
     /* A creation that never finished leaves no header in either place and nothing in the
      * data area; anything else with a header we cannot read is refused, never re-created. */
     if (!fresh && !s->attach && page_all_zero(s->base, SHM_HDR_SIZE) &&
@@ -499,6 +505,16 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
     seg_name(cfg, s->name, sizeof(s->name), &s->is_file);
     int bad;
     int rc = seg_open(s, cfg, errbuf, errcap, &bad);
+    if (rc == SHM_REOPEN) { /* upgraded from an older layout: open the result */
+        char up[1024];
+        snprintf(up, sizeof(up), "%s", errbuf && errcap ? errbuf : "");
+        rc = seg_open(s, cfg, errbuf, errcap, &bad);
+        if (rc == 0 && errbuf && errcap) {
+            char rest[1024];
+            snprintf(rest, sizeof(rest), "%s", errbuf);
+            snprintf(errbuf, errcap, "%s%s%s", up, rest[0] ? "; " : "", rest);
+        }
+    }
     if (rc && bad && cfg->reset_store && !s->attach) {
         /* reopen to hold the lock while renaming, so no second server races us */
         char moved[1300], why[512];
