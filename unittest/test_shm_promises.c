@@ -655,6 +655,48 @@ static void test_promise_mset_isolated(void)
     kv_shm_store_unlink(&c);
 }
 
+/* A multi-key read (MGET) holding its keys' stripes sees every MSET whole: the 8 values
+ * read in one go are always equal (with per-key reads they are not). */
+static void test_promise_multi_read_sees_mset_whole(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "mread", 8u << 20);
+    struct iso x = {.s = open_with(&c, NULL)};
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, iso_writer, &x), 0);
+    int mixed = 0;
+    for (int round = 0; round < 100000; round++) {
+        char keys[ISO_K][16];
+        uint64_t h[ISO_K], v[ISO_K] = {0};
+        struct kv_shm_rset rs = {{0}};
+        for (int i = 0; i < ISO_K; i++) {
+            snprintf(keys[i], sizeof(keys[i]), "iso%d", i);
+            h[i] = kv_shm_key_hash(x.s, keys[i], strlen(keys[i]));
+            kv_shm_rset_add(&rs, h[i]);
+        }
+        kv_shm_rset_take(x.s, &rs);
+        for (int i = 0; i < ISO_K; i++) {
+            struct vbuf got = {0};
+            size_t n = 0;
+            if (kv_shm_get_held(x.s, keys[i], strlen(keys[i]), h[i], vbuf_alloc, &got, &n,
+                                NULL) == 0 &&
+                n == 8)
+                memcpy(&v[i], got.p, 8);
+            kv_mem_free(KV_MOD_TEST, got.p);
+        }
+        kv_shm_rset_drop(x.s, &rs);
+        for (int i = 1; i < ISO_K; i++)
+            mixed += v[i] != v[0];
+    }
+    x.stop = 1;
+    pthread_join(t, NULL);
+    fprintf(stderr, "(%llu batches, %d mixed reads) ", (unsigned long long)x.batches, mixed);
+    CU_ASSERT(x.batches > 100);
+    CU_ASSERT_EQUAL(mixed, 0);
+    kv_shm_store_close(x.s);
+    kv_shm_store_unlink(&c);
+}
+
 /* Across a kill -9: a child stores batches of 8 keys with a common value, and dies at the
  * k-th key of a batch (the fault-injection point) or by SIGKILL at a random instant. After
  * recovery the 8 keys always hold one and the same value, never older than the last
@@ -956,6 +998,7 @@ int main(void)
         {"test_promise_mset_that_does_not_fit_changes_nothing",
          test_promise_mset_that_does_not_fit_changes_nothing},
         {"test_promise_mset_isolated", test_promise_mset_isolated},
+        {"test_promise_multi_read_sees_mset_whole", test_promise_multi_read_sees_mset_whole},
         {"test_promise_mset_crash_all_or_nothing", test_promise_mset_crash_all_or_nothing},
         {"test_promise_damaged_metadata_is_rebuilt", test_promise_damaged_metadata_is_rebuilt},
         {"test_promise_zeroed_header_restored", test_promise_zeroed_header_restored},

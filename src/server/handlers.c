@@ -665,14 +665,14 @@ static void mget_entry_end(struct mget_out *o, size_t vlen, uint64_t version)
 #define MGET_AHEAD1 3
 
 static int mget_window(struct kv_server *srv, struct mget_out *o, const struct pb_field *keys,
-                       size_t n)
+                       size_t n, const uint64_t *hashes)
 {
     uint64_t h[MGET_WINDOW];
 
-    for (size_t i = 0; i < n && i < MGET_AHEAD0; i++) {
-        h[i] = kv_shm_key_hash(srv->store, keys[i].data, keys[i].len);
+    for (size_t i = 0; i < n; i++) /* the first window's hashes are the first pass's */
+        h[i] = hashes ? hashes[i] : kv_shm_key_hash(srv->store, keys[i].data, keys[i].len);
+    for (size_t i = 0; i < n && i < MGET_AHEAD0; i++)
         kv_shm_prefetch(srv->store, h[i], 0);
-    }
     for (size_t i = 0; i < n && i < MGET_AHEAD1; i++)
         kv_shm_prefetch(srv->store, h[i], 1);
     for (size_t i = 0; i < n; i++) {
@@ -680,15 +680,13 @@ static int mget_window(struct kv_server *srv, struct mget_out *o, const struct p
         uint64_t version = 0;
         int rc;
 
-        if (i + MGET_AHEAD0 < n) {
-            h[i + MGET_AHEAD0] = kv_shm_key_hash(srv->store, keys[i + MGET_AHEAD0].data,
-                                                 keys[i + MGET_AHEAD0].len);
+        if (i + MGET_AHEAD0 < n)
             kv_shm_prefetch(srv->store, h[i + MGET_AHEAD0], 0);
-        }
         if (i + MGET_AHEAD1 < n)
             kv_shm_prefetch(srv->store, h[i + MGET_AHEAD1], 1);
-        rc = kv_shm_get_h(srv->store, keys[i].data, keys[i].len, h[i], mget_alloc, o, &vlen,
-                          &version);
+        /* every key's stripe is held (handle_mget): an MSET is seen whole or not at all */
+        rc = kv_shm_get_held(srv->store, keys[i].data, keys[i].len, h[i], mget_alloc, o, &vlen,
+                             &version);
         if (rc == 0) {
             mget_entry_end(o, vlen, version);
             continue;
@@ -713,9 +711,11 @@ static void handle_mget(void *ctx, struct kv_call *call)
     struct kv_server *srv = ctx;
     struct pb_reader r = {call->body, call->body + call->body_len};
     struct pb_field f, win[MGET_WINDOW];
+    uint64_t h0[MGET_WINDOW];
+    struct kv_shm_rset rs = {{0}};
     struct mget_out o = {.call = call, .limit = srv->cfg->max_body};
     size_t n = 0, k = 0;
-    int rc;
+    int rc, first = 1;
 
     if (!authed(srv, call))
         return;
@@ -729,8 +729,12 @@ static void handle_mget(void *ctx, struct kv_call *call)
         }
         if (check_key_len(srv, call, f.len) != 0)
             return;
-        if (n < MGET_WINDOW)
-            win[n] = f; /* the first window needs no second parse */
+        uint64_t hk = kv_shm_key_hash(srv->store, f.data, f.len);
+        kv_shm_rset_add(&rs, hk);
+        if (n < MGET_WINDOW) { /* the first window needs no second parse or hash */
+            win[n] = f;
+            h0[n] = hk;
+        }
         n++;
     }
     if (rc != 0) {
@@ -755,8 +759,9 @@ static void handle_mget(void *ctx, struct kv_call *call)
             return;
         }
     }
+    kv_shm_rset_take(srv->store, &rs);
     if (n <= MGET_WINDOW) {
-        mget_window(srv, &o, win, n);
+        mget_window(srv, &o, win, n, h0);
     } else {
         r.p = call->body;
         while (pb_next(&r, &f) == 1) {
@@ -764,14 +769,16 @@ static void handle_mget(void *ctx, struct kv_call *call)
                 continue;
             win[k++] = f;
             if (k == MGET_WINDOW) {
-                if (mget_window(srv, &o, win, k) != 0)
+                if (mget_window(srv, &o, win, k, first ? h0 : NULL) != 0)
                     break;
+                first = 0;
                 k = 0;
             }
         }
         if (!o.too_big && !o.oom && k)
-            mget_window(srv, &o, win, k);
+            mget_window(srv, &o, win, k, NULL);
     }
+    kv_shm_rset_drop(srv->store, &rs);
     if (o.too_big || o.oom) {
         if (o.buf != call->scratch)
             kv_mem_free(KV_MOD_PACKET, o.buf);

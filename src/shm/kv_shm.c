@@ -179,40 +179,34 @@ int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
     return kv_shm_get_h(s, key, klen, kv_shm_hash(s, key, klen), alloc, ctx, vlen, version);
 }
 
-int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
-                 void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen, uint64_t *version)
+/* The lookup of get, its stripe lock held (shared). *word gets the item's slot word when
+ * it is expired (KV_ENOTFOUND) or damaged (KV_ECORRUPT), for the caller to remove. */
+static int get_locked(struct kv_shm_store *s, struct shm_stripe *st, const void *key,
+                      size_t klen, uint64_t h, void *(*alloc)(void *ctx, size_t len), void *ctx,
+                      size_t *vlen, uint64_t *version, uint64_t *word, int *why)
 {
-    if (key_bad(s, key, klen) || !alloc)
-        return KV_EINVAL;
-    assert(h == kv_shm_hash(s, key, klen));
-    struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
-    pthread_rwlock_rdlock(&st->lock);
     uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    *why = -1;
     if (!slot) {
-        pthread_rwlock_unlock(&st->lock);
         __atomic_add_fetch(&st->misses, 1, __ATOMIC_RELAXED);
         return KV_ENOTFOUND;
     }
-    uint64_t word = *slot;
     int64_t now = kv_shm_now_ms();
-    int why = item_expired(it, now)               ? RM_EXPIRED
-              : kv_shm_item_crc(s, it) != it->crc ? RM_CORRUPT
-                                                  : -1;
-    if (why >= 0) {
-        pthread_rwlock_unlock(&st->lock);
-        if (why == RM_CORRUPT)
+    *why = item_expired(it, now)                    ? RM_EXPIRED
+           : kv_shm_item_crc(s, it) != it->crc ? RM_CORRUPT
+                                                    : -1;
+    if (*why >= 0) {
+        *word = *slot;
+        if (*why == RM_CORRUPT)
             __atomic_add_fetch(&s->hdr->corrupt, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&st->misses, 1, __ATOMIC_RELAXED);
-        remove_found(s, h, key, klen, word, why);
-        return why == RM_EXPIRED ? KV_ENOTFOUND : KV_ECORRUPT;
+        return *why == RM_EXPIRED ? KV_ENOTFOUND : KV_ECORRUPT;
     }
     size_t n = it->vlen;
     void *dst = alloc(ctx, n);
-    if (!dst && n) {
-        pthread_rwlock_unlock(&st->lock);
+    if (!dst && n)
         return KV_ENOMEM;
-    }
     if (n && it->cls == SHM_CLASS_LARGE)
         kv_shm_item_read(s, it, SHM_ITEM_HDR + it->klen, dst, n);
     else if (n)
@@ -221,13 +215,65 @@ int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
     uint32_t an = atime_at(s, now);
     if (__atomic_load_n(&it->atime, __ATOMIC_RELAXED) != an)
         __atomic_store_n(&it->atime, an, __ATOMIC_RELAXED);
-    pthread_rwlock_unlock(&st->lock);
     __atomic_add_fetch(&st->hits, 1, __ATOMIC_RELAXED);
     if (vlen)
         *vlen = n;
     if (version)
         *version = ver;
     return 0;
+}
+
+int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
+                 void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                 uint64_t *version)
+{
+    if (key_bad(s, key, klen) || !alloc)
+        return KV_EINVAL;
+    assert(h == kv_shm_hash(s, key, klen));
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    uint64_t word = 0;
+    int why;
+    pthread_rwlock_rdlock(&st->lock);
+    int rc = get_locked(s, st, key, klen, h, alloc, ctx, vlen, version, &word, &why);
+    pthread_rwlock_unlock(&st->lock);
+    if (why >= 0)
+        remove_found(s, h, key, klen, word, why);
+    return rc;
+}
+
+int kv_shm_get_held(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h,
+                    void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                    uint64_t *version)
+{
+    if (key_bad(s, key, klen) || !alloc)
+        return KV_EINVAL;
+    assert(h == kv_shm_hash(s, key, klen));
+    uint64_t word;
+    int why;
+    return get_locked(s, shm_stripe_of(s, h), key, klen, h, alloc, ctx, vlen, version, &word,
+                      &why);
+}
+
+_Static_assert(KV_SHM_STRIPES == SHM_STRIPES, "the read set covers every stripe");
+
+void kv_shm_rset_add(struct kv_shm_rset *r, uint64_t h)
+{
+    unsigned i = (unsigned)(h & (SHM_STRIPES - 1));
+    r->bits[i / 64] |= 1ull << (i % 64);
+}
+
+void kv_shm_rset_take(struct kv_shm_store *s, const struct kv_shm_rset *r)
+{
+    for (unsigned w = 0; w < SHM_STRIPES / 64; w++)
+        for (uint64_t b = r->bits[w]; b; b &= b - 1)
+            pthread_rwlock_rdlock(&s->stripes[w * 64 + (unsigned)__builtin_ctzll(b)].lock);
+}
+
+void kv_shm_rset_drop(struct kv_shm_store *s, const struct kv_shm_rset *r)
+{
+    for (unsigned w = 0; w < SHM_STRIPES / 64; w++)
+        for (uint64_t b = r->bits[w]; b; b &= b - 1)
+            pthread_rwlock_unlock(&s->stripes[w * 64 + (unsigned)__builtin_ctzll(b)].lock);
 }
 
 /* Publishes word for key in bucket b under the exclusive stripe lock: replaces *slot when

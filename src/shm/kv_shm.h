@@ -141,6 +141,24 @@ struct kv_shm_pair {
 int kv_shm_mset(struct kv_shm_store *s, const struct kv_shm_pair *pairs, size_t n,
                 const struct kv_shm_set_opts *opts, uint64_t *versions);
 
+/* Multi-key reads that never see a multi-key write half done (MGET beside MSET): the
+ * caller adds the hash of every key it will read to a set, takes the set's stripe locks
+ * (shared, in ascending order: no deadlock with kv_shm_mset, which takes them exclusive in
+ * the same order), reads each key with kv_shm_get_held, and drops the set. Writers of
+ * those stripes wait meanwhile; readers do not. */
+#define KV_SHM_STRIPES 1024
+struct kv_shm_rset {
+    uint64_t bits[KV_SHM_STRIPES / 64];
+};
+void kv_shm_rset_add(struct kv_shm_rset *r, uint64_t hash);
+void kv_shm_rset_take(struct kv_shm_store *s, const struct kv_shm_rset *r);
+void kv_shm_rset_drop(struct kv_shm_store *s, const struct kv_shm_rset *r);
+/* kv_shm_get_h for a key whose stripe the caller holds through a taken set. An expired or
+ * damaged item is reported absent (KV_ENOTFOUND / KV_ECORRUPT) and left for the sweep. */
+int kv_shm_get_held(struct kv_shm_store *s, const void *key, size_t klen, uint64_t hash,
+                    void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                    uint64_t *version);
+
 /* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);
 
