@@ -371,15 +371,24 @@ int kv_shm_put_versioned(struct kv_shm_store *s, const void *key, size_t klen, c
     }
 }
 
-/* Frees this thread's spare chunks: under memory pressure each pins a page. */
-static void spares_release(struct kv_shm_store *s)
+/* Frees every thread's spare chunks: under memory pressure each pins a page. A spare is
+ * taken by its owner, or by this, with an atomic exchange, so it is used once. */
+static int spares_release(struct kv_shm_store *s)
 {
-    struct shm_spare *row = spare_row(s);
-    for (unsigned c = 0; row && c < SHM_MAX_CLASSES; c++) {
-        if (row->off[c])
-            kv_shm_free(s, row->off[c]);
-        row->off[c] = 0;
+    int freed = 0;
+    unsigned rows = __atomic_load_n(&s->spare_rows, __ATOMIC_ACQUIRE);
+    for (unsigned r = 0; r < rows && r < SHM_SPARE_ROWS; r++) {
+        for (unsigned c = 0; c < SHM_MAX_CLASSES; c++) {
+            uint64_t *p = &s->spares[r].off[c];
+            uint64_t off = __atomic_load_n(p, __ATOMIC_RELAXED)
+                               ? __atomic_exchange_n(p, 0, __ATOMIC_ACQ_REL)
+                               : 0;
+            if (off)
+                kv_shm_free(s, off);
+            freed += off != 0;
+        }
     }
+    return freed;
 }
 
 
@@ -388,10 +397,10 @@ static void spares_release(struct kv_shm_store *s)
 int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls)
 {
     int rc = kv_shm_alloc(s, total, off, cls);
+    if (rc == KV_ENOMEM && spares_release(s))
+        rc = kv_shm_alloc(s, total, off, cls);
     uint64_t tries = ROOM_TRIES + 4 * (total > SHM_MAX_CHUNK ? kv_shm_large_pages(total) : 0);
     for (uint64_t n = 0; rc == KV_ENOMEM && n < tries; n++) {
-        if (n == 0)
-            spares_release(s);
         if (kv_shm_make_room(s, total, 0))
             break;
         rc = kv_shm_alloc(s, total, off, cls);
@@ -402,8 +411,8 @@ int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsig
 /* Room for an index line after an insert said KV_ENOMEM. */
 int kv_shm_line_room(struct kv_shm_store *s, int attempt)
 {
-    if (attempt == 0)
-        spares_release(s);
+    if (attempt == 0 && spares_release(s))
+        return 0;
     return kv_shm_make_room(s, SHM_LINE, 1);
 }
 
@@ -424,12 +433,11 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
     for (int attempt = 0;; attempt++) {
         uint64_t off = 0;
         rc = 0;
-        if (spare && cls < s->n_classes && spare->off[cls]) {
-            off = spare->off[cls]; /* the chunk this thread's last overwrite of the class freed */
-            spare->off[cls] = 0;
-        } else {
+        /* the chunk this thread's last overwrite of the class freed, unless taken */
+        if (spare && cls < s->n_classes && __atomic_load_n(&spare->off[cls], __ATOMIC_RELAXED))
+            off = __atomic_exchange_n(&spare->off[cls], 0, __ATOMIC_ACQ_REL);
+        if (!off)
             rc = kv_shm_alloc_room(s, total, &off, &cls);
-        }
         if (rc)
             return rc;
         uint64_t ver = kv_shm_version_next(s);
@@ -474,8 +482,13 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         }
         /* no reader can hold the replaced item now (they hold the stripe lock while
          * they use one): it becomes this thread's spare of its class, or is freed */
-        if (old && spare && old_cls < s->n_classes && !spare->off[old_cls])
-            spare->off[old_cls] = old;
+        /* ...but not when it is the last chunk in use of its page: that page would stay
+         * pinned by a spare alone (a hint, read without the class lock) */
+        if (old && spare && old_cls < s->n_classes &&
+            !__atomic_load_n(&spare->off[old_cls], __ATOMIC_RELAXED) &&
+            __atomic_load_n(&s->pg[(old - s->data_off) >> SHM_PAGE_SHIFT].used,
+                            __ATOMIC_RELAXED) > 1)
+            __atomic_store_n(&spare->off[old_cls], old, __ATOMIC_RELEASE); /* only we put */
         else if (old)
             kv_shm_free(s, old);
         else
@@ -617,8 +630,8 @@ static int rewrite_room(struct kv_shm_store *s, int attempt, size_t need, int li
 {
     if (attempt >= ROOM_TRIES)
         return KV_ENOMEM;
-    if (attempt == 0)
-        spares_release(s);
+    if (attempt == 0 && spares_release(s))
+        return 0;
     return kv_shm_make_room(s, line ? SHM_LINE : need, line);
 }
 
@@ -855,6 +868,7 @@ int kv_shm_flush(struct kv_shm_store *s)
         while (bucket_drop(s, b, 0) >= 128 - SHM_SLOTS) {
         }
     }
+    spares_release(s); /* memory comes back at once, spares included */
     return 0;
 }
 

@@ -216,6 +216,7 @@ enum kv_shm_drop_reason {
     KV_SHM_DROP_CHECKSUM,  /* header sound, bytes damaged */
     KV_SHM_DROP_DUPLICATE, /* a second item of the same key: the newer version is kept */
     KV_SHM_DROP_NOROOM,    /* misplaced, and no index line to move it to */
+    KV_SHM_DROP_LINK,      /* in lines a damaged overflow link cut off the index */
     KV_SHM_DROP_REASONS
 };
 

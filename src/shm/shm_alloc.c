@@ -310,6 +310,9 @@ void kv_shm_free(struct kv_shm_store *s, uint64_t off)
         if (p->used == 0 && !(p->flags & PG_DRAINING)) {
             list_del(s, k, pi);
             k->pages--;
+            /* marked until the free stack takes it, so no drain starts on it meanwhile
+             * (a drain of an empty page would release it a second time) */
+            p->flags |= PG_DRAINING;
             empty = 1;
         } else if (!(p->flags & (PG_LISTED | PG_DRAINING))) {
             list_add(s, k, pi);
@@ -360,12 +363,13 @@ int kv_shm_page_drain_end(struct kv_shm_store *s, uint64_t pi)
     int empty = 0;
     pthread_mutex_lock(&k->lock);
     struct shm_page *p = &s->pg[pi];
-    p->flags &= (uint16_t)~PG_DRAINING;
     if (p->used == 0) {
-        k->pages--;
+        k->pages--; /* stays marked until the free stack takes it (see kv_shm_free) */
         empty = 1;
-    } else if (page_has_room(s, c, p)) {
-        list_add(s, k, pi);
+    } else {
+        p->flags &= (uint16_t)~PG_DRAINING;
+        if (page_has_room(s, c, p))
+            list_add(s, k, pi);
     }
     pthread_mutex_unlock(&k->lock);
     if (empty)

@@ -33,8 +33,11 @@ static uint32_t atime_now(const struct kv_shm_store *s)
     return (uint32_t)((uint64_t)(kv_shm_now_ms() - (int64_t)s->hdr->created_ms) / 4);
 }
 
-/* Unlinks the item with slot word w if the index still holds it: 0 and *off when it did. */
-static int unlink_word(struct kv_shm_store *s, uint64_t w, int64_t now)
+/* Unlinks the item sampled as (slot word w, version ver) if the index still holds that very
+ * item -- the same chunk may hold a newer write of the same key by now, which the version
+ * tells apart -- and, with expired_only, if it is expired. 0 when it did. */
+static int unlink_word(struct kv_shm_store *s, uint64_t w, uint64_t ver, int expired_only,
+                       int64_t now)
 {
     struct shm_item *it = kv_shm_item_check(s, w);
     if (!it)
@@ -46,7 +49,8 @@ static int unlink_word(struct kv_shm_store *s, uint64_t w, int64_t now)
     struct shm_item *found;
     /* a split may have moved it since it was sampled: look where its hash says now */
     uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, it->data, it->klen, &found);
-    if (slot && *slot == w) {
+    if (slot && *slot == w && found->version == ver &&
+        (!expired_only || item_expired(found, now))) {
         int expired = item_expired(found, now);
         __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
         __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
@@ -117,23 +121,35 @@ static int page_drain(struct kv_shm_store *s, uint64_t pi, enum drain_mode mode)
     return kv_shm_page_drain_end(s, pi) ? 0 : KV_EAGAIN;
 }
 
-/* Step 2: the item class with the most free chunks, if they fill a page, gives its
- * emptiest page back. */
+/* Step 2: an item class whose free chunks fill a page gives its emptiest page back; the
+ * classes with the most free bytes are tried first, and a page that cannot be emptied
+ * (a chunk of it is being written) does not stop the next class from being tried. */
 static int compact_one(struct kv_shm_store *s)
 {
-    uint64_t best_free = 0, best_page = 0;
-    for (unsigned c = 0; c < s->n_classes; c++) {
-        uint64_t fr, page;
-        kv_shm_class_room(s, c, &fr, &page);
-        /* free chunks outside the emptiest page >= its live items, once they fill a page */
-        if (page && fr >= s->cper[c] && fr * s->csize[c] > best_free) {
-            best_free = fr * s->csize[c];
-            best_page = page;
+    uint64_t tried = 0; /* bit c: class c tried (n_classes < 64) */
+    _Static_assert(SHM_MAX_CLASSES <= 64, "one bit per class");
+    for (int round = 0; round < 4; round++) {
+        uint64_t best_free = 0, best_page = 0;
+        unsigned best = 0;
+        for (unsigned c = 0; c < s->n_classes; c++) {
+            uint64_t fr, page;
+            if (tried >> c & 1)
+                continue;
+            kv_shm_class_room(s, c, &fr, &page);
+            /* free chunks outside the emptiest page >= its live items, once they fill a page */
+            if (page && fr >= s->cper[c] && fr * s->csize[c] > best_free) {
+                best_free = fr * s->csize[c];
+                best_page = page;
+                best = c;
+            }
         }
+        if (!best_page)
+            return KV_ENOMEM;
+        if (page_drain(s, best_page - 1, DRAIN_MOVE) == 0)
+            return 0;
+        tried |= 1ull << best;
     }
-    if (!best_page)
-        return KV_ENOMEM;
-    return page_drain(s, best_page - 1, DRAIN_MOVE);
+    return KV_ENOMEM;
 }
 
 struct sample {
@@ -141,7 +157,7 @@ struct sample {
     uint32_t an;
     int expired_only;
     int found;
-    uint64_t best_w, best_score;
+    uint64_t best_w, best_score, best_ver;
 };
 
 /* Looks at every item of bucket b, keeping the best candidate in *sm. */
@@ -164,6 +180,7 @@ static void sample_bucket(struct kv_shm_store *s, uint64_t b, struct sample *sm)
             if (!sm->found || score > sm->best_score) {
                 sm->best_w = w;
                 sm->best_score = score;
+                sm->best_ver = it->version;
             }
             sm->found++;
         }
@@ -195,14 +212,14 @@ static int evict_sampled(struct kv_shm_store *s, unsigned want, int expired_only
         return KV_ENOMEM;
     unsigned c = SHM_WORD_CLS(best_w);
     if (best_score == UINT64_MAX || c == want || c == SHM_CLASS_LARGE) {
-        unlink_word(s, best_w, now);
+        unlink_word(s, best_w, sm.best_ver, expired_only, now);
         return 0; /* freed, or gone already: either way allocate again */
     }
     /* the oldest item is of another class: its page makes room for any class */
     uint64_t pi = (SHM_WORD_OFF(best_w) - s->data_off) >> SHM_PAGE_SHIFT;
     if (page_drain(s, pi, DRAIN_EVICT) == 0)
         return 0;
-    unlink_word(s, best_w, now); /* the page stays pinned: at least the item goes */
+    unlink_word(s, best_w, sm.best_ver, 0, now); /* the page stays pinned: the item goes */
     return 0;
 }
 

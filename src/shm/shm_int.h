@@ -174,8 +174,9 @@ struct shm_free_chunk {
 
 /* A thread's spare chunks, one per class: the chunk its last overwrite
  * replaced, kept for its next write of that class (no class mutex either
- * way). Unreachable from the index, so recovery reclaims them after a crash;
- * kv_shm_store_close frees them before the clean mark. */
+ * way). Only the owner puts one; the owner or a writer short of memory takes
+ * one, by atomic exchange. Unreachable from the index, so recovery reclaims
+ * them after a crash; kv_shm_store_close frees them before the clean mark. */
 #define SHM_SPARE_ROWS 64
 struct shm_spare {
     uint64_t off[SHM_MAX_CLASSES]; /* one thread only; 0 = none */

@@ -142,7 +142,38 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
 }
 
 /* Step 2 for one bucket: claims its overflow lines, cutting the chain at a bad link. */
-static void claim_lines(struct rec *r, uint64_t *line)
+/* A link that fails its check cuts the chain there: the items of the lines it named are
+ * lost. They are not taken back (the link cannot be trusted to name lines of this bucket),
+ * but they are counted, as far as the raw offset still leads to lines whose items are
+ * sound and belong to bucket b, so that recovery says what it dropped. */
+static void count_cut(struct rec *r, uint64_t raw, uint64_t b)
+{
+    struct kv_shm_store *s = r->s;
+    for (unsigned n = 0; n < s->chain_max; n++) {
+        if (raw < s->data_off || raw + SHM_LINE > s->data_end || raw % SHM_LINE)
+            return;
+        const uint64_t *line = shm_ptr(s, raw);
+        for (int i = 0; i < SHM_SLOTS; i++) {
+            uint64_t off = SHM_WORD_OFF(line[i]);
+            if (!line[i] || off < s->data_off || off + SHM_ITEM_HDR > s->data_end)
+                continue;
+            const struct shm_item *it = shm_ptr(s, off);
+            if (it->magic != SHM_ITEM_MAGIC || it->klen == 0 || it->klen > s->max_key ||
+                off + SHM_ITEM_HDR + it->klen > s->data_end ||
+                (it->cls != SHM_CLASS_LARGE &&
+                 (it->cls >= s->n_classes || off + shm_item_size(it) > s->data_end)))
+                continue;
+            if (bucket_for(r, kv_shm_hash(s, it->data, it->klen)) != b ||
+                kv_shm_item_crc(s, it) != it->crc)
+                continue;
+            r->dropped++;
+            r->why_n[KV_SHM_DROP_LINK]++;
+        }
+        raw = kv_shm_link_parse(s, line[SHM_SLOTS]);
+    }
+}
+
+static void claim_lines(struct rec *r, uint64_t *line, uint64_t b)
 {
     struct kv_shm_store *s = r->s;
     for (;;) {
@@ -150,6 +181,8 @@ static void claim_lines(struct rec *r, uint64_t *line)
         if (!w)
             return;
         uint64_t off = kv_shm_link_parse(s, w);
+        if (!off)
+            count_cut(r, w & 0xFFFFFFFFFFFFull, b);
         uint64_t pi = off ? (off - s->data_off) >> SHM_PAGE_SHIFT : 0;
         unsigned idx = off ? (unsigned)(((off - s->data_off) & (SHM_PAGE - 1)) / SHM_LINE) : 0;
         if (!off ||
@@ -327,7 +360,7 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
     for (uint64_t b = 0; b < nb; b++) {
         uint64_t *line = bucket_ptr(&r, b);
         if (line)
-            claim_lines(&r, line);
+            claim_lines(&r, line, b);
         else
             b |= SHM_PAGE_BUCKETS - 1; /* no page: skip its buckets */
     }

@@ -233,7 +233,7 @@ static void recovery_say(const struct kv_shm_store *s, const char *note, char *e
 {
     static const char *const why[KV_SHM_DROP_REASONS] = {
         "out of bounds", "no item header", "overlapping", "checksum", "older duplicate",
-        "no room to move"};
+        "no room to move", "cut off by a damaged link"};
     char d[300] = "";
     size_t at = 0;
     for (int i = 0; i < KV_SHM_DROP_REASONS; i++)
@@ -361,6 +361,25 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
     int fresh = created || sb.st_size == 0;
     if (s->attach)
         s->size = (size_t)sb.st_size;
+    /* an older layout may be upgraded into a larger --memory (when it does not fit at its
+     * own size): only the upgrade reads it, at the size it has */
+    if (!fresh && !s->attach && (uint64_t)sb.st_size < s->size && sb.st_size >= SHM_HDR_SIZE) {
+        uint8_t h1[SHM_HDR_SIZE];
+        size_t want = s->size;
+        if (pread(s->fd, h1, sizeof(h1), 0) == (ssize_t)sizeof(h1) &&
+            kv_shm_v1_probe(h1, (size_t)sb.st_size)) { /* it reads the header only */
+            s->size = (size_t)sb.st_size;
+            void *m = mmap(NULL, s->size, PROT_READ, MAP_SHARED, s->fd, 0);
+            int rc = KV_EIO;
+            if (m != MAP_FAILED) {
+                s->base = m;
+                rc = kv_shm_v1_probe(m, s->size) ? kv_shm_upgrade_v1(s, cfg, eb, ec) : KV_ECORRUPT;
+            }
+            seg_unmap(s);
+            s->size = want;
+            return rc ? rc : SHM_REOPEN;
+        }
+    }
     if (!fresh && (uint64_t)sb.st_size != s->size) {
         say(eb, ec,
             "segment %s is %lld bytes but --memory is %zu; restart with --memory "
@@ -508,6 +527,8 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
     if (rc == SHM_REOPEN) { /* upgraded from an older layout: open the result */
         char up[1024];
         snprintf(up, sizeof(up), "%s", errbuf && errcap ? errbuf : "");
+        if (errbuf && errcap)
+            errbuf[0] = 0;
         rc = seg_open(s, cfg, errbuf, errcap, &bad);
         if (rc == 0 && errbuf && errcap) {
             char rest[1024];

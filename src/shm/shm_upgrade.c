@@ -59,6 +59,7 @@ int kv_shm_upgrade_v1(struct kv_shm_store *s, const struct kv_config *cfg, char 
     names(s, tmp, sizeof(tmp), from, to, sizeof(from));
     struct kv_config c2 = *cfg;
     c2.reset_store = 0;
+    c2.eviction = KV_EVICT_NONE; /* the copy never evicts what it copies: it fits or fails */
     size_t tl = strlen(tmp);
     if (tl >= (s->is_file ? sizeof(c2.data_file) : sizeof(c2.shm_name))) {
         snprintf(eb, eb ? ec : 0, "segment %s is layout 1 and needs an upgrade, but its name "
@@ -92,11 +93,19 @@ int kv_shm_upgrade_v1(struct kv_shm_store *s, const struct kv_config *cfg, char 
     kv_shm_store_close(c.dst);
     if (rc) {
         kv_shm_store_unlink(&c2);
+        /* the new layout keeps a little more per page and index lines apart: a store full
+         * to the brim may need a larger --memory, into which the upgrade grows it */
+        uint64_t more = ((uint64_t)cfg->memory + cfg->memory / 8 + (1u << 20) - 1) & ~0xFFFFFull;
+        char how[200];
+        if (c.rc == KV_ENOMEM)
+            snprintf(how, sizeof(how), "its items do not fit this layout in %zu bytes: start "
+                     "with --memory %" PRIu64 " (or more) to upgrade it into a larger segment",
+                     cfg->memory, more);
+        else
+            snprintf(how, sizeof(how), "run the release that wrote it");
         snprintf(eb, eb ? ec : 0, "segment %s is layout 1 and could not be upgraded (%s after "
                  "%" PRIu64 " items): it is unchanged; %s", s->name,
-                 kv_strerror(c.rc ? c.rc : rc), c.copied,
-                 c.rc == KV_ENOMEM ? "the items do not fit this layout at this --memory"
-                                   : "run the release that wrote it");
+                 kv_strerror(c.rc ? c.rc : rc), c.copied, how);
         return c.rc ? c.rc : rc;
     }
     if (rename(from, to)) {
