@@ -790,12 +790,13 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
             break;
         }
         if (json) {
-            printf("{\"test\":\"%s\",\"protocol\":\"%s\",\"conns\":%u,\"pipeline\":%u,"
-                   "\"data\":%zu,\"keyspace\":%" PRIu64 ",\"threads\":%u,\"requests\":%" PRIu64
-                   ",\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64 ",\"seconds\":%.3f,"
-                   "\"rps\":%.0f",
-                   tok, protos[o.proto], o.conns, o.pipeline, o.value_len, ctx.keyspace, o.threads,
-                   r.requests, r.errors, r.not_found, r.seconds, r.rps);
+            printf("{\"test\":\"%s\",\"protocol\":\"%s\",\"transport\":\"%s\",\"conns\":%u,"
+                   "\"pipeline\":%u,\"data\":%zu,\"keyspace\":%" PRIu64 ",\"threads\":%u,"
+                   "\"requests\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64
+                   ",\"seconds\":%.3f,\"rps\":%.0f",
+                   tok, protos[o.proto], kv_client_host_is_path(o.host) ? "unix" : "tcp", o.conns,
+                   o.pipeline, o.value_len, ctx.keyspace, o.threads, r.requests, r.errors,
+                   r.not_found, r.seconds, r.rps);
             if (ctx.kind == B_MGET)
                 printf(",\"keys_per_s\":%.0f", r.rps * MGET_KEYS);
             printf(",\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
