@@ -226,8 +226,7 @@ static void test_unix_redis_cli_and_client_list(void)
 static void test_unix_both_protocols_detected(void)
 {
     static const char *const no_resp[] = {"--no-resp", NULL};
-    struct kv_frame f = {.version = KV_FRAME_VERSION, .opcode = 0, .request_id = 77,
-                         .body_len = 4};
+    struct kv_frame f = {.version = KV_FRAME_VERSION, .opcode = 0, .request_id = 77, .body_len = 4};
     struct kv_frame r;
     struct kv_test_server s;
     uint8_t req[KV_FRAME_OVERHEAD + 4];
@@ -419,7 +418,8 @@ static void test_unix_counts_against_max_conns(void)
     CU_ASSERT_FATAL(fd >= 0);
     n = exchange(fd, NULL, 0, out, sizeof(out), sizeof(out), &closed);
     CU_ASSERT_EQUAL(closed, 1);
-    CU_ASSERT_EQUAL(kv_frame_decode((const uint8_t *)out, n, 64, 1, &r), (ssize_t)KV_FRAME_OVERHEAD);
+    CU_ASSERT_EQUAL(kv_frame_decode((const uint8_t *)out, n, 64, 1, &r),
+                    (ssize_t)KV_FRAME_OVERHEAD);
     CU_ASSERT_EQUAL(r.status, KV_ST_BUSY);
     close(fd);
     kv_client_close(b);
@@ -446,7 +446,10 @@ static void test_unix_bad_options(void)
         "--unix /tmp/x.sock --unix-perm 0999",
         "--unix /tmp/x.sock --unix-perm rw",
         "--unix ''",
-        "--unix /tmp/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "--unix "
+        "/tmp/"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaa",
     };
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

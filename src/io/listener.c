@@ -4,10 +4,10 @@
  * of --unix (either may be absent). Each accepted fd is made non-blocking
  * (TCP: with TCP_NODELAY; unix: its peer's pid and uid read with
  * SO_PEERCRED) and written into the pipe of the next IO thread,
- * round-robin. Both transports count against --max-conns. Above --max-conns a connection is answered BUSY and
- * closed. When accept fails for lack of descriptors (EMFILE/ENFILE) the
- * watcher is paused for a moment instead of spinning on a level-triggered
- * socket that stays readable. */
+ * round-robin. Both transports count against --max-conns: above it a
+ * connection is answered BUSY and closed. When accept fails for lack of
+ * descriptors (EMFILE/ENFILE) the watchers are paused for a moment instead
+ * of spinning on a level-triggered socket that stays readable. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>

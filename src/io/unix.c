@@ -56,21 +56,27 @@ int kv_io_unix_open(struct kv_io *io, char *err, size_t errcap)
         if (lstat(path, &st) != 0)
             goto err_close;
         if (!S_ISSOCK(st.st_mode)) {
-            snprintf(err, errcap, "cannot listen on %s: it exists and is not a socket; "
-                     "not touching it", path);
+            snprintf(err, errcap,
+                     "cannot listen on %s: it exists and is not a socket; "
+                     "not touching it",
+                     path);
             close(fd);
             return KV_EEXISTS;
         }
         live = someone_listens(&sa);
         if (live == 1) {
-            snprintf(err, errcap, "cannot listen on %s: another server is listening on it "
-                     "(stop it, or choose another --unix path)", path);
+            snprintf(err, errcap,
+                     "cannot listen on %s: another server is listening on it "
+                     "(stop it, or choose another --unix path)",
+                     path);
             close(fd);
             return KV_ELOCKED;
         }
         if (live < 0) {
-            snprintf(err, errcap, "cannot listen on %s: cannot tell whether a server "
-                     "listens on it: %s", path, strerror(-live));
+            snprintf(err, errcap,
+                     "cannot listen on %s: cannot tell whether a server "
+                     "listens on it: %s",
+                     path, strerror(-live));
             close(fd);
             return KV_EIO;
         }
