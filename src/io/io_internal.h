@@ -102,7 +102,6 @@ struct kv_io_conn {                  /* io-thread only */
     size_t out_bytes;                /* pending output bytes (queued + laid out) */
     unsigned inflight;               /* requests with the workers */
     struct kv_session session;       /* shared with handlers (atomics) */
-    struct kv_io_peer peer;          /* listed from conn_new to conn_close */
     struct kv_io_conn *prev, *next;  /* thread's connection list */
     struct kv_io_conn *flush_next;   /* io-thread only: on the to-flush list */
     uint8_t reading;                 /* read watcher active */
@@ -114,6 +113,7 @@ struct kv_io_conn {                  /* io-thread only */
     size_t inflight_bytes;           /* frame bytes of the requests with the workers */
     ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
     ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
+    struct kv_io_peer peer;          /* last (cold): listed from conn_new to conn_close */
 };
 
 struct kv_io_thread {
