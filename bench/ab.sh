@@ -27,22 +27,45 @@ cleanup() {
     rm -f "/dev/shm/ab-a-$$" "/dev/shm/ab-b-$$"
 }
 trap cleanup EXIT
+# two ports nobody listens on (fixed ones collided with other runs on a
+# shared machine), below the ephemeral range the clients' sockets use
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_port() {
+    local p lo
+    lo=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range)
+    while :; do
+        p=$((10000 + RANDOM % (lo - 10000)))
+        port_free $p && [[ $p != "${porta:-}" ]] && { echo $p; return; }
+    done
+}
+wait_port() { # PORT PID: until it accepts (a 512m segment takes a while on a busy machine)
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "ab.sh: the server on port $1 did not start" >&2
+    exit 1
+}
+porta=$(pick_port)
+portb=$(pick_port)
 # shellcheck disable=SC2086
-"$A" --bind 127.0.0.1 --port 17101 --shm-name "/ab-a-$$" --memory 512m --log-level warn ${AARGS:-} >/dev/null 2>&1 &
+"$A" --bind 127.0.0.1 --port "$porta" --shm-name "/ab-a-$$" --memory 512m --log-level warn ${AARGS:-} >/dev/null 2>&1 &
 pa=$!
 # shellcheck disable=SC2086
-"$B" --bind 127.0.0.1 --port 17102 --shm-name "/ab-b-$$" --memory 512m --log-level warn ${BARGS:-} >/dev/null 2>&1 &
+"$B" --bind 127.0.0.1 --port "$portb" --shm-name "/ab-b-$$" --memory 512m --log-level warn ${BARGS:-} >/dev/null 2>&1 &
 pb=$!
-sleep 0.5
-./bin/kvclient -p 17101 bench -t get -c 1 -n 1 -d 100 -r 100000 >/dev/null
-./bin/kvclient -p 17102 bench -t get -c 1 -n 1 -d 100 -r 100000 >/dev/null
+wait_port "$porta" $pa
+wait_port "$portb" $pb
+./bin/kvclient -p "$porta" bench -t get -c 1 -n 1 -d 100 -r 100000 >/dev/null
+./bin/kvclient -p "$portb" bench -t get -c 1 -n 1 -d 100 -r 100000 >/dev/null
 cpu() { awk '{sub(/.*\) /, ""); print $12+$13}' "/proc/$1/stat"; }
 for w in "$@"; do
     for i in $(seq "$rounds"); do
         order="a b"
         ((i % 2)) || order="b a"
         for s in $order; do
-            if [[ $s == a ]]; then p=17101 pid=$pa; else p=17102 pid=$pb; fi
+            if [[ $s == a ]]; then p=$porta pid=$pa; else p=$portb pid=$pb; fi
             c0=$(cpu "$pid")
             # shellcheck disable=SC2086
             j=$(./bin/kvclient -p $p bench $w -d 100 -r 100000 --seconds "$secs" --no-populate --json)

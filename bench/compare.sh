@@ -5,6 +5,7 @@
 # interleaved, medians printed as one table.
 #
 #   bench/compare.sh [--quick] [--runs N] [--seconds S] [--build] [--rows LIST]
+#                    [--unix yes|no] [--huge yes|no|auto] [--nice N]
 #
 #   --quick     1 run of 1 s per cell (a smoke test, not a measurement)
 #   --runs N    runs per cell, interleaved (default 3); the median is shown
@@ -22,6 +23,11 @@
 #               root): on a machine shared with other jobs, the measured
 #               processes then take precedence; the CPU line below tells how
 #               much the others still got
+#   --unix yes|no
+#               also measure over unix-domain sockets (default yes): libevkv
+#               (--unix, the same server as its TCP rows), redis
+#               (--unixsocket) and echo_server (-s), each in a private
+#               directory under /tmp
 #   env LIBEVKV_ARGS   extra libevkv options (e.g. "--workers 0")
 #
 # Systems, each on loopback on a private port (127.0.0.1, chosen free):
@@ -37,6 +43,10 @@
 #   memcached-t2  the same with -t 2
 #   echo-*        ./bin/echo_server -d 100, in each protocol (see its header):
 #                 answers of the real sizes, nothing stored
+#   *-unix*       with --unix yes: the same servers over their unix sockets
+#                 (libevkv-unix binary, libevkv-unix-resp, redis-unix,
+#                 echo-unix-binary, echo-unix-resp); memcached is not run
+#                 over one (its -s turns TCP off: it would be two more servers)
 # Workloads (all -d 100 -r 100000; keys populated once per system first):
 #   get1/set1    -c 50 -P 1      get16/set16  -c 50 -P 16
 #   lat          GET -c 1 -P 1   mget         MGET of 10 keys, -c 50 -P 1
@@ -51,6 +61,7 @@ build=0
 rows_sel=get1,set1,get16,set16,lat,mget
 prio=()
 huge=auto
+unix=yes
 while (($#)); do
     case $1 in
     --quick) runs=1 secs=1 ;;
@@ -60,6 +71,7 @@ while (($#)); do
     --rows) rows_sel=$2; shift ;;
     --nice) prio=(nice -n "$2"); shift ;;
     --huge) huge=$2; shift ;;
+    --unix) unix=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -100,6 +112,16 @@ pick_port() {
         port_free $p && [[ " ${port[*]:-} " != *" $p "* ]] && { echo $p; return; }
     done
 }
+wait_sock() { # PATH PID NAME
+    for _ in $(seq 100); do
+        [[ -S $1 ]] && return 0
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "compare.sh: $3 did not create its unix socket $1; its log:" >&2
+    cat "$tmp/$3.log" >&2
+    exit 1
+}
 wait_port() { # PORT PID NAME
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -112,13 +134,14 @@ wait_port() { # PORT PID NAME
 }
 
 # ---- servers -----------------------------------------------------------------------
-declare -A port
+declare -A port sockpath
 start() { # NAME CMD...
     local name=$1
     shift
     "${prio[@]}" "$@" >"$tmp/$name.log" 2>&1 &
     pids+=($!)
     wait_port "${port[$name]}" $! "$name"
+    [[ -z ${sockpath[$name]:-} ]] || wait_sock "${sockpath[$name]}" $! "$name"
 }
 [[ $huge == auto ]] && { [[ $(id -u) == 0 ]] && huge=yes || huge=no; }
 store=(--shm-name "$shm")
@@ -133,32 +156,46 @@ if [[ $huge == yes ]]; then
     fi
 fi
 for s in libevkv libevkv4k redis mc1 mc2 echo; do port[$s]=$(pick_port); done
+kvunix=() redisunix=() echounix=()
+if [[ $unix == yes ]]; then
+    for s in libevkv redis echo; do sockpath[$s]=$tmp/$s.sock; done
+    kvunix=(--unix "${sockpath[libevkv]}")
+    redisunix=(--unixsocket "${sockpath[redis]}" --unixsocketperm 700)
+    echounix=(-s "${sockpath[echo]}")
+fi
 # shellcheck disable=SC2086
 start libevkv ./bin/libevkv --bind 127.0.0.1 --port "${port[libevkv]}" "${store[@]}" \
-    --memory 512m --log-level warn ${LIBEVKV_ARGS:-}
+    --memory 512m --log-level warn "${kvunix[@]}" ${LIBEVKV_ARGS:-}
 if [[ $huge == yes ]]; then
     # shellcheck disable=SC2086
     start libevkv4k ./bin/libevkv --bind 127.0.0.1 --port "${port[libevkv4k]}" \
         --shm-name "$shm-4k" --memory 512m --log-level warn ${LIBEVKV_ARGS:-}
 fi
 start redis redis-server --bind 127.0.0.1 --port "${port[redis]}" --save '' --appendonly no \
-    --daemonize no --protected-mode no --io-threads 1
+    --daemonize no --protected-mode no --io-threads 1 "${redisunix[@]}"
 mcuser=()
 [[ $(id -u) == 0 ]] && mcuser=(-u nobody)
 start mc1 memcached "${mcuser[@]}" -l 127.0.0.1 -p "${port[mc1]}" -U 0 -t 1 -m 512 -c 4096
 start mc2 memcached "${mcuser[@]}" -l 127.0.0.1 -p "${port[mc2]}" -U 0 -t 2 -m 512 -c 4096
-start echo ./bin/echo_server -p "${port[echo]}" -d 100
+start echo ./bin/echo_server -p "${port[echo]}" -d 100 "${echounix[@]}"
 
 # system -> "server-port protocol"
 systems=(libevkv libevkv-resp redis memcached-t1 memcached-t2 echo-binary echo-resp echo-memcache)
 [[ $huge == yes ]] && systems=(libevkv libevkv-4k "${systems[@]:1}")
+[[ $unix == yes ]] && systems+=(libevkv-unix libevkv-unix-resp redis-unix echo-unix-binary echo-unix-resp)
 declare -A sport sproto
 sport=([libevkv]=${port[libevkv]} [libevkv-resp]=${port[libevkv]} [libevkv-4k]=${port[libevkv4k]:-0}
     [redis]=${port[redis]}
     [memcached-t1]=${port[mc1]} [memcached-t2]=${port[mc2]} [echo-binary]=${port[echo]}
     [echo-resp]=${port[echo]} [echo-memcache]=${port[echo]})
 sproto=([libevkv]=binary [libevkv-resp]=resp [libevkv-4k]=binary [redis]=resp [memcached-t1]=memcache
-    [memcached-t2]=memcache [echo-binary]=binary [echo-resp]=resp [echo-memcache]=memcache)
+    [memcached-t2]=memcache [echo-binary]=binary [echo-resp]=resp [echo-memcache]=memcache
+    [libevkv-unix]=binary [libevkv-unix-resp]=resp [redis-unix]=resp [echo-unix-binary]=binary
+    [echo-unix-resp]=resp)
+# system -> unix socket path (the unix systems only)
+declare -A sunix=([libevkv-unix]=${sockpath[libevkv]:-} [libevkv-unix-resp]=${sockpath[libevkv]:-}
+    [redis-unix]=${sockpath[redis]:-} [echo-unix-binary]=${sockpath[echo]:-}
+    [echo-unix-resp]=${sockpath[echo]:-})
 # row -> kvclient bench arguments
 declare -A rowargs=([get1]="-t get -c 50 -P 1" [set1]="-t set -c 50 -P 1"
     [get16]="-t get -c 50 -P 16" [set16]="-t set -c 50 -P 16"
@@ -169,7 +206,9 @@ for r in "${rows[@]}"; do [[ -n ${rowargs[$r]:-} ]] || { echo "compare.sh: unkno
 bench() { # SYSTEM ARGS...
     local s=$1
     shift
-    "${prio[@]}" ./bin/kvclient -p "${sport[$s]}" bench --protocol "${sproto[$s]}" -d 100 -r 100000 "$@"
+    local where=(-p "${sport[$s]:-0}")
+    [[ -n ${sunix[$s]:-} ]] && where=(-s "${sunix[$s]}")
+    "${prio[@]}" ./bin/kvclient "${where[@]}" bench --protocol "${sproto[$s]}" -d 100 -r 100000 "$@"
 }
 
 # ---- the record --------------------------------------------------------------------------
@@ -184,6 +223,7 @@ else
     echo "# libevkv store on /dev/shm (4 KiB pages unless its tmpfs allows huge pages; see --huge)"
 fi
 echo "# $runs run(s) of ${secs} s per cell, interleaved${prio:+, under ${prio[*]}}; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+[[ $unix == yes ]] && echo "# unix rows: libevkv --unix (the same server as its TCP rows), redis --unixsocket, echo_server -s"
 
 # CPU accounting: jiffies the machine was busy, and jiffies of our own
 # processes (the servers, and every kvclient this shell has reaped)
@@ -239,7 +279,9 @@ res = [json.loads(l) for l in open(sys.argv[1])]
 rows = sys.argv[2:]
 names = {"get1": "GET -c50 -P1", "set1": "SET -c50 -P1", "get16": "GET -c50 -P16",
          "set16": "SET -c50 -P16", "lat": "GET -c1 -P1", "mget": "MGET10 -c50 -P1"}
-echo_of = {"binary": "echo-binary", "resp": "echo-resp", "memcache": "echo-memcache"}
+echo_of = {("binary", "tcp"): "echo-binary", ("resp", "tcp"): "echo-resp",
+           ("memcache", "tcp"): "echo-memcache", ("binary", "unix"): "echo-unix-binary",
+           ("resp", "unix"): "echo-unix-resp"}
 med = {}
 bad = {}
 for x in res:
@@ -250,28 +292,42 @@ for x in res:
 def m(row, sys_, f):
     v = [r[f] for r in med.get((row, sys_), [])]
     return st.median(v) if v else float("nan")
-print("%-15s %-14s %11s %9s %9s %8s %8s %8s %8s" % ("workload", "system", "req/s", "p50 us",
+print("%-15s %-18s %11s %9s %9s %8s %8s %8s %8s" % ("workload", "system", "req/s", "p50 us",
       "p99 us", "/libevkv", "/redis", "/mc best", "/echo"))
 for row in rows:
     mc = max(("memcached-t1", "memcached-t2"), key=lambda s: m(row, s, "rps"))
-    for s in ["libevkv", "libevkv-4k", "libevkv-resp", "redis", "memcached-t1", "memcached-t2",
-              "echo-binary", "echo-resp", "echo-memcache"]:
+    for s in ["libevkv", "libevkv-4k", "libevkv-resp", "libevkv-unix", "libevkv-unix-resp",
+              "redis", "redis-unix", "memcached-t1", "memcached-t2", "echo-binary", "echo-resp",
+              "echo-memcache", "echo-unix-binary", "echo-unix-resp"]:
         if (row, s) not in med:
             continue
         rps = m(row, s, "rps")
         proto = med[(row, s)][0]["protocol"]
-        ceiling = m(row, echo_of[proto], "rps")
+        transport = med[(row, s)][0].get("transport", "tcp")
+        ceiling = m(row, echo_of.get((proto, transport), "none"), "rps")
         flag = " *%d run(s) with errors/misses/failure" % bad[(row, s)] if (row, s) in bad else ""
-        print("%-15s %-14s %11.0f %9.1f %9.1f %8.2f %8.2f %8.2f %8.2f%s" % (
+        print("%-15s %-18s %11.0f %9.1f %9.1f %8.2f %8.2f %8.2f %8.2f%s" % (
             names[row], s, rps, m(row, s, "p50_us"), m(row, s, "p99_us"),
             rps / m(row, "libevkv", "rps"), rps / m(row, "redis", "rps"), rps / m(row, mc, "rps"),
             rps / ceiling, flag))
-    print("%-15s %-14s (best memcached thread setting in this row: %s)" % ("", "", mc))
+    print("%-15s %-18s (best memcached thread setting in this row: %s)" % ("", "", mc))
 print()
 print("ratios: /libevkv, /redis, /mc best = req/s over that system's median in the same row "
       "(mc best = the faster of memcached -t 1 / -t 2);")
-print("/echo = req/s over echo_server's median in the same row and the same protocol.")
+print("/echo = req/s over echo_server's median in the same row, protocol and transport.")
 print("MGET rows count requests of 10 keys: keys/s = 10 x req/s.")
+if any(k[1] == "libevkv-unix" for k in med):
+    print()
+    print("unix-domain socket rows (req/s ratios in the same row):")
+    print("%-15s %12s %12s %12s %12s %12s" % ("workload", "kv-unix/tcp", "kv-unix/r-unix",
+          "resp-u/r-unix", "r-unix/r-tcp", "kv-unix/echo-u"))
+    for row in rows:
+        ku, kt = m(row, "libevkv-unix", "rps"), m(row, "libevkv", "rps")
+        ru, rt = m(row, "redis-unix", "rps"), m(row, "redis", "rps")
+        kr = m(row, "libevkv-unix-resp", "rps")
+        eu = m(row, "echo-unix-binary", "rps")
+        print("%-15s %12.2f %12.2f %12.2f %12.2f %12.2f" % (names[row], ku / kt, ku / ru, kr / ru,
+              ru / rt, ku / eu))
 def tgt(ok, text):
     print("  [%s] %s" % ("ok" if ok else "MISS", text))
 for kvs in ("libevkv", "libevkv-4k"):

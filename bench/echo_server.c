@@ -4,8 +4,10 @@
  * comparison measures what no key-value server over TCP can pass on this
  * machine with the same message sizes.
  *
- *   echo_server [-b ADDR] [-p PORT] [-d BYTES]
+ *   echo_server [-b ADDR] [-p PORT] [-s PATH] [-d BYTES]
  *
+ * -s also listens on a unix-domain socket at PATH (removed first, and at
+ * SIGTERM/SIGINT): the ceiling of the unix rows.
  * -d is the value size of its GET answers (default 100: what `kvclient
  * bench -d 100` stores). The first byte of a connection picks the protocol,
  * as libevkv does:
@@ -35,12 +37,14 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "frame.h"
@@ -474,22 +478,51 @@ static int conn_read(struct econn *c)
 
 static void usage(FILE *f)
 {
-    fputs("usage: echo_server [-b ADDR] [-p PORT] [-d BYTES]\n"
+    fputs("usage: echo_server [-b ADDR] [-p PORT] [-s UNIX_PATH] [-d BYTES]\n"
           "  a storage-free server answering binary, RESP and memcache requests with\n"
           "  answers of the real size (GET values of BYTES, default 100); see the source\n",
           f);
+}
+
+static const char *unix_path;
+
+static void on_stop(int sig)
+{
+    if (unix_path)
+        unlink(unix_path);
+    _exit(0);
+}
+
+/* The listening sockets: TCP, and the unix one of -s (-1 = none). Their
+ * epoll data points at their slot, a connection's at its struct econn. */
+static int listeners[2] = {-1, -1};
+
+static int unix_listen(const char *path)
+{
+    struct sockaddr_un su = {.sun_family = AF_UNIX};
+    int fd;
+
+    if (strlen(path) >= sizeof(su.sun_path))
+        return -1;
+    memcpy(su.sun_path, path, strlen(path) + 1);
+    unlink(path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&su, sizeof(su)) != 0 || listen(fd, 1024) != 0)
+        return -1;
+    return fd;
 }
 
 int main(int argc, char **argv)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(17400)};
     const char *bind_addr = "127.0.0.1";
-    struct epoll_event evs[256], lev = {.events = EPOLLIN, .data.ptr = NULL};
+    struct epoll_event evs[256], lev = {.events = EPOLLIN, .data.ptr = &listeners[0]};
     int one = 1, lfd, ep, opt;
 
-    while ((opt = getopt(argc, argv, "b:p:d:h")) != -1) {
+    while ((opt = getopt(argc, argv, "b:p:s:d:h")) != -1) {
         switch (opt) {
         case 'b': bind_addr = optarg; break;
+        case 's': unix_path = optarg; break;
         case 'p': sa.sin_port = htons((uint16_t)atoi(optarg)); break;
         case 'd': vlen = (size_t)strtoul(optarg, NULL, 10); break;
         case 'h': usage(stdout); return 0;
@@ -510,8 +543,20 @@ int main(int argc, char **argv)
         perror("echo_server: listen");
         return 1;
     }
+    listeners[0] = lfd;
+    if (unix_path && (listeners[1] = unix_listen(unix_path)) < 0) {
+        perror("echo_server: listen on the unix socket");
+        return 1;
+    }
+    signal(SIGTERM, on_stop);
+    signal(SIGINT, on_stop);
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &lev) != 0) {
+        perror("echo_server: epoll");
+        return 1;
+    }
+    lev.data.ptr = &listeners[1];
+    if (unix_path && epoll_ctl(ep, EPOLL_CTL_ADD, listeners[1], &lev) != 0) {
         perror("echo_server: epoll");
         return 1;
     }
@@ -526,9 +571,10 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < n; i++) {
             struct econn *c = evs[i].data.ptr;
+            int *lp = evs[i].data.ptr;
 
-            if (!c) {
-                int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (lp == &listeners[0] || lp == &listeners[1]) {
+                int fd = accept4(*lp, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 struct epoll_event e = {.events = EPOLLIN};
 
                 if (fd < 0)
@@ -538,7 +584,8 @@ int main(int argc, char **argv)
                     close(fd);
                     continue;
                 }
-                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                if (lp == &listeners[0])
+                    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
                 c->fd = fd;
                 c->events = EPOLLIN;
                 e.data.ptr = c;

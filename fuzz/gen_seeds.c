@@ -205,7 +205,7 @@ static int hexval(int c)
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* The vectors of /work/shared/frame-vectors.txt (PROTOCOL.md's test vectors). */
+/* The vectors of docs/frame-vectors.txt (docs/PROTOCOL.md's test vectors). */
 static const char *const vectors[] = {
     "cb4b56310100000001000000000000000300000000000000616263ef5532a3",
     "cb4b56310100000000000000000000000000000000000000a88ff806",

@@ -32,6 +32,7 @@ static struct kv_test_server srv, srv_auth;
 static char bindir[PATH_MAX - 32];
 static pid_t echo_pid = -1;
 static uint16_t echo_port;
+static char echo_unix[108];
 
 static int wait_port(uint16_t port)
 {
@@ -63,6 +64,12 @@ static int suite_init(void)
     *strrchr(bindir, '/') = '\0';
     memset(&srv, 0, sizeof(srv));
     memset(&srv_auth, 0, sizeof(srv_auth));
+    /* srv listens on a unix socket too, and srv_auth on one of its own */
+    snprintf(srv.unix_path, sizeof(srv.unix_path), "/tmp/libevkv-test-%d-bench.sock",
+             (int)getpid());
+    snprintf(srv_auth.unix_path, sizeof(srv_auth.unix_path), "/tmp/libevkv-test-%d-bencha.sock",
+             (int)getpid());
+    snprintf(echo_unix, sizeof(echo_unix), "/tmp/libevkv-test-%d-echo.sock", (int)getpid());
     if (kv_test_server_start(&srv, NULL) != 0 || kv_test_server_start(&srv_auth, auth_args) != 0)
         return -1;
     echo_port = kv_test_free_port();
@@ -71,7 +78,7 @@ static int suite_init(void)
     echo_pid = fork();
     if (echo_pid == 0) {
         freopen("/dev/null", "w", stderr);
-        execl(path, path, "-p", port, "-d", "100", (char *)NULL);
+        execl(path, path, "-p", port, "-s", echo_unix, "-d", "100", (char *)NULL);
         _exit(127);
     }
     return echo_pid > 0 && wait_port(echo_port) == 0 ? 0 : -1;
@@ -354,6 +361,43 @@ static void test_bench_kvclient_resp_against_libevkv(void)
     expect_clean(srv.port, "resp", "-t ping,set,get,mget,mixed -n 2000", 5, 0);
 }
 
+/* -s PATH: the same engine over the unix socket, and the JSON says so */
+static void test_bench_kvclient_over_unix_socket(void)
+{
+    char extra[256], lines[8][1024];
+    int n = 0;
+
+    snprintf(extra, sizeof(extra), "-s %s -t ping,set,get,mget,mixed -n 2000", srv.unix_path);
+    expect_clean(srv.port, "binary", extra, 5, 0);
+    expect_clean(srv.port, "resp", extra, 5, 0);
+    snprintf(extra, sizeof(extra), "-s %s -t ping,set,get,mget -n 2000", echo_unix);
+    expect_clean(echo_port, "binary", extra, 4, 0);
+    expect_clean(echo_port, "resp", extra, 4, 0);
+    snprintf(extra, sizeof(extra), "-s %s -t get -c 2 -n 100", srv.unix_path);
+    CU_ASSERT_EQUAL(run_bench(srv.port, extra, lines, 8, &n), 0);
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(lines[0], "\"transport\":\"unix\""));
+    CU_ASSERT_EQUAL(run_bench(srv.port, "-t get -c 2 -n 100", lines, 8, &n), 0);
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(lines[0], "\"transport\":\"tcp\""));
+    /* AUTH over the unix socket: without -a every GET is an error, with it clean */
+    snprintf(extra, sizeof(extra), "-s %s -t get -c 2 -n 100 --no-populate", srv_auth.unix_path);
+    CU_ASSERT_EQUAL(run_bench(srv_auth.port, extra, lines, 8, &n), 2);
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    CU_ASSERT_EQUAL(json_u64(lines[0], "errors"), 100);
+    {
+        char cmd[PATH_MAX + 512];
+
+        snprintf(cmd, sizeof(cmd),
+                 "%s/kvclient -a pw -s %s bench -t set,get -c 2 -n 100 --json >/dev/null 2>&1",
+                 bindir, srv_auth.unix_path);
+        CU_ASSERT_EQUAL(system(cmd), 0);
+    }
+    /* a path nobody listens on fails, exit 2 */
+    CU_ASSERT_EQUAL(run_bench(srv.port, "-s /tmp/libevkv-no-such.sock -t get -n 10", lines, 8, &n),
+                    2);
+}
+
 static void test_bench_kvclient_seconds_bounds_the_run(void)
 {
     char lines[8][1024];
@@ -450,6 +494,7 @@ int main(void)
                 test_bench_kvclient_binary_against_libevkv);
     CU_add_test(s, "test_bench_kvclient_resp_against_libevkv",
                 test_bench_kvclient_resp_against_libevkv);
+    CU_add_test(s, "test_bench_kvclient_over_unix_socket", test_bench_kvclient_over_unix_socket);
     CU_add_test(s, "test_bench_kvclient_seconds_bounds_the_run",
                 test_bench_kvclient_seconds_bounds_the_run);
     CU_add_test(s, "test_bench_kvclient_counts_errors", test_bench_kvclient_counts_errors);

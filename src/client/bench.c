@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -623,13 +624,42 @@ static int sock_auth(int fd, const struct kv_bench_opts *o)
     return rc != 0 ? rc : errors ? KV_ESTATUS : 0;
 }
 
-/* A blocking, connected TCP_NODELAY socket, authenticated when asked. */
+/* A blocking, connected unix-domain socket (o->host is its path). */
+static int sock_open_unix(const struct kv_bench_opts *o, int *out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd;
+
+    if (strlen(o->host) >= sizeof(sa.sun_path))
+        return KV_EINVAL;
+    memcpy(sa.sun_path, o->host, strlen(o->host) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return KV_EIO;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return KV_EIO;
+    }
+    *out = fd;
+    return 0;
+}
+
+/* A blocking, connected TCP_NODELAY socket (or unix-domain, when o->host is
+ * a path), authenticated when asked. */
 static int sock_open(const struct kv_bench_opts *o, int *out)
 {
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai = NULL;
     char port[8];
     int one = 1, fd, rc;
 
+    if (kv_client_host_is_path(o->host)) {
+        rc = sock_open_unix(o, &fd);
+        if (rc == 0 && o->password && (rc = sock_auth(fd, o)) != 0)
+            close(fd);
+        if (rc == 0)
+            *out = fd;
+        return rc;
+    }
     snprintf(port, sizeof(port), "%u", o->port);
     if (getaddrinfo(o->host, port, &hints, &ai) != 0 || !ai)
         return KV_EINVAL;

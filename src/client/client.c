@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <fcntl.h>
 
@@ -47,36 +48,31 @@ static int wait_fd(int fd, short ev, int timeout_ms)
     return n < 0 ? KV_EIO : 0;
 }
 
-int kv_client_connect(const char *host, uint16_t port, int timeout_ms, struct kv_client **out)
+/* Connects fd to sa within timeout_ms; 0, or KV_ETIMEDOUT / KV_EIO (errno). */
+static int connect_within(int fd, const struct sockaddr *sa, socklen_t salen, int timeout_ms)
 {
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai = NULL;
-    struct kv_client *c;
-    char portstr[8];
-    int fd, rc, one = 1, soerr = 0;
+    int rc = connect(fd, sa, salen), soerr = 0;
     socklen_t sl = sizeof(soerr);
 
-    snprintf(portstr, sizeof(portstr), "%u", port);
-    if (getaddrinfo(host, portstr, &hints, &ai) != 0 || !ai)
-        return KV_EINVAL;
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        freeaddrinfo(ai);
+    if (rc == 0)
+        return 0;
+    if (errno != EINPROGRESS) /* a unix socket's full backlog (EAGAIN) fails at once */
+        return KV_EIO;
+    rc = wait_fd(fd, POLLOUT, timeout_ms);
+    if (rc != 0)
+        return rc;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr) {
+        if (soerr)
+            errno = soerr;
         return KV_EIO;
     }
-    rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
-    freeaddrinfo(ai);
-    if (rc != 0 && errno != EINPROGRESS)
-        goto err_close;
-    if (rc != 0) {
-        rc = wait_fd(fd, POLLOUT, timeout_ms);
-        if (rc != 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr) {
-            if (soerr)
-                errno = soerr;
-            goto err_close;
-        }
-    }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c = kv_mem_calloc(KV_MOD_CLIENT, sizeof(*c));
+    return 0;
+}
+
+static int client_new(int fd, int timeout_ms, struct kv_client **out)
+{
+    struct kv_client *c = kv_mem_calloc(KV_MOD_CLIENT, sizeof(*c));
+
     if (!c) {
         close(fd);
         return KV_ENOMEM;
@@ -87,10 +83,62 @@ int kv_client_connect(const char *host, uint16_t port, int timeout_ms, struct kv
     c->last_status = -1;
     *out = c;
     return 0;
+}
 
-err_close:
-    close(fd);
-    return rc == KV_ETIMEDOUT ? KV_ETIMEDOUT : KV_EIO;
+bool kv_client_host_is_path(const char *host)
+{
+    return host && strchr(host, '/') != NULL;
+}
+
+int kv_client_connect_unix(const char *path, int timeout_ms, struct kv_client **out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd, rc;
+
+    if (!path || !path[0] || strlen(path) >= sizeof(sa.sun_path))
+        return KV_EINVAL;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return KV_EIO;
+    rc = connect_within(fd, (struct sockaddr *)&sa, sizeof(sa), timeout_ms);
+    if (rc != 0) {
+        int e = errno;
+
+        close(fd);
+        errno = e;
+        return rc;
+    }
+    return client_new(fd, timeout_ms, out);
+}
+
+int kv_client_connect(const char *host, uint16_t port, int timeout_ms, struct kv_client **out)
+{
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    char portstr[8];
+    int fd, rc, one = 1;
+
+    if (kv_client_host_is_path(host))
+        return kv_client_connect_unix(host, timeout_ms, out);
+    snprintf(portstr, sizeof(portstr), "%u", port);
+    if (getaddrinfo(host, portstr, &hints, &ai) != 0 || !ai)
+        return KV_EINVAL;
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        freeaddrinfo(ai);
+        return KV_EIO;
+    }
+    rc = connect_within(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms);
+    freeaddrinfo(ai);
+    if (rc != 0) {
+        int e = errno;
+
+        close(fd);
+        errno = e;
+        return rc;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return client_new(fd, timeout_ms, out);
 }
 
 void kv_client_close(struct kv_client *c)

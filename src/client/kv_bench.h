@@ -49,7 +49,8 @@ struct kv_bench_req {
 typedef void (*kv_bench_pick_fn)(void *ctx, uint64_t seq, struct kv_bench_req *req);
 
 struct kv_bench_opts {
-    const char *host;
+    const char *host;     /* IPv4 address or name; a path (contains '/'):
+                             the unix-domain socket there, port ignored */
     uint16_t port;
     enum kv_bench_proto proto;
     const char *password; /* borrowed; non-NULL: each connection sends AUTH first

@@ -1,9 +1,9 @@
 /* src/client/kv_client.h -- the libevkv C client library.
  *
- * A blocking client over one TCP connection speaking PROTOCOL.md frames:
- * connect with a timeout, synchronous calls for every opcode, and a
- * pipelined interface (queue many requests, flush once, receive responses by
- * request_id). It never aborts the caller: every action returns 0 or a
+ * A blocking client over one TCP or unix-domain connection speaking the
+ * frames of docs/PROTOCOL.md: connect with a timeout, synchronous calls for
+ * every opcode, and a pipelined interface (queue many requests, flush
+ * once, receive responses by request_id). It never aborts the caller: every action returns 0 or a
  * negative KV_E* code (kv_err.h). Not thread-safe: one client per thread.
  *
  * Results of the typed calls:
@@ -72,8 +72,14 @@ struct kv_response {
 };
 
 /* Connects to host:port (IPv4 address or name) within timeout_ms, which
- * also becomes the timeout of every later send and receive (0 = none). */
+ * also becomes the timeout of every later send and receive (0 = none). A
+ * host containing '/' is the path of a unix-domain socket (--unix) and
+ * port is ignored: kv_client_connect_unix(). */
 int kv_client_connect(const char *host, uint16_t port, int timeout_ms, struct kv_client **out);
+/* Connects to the server's unix-domain socket at path (at most 107 bytes). */
+int kv_client_connect_unix(const char *path, int timeout_ms, struct kv_client **out);
+/* true when host names a unix socket path (contains '/'). */
+bool kv_client_host_is_path(const char *host);
 void kv_client_close(struct kv_client *c);
 int kv_client_fd(const struct kv_client *c);
 

@@ -31,7 +31,8 @@ struct global {
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvclient [-h HOST] [-p PORT] [-a PASSWORD] [-t TIMEOUT_MS] COMMAND [ARGS]\n"
+    fputs("usage: kvclient [-h HOST] [-p PORT | -s SOCKET] [-a PASSWORD] [-t TIMEOUT_MS]\n"
+          "                COMMAND [ARGS]\n"
           "commands:\n"
           "  ping [PAYLOAD]                 round trip; prints the echo and the time\n"
           "  get KEY                        prints the value (raw bytes)\n"
@@ -53,13 +54,14 @@ static void usage(FILE *f)
           "                                 'N passed, N failed' (exit 1 if any failed)\n"
           "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS | --seconds S]\n"
           "        [-P PIPELINE] [-d BYTES] [-r KEYSPACE] [--ratio SET:GET] [--threads N]\n"
-          "        [--protocol binary|resp|memcache] [--no-populate] [--json]\n"
+          "        [--protocol binary|resp|memcache] [-s SOCKET] [--no-populate] [--json]\n"
           "                                 load test: requests/s, latency percentiles;\n"
           "                                 resp drives Redis or libevkv's RESP side,\n"
           "                                 memcache drives memcached (mg/set/mn; an mget\n"
           "                                 is 10 pipelined mg, counted as one request)\n"
           "A VALUE of '-' is read from stdin (binary-safe); put '--' before a KEY or\n"
           "VALUE that begins with '--'. -a sends AUTH before the command.\n"
+          "-s PATH connects to the server's unix-domain socket (--unix PATH) instead.\n"
           "defaults: -h 127.0.0.1 -p 7379 -t 5000\n"
           "exit codes: 0 OK, 1 NOT_FOUND (or EXISTS false), 2 any other error\n",
           f);
@@ -231,6 +233,21 @@ static int parse_args(const char *cmd, int argc, char **argv, const char *const 
         }
     }
     return p->npos;
+}
+
+/* The client library takes a host with a '/' for a unix socket path: -s
+ * makes a bare file name one ("./kv.sock"); -h passes the host through. */
+static const char *unix_path_arg(const char *opt, const char *v)
+{
+    static char buf[4][128];
+    static int next;
+    char *b;
+
+    if (strcmp(opt, "-s") != 0 || strchr(v, '/') || strlen(v) + 3 > sizeof(buf[0]))
+        return v;
+    b = buf[next++ % 4];
+    snprintf(b, sizeof(buf[0]), "./%s", v);
+    return b;
 }
 
 static int connect_cmd(const struct global *g, struct kv_client **c)
@@ -570,14 +587,15 @@ static int cmd_test(const struct global *g, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--allow-flush") == 0)
             o.allow_flush = true;
-        else if (i + 1 < argc && strcmp(argv[i], "-h") == 0)
-            o.host = argv[++i];
+        else if (i + 1 < argc && (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "-s") == 0))
+            o.host = unix_path_arg(argv[i], argv[i + 1]), i++;
         else if (i + 1 < argc && strcmp(argv[i], "-p") == 0)
             o.port = (uint16_t)strtoul(argv[++i], NULL, 10);
         else if (i + 1 < argc && strcmp(argv[i], "-a") == 0)
             o.password = argv[++i];
         else
-            return bad_arg("test", "usage: test [-h HOST] [-p PORT] [-a PASSWORD] [--allow-flush]");
+            return bad_arg("test", "usage: test [-h HOST] [-p PORT | -s SOCKET] [-a PASSWORD] "
+                                   "[--allow-flush]");
     }
     rc = kv_selftest_run(&o, &passed, &failed);
     if (rc != 0)
@@ -665,6 +683,10 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
         i++;
         if (strcmp(a, "-t") == 0) {
             tests = v;
+            continue;
+        }
+        if (strcmp(a, "-s") == 0) {
+            o.host = unix_path_arg(a, v);
             continue;
         }
         if (strcmp(a, "--protocol") == 0) {
@@ -768,12 +790,13 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
             break;
         }
         if (json) {
-            printf("{\"test\":\"%s\",\"protocol\":\"%s\",\"conns\":%u,\"pipeline\":%u,"
-                   "\"data\":%zu,\"keyspace\":%" PRIu64 ",\"threads\":%u,\"requests\":%" PRIu64
-                   ",\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64 ",\"seconds\":%.3f,"
-                   "\"rps\":%.0f",
-                   tok, protos[o.proto], o.conns, o.pipeline, o.value_len, ctx.keyspace, o.threads,
-                   r.requests, r.errors, r.not_found, r.seconds, r.rps);
+            printf("{\"test\":\"%s\",\"protocol\":\"%s\",\"transport\":\"%s\",\"conns\":%u,"
+                   "\"pipeline\":%u,\"data\":%zu,\"keyspace\":%" PRIu64 ",\"threads\":%u,"
+                   "\"requests\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64
+                   ",\"seconds\":%.3f,\"rps\":%.0f",
+                   tok, protos[o.proto], kv_client_host_is_path(o.host) ? "unix" : "tcp", o.conns,
+                   o.pipeline, o.value_len, ctx.keyspace, o.threads, r.requests, r.errors,
+                   r.not_found, r.seconds, r.rps);
             if (ctx.kind == B_MGET)
                 printf(",\"keys_per_s\":%.0f", r.rps * MGET_KEYS);
             printf(",\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
@@ -814,8 +837,8 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        if (strcmp(argv[i], "-h") == 0)
-            g.host = argv[++i];
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "-s") == 0)
+            g.host = unix_path_arg(argv[i], argv[i + 1]), i++;
         else if (strcmp(argv[i], "-p") == 0)
             g.port = (uint16_t)strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "-a") == 0)

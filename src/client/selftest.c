@@ -904,7 +904,12 @@ int kv_selftest_run(const struct kv_selftest_opts *o, unsigned *passed, unsigned
         return rc;
     snprintf(t.prefix, sizeof(t.prefix), "kvtest:%d:", (int)getpid());
     t.plen = strlen(t.prefix);
-    fprintf(o->out, "kvclient test against %s:%u, keys under \"%s\"\n", o->host, o->port, t.prefix);
+    if (kv_client_host_is_path(o->host))
+        fprintf(o->out, "kvclient test against unix socket %s, keys under \"%s\"\n", o->host,
+                t.prefix);
+    else
+        fprintf(o->out, "kvclient test against %s:%u, keys under \"%s\"\n", o->host, o->port,
+                t.prefix);
 
     test_ping(&t);
     test_auth(&t);

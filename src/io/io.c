@@ -146,6 +146,7 @@ static void conn_close(struct kv_io_conn *c)
         return;
     ev_io_stop(loop, &c->rw);
     ev_io_stop(loop, &c->ww);
+    kv_io_peer_remove(c->thr->io, &c->peer);
     close(c->fd);
     c->fd = -1;
     c->closed = 1;
@@ -177,9 +178,10 @@ static void conn_close(struct kv_io_conn *c)
     conn_mark_flush(c); /* conn_settle frees it once no request refers to it */
 }
 
-static void conn_new(struct kv_io_thread *thr, int fd)
+static void conn_new(struct kv_io_thread *thr, const struct kv_io_handoff *h)
 {
     struct kv_io_conn *c = kv_mem_calloc(KV_MOD_CONNECTION, sizeof(*c));
+    int fd = h->fd;
 
     if (!c) {
         kv_io_log(thr->io, 0, "out of memory for a connection; closing fd %d", fd);
@@ -197,6 +199,9 @@ static void conn_new(struct kv_io_thread *thr, int fd)
     if (thr->conns)
         thr->conns->prev = c;
     thr->conns = c;
+    c->peer.id = *h;
+    c->peer.thread = thr->index;
+    kv_io_peer_add(thr->io, &c->peer);
     ev_io_start(thr->loop, &c->rw);
     c->reading = 1;
 }
@@ -911,30 +916,32 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 static void on_pipe(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
-    int fds[64];
-    ssize_t n = read(thr->pipe_rd, fds, sizeof(fds));
+    struct kv_io_handoff hs[64];
+    ssize_t n = read(thr->pipe_rd, hs, sizeof(hs));
 
-    for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(int); i++) {
+    /* every write is one whole handoff (< PIPE_BUF, atomic), so a read
+     * returns whole ones */
+    for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(hs[0]); i++) {
         if (thr->stopping) {
-            close(fds[i]);
+            close(hs[i].fd);
             __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
             continue;
         }
-        conn_new(thr, fds[i]);
+        conn_new(thr, &hs[i]);
     }
 }
 
-void kv_io_thread_adopt(struct kv_io_thread *thr, int fd)
+void kv_io_thread_adopt(struct kv_io_thread *thr, const struct kv_io_handoff *h)
 {
     ssize_t n;
 
     do
-        n = write(thr->pipe_wr, &fd, sizeof(fd));
+        n = write(thr->pipe_wr, h, sizeof(*h));
     while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)sizeof(fd)) {
-        kv_io_log(thr->io, 0, "cannot hand fd %d to IO thread %u: %s", fd, thr->index,
+    if (n != (ssize_t)sizeof(*h)) {
+        kv_io_log(thr->io, 0, "cannot hand fd %d to IO thread %u: %s", h->fd, thr->index,
                   strerror(errno));
-        close(fd);
+        close(h->fd);
         __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
     }
 }
@@ -943,7 +950,7 @@ static void *thread_main(void *arg)
 {
     struct kv_io_thread *thr = arg;
     ev_prepare prep;
-    int fd;
+    struct kv_io_handoff h;
 
     current_thread = thr;
     ev_prepare_init(&prep, on_prepare);
@@ -952,8 +959,8 @@ static void *thread_main(void *arg)
     ev_run(thr->loop, 0);
     ev_prepare_stop(thr->loop, &prep);
     /* fds handed over after the last look at the pipe */
-    while (read(thr->pipe_rd, &fd, sizeof(fd)) == (ssize_t)sizeof(fd)) {
-        close(fd);
+    while (read(thr->pipe_rd, &h, sizeof(h)) == (ssize_t)sizeof(h)) {
+        close(h.fd);
         __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
     }
     kv_resp_argv_fini(&thr->argv);
@@ -1021,34 +1028,51 @@ static int thread_init(struct kv_io *io, struct kv_io_thread *thr, unsigned inde
 }
 
 int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *dispatch_ctx,
-                 const struct kv_io_textproto *text, struct kv_io **out)
+                 const struct kv_io_textproto *text, char *err, size_t errcap,
+                 struct kv_io **out)
 {
     struct kv_io *io = kv_mem_calloc(KV_MOD_THREAD, sizeof(*io));
     int rc;
 
-    if (!io)
+    if (errcap)
+        err[0] = '\0';
+    if (!io) {
+        snprintf(err, errcap, "out of memory");
         return KV_ENOMEM;
+    }
     io->cfg = cfg;
+    io->listen_fd = io->unix_fd = -1;
+    pthread_mutex_init(&io->peers_lock, NULL);
+    io->peers_lock_ok = 1;
     io->dispatch = dispatch;
     io->dispatch_ctx = dispatch_ctx;
     if (text && !cfg->resp_disabled)
         io->text = *text;
     io->nthreads = cfg->io_threads ? cfg->io_threads : 1;
-    io->listen_fd = listen_socket(cfg, &io->port);
-    if (io->listen_fd < 0) {
-        rc = io->listen_fd;
-        io->listen_fd = -1;
-        goto err_destroy;
+    if (!cfg->no_tcp) {
+        io->listen_fd = listen_socket(cfg, &io->port);
+        if (io->listen_fd < 0) {
+            rc = io->listen_fd;
+            io->listen_fd = -1;
+            snprintf(err, errcap, "cannot listen on %s:%u: %s", cfg->bind_addr, cfg->port,
+                     strerror(errno));
+            goto err_destroy;
+        }
     }
+    if (cfg->unix_path[0] && (rc = kv_io_unix_open(io, err, errcap)) != 0)
+        goto err_destroy;
     io->threads = kv_mem_calloc(KV_MOD_THREAD, io->nthreads * sizeof(*io->threads));
     if (!io->threads) {
         rc = KV_ENOMEM;
+        snprintf(err, errcap, "out of memory");
         goto err_destroy;
     }
     for (unsigned i = 0; i < io->nthreads; i++) {
         rc = thread_init(io, &io->threads[i], i);
-        if (rc != 0)
+        if (rc != 0) {
+            snprintf(err, errcap, "cannot prepare IO thread %u: %s", i, kv_strerror(rc));
             goto err_destroy;
+        }
     }
     *out = io;
     return 0;
@@ -1116,6 +1140,9 @@ void kv_io_destroy(struct kv_io *io)
     kv_mem_free(KV_MOD_THREAD, io->threads);
     if (io->listen_fd >= 0)
         close(io->listen_fd);
+    kv_io_unix_close(io);
+    if (io->peers_lock_ok)
+        pthread_mutex_destroy(&io->peers_lock);
     kv_mem_free(KV_MOD_THREAD, io);
 }
 

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "frame.h"
@@ -64,6 +65,29 @@ struct kv_io_obuf {
 
 enum { KV_PROTO_UNKNOWN, KV_PROTO_BINARY, KV_PROTO_TEXT };
 
+/* What the listener knows of an accepted connection; written whole (one
+ * atomic pipe write, < PIPE_BUF) into an IO thread's pipe. */
+struct kv_io_handoff {
+    int32_t fd;
+    int32_t pid;                     /* unix: SO_PEERCRED at connect time; else 0 */
+    uint32_t uid;                    /* unix: SO_PEERCRED; else 0 */
+    uint32_t addr;                   /* tcp: peer IPv4, network order */
+    uint16_t port;                   /* tcp: peer port, host order */
+    uint8_t transport;               /* KV_IO_TCP or KV_IO_UNIX */
+};
+
+/* One open connection in the registry behind CLIENT LIST and STATS.
+ * Embedded in its kv_io_conn; every field is written before it is added
+ * and not changed while it is listed. */
+struct kv_io_peer {
+    struct kv_io_handoff id;         /* ro while listed */
+    uint64_t serial;                 /* ro while listed: CLIENT LIST id */
+    int64_t since;                   /* ro while listed: CLOCK_MONOTONIC seconds */
+    unsigned thread;                 /* ro while listed: IO thread index */
+    struct kv_io_peer *prev, *next;  /* guarded by io->peers_lock */
+    uint8_t listed;                  /* io-thread only: on the registry */
+};
+
 struct kv_io_conn {                  /* io-thread only */
     ev_io rw;                        /* first: read watcher, always on while reading */
     ev_io ww;                        /* write watcher, on only while output is pending */
@@ -89,6 +113,7 @@ struct kv_io_conn {                  /* io-thread only */
     size_t inflight_bytes;           /* frame bytes of the requests with the workers */
     ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
     ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
+    struct kv_io_peer peer;          /* last (cold): listed from conn_new to conn_close */
 };
 
 struct kv_io_thread {
@@ -119,8 +144,15 @@ struct kv_io {
     kv_io_dispatch_fn dispatch;      /* ro after create */
     void *dispatch_ctx;              /* borrowed */
     struct kv_io_textproto text;     /* ro after create; text.command NULL = binary only */
-    int listen_fd;                   /* owned */
-    uint16_t port;                   /* ro after create */
+    int listen_fd;                   /* owned: TCP; -1 with --no-tcp */
+    uint16_t port;                   /* ro after create; 0 with --no-tcp */
+    int unix_fd;                     /* owned: unix-domain listener; -1 = none */
+    dev_t unix_dev;                  /* ro after create: the socket file we bound, */
+    ino_t unix_ino;                  /* removed at close only if still ours */
+    pthread_mutex_t peers_lock;      /* guards peers and next_serial */
+    struct kv_io_peer *peers;        /* guarded by peers_lock: open connections */
+    uint64_t next_serial;            /* guarded by peers_lock */
+    int peers_lock_ok;               /* peers_lock initialised */
     unsigned nthreads;               /* ro after create */
     struct kv_io_thread *threads;    /* owned (KV_MOD_THREAD) */
     unsigned next_thread;            /* listener thread only */
@@ -128,7 +160,8 @@ struct kv_io {
     /* listener */
     struct ev_loop *lloop;           /* owned */
     pthread_t ltid;
-    ev_io accept_w;
+    ev_io accept_w;                  /* TCP listener, when there is one */
+    ev_io accept_unix_w;             /* unix listener, when there is one */
     ev_timer backoff;                /* accept paused after EMFILE/ENFILE */
     ev_async lstop;
     int listener_started;
@@ -136,7 +169,13 @@ struct kv_io {
 
 int kv_io_listener_start(struct kv_io *io);
 void kv_io_listener_stop(struct kv_io *io);
-void kv_io_thread_adopt(struct kv_io_thread *thr, int fd);
+void kv_io_thread_adopt(struct kv_io_thread *thr, const struct kv_io_handoff *h);
+/* peers.c: the registry (any thread) */
+void kv_io_peer_add(struct kv_io *io, struct kv_io_peer *p);
+void kv_io_peer_remove(struct kv_io *io, struct kv_io_peer *p);
+/* unix.c: the unix-domain listening socket */
+int kv_io_unix_open(struct kv_io *io, char *err, size_t errcap);
+void kv_io_unix_close(struct kv_io *io);
 void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

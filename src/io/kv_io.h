@@ -54,12 +54,17 @@ struct kv_io_textproto {
  * must eventually hand every call to kv_io_complete(), from any thread. */
 typedef void (*kv_io_dispatch_fn)(void *ctx, struct kv_call *calls);
 
-/* Binds and listens on cfg->bind_addr:cfg->port (0 = any free port) and
- * prepares cfg->io_threads loops. text (copied; NULL = binary only) is the
- * text-protocol adapter, used unless cfg->resp_disabled. Returns KV_EIO
- * with errno set when the socket cannot be bound. */
+/* Binds and listens on cfg->bind_addr:cfg->port (0 = any free port; none
+ * with cfg->no_tcp) and on the unix-domain socket cfg->unix_path (if set),
+ * and prepares cfg->io_threads loops. text (copied; NULL = binary only) is
+ * the text-protocol adapter, used unless cfg->resp_disabled. On failure err
+ * says which socket and why: KV_EIO (errno set) when a socket cannot be
+ * bound, KV_ELOCKED when a live server already listens on unix_path,
+ * KV_EEXISTS when unix_path exists and is not a socket. A stale socket file
+ * (nobody listening) is replaced; the file is removed at destroy. */
 int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *dispatch_ctx,
-                 const struct kv_io_textproto *text, struct kv_io **out);
+                 const struct kv_io_textproto *text, char *err, size_t errcap,
+                 struct kv_io **out);
 /* Starts the IO threads and the listener thread. */
 int kv_io_start(struct kv_io *io);
 /* Graceful stop: stop accepting, stop reading, wait for every call with the
@@ -73,7 +78,21 @@ void kv_io_destroy(struct kv_io *io);
  * back to their IO thread. Thread-safe; one wake-up per call of this. */
 void kv_io_complete(void *origin, struct kv_call *calls);
 
-/* The port actually bound (useful with port 0). */
+/* The port actually bound (useful with port 0); 0 with cfg->no_tcp. */
 uint16_t kv_io_port(const struct kv_io *io);
+
+/* Transports of a connection. */
+enum { KV_IO_TCP = 0, KV_IO_UNIX = 1 };
+
+/* Open connections per transport, from the registry. Any thread. */
+void kv_io_peer_counts(struct kv_io *io, unsigned *tcp, unsigned *unx);
+/* Writes one line per open connection (newest first), Redis CLIENT LIST
+ * style: "id=N addr=A laddr=L fd=N name= age=S db=0 transport=tcp|unix"
+ * plus " pid=N uid=N" for a unix peer (SO_PEERCRED), "\n"-terminated.
+ * Only unix peers when unix_only; at most max lines, only whole lines that
+ * fit in cap (buf stays NUL-terminated when cap > 0). Returns the bytes
+ * written; *listed (may be NULL) gets the number of lines. Any thread. */
+size_t kv_io_peers_format(struct kv_io *io, int unix_only, unsigned max, char *buf, size_t cap,
+                          unsigned *listed);
 
 #endif

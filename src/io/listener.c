@@ -1,11 +1,13 @@
 /* src/io/listener.c -- the listener thread: accept, configure, hand over.
  *
- * One libev loop with the listening socket. Each accepted fd is made
- * non-blocking with TCP_NODELAY and written into the pipe of the next IO
- * thread, round-robin. Above --max-conns a connection is answered BUSY and
- * closed. When accept fails for lack of descriptors (EMFILE/ENFILE) the
- * watcher is paused for a moment instead of spinning on a level-triggered
- * socket that stays readable. */
+ * One libev loop with the listening sockets: TCP, and the unix-domain one
+ * of --unix (either may be absent). Each accepted fd is made non-blocking
+ * (TCP: with TCP_NODELAY; unix: its peer's pid and uid read with
+ * SO_PEERCRED) and written into the pipe of the next IO thread,
+ * round-robin. Both transports count against --max-conns: above it a
+ * connection is answered BUSY and closed. When accept fails for lack of
+ * descriptors (EMFILE/ENFILE) the watchers are paused for a moment instead
+ * of spinning on a level-triggered socket that stays readable. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -40,15 +42,23 @@ static void on_backoff(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct kv_io *io = w->data;
 
-    ev_io_start(loop, &io->accept_w);
+    if (io->listen_fd >= 0)
+        ev_io_start(loop, &io->accept_w);
+    if (io->unix_fd >= 0)
+        ev_io_start(loop, &io->accept_unix_w);
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct kv_io *io = w->data;
+    int is_unix = w == &io->accept_unix_w;
 
     for (int i = 0; i < ACCEPT_BURST; i++) {
-        int fd = accept4(io->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof(sa);
+        int fd = accept4(w->fd, is_unix ? NULL : (struct sockaddr *)&sa, is_unix ? NULL : &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct kv_io_handoff h = {.fd = fd, .transport = is_unix ? KV_IO_UNIX : KV_IO_TCP};
         int one = 1;
 
         if (fd < 0) {
@@ -58,6 +68,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
                 kv_io_log(io, 1, "accept: %s; pausing accepts for %.0f ms", strerror(errno),
                           ACCEPT_BACKOFF * 1000);
                 ev_io_stop(loop, &io->accept_w);
+                ev_io_stop(loop, &io->accept_unix_w);
                 ev_timer_set(&io->backoff, ACCEPT_BACKOFF, 0.);
                 ev_timer_start(loop, &io->backoff);
             }
@@ -68,10 +79,24 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             reject_busy(fd);
             continue;
         }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (is_unix) {
+            struct ucred cr;
+            socklen_t cl = sizeof(cr);
+
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) {
+                h.pid = cr.pid;
+                h.uid = cr.uid;
+            }
+        } else {
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            if (sl >= sizeof(sa) && sa.sin_family == AF_INET) {
+                h.addr = sa.sin_addr.s_addr;
+                h.port = ntohs(sa.sin_port);
+            }
+        }
         __atomic_fetch_add(&io->conns, 1, __ATOMIC_RELAXED);
         kv_mem_stat_add(KV_STAT_CONNS_ACCEPTED, 1);
-        kv_io_thread_adopt(&io->threads[io->next_thread], fd);
+        kv_io_thread_adopt(&io->threads[io->next_thread], &h);
         io->next_thread = (io->next_thread + 1) % io->nthreads;
     }
 }
@@ -100,10 +125,15 @@ int kv_io_listener_start(struct kv_io *io)
         return KV_ENOMEM;
     ev_io_init(&io->accept_w, on_accept, io->listen_fd, EV_READ);
     io->accept_w.data = io;
+    ev_io_init(&io->accept_unix_w, on_accept, io->unix_fd, EV_READ);
+    io->accept_unix_w.data = io;
     ev_timer_init(&io->backoff, on_backoff, ACCEPT_BACKOFF, 0.);
     io->backoff.data = io;
     ev_async_init(&io->lstop, on_lstop);
-    ev_io_start(io->lloop, &io->accept_w);
+    if (io->listen_fd >= 0)
+        ev_io_start(io->lloop, &io->accept_w);
+    if (io->unix_fd >= 0)
+        ev_io_start(io->lloop, &io->accept_unix_w);
     ev_async_start(io->lloop, &io->lstop);
 
     sigfillset(&all);
@@ -128,6 +158,8 @@ void kv_io_listener_stop(struct kv_io *io)
     io->listener_started = 0;
     ev_loop_destroy(io->lloop);
     io->lloop = NULL;
-    close(io->listen_fd);
+    if (io->listen_fd >= 0)
+        close(io->listen_fd);
     io->listen_fd = -1;
+    kv_io_unix_close(io);
 }

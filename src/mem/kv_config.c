@@ -9,6 +9,7 @@ void kv_config_defaults(struct kv_config *c)
     memset(c, 0, sizeof(*c));
     strcpy(c->bind_addr, "127.0.0.1");
     c->port = 7379;
+    c->unix_perm = 0700;
     /* measured on 2 shared cores: every hand-off to a worker thread costs a
      * wake-up, and a third runnable thread only competes with the IO thread
      * and the clients, so small machines run handlers inline (record.md) */

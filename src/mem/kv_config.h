@@ -19,6 +19,9 @@ struct kv_config {
     /* network / io */
     char bind_addr[64];          /* default 127.0.0.1 */
     uint16_t port;               /* default 7379 */
+    int no_tcp;                  /* 1: no TCP listener (needs unix_path) */
+    char unix_path[108];         /* unix-domain listener path, "" = none */
+    unsigned unix_perm;          /* mode of the socket file, default 0700 */
     unsigned io_threads;         /* IO threads (libev loops) */
     unsigned workers;            /* worker threads; 0 = run handlers inline in the IO thread */
     size_t max_body;             /* largest body_len accepted, bytes */

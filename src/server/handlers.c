@@ -17,6 +17,7 @@
 #include "kv.pb-c.h"
 #include "kv_call.h"
 #include "kv_err.h"
+#include "kv_io.h"
 #include "kv_mem.h"
 #include "kv_shm.h"
 #include "kv_worker.h"
@@ -974,6 +975,13 @@ static void handle_stats(void *ctx, struct kv_call *call)
         ADD("recovered_items", st.recovered_items);
         ADD("dropped_items", st.dropped_items);
         ADD("store_huge_page_bytes", st.huge_bytes);
+    }
+    if (srv->io) {
+        unsigned tcp, unx;
+
+        kv_io_peer_counts(srv->io, &tcp, &unx);
+        ADD("clients_tcp", tcp);
+        ADD("clients_unix", unx);
     }
 #undef ADD
     kv_server_format_stats(srv, text, TEXT);

@@ -158,9 +158,17 @@ int main(int argc, char **argv)
     tick.data = &m;
     ev_timer_start(loop, &tick);
     pthread_sigmask(SIG_UNBLOCK, &block, NULL);
-    kv_server_log(&cfg, 2, "libevkv %s listening on %s:%u (io-threads %u, workers %u)",
-                  KV_VERSION, cfg.bind_addr, kv_server_port(m.srv), cfg.io_threads,
-                  cfg.workers);
+    {
+        char where[192];
+
+        if (cfg.no_tcp)
+            snprintf(where, sizeof(where), "unix %s (no TCP)", cfg.unix_path);
+        else
+            snprintf(where, sizeof(where), "%s:%u%s%s", cfg.bind_addr, kv_server_port(m.srv),
+                     cfg.unix_path[0] ? " and unix " : "", cfg.unix_path);
+        kv_server_log(&cfg, 2, "libevkv %s listening on %s (io-threads %u, workers %u)",
+                      KV_VERSION, where, cfg.io_threads, cfg.workers);
+    }
 
     ev_run(loop, 0);
 

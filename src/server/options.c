@@ -17,6 +17,7 @@ enum {
     OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
     OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
     OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER, OPT_HUGE_PAGES,
+    OPT_UNIX, OPT_UNIX_PERM, OPT_NO_TCP,
 };
 
 static const struct option long_opts[] = {
@@ -46,6 +47,9 @@ static const struct option long_opts[] = {
     {"max-body-noauth", required_argument, NULL, OPT_MAX_BODY_NOAUTH},
     {"output-hard-limit", required_argument, NULL, OPT_OUTPUT_HARD},
     {"huge-pages", required_argument, NULL, OPT_HUGE_PAGES},
+    {"unix", required_argument, NULL, OPT_UNIX},
+    {"unix-perm", required_argument, NULL, OPT_UNIX_PERM},
+    {"no-tcp", no_argument, NULL, OPT_NO_TCP},
     {NULL, 0, NULL, 0},
 };
 
@@ -54,6 +58,10 @@ void kv_options_usage(FILE *f)
     fputs("usage: libevkv [options]\n"
           "  --bind ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
           "  --port N             TCP port (default 7379; 0 = any free port)\n"
+          "  --unix PATH          also listen on a unix-domain socket at PATH (both\n"
+          "                       protocols; a stale socket file is replaced)\n"
+          "  --unix-perm MODE     octal mode of the socket file (default 0700)\n"
+          "  --no-tcp             serve the unix socket only (needs --unix)\n"
           "  --io-threads N       IO threads, one libev loop each (default 1; cores/4 from 8 cores)\n"
           "  --workers N          worker threads; 0 runs handlers in the IO thread\n"
           "                       (default 0 on 1-2 cores, else cores - io-threads)\n"
@@ -170,6 +178,22 @@ static int read_password(const char *path, char *dst, size_t cap)
     return n ? 0 : KV_EINVAL;
 }
 
+/* An octal file mode, 0 .. 0777 (a leading 0 optional). */
+static int parse_mode(const char *s, unsigned *out)
+{
+    char *end;
+    unsigned long v;
+
+    if (!s || *s < '0' || *s > '7')
+        return KV_EINVAL;
+    errno = 0;
+    v = strtoul(s, &end, 8);
+    if (errno || *end || v > 0777)
+        return KV_EINVAL;
+    *out = (unsigned)v;
+    return 0;
+}
+
 static int copy_str(char *dst, size_t cap, const char *src)
 {
     size_t n = strlen(src);
@@ -276,6 +300,15 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
                 cfg->huge_pages = (enum kv_huge_pages)i;
             break;
         }
+        case OPT_UNIX:
+            rc = optarg[0] ? copy_str(cfg->unix_path, sizeof(cfg->unix_path), optarg) : KV_EINVAL;
+            break;
+        case OPT_UNIX_PERM:
+            rc = parse_mode(optarg, &cfg->unix_perm);
+            break;
+        case OPT_NO_TCP:
+            cfg->no_tcp = 1;
+            break;
         case OPT_RESET_STORE:
             cfg->reset_store = 1;
             break;
@@ -326,6 +359,10 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
     }
     if (cfg->output_hard_limit < cfg->max_output) {
         snprintf(err, errcap, "--output-hard-limit must be at least --max-output");
+        return KV_EINVAL;
+    }
+    if (cfg->no_tcp && !cfg->unix_path[0]) {
+        snprintf(err, errcap, "--no-tcp needs --unix PATH (nothing to listen on)");
         return KV_EINVAL;
     }
     if (optind < argc) {

@@ -495,6 +495,27 @@ static int cmd_command(struct cmdctx *x)
     return reply_str(x->res, "*0\r\n"); /* no command table: clients fall back */
 }
 
+/* CLIENT LIST: one line per open connection, from the IO registry (unix
+ * peers with their pid and uid). */
+static int cmd_client_list(struct cmdctx *x)
+{
+    struct kv_server *srv = x->srv;
+    struct out o = {0};
+    unsigned tcp, unx;
+    size_t cap, n;
+    char *lines;
+
+    kv_io_peer_counts(srv->io, &tcp, &unx);
+    cap = ((size_t)tcp + unx + 16) * 256; /* room for a few newcomers too */
+    lines = kv_mem_alloc(KV_MOD_PACKET, cap);
+    if (!lines)
+        return KV_ENOMEM;
+    n = kv_io_peers_format(srv->io, 0, UINT32_MAX, lines, cap, NULL);
+    out_bulk(&o, lines, n);
+    kv_mem_free(KV_MOD_PACKET, lines);
+    return out_reply(&o, x->res);
+}
+
 static int unknown_command(struct cmdctx *x)
 {
     char name[64], args[200];
@@ -644,6 +665,8 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
             return reply_str(res, "$-1\r\n");
         if (argc >= 2 && arg_is(&argv[1], "ID"))
             return reply_str(res, ":1\r\n");
+        if (argc == 2 && arg_is(&argv[1], "LIST"))
+            return cmd_client_list(&x);
         return reply_str(res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
     }
     if (arg_is(cmd, "HELLO")) {

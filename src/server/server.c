@@ -104,12 +104,9 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         goto err_destroy;
     }
     kv_server_resp_adapter(srv, &text);
-    rc = kv_io_create(cfg, dispatch, srv, &text, &srv->io);
-    if (rc != 0) {
-        snprintf(err, errcap, "cannot listen on %s:%u: %s", cfg->bind_addr, cfg->port,
-                 rc == KV_EIO || rc == KV_EINVAL ? strerror(errno) : kv_strerror(rc));
+    rc = kv_io_create(cfg, dispatch, srv, &text, err, errcap, &srv->io);
+    if (rc != 0)
         goto err_destroy;
-    }
     *out = srv;
     return 0;
 
@@ -152,6 +149,24 @@ uint16_t kv_server_port(const struct kv_server *srv)
     return kv_io_port(srv->io);
 }
 
+/* Open connections per transport, then each unix peer (pid, uid), at most
+ * KV_STATS_UNIX_PEERS of them: the table stays bounded however many
+ * clients there are (CLIENT LIST lists every connection). */
+#define KV_STATS_UNIX_PEERS 16
+static size_t format_peers(struct kv_io *io, char *buf, size_t cap, size_t len)
+{
+    unsigned tcp, unx, listed = 0;
+
+    kv_io_peer_counts(io, &tcp, &unx);
+    len = kv_mem_appendf(buf, cap, len, "clients tcp %u, unix %u\n", tcp, unx);
+    if (unx && len < cap)
+        len += kv_io_peers_format(io, 1, KV_STATS_UNIX_PEERS, buf + len, cap - len, &listed);
+    if (listed < unx)
+        len = kv_mem_appendf(buf, cap, len, "... %u more unix clients (CLIENT LIST lists all)\n",
+                             unx - listed);
+    return len;
+}
+
 size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
 {
     struct kv_mem_snapshot snap;
@@ -161,6 +176,8 @@ size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
 
     kv_mem_snapshot(&snap);
     len = kv_mem_format(&snap, buf, cap);
+    if (srv->io)
+        len = format_peers(srv->io, buf, cap, len);
     if (srv->pool) {
         kv_worker_pool_stats(srv->pool, &ws);
         len = kv_mem_appendf(buf, cap, len,

@@ -144,6 +144,10 @@ int kv_test_server_start(struct kv_test_server *s, const char *const *extra)
     argv[argc++] = s->shm_name;
     argv[argc++] = "--memory";
     argv[argc++] = "32m";
+    if (s->unix_path[0]) {
+        argv[argc++] = "--unix";
+        argv[argc++] = s->unix_path;
+    }
     for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
@@ -171,7 +175,8 @@ int kv_test_server_start(struct kv_test_server *s, const char *const *extra)
             s->pid = 0;
             return -1;
         }
-        if (kv_client_connect("127.0.0.1", s->port, 1000, &c) == 0) {
+        if ((s->unix_path[0] ? kv_client_connect_unix(s->unix_path, 1000, &c)
+                             : kv_client_connect("127.0.0.1", s->port, 1000, &c)) == 0) {
             int rc = kv_client_ping(c, "ready", 5);
 
             kv_client_close(c);

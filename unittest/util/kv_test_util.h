@@ -28,13 +28,14 @@ struct kv_test_server {
     uint16_t port;
     char shm_name[64];
     char log_path[128];   /* the server's stdout+stderr */
+    char unix_path[108];  /* set: started with --unix PATH, readiness checked there */
 };
 
 /* Finds a free loopback port. */
 uint16_t kv_test_free_port(void);
 /* Starts ./bin/libevkv (path from $LIBEVKV_BIN, else bin/libevkv next to the
  * test binary) with extra args (NULL-terminated) and waits until it answers
- * PING. Registers it so that it is killed even if the test aborts. */
+ * PING (on s->unix_path when set, which is passed as --unix). Registers it so that it is killed even if the test aborts. */
 int kv_test_server_start(struct kv_test_server *s, const char *const *extra_args);
 /* SIGTERM, waits (up to 10 s, then SIGKILL), removes the segment. Returns
  * the exit status (exit code, or 128+signal). */
