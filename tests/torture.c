@@ -1129,8 +1129,9 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
             report_key(r, ck, "MISPLACED", k, obs);
         } else if ((h = hist_find(k, seq)) && h->outcome == REFUSED) {
             report_refused_stored(r, ck, k, (enum op)h->op, obs);
-        } else if (seq > newest) { /* newer than every write allowed: a refused one */
-            report_refused_stored(r, ck, k, OP_SET, obs);
+        } else if (seq > newest) { /* newer than every write allowed, refused or gone */
+            ck->torn++;
+            report_key(r, ck, "UNEXPECTED", k, obs);
         } else {
             ck->stale++;
             report_key(r, ck, "STALE", k, obs);
