@@ -82,7 +82,7 @@ enum op { OP_SET, OP_MSET, OP_DEL, OP_INCR, OP_GET, OP_EVICTED };
 static const char *const op_names[] = {"SET", "MSET", "DEL", "INCR", "GET", "EVICTED"};
 enum outcome { ACKED, REFUSED, INFLIGHT };
 static const char *const outcome_names[] = {"acked", "refused", "in-flight"};
-enum inject { INJECT_NONE, INJECT_LOSS, INJECT_TEAR, INJECT_STALE, INJECT_SPLIT };
+enum inject { INJECT_NONE, INJECT_LOSS, INJECT_TEAR, INJECT_STALE, INJECT_SPLIT, INJECT_VANISH };
 
 /* A value a key may hold: absent, or the value written by (writer, seq) with len bytes. */
 struct cand {
@@ -1413,6 +1413,18 @@ static void inject_fault(struct run *r, struct kv_client *c)
                    "only the first key was stored\n",
                    k->name, k2->name);
         break;
+    case INJECT_VANISH: /* more keys gone than a kill can leave uncounted by the server */
+        kv_client_del1(c, k->name, k->klen, NULL);
+        for (unsigned i = 1; i <= EVICT_SLACK; i++) {
+            struct tkey *d = inject_key(r, i);
+
+            if (!d || inject_set(r, c, d, 100, NULL) != 0)
+                return;
+            kv_client_del1(c, d->name, d->klen, NULL);
+        }
+        printf("torture: injected %u vanished keys: DELs behind the check's back\n",
+               EVICT_SLACK + 1);
+        break;
     case INJECT_NONE: break;
     }
 }
@@ -1826,7 +1838,8 @@ static void usage(FILE *f)
         "                       (under --eviction lru a lost key cannot be told from an evicted\n"
         "                       one, so loss rolls the key back to an older acknowledged value\n"
         "                       instead, as stale does); stale; tear: flip a byte of a value;\n"
-        "                       split-mset: record an MSET of two keys in flight and store one\n"
+        "                       split-mset: record an MSET of two keys in flight and store one;\n"
+        "                       vanish: DEL 9 keys (lru: more absent keys than evictions)\n"
         "Every MSET is all or nothing: one in flight at a kill must leave its keys all old or all\n"
         "new, one refused (OUT_OF_MEMORY) must leave them all unchanged.\n"
         "Exit: 0 nothing lost, stale, torn or split; 1 it was, the server failed, or an lru run\n"
@@ -1993,8 +2006,11 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->inject = INJECT_STALE;
             else if (strcmp(optarg, "split-mset") == 0)
                 o->inject = INJECT_SPLIT;
+            else if (strcmp(optarg, "vanish") == 0)
+                o->inject = INJECT_VANISH;
             else {
-                fprintf(stderr, "torture: bad --inject %s (loss, stale, tear or split-mset)\n",
+                fprintf(stderr,
+                        "torture: bad --inject %s (loss, stale, tear, split-mset or vanish)\n",
                         optarg);
                 return -1;
             }
@@ -2121,7 +2137,7 @@ int main(int argc, char **argv)
            (unsigned long long)r->mset_refused, (unsigned long long)(r->split - r->groups_split));
     if (r->o.lru)
         printf("evictions: server counted %llu (STATS evictions), the checks found %llu keys "
-               "absent by eviction\n",
+               "absent (evicted, or lost)\n",
                (unsigned long long)r->evictions_total, (unsigned long long)r->evicted_seen);
     for (unsigned s = 0; s < r->o.nsizes; s++) {
         struct size_stats *ss = &r->ss[s];

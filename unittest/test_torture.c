@@ -273,6 +273,24 @@ static void test_torture_lru_check_catches_injected_tear(void)
     free(out);
 }
 
+static void test_torture_lru_check_catches_keys_vanished_without_eviction(void)
+{
+    /* a 32m store with no --pressure evicts nothing: 9 absent keys cannot be evictions */
+    const char *const args[] = {"--eviction", "lru",      "--cycles", "1",         "--seconds",
+                                "0.3",        "--memory", "32m",      "--writers", "2",
+                                "--prefill",  "0",        "--inject", "vanish",    NULL};
+    char *out;
+    int rc = run_torture(args, &out);
+
+    CU_ASSERT_EQUAL(rc, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "injected 9 vanished keys"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "some vanished without eviction"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 1, stale 0, torn 0, split MSETs 0,"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "RESULT: FAIL"));
+    free(out);
+}
+
 static void test_torture_check_catches_split_mset(void)
 {
     static const char *const ev[] = {"none", "lru"};
@@ -307,6 +325,8 @@ int main(void)
                 test_torture_lru_check_catches_injected_stale);
     CU_add_test(s, "test_torture_lru_check_catches_injected_tear",
                 test_torture_lru_check_catches_injected_tear);
+    CU_add_test(s, "test_torture_lru_check_catches_keys_vanished_without_eviction",
+                test_torture_lru_check_catches_keys_vanished_without_eviction);
     CU_add_test(s, "test_torture_check_catches_split_mset", test_torture_check_catches_split_mset);
     return kv_test_run_all();
 }
