@@ -165,7 +165,8 @@ struct run {
     size_t memory, max_value, max_body, mset_vmax;
     uint16_t port;
     atomic_int stop;
-    unsigned cycle; /* 1-based, within the current size */
+    atomic_uint connected; /* writers that tried to connect this cycle */
+    unsigned cycle;        /* 1-based, within the current size */
     struct writer w[MAX_WRITERS];
     struct tkey *keys; /* owned: writers * keys */
     char ctr_name[NCTR][32];
@@ -961,8 +962,10 @@ static void *writer_main(void *arg)
 
     if (kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) != 0) {
         w->connect_failed = 1;
+        atomic_fetch_add(&r->connected, 1);
         return NULL;
     }
+    atomic_fetch_add(&r->connected, 1);
     while (!atomic_load(&r->stop)) {
         unsigned p = (unsigned)(rnd(&w->rng) % 100);
         bool pr = r->o.pressure; /* more DELs: freed chunks make compaction worth its while */
@@ -1536,6 +1539,7 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
     int fail = 0;
 
     atomic_store(&r->stop, 0);
+    atomic_store(&r->connected, 0);
     for (unsigned i = 0; i < r->o.writers; i++) {
         struct writer *w = &r->w[i];
 
@@ -1551,8 +1555,13 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
             exit(2);
         }
     }
-    /* the kill: a random moment of the cycle */
+    /* the kill: a random moment of the cycle, counted from when every writer is connected
+     * (a slow start, under ASan, must not let the kill fall before the first connect) */
     kill_at = r->o.seconds * (0.1 + 0.9 * rnd_unit(&r->rng));
+    t0 = now_s();
+    while (atomic_load(&r->connected) < r->o.writers && now_s() - t0 < IO_TIMEOUT_MS / 1e3 &&
+           server_alive(r))
+        sleep_s(0.001);
     t0 = now_s();
     while (now_s() - t0 < kill_at && server_alive(r))
         sleep_s(0.002);
