@@ -107,7 +107,8 @@ struct tkey {
     struct cand cand[MAXC];
     unsigned hn; /* operations recorded; h[] is a ring of the last HIST */
     struct hist h[HIST];
-    uint8_t bad; /* the last check failed on this key */
+    uint8_t bad;    /* the last check failed on this key */
+    uint8_t either; /* ... or read a value that equals more than one candidate */
 };
 
 /* An MSET in flight at the kill: after the restart its keys must be all old or all new. */
@@ -793,8 +794,8 @@ static uint32_t pick_len_wide(uint64_t *rng, size_t max_value)
         top++;
     if (p < 4)
         return (uint32_t)(rnd(rng) % HDR_LEN);
-    if (p < 88 || top <= 15)
-        e = 5 + (unsigned)(rnd(rng) % ((top < 15 ? top : 15) - 4));
+    if (p < 88 || top < 15)
+        e = 5 + (unsigned)(rnd(rng) % ((top < 14 ? top : 14) - 4)); /* 32 B .. 32 KiB */
     else
         e = 15 + (unsigned)(rnd(rng) % (top - 14));
     span = e < top ? 1ull << e : max_value - (1ull << e) + 1;
@@ -1071,7 +1072,7 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
     uint64_t newest = 0;
 
     ck->keys++;
-    k->bad = 0;
+    k->bad = k->either = 0;
     if (rc != 0 && !absent) {
         char what[64];
 
@@ -1085,6 +1086,8 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
             ck->failed_io = 1;
         return;
     }
+    int match = -1, matches = 0;
+
     for (unsigned i = 0; i < k->ncand; i++) {
         const struct cand *cd = &k->cand[i];
 
@@ -1099,8 +1102,16 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
             if (v.len && memcmp(r->scratch, v.data, v.len) != 0)
                 continue;
         }
+        matches++;
+        if (match < 0)
+            match = (int)i;
+    }
+    if (match >= 0) {
+        /* a short value (a header prefix, or empty) may equal both the old and the new one:
+         * then it tells nothing about an MSET it was part of */
+        k->either = matches > 1;
         k->ncand = 1; /* what we read is the base of the next cycle */
-        k->cand[0] = *cd;
+        k->cand[0] = k->cand[match];
         kv_client_value_free(&v);
         return;
     }
@@ -1169,7 +1180,7 @@ static void check_group(struct run *r, const struct group *g, struct check *ck)
         const struct tkey *k = g->k[i];
         const struct cand *cd = &k->cand[0]; /* what the check read */
 
-        if (k->bad) /* already counted */
+        if (k->bad || k->either) /* already counted; or no telling old from new */
             continue;
         if (cd->absent && r->o.lru)
             continue;
