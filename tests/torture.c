@@ -1,5 +1,6 @@
 /* tests/torture.c -- crash torture for libevkv: kill -9 under load, restart, and prove
- * that no acknowledged write is lost and no value is torn (issue 6).
+ * that no acknowledged write is lost and no value is torn (issue 6), also while the store
+ * evicts, moves pages between size classes and applies MSETs (issue 13).
  *
  * Jepsen-style: writer threads (one kv_client each) drive a real bin/libevkv over
  * loopback with SET / MSET / DEL / INCR, plus a few GETs that check read-your-writes,
@@ -10,6 +11,11 @@
  *   - an acknowledged write is readable byte-exact unless a later acknowledged write of
  *     the same key superseded it (each writer owns its keys: "later" is program order);
  *   - a write in flight at the kill shows the old or the new value and nothing else;
+ *   - an MSET is all or nothing: one in flight at the kill leaves its keys all old or all
+ *     new, one refused (OUT_OF_MEMORY) changes none of them;
+ *   - with --eviction lru a key may be absent (evicted), but a value present is exactly
+ *     what the two rules above allow -- never an older acknowledged one (stale), never torn
+ *     -- and the checker never sees more keys vanish than the server counts evictions;
  *   - an acknowledged DEL leaves the key absent;
  *   - a shared INCR counter lies between base + acknowledged deltas and that plus the
  *     deltas that were in flight (all deltas are positive);
@@ -18,8 +24,11 @@
  *   - the server answers PING within --recovery-limit seconds of the restart.
  * Cycles chain on one segment: what is read back is the base of the next cycle. The
  * server is always killed and reaped, and the segment unlinked, at exit (atexit and
- * signal handlers). Exit code: 0 all good; 1 something lost, torn or not recovered;
- * 2 bad usage or setup; 3 --max-time exceeded. */
+ * signal handlers). --pressure makes the store small and the values of every size class up
+ * to 1 MiB, with more DELs, so that compaction (page moves) and, under LRU, eviction across
+ * classes run during every cycle. Exit code: 0 all good; 1 something lost, stale, torn,
+ * split or not recovered (or an LRU run that evicted nothing); 2 bad usage or setup;
+ * 3 --max-time exceeded. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -48,18 +57,20 @@
 #include "kv_err.h"
 
 enum {
-    HDR_LEN = 46,     /* "T1w..s............l........k........h........|" */
-    HDR_HPOS = 37,    /* the crc covers header[0..HDR_HPOS) and the filler */
-    NCTR = 8,         /* shared INCR counters */
-    MAXC = 4,         /* candidate values per key (acked + in flight) */
-    HIST = 8,         /* recent operations kept per key for the report */
-    NLARGE = 4,       /* keys per writer that may get large values */
-    MSET_MAX = 8,     /* pairs per MSET */
-    MSET_VMAX = 4096, /* largest MSET value */
-    DEL_MAX = 3,      /* keys per DEL */
-    FILL_W = 0xff,    /* writer id of the prefill values */
-    FILL_BATCH = 128, /* pairs per prefill MSET */
-    SAMPLE = 256,     /* prefill keys checked per cycle */
+    HDR_LEN = 46,               /* "T1w..s............l........k........h........|" */
+    HDR_HPOS = 37,              /* the crc covers header[0..HDR_HPOS) and the filler */
+    NCTR = 8,                   /* shared INCR counters */
+    MAXC = 4,                   /* candidate values per key (acked + in flight) */
+    HIST = 8,                   /* recent operations kept per key for the report */
+    NLARGE = 4,                 /* keys per writer that may get large values */
+    MSET_MAX = 8,               /* pairs per MSET */
+    MSET_VMAX = 4096,           /* largest MSET value */
+    MSET_VMAX_PRESSURE = 65536, /* ... under --pressure: MSETs hold large items too */
+    EVICT_SLACK = 8,            /* evictions a kill may leave uncounted (one per server thread) */
+    DEL_MAX = 3,                /* keys per DEL */
+    FILL_W = 0xff,              /* writer id of the prefill values */
+    FILL_BATCH = 128,           /* pairs per prefill MSET */
+    SAMPLE = 256,               /* prefill keys checked per cycle */
     MAX_SIZES = 8,
     MAX_WRITERS = 64,
     MAX_SERVER_ARGS = 16,
@@ -67,11 +78,11 @@ enum {
     IO_TIMEOUT_MS = 20000,
 };
 
-enum op { OP_SET, OP_MSET, OP_DEL, OP_INCR, OP_GET };
-static const char *const op_names[] = {"SET", "MSET", "DEL", "INCR", "GET"};
+enum op { OP_SET, OP_MSET, OP_DEL, OP_INCR, OP_GET, OP_EVICTED };
+static const char *const op_names[] = {"SET", "MSET", "DEL", "INCR", "GET", "EVICTED"};
 enum outcome { ACKED, REFUSED, INFLIGHT };
 static const char *const outcome_names[] = {"acked", "refused", "in-flight"};
-enum inject { INJECT_NONE, INJECT_LOSS, INJECT_TEAR };
+enum inject { INJECT_NONE, INJECT_LOSS, INJECT_TEAR, INJECT_STALE, INJECT_SPLIT, INJECT_VANISH };
 
 /* A value a key may hold: absent, or the value written by (writer, seq) with len bytes. */
 struct cand {
@@ -96,6 +107,15 @@ struct tkey {
     struct cand cand[MAXC];
     unsigned hn; /* operations recorded; h[] is a ring of the last HIST */
     struct hist h[HIST];
+    uint8_t bad;    /* the last check failed on this key */
+    uint8_t either; /* ... or read a value that equals more than one candidate */
+};
+
+/* An MSET in flight at the kill: after the restart its keys must be all old or all new. */
+struct group {
+    uint64_t seq;
+    unsigned n;
+    struct tkey *k[MSET_MAX]; /* borrowed: run->keys */
 };
 
 struct opts {
@@ -110,6 +130,8 @@ struct opts {
     const char *server_args[MAX_SERVER_ARGS];
     unsigned nserver_args;
     enum inject inject;
+    bool lru;      /* --eviction lru: the server evicts, the checker allows absent keys */
+    bool pressure; /* --pressure: small store, every size class, more DELs */
 };
 
 struct run;
@@ -124,7 +146,9 @@ struct writer {
     uint8_t *buf; /* owned: values being written */
     /* per cycle, read by the main thread after the join */
     int64_t ctr_acked[NCTR], ctr_inflight[NCTR];
-    uint64_t acked, refused, inflight, live_bad;
+    uint64_t acked, refused, inflight, live_bad, mset_refused;
+    struct group grp; /* the MSET in flight at the kill, if has_grp */
+    bool has_grp;
     int connect_failed;
     char live_msg[256];
 };
@@ -139,15 +163,17 @@ struct size_stats {
 
 struct run {
     struct opts o;
-    size_t memory, max_value, max_body;
+    size_t memory, max_value, max_body, mset_vmax;
     uint16_t port;
     atomic_int stop;
-    unsigned cycle; /* 1-based, within the current size */
+    atomic_uint connected; /* writers that tried to connect this cycle */
+    unsigned cycle;        /* 1-based, within the current size */
     struct writer w[MAX_WRITERS];
     struct tkey *keys; /* owned: writers * keys */
     char ctr_name[NCTR][32];
     int64_t ctr_base[NCTR], ctr_acked[NCTR], ctr_inflight[NCTR];
     unsigned nfill;
+    uint8_t *fill_gone; /* owned: nfill flags, prefill keys seen evicted (LRU) */
     uint64_t rng;
     uint8_t *scratch; /* owned: expected values for the checks */
     uint64_t last_gen;
@@ -159,9 +185,15 @@ struct run {
     long long rec_kept, rec_dropped, corrupt;
     int recovered; /* the last restart found the segment not closed cleanly */
     double rec_store_ms;
+    uint64_t srv_evictions; /* the server's STATS evictions (since the segment's creation) */
+    uint64_t seen_evicted;  /* keys the checks found absent by eviction, this segment */
+    struct group inj_grp;   /* --inject split-mset: the group stored half, if has_inj_grp */
+    bool has_inj_grp;
     /* totals */
-    unsigned cycles_run, server_failures, warnings;
-    uint64_t ops_acked, ops_inflight, ops_refused, lost, torn, live_bad;
+    unsigned cycles_run, server_failures, warnings, not_exercised;
+    uint64_t ops_acked, ops_inflight, ops_refused, lost, torn, live_bad, stale, split;
+    uint64_t evicted_seen, evictions_total, mset_refused, groups, groups_old, groups_new;
+    uint64_t groups_split;
     struct size_stats ss[MAX_SIZES];
 };
 
@@ -517,6 +549,8 @@ static int server_spawn(struct run *r)
     argv[argc++] = mem;
     argv[argc++] = "--max-body";
     argv[argc++] = body;
+    argv[argc++] = "--eviction";
+    argv[argc++] = r->o.lru ? "lru" : "none";
     for (unsigned i = 0; i < r->o.nserver_args; i++)
         argv[argc++] = r->o.server_args[i];
     argv[argc] = NULL;
@@ -607,7 +641,7 @@ static const char *status_text(int st, char *buf, size_t cap)
 static int server_identify(struct run *r, struct kv_client *c)
 {
     struct kv_stats st;
-    int64_t gen = 0, size = 0, corrupt = 0;
+    int64_t gen = 0, size = 0, corrupt = 0, evictions = 0;
     const char *t;
     int rc = kv_client_stats(c, &st);
 
@@ -616,7 +650,9 @@ static int server_identify(struct run *r, struct kv_client *c)
     kv_client_stats_find(&st, "generation", &gen);
     kv_client_stats_find(&st, "store_size", &size);
     kv_client_stats_find(&st, "corrupt_items", &corrupt);
+    kv_client_stats_find(&st, "evictions", &evictions);
     r->corrupt = corrupt;
+    r->srv_evictions = (uint64_t)evictions;
     r->rec_kept = r->rec_dropped = 0;
     r->rec_store_ms = 0;
     r->recovered = 0;
@@ -713,14 +749,15 @@ static enum outcome outcome_of(struct writer *w, struct kv_client *c, int rc, en
         w->acked++;
         return ACKED;
     }
-    /* a full store refuses a SET or an INCR and leaves the old value */
+    /* a full store refuses a SET, an INCR or a whole MSET and leaves every old value (an
+     * MSET that filled the store midway and kept its first pairs is a failure: issue 13) */
     if (rc == KV_ESTATUS && kv_client_last_status(c) == KV_ST_OUT_OF_MEMORY &&
-        (op == OP_SET || op == OP_INCR)) {
+        (op == OP_SET || op == OP_INCR || op == OP_MSET)) {
         w->refused++;
+        w->mset_refused += op == OP_MSET;
         return REFUSED;
     }
-    /* a transport error, BUSY at shutdown, or an MSET that filled the store midway: the
-     * write may or may not have happened */
+    /* a transport error or BUSY at shutdown: the write may or may not have happened */
     w->inflight++;
     return INFLIGHT;
 }
@@ -745,6 +782,26 @@ static uint32_t pick_len(uint64_t *rng, bool large, size_t max_value)
     return (uint32_t)(len > max_value ? max_value : len);
 }
 
+/* --pressure: sizes spread evenly over the powers of two from 32 bytes to 32 KiB, so every
+ * slab class is written, and 12% large values (32 KiB .. max_value, on pages) that take
+ * most of the bytes; a few short ones. */
+static uint32_t pick_len_wide(uint64_t *rng, size_t max_value)
+{
+    unsigned top = 5, e, p = (unsigned)(rnd(rng) % 100);
+    uint64_t span;
+
+    while (top < 40 && (2ull << top) <= max_value)
+        top++;
+    if (p < 4)
+        return (uint32_t)(rnd(rng) % HDR_LEN);
+    if (p < 88 || top < 15)
+        e = 5 + (unsigned)(rnd(rng) % ((top < 14 ? top : 14) - 4)); /* 32 B .. 32 KiB */
+    else
+        e = 15 + (unsigned)(rnd(rng) % (top - 14));
+    span = e < top ? 1ull << e : max_value - (1ull << e) + 1;
+    return (uint32_t)((1ull << e) + rnd(rng) % span);
+}
+
 static void live_bad(struct writer *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Records a wrong answer seen while the server runs; the first one is kept for the report. */
@@ -762,8 +819,9 @@ static void live_bad(struct writer *w, const char *fmt, ...)
 static enum outcome do_set(struct writer *w, struct kv_client *c)
 {
     struct run *r = w->run;
-    uint32_t len = pick_len(&w->rng, true, r->max_value);
-    bool large = len > 65536 && r->o.keys >= 2 * NLARGE;
+    uint32_t len = r->o.pressure ? pick_len_wide(&w->rng, r->max_value)
+                                 : pick_len(&w->rng, true, r->max_value);
+    bool large = !r->o.pressure && len > 65536 && r->o.keys >= 2 * NLARGE;
     struct tkey *k = &w->keys[rnd(&w->rng) % (large ? NLARGE : r->o.keys)];
     uint64_t seq = ++w->seq;
     enum outcome o;
@@ -802,9 +860,10 @@ static enum outcome do_mset(struct writer *w, struct kv_client *c)
     pick_distinct(w, n, idx);
     for (unsigned i = 0; i < n; i++) {
         struct tkey *k = &w->keys[idx[i]];
-        uint8_t *v = w->buf + (size_t)i * MSET_VMAX;
+        uint8_t *v = w->buf + (size_t)i * r->mset_vmax;
 
-        lens[i] = pick_len(&w->rng, false, MSET_VMAX);
+        lens[i] = r->o.pressure ? pick_len_wide(&w->rng, r->mset_vmax)
+                                : pick_len(&w->rng, false, MSET_VMAX);
         value_gen(v, r->o.seed, k->khash, w->id, seq, lens[i]);
         keys[i] = (struct kv_bytes){k->name, k->klen};
         vals[i] = (struct kv_bytes){v, lens[i]};
@@ -812,6 +871,13 @@ static enum outcome do_mset(struct writer *w, struct kv_client *c)
     o = outcome_of(w, c, kv_client_mset(c, keys, vals, n, 0, NULL), OP_MSET);
     for (unsigned i = 0; i < n; i++)
         key_apply(&w->keys[idx[i]], OP_MSET, seq, lens[i], o, r->cycle);
+    if (o == INFLIGHT) { /* the writer stops here: no later write touches these keys */
+        w->grp.seq = seq;
+        w->grp.n = n;
+        for (unsigned i = 0; i < n; i++)
+            w->grp.k[i] = &w->keys[idx[i]];
+        w->has_grp = true;
+    }
     return o;
 }
 
@@ -874,7 +940,9 @@ static enum outcome do_get(struct writer *w, struct kv_client *c)
         kv_client_value_free(&v);
         return ACKED;
     }
-    if (cd->absent != (rc == KV_ENOTFOUND))
+    if (r->o.lru && !cd->absent && rc == KV_ENOTFOUND) {
+        /* evicted: allowed */
+    } else if (cd->absent != (rc == KV_ENOTFOUND))
         live_bad(w, "GET %.60s: found %d, but the last write says %s", k->name, rc != KV_ENOTFOUND,
                  cd->absent ? "absent" : "present");
     else if (!cd->absent) {
@@ -895,17 +963,20 @@ static void *writer_main(void *arg)
 
     if (kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) != 0) {
         w->connect_failed = 1;
+        atomic_fetch_add(&r->connected, 1);
         return NULL;
     }
+    atomic_fetch_add(&r->connected, 1);
     while (!atomic_load(&r->stop)) {
         unsigned p = (unsigned)(rnd(&w->rng) % 100);
+        bool pr = r->o.pressure; /* more DELs: freed chunks make compaction worth its while */
         enum outcome o;
 
-        if (p < 50)
+        if (p < (pr ? 38u : 50u))
             o = do_set(w, c);
-        else if (p < 62)
+        else if (p < (pr ? 57u : 62u))
             o = do_mset(w, c);
-        else if (p < 72)
+        else if (p < (pr ? 77u : 72u))
             o = do_del(w, c);
         else if (p < 93)
             o = do_incr(w, c);
@@ -921,7 +992,7 @@ static void *writer_main(void *arg)
 /* ---- checks after a restart --------------------------------------------------------------- */
 
 struct check {
-    uint64_t lost, torn, keys;
+    uint64_t lost, torn, stale, split, evicted, keys;
     unsigned reported;
     int failed_io;
 };
@@ -941,6 +1012,8 @@ static void report_key(struct run *r, struct check *ck, const char *what, const 
         n += (size_t)snprintf(line + n, sizeof(line) - n,
                               k->cand[i].absent ? " absent" : " seq %llu/%u bytes",
                               (unsigned long long)k->cand[i].seq, k->cand[i].len);
+    if (r->o.lru && n < sizeof(line))
+        n += (size_t)snprintf(line + n, sizeof(line) - n, " (or absent: evicted)");
     n += (size_t)snprintf(line + n, sizeof(line) - n, "; last ops:");
     for (unsigned j = k->hn > HIST ? k->hn - HIST : 0; j < k->hn && n < sizeof(line); j++) {
         const struct hist *h = &k->h[j % HIST];
@@ -952,19 +1025,42 @@ static void report_key(struct run *r, struct check *ck, const char *what, const 
     printf("%s\n", line);
 }
 
-/* Whether the observed value equals a write recorded in the key's history. */
-static bool in_history(struct run *r, const struct tkey *k, const struct kv_value *v)
+/* The write recorded in the key's history whose value the observed one equals, or NULL. */
+static const struct hist *in_history(struct run *r, const struct tkey *k, const struct kv_value *v)
 {
     for (unsigned j = k->hn > HIST ? k->hn - HIST : 0; j < k->hn; j++) {
         const struct hist *h = &k->h[j % HIST];
 
-        if (h->op == OP_DEL || h->len != v->len)
+        if (h->op == OP_DEL || h->op == OP_EVICTED || h->len != v->len)
             continue;
         value_gen(r->scratch, r->o.seed, k->khash, k->wid, h->seq, h->len);
         if (v->len == 0 || memcmp(r->scratch, v->data, v->len) == 0)
-            return true;
+            return h;
     }
-    return false;
+    return NULL;
+}
+
+/* The key's recorded write with sequence number seq, or NULL (not in the ring). */
+static const struct hist *hist_find(const struct tkey *k, uint64_t seq)
+{
+    for (unsigned j = k->hn > HIST ? k->hn - HIST : 0; j < k->hn; j++)
+        if (k->h[j % HIST].seq == seq && k->h[j % HIST].op != OP_EVICTED)
+            return &k->h[j % HIST];
+    return NULL;
+}
+
+/* A value the store holds although its write was refused: half of a refused MSET (split)
+ * or a refused SET kept (torn: a value the store had no right to hold). */
+static void report_refused_stored(struct run *r, struct check *ck, const struct tkey *k, enum op op,
+                                  const char *obs)
+{
+    if (op == OP_MSET) {
+        ck->split++;
+        report_key(r, ck, "REFUSED-MSET-STORED", k, obs);
+    } else {
+        ck->torn++;
+        report_key(r, ck, "REFUSED-BUT-STORED", k, obs);
+    }
 }
 
 static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct check *ck)
@@ -973,23 +1069,30 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
     int rc = kv_client_get(c, k->name, k->klen, &v);
     bool absent = rc == KV_ENOTFOUND;
     char obs[160];
+    uint64_t newest = 0;
 
     ck->keys++;
+    k->bad = k->either = 0;
     if (rc != 0 && !absent) {
         char what[64];
 
         snprintf(what, sizeof(what), "GET failed: %s (status %d)", kv_strerror(rc),
                  kv_client_last_status(c));
         report_key(r, ck, "ERROR", k, what);
+        k->bad = 1;
         if (rc == KV_ESTATUS)
             ck->torn++; /* the server cannot read the item back: count it as torn */
         else
             ck->failed_io = 1;
         return;
     }
+    int match = -1, matches = 0;
+
     for (unsigned i = 0; i < k->ncand; i++) {
         const struct cand *cd = &k->cand[i];
 
+        if (cd->seq > newest)
+            newest = cd->seq;
         if (cd->absent != absent)
             continue;
         if (!absent) {
@@ -999,16 +1102,35 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
             if (v.len && memcmp(r->scratch, v.data, v.len) != 0)
                 continue;
         }
+        matches++;
+        if (match < 0)
+            match = (int)i;
+    }
+    if (match >= 0) {
+        /* a short value (a header prefix, or empty) may equal both the old and the new one:
+         * then it tells nothing about an MSET it was part of */
+        k->either = matches > 1;
         k->ncand = 1; /* what we read is the base of the next cycle */
-        k->cand[0] = *cd;
+        k->cand[0] = k->cand[match];
         kv_client_value_free(&v);
         return;
     }
-    /* nothing allowed matched: a lost write (absent, or an older whole value), or a torn one */
+    if (absent && r->o.lru) { /* evicted: allowed, and absent is the base of the next cycle */
+        kv_client_value_free(&v);
+        ck->evicted++;
+        key_record(k, OP_EVICTED, 0, 0, ACKED, r->cycle);
+        k->ncand = 1;
+        k->cand[0] = (struct cand){.absent = 1};
+        return;
+    }
+    /* nothing allowed matched: a lost write (absent), an older whole value (stale), a value
+     * whose write was refused, or a torn one */
     unsigned ww;
     uint64_t seq;
     uint32_t vlen, kh;
+    const struct hist *h;
 
+    k->bad = 1;
     if (absent) {
         ck->lost++;
         report_key(r, ck, "LOST", k, "absent");
@@ -1019,14 +1141,24 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
         if (kh != k->khash || ww != k->wid) {
             ck->torn++;
             report_key(r, ck, "MISPLACED", k, obs);
+        } else if ((h = hist_find(k, seq)) && h->outcome == REFUSED) {
+            report_refused_stored(r, ck, k, (enum op)h->op, obs);
+        } else if (seq > newest) { /* newer than every write allowed, refused or gone */
+            ck->torn++;
+            report_key(r, ck, "UNEXPECTED", k, obs);
         } else {
-            ck->lost++;
-            report_key(r, ck, "LOST", k, obs);
+            ck->stale++;
+            report_key(r, ck, "STALE", k, obs);
         }
-    } else if (in_history(r, k, &v)) {
-        ck->lost++;
-        snprintf(obs, sizeof(obs), "an older short value (%zu bytes)", v.len);
-        report_key(r, ck, "LOST", k, obs);
+    } else if ((h = in_history(r, k, &v))) {
+        snprintf(obs, sizeof(obs), "the short value of seq %llu (%zu bytes)",
+                 (unsigned long long)h->seq, v.len);
+        if (h->outcome == REFUSED) {
+            report_refused_stored(r, ck, k, (enum op)h->op, obs);
+        } else {
+            ck->stale++;
+            report_key(r, ck, "STALE", k, obs);
+        }
     } else {
         ck->torn++;
         snprintf(obs, sizeof(obs), "%zu bytes that are no value ever written (\"%.20s\"...)", v.len,
@@ -1034,6 +1166,49 @@ static void check_key(struct run *r, struct kv_client *c, struct tkey *k, struct
         report_key(r, ck, "TORN", k, obs);
     }
     kv_client_value_free(&v);
+}
+
+/* An MSET in flight at the kill, after its keys were checked one by one: all old or all
+ * new (a key absent under LRU may have been either, then evicted). */
+static void check_group(struct run *r, const struct group *g, struct check *ck)
+{
+    char line[1024];
+    size_t n = 0;
+    unsigned olds = 0, news = 0;
+
+    for (unsigned i = 0; i < g->n; i++) {
+        const struct tkey *k = g->k[i];
+        const struct cand *cd = &k->cand[0]; /* what the check read */
+
+        if (k->bad || k->either) /* already counted; or no telling old from new */
+            continue;
+        if (cd->absent && r->o.lru)
+            continue;
+        if (!cd->absent && cd->seq == g->seq)
+            news++;
+        else
+            olds++;
+    }
+    r->groups++;
+    if (olds && news) {
+        ck->split++;
+        r->groups_split++;
+        n += (size_t)snprintf(line, sizeof(line),
+                              "  SPLIT MSET of writer %u seq %llu: %u keys new, %u old:",
+                              g->k[0]->wid, (unsigned long long)g->seq, news, olds);
+        for (unsigned i = 0; i < g->n && n < sizeof(line); i++)
+            n += (size_t)snprintf(line + n, sizeof(line) - n, " %.24s=%s", g->k[i]->name,
+                                  g->k[i]->bad                     ? "bad"
+                                  : g->k[i]->cand[0].absent        ? "absent"
+                                  : g->k[i]->cand[0].seq == g->seq ? "new"
+                                                                   : "old");
+        if (ck->reported++ < MAX_REPORT)
+            printf("%s\n", line);
+    } else if (news) {
+        r->groups_new++;
+    } else {
+        r->groups_old++;
+    }
 }
 
 static void check_counters(struct run *r, struct kv_client *c, struct check *ck)
@@ -1065,7 +1240,10 @@ static void check_counters(struct run *r, struct kv_client *c, struct check *ck)
             }
         }
         kv_client_value_free(&v);
-        if (val < lo) {
+        if (val < lo && r->o.lru && val <= r->ctr_acked[i] + r->ctr_inflight[i]) {
+            /* evicted this cycle and counted again from 0: at most this cycle's deltas */
+            ck->evicted++;
+        } else if (val < lo) {
             ck->lost++;
             printf("  LOST counter %s: %lld, below base %lld + acknowledged %lld = %lld "
                    "(%lld lost)%s\n",
@@ -1124,7 +1302,13 @@ static void check_fill(struct run *r, struct kv_client *c, unsigned n, struct ch
             fill_key(idx[j], names[j], sizeof(names[j]), &kl, &kh, &len);
             value_gen(r->scratch, r->o.seed, kh, FILL_W, 1, len);
             ck->keys++;
-            if (!vals[j].found) {
+            if (!vals[j].found && r->o.lru) {
+                /* evicted (never written again: counted the first time only) */
+                if (!r->fill_gone[idx[j]]) {
+                    r->fill_gone[idx[j]] = 1;
+                    ck->evicted++;
+                }
+            } else if (!vals[j].found) {
                 ck->lost++;
                 if (ck->reported++ < MAX_REPORT)
                     printf("  LOST %s (prefill): absent\n", names[j]);
@@ -1133,6 +1317,10 @@ static void check_fill(struct run *r, struct kv_client *c, unsigned n, struct ch
                 if (ck->reported++ < MAX_REPORT)
                     printf("  TORN %s (prefill): %zu bytes differ from the %u written\n", names[j],
                            vals[j].len, len);
+            } else if (r->fill_gone[idx[j]]) {
+                ck->stale++; /* evicted, yet back */
+                if (ck->reported++ < MAX_REPORT)
+                    printf("  STALE %s (prefill): seen evicted, now back\n", names[j]);
             }
         }
         kv_client_values_free(vals, m);
@@ -1140,31 +1328,118 @@ static void check_fill(struct run *r, struct kv_client *c, unsigned n, struct ch
     }
 }
 
-/* Test-only: damages one key behind the model's back, to prove the check catches it. */
+/* ---- self-test injections: damage behind the model's back, to prove the check catches it */
+
+/* Stores len bytes at k unknown to the model; a full store (--eviction none) is made room
+ * in by DELs of the last writer's other quiet keys, recorded in the model. 0 or -1. */
+static int inject_write(struct run *r, struct kv_client *c, const struct tkey *k,
+                        const uint8_t *val, uint32_t len, const struct tkey *keep)
+{
+    struct writer *w = &r->w[r->o.writers - 1];
+
+    for (unsigned j = r->o.keys; j-- > 0;) {
+        struct tkey *d = &w->keys[j];
+
+        if (kv_client_set(c, k->name, k->klen, val, len, NULL, NULL) == 0)
+            return 0;
+        if (kv_client_last_status(c) != KV_ST_OUT_OF_MEMORY)
+            break;
+        if (d == k || d == keep || d->ncand != 1 || d->cand[0].absent)
+            continue;
+        if (kv_client_del1(c, d->name, d->klen, NULL) != 0)
+            break;
+        key_apply(d, OP_DEL, ++w->seq, 0, ACKED, r->cycle);
+    }
+    printf("torture: the injection could not write %.48s\n", k->name);
+    return -1;
+}
+
+/* An acknowledged SET of a fresh len-byte value, recorded in the model. */
+static int inject_set(struct run *r, struct kv_client *c, struct tkey *k, uint32_t len,
+                      const struct tkey *keep)
+{
+    uint64_t seq = ++r->w[k->wid].seq;
+
+    value_gen(r->scratch, r->o.seed, k->khash, k->wid, seq, len);
+    if (inject_write(r, c, k, r->scratch, len, keep) != 0)
+        return -1;
+    key_apply(k, OP_SET, seq, len, ACKED, r->cycle);
+    return 0;
+}
+
+/* The i-th key of writer 0 that nothing is in flight for. */
+static struct tkey *inject_key(struct run *r, unsigned i)
+{
+    for (unsigned j = 0; j < r->o.keys; j++)
+        if (r->w[0].keys[j].ncand == 1 && i-- == 0)
+            return &r->w[0].keys[j];
+    return NULL;
+}
+
 static void inject_fault(struct run *r, struct kv_client *c)
 {
-    struct tkey *k = NULL;
+    struct tkey *k = inject_key(r, 0), *k2 = inject_key(r, 1);
+    enum inject what = r->o.inject;
+    uint64_t seq;
 
-    for (unsigned i = 0; i < r->o.writers * r->o.keys && !k; i++)
-        if (r->keys[i].ncand == 1 && !r->keys[i].cand[0].absent && r->keys[i].cand[0].len > HDR_LEN)
-            k = &r->keys[i];
-    if (!k) { /* the kill came before any such write: make one, acknowledged */
-        uint64_t seq = ++r->w[0].seq;
-
-        k = &r->w[0].keys[0];
-        value_gen(r->scratch, r->o.seed, k->khash, k->wid, seq, 100);
-        if (kv_client_set(c, k->name, k->klen, r->scratch, 100, NULL, NULL) != 0)
-            return;
-        key_apply(k, OP_SET, seq, 100, ACKED, r->cycle);
+    if (!k || !k2) {
+        printf("torture: no quiet key to inject into\n");
+        return;
     }
-    if (r->o.inject == INJECT_LOSS) {
+    if (what == INJECT_LOSS && r->o.lru) {
+        printf("torture: --inject loss under --eviction lru: an absent key cannot be told from "
+               "an evicted one, so the write is rolled back to an older value instead\n");
+        what = INJECT_STALE;
+    }
+    if (inject_set(r, c, k, 100, NULL) != 0)
+        return;
+    switch (what) {
+    case INJECT_LOSS:
         kv_client_del1(c, k->name, k->klen, NULL);
         printf("torture: injected a lost write: DEL %.48s behind the check's back\n", k->name);
-    } else {
-        value_gen(r->scratch, r->o.seed, k->khash, k->wid, k->cand[0].seq, k->cand[0].len);
-        r->scratch[k->cand[0].len - 1] ^= 0x5a;
-        kv_client_set(c, k->name, k->klen, r->scratch, k->cand[0].len, NULL, NULL);
-        printf("torture: injected a torn value: last byte of %.48s flipped\n", k->name);
+        break;
+    case INJECT_TEAR:
+        value_gen(r->scratch, r->o.seed, k->khash, k->wid, k->cand[0].seq, 100);
+        r->scratch[99] ^= 0x5a;
+        if (inject_write(r, c, k, r->scratch, 100, NULL) == 0)
+            printf("torture: injected a torn value: last byte of %.48s flipped\n", k->name);
+        break;
+    case INJECT_STALE: /* acknowledged: seq, then seq2; the store gets seq back */
+        seq = k->cand[0].seq;
+        if (inject_set(r, c, k, 100, NULL) != 0)
+            return;
+        value_gen(r->scratch, r->o.seed, k->khash, k->wid, seq, 100);
+        if (inject_write(r, c, k, r->scratch, 100, NULL) == 0)
+            printf("torture: injected a stale value: %.48s rolled back to seq %llu\n", k->name,
+                   (unsigned long long)seq);
+        break;
+    case INJECT_SPLIT: /* an MSET {k, k2} recorded in flight, of which only k is stored */
+        if (inject_set(r, c, k2, 100, k) != 0)
+            return;
+        seq = ++r->w[0].seq;
+        key_apply(k, OP_MSET, seq, 120, INFLIGHT, r->cycle);
+        key_apply(k2, OP_MSET, seq, 120, INFLIGHT, r->cycle);
+        r->inj_grp = (struct group){.seq = seq, .n = 2, .k = {k, k2}};
+        r->has_inj_grp = true;
+        value_gen(r->scratch, r->o.seed, k->khash, k->wid, seq, 120);
+        if (inject_write(r, c, k, r->scratch, 120, k2) == 0)
+            printf("torture: injected a split MSET: of an MSET {%.24s, %.24s} recorded in flight "
+                   "only the first key was stored\n",
+                   k->name, k2->name);
+        break;
+    case INJECT_VANISH: /* more keys gone than a kill can leave uncounted by the server */
+        kv_client_del1(c, k->name, k->klen, NULL);
+        for (unsigned i = 1; i <= EVICT_SLACK; i++) {
+            struct tkey *d = inject_key(r, i);
+
+            if (!d || inject_set(r, c, d, 100, NULL) != 0)
+                return;
+            kv_client_del1(c, d->name, d->klen, NULL);
+        }
+        printf("torture: injected %u vanished keys: DELs behind the check's back\n",
+               EVICT_SLACK + 1);
+        break;
+    case INJECT_NONE: break;
     }
 }
 
@@ -1180,10 +1455,16 @@ static int restart_and_check(struct run *r, double *rec_ms, struct check *ck)
         printf("torture: cannot connect to check after the restart\n");
         return -1;
     }
+    r->has_inj_grp = false;
     if (r->o.inject != INJECT_NONE && r->cycle == 1)
         inject_fault(r, c);
     for (unsigned i = 0; i < r->o.writers * r->o.keys && !ck->failed_io; i++)
         check_key(r, c, &r->keys[i], ck);
+    for (unsigned i = 0; i < r->o.writers && !ck->failed_io; i++)
+        if (r->w[i].has_grp)
+            check_group(r, &r->w[i].grp, ck);
+    if (r->has_inj_grp && !ck->failed_io)
+        check_group(r, &r->inj_grp, ck);
     if (!ck->failed_io)
         check_counters(r, c, ck);
     if (!ck->failed_io && r->nfill)
@@ -1262,18 +1543,21 @@ static const char *kind_name(char kind)
 static int run_cycle(struct run *r, struct size_stats *ss, char kind)
 {
     double kill_at, rec_ms = 0, t0;
-    uint64_t acked = 0, inflight = 0, refused = 0, live = 0;
-    char extra[160] = "", sz[16], st[32], rec[96];
+    uint64_t acked = 0, inflight = 0, refused = 0, live = 0, mrefused = 0, ev0 = r->srv_evictions;
+    uint64_t groups0 = r->groups;
+    char extra[160] = "", sz[16], st[32], rec[96], lru[160] = "";
     struct check ck;
     int fail = 0;
 
     atomic_store(&r->stop, 0);
+    atomic_store(&r->connected, 0);
     for (unsigned i = 0; i < r->o.writers; i++) {
         struct writer *w = &r->w[i];
 
         memset(w->ctr_acked, 0, sizeof(w->ctr_acked));
         memset(w->ctr_inflight, 0, sizeof(w->ctr_inflight));
-        w->acked = w->refused = w->inflight = w->live_bad = 0;
+        w->acked = w->refused = w->inflight = w->live_bad = w->mset_refused = 0;
+        w->has_grp = false;
         w->connect_failed = 0;
         w->live_msg[0] = '\0';
         w->rng = r->o.seed ^ ((uint64_t)r->cycle << 32) ^ ((uint64_t)i << 16) ^ r->memory;
@@ -1282,8 +1566,13 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
             exit(2);
         }
     }
-    /* the kill: a random moment of the cycle */
+    /* the kill: a random moment of the cycle, counted from when every writer is connected
+     * (a slow start, under ASan, must not let the kill fall before the first connect) */
     kill_at = r->o.seconds * (0.1 + 0.9 * rnd_unit(&r->rng));
+    t0 = now_s();
+    while (atomic_load(&r->connected) < r->o.writers && now_s() - t0 < IO_TIMEOUT_MS / 1e3 &&
+           server_alive(r))
+        sleep_s(0.001);
     t0 = now_s();
     while (now_s() - t0 < kill_at && server_alive(r))
         sleep_s(0.002);
@@ -1319,6 +1608,7 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
         acked += w->acked;
         inflight += w->inflight;
         refused += w->refused;
+        mrefused += w->mset_refused;
         live += w->live_bad;
         for (unsigned j = 0; j < NCTR; j++) {
             r->ctr_acked[j] += w->ctr_acked[j];
@@ -1335,6 +1625,7 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
     r->ops_acked += acked;
     r->ops_inflight += inflight;
     r->ops_refused += refused;
+    r->mset_refused += mrefused;
     r->live_bad += live;
     if (fail) {
         r->server_failures++;
@@ -1366,6 +1657,31 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
         ss->max_kept = (uint64_t)r->rec_kept;
     r->lost += ck.lost;
     r->torn += ck.torn;
+    r->stale += ck.stale;
+    r->split += ck.split;
+    r->evicted_seen += ck.evicted;
+    r->seen_evicted += ck.evicted;
+    if (r->srv_evictions > ev0)
+        r->evictions_total += r->srv_evictions - ev0;
+    if (r->o.lru) {
+        /* every key the checks found evicted was evicted once at least, and the server
+         * counted it, but for the few a kill cut between the unlink and the count */
+        uint64_t allowed = r->srv_evictions + (uint64_t)EVICT_SLACK * r->cycle;
+
+        snprintf(lru, sizeof(lru),
+                 "; evicted: %llu keys seen absent, server %llu (total %llu/%llu)",
+                 (unsigned long long)ck.evicted, (unsigned long long)(r->srv_evictions - ev0),
+                 (unsigned long long)r->seen_evicted, (unsigned long long)r->srv_evictions);
+        if (r->seen_evicted > allowed) {
+            printf("  LOST: the checks found %llu keys absent but the server evicted only %llu "
+                   "(+%u per kill): some vanished without eviction\n",
+                   (unsigned long long)r->seen_evicted, (unsigned long long)r->srv_evictions,
+                   EVICT_SLACK);
+            ck.lost += r->seen_evicted - allowed;
+            r->lost += r->seen_evicted - allowed;
+            r->seen_evicted = allowed;
+        }
+    }
     if (r->corrupt > 0) {
         printf("  the server counts %lld corrupt items\n", r->corrupt);
         r->torn += (uint64_t)r->corrupt;
@@ -1376,14 +1692,17 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
                  r->rec_store_ms, r->rec_kept, r->rec_dropped);
     else
         snprintf(rec, sizeof(rec), "segment was closed cleanly: no recovery");
-    printf("cycle %u/%u %s %s: %llu ops acked, %llu in flight, %llu refused (full); killed at "
-           "%.2f s%s; up in %.1f ms (%s); checked %llu keys: lost %llu, torn %llu%s\n",
+    printf("cycle %u/%u %s %s: %llu ops acked, %llu in flight, %llu refused (full; %llu MSETs); "
+           "killed at %.2f s%s; up in %.1f ms (%s); checked %llu keys and %llu MSETs in flight: "
+           "lost %llu, stale %llu, torn %llu, split %llu%s%s\n",
            r->cycle, r->o.cycles, fmt_size(r->memory, sz, sizeof(sz)), kind_name(kind),
            (unsigned long long)acked, (unsigned long long)inflight, (unsigned long long)refused,
-           kill_at, extra, rec_ms, rec, (unsigned long long)ck.keys, (unsigned long long)ck.lost,
-           (unsigned long long)ck.torn, live ? ", LIVE MISMATCHES" : "");
+           (unsigned long long)mrefused, kill_at, extra, rec_ms, rec, (unsigned long long)ck.keys,
+           (unsigned long long)(r->groups - groups0), (unsigned long long)ck.lost,
+           (unsigned long long)ck.stale, (unsigned long long)ck.torn, (unsigned long long)ck.split,
+           lru, live ? ", LIVE MISMATCHES" : "");
     fflush(stdout);
-    return ck.lost || ck.torn || live ? 1 : 0;
+    return ck.lost || ck.torn || ck.stale || ck.split || live ? 1 : 0;
 }
 
 /* All cycles on one segment size. Returns 0 when all went well. */
@@ -1395,6 +1714,9 @@ static int run_size(struct run *r, struct size_stats *ss)
 
     r->memory = ss->size;
     r->max_value = r->o.max_value;
+    r->mset_vmax = r->o.pressure ? MSET_VMAX_PRESSURE : MSET_VMAX;
+    if (!r->max_value && r->o.pressure)
+        r->max_value = 1u << 20;
     if (!r->max_value) {
         r->max_value = r->memory / 64;
         r->max_value = r->max_value < 65536        ? 65536
@@ -1405,12 +1727,12 @@ static int run_size(struct run *r, struct size_stats *ss)
     for (unsigned i = 0; i < r->o.writers; i++) {
         free(r->w[i].buf);
         r->w[i].buf =
-            malloc(r->max_value > MSET_MAX * MSET_VMAX ? r->max_value : MSET_MAX * MSET_VMAX);
+            malloc(r->max_value > MSET_MAX * r->mset_vmax ? r->max_value : MSET_MAX * r->mset_vmax);
         if (!r->w[i].buf)
             return -1;
     }
     free(r->scratch);
-    r->scratch = malloc(r->max_value > MSET_VMAX ? r->max_value : MSET_VMAX);
+    r->scratch = malloc(r->max_value > r->mset_vmax ? r->max_value : r->mset_vmax);
     if (!r->scratch)
         return -1;
     for (unsigned i = 0; i < r->o.writers * r->o.keys; i++)
@@ -1421,6 +1743,7 @@ static int run_size(struct run *r, struct size_stats *ss)
     r->last_gen = 0;
     r->store_size = 0;
     r->nfill = 0;
+    r->srv_evictions = r->seen_evicted = 0;
     shm_unlink(g_shm_name);
     r->port = free_port();
     printf("segment %s: %s on 127.0.0.1:%u, max value %s\n", g_shm_name,
@@ -1434,6 +1757,10 @@ static int run_size(struct run *r, struct size_stats *ss)
         r->server_failures++;
         return 1;
     }
+    free(r->fill_gone);
+    r->fill_gone = calloc(r->nfill + 1, 1);
+    if (!r->fill_gone)
+        return -1;
     for (r->cycle = 1; r->cycle <= r->o.cycles; r->cycle++) {
         char kind = r->o.kinds[(r->cycle - 1) % strlen(r->o.kinds)];
 
@@ -1453,13 +1780,29 @@ static int run_size(struct run *r, struct size_stats *ss)
         } else {
             ck.failed_io = 1;
         }
-        printf("prefill: all %u keys checked: lost %llu, torn %llu\n", r->nfill,
-               (unsigned long long)ck.lost, (unsigned long long)ck.torn);
+        printf("prefill: all %u keys checked: lost %llu, stale %llu, torn %llu\n", r->nfill,
+               (unsigned long long)ck.lost, (unsigned long long)ck.stale,
+               (unsigned long long)ck.torn);
+        if (r->o.lru) {
+            unsigned gone = 0;
+
+            for (unsigned i = 0; i < r->nfill; i++)
+                gone += r->fill_gone[i];
+            printf("prefill: %u of %u keys evicted by the end\n", gone, r->nfill);
+        }
         r->lost += ck.lost;
         r->torn += ck.torn;
+        r->stale += ck.stale;
+        r->evicted_seen += ck.evicted;
         if (ck.failed_io)
             r->server_failures++;
-        fail = ck.lost || ck.torn || ck.failed_io;
+        fail = ck.lost || ck.torn || ck.stale || ck.failed_io;
+    }
+    if (!fail && r->o.lru && r->srv_evictions == 0) {
+        printf("torture: --eviction lru, but the server evicted nothing (STATS evictions 0): "
+               "this run did not test eviction; use --pressure or a smaller --memory\n");
+        r->not_exercised++;
+        fail = 1;
     }
     if (!fail && g_server_pid > 0) {
         char st[32];
@@ -1486,8 +1829,21 @@ static void usage(FILE *f)
         "  --cycles N           kill/restart cycles per segment size (default 10)\n"
         "  --writers N          concurrent writer connections (default 4, max 64)\n"
         "  --seconds S          load per cycle; the kill falls at a random moment (default 2)\n"
-        "  --memory LIST        segment sizes, comma-separated, each run in turn (default 64m)\n"
-        "  --max-value SIZE     largest value (default memory/64, within 64k..4m)\n"
+        "  --memory LIST        segment sizes, comma-separated, each run in turn (default 64m;\n"
+        "                       16m with --pressure)\n"
+        "  --max-value SIZE     largest value (default memory/64, within 64k..4m; 1m with\n"
+        "                       --pressure)\n"
+        "  --eviction none|lru  the server's policy (default none). lru: a key may be absent\n"
+        "                       (evicted) although its write was acknowledged, but a value that\n"
+        "                       is present must be the latest acknowledged one or one in flight,\n"
+        "                       never an older one (stale) or a torn one; the checks may not\n"
+        "                       find more keys absent than the server counts evictions (STATS),\n"
+        "                       and a run in which the server evicted nothing fails\n"
+        "  --pressure           make the store move pages: values of every size class from 0 to\n"
+        "                       --max-value on every key (large ones, > 32 KiB, on pages), MSET\n"
+        "                       values up to 64k, more DELs, a small store: compaction runs\n"
+        "                       (also with --eviction none) and, with lru, eviction across "
+        "classes\n"
         "  --keys N             keys per writer (default 256)\n"
         "  --prefill PCT        fill PCT% of the segment first, checked each cycle (default 15)\n"
         "  --kinds STR          cycle kinds in turn: k = SIGKILL under load, r = also SIGKILL\n"
@@ -1497,9 +1853,17 @@ static void usage(FILE *f)
         "  --server-arg ARG     extra server argument (repeatable, e.g. --server-arg=--workers=2)\n"
         "  --recovery-limit S   seconds a restart may take to answer PING (default 10)\n"
         "  --max-time S         give up (exit 3) after S seconds (default: from the options)\n"
-        "  --inject loss|tear   self-test: damage one key after the first restart; the check\n"
-        "                       must then fail\n"
-        "Exit: 0 nothing lost or torn; 1 lost, torn, or the server failed; 2 usage; 3 timeout.\n",
+        "  --inject MODE        self-test: damage one key behind the check's back after the first\n"
+        "                       restart; the check must then fail. loss: DEL an acknowledged key\n"
+        "                       (under --eviction lru a lost key cannot be told from an evicted\n"
+        "                       one, so loss rolls the key back to an older acknowledged value\n"
+        "                       instead, as stale does); stale; tear: flip a byte of a value;\n"
+        "                       split-mset: record an MSET of two keys in flight and store one;\n"
+        "                       vanish: DEL 9 keys (lru: more absent keys than evictions)\n"
+        "Every MSET is all or nothing: one in flight at a kill must leave its keys all old or all\n"
+        "new, one refused (OUT_OF_MEMORY) must leave them all unchanged.\n"
+        "Exit: 0 nothing lost, stale, torn or split; 1 it was, the server failed, or an lru run\n"
+        "evicted nothing; 2 usage; 3 timeout.\n",
         f);
 }
 
@@ -1520,6 +1884,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         O_RLIM,
         O_MAXT,
         O_INJ,
+        O_EVICT,
+        O_PRESSURE,
         O_HELP
     };
     static const struct option lo[] = {
@@ -1537,6 +1903,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"recovery-limit", required_argument, NULL, O_RLIM},
         {"max-time", required_argument, NULL, O_MAXT},
         {"inject", required_argument, NULL, O_INJ},
+        {"eviction", required_argument, NULL, O_EVICT},
+        {"pressure", no_argument, NULL, O_PRESSURE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -1654,11 +2022,27 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->inject = INJECT_LOSS;
             else if (strcmp(optarg, "tear") == 0)
                 o->inject = INJECT_TEAR;
+            else if (strcmp(optarg, "stale") == 0)
+                o->inject = INJECT_STALE;
+            else if (strcmp(optarg, "split-mset") == 0)
+                o->inject = INJECT_SPLIT;
+            else if (strcmp(optarg, "vanish") == 0)
+                o->inject = INJECT_VANISH;
             else {
-                fprintf(stderr, "torture: bad --inject %s (loss or tear)\n", optarg);
+                fprintf(stderr,
+                        "torture: bad --inject %s (loss, stale, tear, split-mset or vanish)\n",
+                        optarg);
                 return -1;
             }
             break;
+        case O_EVICT:
+            if (strcmp(optarg, "lru") != 0 && strcmp(optarg, "none") != 0) {
+                fprintf(stderr, "torture: bad --eviction %s (none or lru)\n", optarg);
+                return -1;
+            }
+            o->lru = strcmp(optarg, "lru") == 0;
+            break;
+        case O_PRESSURE: o->pressure = true; break;
         case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -1668,9 +2052,17 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         return -1;
     }
     if (o->nsizes == 0) {
-        o->sizes[0] = 64u << 20;
+        o->sizes[0] = o->pressure ? 16u << 20 : 64u << 20;
         o->nsizes = 1;
     }
+    for (unsigned i = 0; i < o->nserver_args; i++)
+        if (strncmp(o->server_args[i], "--eviction", 10) == 0) {
+            fprintf(stderr,
+                    "torture: use --eviction, not --server-arg %s: the check depends on "
+                    "it\n",
+                    o->server_args[i]);
+            return -1;
+        }
     if (access(o->server, X_OK) != 0) {
         fprintf(stderr, "torture: server %s: %s (use --server PATH)\n", o->server, strerror(errno));
         return -1;
@@ -1701,9 +2093,9 @@ int main(int argc, char **argv)
     alarm((unsigned)(r->o.max_time + 1));
     r->rng = r->o.seed;
     printf("torture: seed %llu; %u cycles (%s) x %.2f s per size; %u writers x %u keys; "
-           "server %s\n",
+           "--eviction %s%s; server %s\n",
            (unsigned long long)r->o.seed, r->o.cycles, r->o.kinds, r->o.seconds, r->o.writers,
-           r->o.keys, r->o.server);
+           r->o.keys, r->o.lru ? "lru" : "none", r->o.pressure ? " --pressure" : "", r->o.server);
     printf("torture: reproduce with: %s --seed %llu", argv[0], (unsigned long long)r->o.seed);
     for (int i = 1; i < argc; i++)
         if (strncmp(argv[i], "--seed", 6) != 0 && (i == 1 || strcmp(argv[i - 1], "--seed") != 0))
@@ -1752,12 +2144,21 @@ int main(int argc, char **argv)
     }
 
     printf("torture summary: cycles %u, ops acknowledged %llu, in flight at a kill %llu, "
-           "refused (full) %llu, lost %llu, torn %llu, live mismatches %llu, server failures "
-           "%u, warnings %u\n",
+           "refused (full) %llu, lost %llu, stale %llu, torn %llu, split MSETs %llu, live "
+           "mismatches %llu, server failures %u, warnings %u\n",
            r->cycles_run, (unsigned long long)r->ops_acked, (unsigned long long)r->ops_inflight,
            (unsigned long long)r->ops_refused, (unsigned long long)r->lost,
-           (unsigned long long)r->torn, (unsigned long long)r->live_bad, r->server_failures,
-           r->warnings);
+           (unsigned long long)r->stale, (unsigned long long)r->torn, (unsigned long long)r->split,
+           (unsigned long long)r->live_bad, r->server_failures, r->warnings);
+    printf("MSET: %llu in flight at a kill checked (all old %llu, all new %llu, split %llu); "
+           "%llu refused (OUT_OF_MEMORY), keys they changed %llu\n",
+           (unsigned long long)r->groups, (unsigned long long)r->groups_old,
+           (unsigned long long)r->groups_new, (unsigned long long)r->groups_split,
+           (unsigned long long)r->mset_refused, (unsigned long long)(r->split - r->groups_split));
+    if (r->o.lru)
+        printf("evictions: server counted %llu (STATS evictions), the checks found %llu keys "
+               "absent (evicted, or lost)\n",
+               (unsigned long long)r->evictions_total, (unsigned long long)r->evicted_seen);
     for (unsigned s = 0; s < r->o.nsizes; s++) {
         struct size_stats *ss = &r->ss[s];
         char sz[16];
@@ -1773,7 +2174,8 @@ int main(int argc, char **argv)
         }
         free(ss->rec_ms);
     }
-    fail = fail || r->lost || r->torn || r->live_bad || r->server_failures;
+    fail = fail || r->lost || r->torn || r->stale || r->split || r->live_bad ||
+           r->server_failures || r->not_exercised;
     if (fail) {
         g_keep_log = r->o.inject == INJECT_NONE; /* an injected fault is expected */
         printf("RESULT: FAIL (seed %llu%s%s)\n", (unsigned long long)r->o.seed,
@@ -1787,5 +2189,6 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < r->o.writers; i++)
         free(r->w[i].buf);
     free(r->scratch);
+    free(r->fill_gone);
     return fail ? 1 : 0;
 }

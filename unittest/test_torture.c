@@ -1,8 +1,11 @@
 /* unittest/test_torture.c -- the crash torture (tests/torture.c, bin/torture) as a CUnit
  * suite: a short run -- SIGKILL under load, SIGKILL during recovery, SIGTERM then SIGKILL
- * during a graceful shutdown -- must come back with nothing lost and nothing torn; and the
- * tool's check must catch a lost write and a torn value injected behind its back, so that
- * a pass means something. Real processes, loopback. Scaled down under ASan. */
+ * during a graceful shutdown -- must come back with nothing lost and nothing torn; so must
+ * short runs with pages moving between size classes (--pressure), with --eviction lru
+ * (where the server must really have evicted) and with --eviction none (where MSETs are
+ * refused for want of room and must change nothing). The tool's check must catch a lost
+ * write, a torn value, a stale value under LRU and a split MSET injected behind its back,
+ * so that a pass means something. Real processes, loopback. Scaled down under ASan. */
 #include <CUnit/CUnit.h>
 #include <errno.h>
 #include <limits.h>
@@ -143,7 +146,8 @@ static void test_torture_short_run_loses_nothing(void)
     CU_ASSERT_EQUAL(rc, 0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "torture summary: cycles 6,"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, torn 0, live mismatches 0, server failures 0"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, stale 0, torn 0, split MSETs 0, live mismatches "
+                                       "0, server failures 0"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "recovery killed after"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "term+kill"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "RESULT: PASS"));
@@ -161,7 +165,7 @@ static void test_torture_check_catches_injected_loss(void)
     CU_ASSERT_EQUAL(rc, 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "injected a lost write"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 1, torn 0,"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 1, stale 0, torn 0, split MSETs 0,"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "RESULT: FAIL"));
     free(out);
 }
@@ -177,9 +181,128 @@ static void test_torture_check_catches_injected_tear(void)
     CU_ASSERT_EQUAL(rc, 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "injected a torn value"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, torn 1,"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, stale 0, torn 1, split MSETs 0,"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "RESULT: FAIL"));
     free(out);
+}
+
+/* The number after the first occurrence of label in out, or -1. */
+static long long figure(const char *out, const char *label)
+{
+    const char *p = strstr(out, label);
+
+    return p ? strtoll(p + strlen(label), NULL, 10) : -1;
+}
+
+/* A short --pressure run with the given --eviction and cycle kinds; must pass. */
+static char *pressure_run(const char *eviction, const char *kinds)
+{
+    const char *const normal[] = {"--eviction", eviction,    "--pressure", "--cycles",
+                                  "4",          "--kinds",   kinds,        "--seconds",
+                                  "1",          "--writers", "4",          NULL};
+    const char *const slow[] = {"--eviction", eviction,      "--pressure", "--cycles", "4",
+                                "--kinds",    kinds,         "--seconds",  "0.7",      "--writers",
+                                "3",          "--max-value", "256k",       NULL};
+    char *out;
+    int rc = run_torture(asan() ? slow : normal, &out);
+
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "torture summary: cycles 4,"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, stale 0, torn 0, split MSETs 0, live mismatches "
+                                       "0, server failures 0"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "RESULT: PASS"));
+    return out;
+}
+
+static void test_torture_lru_with_page_moves_loses_nothing(void)
+{
+    char *out = pressure_run("lru", "kkrs");
+
+    /* the server really evicted (its STATS), and the checks really saw evicted keys */
+    CU_ASSERT(figure(out, "evictions: server counted ") > 0);
+    CU_ASSERT(figure(out, "the checks found ") > 0);
+    CU_ASSERT(figure(out, "ops acknowledged ") > 1000);
+    free(out);
+}
+
+static void test_torture_full_store_refused_mset_changes_nothing(void)
+{
+    char *out = pressure_run("none", "kkks");
+    const char *p = strstr(out, "MSET: ");
+
+    /* a store that is full most of the time refuses MSETs: each was checked, none changed */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT(figure(p, "); ") > 0);
+    CU_ASSERT_EQUAL(figure(p, "keys they changed "), 0);
+    CU_ASSERT(figure(out, "refused (full) ") > 0);
+    free(out);
+}
+
+/* A one-cycle run with --inject; must fail, and say why. */
+static char *inject_run(const char *eviction, const char *what)
+{
+    const char *const args[] = {
+        "--eviction", eviction,    "--pressure", "--cycles", "1",  "--seconds", "0.5", "--writers",
+        "2",          "--prefill", "0",          "--memory", "8m", "--inject",  what,  NULL};
+    char *out;
+    int rc = run_torture(args, &out);
+
+    CU_ASSERT_EQUAL(rc, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "RESULT: FAIL"));
+    return out;
+}
+
+static void test_torture_lru_check_catches_injected_stale(void)
+{
+    /* under LRU a DEL would pass for an eviction: loss rolls the key back instead */
+    char *out = inject_run("lru", "loss");
+
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "injected a stale value"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, stale 1, torn 0, split MSETs 0,"));
+    free(out);
+}
+
+static void test_torture_lru_check_catches_injected_tear(void)
+{
+    char *out = inject_run("lru", "tear");
+
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "injected a torn value"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, stale 0, torn 1, split MSETs 0,"));
+    free(out);
+}
+
+static void test_torture_lru_check_catches_keys_vanished_without_eviction(void)
+{
+    /* a 32m store with no --pressure evicts nothing: 9 absent keys cannot be evictions */
+    const char *const args[] = {"--eviction", "lru",      "--cycles", "1",         "--seconds",
+                                "0.3",        "--memory", "32m",      "--writers", "2",
+                                "--prefill",  "0",        "--inject", "vanish",    NULL};
+    char *out;
+    int rc = run_torture(args, &out);
+
+    CU_ASSERT_EQUAL(rc, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "injected 9 vanished keys"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "some vanished without eviction"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 1, stale 0, torn 0, split MSETs 0,"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "RESULT: FAIL"));
+    free(out);
+}
+
+static void test_torture_check_catches_split_mset(void)
+{
+    static const char *const ev[] = {"none", "lru"};
+
+    for (unsigned i = 0; i < 2; i++) {
+        char *out = inject_run(ev[i], "split-mset");
+
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, "injected a split MSET"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, "SPLIT MSET of writer 0"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, ", lost 0, stale 0, torn 0, split MSETs 1,"));
+        free(out);
+    }
 }
 
 int main(void)
@@ -194,5 +317,16 @@ int main(void)
                 test_torture_check_catches_injected_loss);
     CU_add_test(s, "test_torture_check_catches_injected_tear",
                 test_torture_check_catches_injected_tear);
+    CU_add_test(s, "test_torture_lru_with_page_moves_loses_nothing",
+                test_torture_lru_with_page_moves_loses_nothing);
+    CU_add_test(s, "test_torture_full_store_refused_mset_changes_nothing",
+                test_torture_full_store_refused_mset_changes_nothing);
+    CU_add_test(s, "test_torture_lru_check_catches_injected_stale",
+                test_torture_lru_check_catches_injected_stale);
+    CU_add_test(s, "test_torture_lru_check_catches_injected_tear",
+                test_torture_lru_check_catches_injected_tear);
+    CU_add_test(s, "test_torture_lru_check_catches_keys_vanished_without_eviction",
+                test_torture_lru_check_catches_keys_vanished_without_eviction);
+    CU_add_test(s, "test_torture_check_catches_split_mset", test_torture_check_catches_split_mset);
     return kv_test_run_all();
 }

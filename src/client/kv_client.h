@@ -170,8 +170,8 @@ int kv_client_mget(struct kv_client *c, const struct kv_bytes *keys, size_t n,
 void kv_client_values_free(struct kv_value *v, size_t n);
 
 /* MSET of n >= 1 pairs with one TTL (0 = none); versions[0..n) (may be
- * NULL) gets the new versions. A KV_ESTATUS with last status OUT_OF_MEMORY
- * means the store filled midway: the earlier pairs were stored. */
+ * NULL) gets the new versions. All or nothing: a KV_ESTATUS with last status
+ * OUT_OF_MEMORY means the batch did not fit and no pair was stored. */
 int kv_client_mset(struct kv_client *c, const struct kv_bytes *keys, const struct kv_bytes *values,
                    size_t n, uint64_t ttl_ms, uint64_t *versions);
 
