@@ -293,6 +293,8 @@ static void test_promise_none_uses_freed_bytes(void)
     fprintf(stderr, "(%d small, freed %llu bytes, %d x 1000 B stored, %llu could) ", n,
             (unsigned long long)free_before, big, (unsigned long long)could);
     CU_ASSERT((uint64_t)big * 100 >= could * 90);
+    kv_shm_stats(s, &st);
+    CU_ASSERT(st.pages_compacted > 0 && st.items_moved > 0); /* it was compaction that did it */
     int bad = 0;
     for (int i = 1; i < n; i += 2) {
         char k[32];
@@ -382,6 +384,9 @@ static void test_promise_lru_big_values(void)
         CU_ASSERT(holds_sized(s, k, v, (uint64_t)i));
     }
     CU_ASSERT_EQUAL(oom, 0);
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    CU_ASSERT(st.pages_evicted > 0); /* small items' pages were emptied for the big values */
     kv_shm_store_close(s);
     kv_shm_store_unlink(&c);
 }

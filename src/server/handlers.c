@@ -971,6 +971,9 @@ static void handle_stats(void *ctx, struct kv_call *call)
         ADD("evictions", st.evictions);
         ADD("expired", st.expired);
         ADD("corrupt_items", st.corrupt);
+        ADD("pages_compacted", st.pages_compacted);
+        ADD("pages_evicted", st.pages_evicted);
+        ADD("items_moved", st.items_moved);
         ADD("generation", st.generation);
         ADD("recovered_items", st.recovered_items);
         ADD("dropped_items", st.dropped_items);

@@ -191,6 +191,7 @@ size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
                       "store keys %llu, bytes used %llu of %llu (free %llu), index buckets "
                       "%llu (%llu bytes)\n"
                       "store hits %llu, misses %llu, evictions %llu, expired %llu, corrupt %llu\n"
+                      "store pages compacted %llu (items moved %llu), pages evicted %llu\n"
                       "store generation %llu, recovered %d (kept %llu, dropped %llu, %.1f ms)\n"
                       "store mapped on huge pages %llu bytes\n",
                       (unsigned long long)st.keys, (unsigned long long)st.bytes_used,
@@ -198,7 +199,9 @@ size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
                       (unsigned long long)st.index_buckets, (unsigned long long)st.index_bytes,
                       (unsigned long long)st.hits, (unsigned long long)st.misses,
                       (unsigned long long)st.evictions, (unsigned long long)st.expired,
-                      (unsigned long long)st.corrupt, (unsigned long long)st.generation,
+                      (unsigned long long)st.corrupt, (unsigned long long)st.pages_compacted,
+                      (unsigned long long)st.items_moved, (unsigned long long)st.pages_evicted,
+                      (unsigned long long)st.generation,
                       st.recovered, (unsigned long long)st.recovered_items,
                       (unsigned long long)st.dropped_items, (double)st.recovery_ns / 1e6,
                       (unsigned long long)st.huge_bytes);

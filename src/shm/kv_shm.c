@@ -905,6 +905,9 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
     o.evictions = __atomic_load_n(&h->evictions, __ATOMIC_RELAXED);
     o.expired = __atomic_load_n(&h->expired, __ATOMIC_RELAXED);
     o.corrupt = __atomic_load_n(&h->corrupt, __ATOMIC_RELAXED);
+    o.pages_compacted = __atomic_load_n(&h->pages_compacted, __ATOMIC_RELAXED);
+    o.pages_evicted = __atomic_load_n(&h->pages_evicted, __ATOMIC_RELAXED);
+    o.items_moved = __atomic_load_n(&h->items_moved, __ATOMIC_RELAXED);
     o.generation = h->generation;
     o.recovered = s->recovered;
     o.recovered_items = s->recovered_items;

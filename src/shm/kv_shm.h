@@ -233,6 +233,9 @@ struct kv_shm_stats {
     uint64_t evictions;     /* items evicted by LRU */
     uint64_t expired;       /* items removed because they expired (lazy + sweep) */
     uint64_t corrupt;       /* items that failed their checksum at run time */
+    uint64_t pages_compacted; /* pages emptied by moving their items into their class's others */
+    uint64_t pages_evicted;   /* pages emptied by evicting every item in them (LRU) */
+    uint64_t items_moved;     /* items moved by compaction */
     uint64_t generation;    /* number of opens of the segment */
     uint64_t huge_bytes;    /* bytes of this process's mapping on huge pages (README) */
     int recovered;          /* 1 when this open ran recovery */

@@ -113,12 +113,18 @@ static int page_drain(struct kv_shm_store *s, uint64_t pi, enum drain_mode mode)
             }
         }
         pthread_rwlock_unlock(&st->lock);
+        if (old && mode == DRAIN_MOVE)
+            __atomic_add_fetch(&s->hdr->items_moved, 1, __ATOMIC_RELAXED);
         if (old)
             kv_shm_free(s, old);
         if (stop)
             break;
     }
-    return kv_shm_page_drain_end(s, pi) ? 0 : KV_EAGAIN;
+    if (!kv_shm_page_drain_end(s, pi))
+        return KV_EAGAIN;
+    __atomic_add_fetch(mode == DRAIN_MOVE ? &s->hdr->pages_compacted : &s->hdr->pages_evicted, 1,
+                       __ATOMIC_RELAXED);
+    return 0;
 }
 
 /* Step 2: an item class whose free chunks fill a page gives its emptiest page back; the

@@ -105,6 +105,7 @@ struct shm_hdr {
     uint64_t version_ctr;  /* atomic: last version handed out */
     uint64_t sweep_cursor; /* atomic: next bucket for kv_shm_sweep */
     uint64_t evictions, expired, corrupt; /* atomic counters */
+    uint64_t pages_compacted, pages_evicted, items_moved; /* atomic: page drains (shm_evict.c) */
     uint64_t pages_free;                  /* guarded by page_lock */
     uint64_t free_top;    /* guarded by page_lock: page index + 1 atop the free stack */
     uint64_t index_pages; /* guarded by page_lock */
