@@ -978,6 +978,109 @@ static void test_promise_sparse_copy_refused(void)
     rmdir(dir);
 }
 
+/* ---- resizing ------------------------------------------------------------------------ */
+
+static void rs_fill(struct kv_shm_store *s, int n, uint64_t *ver)
+{
+    for (int i = 0; i < n; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "rs-%d", i);
+        size_t vl = i % 50 == 0 ? 70000 : (size_t)(i * 13) % 2000;
+        uint8_t *v = kv_mem_alloc(KV_MOD_TEST, vl ? vl : 1);
+        fill_value(v, vl, (uint64_t)i);
+        struct kv_shm_set_opts o = {.ttl_ms = i % 7 == 0 ? 3600000 : 0};
+        CU_ASSERT_EQUAL(kv_shm_set(s, k, strlen(k), v, vl, &o, &ver[i]), 0);
+        kv_mem_free(KV_MOD_TEST, v);
+    }
+}
+
+static int rs_check(struct kv_shm_store *s, int n, const uint64_t *ver)
+{
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "rs-%d", i);
+        size_t vl = i % 50 == 0 ? 70000 : (size_t)(i * 13) % 2000;
+        uint8_t *want = kv_mem_alloc(KV_MOD_TEST, vl ? vl : 1);
+        fill_value(want, vl, (uint64_t)i);
+        struct vbuf got = {0};
+        size_t gl = 0;
+        uint64_t gv = 0;
+        int rc = kv_shm_get(s, k, strlen(k), vbuf_alloc, &got, &gl, &gv);
+        int64_t ttl = 0;
+        kv_shm_ttl(s, k, strlen(k), &ttl);
+        bad += rc != 0 || gl != vl || gv != ver[i] || memcmp(got.p, want, vl) != 0 ||
+               (i % 7 == 0 ? ttl < 3500000 : ttl != -1);
+        kv_mem_free(KV_MOD_TEST, got.p);
+        kv_mem_free(KV_MOD_TEST, want);
+    }
+    return bad;
+}
+
+/* Issue 17 item 7: a larger --memory grows the store, keeping every key with its version
+ * and expiry; a smaller one is refused unless --shrink-store asks and the keys fit; a kill
+ * during the copy leaves the old size usable. */
+static void test_promise_resize(void)
+{
+    enum { N = 1500 };
+    uint64_t ver[N];
+    struct kv_config c;
+    cfg_make(&c, "resize", 8u << 20);
+    struct kv_shm_store *s = open_with(&c, NULL);
+    rs_fill(s, N, ver);
+    kv_shm_store_close(s);
+    /* killed in the middle of the copy: the old segment opens as it was */
+    struct kv_config big = c;
+    big.memory = 16u << 20;
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct kv_shm_open_opts o = {.crash_at = 300, .crash_site = KV_SHM_CRASH_UPGRADE};
+        struct kv_shm_store *x;
+        _exit(kv_shm_store_open_ex(&big, &o, NULL, 0, &x) ? 1 : 0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 77);
+    s = open_with(&c, NULL);
+    CU_ASSERT_EQUAL(rs_check(s, N, ver), 0);
+    kv_shm_store_close(s);
+    /* grown */
+    char err[1024];
+    CU_ASSERT_EQUAL_FATAL(kv_shm_store_open(&big, err, sizeof(err), &s), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "grown from 8388608 to 16777216 bytes"));
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    CU_ASSERT_EQUAL(st.segment_size, 16u << 20);
+    CU_ASSERT_EQUAL(rs_check(s, N, ver), 0);
+    uint64_t nv;
+    CU_ASSERT_EQUAL(kv_shm_set(s, "after", 5, "x", 1, NULL, &nv), 0);
+    for (int i = 0; i < N; i++)
+        CU_ASSERT(nv > ver[i]);
+    kv_shm_del(s, "after", 5);
+    kv_shm_store_close(s);
+    /* smaller: refused without --shrink-store, then shrunk */
+    CU_ASSERT_EQUAL(kv_shm_store_open(&c, err, sizeof(err), &s), KV_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "--shrink-store"));
+    c.shrink_store = 1;
+    CU_ASSERT_EQUAL_FATAL(kv_shm_store_open(&c, err, sizeof(err), &s), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "shrunk"));
+    CU_ASSERT_EQUAL(rs_check(s, N, ver), 0);
+    kv_shm_store_close(s);
+    /* a shrink that does not fit changes nothing */
+    struct kv_config tiny = c;
+    tiny.memory = 2u << 20;
+    CU_ASSERT_EQUAL(kv_shm_store_open(&tiny, err, sizeof(err), &s), KV_ENOMEM);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "does not fit"));
+    c.shrink_store = 0;
+    s = open_with(&c, NULL);
+    CU_ASSERT_EQUAL(rs_check(s, N, ver), 0);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+    struct kv_config rz = c;
+    snprintf(rz.shm_name, sizeof(rz.shm_name), "%.200s.resize", c.shm_name);
+    CU_ASSERT_EQUAL(kv_shm_store_unlink(&rz), KV_ENOTFOUND); /* no copy left behind */
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1010,6 +1113,7 @@ int main(void)
         {"test_promise_both_headers_gone_refused", test_promise_both_headers_gone_refused},
         {"test_promise_damaged_directory_entry", test_promise_damaged_directory_entry},
         {"test_promise_sparse_copy_refused", test_promise_sparse_copy_refused},
+        {"test_promise_resize", test_promise_resize},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
         if (!CU_add_test(su, tests[i].name, tests[i].fn))

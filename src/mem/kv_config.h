@@ -43,6 +43,7 @@ struct kv_config {
     enum kv_huge_pages huge_pages; /* default try */
     size_t max_key;              /* 1 .. max_key bytes */
     int reset_store;             /* move an unusable segment aside and start empty */
+    int shrink_store;            /* a --memory below the segment's size copies it smaller */
 
     int in_order;                /* 1: binary answers leave in request order too */
     int resp_disabled;           /* 1: binary frames only (no RESP on the port) */

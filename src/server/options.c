@@ -15,7 +15,7 @@
 enum {
     OPT_BIND = 256, OPT_PORT, OPT_IO_THREADS, OPT_WORKERS, OPT_MAX_BODY, OPT_MAX_CONNS,
     OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
-    OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
+    OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_SHRINK_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
     OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER, OPT_HUGE_PAGES,
     OPT_UNIX, OPT_UNIX_PERM, OPT_NO_TCP,
 };
@@ -39,6 +39,7 @@ static const struct option long_opts[] = {
     {"memory", required_argument, NULL, OPT_MEMORY},
     {"eviction", required_argument, NULL, OPT_EVICTION},
     {"reset-store", no_argument, NULL, OPT_RESET_STORE},
+    {"shrink-store", no_argument, NULL, OPT_SHRINK_STORE},
     {"requirepass", required_argument, NULL, OPT_REQUIREPASS},
     {"requirepass-file", required_argument, NULL, OPT_REQUIREPASS_FILE},
     {"frame-timeout", required_argument, NULL, OPT_FRAME_TIMEOUT},
@@ -79,6 +80,8 @@ void kv_options_usage(FILE *f)
           "  --memory SIZE        store size (default 256m)\n"
           "  --eviction none|lru  when full: answer OUT_OF_MEMORY (default) or evict\n"
           "  --reset-store        move an unusable segment aside and start empty\n"
+          "  --shrink-store       allow a --memory below the segment's size: its keys are\n"
+          "                       copied into a smaller one (refused if they do not fit)\n"
           "  --huge-pages try|require|off  back the store with huge pages: ask and say\n"
           "                       when it did not get them (default), refuse to start\n"
           "                       without them, or do not ask\n"
@@ -311,6 +314,9 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
             break;
         case OPT_RESET_STORE:
             cfg->reset_store = 1;
+            break;
+        case OPT_SHRINK_STORE:
+            cfg->shrink_store = 1;
             break;
         case OPT_REQUIREPASS:
             rc = copy_str(cfg->requirepass, sizeof(cfg->requirepass), optarg);

@@ -52,7 +52,8 @@ enum kv_shm_crash_site {
     KV_SHM_CRASH_RECOVER,       /* recovery: items claimed, allocator not yet rebuilt */
     KV_SHM_CRASH_RECOVER_MOVE,  /* recovery: a misplaced item is in both buckets */
     KV_SHM_CRASH_BATCH,         /* a multi-key write: some of its keys published */
-    KV_SHM_CRASH_UPGRADE,       /* upgrading a layout-1 segment: some items copied */
+    KV_SHM_CRASH_UPGRADE,       /* upgrading a layout-1 segment (or resizing one): some
+                                 * items copied */
 };
 
 /* Creates, or opens and (when it was not closed cleanly) recovers, the segment named by

@@ -371,6 +371,12 @@ int kv_shm_put_versioned(struct kv_shm_store *s, const void *key, size_t klen, c
  * old one. 0 when done (the caller reopens the name); the old segment is untouched on any
  * failure and after a kill at any instant. */
 int kv_shm_upgrade_v1(struct kv_shm_store *s, const struct kv_config *cfg, char *eb, size_t ec);
+/* The segment named by cfg has this layout but old_size bytes, not cfg->memory (nothing of
+ * it is mapped or locked by the caller): copies every live item into a segment of
+ * cfg->memory bytes beside it and renames that over it, as the upgrade does. 0 when done
+ * (reopen); KV_ENOMEM, unchanged, when the items do not fit. */
+int kv_shm_resize(const struct kv_shm_store *s, const struct kv_config *cfg, size_t old_size,
+                  char *eb, size_t ec);
 
 /* ---- shm_batch.c ---- */
 /* Undoes the multi-key writes a kill interrupted (their logs in hdr->batch); recovery's

@@ -380,10 +380,25 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
             return rc ? rc : SHM_REOPEN;
         }
     }
+    if (!fresh && !s->attach && (uint64_t)sb.st_size != s->size && sb.st_size >= SHM_HDR_SIZE) {
+        /* a segment of this layout at another size: grown to --memory, or shrunk when
+         * asked, by copying its keys (kv_shm_resize); never resized in place */
+        struct shm_hdr oh;
+        int ours = pread(s->fd, &oh, sizeof(oh), 0) == (ssize_t)sizeof(oh) &&
+                   oh.magic == SHM_MAGIC && oh.layout_version == SHM_LAYOUT_VERSION &&
+                   oh.hdr_crc == hdr_crc(&oh) && oh.size == (uint64_t)sb.st_size;
+        if (ours && ((uint64_t)sb.st_size < s->size || cfg->shrink_store)) {
+            seg_unmap(s); /* the copy opens it itself, lock and all */
+            int rc = kv_shm_resize(s, cfg, (size_t)sb.st_size, eb, ec);
+            return rc ? rc : SHM_REOPEN;
+        }
+    }
     if (!fresh && (uint64_t)sb.st_size != s->size) {
         say(eb, ec,
             "segment %s is %lld bytes but --memory is %zu; restart with --memory "
-            "%lld to keep its data, or with --reset-store to move it aside and start empty",
+            "%lld to keep its data as it is, with --shrink-store to copy it into the smaller "
+            "size (refused if it does not fit), or with --reset-store to move it aside and "
+            "start empty",
             s->name, (long long)sb.st_size, s->size, (long long)sb.st_size);
         seg_unmap(s);
         *bad = 1;
