@@ -53,7 +53,8 @@ void kv_options_usage(FILE *f)
 {
     fputs("usage: libevkv [options]\n"
           "  --bind ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
-          "  --port N             TCP port (default 7379; 0 = any free port)\n"
+          "  --port N             TCP port (default 7379; 0 = any free port, which needs\n"
+          "                       --shm-name or --data-file)\n"
           "  --io-threads N       IO threads, one libev loop each (default 1; cores/4 from 8 cores)\n"
           "  --workers N          worker threads; 0 runs handlers in the IO thread\n"
           "                       (default 0 on 1-2 cores, else cores - io-threads)\n"
@@ -326,6 +327,13 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
     }
     if (cfg->output_hard_limit < cfg->max_output) {
         snprintf(err, errcap, "--output-hard-limit must be at least --max-output");
+        return KV_EINVAL;
+    }
+    /* the default segment is named after the port: with any free port it
+     * would be shared by every such server (README, "Running the server") */
+    if (cfg->port == 0 && !cfg->shm_name[0] && !cfg->data_file[0]) {
+        snprintf(err, errcap, "--port 0 needs --shm-name or --data-file (the default "
+                 "segment is named after the port)");
         return KV_EINVAL;
     }
     if (optind < argc) {

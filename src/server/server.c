@@ -68,6 +68,19 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         return KV_ENOMEM;
     }
     srv->cfg = cfg;
+    /* the socket first: a bad --bind or a busy port must not create (or
+     * recover, or mark) a store it will never serve. No thread runs yet, so
+     * nothing is accepted before the store is open. */
+    kv_server_resp_adapter(srv, &text);
+    rc = kv_io_create(cfg, dispatch, srv, &text, &srv->io);
+    if (rc != 0) {
+        snprintf(err, errcap, "cannot listen on %s:%u: %s; the store was not touched",
+                 cfg->bind_addr, cfg->port,
+                 rc == KV_EINVAL ? "not an IPv4 address"
+                 : rc == KV_EIO  ? strerror(errno)
+                                 : kv_strerror(rc));
+        goto err_destroy;
+    }
     rc = kv_shm_store_open(cfg, err, errcap, &srv->store);
     if (rc != 0) {
         if (err[0] == '\0')
@@ -101,13 +114,6 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         rc = kv_server_handlers_register(srv, srv->reg);
     if (rc != 0) {
         snprintf(err, errcap, "handler registry: %s", kv_strerror(rc));
-        goto err_destroy;
-    }
-    kv_server_resp_adapter(srv, &text);
-    rc = kv_io_create(cfg, dispatch, srv, &text, &srv->io);
-    if (rc != 0) {
-        snprintf(err, errcap, "cannot listen on %s:%u: %s", cfg->bind_addr, cfg->port,
-                 rc == KV_EIO || rc == KV_EINVAL ? strerror(errno) : kv_strerror(rc));
         goto err_destroy;
     }
     *out = srv;
