@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <regex.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -190,6 +191,288 @@ static void test_ops_port0_with_name_runs(void)
     shm_unlink(name);
 }
 
+/* ---- logs ---------------------------------------------------------------- */
+
+/* 1 when every line of text starts with a UTC timestamp and a level. */
+static int every_line_stamped(const char *text, int *lines)
+{
+    regex_t re;
+    const char *p = text;
+    int ok = 1;
+
+    *lines = 0;
+    if (regcomp(&re, "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z "
+                     "(error|warn|info|debug) \\[[a-z]+\\] ",
+                REG_EXTENDED | REG_NOSUB) != 0)
+        return 0;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        char line[2048];
+
+        snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), p);
+        if (regexec(&re, line, 0, NULL, 0) != 0) {
+            fprintf(stderr, "unstamped log line: %s\n", line);
+            ok = 0;
+        }
+        (*lines)++;
+        p += n + (nl ? 1 : 0);
+    }
+    regfree(&re);
+    return ok;
+}
+
+static int ping_port(uint16_t port)
+{
+    struct kv_client *c;
+    int rc;
+
+    if (kv_client_connect("127.0.0.1", port, 5000, &c) != 0)
+        return -1;
+    rc = kv_client_ping(c, "hi", 2);
+    kv_client_close(c);
+    return rc;
+}
+
+static int count(const char *text, const char *needle)
+{
+    int n = 0;
+
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+static void test_ops_sighup_reopens_log_file_and_never_stops(void)
+{
+    struct kv_test_server s = {0};
+    char logf[128], rotated[128];
+    char *text;
+    int lines;
+
+    snprintf(logf, sizeof(logf), "%s/hup.log", tmpdir);
+    snprintf(rotated, sizeof(rotated), "%s/hup.log.1", tmpdir);
+    const char *args[] = {"--log-file", logf, NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    for (int i = 0; i < 3; i++) { /* a terminal closing, logrotate: never a stop */
+        CU_ASSERT_EQUAL(kill(s.pid, SIGHUP), 0);
+        usleep(50000);
+        CU_ASSERT_EQUAL(ping_port(s.port), 0);
+    }
+    /* logrotate: rename, then SIGHUP; the next lines go to a new file */
+    CU_ASSERT_EQUAL_FATAL(rename(logf, rotated), 0);
+    CU_ASSERT_EQUAL(kill(s.pid, SIGHUP), 0);
+    for (int i = 0; i < 200 && access(logf, F_OK) != 0; i++)
+        usleep(10000);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+
+    text = kv_test_slurp(rotated);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT(strstr(text, "listening on 127.0.0.1:") != NULL);
+    CU_ASSERT_EQUAL(count(text, "SIGHUP: log file"), 3);
+    CU_ASSERT(every_line_stamped(text, &lines));
+    CU_ASSERT(lines >= 5);
+    free(text);
+    text = kv_test_slurp(logf);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT(strstr(text, "reopened") != NULL);
+    CU_ASSERT(strstr(text, "stopping gracefully") != NULL);
+    CU_ASSERT(strstr(text, "listening on") == NULL);
+    CU_ASSERT(every_line_stamped(text, &lines));
+    free(text);
+    /* the statistics tables stay on stdout, not in the log file */
+    text = kv_test_server_log(&s);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT(strstr(text, "exit table") != NULL);
+    CU_ASSERT(strstr(text, "memory still held") == NULL);
+    free(text);
+}
+
+/* Without --log-file the lines go to stderr, stamped all the same; SIGHUP
+ * says it has nothing to reopen and the server carries on. */
+static void test_ops_stderr_lines_stamped_sighup_harmless(void)
+{
+    struct kv_test_server s = {0};
+    char *text, *p;
+    int lines;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
+    CU_ASSERT_EQUAL(kill(s.pid, SIGHUP), 0);
+    usleep(100000);
+    CU_ASSERT_EQUAL(ping_port(s.port), 0);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+    text = kv_test_server_log(&s);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT(strstr(text, "no --log-file to reopen; still running") != NULL);
+    /* keep only the log lines (the tables are not log lines) */
+    p = text;
+    {
+        char *out = text;
+
+        while (*p) {
+            char *nl = strchr(p, '\n');
+            size_t n = nl ? (size_t)(nl - p + 1) : strlen(p);
+
+            if (p[0] >= '0' && p[0] <= '9' && n > 4 && p[4] == '-') {
+                memmove(out, p, n);
+                out += n;
+            } else if (strstr(p, "[server]") && strstr(p, "[server]") < p + n) {
+                memmove(out, p, n); /* an unstamped [server] line: must fail below */
+                out += n;
+            }
+            p += n;
+        }
+        *out = '\0';
+    }
+    CU_ASSERT(every_line_stamped(text, &lines));
+    CU_ASSERT(lines >= 3);
+    free(text);
+}
+
+static int raw_connect(uint16_t port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Reads until the peer closes (or 5 s); returns the bytes read. */
+static size_t read_to_close(int fd, char *buf, size_t cap)
+{
+    struct timeval tv = {.tv_sec = 5};
+    size_t len = 0;
+    ssize_t n;
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (len + 1 < cap && (n = read(fd, buf + len, cap - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    return len;
+}
+
+static void test_ops_debug_logs_connections_and_protocol_errors(void)
+{
+    struct kv_test_server s = {0};
+    char logf[128], buf[512], peer[64];
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof(sa);
+    char *text;
+    int fd, lines;
+
+    snprintf(logf, sizeof(logf), "%s/debug.log", tmpdir);
+    const char *args[] = {"--log-file", logf, "--log-level", "debug", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    sleep(1); /* a fresh second of the rate limit */
+
+    /* a RESP protocol error: the reason is logged, with the peer of the fd */
+    fd = raw_connect(s.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    snprintf(peer, sizeof(peer), "peer 127.0.0.1:%u", ntohs(sa.sin_port));
+    CU_ASSERT(write(fd, "*1\r\n$abc\r\n", 11) == 11);
+    read_to_close(fd, buf, sizeof(buf));
+    CU_ASSERT(strstr(buf, "-ERR Protocol error") != NULL);
+    close(fd);
+    /* a binary frame with a bad crc */
+    fd = raw_connect(s.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    {
+        /* magic, version 1, PING, id 7, no body, then a crc of 0 */
+        unsigned char frame[28] = {0xCB, 0x4B, 0x56, 0x31, 1, 0, 1, 0, 7};
+
+        CU_ASSERT(write(fd, frame, sizeof(frame)) == (ssize_t)sizeof(frame));
+    }
+    read_to_close(fd, buf, sizeof(buf));
+    close(fd);
+    usleep(100000);
+    text = kv_test_slurp(logf);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT(strstr(text, peer) != NULL);
+    CU_ASSERT(count(text, peer) == 2); /* open and close */
+    CU_ASSERT(strstr(text, "RESP protocol error: ") != NULL);
+    CU_ASSERT(strstr(text, "crc mismatch; answering and closing") != NULL);
+    free(text);
+
+    /* a burst of connections is rate-limited, and the drop is said */
+    for (int i = 0; i < 300; i++) {
+        fd = raw_connect(s.port);
+        if (fd >= 0)
+            close(fd);
+    }
+    usleep(1100000);
+    CU_ASSERT_EQUAL(ping_port(s.port), 0); /* a debug line in a later second */
+    usleep(100000);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+    text = kv_test_slurp(logf);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT(strstr(text, "debug lines dropped (more than 100 a second)") != NULL);
+    CU_ASSERT(count(text, "open (peer") < 300 + 3);
+    CU_ASSERT(every_line_stamped(text, &lines));
+    free(text);
+}
+
+/* The start-up line: where the store is, what was found, which options. */
+static void test_ops_startup_line_says_store_state_and_options(void)
+{
+    struct kv_test_server s = {0};
+    struct kv_client *c;
+    char want[256];
+    char *text;
+
+    shm_name(s.shm_name, sizeof(s.shm_name));
+    const char *args[] = {"--eviction", "lru", "--max-conns", "77", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    text = kv_test_server_log(&s);
+    CU_ASSERT_FATAL(text != NULL);
+    snprintf(want, sizeof(want), "store /dev/shm%s (shared memory, lost at reboot, 32 MiB): "
+             "created empty", s.shm_name);
+    CU_ASSERT(strstr(text, want) != NULL);
+    CU_ASSERT(strstr(text, "--memory 32m") != NULL);
+    CU_ASSERT(strstr(text, "--eviction lru") != NULL);
+    CU_ASSERT(strstr(text, "--max-conns 77") != NULL);
+    CU_ASSERT(strstr(text, "--max-body") == NULL); /* a default is not listed */
+    free(text);
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", s.port, 5000, &c) == 0);
+    for (int i = 0; i < 5; i++) {
+        char k[8];
+
+        snprintf(k, sizeof(k), "k%d", i);
+        CU_ASSERT(kv_client_set(c, k, strlen(k), "v", 1, NULL, NULL) == 0);
+    }
+    kv_client_close(c);
+    /* a clean stop, then a start on the same segment: kept */
+    CU_ASSERT_EQUAL(kv_test_server_kill(&s, SIGTERM), 0);
+    s.port = 0;
+    CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
+    text = kv_test_server_log(&s);
+    CU_ASSERT(text && strstr(text, "kept 5 keys from a clean stop") != NULL);
+    free(text);
+    /* kill -9, then a start: recovered */
+    kv_test_server_kill(&s, SIGKILL);
+    s.port = 0;
+    CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
+    text = kv_test_server_log(&s);
+    CU_ASSERT(text && strstr(text, "recovered after an unclean stop, 5 keys kept") != NULL);
+    free(text);
+    /* flushed, stopped, started: found empty */
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", s.port, 5000, &c) == 0);
+    CU_ASSERT(kv_client_flush_all(c, NULL) == 0);
+    kv_client_close(c);
+    CU_ASSERT_EQUAL(kv_test_server_kill(&s, SIGTERM), 0);
+    s.port = 0;
+    CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
+    text = kv_test_server_log(&s);
+    CU_ASSERT(text && strstr(text, "): found empty") != NULL);
+    free(text);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -198,6 +481,14 @@ int main(void)
          test_ops_busy_port_leaves_no_segment_nor_file},
         {"test_ops_port0_needs_a_segment_name", test_ops_port0_needs_a_segment_name},
         {"test_ops_port0_with_name_runs", test_ops_port0_with_name_runs},
+        {"test_ops_sighup_reopens_log_file_and_never_stops",
+         test_ops_sighup_reopens_log_file_and_never_stops},
+        {"test_ops_stderr_lines_stamped_sighup_harmless",
+         test_ops_stderr_lines_stamped_sighup_harmless},
+        {"test_ops_debug_logs_connections_and_protocol_errors",
+         test_ops_debug_logs_connections_and_protocol_errors},
+        {"test_ops_startup_line_says_store_state_and_options",
+         test_ops_startup_line_says_store_state_and_options},
     };
 
     return kv_test_run_suite("ops", suite_init, suite_clean, tests,

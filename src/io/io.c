@@ -31,6 +31,7 @@
 
 #include "io_internal.h"
 #include "kv_err.h"
+#include "kv_log.h"
 #include "kv_mem.h"
 
 #define KV_IO_MAX_INFLIGHT 4096  /* requests per connection before reading pauses */
@@ -43,22 +44,37 @@ static __thread struct kv_io_thread *current_thread;
 
 void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
 {
-    char line[512];
     va_list ap;
-    int n;
 
     if (level > io->cfg->log_level)
         return;
-    n = snprintf(line, sizeof(line), "[io] ");
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    kv_log_vwrite(level, "io", fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof(line) - 2)
-        n = (int)sizeof(line) - 2;
-    line[n++] = '\n';
-    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
-        /* nowhere left to report it */
-    }
+}
+
+/* "ADDR:PORT" of the peer of fd, for debug lines. */
+static const char *peer_name(int fd, char *buf, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char addr[INET6_ADDRSTRLEN];
+
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+        snprintf(buf, cap, "?");
+    else if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *sa = (const struct sockaddr_in *)&ss;
+
+        inet_ntop(AF_INET, &sa->sin_addr, addr, sizeof(addr));
+        snprintf(buf, cap, "%s:%u", addr, ntohs(sa->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sa = (const struct sockaddr_in6 *)&ss;
+
+        inet_ntop(AF_INET6, &sa->sin6_addr, addr, sizeof(addr));
+        snprintf(buf, cap, "[%s]:%u", addr, ntohs(sa->sin6_port));
+    } else
+        snprintf(buf, cap, "local");
+    return buf;
 }
 
 /* ---- messages --------------------------------------------------------------- */
@@ -144,6 +160,12 @@ static void conn_close(struct kv_io_conn *c)
 
     if (c->closed)
         return;
+    if (c->thr->io->cfg->log_level >= 3) {
+        char peer[64];
+
+        kv_io_log(c->thr->io, 3, "fd %d: closed (peer %s)", c->fd,
+                  peer_name(c->fd, peer, sizeof(peer)));
+    }
     ev_io_stop(loop, &c->rw);
     ev_io_stop(loop, &c->ww);
     close(c->fd);
@@ -199,6 +221,12 @@ static void conn_new(struct kv_io_thread *thr, int fd)
     thr->conns = c;
     ev_io_start(thr->loop, &c->rw);
     c->reading = 1;
+    if (thr->io->cfg->log_level >= 3) {
+        char peer[64];
+
+        kv_io_log(thr->io, 3, "fd %d: open (peer %s, IO thread %u)", fd,
+                  peer_name(fd, peer, sizeof(peer)), thr->index);
+    }
 }
 
 static void conn_mark_flush(struct kv_io_conn *c)
@@ -636,6 +664,8 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
             uint8_t *msg = kv_mem_alloc(KV_MOD_PACKET, n + 1);
 
             kv_mem_stat_add(KV_STAT_PROTO_ERRORS, 1);
+            kv_io_log(thr->io, 3, "fd %d: RESP protocol error: %s; answering and closing",
+                      c->fd, err ? err : kv_strerror((int)r));
             c->closing = 1;
             conn_mark_flush(c);
             if (r == KV_ENOMEM || !msg) {

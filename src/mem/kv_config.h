@@ -30,6 +30,7 @@ struct kv_config {
     size_t output_hard_limit;    /* pending output that closes the connection */
     size_t recv_buf;             /* size of a receive buffer (message) */
     int log_level;               /* 0 error, 1 warn, 2 info, 3 debug */
+    char log_file[1024];         /* "" = stderr; reopened on SIGHUP */
     double shutdown_grace;       /* seconds to flush output at shutdown */
 
     /* store */

@@ -17,6 +17,7 @@ enum {
     OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
     OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
     OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER, OPT_HUGE_PAGES,
+    OPT_LOG_FILE,
 };
 
 static const struct option long_opts[] = {
@@ -46,6 +47,7 @@ static const struct option long_opts[] = {
     {"max-body-noauth", required_argument, NULL, OPT_MAX_BODY_NOAUTH},
     {"output-hard-limit", required_argument, NULL, OPT_OUTPUT_HARD},
     {"huge-pages", required_argument, NULL, OPT_HUGE_PAGES},
+    {"log-file", required_argument, NULL, OPT_LOG_FILE},
     {NULL, 0, NULL, 0},
 };
 
@@ -67,6 +69,7 @@ void kv_options_usage(FILE *f)
           "  --recv-buf SIZE      receive buffer size (default 16k)\n"
           "  --shutdown-grace S   seconds to flush output at shutdown (default 5)\n"
           "  --log-level L        error|warn|info|debug or 0..3 (default info)\n"
+          "  --log-file PATH      log there instead of stderr; reopened on SIGHUP\n"
           "  --shm-name NAME      shared-memory segment name (default /libevkv-PORT)\n"
           "  --data-file PATH     map the store from a file instead of shm\n"
           "  --memory SIZE        store size (default 256m)\n"
@@ -82,7 +85,8 @@ void kv_options_usage(FILE *f)
           "  --in-order           answer binary requests in request order on each connection\n"
           "  --help, --version\n"
           "SIZE takes a k, m or g suffix (binary units). Signal 41 (SIGRTMIN+7) prints the\n"
-          "memory and request statistics; SIGINT/SIGTERM stop gracefully.\n",
+          "memory and request statistics; SIGINT/SIGTERM stop gracefully; SIGHUP reopens\n"
+          "the --log-file.\n",
           f);
 }
 
@@ -244,6 +248,9 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         case OPT_LOG_LEVEL:
             rc = parse_log_level(optarg, &cfg->log_level);
             break;
+        case OPT_LOG_FILE:
+            rc = copy_str(cfg->log_file, sizeof(cfg->log_file), optarg);
+            break;
         case OPT_SHM_NAME:
             rc = copy_str(cfg->shm_name, sizeof(cfg->shm_name), optarg);
             break;
@@ -341,4 +348,92 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         return KV_EINVAL;
     }
     return KV_OPT_RUN;
+}
+
+/* "16m" for a size that is a whole number of k/m/g, else the bytes. */
+static const char *size_text(size_t v, char *buf, size_t cap)
+{
+    static const char units[] = "gmk";
+
+    for (int i = 0; i < 3; i++) {
+        unsigned shift = (unsigned)(30 - 10 * i);
+
+        if (v && (v & ((1ull << shift) - 1)) == 0) {
+            snprintf(buf, cap, "%zu%c", v >> shift, units[i]);
+            return buf;
+        }
+    }
+    snprintf(buf, cap, "%zu", v);
+    return buf;
+}
+
+size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
+{
+    static const char *const evict[] = {"none", "lru"};
+    static const char *const huge[] = {"try", "require", "off"};
+    static const char *const levels[] = {"error", "warn", "info", "debug"};
+    struct kv_config d;
+    char a[32];
+    size_t n = 0;
+
+#define ADD(...)                                                                        \
+    do {                                                                                \
+        if (n < cap)                                                                    \
+            n += (size_t)snprintf(buf + n, cap - n, "%s", n ? " " : "");               \
+        if (n < cap)                                                                    \
+            n += (size_t)snprintf(buf + n, cap - n, __VA_ARGS__);                      \
+    } while (0)
+#define SIZE(field, opt)                                                                \
+    if (cfg->field != d.field)                                                          \
+    ADD("--" opt " %s", size_text(cfg->field, a, sizeof(a)))
+#define NUM(field, opt)                                                                 \
+    if (cfg->field != d.field)                                                          \
+    ADD("--" opt " %lu", (unsigned long)cfg->field)
+#define STR(field, opt)                                                                 \
+    if (strcmp(cfg->field, d.field) != 0)                                               \
+    ADD("--" opt " %s", cfg->field)
+#define FLAG(field, opt)                                                                \
+    if (cfg->field != d.field)                                                          \
+    ADD("--" opt)
+
+    kv_config_defaults(&d);
+    if (cap)
+        buf[0] = '\0';
+    STR(bind_addr, "bind");
+    NUM(port, "port");
+    NUM(io_threads, "io-threads");
+    NUM(workers, "workers");
+    SIZE(max_body, "max-body");
+    SIZE(max_output, "max-output");
+    SIZE(output_hard_limit, "output-hard-limit");
+    NUM(max_conns, "max-conns");
+    NUM(idle_timeout, "idle-timeout");
+    NUM(frame_timeout, "frame-timeout");
+    SIZE(recv_buf, "recv-buf");
+    if (cfg->shutdown_grace != d.shutdown_grace)
+        ADD("--shutdown-grace %.0f", cfg->shutdown_grace);
+    if (cfg->log_level != d.log_level && cfg->log_level >= 0 && cfg->log_level <= 3)
+        ADD("--log-level %s", levels[cfg->log_level]);
+    STR(log_file, "log-file");
+    STR(shm_name, "shm-name");
+    STR(data_file, "data-file");
+    SIZE(memory, "memory");
+    if (cfg->eviction != d.eviction && (unsigned)cfg->eviction < 2)
+        ADD("--eviction %s", evict[cfg->eviction]);
+    if (cfg->huge_pages != d.huge_pages && (unsigned)cfg->huge_pages < 3)
+        ADD("--huge-pages %s", huge[cfg->huge_pages]);
+    FLAG(reset_store, "reset-store");
+    if (cfg->requirepass[0])
+        ADD("--requirepass (set)");
+    SIZE(max_body_noauth, "max-body-noauth");
+    FLAG(resp_disabled, "no-resp");
+    FLAG(in_order, "in-order");
+    if (n == 0)
+        ADD("none");
+#undef ADD
+#undef SIZE
+#undef NUM
+#undef STR
+#undef FLAG
+    return n < cap ? n : (cap ? cap - 1 : 0);
 }

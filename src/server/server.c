@@ -10,10 +10,12 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "kv_err.h"
 #include "kv_io.h"
+#include "kv_log.h"
 #include "kv_mem.h"
 #include "kv_shm.h"
 #include "kv_worker.h"
@@ -24,22 +26,13 @@
 
 void kv_server_log(const struct kv_config *cfg, int level, const char *fmt, ...)
 {
-    char line[1024];
     va_list ap;
-    int n;
 
     if (level > cfg->log_level)
         return;
-    n = snprintf(line, sizeof(line), "[server] ");
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    kv_log_vwrite(level, "server", fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof(line) - 2)
-        n = (int)sizeof(line) - 2;
-    line[n++] = '\n';
-    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
-        /* nowhere left to report it */
-    }
 }
 
 static void dispatch(void *ctx, struct kv_call *calls)
@@ -199,4 +192,47 @@ void kv_server_tick(struct kv_server *srv)
 {
     if (srv->store)
         kv_shm_sweep(srv->store, KV_SWEEP_BUCKETS_PER_TICK);
+}
+
+size_t kv_server_store_summary(struct kv_server *srv, char *buf, size_t cap)
+{
+    const struct kv_config *cfg = srv->cfg;
+    struct kv_shm_stats st;
+    struct statfs fs;
+    char where[1100];
+    const char *kind;
+    int n;
+
+    if (cfg->data_file[0]) {
+        snprintf(where, sizeof(where), "%s", cfg->data_file);
+        kind = statfs(cfg->data_file, &fs) == 0 && fs.f_type == 0x01021994 /* TMPFS_MAGIC */
+                   ? "file on tmpfs, lost at reboot"
+                   : "file";
+    } else {
+        snprintf(where, sizeof(where), "/dev/shm%s%s", cfg->shm_name[0] == '/' ? "" : "/",
+                 cfg->shm_name[0] ? cfg->shm_name : "");
+        if (!cfg->shm_name[0])
+            snprintf(where, sizeof(where), "/dev/shm/libevkv-%u", (unsigned)cfg->port);
+        kind = "shared memory, lost at reboot";
+    }
+    if (!srv->store || kv_shm_stats(srv->store, &st) != 0)
+        return (size_t)snprintf(buf, cap, "store %s (%s)", where, kind);
+    n = snprintf(buf, cap, "store %s (%s, %llu MiB): ", where, kind,
+                 (unsigned long long)(st.segment_size >> 20));
+    if (n < 0 || (size_t)n >= cap)
+        return cap ? strlen(buf) : 0;
+    if (st.recovered)
+        n += snprintf(buf + n, cap - (size_t)n,
+                      "recovered after an unclean stop, %llu keys kept, %llu items dropped, "
+                      "%.1f ms",
+                      (unsigned long long)st.recovered_items,
+                      (unsigned long long)st.dropped_items, (double)st.recovery_ns / 1e6);
+    else if (st.generation <= 1)
+        n += snprintf(buf + n, cap - (size_t)n, "created empty");
+    else if (st.keys == 0)
+        n += snprintf(buf + n, cap - (size_t)n, "found empty");
+    else
+        n += snprintf(buf + n, cap - (size_t)n, "kept %llu keys from a clean stop",
+                      (unsigned long long)st.keys);
+    return (size_t)n < cap ? (size_t)n : cap - 1;
 }
