@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kv_client.h"
@@ -396,7 +397,7 @@ static void test_ops_debug_logs_connections_and_protocol_errors(void)
     CU_ASSERT(strstr(text, peer) != NULL);
     CU_ASSERT(count(text, peer) == 2); /* open and close */
     CU_ASSERT(strstr(text, "RESP protocol error: ") != NULL);
-    CU_ASSERT(strstr(text, "crc mismatch; answering and closing") != NULL);
+    CU_ASSERT(strstr(text, "crc32 mismatch; answering and closing") != NULL);
     free(text);
 
     /* a burst of connections is rate-limited, and the drop is said */
@@ -473,6 +474,167 @@ static void test_ops_startup_line_says_store_state_and_options(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
 }
 
+/* ---- kvclient ---------------------------------------------------------------- */
+
+/* Runs kvclient with a shell command line; stdout+stderr into out (may be
+ * NULL). Returns the exit code. */
+static int kvclient(const char *args, const char *out)
+{
+    char cmd[PATH_MAX + 1024];
+    int st;
+
+    snprintf(cmd, sizeof(cmd), "%s %s > %s 2>&1", client_bin, args, out ? out : "/dev/null");
+    st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* kvclient's exit code, and its output must contain want. */
+static void expect_kvclient(const char *args, int code, const char *want)
+{
+    char out[128];
+    char *text;
+    int rc;
+
+    snprintf(out, sizeof(out), "%s/kvclient.out", tmpdir);
+    rc = kvclient(args, out);
+    text = kv_test_slurp(out);
+    if (rc != code || !text || (want && !strstr(text, want)))
+        fprintf(stderr, "kvclient %s: exit %d (want %d), output: %s\n", args, rc, code,
+                text ? text : "(none)");
+    CU_ASSERT_EQUAL(rc, code);
+    CU_ASSERT(text && (!want || strstr(text, want)));
+    free(text);
+}
+
+static void test_ops_kvclient_validates_its_arguments(void)
+{
+    char args[128], want[128];
+    uint16_t closed = kv_test_free_port();
+
+    expect_kvclient("-p 99999 ping", 2, "bad -p '99999': a port number 1-65535");
+    expect_kvclient("-p abc ping", 2, "bad -p 'abc'");
+    expect_kvclient("-p 0 ping", 2, "bad -p '0'");
+    expect_kvclient("-p -5 ping", 2, "bad -p '-5'");
+    expect_kvclient("-t 0 ping", 2, "bad -t '0': a timeout in ms");
+    expect_kvclient("-t 10x ping", 2, "bad -t '10x'");
+    expect_kvclient("-h '' ping", 2, "bad -h ''");
+    expect_kvclient("-p", 2, "-p needs a value");
+    expect_kvclient("--version", 0, "kvclient " KV_VERSION);
+    snprintf(args, sizeof(args), "-p %u ping", closed);
+    snprintf(want, sizeof(want), "cannot connect to 127.0.0.1:%u: Connection refused", closed);
+    expect_kvclient(args, 2, want);
+    snprintf(args, sizeof(args), "-h nosuch.invalid -p %u ping", closed);
+    snprintf(want, sizeof(want), "cannot connect to nosuch.invalid:%u: 'nosuch.invalid' is not",
+             closed);
+    expect_kvclient(args, 2, want);
+}
+
+/* A listening socket that never answers: -t bounds the wait, and the
+ * message names host:port and the timeout. */
+static void test_ops_kvclient_timeout_names_server(void)
+{
+    char args[128], want[128];
+    uint16_t p = 0;
+    int fd = busy_port(&p);
+    struct timespec t0, t1;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    snprintf(args, sizeof(args), "-p %u -t 300 get k", p);
+    snprintf(want, sizeof(want), "get (127.0.0.1:%u): no answer within 300 ms (-t)", p);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    expect_kvclient(args, 2, want);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CU_ASSERT((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 3000);
+    close(fd);
+}
+
+static void test_ops_kvclient_exit_codes_and_mget_quoting(void)
+{
+    struct kv_test_server s = {0};
+    char args[256], want[128], out[128];
+    char *text;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
+    snprintf(args, sizeof(args), "-p %u set k v", s.port);
+    expect_kvclient(args, 0, "1");
+    /* condition false: 1, like NOT_FOUND */
+    snprintf(args, sizeof(args), "-p %u set k w --nx", s.port);
+    expect_kvclient(args, 1, "EXISTS");
+    snprintf(args, sizeof(args), "-p %u set k w --cas 999", s.port);
+    expect_kvclient(args, 1, "EXISTS");
+    snprintf(args, sizeof(args), "-p %u set nokey w --cas 1", s.port);
+    expect_kvclient(args, 1, "NOT_FOUND");
+    snprintf(args, sizeof(args), "-p %u get nokey", s.port);
+    expect_kvclient(args, 1, "NOT_FOUND");
+    /* an error: 2, naming the server */
+    snprintf(args, sizeof(args), "-p %u incr k", s.port);
+    snprintf(want, sizeof(want), "incr (127.0.0.1:%u): NOT_A_NUMBER", s.port);
+    expect_kvclient(args, 2, want);
+
+    /* mget: quoted values, (nil) for a missing key, "" for an empty one */
+    snprintf(args, sizeof(args), "-p %u set e ''", s.port);
+    expect_kvclient(args, 0, NULL);
+    snprintf(args, sizeof(args), "-p %u set q \"$(printf 'a\\nb\"c\\\\d')\"", s.port);
+    expect_kvclient(args, 0, NULL);
+    snprintf(args, sizeof(args), "-p %u set b \"$(printf 'x\\001\\377y')\"", s.port);
+    expect_kvclient(args, 0, NULL);
+    snprintf(out, sizeof(out), "%s/mget.out", tmpdir);
+    snprintf(args, sizeof(args), "-p %u mget e q missing b k", s.port);
+    CU_ASSERT_EQUAL(kvclient(args, out), 1); /* a key was missing */
+    text = kv_test_slurp(out);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT_STRING_EQUAL(text, "\"\"\n\"a\\nb\\\"c\\\\d\"\n(nil)\n\"x\\x01\\xffy\"\n\"v\"\n");
+    free(text);
+    snprintf(args, sizeof(args), "-p %u mget e k", s.port);
+    expect_kvclient(args, 0, "\"\"\n\"v\"\n");
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+}
+
+/* A request above --max-body gets an answer naming the limit, on both
+ * protocols, before the connection closes; kvclient prints it. */
+static void test_ops_request_over_max_body_gets_the_limit(void)
+{
+    struct kv_test_server s = {0};
+    char args[256], path[128], buf[1024];
+    static char big[200000];
+    FILE *f;
+    int fd;
+    size_t off = 0;
+
+    const char *sargs[] = {"--max-body", "64k", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, sargs) == 0);
+    memset(big, 'x', sizeof(big));
+    snprintf(path, sizeof(path), "%s/big.bin", tmpdir);
+    f = fopen(path, "wb");
+    CU_ASSERT_FATAL(f != NULL);
+    fwrite(big, 1, sizeof(big), f);
+    fclose(f);
+    for (int i = 0; i < 3; i++) { /* never a reset instead of the answer */
+        snprintf(args, sizeof(args), "-p %u set big - < %s", s.port, path);
+        expect_kvclient(args, 2, "TOO_LARGE: request body of 200");
+        expect_kvclient(args, 2, "above the server's --max-body of 65536 bytes");
+    }
+    /* RESP: the whole request is sent, then the error is read */
+    fd = raw_connect(s.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    snprintf(buf, sizeof(buf), "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%zu\r\n", sizeof(big));
+    CU_ASSERT(write(fd, buf, strlen(buf)) == (ssize_t)strlen(buf));
+    while (off < sizeof(big)) {
+        ssize_t n = write(fd, big + off, sizeof(big) - off);
+
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    CU_ASSERT_EQUAL(off, sizeof(big)); /* the server drained it: no reset */
+    read_to_close(fd, buf, sizeof(buf));
+    close(fd);
+    CU_ASSERT(strstr(buf, "-ERR Protocol error: ") == buf);
+    CU_ASSERT(strstr(buf, "65536 bytes per request (--max-body)") != NULL);
+    CU_ASSERT_EQUAL(ping_port(s.port), 0);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -489,6 +651,12 @@ int main(void)
          test_ops_debug_logs_connections_and_protocol_errors},
         {"test_ops_startup_line_says_store_state_and_options",
          test_ops_startup_line_says_store_state_and_options},
+        {"test_ops_kvclient_validates_its_arguments", test_ops_kvclient_validates_its_arguments},
+        {"test_ops_kvclient_timeout_names_server", test_ops_kvclient_timeout_names_server},
+        {"test_ops_kvclient_exit_codes_and_mget_quoting",
+         test_ops_kvclient_exit_codes_and_mget_quoting},
+        {"test_ops_request_over_max_body_gets_the_limit",
+         test_ops_request_over_max_body_gets_the_limit},
     };
 
     return kv_test_run_suite("ops", suite_init, suite_clean, tests,

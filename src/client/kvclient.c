@@ -4,9 +4,10 @@
  *
  * Output: values are written raw to stdout (get adds a newline only when
  * stdout is a terminal); other commands print one result per line.
- * Exit codes: 0 OK, 1 NOT_FOUND (also a false EXISTS, and an MGET with a
- * missing key), 2 any other error, with the status name and the server's
- * message on stderr. */
+ * Exit codes: 0 OK; 1 "not found / condition false": NOT_FOUND, EXISTS (a
+ * SET --nx on a taken key, a --cas mismatch), a false `exists`, an MGET
+ * with a missing key; 2 any error (usage, connection, any other status),
+ * with host:port, the status name and the server's message on stderr. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -29,9 +30,13 @@ struct global {
     const char *password; /* -a */
 };
 
+static char where[300]; /* "HOST:PORT" for messages; set once in main */
+static int timeout_ms_g; /* -t, for messages */
+
 static void usage(FILE *f)
 {
     fputs("usage: kvclient [-h HOST] [-p PORT] [-a PASSWORD] [-t TIMEOUT_MS] COMMAND [ARGS]\n"
+          "       kvclient --help | --version\n"
           "commands:\n"
           "  ping [PAYLOAD]                 round trip; prints the echo and the time\n"
           "  get KEY                        prints the value (raw bytes)\n"
@@ -40,7 +45,8 @@ static void usage(FILE *f)
           "  del KEY...                     prints how many keys existed\n"
           "  exists KEY                     prints 1 (exit 0) or 0 (exit 1)\n"
           "  incr KEY [DELTA]               adds DELTA (default 1); prints the result\n"
-          "  mget KEY...                    one line per key: the value, or empty if missing\n"
+          "  mget KEY...                    one line per key: the value quoted as redis-cli\n"
+          "                                 does (\"...\" with \\n, \\\", \\xHH escapes), or (nil)\n"
           "  mset KEY VALUE [KEY VALUE]... [--ttl MS]\n"
           "                                 stores all; prints the versions, one per line\n"
           "  expire KEY MS                  expire in MS ms (-1 removes the expiry);\n"
@@ -60,8 +66,10 @@ static void usage(FILE *f)
           "                                 is 10 pipelined mg, counted as one request)\n"
           "A VALUE of '-' is read from stdin (binary-safe); put '--' before a KEY or\n"
           "VALUE that begins with '--'. -a sends AUTH before the command.\n"
-          "defaults: -h 127.0.0.1 -p 7379 -t 5000\n"
-          "exit codes: 0 OK, 1 NOT_FOUND (or EXISTS false), 2 any other error\n",
+          "defaults: -h 127.0.0.1 -p 7379 -t 5000 (PORT 1-65535, TIMEOUT_MS 1-3600000)\n"
+          "exit codes: 0 OK; 1 not found or condition false (NOT_FOUND, EXISTS: set --nx\n"
+          "on a taken key or a --cas mismatch; exists = 0; mget with a missing key);\n"
+          "2 any error (usage, connection, timeout, any other status)\n",
           f);
 }
 
@@ -73,22 +81,48 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
-/* Reports a failed call on stderr; returns the exit code. */
+/* What a transport-level code means, for a message. */
+static const char *transport_text(int rc, char *buf, size_t cap)
+{
+    switch (rc) {
+    case KV_ETIMEDOUT:
+        snprintf(buf, cap, "no answer within %d ms (-t)", timeout_ms_g);
+        break;
+    case KV_ECLOSED:
+        snprintf(buf, cap, "the server closed the connection");
+        break;
+    case KV_ETOOBIG:
+        snprintf(buf, cap, "request above the client's limit of 64 MiB");
+        break;
+    case KV_EIO:
+        snprintf(buf, cap, "%s", errno ? strerror(errno) : kv_strerror(rc));
+        break;
+    default:
+        snprintf(buf, cap, "%s", kv_strerror(rc));
+    }
+    return buf;
+}
+
+/* Reports a failed call on stderr; returns the exit code: 1 for "not
+ * found / condition false" (NOT_FOUND, EXISTS), 2 for everything else. */
 static int fail(const char *what, int rc, const struct kv_client *c)
 {
     int st = c ? kv_client_last_status(c) : -1;
+    char buf[256];
 
     if (st > 0) {
         const char *msg = kv_client_last_error(c);
 
-        fprintf(stderr, "kvclient: %s: %s%s%s\n", what, kv_status_name((unsigned)st),
-                *msg ? ": " : "", msg);
-        return st == KV_ST_NOT_FOUND ? 1 : 2;
+        if (st == KV_ST_NOT_FOUND || st == KV_ST_EXISTS) {
+            fprintf(stderr, "kvclient: %s: %s%s%s\n", what, kv_status_name((unsigned)st),
+                    *msg ? ": " : "", msg);
+            return 1;
+        }
+        fprintf(stderr, "kvclient: %s (%s): %s%s%s\n", what, where,
+                kv_status_name((unsigned)st), *msg ? ": " : "", msg);
+        return 2;
     }
-    if (rc == KV_EIO && errno)
-        fprintf(stderr, "kvclient: %s: %s (%s)\n", what, kv_strerror(rc), strerror(errno));
-    else
-        fprintf(stderr, "kvclient: %s: %s\n", what, kv_strerror(rc));
+    fprintf(stderr, "kvclient: %s (%s): %s\n", what, where, transport_text(rc, buf, sizeof(buf)));
     return 2;
 }
 
@@ -237,8 +271,23 @@ static int connect_cmd(const struct global *g, struct kv_client **c)
 {
     int rc = kv_client_connect(g->host, g->port, g->timeout_ms, c);
 
-    if (rc != 0)
-        return fail("connect", rc, NULL);
+    if (rc == KV_EINVAL) {
+        fprintf(stderr, "kvclient: cannot connect to %s: '%s' is not an IPv4 address or a "
+                "known host name\n", where, g->host);
+        return 2;
+    }
+    if (rc == KV_ETIMEDOUT) {
+        fprintf(stderr, "kvclient: cannot connect to %s: no connection within %d ms (-t)\n",
+                where, g->timeout_ms);
+        return 2;
+    }
+    if (rc != 0) {
+        char buf[256];
+
+        fprintf(stderr, "kvclient: cannot connect to %s: %s\n", where,
+                transport_text(rc, buf, sizeof(buf)));
+        return 2;
+    }
     if (g->password) {
         rc = kv_client_auth(*c, g->password, strlen(g->password));
         if (rc != 0) {
@@ -345,6 +394,31 @@ static int cmd_incr(struct kv_client *c, struct parsed *p, const char *cmd)
     return 0;
 }
 
+/* bytes as redis-cli quotes them (sdscatrepr): "..." with \\ \" \n \r \t
+ * \a \b escaped, printable ASCII as is, any other byte as \xHH. An empty
+ * value is "", so nothing is ambiguous with the (nil) of a missing key. */
+static void print_quoted(FILE *f, const uint8_t *p, size_t len)
+{
+    fputc('"', f);
+    for (size_t i = 0; i < len; i++) {
+        switch (p[i]) {
+        case '\\': fputs("\\\\", f); break;
+        case '"': fputs("\\\"", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        case '\a': fputs("\\a", f); break;
+        case '\b': fputs("\\b", f); break;
+        default:
+            if (p[i] >= 0x20 && p[i] < 0x7f)
+                fputc(p[i], f);
+            else
+                fprintf(f, "\\x%02x", p[i]);
+        }
+    }
+    fputc('"', f);
+}
+
 static int cmd_mget(struct kv_client *c, struct parsed *p, const char *cmd)
 {
     size_t n = (size_t)p->npos;
@@ -366,9 +440,11 @@ static int cmd_mget(struct kv_client *c, struct parsed *p, const char *cmd)
     rc = kv_client_mget(c, keys, n, vals);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         if (vals[i].found)
-            fwrite(vals[i].data, 1, vals[i].len, stdout);
-        else
+            print_quoted(stdout, vals[i].data, vals[i].len);
+        else {
+            fputs("(nil)", stdout);
             missing = 1;
+        }
         fputc('\n', stdout);
     }
     if (rc == 0)
@@ -572,8 +648,13 @@ static int cmd_test(const struct global *g, int argc, char **argv)
             o.allow_flush = true;
         else if (i + 1 < argc && strcmp(argv[i], "-h") == 0)
             o.host = argv[++i];
-        else if (i + 1 < argc && strcmp(argv[i], "-p") == 0)
-            o.port = (uint16_t)strtoul(argv[++i], NULL, 10);
+        else if (i + 1 < argc && strcmp(argv[i], "-p") == 0) {
+            uint64_t p;
+
+            if (parse_u64(argv[++i], &p) != 0 || p == 0 || p > 65535)
+                return bad_arg("test", "-p takes a port number 1-65535");
+            o.port = (uint16_t)p;
+        }
         else if (i + 1 < argc && strcmp(argv[i], "-a") == 0)
             o.password = argv[++i];
         else
@@ -806,27 +887,51 @@ int main(int argc, char **argv)
     /* global options come before the command; parsed by hand so that the
      * command's own options (bench -t, -c ...) are left alone */
     for (; i < argc && argv[i][0] == '-'; i++) {
+        uint64_t v;
+
         if (strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
         }
-        if (i + 1 >= argc) {
-            usage(stderr);
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("kvclient %s (protocol 1)\n", KV_VERSION);
+            return 0;
+        }
+        if (strcmp(argv[i], "-h") && strcmp(argv[i], "-p") && strcmp(argv[i], "-a") &&
+            strcmp(argv[i], "-t")) {
+            fprintf(stderr, "kvclient: unknown option %s (see --help)\n", argv[i]);
             return 2;
         }
-        if (strcmp(argv[i], "-h") == 0)
-            g.host = argv[++i];
-        else if (strcmp(argv[i], "-p") == 0)
-            g.port = (uint16_t)strtoul(argv[++i], NULL, 10);
-        else if (strcmp(argv[i], "-a") == 0)
-            g.password = argv[++i];
-        else if (strcmp(argv[i], "-t") == 0)
-            g.timeout_ms = (int)strtol(argv[++i], NULL, 10);
-        else {
-            fprintf(stderr, "kvclient: unknown option %s\n", argv[i]);
+        if (i + 1 >= argc) {
+            fprintf(stderr, "kvclient: %s needs a value (see --help)\n", argv[i]);
             return 2;
+        }
+        if (strcmp(argv[i], "-h") == 0) {
+            g.host = argv[++i];
+            if (!*g.host || strlen(g.host) > 253 || strpbrk(g.host, " \t/:")) {
+                fprintf(stderr, "kvclient: bad -h '%s': an IPv4 address or a host name\n",
+                        g.host);
+                return 2;
+            }
+        } else if (strcmp(argv[i], "-p") == 0) {
+            if (parse_u64(argv[++i], &v) != 0 || v == 0 || v > 65535) {
+                fprintf(stderr, "kvclient: bad -p '%s': a port number 1-65535\n", argv[i]);
+                return 2;
+            }
+            g.port = (uint16_t)v;
+        } else if (strcmp(argv[i], "-a") == 0) {
+            g.password = argv[++i];
+        } else {
+            if (parse_u64(argv[++i], &v) != 0 || v == 0 || v > 3600000) {
+                fprintf(stderr, "kvclient: bad -t '%s': a timeout in ms, 1-3600000\n",
+                        argv[i]);
+                return 2;
+            }
+            g.timeout_ms = (int)v;
         }
     }
+    snprintf(where, sizeof(where), "%s:%u", g.host, g.port);
+    timeout_ms_g = g.timeout_ms;
     if (i >= argc) {
         usage(stderr);
         return 2;
