@@ -5,6 +5,7 @@
 #include <CUnit/CUnit.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <regex.h>
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -635,6 +637,115 @@ static void test_ops_request_over_max_body_gets_the_limit(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
 }
 
+/* ---- systemd readiness ------------------------------------------------------- */
+
+/* A datagram socket at path (or, with a leading '@', in the abstract
+ * namespace), as systemd's NOTIFY_SOCKET. */
+static int notify_socket(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(path);
+    struct timeval tv = {.tv_sec = 20};
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+
+    memcpy(sa.sun_path, path, n);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0';
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa,
+                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n)) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+static pid_t start_notified(const char *sock, const char *name, uint16_t port, const char *out)
+{
+    char portstr[8];
+    pid_t pid;
+
+    snprintf(portstr, sizeof(portstr), "%u", port);
+    pid = fork();
+    if (pid == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_APPEND, 0600);
+
+        dup2(fd, 1);
+        dup2(fd, 2);
+        setenv("NOTIFY_SOCKET", sock, 1);
+        execl(server_bin, server_bin, "--port", portstr, "--shm-name", name, "--memory", "8m",
+              (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* READY=1 comes once the store is recovered and the port listens: at the
+ * moment it arrives (nothing polled the server before), a GET of a key
+ * written before a kill -9 answers. Both socket kinds systemd uses. */
+static void test_ops_sd_notify_ready_after_recovery_and_listen(void)
+{
+    static const char *const kinds[] = {"path", "abstract"};
+
+    for (int k = 0; k < 2; k++) {
+        char sock[128], name[64], out[128], msg[512], want[64];
+        uint16_t port = kv_test_free_port();
+        struct kv_client *c;
+        struct kv_value v = {0};
+        pid_t pid;
+        ssize_t n;
+        int fd, status;
+
+        if (k == 0)
+            snprintf(sock, sizeof(sock), "%s/notify.sock", tmpdir);
+        else
+            snprintf(sock, sizeof(sock), "@libevkv-test-notify-%d", (int)getpid());
+        fd = notify_socket(sock);
+        CU_ASSERT_FATAL(fd >= 0);
+        shm_name(name, sizeof(name));
+        snprintf(out, sizeof(out), "%s/notify.out", tmpdir);
+        /* a first server writes a key and is killed */
+        pid = start_notified(sock, name, port, out);
+        n = recv(fd, msg, sizeof(msg) - 1, 0);
+        CU_ASSERT_FATAL(n > 0);
+        CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", port, 5000, &c) == 0);
+        CU_ASSERT(kv_client_set(c, "durable", 7, kinds[k], strlen(kinds[k]), NULL, NULL) == 0);
+        kv_client_close(c);
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+
+        /* the second one recovers it; READY says so only when it can serve */
+        pid = start_notified(sock, name, port, out);
+        n = recv(fd, msg, sizeof(msg) - 1, 0);
+        CU_ASSERT_FATAL(n > 0);
+        msg[n] = '\0';
+        CU_ASSERT(strstr(msg, "READY=1\n") == msg);
+        snprintf(want, sizeof(want), "MAINPID=%d\n", (int)pid);
+        CU_ASSERT(strstr(msg, want) != NULL);
+        CU_ASSERT(strstr(msg, "STATUS=listening on 127.0.0.1:") != NULL);
+        CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", port, 5000, &c) == 0);
+        CU_ASSERT(kv_client_get(c, "durable", 7, &v) == 0);
+        CU_ASSERT(v.found && strcmp((char *)v.data, kinds[k]) == 0);
+        kv_client_value_free(&v);
+        kv_client_close(c);
+        /* and STOPPING=1 at a graceful stop */
+        kill(pid, SIGTERM);
+        n = recv(fd, msg, sizeof(msg) - 1, 0);
+        CU_ASSERT(n > 0);
+        if (n > 0) {
+            msg[n] = '\0';
+            CU_ASSERT(strstr(msg, "STOPPING=1") == msg);
+        }
+        waitpid(pid, &status, 0);
+        CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        close(fd);
+        if (k == 0)
+            unlink(sock);
+        shm_unlink(name);
+    }
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -657,6 +768,8 @@ int main(void)
          test_ops_kvclient_exit_codes_and_mget_quoting},
         {"test_ops_request_over_max_body_gets_the_limit",
          test_ops_request_over_max_body_gets_the_limit},
+        {"test_ops_sd_notify_ready_after_recovery_and_listen",
+         test_ops_sd_notify_ready_after_recovery_and_listen},
     };
 
     return kv_test_run_suite("ops", suite_init, suite_clean, tests,

@@ -192,8 +192,15 @@ int main(int argc, char **argv)
     kv_server_log(&cfg, 2, "libevkv %s pid %d listening on %s:%u (io-threads %u, workers %u); %s",
                   KV_VERSION, (int)getpid(), cfg.bind_addr, kv_server_port(m.srv),
                   cfg.io_threads, cfg.workers, line);
+    /* systemd Type=notify: the store is open (recovered) and the port
+     * listens, with every thread running */
+    snprintf(line, sizeof(line), "READY=1\nMAINPID=%d\nSTATUS=listening on %s:%u",
+             (int)getpid(), cfg.bind_addr, kv_server_port(m.srv));
+    if (kv_server_notify(line) != 0)
+        kv_server_log(&cfg, 1, "cannot notify systemd (NOTIFY_SOCKET): %s", strerror(errno));
 
     ev_run(loop, 0);
+    kv_server_notify("STOPPING=1\nSTATUS=stopping");
 
     kv_server_stop(m.srv);
     print_stats(m.srv, "final statistics");
