@@ -420,6 +420,22 @@ static void test_ops_debug_logs_connections_and_protocol_errors(void)
     free(text);
 }
 
+/* The server's log once it holds needle (the start-up line is written just
+ * after the threads start, so a first PING may be answered before it). */
+static char *log_with(const struct kv_test_server *s, const char *needle)
+{
+    char *text = NULL;
+
+    for (int i = 0; i < 300; i++) {
+        free(text);
+        text = kv_test_server_log(s);
+        if (text && strstr(text, needle))
+            break;
+        usleep(10000);
+    }
+    return text;
+}
+
 /* The start-up line: where the store is, what was found, which options. */
 static void test_ops_startup_line_says_store_state_and_options(void)
 {
@@ -431,7 +447,7 @@ static void test_ops_startup_line_says_store_state_and_options(void)
     shm_name(s.shm_name, sizeof(s.shm_name));
     const char *args[] = {"--eviction", "lru", "--max-conns", "77", NULL};
     CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
-    text = kv_test_server_log(&s);
+    text = log_with(&s, "listening on");
     CU_ASSERT_FATAL(text != NULL);
     snprintf(want, sizeof(want), "store /dev/shm%s (shared memory, lost at reboot, 32 MiB): "
              "created empty", s.shm_name);
@@ -453,14 +469,14 @@ static void test_ops_startup_line_says_store_state_and_options(void)
     CU_ASSERT_EQUAL(kv_test_server_kill(&s, SIGTERM), 0);
     s.port = 0;
     CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
-    text = kv_test_server_log(&s);
+    text = log_with(&s, "listening on");
     CU_ASSERT(text && strstr(text, "kept 5 keys from a clean stop") != NULL);
     free(text);
     /* kill -9, then a start: recovered */
     kv_test_server_kill(&s, SIGKILL);
     s.port = 0;
     CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
-    text = kv_test_server_log(&s);
+    text = log_with(&s, "listening on");
     CU_ASSERT(text && strstr(text, "recovered after an unclean stop, 5 keys kept") != NULL);
     free(text);
     /* flushed, stopped, started: found empty */
@@ -470,7 +486,7 @@ static void test_ops_startup_line_says_store_state_and_options(void)
     CU_ASSERT_EQUAL(kv_test_server_kill(&s, SIGTERM), 0);
     s.port = 0;
     CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
-    text = kv_test_server_log(&s);
+    text = log_with(&s, "listening on");
     CU_ASSERT(text && strstr(text, "): found empty") != NULL);
     free(text);
     CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
@@ -746,6 +762,120 @@ static void test_ops_sd_notify_ready_after_recovery_and_listen(void)
     }
 }
 
+/* ---- README's twemproxy example ---------------------------------------------- */
+
+/* Replaces the first "from" in *text by "to" (realloc'd); 0 when found. */
+static int replace(char **text, const char *from, const char *to)
+{
+    char *at = strstr(*text, from), *out;
+    size_t head, n;
+
+    if (!at)
+        return -1;
+    head = (size_t)(at - *text);
+    n = strlen(*text) - strlen(from) + strlen(to);
+    out = malloc(n + 1);
+    if (!out)
+        return -1;
+    memcpy(out, *text, head);
+    strcpy(out + head, to);
+    strcat(out, at + strlen(from));
+    free(*text);
+    *text = out;
+    return 0;
+}
+
+static long long dbsize(uint16_t port)
+{
+    char cmd[128];
+    FILE *p;
+    long long n = -1;
+
+    snprintf(cmd, sizeof(cmd), "redis-cli -p %u DBSIZE", port);
+    p = popen(cmd, "r");
+    if (p) {
+        if (fscanf(p, "%lld", &n) != 1)
+            n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+/* The kv.yml block of README, run as it is (only its three port numbers
+ * changed to free ones): 100 keys spread over both instances. */
+static void test_ops_readme_twemproxy_example_shards(void)
+{
+    struct kv_test_server a = {0}, b = {0};
+    char *readme = kv_test_slurp(KV_SOURCE_DIR "/README.md"), *yml, *start, *end;
+    char conf[128], to[32], cmd[512], sport[8];
+    uint16_t pport = kv_test_free_port(), stport = kv_test_free_port();
+    long long na, nb;
+    pid_t proxy;
+    FILE *f;
+    int up = 0;
+
+    CU_ASSERT_FATAL(system("command -v nutcracker >/dev/null && command -v redis-cli "
+                           ">/dev/null") == 0);
+    CU_ASSERT_FATAL(readme != NULL);
+    start = strstr(readme, "```yaml\n# kv.yml\n");
+    CU_ASSERT_FATAL(start != NULL);
+    start += strlen("```yaml\n");
+    end = strstr(start, "```");
+    CU_ASSERT_FATAL(end != NULL);
+    yml = strndup(start, (size_t)(end - start));
+    free(readme);
+    CU_ASSERT_FATAL(kv_test_server_start(&a, NULL) == 0);
+    CU_ASSERT_FATAL(kv_test_server_start(&b, NULL) == 0);
+    snprintf(to, sizeof(to), "127.0.0.1:%u", pport);
+    CU_ASSERT_FATAL(replace(&yml, "127.0.0.1:22121", to) == 0);
+    snprintf(to, sizeof(to), "127.0.0.1:%u:1", a.port);
+    CU_ASSERT_FATAL(replace(&yml, "127.0.0.1:7379:1", to) == 0);
+    snprintf(to, sizeof(to), "127.0.0.1:%u:1", b.port);
+    CU_ASSERT_FATAL(replace(&yml, "127.0.0.1:7380:1", to) == 0);
+    /* nothing else in it may point at a default port */
+    CU_ASSERT(strstr(yml, ":7379") == NULL && strstr(yml, ":7380") == NULL);
+    snprintf(conf, sizeof(conf), "%s/kv.yml", tmpdir);
+    f = fopen(conf, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs(yml, f);
+    fclose(f);
+    free(yml);
+    snprintf(sport, sizeof(sport), "%u", stport);
+    proxy = fork();
+    if (proxy == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execlp("nutcracker", "nutcracker", "-c", conf, "-s", sport, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500 && !up; i++) {
+        int fd = raw_connect(pport);
+
+        up = fd >= 0;
+        if (fd >= 0)
+            close(fd);
+        else
+            usleep(10000);
+    }
+    CU_ASSERT(up);
+    snprintf(cmd, sizeof(cmd),
+             "for i in $(seq 1 100); do echo \"SET key:$i v$i\"; done | redis-cli -p %u | "
+             "grep -c '^OK$' | grep -qx 100 && redis-cli -p %u GET key:77 | grep -qx v77",
+             pport, pport);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+    na = dbsize(a.port);
+    nb = dbsize(b.port);
+    fprintf(stderr, "README twemproxy example: %lld / %lld keys\n", na, nb);
+    CU_ASSERT_EQUAL(na + nb, 100);
+    CU_ASSERT(na >= 20 && nb >= 20); /* both instances hold a real share */
+    kill(proxy, SIGTERM);
+    waitpid(proxy, NULL, 0);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&b), 0);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -770,6 +900,7 @@ int main(void)
          test_ops_request_over_max_body_gets_the_limit},
         {"test_ops_sd_notify_ready_after_recovery_and_listen",
          test_ops_sd_notify_ready_after_recovery_and_listen},
+        {"test_ops_readme_twemproxy_example_shards", test_ops_readme_twemproxy_example_shards},
     };
 
     return kv_test_run_suite("ops", suite_init, suite_clean, tests,
