@@ -41,6 +41,8 @@ struct kv_config {
     enum kv_huge_pages huge_pages; /* default try */
     size_t max_key;              /* 1 .. max_key bytes */
     int reset_store;             /* move an unusable segment aside and start empty */
+    char rdb_file[1024];         /* where SAVE/BGSAVE write an RDB file, "" = refused */
+    char load_rdb[1024];         /* an RDB file to import into an empty store at start */
 
     int in_order;                /* 1: binary answers leave in request order too */
     int resp_disabled;           /* 1: binary frames only (no RESP on the port) */

@@ -17,7 +17,7 @@ enum {
     OPT_LOG_LEVEL, OPT_MAX_OUTPUT, OPT_RECV_BUF, OPT_IDLE, OPT_SHM_NAME, OPT_DATA_FILE,
     OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
     OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER, OPT_HUGE_PAGES,
-    OPT_LOG_FILE,
+    OPT_LOG_FILE, OPT_RDB_FILE, OPT_LOAD_RDB,
 };
 
 static const struct option long_opts[] = {
@@ -48,6 +48,8 @@ static const struct option long_opts[] = {
     {"output-hard-limit", required_argument, NULL, OPT_OUTPUT_HARD},
     {"huge-pages", required_argument, NULL, OPT_HUGE_PAGES},
     {"log-file", required_argument, NULL, OPT_LOG_FILE},
+    {"rdb-file", required_argument, NULL, OPT_RDB_FILE},
+    {"load-rdb", required_argument, NULL, OPT_LOAD_RDB},
     {NULL, 0, NULL, 0},
 };
 
@@ -75,6 +77,10 @@ void kv_options_usage(FILE *f)
           "  --memory SIZE        store size (default 256m)\n"
           "  --eviction none|lru  when full: answer OUT_OF_MEMORY (default) or evict\n"
           "  --reset-store        move an unusable segment aside and start empty\n"
+          "  --rdb-file PATH      where SAVE and BGSAVE write a Redis RDB file (default: none,\n"
+          "                       SAVE is refused)\n"
+          "  --load-rdb FILE      import the string keys of a Redis RDB file at start, into an\n"
+          "                       empty store only (other types are skipped and counted)\n"
           "  --huge-pages try|require|off  back the store with huge pages: ask and say\n"
           "                       when it did not get them (default), refuse to start\n"
           "                       without them, or do not ask\n"
@@ -251,6 +257,12 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         case OPT_LOG_FILE:
             rc = copy_str(cfg->log_file, sizeof(cfg->log_file), optarg);
             break;
+        case OPT_RDB_FILE:
+            rc = copy_str(cfg->rdb_file, sizeof(cfg->rdb_file), optarg);
+            break;
+        case OPT_LOAD_RDB:
+            rc = copy_str(cfg->load_rdb, sizeof(cfg->load_rdb), optarg);
+            break;
         case OPT_SHM_NAME:
             rc = copy_str(cfg->shm_name, sizeof(cfg->shm_name), optarg);
             break;
@@ -423,6 +435,8 @@ size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
     if (cfg->huge_pages != d.huge_pages && (unsigned)cfg->huge_pages < 3)
         ADD("--huge-pages %s", huge[cfg->huge_pages]);
     FLAG(reset_store, "reset-store");
+    STR(rdb_file, "rdb-file");
+    STR(load_rdb, "load-rdb");
     if (cfg->requirepass[0])
         ADD("--requirepass (set)");
     SIZE(max_body_noauth, "max-body-noauth");

@@ -35,6 +35,8 @@ void kv_server_log(const struct kv_config *cfg, int level, const char *fmt, ...)
     va_end(ap);
 }
 
+static size_t store_state(struct kv_server *srv, char *buf, size_t cap);
+
 static void dispatch(void *ctx, struct kv_call *calls)
 {
     struct kv_server *srv = ctx;
@@ -61,6 +63,7 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         return KV_ENOMEM;
     }
     srv->cfg = cfg;
+    kv_server_save_init(srv);
     /* the socket first: a bad --bind or a busy port must not create (or
      * recover, or mark) a store it will never serve. No thread runs yet, so
      * nothing is accepted before the store is open. */
@@ -102,6 +105,19 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         kv_server_log(cfg, 2, "store: the segment is not on huge pages; lookups run faster "
                       "when its tmpfs allows them (README, \"Huge pages\")");
     }
+    store_state(srv, srv->store_state, sizeof(srv->store_state));
+    if (cfg->load_rdb[0]) {
+        rc = kv_server_load_rdb(srv, err, errcap);
+        if (rc != 0) {
+            struct kv_shm_stats st;
+
+            /* a segment this very start created holds nothing but part of
+             * the file: not left behind (unlinked while still locked) */
+            if (kv_shm_stats(srv->store, &st) == 0 && st.generation == 1)
+                kv_shm_store_unlink(cfg);
+            goto err_destroy;
+        }
+    }
     rc = kv_worker_registry_create(&srv->reg);
     if (rc == 0)
         rc = kv_server_handlers_register(srv, srv->reg);
@@ -141,8 +157,11 @@ void kv_server_destroy(struct kv_server *srv)
     kv_io_destroy(srv->io);
     kv_worker_pool_destroy(srv->pool);
     kv_worker_registry_destroy(srv->reg);
+    kv_server_save_fini(srv); /* a BGSAVE still reads the store */
     if (srv->store)
         kv_shm_store_close(srv->store);
+    pthread_mutex_destroy(&srv->save.lock);
+    pthread_cond_destroy(&srv->save.idle);
     kv_mem_free(KV_MOD_SERVER, srv);
 }
 
@@ -195,6 +214,17 @@ void kv_server_tick(struct kv_server *srv)
 }
 
 size_t kv_server_store_summary(struct kv_server *srv, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "%s", srv->store_state);
+
+    if (srv->rdb_imported && n >= 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n, "; then %llu keys imported by --load-rdb",
+                      (unsigned long long)srv->rdb_imported);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* The store as found at open, for the start-up line. */
+static size_t store_state(struct kv_server *srv, char *buf, size_t cap)
 {
     const struct kv_config *cfg = srv->cfg;
     struct kv_shm_stats st;
