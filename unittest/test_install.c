@@ -136,12 +136,12 @@ static void test_install_example_builds_and_runs(void)
     char *text;
 
     CU_ASSERT_EQUAL_FATAL(
-        sh("cc -Wall -Werror '%s/examples/kv_example.c' $(%s pkg-config --cflags --libs "
-           "libevkv-client) -Wl,-rpath,'%s/lib' -o '%s/kv_example_shared'",
+        sh("cc -Wall -Werror " KV_EXAMPLE_CFLAGS " '%s/examples/kv_example.c' $(%s pkg-config "
+           "--cflags --libs libevkv-client) -Wl,-rpath,'%s/lib' -o '%s/kv_example_shared'",
            KV_SOURCE_DIR, pcpath, prefix, tmp), 0);
     CU_ASSERT_EQUAL_FATAL(
-        sh("cc -Wall -Werror '%s/examples/kv_example.c' $(%s pkg-config --cflags libevkv-client) "
-           "-o '%s/kv_example_static' '%s/lib/libevkv-client.a' "
+        sh("cc -Wall -Werror " KV_EXAMPLE_CFLAGS " '%s/examples/kv_example.c' $(%s pkg-config "
+           "--cflags libevkv-client) -o '%s/kv_example_static' '%s/lib/libevkv-client.a' "
            "$(%s pkg-config --static --libs libevkv-client | sed 's/-levkv-client//')",
            KV_SOURCE_DIR, pcpath, tmp, prefix, pcpath), 0);
     /* the static one does not need the shared library */
