@@ -649,6 +649,67 @@ static void test_rdb_load_damaged_changes_nothing(void)
     free(text);
 }
 
+/* kvclient save / bgsave --wait / lastsave (RESP on the same port, AUTH
+ * included), and their exit codes when the save fails. */
+static int kvclient_out(const char *args, char *out, size_t cap)
+{
+    char cmd[PATH_MAX + 512], bin[PATH_MAX];
+    FILE *p;
+    size_t n;
+    int st;
+
+    kv_test_bin_path("kvclient", bin, sizeof(bin));
+    snprintf(cmd, sizeof(cmd), "%s %s 2>&1", bin, args);
+    p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void test_rdb_kvclient_save_commands(void)
+{
+    struct kv_test_server s = {0}, bad = {0};
+    char rdb[128], args[256], out[512], nodir[128];
+    struct stat st;
+
+    snprintf(rdb, sizeof(rdb), "%s/kvclient.rdb", tmp);
+    const char *sargs[] = {"--rdb-file", rdb, "--requirepass", "pw", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, sargs) == 0);
+    snprintf(args, sizeof(args), "-p %u -a pw set k v", s.port);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 0);
+    snprintf(args, sizeof(args), "-p %u -a pw save", s.port);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 0);
+    CU_ASSERT_STRING_EQUAL(out, "OK\n");
+    CU_ASSERT(stat(rdb, &st) == 0 && st.st_size > 20);
+    unlink(rdb);
+    snprintf(args, sizeof(args), "-p %u -a pw bgsave --wait", s.port);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 0);
+    CU_ASSERT_STRING_EQUAL(out, "Background saving done\n");
+    CU_ASSERT(stat(rdb, &st) == 0 && st.st_size > 20); /* written when --wait returns */
+    snprintf(args, sizeof(args), "-p %u -a pw lastsave", s.port);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 0);
+    CU_ASSERT(atoll(out) >= (long long)time(NULL) - 60);
+    snprintf(args, sizeof(args), "-p %u save", s.port); /* no password */
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 2);
+    CU_ASSERT(strstr(out, "NOAUTH") != NULL);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+
+    /* a save that cannot be written: exit 2, the reason named */
+    snprintf(nodir, sizeof(nodir), "%s/no/such/dir/x.rdb", tmp);
+    const char *bargs[] = {"--rdb-file", nodir, NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&bad, bargs) == 0);
+    snprintf(args, sizeof(args), "-p %u save", bad.port);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 2);
+    CU_ASSERT(strstr(out, "cannot create") != NULL && strstr(out, "No such file") != NULL);
+    snprintf(args, sizeof(args), "-p %u bgsave --wait", bad.port);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 2);
+    CU_ASSERT(strstr(out, "Background saving failed") != NULL);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&bad), 0);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -658,6 +719,7 @@ int main(void)
         {"test_rdb_bgsave_while_writers_run", test_rdb_bgsave_while_writers_run},
         {"test_rdb_load_file_written_by_redis", test_rdb_load_file_written_by_redis},
         {"test_rdb_load_damaged_changes_nothing", test_rdb_load_damaged_changes_nothing},
+        {"test_rdb_kvclient_save_commands", test_rdb_kvclient_save_commands},
     };
 
     return kv_test_run_suite("rdb", suite_init, suite_clean, tests,

@@ -10,6 +10,7 @@
  * with host:port, the status name and the server's message on stderr. */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,9 @@ static void usage(FILE *f)
           "  scan [PREFIX] [--count N]      prints every key (under PREFIX), one per line\n"
           "  stats [--text]                 prints 'name value' lines, or the text dump\n"
           "  flush                          removes every key; prints how many\n"
+          "  save | bgsave [--wait] | lastsave   Redis RDB snapshot to the server's --rdb-file\n"
+          "                                 (sent as RESP on the same port); bgsave --wait\n"
+          "                                 returns when it has ended (exit 2 if it failed)\n"
           "  test [--allow-flush]           correctness run against the server; ends with\n"
           "                                 'N passed, N failed' (exit 1 if any failed)\n"
           "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS | --seconds S]\n"
@@ -631,6 +635,152 @@ static int run_command(const struct global *g, int k, int argc, char **argv)
     return ex;
 }
 
+/* ---- save, bgsave, lastsave: RESP on the same port ------------------------------- */
+/* PROTOCOL.md has no opcode for them; the port also speaks RESP, chosen by
+ * a connection's first byte, so these go as Redis commands. */
+static int resp_line(int fd, int timeout_ms, char *line, size_t cap)
+{
+    size_t n = 0;
+
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        char ch;
+        ssize_t k;
+
+        if (poll(&pfd, 1, timeout_ms) <= 0)
+            return KV_ETIMEDOUT;
+        k = read(fd, &ch, 1);
+        if (k == 0)
+            return KV_ECLOSED;
+        if (k < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return KV_EIO;
+        }
+        if (ch == '\n') {
+            if (n && line[n - 1] == '\r')
+                n--;
+            line[n] = '\0';
+            return 0;
+        }
+        if (n + 1 < cap)
+            line[n++] = ch;
+    }
+}
+
+/* Sends one command of up to 3 words and reads the reply's first line (a
+ * bulk reply's payload is skipped to its end when it fits in cap). */
+static int resp_call(struct kv_client *c, int timeout_ms, const char *const *argv, int argc,
+                     char *line, size_t cap)
+{
+    char buf[512];
+    size_t len = (size_t)snprintf(buf, sizeof(buf), "*%d\r\n", argc);
+    int fd = kv_client_fd(c), rc;
+
+    for (int i = 0; i < argc; i++)
+        len += (size_t)snprintf(buf + len, sizeof(buf) - len, "$%zu\r\n%s\r\n", strlen(argv[i]),
+                                argv[i]);
+    for (size_t off = 0; off < len;) {
+        ssize_t k = write(fd, buf + off, len - off);
+
+        if (k <= 0)
+            return KV_EIO;
+        off += (size_t)k;
+    }
+    rc = resp_line(fd, timeout_ms, line, cap);
+    if (rc == 0 && line[0] == '$' && atol(line + 1) >= 0) {
+        long n = atol(line + 1);
+        size_t got = 0, w = 0; /* wire bytes read; text kept (lines joined by \n) */
+        char *body = kv_mem_alloc(KV_MOD_CLIENT, (size_t)n + 3);
+
+        if (!body)
+            return KV_ENOMEM;
+        while (rc == 0 && got < (size_t)n + 2) { /* payload and its \r\n */
+            char l2[4096];
+
+            rc = resp_line(fd, timeout_ms, l2, sizeof(l2));
+            if (rc == 0) {
+                size_t k = strlen(l2);
+
+                if (w + k + 1 <= (size_t)n + 2) {
+                    memcpy(body + w, l2, k);
+                    body[w + k] = '\n';
+                    w += k + 1;
+                }
+                got += k + 2;
+            }
+        }
+        body[w < (size_t)n + 2 ? w : (size_t)n + 2] = '\0';
+        snprintf(line, cap, "%s", body);
+        kv_mem_free(KV_MOD_CLIENT, body);
+    }
+    return rc;
+}
+
+static int cmd_save(const struct global *g, int argc, char **argv)
+{
+    const char *cmd = argv[0];
+    bool wait = argc == 2 && strcmp(argv[1], "--wait") == 0 && strcmp(cmd, "bgsave") == 0;
+    const char *word = strcmp(cmd, "save") == 0 ? "SAVE" : strcmp(cmd, "bgsave") == 0
+                                                               ? "BGSAVE" : "LASTSAVE";
+    struct global anon = *g;
+    struct kv_client *c;
+    char line[4096], buf[256];
+    int ex, rc;
+
+    if (argc > 2 || (argc == 2 && !wait))
+        return bad_arg(cmd, "usage: save | bgsave [--wait] | lastsave");
+    anon.password = NULL; /* AUTH goes over RESP too */
+    ex = connect_cmd(&anon, &c);
+    if (ex != 0)
+        return ex;
+    if (g->password) {
+        const char *auth[] = {"AUTH", g->password};
+
+        rc = resp_call(c, g->timeout_ms, auth, 2, line, sizeof(line));
+        if (rc == 0 && line[0] == '-') {
+            fprintf(stderr, "kvclient: auth (%s): %s\n", where, line + 1);
+            kv_client_close(c);
+            return 2;
+        }
+    } else {
+        rc = 0;
+    }
+    if (rc == 0)
+        rc = resp_call(c, g->timeout_ms, &word, 1, line, sizeof(line));
+    while (rc == 0 && wait && line[0] == '+') {
+        const char *info[] = {"INFO", "persistence"};
+        char *p;
+
+        usleep(50000);
+        rc = resp_call(c, g->timeout_ms, info, 2, line, sizeof(line));
+        if (rc != 0 || !(p = strstr(line, "rdb_bgsave_in_progress:")))
+            break;
+        if (p[strlen("rdb_bgsave_in_progress:")] == '0') {
+            int ok = strstr(line, "rdb_last_bgsave_status:ok") != NULL;
+
+            kv_client_close(c);
+            printf("%s\n", ok ? "Background saving done" : "Background saving failed");
+            if (!ok)
+                fprintf(stderr, "kvclient: bgsave (%s): failed (see the server's log)\n",
+                        where);
+            return ok ? 0 : 2;
+        }
+        snprintf(line, sizeof(line), "+");
+    }
+    kv_client_close(c);
+    if (rc != 0) {
+        fprintf(stderr, "kvclient: %s (%s): %s\n", cmd, where, transport_text(rc, buf, sizeof(buf)));
+        return 2;
+    }
+    if (line[0] == '-') {
+        fprintf(stderr, "kvclient: %s (%s): %s\n", cmd, where, line + 1);
+        return 2;
+    }
+    printf("%s\n", line + 1);
+    return 0;
+}
+
 /* ---- test -------------------------------------------------------------------------- */
 static int cmd_test(const struct global *g, int argc, char **argv)
 {
@@ -940,6 +1090,9 @@ int main(int argc, char **argv)
         return cmd_test(&g, argc - i, argv + i);
     if (strcmp(argv[i], "bench") == 0)
         return cmd_bench(&g, argc - i, argv + i);
+    if (strcmp(argv[i], "save") == 0 || strcmp(argv[i], "bgsave") == 0 ||
+        strcmp(argv[i], "lastsave") == 0)
+        return cmd_save(&g, argc - i, argv + i);
     for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
         if (strcmp(argv[i], commands[k].name) == 0) {
             ex = run_command(&g, (int)k, argc - i, argv + i);
