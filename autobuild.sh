@@ -147,7 +147,7 @@ fuzz)
     done
     while ((running > 0)); do wait -n || ccfail=1; running=$((running - 1)); done
     ((ccfail == 0)) || { echo "[autobuild] fuzz: compilation failed" >&2; exit 1; }
-    harnesses=(fuzz_frame fuzz_handlers fuzz_conn)
+    harnesses=(fuzz_frame fuzz_handlers fuzz_conn fuzz_rdb)
     for h in "${harnesses[@]}"; do
         clang "${cflags[@]}" -fsanitize=fuzzer "fuzz/$h.c" "${objs[@]}" "${libs[@]}" -o "$fb/$h"
     done
@@ -181,7 +181,7 @@ fuzz)
     if ((share > 0)); then
         for h in "${harnesses[@]}"; do
             maxlen=4096
-            [[ $h == fuzz_conn ]] && maxlen=65536
+            [[ $h == fuzz_conn || $h == fuzz_rdb ]] && maxlen=65536
             mkdir -p "$fb/corpus/$h" "$fb/artifacts/$h"
             echo "==== $h: ${share}s, -max_len=$maxlen"
             if "$fb/$h" "$fb/corpus/$h" "fuzz/corpus/$h" -max_total_time="$share" \

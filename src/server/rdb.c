@@ -842,11 +842,24 @@ bad:
     return KV_ECORRUPT;
 }
 
+int kv_rdb_load_mem(struct kv_shm_store *store, const struct kv_config *cfg, const void *buf,
+                    size_t len, struct kv_rdb_counts *out, char *err, size_t errcap)
+{
+    struct kv_rdb_counts cnt;
+    struct rd r = {.p = buf, .len = len};
+    int rc = load_pass(&r, NULL, cfg, &cnt, err, errcap); /* check all, change nothing */
+
+    if (rc == 0)
+        rc = load_pass(&r, store, cfg, &cnt, err, errcap);
+    if (rc == 0 && out)
+        *out = cnt;
+    kv_mem_free(KV_MOD_SERVER, r.buf);
+    return rc;
+}
+
 int kv_rdb_load(struct kv_shm_store *store, const struct kv_config *cfg, const char *path,
                 struct kv_rdb_counts *out, char *err, size_t errcap)
 {
-    struct kv_rdb_counts cnt;
-    struct rd r = {0};
     struct stat st;
     void *map;
     int fd, rc;
@@ -867,14 +880,7 @@ int kv_rdb_load(struct kv_shm_store *store, const struct kv_config *cfg, const c
         snprintf(err, errcap, "cannot map %s: %s", path, strerror(errno));
         return KV_EIO;
     }
-    r.p = map;
-    r.len = (size_t)st.st_size;
-    rc = load_pass(&r, NULL, cfg, &cnt, err, errcap); /* check all, change nothing */
-    if (rc == 0)
-        rc = load_pass(&r, store, cfg, &cnt, err, errcap);
-    if (rc == 0 && out)
-        *out = cnt;
-    munmap(map, r.len);
-    kv_mem_free(KV_MOD_SERVER, r.buf);
+    rc = kv_rdb_load_mem(store, cfg, map, (size_t)st.st_size, out, err, errcap);
+    munmap(map, (size_t)st.st_size);
     return rc;
 }
