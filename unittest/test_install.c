@@ -79,6 +79,7 @@ static void test_install_puts_everything_in_place(void)
         "lib/pkgconfig/libevkv-client.pc", "share/man/man1/libevkv.1",
         "share/man/man1/kvclient.1", "lib/systemd/system/libevkv.service",
         "share/doc/libevkv/LICENSE", "share/doc/libevkv/kv_example.c",
+        "share/doc/libevkv/libevkv.default", "share/doc/libevkv/libevkv.logrotate",
     };
     char *text;
 

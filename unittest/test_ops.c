@@ -133,6 +133,26 @@ static void test_ops_busy_port_leaves_no_segment_nor_file(void)
     shm_unlink(name);
 }
 
+/* A log file that cannot be opened stops the start before the store. */
+static void test_ops_bad_log_file_leaves_no_segment(void)
+{
+    char name[64], port[8], out[128];
+    char *text;
+
+    shm_name(name, sizeof(name));
+    snprintf(port, sizeof(port), "%u", kv_test_free_port());
+    snprintf(out, sizeof(out), "%s/badlog.out", tmpdir);
+    const char *argv[] = {server_bin, "--port", port, "--shm-name", name, "--memory", "8m",
+                          "--log-file", "/nonexistent-dir/x.log", NULL};
+    CU_ASSERT_EQUAL(kv_test_run(argv, out, 10000), 1);
+    CU_ASSERT_FALSE(shm_exists(name));
+    text = kv_test_slurp(out);
+    CU_ASSERT(text && strstr(text, "cannot open --log-file /nonexistent-dir/x.log: No such file") !=
+                          NULL);
+    free(text);
+    shm_unlink(name);
+}
+
 static void test_ops_port0_needs_a_segment_name(void)
 {
     char out[128];
@@ -882,6 +902,7 @@ int main(void)
         {"test_ops_bad_bind_leaves_no_segment", test_ops_bad_bind_leaves_no_segment},
         {"test_ops_busy_port_leaves_no_segment_nor_file",
          test_ops_busy_port_leaves_no_segment_nor_file},
+        {"test_ops_bad_log_file_leaves_no_segment", test_ops_bad_log_file_leaves_no_segment},
         {"test_ops_port0_needs_a_segment_name", test_ops_port0_needs_a_segment_name},
         {"test_ops_port0_with_name_runs", test_ops_port0_with_name_runs},
         {"test_ops_sighup_reopens_log_file_and_never_stops",
