@@ -289,11 +289,13 @@ static int check_resp(uint16_t port, int n)
         long long ttl;
         int good;
 
-        if (resp_send(fd, 2, get, gl) != 0 || resp_read(fd, line, sizeof(line), &bulk, &blen) != '$')
+        if (resp_send(fd, 2, get, gl) != 0 ||
+            resp_read(fd, line, sizeof(line), &bulk, &blen) != '$')
             break;
         good = bulk && blen == vl && memcmp(bulk, v, vl) == 0;
         free(bulk);
-        if (resp_send(fd, 2, pttl, pl) != 0 || resp_read(fd, line, sizeof(line), &bulk, &blen) != ':')
+        if (resp_send(fd, 2, pttl, pl) != 0 ||
+            resp_read(fd, line, sizeof(line), &bulk, &blen) != ':')
             break;
         ttl = atoll(line + 1);
         if (i % 5 == 0)
@@ -555,14 +557,17 @@ static void test_rdb_load_file_written_by_redis(void)
     /* every other type, small (listpack) and large (real structures) */
     snprintf(cmd, sizeof(cmd),
              "cd %s && redis-cli -p %u RPUSH l1 a b c >/dev/null && "
-             "redis-cli -p %u SADD s1 1 2 3 >/dev/null && redis-cli -p %u SADD s2 a b >/dev/null && "
+             "redis-cli -p %u SADD s1 1 2 3 >/dev/null && "
+             "redis-cli -p %u SADD s2 a b >/dev/null && "
              "redis-cli -p %u HSET h1 f v >/dev/null && redis-cli -p %u ZADD z1 1 a >/dev/null && "
              "for i in $(seq 1 600); do echo \"RPUSH l2 item$i\"; echo \"SADD s3 m$i\"; "
-             "echo \"HSET h2 f$i v$i\"; echo \"ZADD z2 $i m$i\"; done | redis-cli -p %u >/dev/null && "
+             "echo \"HSET h2 f$i v$i\"; echo \"ZADD z2 $i m$i\"; done | "
+             "redis-cli -p %u >/dev/null && "
              "redis-cli -p %u XADD st '*' f v >/dev/null && "
              "redis-cli -p %u XGROUP CREATE st g 0 >/dev/null && "
              "redis-cli -p %u XREADGROUP GROUP g c1 COUNT 1 STREAMS st '>' >/dev/null && "
-             "redis-cli -p %u FUNCTION LOAD \"$(printf '#!lua name=lib1\\nredis.register_function(\\047f1\\047, function() return 1 end)')\" >/dev/null && "
+             "redis-cli -p %u FUNCTION LOAD \"$(printf '#!lua name=lib1\\n"
+             "redis.register_function(\\047f1\\047, function() return 1 end)')\" >/dev/null && "
              "redis-cli -p %u SAVE >/dev/null",
              tmp, rport, rport, rport, rport, rport, rport, rport, rport, rport, rport, rport);
     CU_ASSERT_EQUAL(sh(cmd), 0);

@@ -47,7 +47,7 @@ static void usage(FILE *f)
           "  exists KEY                     prints 1 (exit 0) or 0 (exit 1)\n"
           "  incr KEY [DELTA]               adds DELTA (default 1); prints the result\n"
           "  mget KEY...                    one line per key: the value quoted as redis-cli\n"
-          "                                 does (\"...\" with \\n, \\\", \\xHH escapes), or (nil)\n"
+          "                                 does (\"...\", \\n \\\" \\xHH escapes), or (nil)\n"
           "  mset KEY VALUE [KEY VALUE]... [--ttl MS]\n"
           "                                 stores all; prints the versions, one per line\n"
           "  expire KEY MS                  expire in MS ms (-1 removes the expiry);\n"
@@ -770,7 +770,8 @@ static int cmd_save(const struct global *g, int argc, char **argv)
     }
     kv_client_close(c);
     if (rc != 0) {
-        fprintf(stderr, "kvclient: %s (%s): %s\n", cmd, where, transport_text(rc, buf, sizeof(buf)));
+        fprintf(stderr, "kvclient: %s (%s): %s\n", cmd, where,
+                transport_text(rc, buf, sizeof(buf)));
         return 2;
     }
     if (line[0] == '-') {
