@@ -641,6 +641,23 @@ static void test_rdb_load_damaged_changes_nothing(void)
         shm_unlink(name);
     }
 
+    /* a store too small for the file: refused, and the segment it created
+     * (holding part of the file) is not left behind */
+    {
+        const char *argv[] = {server_bin, "--port", port, "--shm-name", name, "--memory", "4m",
+                              "--load-rdb", good, NULL};
+
+        CU_ASSERT_EQUAL(kv_test_run(argv, out, 20000), 1);
+        text = kv_test_slurp(out);
+        CU_ASSERT(text && strstr(text, "the store is full: start with a larger --memory") != NULL);
+        free(text);
+        fd = shm_open(name, O_RDONLY, 0);
+        CU_ASSERT(fd < 0);
+        if (fd >= 0)
+            close(fd);
+        shm_unlink(name);
+    }
+
     /* a store that holds keys: not imported, said so, keys untouched */
     CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
     fill_libevkv(s.port, 10);

@@ -829,7 +829,7 @@ static int load_pass(struct rd *r, struct kv_shm_store *store, const struct kv_c
                     snprintf(err, errcap, "storing key %" PRIu64 ": %s%s", cnt->strings + 1,
                              kv_strerror(rc),
                              rc == KV_ENOMEM ? " (the store is full: start with a larger "
-                                               "--memory; the keys before it were imported)"
+                                               "--memory)"
                                              : "");
                     return rc;
                 }
