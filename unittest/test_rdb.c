@@ -732,6 +732,33 @@ static void test_rdb_kvclient_save_commands(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&bad), 0);
 }
 
+/* kvclient restore: the same Redis file into a running server, checked
+ * first (a damaged file sends nothing). */
+static void test_rdb_kvclient_restore(void)
+{
+    struct kv_test_server s = {0};
+    char args[512], out[1024], rdb[128], bad[128], want[512], line[64];
+
+    snprintf(rdb, sizeof(rdb), "%s/from-redis.rdb", tmp); /* test_rdb_load_file_written_by_redis */
+    snprintf(bad, sizeof(bad), "%s/damaged.rdb", tmp);    /* test_rdb_load_damaged_... */
+    CU_ASSERT_FATAL(access(rdb, R_OK) == 0 && access(bad, R_OK) == 0);
+    const char *sargs[] = {"--memory", "256m", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, sargs) == 0);
+    snprintf(args, sizeof(args), "-p %u restore %s", s.port, bad);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 2);
+    CU_ASSERT(strstr(out, "kvclient: restore: ") != NULL);
+    CU_ASSERT_EQUAL(resp_simple(s.port, "DBSIZE", line, sizeof(line)), ':');
+    CU_ASSERT_STRING_EQUAL(line, ":0");
+    snprintf(args, sizeof(args), "-p %u restore %s", s.port, rdb);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 0);
+    snprintf(want, sizeof(want), "%d string keys restored from %s (RDB version 10); skipped: "
+             "10 keys of other types, 0 expired, 0 too large, 0 in other dbs, 1 functions/"
+             "module aux\n", NKEYS, rdb);
+    CU_ASSERT_STRING_EQUAL(out, want);
+    CU_ASSERT_EQUAL(check_resp(s.port, NKEYS), NKEYS);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -742,6 +769,7 @@ int main(void)
         {"test_rdb_load_file_written_by_redis", test_rdb_load_file_written_by_redis},
         {"test_rdb_load_damaged_changes_nothing", test_rdb_load_damaged_changes_nothing},
         {"test_rdb_kvclient_save_commands", test_rdb_kvclient_save_commands},
+        {"test_rdb_kvclient_restore", test_rdb_kvclient_restore},
     };
 
     return kv_test_run_suite("rdb", suite_init, suite_clean, tests,

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "kv_config.h"
+#include "rdb_read.h" /* kv_rdb_crc64 */
 
 struct kv_shm_store;
 
@@ -49,9 +50,5 @@ int kv_rdb_load(struct kv_shm_store *store, const struct kv_config *cfg, const c
 /* kv_rdb_load of the bytes buf[0..len) (borrowed) instead of a file. */
 int kv_rdb_load_mem(struct kv_shm_store *store, const struct kv_config *cfg, const void *buf,
                     size_t len, struct kv_rdb_counts *out, char *err, size_t errcap);
-
-/* Redis's CRC64 (Jones polynomial, reflected, init 0) of buf, continued
- * from crc. crc64("123456789") == 0xe9c6d914c4b8d9ca. */
-uint64_t kv_rdb_crc64(uint64_t crc, const void *buf, size_t len);
 
 #endif
