@@ -214,7 +214,9 @@ int kv_test_server_start(struct kv_test_server *s, const char *const *extra)
     if (s->pid < 0)
         return -1;
     if (s->pid == 0) {
-        fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        /* truncated: a file of the same name may be left by an earlier run
+         * whose pid was the same (pids are reused), and its lines are not ours */
+        fd = open(s->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
