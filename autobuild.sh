@@ -7,6 +7,8 @@
 #   ./autobuild.sh coverage   clean gcov build, suites, lcov HTML in build/coverage/
 #   ./autobuild.sh fuzz [SECS] libFuzzer harnesses with ASan+UBSan in build-fuzz/: every
 #                             regression input, then SECS (default 60) split among them
+#   ./autobuild.sh install [PREFIX]  clean optimised build in build-install/, then
+#                             `cmake --install` into PREFIX (default /usr/local; DESTDIR honoured)
 set -euo pipefail
 cd "$(dirname "$0")"
 top=$PWD
@@ -17,7 +19,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 need_pkgs=(cmake gcc libev-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev libcunit1-dev)
 [[ $mode == coverage ]] && need_pkgs+=(lcov)
 # the RESP suite drives the real tools: redis-cli, redis-benchmark, python3-redis, twemproxy
-[[ $mode == unittest || $mode == asan || $mode == coverage ]] && need_pkgs+=(redis-tools python3-redis nutcracker)
+[[ $mode == unittest || $mode == asan || $mode == coverage ]] && need_pkgs+=(redis-tools python3-redis nutcracker pkg-config)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -79,6 +81,15 @@ asan)
     run_tests
     echo "[autobuild] all test suites passed under ASan+UBSan"
     ;;
+install)
+    # its own build tree: an install never disturbs build/ (where the suites run)
+    prefix=${2:-/usr/local}
+    rm -rf build-install
+    build build-install Release -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" -DCMAKE_INSTALL_PREFIX="$prefix" \
+        -DKV_BIN_DIR="$top/build-install/bin"
+    cmake --install build-install --prefix "$prefix"
+    echo "[autobuild] installed into ${DESTDIR:-}$prefix"
+    ;;
 coverage)
     command -v lcov >/dev/null || { echo "[autobuild] lcov missing" >&2; exit 1; }
     clean build-cov
@@ -136,7 +147,7 @@ fuzz)
     done
     while ((running > 0)); do wait -n || ccfail=1; running=$((running - 1)); done
     ((ccfail == 0)) || { echo "[autobuild] fuzz: compilation failed" >&2; exit 1; }
-    harnesses=(fuzz_frame fuzz_handlers fuzz_conn fuzz_segment)
+    harnesses=(fuzz_frame fuzz_handlers fuzz_conn fuzz_segment fuzz_rdb)
     for h in "${harnesses[@]}"; do
         clang "${cflags[@]}" -fsanitize=fuzzer "fuzz/$h.c" "${objs[@]}" "${libs[@]}" -o "$fb/$h"
     done
@@ -170,7 +181,7 @@ fuzz)
     if ((share > 0)); then
         for h in "${harnesses[@]}"; do
             maxlen=4096
-            [[ $h == fuzz_conn ]] && maxlen=65536
+            [[ $h == fuzz_conn || $h == fuzz_rdb ]] && maxlen=65536
             mkdir -p "$fb/corpus/$h" "$fb/artifacts/$h"
             echo "==== $h: ${share}s, -max_len=$maxlen"
             if "$fb/$h" "$fb/corpus/$h" "fuzz/corpus/$h" -max_total_time="$share" \
@@ -190,7 +201,7 @@ fuzz)
     echo "[autobuild] fuzz: all harnesses passed"
     ;;
 *)
-    echo "usage: $0 [release|unittest|asan|coverage|fuzz [SECONDS]]" >&2
+    echo "usage: $0 [release|unittest|asan|coverage|fuzz [SECONDS]|install [PREFIX]]" >&2
     exit 2
     ;;
 esac

@@ -642,7 +642,8 @@ static void test_client_kvclient_exit_codes(void)
     CU_ASSERT_EQUAL(kvclient(srv.port, "get cli:missing > /dev/null 2>&1"), 1);
     CU_ASSERT_EQUAL(kvclient(srv.port, "exists cli:a > /dev/null"), 0);
     CU_ASSERT_EQUAL(kvclient(srv.port, "exists cli:missing > /dev/null"), 1);
-    CU_ASSERT_EQUAL(kvclient(srv.port, "set cli:a x --nx > /dev/null 2>&1"), 2);
+    /* NX on a taken key: "condition false", 1, not an error */
+    CU_ASSERT_EQUAL(kvclient(srv.port, "set cli:a x --nx > /dev/null 2>&1"), 1);
     CU_ASSERT_EQUAL(kvclient(srv.port, "set cli:missing x --xx > /dev/null 2>&1"), 1);
     CU_ASSERT_EQUAL(kvclient(srv.port, "expire cli:a 0 > /dev/null 2>&1"), 2);
     CU_ASSERT_EQUAL(kvclient(srv.port, "bogus > /dev/null 2>&1"), 2);

@@ -4,11 +4,16 @@
  *
  * Output: values are written raw to stdout (get adds a newline only when
  * stdout is a terminal); other commands print one result per line.
- * Exit codes: 0 OK, 1 NOT_FOUND (also a false EXISTS, and an MGET with a
- * missing key), 2 any other error, with the status name and the server's
- * message on stderr. */
+ * Exit codes: 0 OK; 1 "not found / condition false": NOT_FOUND, EXISTS (a
+ * SET --nx on a taken key, a --cas mismatch), a false `exists`, an MGET
+ * with a missing key; 2 any error (usage, connection, any other status),
+ * with host:port, the status name and the server's message on stderr. */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +25,7 @@
 #include "kv_client.h"
 #include "kv_err.h"
 #include "kv_mem.h"
+#include "rdb_read.h"
 #include "kv_selftest.h"
 
 struct global {
@@ -29,10 +35,14 @@ struct global {
     const char *password; /* -a */
 };
 
+static char where[300]; /* "HOST:PORT" for messages; set once in main */
+static int timeout_ms_g; /* -t, for messages */
+
 static void usage(FILE *f)
 {
     fputs("usage: kvclient [-h HOST] [-p PORT | -s SOCKET] [-a PASSWORD] [-t TIMEOUT_MS]\n"
           "                COMMAND [ARGS]\n"
+          "       kvclient --help | --version\n"
           "commands:\n"
           "  ping [PAYLOAD]                 round trip; prints the echo and the time\n"
           "  get KEY                        prints the value (raw bytes)\n"
@@ -41,7 +51,8 @@ static void usage(FILE *f)
           "  del KEY...                     prints how many keys existed\n"
           "  exists KEY                     prints 1 (exit 0) or 0 (exit 1)\n"
           "  incr KEY [DELTA]               adds DELTA (default 1); prints the result\n"
-          "  mget KEY...                    one line per key: the value, or empty if missing\n"
+          "  mget KEY...                    one line per key: the value quoted as redis-cli\n"
+          "                                 does (\"...\", \\n \\\" \\xHH escapes), or (nil)\n"
           "  mset KEY VALUE [KEY VALUE]... [--ttl MS]\n"
           "                                 stores all; prints the versions, one per line\n"
           "  expire KEY MS                  expire in MS ms (-1 removes the expiry);\n"
@@ -50,6 +61,11 @@ static void usage(FILE *f)
           "  scan [PREFIX] [--count N]      prints every key (under PREFIX), one per line\n"
           "  stats [--text]                 prints 'name value' lines, or the text dump\n"
           "  flush                          removes every key; prints how many\n"
+          "  restore FILE                   stores the string keys (with TTLs) of a Redis RDB\n"
+          "                                 file; prints what it stored and skipped\n"
+          "  save | bgsave [--wait] | lastsave   Redis RDB snapshot to the server's --rdb-file\n"
+          "                                 (sent as RESP on the same port); bgsave --wait\n"
+          "                                 returns when it has ended (exit 2 if it failed)\n"
           "  test [--allow-flush]           correctness run against the server; ends with\n"
           "                                 'N passed, N failed' (exit 1 if any failed)\n"
           "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS | --seconds S]\n"
@@ -62,8 +78,10 @@ static void usage(FILE *f)
           "A VALUE of '-' is read from stdin (binary-safe); put '--' before a KEY or\n"
           "VALUE that begins with '--'. -a sends AUTH before the command.\n"
           "-s PATH connects to the server's unix-domain socket (--unix PATH) instead.\n"
-          "defaults: -h 127.0.0.1 -p 7379 -t 5000\n"
-          "exit codes: 0 OK, 1 NOT_FOUND (or EXISTS false), 2 any other error\n",
+          "defaults: -h 127.0.0.1 -p 7379 -t 5000 (PORT 1-65535, TIMEOUT_MS 1-3600000)\n"
+          "exit codes: 0 OK; 1 not found or condition false (NOT_FOUND, EXISTS: set --nx\n"
+          "on a taken key or a --cas mismatch; exists = 0; mget with a missing key);\n"
+          "2 any error (usage, connection, timeout, any other status)\n",
           f);
 }
 
@@ -75,22 +93,48 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
-/* Reports a failed call on stderr; returns the exit code. */
+/* What a transport-level code means, for a message. */
+static const char *transport_text(int rc, char *buf, size_t cap)
+{
+    switch (rc) {
+    case KV_ETIMEDOUT:
+        snprintf(buf, cap, "no answer within %d ms (-t)", timeout_ms_g);
+        break;
+    case KV_ECLOSED:
+        snprintf(buf, cap, "the server closed the connection");
+        break;
+    case KV_ETOOBIG:
+        snprintf(buf, cap, "request above the client's limit of 64 MiB");
+        break;
+    case KV_EIO:
+        snprintf(buf, cap, "%s", errno ? strerror(errno) : kv_strerror(rc));
+        break;
+    default:
+        snprintf(buf, cap, "%s", kv_strerror(rc));
+    }
+    return buf;
+}
+
+/* Reports a failed call on stderr; returns the exit code: 1 for "not
+ * found / condition false" (NOT_FOUND, EXISTS), 2 for everything else. */
 static int fail(const char *what, int rc, const struct kv_client *c)
 {
     int st = c ? kv_client_last_status(c) : -1;
+    char buf[256];
 
     if (st > 0) {
         const char *msg = kv_client_last_error(c);
 
-        fprintf(stderr, "kvclient: %s: %s%s%s\n", what, kv_status_name((unsigned)st),
-                *msg ? ": " : "", msg);
-        return st == KV_ST_NOT_FOUND ? 1 : 2;
+        if (st == KV_ST_NOT_FOUND || st == KV_ST_EXISTS) {
+            fprintf(stderr, "kvclient: %s: %s%s%s\n", what, kv_status_name((unsigned)st),
+                    *msg ? ": " : "", msg);
+            return 1;
+        }
+        fprintf(stderr, "kvclient: %s (%s): %s%s%s\n", what, where,
+                kv_status_name((unsigned)st), *msg ? ": " : "", msg);
+        return 2;
     }
-    if (rc == KV_EIO && errno)
-        fprintf(stderr, "kvclient: %s: %s (%s)\n", what, kv_strerror(rc), strerror(errno));
-    else
-        fprintf(stderr, "kvclient: %s: %s\n", what, kv_strerror(rc));
+    fprintf(stderr, "kvclient: %s (%s): %s\n", what, where, transport_text(rc, buf, sizeof(buf)));
     return 2;
 }
 
@@ -254,8 +298,23 @@ static int connect_cmd(const struct global *g, struct kv_client **c)
 {
     int rc = kv_client_connect(g->host, g->port, g->timeout_ms, c);
 
-    if (rc != 0)
-        return fail("connect", rc, NULL);
+    if (rc == KV_EINVAL) {
+        fprintf(stderr, "kvclient: cannot connect to %s: '%s' is not an IPv4 address or a "
+                "known host name\n", where, g->host);
+        return 2;
+    }
+    if (rc == KV_ETIMEDOUT) {
+        fprintf(stderr, "kvclient: cannot connect to %s: no connection within %d ms (-t)\n",
+                where, g->timeout_ms);
+        return 2;
+    }
+    if (rc != 0) {
+        char buf[256];
+
+        fprintf(stderr, "kvclient: cannot connect to %s: %s\n", where,
+                transport_text(rc, buf, sizeof(buf)));
+        return 2;
+    }
     if (g->password) {
         rc = kv_client_auth(*c, g->password, strlen(g->password));
         if (rc != 0) {
@@ -362,6 +421,31 @@ static int cmd_incr(struct kv_client *c, struct parsed *p, const char *cmd)
     return 0;
 }
 
+/* bytes as redis-cli quotes them (sdscatrepr): "..." with \\ \" \n \r \t
+ * \a \b escaped, printable ASCII as is, any other byte as \xHH. An empty
+ * value is "", so nothing is ambiguous with the (nil) of a missing key. */
+static void print_quoted(FILE *f, const uint8_t *p, size_t len)
+{
+    fputc('"', f);
+    for (size_t i = 0; i < len; i++) {
+        switch (p[i]) {
+        case '\\': fputs("\\\\", f); break;
+        case '"': fputs("\\\"", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        case '\a': fputs("\\a", f); break;
+        case '\b': fputs("\\b", f); break;
+        default:
+            if (p[i] >= 0x20 && p[i] < 0x7f)
+                fputc(p[i], f);
+            else
+                fprintf(f, "\\x%02x", p[i]);
+        }
+    }
+    fputc('"', f);
+}
+
 static int cmd_mget(struct kv_client *c, struct parsed *p, const char *cmd)
 {
     size_t n = (size_t)p->npos;
@@ -383,9 +467,11 @@ static int cmd_mget(struct kv_client *c, struct parsed *p, const char *cmd)
     rc = kv_client_mget(c, keys, n, vals);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         if (vals[i].found)
-            fwrite(vals[i].data, 1, vals[i].len, stdout);
-        else
+            print_quoted(stdout, vals[i].data, vals[i].len);
+        else {
+            fputs("(nil)", stdout);
             missing = 1;
+        }
         fputc('\n', stdout);
     }
     if (rc == 0)
@@ -572,6 +658,258 @@ static int run_command(const struct global *g, int k, int argc, char **argv)
     return ex;
 }
 
+/* ---- restore: a Redis RDB file into a running server ------------------------------ */
+struct restore_ctx {
+    struct kv_client *c; /* NULL: the checking pass */
+    int64_t now;
+    uint64_t stored, expired, too_large, other_dbs;
+    int failed; /* exit code of a failed SET */
+};
+
+static int restore_string(void *ctx, const struct kv_rdb_string *s)
+{
+    struct restore_ctx *r = ctx;
+    struct kv_set_opts o = {0};
+    int rc, st;
+
+    if (s->db != 0) {
+        r->other_dbs++;
+        return 0;
+    }
+    if (s->expire_ms >= 0 && s->expire_ms <= r->now) {
+        r->expired++;
+        return 0;
+    }
+    if (s->klen == 0 || s->klen > 4096) { /* the store's key limit */
+        r->too_large++;
+        return 0;
+    }
+    if (!r->c)
+        return 0;
+    o.ttl_ms = s->expire_ms >= 0 ? (uint64_t)(s->expire_ms - r->now) : 0;
+    rc = kv_client_set(r->c, s->key, s->klen, s->val, s->vlen, &o, NULL);
+    st = kv_client_last_status(r->c);
+    if (rc == KV_ESTATUS && (st == KV_ST_TOO_LARGE || st == KV_ST_BAD_REQUEST)) {
+        r->too_large++;
+        return 0;
+    }
+    if (rc != 0) {
+        r->failed = fail("restore: set", rc, r->c);
+        return rc;
+    }
+    r->stored++;
+    return 0;
+}
+
+static int cmd_restore(const struct global *g, int argc, char **argv)
+{
+    struct kv_rdb_read_counts cnt;
+    struct restore_ctx r = {0};
+    struct kv_client *c = NULL;
+    struct stat st;
+    char err[512] = "";
+    void *map;
+    int fd, rc, ex;
+
+    if (argc != 2)
+        return bad_arg("restore", "usage: restore FILE");
+    fd = open(argv[1], O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size == 0) {
+        fprintf(stderr, "kvclient: restore: cannot read %s: %s\n", argv[1],
+                fd < 0 ? strerror(errno) : "empty file");
+        if (fd >= 0)
+            close(fd);
+        return 2;
+    }
+    map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        fprintf(stderr, "kvclient: restore: cannot map %s: %s\n", argv[1], strerror(errno));
+        return 2;
+    }
+    /* the whole file is checked before anything is sent */
+    r.now = (int64_t)time(NULL) * 1000;
+    rc = kv_rdb_read(map, (size_t)st.st_size, KV_MOD_CLIENT, restore_string, &r, &cnt, err,
+                     sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "kvclient: restore: %s: %s\n", argv[1], err);
+        munmap(map, (size_t)st.st_size);
+        return 2;
+    }
+    ex = connect_cmd(g, &c);
+    if (ex == 0) {
+        struct timespec ts;
+
+        memset(&r, 0, sizeof(r));
+        r.c = c;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        r.now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        rc = kv_rdb_read(map, (size_t)st.st_size, KV_MOD_CLIENT, restore_string, &r, &cnt, err,
+                         sizeof(err));
+        kv_client_close(c);
+        if (rc != 0)
+            ex = r.failed ? r.failed : 2;
+        if (rc != 0 && !r.failed)
+            fprintf(stderr, "kvclient: restore: %s: %s\n", argv[1], err);
+        printf("%" PRIu64 " string keys restored from %s (RDB version %u); skipped: %" PRIu64
+               " keys of other types, %" PRIu64 " expired, %" PRIu64 " too large, %" PRIu64
+               " in other dbs, %" PRIu64 " functions/module aux%s\n",
+               r.stored, argv[1], cnt.version, cnt.other_types, r.expired, r.too_large,
+               r.other_dbs, cnt.functions, rc != 0 ? " (stopped by an error)" : "");
+        if (ex == 1)
+            ex = 2; /* a refused SET is an error here */
+    }
+    munmap(map, (size_t)st.st_size);
+    return ex;
+}
+
+/* ---- save, bgsave, lastsave: RESP on the same port ------------------------------- */
+/* PROTOCOL.md has no opcode for them; the port also speaks RESP, chosen by
+ * a connection's first byte, so these go as Redis commands. */
+static int resp_line(int fd, int timeout_ms, char *line, size_t cap)
+{
+    size_t n = 0;
+
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        char ch;
+        ssize_t k;
+
+        if (poll(&pfd, 1, timeout_ms) <= 0)
+            return KV_ETIMEDOUT;
+        k = read(fd, &ch, 1);
+        if (k == 0)
+            return KV_ECLOSED;
+        if (k < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return KV_EIO;
+        }
+        if (ch == '\n') {
+            if (n && line[n - 1] == '\r')
+                n--;
+            line[n] = '\0';
+            return 0;
+        }
+        if (n + 1 < cap)
+            line[n++] = ch;
+    }
+}
+
+/* Sends one command of up to 3 words and reads the reply's first line (a
+ * bulk reply's payload is skipped to its end when it fits in cap). */
+static int resp_call(struct kv_client *c, int timeout_ms, const char *const *argv, int argc,
+                     char *line, size_t cap)
+{
+    char buf[512];
+    size_t len = (size_t)snprintf(buf, sizeof(buf), "*%d\r\n", argc);
+    int fd = kv_client_fd(c), rc;
+
+    for (int i = 0; i < argc; i++)
+        len += (size_t)snprintf(buf + len, sizeof(buf) - len, "$%zu\r\n%s\r\n", strlen(argv[i]),
+                                argv[i]);
+    for (size_t off = 0; off < len;) {
+        ssize_t k = write(fd, buf + off, len - off);
+
+        if (k <= 0)
+            return KV_EIO;
+        off += (size_t)k;
+    }
+    rc = resp_line(fd, timeout_ms, line, cap);
+    if (rc == 0 && line[0] == '$' && atol(line + 1) >= 0) {
+        long n = atol(line + 1);
+        size_t got = 0, w = 0; /* wire bytes read; text kept (lines joined by \n) */
+        char *body = kv_mem_alloc(KV_MOD_CLIENT, (size_t)n + 3);
+
+        if (!body)
+            return KV_ENOMEM;
+        while (rc == 0 && got < (size_t)n + 2) { /* payload and its \r\n */
+            char l2[4096];
+
+            rc = resp_line(fd, timeout_ms, l2, sizeof(l2));
+            if (rc == 0) {
+                size_t k = strlen(l2);
+
+                if (w + k + 1 <= (size_t)n + 2) {
+                    memcpy(body + w, l2, k);
+                    body[w + k] = '\n';
+                    w += k + 1;
+                }
+                got += k + 2;
+            }
+        }
+        body[w < (size_t)n + 2 ? w : (size_t)n + 2] = '\0';
+        snprintf(line, cap, "%s", body);
+        kv_mem_free(KV_MOD_CLIENT, body);
+    }
+    return rc;
+}
+
+static int cmd_save(const struct global *g, int argc, char **argv)
+{
+    const char *cmd = argv[0];
+    bool wait = argc == 2 && strcmp(argv[1], "--wait") == 0 && strcmp(cmd, "bgsave") == 0;
+    const char *word = strcmp(cmd, "save") == 0 ? "SAVE" : strcmp(cmd, "bgsave") == 0
+                                                               ? "BGSAVE" : "LASTSAVE";
+    struct global anon = *g;
+    struct kv_client *c;
+    char line[4096], buf[256];
+    int ex, rc;
+
+    if (argc > 2 || (argc == 2 && !wait))
+        return bad_arg(cmd, "usage: save | bgsave [--wait] | lastsave");
+    anon.password = NULL; /* AUTH goes over RESP too */
+    ex = connect_cmd(&anon, &c);
+    if (ex != 0)
+        return ex;
+    if (g->password) {
+        const char *auth[] = {"AUTH", g->password};
+
+        rc = resp_call(c, g->timeout_ms, auth, 2, line, sizeof(line));
+        if (rc == 0 && line[0] == '-') {
+            fprintf(stderr, "kvclient: auth (%s): %s\n", where, line + 1);
+            kv_client_close(c);
+            return 2;
+        }
+    } else {
+        rc = 0;
+    }
+    if (rc == 0)
+        rc = resp_call(c, g->timeout_ms, &word, 1, line, sizeof(line));
+    while (rc == 0 && wait && line[0] == '+') {
+        const char *info[] = {"INFO", "persistence"};
+        char *p;
+
+        usleep(50000);
+        rc = resp_call(c, g->timeout_ms, info, 2, line, sizeof(line));
+        if (rc != 0 || !(p = strstr(line, "rdb_bgsave_in_progress:")))
+            break;
+        if (p[strlen("rdb_bgsave_in_progress:")] == '0') {
+            int ok = strstr(line, "rdb_last_bgsave_status:ok") != NULL;
+
+            kv_client_close(c);
+            printf("%s\n", ok ? "Background saving done" : "Background saving failed");
+            if (!ok)
+                fprintf(stderr, "kvclient: bgsave (%s): failed (see the server's log)\n",
+                        where);
+            return ok ? 0 : 2;
+        }
+        snprintf(line, sizeof(line), "+");
+    }
+    kv_client_close(c);
+    if (rc != 0) {
+        fprintf(stderr, "kvclient: %s (%s): %s\n", cmd, where,
+                transport_text(rc, buf, sizeof(buf)));
+        return 2;
+    }
+    if (line[0] == '-') {
+        fprintf(stderr, "kvclient: %s (%s): %s\n", cmd, where, line + 1);
+        return 2;
+    }
+    printf("%s\n", line + 1);
+    return 0;
+}
+
 /* ---- test -------------------------------------------------------------------------- */
 static int cmd_test(const struct global *g, int argc, char **argv)
 {
@@ -589,8 +927,13 @@ static int cmd_test(const struct global *g, int argc, char **argv)
             o.allow_flush = true;
         else if (i + 1 < argc && (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "-s") == 0))
             o.host = unix_path_arg(argv[i], argv[i + 1]), i++;
-        else if (i + 1 < argc && strcmp(argv[i], "-p") == 0)
-            o.port = (uint16_t)strtoul(argv[++i], NULL, 10);
+        else if (i + 1 < argc && strcmp(argv[i], "-p") == 0) {
+            uint64_t p;
+
+            if (parse_u64(argv[++i], &p) != 0 || p == 0 || p > 65535)
+                return bad_arg("test", "-p takes a port number 1-65535");
+            o.port = (uint16_t)p;
+        }
         else if (i + 1 < argc && strcmp(argv[i], "-a") == 0)
             o.password = argv[++i];
         else
@@ -829,27 +1172,57 @@ int main(int argc, char **argv)
     /* global options come before the command; parsed by hand so that the
      * command's own options (bench -t, -c ...) are left alone */
     for (; i < argc && argv[i][0] == '-'; i++) {
+        uint64_t v;
+
         if (strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
         }
-        if (i + 1 >= argc) {
-            usage(stderr);
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("kvclient %s (protocol 1)\n", KV_VERSION);
+            return 0;
+        }
+        if (strcmp(argv[i], "-h") && strcmp(argv[i], "-s") && strcmp(argv[i], "-p") &&
+            strcmp(argv[i], "-a") && strcmp(argv[i], "-t")) {
+            fprintf(stderr, "kvclient: unknown option %s (see --help)\n", argv[i]);
             return 2;
         }
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "-s") == 0)
-            g.host = unix_path_arg(argv[i], argv[i + 1]), i++;
-        else if (strcmp(argv[i], "-p") == 0)
-            g.port = (uint16_t)strtoul(argv[++i], NULL, 10);
-        else if (strcmp(argv[i], "-a") == 0)
-            g.password = argv[++i];
-        else if (strcmp(argv[i], "-t") == 0)
-            g.timeout_ms = (int)strtol(argv[++i], NULL, 10);
-        else {
-            fprintf(stderr, "kvclient: unknown option %s\n", argv[i]);
+        if (i + 1 >= argc) {
+            fprintf(stderr, "kvclient: %s needs a value (see --help)\n", argv[i]);
             return 2;
+        }
+        if (strcmp(argv[i], "-s") == 0 || (strcmp(argv[i], "-h") == 0 && strchr(argv[i + 1], '/'))) {
+            g.host = unix_path_arg(argv[i], argv[i + 1]); /* a unix socket path */
+            i++;
+        } else if (strcmp(argv[i], "-h") == 0) {
+            g.host = argv[++i];
+            if (!*g.host || strlen(g.host) > 253 || strpbrk(g.host, " \t/:")) {
+                fprintf(stderr, "kvclient: bad -h '%s': an IPv4 address or a host name\n",
+                        g.host);
+                return 2;
+            }
+        } else if (strcmp(argv[i], "-p") == 0) {
+            if (parse_u64(argv[++i], &v) != 0 || v == 0 || v > 65535) {
+                fprintf(stderr, "kvclient: bad -p '%s': a port number 1-65535\n", argv[i]);
+                return 2;
+            }
+            g.port = (uint16_t)v;
+        } else if (strcmp(argv[i], "-a") == 0) {
+            g.password = argv[++i];
+        } else {
+            if (parse_u64(argv[++i], &v) != 0 || v == 0 || v > 3600000) {
+                fprintf(stderr, "kvclient: bad -t '%s': a timeout in ms, 1-3600000\n",
+                        argv[i]);
+                return 2;
+            }
+            g.timeout_ms = (int)v;
         }
     }
+    if (strchr(g.host, '/'))
+        snprintf(where, sizeof(where), "%s", g.host); /* a unix socket */
+    else
+        snprintf(where, sizeof(where), "%s:%u", g.host, g.port);
+    timeout_ms_g = g.timeout_ms;
     if (i >= argc) {
         usage(stderr);
         return 2;
@@ -858,6 +1231,11 @@ int main(int argc, char **argv)
         return cmd_test(&g, argc - i, argv + i);
     if (strcmp(argv[i], "bench") == 0)
         return cmd_bench(&g, argc - i, argv + i);
+    if (strcmp(argv[i], "restore") == 0)
+        return cmd_restore(&g, argc - i, argv + i);
+    if (strcmp(argv[i], "save") == 0 || strcmp(argv[i], "bgsave") == 0 ||
+        strcmp(argv[i], "lastsave") == 0)
+        return cmd_save(&g, argc - i, argv + i);
     for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
         if (strcmp(argv[i], commands[k].name) == 0) {
             ex = run_command(&g, (int)k, argc - i, argv + i);

@@ -31,6 +31,7 @@
 
 #include "io_internal.h"
 #include "kv_err.h"
+#include "kv_log.h"
 #include "kv_mem.h"
 
 #define KV_IO_MAX_INFLIGHT 4096  /* requests per connection before reading pauses */
@@ -38,27 +39,43 @@
 #define KV_IO_IOV_MAX 64         /* output buffers per sendmsg */
 #define KV_IO_OBUF 16384u        /* output buffer size (larger answers get their own) */
 #define KV_IO_TEXT_ROOM 64u      /* least free space a text reply is offered in place */
+#define KV_IO_LINGER 5.0         /* seconds an error-closed connection drains its input */
 
 static __thread struct kv_io_thread *current_thread;
 
 void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
 {
-    char line[512];
     va_list ap;
-    int n;
 
     if (level > io->cfg->log_level)
         return;
-    n = snprintf(line, sizeof(line), "[io] ");
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    kv_log_vwrite(level, "io", fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof(line) - 2)
-        n = (int)sizeof(line) - 2;
-    line[n++] = '\n';
-    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
-        /* nowhere left to report it */
-    }
+}
+
+/* "ADDR:PORT" of the peer of fd, for debug lines. */
+static const char *peer_name(int fd, char *buf, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char addr[INET6_ADDRSTRLEN];
+
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+        snprintf(buf, cap, "?");
+    else if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *sa = (const struct sockaddr_in *)&ss;
+
+        inet_ntop(AF_INET, &sa->sin_addr, addr, sizeof(addr));
+        snprintf(buf, cap, "%s:%u", addr, ntohs(sa->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sa = (const struct sockaddr_in6 *)&ss;
+
+        inet_ntop(AF_INET6, &sa->sin6_addr, addr, sizeof(addr));
+        snprintf(buf, cap, "[%s]:%u", addr, ntohs(sa->sin6_port));
+    } else
+        snprintf(buf, cap, "local");
+    return buf;
 }
 
 /* ---- messages --------------------------------------------------------------- */
@@ -144,6 +161,8 @@ static void conn_close(struct kv_io_conn *c)
 
     if (c->closed)
         return;
+    if (c->thr->io->cfg->log_level >= 3)
+        kv_io_log(c->thr->io, 3, "fd %d: closed (peer %s)", c->fd, c->peer_text);
     ev_io_stop(loop, &c->rw);
     ev_io_stop(loop, &c->ww);
     kv_io_peer_remove(c->thr->io, &c->peer);
@@ -204,6 +223,9 @@ static void conn_new(struct kv_io_thread *thr, const struct kv_io_handoff *h)
     kv_io_peer_add(thr->io, &c->peer);
     ev_io_start(thr->loop, &c->rw);
     c->reading = 1;
+    if (thr->io->cfg->log_level >= 3)
+        kv_io_log(thr->io, 3, "fd %d: open (peer %s, IO thread %u)", fd,
+                  peer_name(fd, c->peer_text, sizeof(c->peer_text)), thr->index);
 }
 
 static void conn_mark_flush(struct kv_io_conn *c)
@@ -376,13 +398,26 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
     }
 }
 
-/* Answers an error the IO thread detects itself (no worker involved). */
-static int conn_answer_error(struct kv_io_conn *c, const struct kv_frame *f, uint16_t status)
+/* Answers an error the IO thread detects itself (no worker involved), with
+ * msg as the body's Error.message (proto/kv.proto: field 1, a string;
+ * encoded here by hand: tag 0x0A, a one-byte length, the bytes). */
+static int conn_answer_error(struct kv_io_conn *c, const struct kv_frame *f, uint16_t status,
+                             const char *msg)
 {
     struct kv_io_req *r = req_new(c, NULL);
+    size_t n = msg ? strlen(msg) : 0;
 
     if (!r)
         return KV_ENOMEM;
+    if (n > 127)
+        n = 127;
+    if (n && n + 2 <= r->call.scratch_cap) {
+        r->call.scratch[0] = 0x0A;
+        r->call.scratch[1] = (uint8_t)n;
+        memcpy(r->call.scratch + 2, msg, n);
+        r->call.resp = r->call.scratch;
+        r->call.resp_len = (uint32_t)(n + 2);
+    }
     r->call.opcode = f->opcode;
     r->call.status = status;
     r->request_id = f->request_id;
@@ -473,13 +508,65 @@ static void conn_flush(struct kv_io_conn *c)
         ev_io_stop(c->thr->loop, &c->ww);
 }
 
+/* Reads and drops input until the peer closes (or KV_IO_LINGER): closing a
+ * socket with unread input sends a reset, which can destroy the answer in
+ * the client's receive buffer before it reads it (Apache's "lingering
+ * close"). */
+static void on_linger_read(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct kv_io_conn *c = w->data;
+    uint8_t sink[16384];
+
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = read(c->fd, sink, sizeof(sink));
+
+        if (n > 0) {
+            kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        conn_close(c); /* EOF or reset: the client has what it needs */
+        conn_mark_flush(c);
+        return;
+    }
+}
+
+/* The answer is out: shut the write side (the client sees the answer, then
+ * EOF) and drain the input. */
+static void conn_linger(struct kv_io_conn *c)
+{
+    struct kv_io_thread *thr = c->thr;
+
+    shutdown(c->fd, SHUT_WR);
+    c->lingering = 1;
+    c->linger_since = ev_now(thr->loop);
+    ev_io_stop(thr->loop, &c->rw);
+    ev_set_cb(&c->rw, on_linger_read);
+    ev_io_start(thr->loop, &c->rw);
+    c->reading = 1;
+    if (!ev_is_active(&thr->sweep))
+        ev_timer_start(thr->loop, &thr->sweep);
+}
+
 /* Frees a closed connection once nothing refers to it, closes one that was
  * asked to close once its answers are out, and applies backpressure. The
  * one place where connections are freed (from the prepare watcher). */
 static void conn_settle(struct kv_io_conn *c)
 {
-    if (!c->closed && c->closing && c->inflight == 0 && !c->out_head && !c->ob_head)
+    if (!c->closed && c->lingering) {
+        if (c->thr->stopping)
+            conn_close(c);
+        else
+            return; /* on_linger_read or the sweep closes it */
+    }
+    if (!c->closed && c->closing && c->inflight == 0 && !c->out_head && !c->ob_head) {
+        if (c->linger && !c->thr->stopping) {
+            conn_linger(c);
+            return;
+        }
         conn_close(c);
+    }
     if (c->closed) {
         if (c->inflight == 0 && !c->on_flush)
             conn_free(c);
@@ -537,6 +624,7 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
         ssize_t r = kv_frame_decode(m->buf + m->parsed, m->len - m->parsed, max_body, 0, &f);
         struct kv_io_req *req;
         uint16_t status;
+        char why[128];
 
         if (r > 0) {
             req = req_new(c, m);
@@ -568,11 +656,22 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
         }
         status = r == KV_ECRC ? KV_ST_CRC_MISMATCH
                : r == KV_ETOOBIG ? KV_ST_TOO_LARGE : KV_ST_BAD_FRAME;
-        kv_io_log(thr->io, 3, "fd %d: %s; answering and closing", c->fd, kv_strerror((int)r));
-        /* the stream can no longer be trusted: answer, then close */
+        if (r == KV_ETOOBIG)
+            snprintf(why, sizeof(why), "request body of %u bytes is above the server's %s of "
+                     "%zu bytes", f.body_len,
+                     max_body < cfg->max_body ? "--max-body-noauth (before AUTH)" : "--max-body",
+                     max_body);
+        else
+            snprintf(why, sizeof(why), "%s", r == KV_ECRC ? "crc32 mismatch"
+                     : "bad frame header (version, flags, status or reserved field)");
+        kv_io_log(thr->io, 3, "fd %d: %s; answering and closing", c->fd, why);
+        /* the stream can no longer be trusted: answer, then close (after
+         * draining what the client is still sending, so that it reads the
+         * answer instead of a reset) */
         c->closing = 1;
+        c->linger = 1;
         conn_mark_flush(c);
-        if (conn_answer_error(c, &f, status) != 0)
+        if (conn_answer_error(c, &f, status, why) != 0)
             conn_close(c);
         return;
     }
@@ -637,18 +736,31 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         }
         if (r < 0) {
             static const char prefix[] = "-ERR Protocol error: ";
-            size_t n = sizeof(prefix) - 1 + strlen(err ? err : "") + 2;
-            uint8_t *msg = kv_mem_alloc(KV_MOD_PACKET, n + 1);
+            char why[192];
+            size_t n;
+            uint8_t *msg;
 
+            if (r == KV_ETOOBIG) /* name the limit, so that the client can say it */
+                snprintf(why, sizeof(why), "%s (the server's limits: %zu bytes per request "
+                         "(%s), %zu arguments)", err ? err : "too large", lim.max_request,
+                         authed ? "--max-body" : "--max-body-noauth, before AUTH",
+                         lim.max_args);
+            else
+                snprintf(why, sizeof(why), "%s", err ? err : kv_strerror((int)r));
+            n = sizeof(prefix) - 1 + strlen(why) + 2;
+            msg = kv_mem_alloc(KV_MOD_PACKET, n + 1);
             kv_mem_stat_add(KV_STAT_PROTO_ERRORS, 1);
+            kv_io_log(thr->io, 3, "fd %d: RESP protocol error: %s; answering and closing",
+                      c->fd, why);
             c->closing = 1;
+            c->linger = 1;
             conn_mark_flush(c);
             if (r == KV_ENOMEM || !msg) {
                 kv_mem_free(KV_MOD_PACKET, msg);
                 conn_close(c);
                 return;
             }
-            snprintf((char *)msg, n + 1, "%s%s\r\n", prefix, err ? err : "");
+            snprintf((char *)msg, n + 1, "%s%s\r\n", prefix, why);
             if (conn_text_reply(c, msg, n, 1) != 0)
                 conn_close(c);
             return;
@@ -846,6 +958,15 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
 
         if (c->closed)
             continue;
+        if (c->lingering) {
+            if (now - c->linger_since > KV_IO_LINGER) {
+                kv_io_log(thr->io, 3, "fd %d: still sending %.0f s after an error answer; "
+                          "closing", c->fd, KV_IO_LINGER);
+                conn_close(c);
+                conn_mark_flush(c);
+            }
+            continue;
+        }
         if (cfg->frame_timeout && c->partial_since &&
             now - c->partial_since > cfg->frame_timeout)
             why = "frame not completed within --frame-timeout";
@@ -1055,7 +1176,7 @@ int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *
             rc = io->listen_fd;
             io->listen_fd = -1;
             snprintf(err, errcap, "cannot listen on %s:%u: %s", cfg->bind_addr, cfg->port,
-                     strerror(errno));
+                     rc == KV_EINVAL ? "not an IPv4 address" : strerror(errno));
             goto err_destroy;
         }
     }

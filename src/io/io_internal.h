@@ -113,6 +113,11 @@ struct kv_io_conn {                  /* io-thread only */
     size_t inflight_bytes;           /* frame bytes of the requests with the workers */
     ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
     ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
+    uint8_t linger;                  /* closing after an error answer: drain the
+                                      * input first, so the answer is not lost */
+    uint8_t lingering;               /* answer out, write side shut, input discarded */
+    ev_tstamp linger_since;          /* when lingering began (KV_IO_LINGER) */
+    char peer_text[48];              /* "ADDR:PORT", filled at --log-level debug only */
     struct kv_io_peer peer;          /* last (cold): listed from conn_new to conn_close */
 };
 

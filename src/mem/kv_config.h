@@ -33,6 +33,7 @@ struct kv_config {
     size_t output_hard_limit;    /* pending output that closes the connection */
     size_t recv_buf;             /* size of a receive buffer (message) */
     int log_level;               /* 0 error, 1 warn, 2 info, 3 debug */
+    char log_file[1024];         /* "" = stderr; reopened on SIGHUP */
     double shutdown_grace;       /* seconds to flush output at shutdown */
 
     /* store */
@@ -44,6 +45,8 @@ struct kv_config {
     size_t max_key;              /* 1 .. max_key bytes */
     int reset_store;             /* move an unusable segment aside and start empty */
     int shrink_store;            /* a --memory below the segment's size copies it smaller */
+    char rdb_file[1024];         /* where SAVE/BGSAVE write an RDB file, "" = refused */
+    char load_rdb[1024];         /* an RDB file to import into an empty store at start */
 
     int in_order;                /* 1: binary answers leave in request order too */
     int resp_disabled;           /* 1: binary frames only (no RESP on the port) */

@@ -25,6 +25,16 @@ uint16_t kv_server_port(const struct kv_server *srv);
  * between create and destroy. Returns the length written. */
 size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap);
 
+/* One line for the start-up log: where the store is (and whether it
+ * survives a reboot), its size, and whether it was created empty, found
+ * empty, kept from a clean stop or recovered. Returns the length written. */
+size_t kv_server_store_summary(struct kv_server *srv, char *buf, size_t cap);
+
+/* Sends state ("READY=1\nSTATUS=...") to systemd's $NOTIFY_SOCKET (see
+ * sd_notify(3)); 0 when sent or when there is no NOTIFY_SOCKET, KV_EIO
+ * with errno set when sending failed. */
+int kv_server_notify(const char *state);
+
 /* Periodic housekeeping (the incremental expiry sweep); main calls it from
  * a timer every KV_SERVER_TICK seconds. */
 #define KV_SERVER_TICK 0.1

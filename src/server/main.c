@@ -1,10 +1,12 @@
 /* src/server/main.c -- main() of libevkv: options, signals, the exit table.
  *
  * The main thread builds the server, then runs a libev loop of its own with
- * ev_signal watchers only: SIGINT/SIGTERM stop gracefully, signal 41
- * (SIGRTMIN+7) prints the statistics table. Nothing is printed from a raw
+ * ev_signal watchers only: SIGINT/SIGTERM stop gracefully, SIGHUP reopens
+ * the --log-file (and never stops the server), signal 41 (SIGRTMIN+7)
+ * prints the statistics table. Nothing is printed from a raw
  * signal handler. At exit the table is printed again; every module must
  * hold 0 bytes, else the exit code is 3 and the leaking modules are named. */
+#include <errno.h>
 #include <ev.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,6 +14,7 @@
 #include <unistd.h>
 
 #include "kv_err.h"
+#include "kv_log.h"
 #include "kv_mem.h"
 #include "kv_server.h"
 #include "options.h"
@@ -63,6 +66,20 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+static void on_hup_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct main_ctx *m = w->data;
+
+    if (!m->cfg->log_file[0])
+        kv_server_log(m->cfg, 2, "signal %d (SIGHUP): no --log-file to reopen; still running",
+                      w->signum);
+    else if (kv_log_reopen() != 0)
+        kv_server_log(m->cfg, 0, "SIGHUP: cannot reopen %s: %s; still logging to the old file",
+                      m->cfg->log_file, strerror(errno));
+    else
+        kv_server_log(m->cfg, 2, "SIGHUP: log file %s reopened", m->cfg->log_file);
+}
+
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct main_ctx *m = w->data;
@@ -93,7 +110,7 @@ static int exit_check(void)
                                     kv_mem_mod_name(i), (long long)snap.mod[i].bytes);
     if (len == 0)
         return 0;
-    fprintf(stderr, "[server] memory still held at exit:%s\n", names);
+    kv_log_write(KV_LOG_ERROR, "server", "memory still held at exit:%s", names);
     return 3;
 }
 
@@ -102,10 +119,11 @@ int main(int argc, char **argv)
     struct kv_config cfg;
     struct main_ctx m = {0};
     struct ev_loop *loop;
-    ev_signal sig_int, sig_term, sig_stats;
+    ev_signal sig_int, sig_term, sig_hup, sig_stats;
     ev_timer tick;
     sigset_t block;
-    char err[512];
+    char err[512], line[2048];
+    size_t len;
     int rc;
 
     kv_config_defaults(&cfg);
@@ -126,12 +144,19 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IONBF, 0);
 
     /* the signals are taken only by the main thread's loop: block them while
-     * the other threads are created (they inherit the mask) */
+     * the store is opened and the other threads are created (they inherit
+     * the mask); one that arrives meanwhile waits for the loop */
     sigemptyset(&block);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
     sigaddset(&block, KV_SIG_STATS);
     pthread_sigmask(SIG_BLOCK, &block, NULL);
+    if (cfg.log_file[0] && kv_log_open(cfg.log_file) != 0) {
+        fprintf(stderr, "libevkv: cannot open --log-file %s: %s\n", cfg.log_file,
+                strerror(errno));
+        return 1;
+    }
 
     m.cfg = &cfg;
     rc = kv_server_create(&cfg, err, sizeof(err), &m.srv);
@@ -149,28 +174,41 @@ int main(int argc, char **argv)
     loop = ev_default_loop(EVFLAG_AUTO);
     ev_signal_init(&sig_int, on_stop_signal, SIGINT);
     ev_signal_init(&sig_term, on_stop_signal, SIGTERM);
+    ev_signal_init(&sig_hup, on_hup_signal, SIGHUP);
     ev_signal_init(&sig_stats, on_stats_signal, KV_SIG_STATS);
-    sig_int.data = sig_term.data = sig_stats.data = &m;
+    sig_int.data = sig_term.data = sig_hup.data = sig_stats.data = &m;
     ev_signal_start(loop, &sig_int);
     ev_signal_start(loop, &sig_term);
+    ev_signal_start(loop, &sig_hup);
     ev_signal_start(loop, &sig_stats);
     ev_timer_init(&tick, on_tick, KV_SERVER_TICK, KV_SERVER_TICK);
     tick.data = &m;
     ev_timer_start(loop, &tick);
     pthread_sigmask(SIG_UNBLOCK, &block, NULL);
     {
-        char where[192];
+        char where[1200];
 
         if (cfg.no_tcp)
             snprintf(where, sizeof(where), "unix %s (no TCP)", cfg.unix_path);
         else
             snprintf(where, sizeof(where), "%s:%u%s%s", cfg.bind_addr, kv_server_port(m.srv),
                      cfg.unix_path[0] ? " and unix " : "", cfg.unix_path);
-        kv_server_log(&cfg, 2, "libevkv %s listening on %s (io-threads %u, workers %u)",
-                      KV_VERSION, where, cfg.io_threads, cfg.workers);
+        len = kv_server_store_summary(m.srv, line, sizeof(line));
+        snprintf(line + len, sizeof(line) - len, "; options: ");
+        len += strlen(line + len);
+        kv_options_describe(&cfg, line + len, sizeof(line) - len);
+        kv_server_log(&cfg, 2, "libevkv %s pid %d listening on %s (io-threads %u, workers %u); %s",
+                      KV_VERSION, (int)getpid(), where, cfg.io_threads, cfg.workers, line);
+        /* systemd Type=notify: the store is open (recovered) and the port
+         * listens, with every thread running */
+        snprintf(line, sizeof(line), "READY=1\nMAINPID=%d\nSTATUS=listening on %.1000s",
+                 (int)getpid(), where);
+        if (kv_server_notify(line) != 0)
+            kv_server_log(&cfg, 1, "cannot notify systemd (NOTIFY_SOCKET): %s", strerror(errno));
     }
 
     ev_run(loop, 0);
+    kv_server_notify("STOPPING=1\nSTATUS=stopping");
 
     kv_server_stop(m.srv);
     print_stats(m.srv, "final statistics");

@@ -18,6 +18,7 @@ enum {
     OPT_MEMORY, OPT_EVICTION, OPT_REQUIREPASS, OPT_RESET_STORE, OPT_SHRINK_STORE, OPT_GRACE, OPT_FRAME_TIMEOUT,
     OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER, OPT_HUGE_PAGES,
     OPT_UNIX, OPT_UNIX_PERM, OPT_NO_TCP,
+    OPT_LOG_FILE, OPT_RDB_FILE, OPT_LOAD_RDB,
 };
 
 static const struct option long_opts[] = {
@@ -51,6 +52,9 @@ static const struct option long_opts[] = {
     {"unix", required_argument, NULL, OPT_UNIX},
     {"unix-perm", required_argument, NULL, OPT_UNIX_PERM},
     {"no-tcp", no_argument, NULL, OPT_NO_TCP},
+    {"log-file", required_argument, NULL, OPT_LOG_FILE},
+    {"rdb-file", required_argument, NULL, OPT_RDB_FILE},
+    {"load-rdb", required_argument, NULL, OPT_LOAD_RDB},
     {NULL, 0, NULL, 0},
 };
 
@@ -58,7 +62,8 @@ void kv_options_usage(FILE *f)
 {
     fputs("usage: libevkv [options]\n"
           "  --bind ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
-          "  --port N             TCP port (default 7379; 0 = any free port)\n"
+          "  --port N             TCP port (default 7379; 0 = any free port, which needs\n"
+          "                       --shm-name or --data-file)\n"
           "  --unix PATH          also listen on a unix-domain socket at PATH (both\n"
           "                       protocols; a stale socket file is replaced)\n"
           "  --unix-perm MODE     octal mode of the socket file (default 0700)\n"
@@ -75,6 +80,7 @@ void kv_options_usage(FILE *f)
           "  --recv-buf SIZE      receive buffer size (default 16k)\n"
           "  --shutdown-grace S   seconds to flush output at shutdown (default 5)\n"
           "  --log-level L        error|warn|info|debug or 0..3 (default info)\n"
+          "  --log-file PATH      log there instead of stderr; reopened on SIGHUP\n"
           "  --shm-name NAME      shared-memory segment name (default /libevkv-PORT)\n"
           "  --data-file PATH     map the store from a file instead of shm\n"
           "  --memory SIZE        store size (default 256m)\n"
@@ -82,6 +88,10 @@ void kv_options_usage(FILE *f)
           "  --reset-store        move an unusable segment aside and start empty\n"
           "  --shrink-store       allow a --memory below the segment's size: its keys are\n"
           "                       copied into a smaller one (refused if they do not fit)\n"
+          "  --rdb-file PATH      where SAVE and BGSAVE write a Redis RDB file (default: none,\n"
+          "                       SAVE is refused)\n"
+          "  --load-rdb FILE      import the string keys of a Redis RDB file at start, into an\n"
+          "                       empty store only (other types are skipped and counted)\n"
           "  --huge-pages try|require|off  back the store with huge pages: ask and say\n"
           "                       when it did not get them (default), refuse to start\n"
           "                       without them, or do not ask\n"
@@ -92,7 +102,8 @@ void kv_options_usage(FILE *f)
           "  --in-order           answer binary requests in request order on each connection\n"
           "  --help, --version\n"
           "SIZE takes a k, m or g suffix (binary units). Signal 41 (SIGRTMIN+7) prints the\n"
-          "memory and request statistics; SIGINT/SIGTERM stop gracefully.\n",
+          "memory and request statistics; SIGINT/SIGTERM stop gracefully; SIGHUP reopens\n"
+          "the --log-file.\n",
           f);
 }
 
@@ -270,6 +281,15 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         case OPT_LOG_LEVEL:
             rc = parse_log_level(optarg, &cfg->log_level);
             break;
+        case OPT_LOG_FILE:
+            rc = copy_str(cfg->log_file, sizeof(cfg->log_file), optarg);
+            break;
+        case OPT_RDB_FILE:
+            rc = copy_str(cfg->rdb_file, sizeof(cfg->rdb_file), optarg);
+            break;
+        case OPT_LOAD_RDB:
+            rc = copy_str(cfg->load_rdb, sizeof(cfg->load_rdb), optarg);
+            break;
         case OPT_SHM_NAME:
             rc = copy_str(cfg->shm_name, sizeof(cfg->shm_name), optarg);
             break;
@@ -371,9 +391,106 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         snprintf(err, errcap, "--no-tcp needs --unix PATH (nothing to listen on)");
         return KV_EINVAL;
     }
+    /* the default segment is named after the port: with any free port it
+     * would be shared by every such server (README, "Running the server") */
+    if (cfg->port == 0 && !cfg->shm_name[0] && !cfg->data_file[0]) {
+        snprintf(err, errcap, "--port 0 needs --shm-name or --data-file (the default "
+                 "segment is named after the port)");
+        return KV_EINVAL;
+    }
     if (optind < argc) {
         snprintf(err, errcap, "unexpected argument '%s' (see --help)", argv[optind]);
         return KV_EINVAL;
     }
     return KV_OPT_RUN;
+}
+
+/* "16m" for a size that is a whole number of k/m/g, else the bytes. */
+static const char *size_text(size_t v, char *buf, size_t cap)
+{
+    static const char units[] = "gmk";
+
+    for (int i = 0; i < 3; i++) {
+        unsigned shift = (unsigned)(30 - 10 * i);
+
+        if (v && (v & ((1ull << shift) - 1)) == 0) {
+            snprintf(buf, cap, "%zu%c", v >> shift, units[i]);
+            return buf;
+        }
+    }
+    snprintf(buf, cap, "%zu", v);
+    return buf;
+}
+
+size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
+{
+    static const char *const evict[] = {"none", "lru"};
+    static const char *const huge[] = {"try", "require", "off"};
+    static const char *const levels[] = {"error", "warn", "info", "debug"};
+    struct kv_config d;
+    char a[32];
+    size_t n = 0;
+
+#define ADD(...)                                                                        \
+    do {                                                                                \
+        if (n < cap)                                                                    \
+            n += (size_t)snprintf(buf + n, cap - n, "%s", n ? " " : "");               \
+        if (n < cap)                                                                    \
+            n += (size_t)snprintf(buf + n, cap - n, __VA_ARGS__);                      \
+    } while (0)
+#define SIZE(field, opt)                                                                \
+    if (cfg->field != d.field)                                                          \
+    ADD("--" opt " %s", size_text(cfg->field, a, sizeof(a)))
+#define NUM(field, opt)                                                                 \
+    if (cfg->field != d.field)                                                          \
+    ADD("--" opt " %lu", (unsigned long)cfg->field)
+#define STR(field, opt)                                                                 \
+    if (strcmp(cfg->field, d.field) != 0)                                               \
+    ADD("--" opt " %s", cfg->field)
+#define FLAG(field, opt)                                                                \
+    if (cfg->field != d.field)                                                          \
+    ADD("--" opt)
+
+    kv_config_defaults(&d);
+    if (cap)
+        buf[0] = '\0';
+    STR(bind_addr, "bind");
+    NUM(port, "port");
+    NUM(io_threads, "io-threads");
+    NUM(workers, "workers");
+    SIZE(max_body, "max-body");
+    SIZE(max_output, "max-output");
+    SIZE(output_hard_limit, "output-hard-limit");
+    NUM(max_conns, "max-conns");
+    NUM(idle_timeout, "idle-timeout");
+    NUM(frame_timeout, "frame-timeout");
+    SIZE(recv_buf, "recv-buf");
+    if (cfg->shutdown_grace != d.shutdown_grace)
+        ADD("--shutdown-grace %.0f", cfg->shutdown_grace);
+    if (cfg->log_level != d.log_level && cfg->log_level >= 0 && cfg->log_level <= 3)
+        ADD("--log-level %s", levels[cfg->log_level]);
+    STR(log_file, "log-file");
+    STR(shm_name, "shm-name");
+    STR(data_file, "data-file");
+    SIZE(memory, "memory");
+    if (cfg->eviction != d.eviction && (unsigned)cfg->eviction < 2)
+        ADD("--eviction %s", evict[cfg->eviction]);
+    if (cfg->huge_pages != d.huge_pages && (unsigned)cfg->huge_pages < 3)
+        ADD("--huge-pages %s", huge[cfg->huge_pages]);
+    FLAG(reset_store, "reset-store");
+    STR(rdb_file, "rdb-file");
+    STR(load_rdb, "load-rdb");
+    if (cfg->requirepass[0])
+        ADD("--requirepass (set)");
+    SIZE(max_body_noauth, "max-body-noauth");
+    FLAG(resp_disabled, "no-resp");
+    FLAG(in_order, "in-order");
+    if (n == 0)
+        ADD("none");
+#undef ADD
+#undef SIZE
+#undef NUM
+#undef STR
+#undef FLAG
+    return n < cap ? n : (cap ? cap - 1 : 0);
 }

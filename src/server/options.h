@@ -17,6 +17,11 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
 /* Parses "123", "64k", "16m", "2g" (binary units). Returns 0 or KV_EINVAL. */
 int kv_options_parse_size(const char *s, size_t *out);
 
+/* Writes the options of cfg that differ from the defaults, as they would be
+ * typed ("--memory 32m --eviction lru"; a password shows as "(set)"), or
+ * "none", into buf. Returns the length written. */
+size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap);
+
 /* Writes the --help text. */
 void kv_options_usage(FILE *f);
 

@@ -648,6 +648,25 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
         struct out o = {0};
         return dispatch(&o, call, res, OP_FLUSH, RS_OK);
     }
+    if (arg_is(cmd, "SAVE") || arg_is(cmd, "BGSAVE")) {
+        char why[512];
+        int bg = arg_is(cmd, "BGSAVE"), rc;
+
+        ARGS(1, bg ? 2 : 1); /* BGSAVE SCHEDULE: accepted, run now */
+        rc = kv_server_save(srv, bg, why, sizeof(why));
+        if (rc == KV_EAGAIN)
+            return reply_err(res, "-ERR Background save already in progress");
+        if (rc != 0)
+            return reply_err(res, "-ERR %s", why);
+        return reply_str(res, bg ? "+Background saving started\r\n" : "+OK\r\n");
+    }
+    if (arg_is(cmd, "LASTSAVE")) {
+        struct out o = {0};
+
+        ARGS(1, 1);
+        out_line_int(&o, ':', kv_server_last_save(srv, NULL, NULL));
+        return out_reply(&o, res);
+    }
     if (arg_is(cmd, "SELECT")) {
         ARGS(2, 2);
         if (arg_int(&argv[1], &n) != 0)
@@ -847,6 +866,14 @@ static void reply_info(struct out *o, const struct kv_call *call, const struct k
             (long long)stat_value(call, "misses"), (long long)stat_value(call, "evictions"),
             (long long)stat_value(call, "expired"),
             (long long)stat_value(call, "connections_rejected"));
+    {
+        int running = 0, ok = 1;
+        int64_t last = kv_server_last_save((struct kv_server *)srv, &running, &ok);
+
+        out_fmt(&t, "# Persistence\r\nloading:0\r\nrdb_bgsave_in_progress:%d\r\n"
+                    "rdb_last_save_time:%lld\r\nrdb_last_bgsave_status:%s\r\n\r\n",
+                running, (long long)last, ok ? "ok" : "err");
+    }
     out_fmt(&t, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n",
             (long long)stat_value(call, "keys"));
     if (t.failed)

@@ -10,10 +10,12 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "kv_err.h"
 #include "kv_io.h"
+#include "kv_log.h"
 #include "kv_mem.h"
 #include "kv_shm.h"
 #include "kv_worker.h"
@@ -24,23 +26,16 @@
 
 void kv_server_log(const struct kv_config *cfg, int level, const char *fmt, ...)
 {
-    char line[1024];
     va_list ap;
-    int n;
 
     if (level > cfg->log_level)
         return;
-    n = snprintf(line, sizeof(line), "[server] ");
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    kv_log_vwrite(level, "server", fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof(line) - 2)
-        n = (int)sizeof(line) - 2;
-    line[n++] = '\n';
-    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
-        /* nowhere left to report it */
-    }
 }
+
+static size_t store_state(struct kv_server *srv, char *buf, size_t cap);
 
 static void dispatch(void *ctx, struct kv_call *calls)
 {
@@ -68,6 +63,23 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         return KV_ENOMEM;
     }
     srv->cfg = cfg;
+    kv_server_save_init(srv);
+    /* the socket first: a bad --bind or a busy port must not create (or
+     * recover, or mark) a store it will never serve. No thread runs yet, so
+     * nothing is accepted before the store is open. */
+    kv_server_resp_adapter(srv, &text);
+    rc = kv_io_create(cfg, dispatch, srv, &text, err, errcap, &srv->io);
+    if (rc != 0) {
+        size_t n = strlen(err);
+        if (n == 0)
+            snprintf(err, errcap, "cannot listen on %s:%u: %s", cfg->bind_addr, cfg->port,
+                     rc == KV_EINVAL ? "not an IPv4 address"
+                     : rc == KV_EIO  ? strerror(errno)
+                                     : kv_strerror(rc));
+        n = strlen(err);
+        snprintf(err + n, errcap > n ? errcap - n : 0, "; the store was not touched");
+        goto err_destroy;
+    }
     rc = kv_shm_store_open(cfg, err, errcap, &srv->store);
     if (rc != 0) {
         if (err[0] == '\0')
@@ -96,6 +108,19 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         kv_server_log(cfg, 2, "store: the segment is not on huge pages; lookups run faster "
                       "when its tmpfs allows them (README, \"Huge pages\")");
     }
+    store_state(srv, srv->store_state, sizeof(srv->store_state));
+    if (cfg->load_rdb[0]) {
+        rc = kv_server_load_rdb(srv, err, errcap);
+        if (rc != 0) {
+            struct kv_shm_stats st;
+
+            /* a segment this very start created holds nothing but part of
+             * the file: not left behind (unlinked while still locked) */
+            if (kv_shm_stats(srv->store, &st) == 0 && st.generation == 1)
+                kv_shm_store_unlink(cfg);
+            goto err_destroy;
+        }
+    }
     rc = kv_worker_registry_create(&srv->reg);
     if (rc == 0)
         rc = kv_server_handlers_register(srv, srv->reg);
@@ -103,10 +128,6 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         snprintf(err, errcap, "handler registry: %s", kv_strerror(rc));
         goto err_destroy;
     }
-    kv_server_resp_adapter(srv, &text);
-    rc = kv_io_create(cfg, dispatch, srv, &text, err, errcap, &srv->io);
-    if (rc != 0)
-        goto err_destroy;
     *out = srv;
     return 0;
 
@@ -139,8 +160,11 @@ void kv_server_destroy(struct kv_server *srv)
     kv_io_destroy(srv->io);
     kv_worker_pool_destroy(srv->pool);
     kv_worker_registry_destroy(srv->reg);
+    kv_server_save_fini(srv); /* a BGSAVE still reads the store */
     if (srv->store)
         kv_shm_store_close(srv->store);
+    pthread_mutex_destroy(&srv->save.lock);
+    pthread_cond_destroy(&srv->save.idle);
     kv_mem_free(KV_MOD_SERVER, srv);
 }
 
@@ -213,4 +237,58 @@ void kv_server_tick(struct kv_server *srv)
 {
     if (srv->store)
         kv_shm_sweep(srv->store, KV_SWEEP_BUCKETS_PER_TICK);
+}
+
+size_t kv_server_store_summary(struct kv_server *srv, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "%s", srv->store_state);
+
+    if (srv->rdb_imported && n >= 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n, "; then %llu keys imported by --load-rdb",
+                      (unsigned long long)srv->rdb_imported);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* The store as found at open, for the start-up line. */
+static size_t store_state(struct kv_server *srv, char *buf, size_t cap)
+{
+    const struct kv_config *cfg = srv->cfg;
+    struct kv_shm_stats st;
+    struct statfs fs;
+    char where[1100];
+    const char *kind;
+    int n;
+
+    if (cfg->data_file[0]) {
+        snprintf(where, sizeof(where), "%s", cfg->data_file);
+        kind = statfs(cfg->data_file, &fs) == 0 && fs.f_type == 0x01021994 /* TMPFS_MAGIC */
+                   ? "file on tmpfs, lost at reboot"
+                   : "file";
+    } else {
+        snprintf(where, sizeof(where), "/dev/shm%s%s", cfg->shm_name[0] == '/' ? "" : "/",
+                 cfg->shm_name[0] ? cfg->shm_name : "");
+        if (!cfg->shm_name[0])
+            snprintf(where, sizeof(where), "/dev/shm/libevkv-%u", (unsigned)cfg->port);
+        kind = "shared memory, lost at reboot";
+    }
+    if (!srv->store || kv_shm_stats(srv->store, &st) != 0)
+        return (size_t)snprintf(buf, cap, "store %s (%s)", where, kind);
+    n = snprintf(buf, cap, "store %s (%s, %llu MiB): ", where, kind,
+                 (unsigned long long)(st.segment_size >> 20));
+    if (n < 0 || (size_t)n >= cap)
+        return cap ? strlen(buf) : 0;
+    if (st.recovered)
+        n += snprintf(buf + n, cap - (size_t)n,
+                      "recovered after an unclean stop, %llu keys kept, %llu items dropped, "
+                      "%.1f ms",
+                      (unsigned long long)st.recovered_items,
+                      (unsigned long long)st.dropped_items, (double)st.recovery_ns / 1e6);
+    else if (st.generation <= 1)
+        n += snprintf(buf + n, cap - (size_t)n, "created empty");
+    else if (st.keys == 0)
+        n += snprintf(buf + n, cap - (size_t)n, "found empty");
+    else
+        n += snprintf(buf + n, cap - (size_t)n, "kept %llu keys from a clean stop",
+                      (unsigned long long)st.keys);
+    return (size_t)n < cap ? (size_t)n : cap - 1;
 }

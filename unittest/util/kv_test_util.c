@@ -94,24 +94,86 @@ uint16_t kv_test_free_port(void)
     return port;
 }
 
+void kv_test_bin_path(const char *name, char *buf, size_t cap)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+    if (n <= 0) {
+        snprintf(buf, cap, "bin/%s", name);
+        return;
+    }
+    self[n] = '\0';
+    *strrchr(self, '/') = '\0';
+    snprintf(buf, cap, "%s/%s", self, name);
+}
+
 static void server_path(char *buf, size_t cap)
 {
     const char *env = getenv("LIBEVKV_BIN");
-    char self[PATH_MAX];
-    ssize_t n;
 
     if (env) {
         snprintf(buf, cap, "%s", env);
         return;
     }
-    n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0) {
-        snprintf(buf, cap, "bin/libevkv");
-        return;
+    kv_test_bin_path("libevkv", buf, cap);
+}
+
+int kv_test_run(const char *const *argv, const char *out_path, int timeout_ms)
+{
+    pid_t pid = fork();
+    int status = 0;
+
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int in = open("/dev/null", O_RDONLY);
+        int fd = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+        if (in >= 0)
+            dup2(in, 0);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
     }
-    self[n] = '\0';
-    *strrchr(self, '/') = '\0';
-    snprintf(buf, cap, "%s/libevkv", self);
+    for (int waited = 0;; waited += 10) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+
+        if (r == pid)
+            break;
+        if (r < 0)
+            return -1;
+        if (waited >= timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            break;
+        }
+        usleep(10000);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+char *kv_test_slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc((size_t)(n < 0 ? 0 : n) + 1);
+    if (buf) {
+        n = (long)fread(buf, 1, (size_t)(n < 0 ? 0 : n), f);
+        buf[n] = '\0';
+    }
+    fclose(f);
+    return buf;
 }
 
 int kv_test_server_start(struct kv_test_server *s, const char *const *extra)
@@ -156,7 +218,9 @@ int kv_test_server_start(struct kv_test_server *s, const char *const *extra)
     if (s->pid < 0)
         return -1;
     if (s->pid == 0) {
-        fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        /* truncated: a file of the same name may be left by an earlier run
+         * whose pid was the same (pids are reused), and its lines are not ours */
+        fd = open(s->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);

@@ -42,6 +42,14 @@ int kv_test_server_start(struct kv_test_server *s, const char *const *extra_args
 int kv_test_server_stop(struct kv_test_server *s);
 /* Sends a signal (e.g. SIGKILL) and reaps; the segment is kept. */
 int kv_test_server_kill(struct kv_test_server *s, int sig);
+/* The path of program name in the directory of the test binary (bin/). */
+void kv_test_bin_path(const char *name, char *buf, size_t cap);
+/* Runs argv (argv[0] a path) with stdout+stderr into out_path (may be NULL:
+ * /dev/null) and stdin from /dev/null; waits up to timeout_ms, then
+ * SIGKILL. Returns the exit code, or 128+signal, or -1. */
+int kv_test_run(const char *const *argv, const char *out_path, int timeout_ms);
+/* The whole file into a malloc'd NUL-terminated string (caller frees). */
+char *kv_test_slurp(const char *path);
 /* Reads the whole log into a malloc'd string (caller frees). */
 char *kv_test_server_log(const struct kv_test_server *s);
 
