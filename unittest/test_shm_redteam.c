@@ -12,6 +12,9 @@
 
 #include <CUnit/Basic.h>
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +46,24 @@ int pthread_mutex_lock(pthread_mutex_t *m)
         fn();
     }
     return real_lock(m);
+}
+
+static int (*real_wrlock)(pthread_rwlock_t *);
+static void (*wr_hook_fn)(void);
+static pthread_t wr_hook_thread;
+
+/* When armed, wr_hook_fn runs in the armed thread just before its next exclusive stripe
+ * (or any rwlock) lock. */
+int pthread_rwlock_wrlock(pthread_rwlock_t *l)
+{
+    if (!real_wrlock)
+        real_wrlock = (int (*)(pthread_rwlock_t *))dlsym(RTLD_NEXT, "pthread_rwlock_wrlock");
+    if (wr_hook_fn && pthread_equal(pthread_self(), wr_hook_thread)) {
+        void (*fn)(void) = wr_hook_fn;
+        wr_hook_fn = NULL;
+        fn();
+    }
+    return real_wrlock(l);
 }
 
 static void hook_arm(pthread_mutex_t *m, void (*fn)(void))
@@ -95,6 +116,16 @@ static int free_stack_sound(struct kv_shm_store *s)
                 (unsigned long long)s->hdr->pages_free, (unsigned long long)marked,
                 (unsigned long long)walked, (unsigned long long)dup);
     return ok;
+}
+
+/* As if the owner had been killed: the next open runs recovery. */
+static void mark_unclean(const struct kv_config *c)
+{
+    int fd = shm_open(c->shm_name, O_RDWR, 0);
+    uint64_t zero = 0;
+    CU_ASSERT(fd >= 0 && pwrite(fd, &zero, 8, offsetof(struct shm_hdr, clean)) == 8);
+    if (fd >= 0)
+        close(fd);
 }
 
 /* ---- 1. page_drain vs kv_shm_free: a page released twice ----------------------------- */
@@ -211,6 +242,457 @@ static void test_rt_spares_pin_pages_of_other_threads(void)
     kv_shm_store_unlink(&c);
 }
 
+
+/* ---- 3. concurrent writers and readers under pressure ------------------------------ */
+
+/* Values describe themselves: [u64 seed][u32 vlen][u32 key tag] then bytes from the seed, so
+ * a reader can tell a whole value of this key from a torn one or another key's. */
+#define RT_VHDR 16
+
+static uint64_t rt_rnd(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static uint32_t key_tag(const char *k, size_t kl)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < kl; i++)
+        h = (h ^ (uint8_t)k[i]) * 16777619u;
+    return h;
+}
+
+static void make_val(uint8_t *v, size_t vlen, uint64_t seed, const char *k, size_t kl)
+{
+    uint32_t l = (uint32_t)vlen, t = key_tag(k, kl);
+    memcpy(v, &seed, 8);
+    memcpy(v + 8, &l, 4);
+    memcpy(v + 12, &t, 4);
+    uint64_t x = seed | 1;
+    for (size_t i = RT_VHDR; i < vlen; i++)
+        v[i] = (uint8_t)(rt_rnd(&x) >> 24);
+}
+
+/* 0 when v is a whole value of key k; *seed gets its seed. */
+static int check_val(const uint8_t *v, size_t vlen, const char *k, size_t kl, uint64_t *seed)
+{
+    if (vlen < RT_VHDR)
+        return -1;
+    uint32_t l, t;
+    memcpy(seed, v, 8);
+    memcpy(&l, v + 8, 4);
+    memcpy(&t, v + 12, 4);
+    if (l != vlen || t != key_tag(k, kl))
+        return -2;
+    uint64_t x = *seed | 1;
+    for (size_t i = RT_VHDR; i < vlen; i++)
+        if (v[i] != (uint8_t)(rt_rnd(&x) >> 24))
+            return -3;
+    return 0;
+}
+
+static size_t pick_size(uint64_t *x)
+{
+    uint64_t r = rt_rnd(x) % 100;
+    static const size_t edges[] = {32768 - 40 - 12, 32768 - 40 - 11, 32768 - 40 - 10,
+                                   65536 - 40 - 12, 65536 - 40 - 11, 65532 - 40 - 12,
+                                   2 * 65532 - 40 - 12, 2 * 65532 - 40 - 11};
+    if (r < 55)
+        return RT_VHDR + rt_rnd(x) % 90;
+    if (r < 80)
+        return 100 + rt_rnd(x) % 4000;
+    if (r < 92)
+        return 4000 + rt_rnd(x) % 29000;
+    if (r < 96)
+        return edges[rt_rnd(x) % (sizeof(edges) / sizeof(edges[0]))];
+    return 33000 + rt_rnd(x) % 150000;
+}
+
+#define RT_PRIV 150
+#define RT_SHARED 64
+struct rt_thread {
+    struct kv_shm_store *s;
+    int id, lru;
+    volatile int *stop;
+    uint64_t expect[RT_PRIV]; /* seed of the last acknowledged write, 0: absent */
+    int64_t ctr;              /* the private counter's value, -1: unknown (LRU) */
+    uint64_t ops, sets, oom, gets, found, bad_priv, bad_shared, lost, stale, bad_ctr, err, oom_room;
+};
+
+struct rt_get {
+    uint8_t *p;
+    size_t cap;
+};
+
+static void *rt_alloc(void *ctx, size_t n)
+{
+    struct rt_get *g = ctx;
+    if (n > g->cap) {
+        free(g->p);
+        g->p = malloc(n);
+        g->cap = n;
+    }
+    return g->p;
+}
+
+static int priv_key(char *k, int id, int n)
+{
+    return snprintf(k, 32, "t%d-k%d", id, n);
+}
+
+/* Checks private key n of thread t against what it last wrote. */
+static void rt_check_priv(struct rt_thread *t, struct rt_get *g, int n)
+{
+    char k[32];
+    int kl = priv_key(k, t->id, n);
+    size_t vlen;
+    int rc = kv_shm_get(t->s, k, (size_t)kl, rt_alloc, g, &vlen, NULL);
+    t->gets++;
+    if (rc == KV_ENOTFOUND) {
+        if (t->expect[n] && !t->lru) {
+            t->lost++;
+            fprintf(stderr, "\n  LOST t%d %s expect %llx", t->id, k,
+                    (unsigned long long)t->expect[n]);
+        }
+        return;
+    }
+    if (rc) {
+        t->err++;
+        fprintf(stderr, "\n  GET %s: %d", k, rc);
+        return;
+    }
+    t->found++;
+    uint64_t seed;
+    int bad = check_val(g->p, vlen, k, (size_t)kl, &seed);
+    if (bad) {
+        t->bad_priv++;
+        fprintf(stderr, "\n  TORN t%d %s vlen %zu why %d", t->id, k, vlen, bad);
+    } else if (seed != t->expect[n]) {
+        t->stale++;
+        fprintf(stderr, "\n  STALE t%d %s got %llx expect %llx", t->id, k,
+                (unsigned long long)seed, (unsigned long long)t->expect[n]);
+    }
+}
+
+static void *rt_worker(void *arg)
+{
+    struct rt_thread *t = arg;
+    uint64_t x = 0x9E3779B97F4A7C15ull * (uint64_t)(t->id + 1);
+    struct rt_get g = {0};
+    size_t vcap = 200000;
+    uint8_t *vb[8];
+    for (int i = 0; i < 8; i++)
+        vb[i] = malloc(vcap);
+    char ctrk[32];
+    int ctrkl = snprintf(ctrk, sizeof(ctrk), "t%d-ctr", t->id);
+    while (!*t->stop) {
+        t->ops++;
+        uint64_t op = rt_rnd(&x) % 100;
+        int n = (int)(rt_rnd(&x) % RT_PRIV);
+        char k[32];
+        int kl = priv_key(k, t->id, n);
+        if (op < 30) { /* SET private */
+            size_t vlen = pick_size(&x);
+            uint64_t seed = rt_rnd(&x) | 1;
+            make_val(vb[0], vlen, seed, k, (size_t)kl);
+            int rc = kv_shm_set(t->s, k, (size_t)kl, vb[0], vlen, NULL, NULL);
+            t->sets++;
+            if (rc == 0)
+                t->expect[n] = seed;
+            else if (rc == KV_ENOMEM) {
+                t->oom++; /* the old value stays (or was evicted) */
+                struct kv_shm_stats st;
+                kv_shm_stats(t->s, &st);
+                if (!t->lru && st.pages_free * SHM_PAGE > vlen + 4 * SHM_PAGE && t->oom_room++ < 5)
+                    fprintf(stderr, "\n  OOM t%d SET %zu bytes with %llu pages free, %llu bytes free",
+                            t->id, vlen, (unsigned long long)st.pages_free,
+                            (unsigned long long)st.bytes_free);
+            }
+            else
+                t->err++;
+        } else if (op < 60) {
+            rt_check_priv(t, &g, n);
+        } else if (op < 65) {
+            int rc = kv_shm_del(t->s, k, (size_t)kl);
+            if (rc == 0 || rc == KV_ENOTFOUND)
+                t->expect[n] = 0;
+            if (rc == KV_ENOTFOUND && !t->lru && t->expect[n]) /* unreachable: reset above */
+                t->lost++;
+        } else if (op < 72) { /* MSET of private keys (a key twice sometimes) and shared */
+            struct kv_shm_pair pr[8];
+            char ks[8][32];
+            int idx[8];
+            uint64_t seeds[8];
+            int m = 2 + (int)(rt_rnd(&x) % 7);
+            for (int i = 0; i < m; i++) {
+                int shared = rt_rnd(&x) % 4 == 0;
+                idx[i] = shared ? -1 : (i && rt_rnd(&x) % 5 == 0 ? idx[i - 1] : (int)(rt_rnd(&x) % RT_PRIV));
+                if (idx[i] < 0)
+                    idx[i] = -1 - (int)(rt_rnd(&x) % RT_SHARED);
+                int l = idx[i] >= 0 ? priv_key(ks[i], t->id, idx[i])
+                                    : snprintf(ks[i], 32, "sh-%d", -1 - idx[i]);
+                size_t vlen = pick_size(&x);
+                if (vlen > 40000)
+                    vlen = 40000;
+                seeds[i] = rt_rnd(&x) | 1;
+                make_val(vb[i], vlen, seeds[i], ks[i], (size_t)l);
+                pr[i] = (struct kv_shm_pair){ks[i], (size_t)l, vb[i], vlen};
+            }
+            int rc = kv_shm_mset(t->s, pr, (size_t)m, NULL, NULL);
+            if (rc == 0) {
+                for (int i = 0; i < m; i++)
+                    if (idx[i] >= 0)
+                        t->expect[idx[i]] = seeds[i];
+            } else if (rc == KV_ENOMEM) {
+                t->oom++;
+            } else {
+                t->err++;
+                fprintf(stderr, "\n  MSET: %d", rc);
+            }
+        } else if (op < 78) { /* SET shared */
+            int sn = (int)(rt_rnd(&x) % RT_SHARED);
+            int l = snprintf(k, sizeof(k), "sh-%d", sn);
+            size_t vlen = pick_size(&x);
+            make_val(vb[0], vlen, rt_rnd(&x) | 1, k, (size_t)l);
+            int rc = kv_shm_set(t->s, k, (size_t)l, vb[0], vlen, NULL, NULL);
+            if (rc && rc != KV_ENOMEM)
+                t->err++;
+        } else if (op < 90) { /* GET shared: whole and of this key */
+            int sn = (int)(rt_rnd(&x) % RT_SHARED);
+            int l = snprintf(k, sizeof(k), "sh-%d", sn);
+            size_t vlen;
+            int rc = kv_shm_get(t->s, k, (size_t)l, rt_alloc, &g, &vlen, NULL);
+            uint64_t seed;
+            int bad;
+            if (rc == 0 && (bad = check_val(g.p, vlen, k, (size_t)l, &seed))) {
+                t->bad_shared++;
+                fprintf(stderr, "\n  TORN shared %s vlen %zu why %d", k, vlen, bad);
+            } else if (rc && rc != KV_ENOTFOUND) {
+                t->err++;
+                fprintf(stderr, "\n  GET %s: %d", k, rc);
+            }
+        } else if (op < 94) { /* INCR private counter */
+            int64_t r;
+            int rc = kv_shm_incr(t->s, ctrk, (size_t)ctrkl, 1, &r, NULL);
+            if (rc == 0) {
+                if (t->ctr >= 0 && r != t->ctr + 1 && !(t->lru && r == 1)) {
+                    t->bad_ctr++;
+                    fprintf(stderr, "\n  INCR %s: %lld after %lld", ctrk, (long long)r,
+                            (long long)t->ctr);
+                }
+                t->ctr = r;
+            } else if (rc != KV_ENOMEM) {
+                t->err++;
+            }
+        } else if (op < 97) { /* EXPIRE private far away: copy-on-write keeps the value */
+            int rc = kv_shm_expire(t->s, k, (size_t)kl, 3600000);
+            if (rc == KV_ENOTFOUND && t->expect[n] && !t->lru)
+                t->lost++;
+            if (rc == 0 || rc == KV_ENOMEM)
+                rt_check_priv(t, &g, n);
+        } else { /* EXPIRE shared soon, and a sweep */
+            int sn = (int)(rt_rnd(&x) % RT_SHARED);
+            int l = snprintf(k, sizeof(k), "sh-%d", sn);
+            kv_shm_expire(t->s, k, (size_t)l, 1 + (int64_t)(rt_rnd(&x) % 5));
+            kv_shm_sweep(t->s, 16);
+        }
+    }
+    for (int i = 0; i < 8; i++)
+        free(vb[i]);
+    free(g.p);
+    return NULL;
+}
+
+static int rt_secs(void)
+{
+    const char *e = getenv("KV_RT_SECS");
+    return e ? atoi(e) : 2;
+}
+
+/* Checks every private key of every thread (quiescent); returns the failures. */
+static uint64_t rt_verify(struct rt_thread *th, int nt, struct kv_shm_store *s)
+{
+    struct rt_get g = {0};
+    uint64_t bad = 0;
+    for (int i = 0; i < nt; i++) {
+        th[i].s = s;
+        uint64_t b0 = th[i].lost + th[i].stale + th[i].bad_priv + th[i].err;
+        for (int n = 0; n < RT_PRIV; n++)
+            rt_check_priv(&th[i], &g, n);
+        bad += th[i].lost + th[i].stale + th[i].bad_priv + th[i].err - b0;
+    }
+    free(g.p);
+    return bad;
+}
+
+static void rt_stress(int lru, size_t mem, int nt)
+{
+    if (getenv("KV_RT_THREADS"))
+        nt = atoi(getenv("KV_RT_THREADS"));
+    nt = nt < 1 ? 1 : nt > 8 ? 8 : nt;
+    struct kv_config c;
+    cfg_make(&c, lru ? "stress-lru" : "stress-none", mem, lru);
+    struct kv_shm_store *s = open_store(&c);
+    volatile int stop = 0;
+    struct rt_thread th[8];
+    pthread_t tid[8];
+    memset(th, 0, sizeof(th));
+    for (int i = 0; i < nt; i++) {
+        th[i] = (struct rt_thread){.s = s, .id = i, .lru = lru, .stop = &stop, .ctr = 0};
+        pthread_create(&tid[i], NULL, rt_worker, &th[i]);
+    }
+    struct timespec ts = {rt_secs(), 0};
+    nanosleep(&ts, NULL);
+    stop = 1;
+    uint64_t ops = 0, oom = 0, sets = 0, bad = 0;
+    for (int i = 0; i < nt; i++) {
+        pthread_join(tid[i], NULL);
+        ops += th[i].ops;
+        oom += th[i].oom;
+        sets += th[i].sets;
+        bad += th[i].lost + th[i].stale + th[i].bad_priv + th[i].bad_shared + th[i].bad_ctr +
+               th[i].err;
+    }
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    fprintf(stderr, "\n  %s %zu MiB x%d: %llu ops, %llu SETs, %llu OOM, %llu evictions, corrupt "
+                    "%llu, bad %llu ",
+            lru ? "lru" : "none", mem >> 20, nt, (unsigned long long)ops,
+            (unsigned long long)sets, (unsigned long long)oom,
+            (unsigned long long)st.evictions, (unsigned long long)st.corrupt,
+            (unsigned long long)bad);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(st.corrupt, 0);
+    CU_ASSERT(free_stack_sound(s));
+    CU_ASSERT_EQUAL(rt_verify(th, nt, s), 0);
+    /* clean reopen, then recovery: the same values */
+    kv_shm_store_close(s);
+    s = open_store(&c);
+    CU_ASSERT_EQUAL(rt_verify(th, nt, s), 0);
+    kv_shm_store_close(s);
+    mark_unclean(&c);
+    s = open_store(&c);
+    kv_shm_stats(s, &st);
+    CU_ASSERT_EQUAL(st.recovered, 1);
+    CU_ASSERT_EQUAL(st.dropped_items, 0);
+    CU_ASSERT_EQUAL(rt_verify(th, nt, s), 0);
+    CU_ASSERT(free_stack_sound(s));
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
+static void test_rt_stress_none(void)
+{
+    rt_stress(0, 8u << 20, 4);
+}
+
+static void test_rt_stress_lru(void)
+{
+    rt_stress(1, 8u << 20, 4);
+}
+
+static void test_rt_stress_lru_tiny(void)
+{
+    rt_stress(1, 2u << 20, 4);
+}
+
+/* ---- 4. expired-item reclaim removes a live item (ABA on the slot word) ----------- */
+
+#define ABA_KEYS 3000
+static struct kv_shm_store *aba_s;
+
+static void *aba_refresher(void *arg)
+{
+    (void)arg;
+    char v[100];
+    for (int i = 0; i < ABA_KEYS; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "exp-%d", i);
+        memset(v, 'a', sizeof(v));
+        CU_ASSERT_EQUAL(kv_shm_set(aba_s, k, (size_t)kl, v, sizeof(v), NULL, NULL), 0);
+        memset(v, 'b', sizeof(v));
+        CU_ASSERT_EQUAL(kv_shm_set(aba_s, k, (size_t)kl, v, sizeof(v), NULL, NULL), 0);
+    }
+    return NULL;
+}
+
+/* Runs on the evicting thread between its sample (shared lock dropped) and unlink_word's
+ * exclusive lock: another client rewrites every sampled key twice, which (a thread's spare
+ * chunk ping-pong) puts each new value back at the chunk of the old one. */
+static void aba_interleave(void)
+{
+    pthread_t t;
+    pthread_create(&t, NULL, aba_refresher, NULL);
+    pthread_join(t, NULL);
+}
+
+/* --eviction none. make_room's step 1 samples an expired item, drops the lock, and
+ * unlink_word removes whatever the slot holds if the slot word is unchanged -- it never
+ * checks that the item is still expired. A key overwritten twice in that window (no TTL
+ * now, acknowledged) has the same word again: its own thread's spare chunk took the value
+ * back to the old offset. The fresh value is deleted, and counted as an LRU eviction in a
+ * store without eviction. */
+static void test_rt_expired_reclaim_aba_loses_live_write(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "aba", 4u << 20, 0);
+    struct kv_shm_store *s = open_store(&c);
+    char v[100];
+    memset(v, 'x', sizeof(v));
+    struct kv_shm_set_opts px = {.ttl_ms = 1};
+    for (int i = 0; i < ABA_KEYS; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "exp-%d", i);
+        CU_ASSERT_EQUAL_FATAL(kv_shm_set(s, k, (size_t)kl, v, sizeof(v), &px, NULL), 0);
+    }
+    /* fill the pages with large values until one is refused */
+    size_t blen = 200000;
+    uint8_t *b = malloc(blen);
+    memset(b, 'L', blen);
+    int nb = 0;
+    for (;; nb++) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "big-%d", nb);
+        if (kv_shm_set(s, k, (size_t)kl, b, blen, NULL, NULL))
+            break;
+    }
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL); /* every exp-* has expired */
+    aba_s = s;
+    wr_hook_thread = pthread_self();
+    wr_hook_fn = aba_interleave;
+    int rc = kv_shm_set(s, "one-more-big", 12, b, blen, NULL, NULL);
+    CU_ASSERT_PTR_NULL(wr_hook_fn); /* the interleaving did happen */
+    wr_hook_fn = NULL;
+    memset(v, 'b', sizeof(v));
+    int lost = 0;
+    for (int i = 0; i < ABA_KEYS; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "exp-%d", i);
+        struct rt_get g = {0};
+        size_t vlen = 0;
+        int grc = kv_shm_get(s, k, (size_t)kl, rt_alloc, &g, &vlen, NULL);
+        if (grc || vlen != sizeof(v) || memcmp(g.p, v, sizeof(v))) {
+            if (lost++ < 3)
+                fprintf(stderr, "\n  %s acknowledged (no TTL) then: %d", k, grc);
+        }
+        free(g.p);
+    }
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    fprintf(stderr, "\n  big SET after the interleaving: %d; %d of %d fresh keys lost; "
+                    "evictions %llu (eviction none) ",
+            rc, lost, ABA_KEYS, (unsigned long long)st.evictions);
+    CU_ASSERT_EQUAL(lost, 0);
+    CU_ASSERT_EQUAL(st.evictions, 0);
+    free(b);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -227,6 +709,11 @@ int main(void)
         {"test_rt_drain_vs_free_double_release", test_rt_drain_vs_free_double_release, 1},
         {"test_rt_spares_pin_pages_of_other_threads", test_rt_spares_pin_pages_of_other_threads,
          1},
+        {"test_rt_expired_reclaim_aba_loses_live_write",
+         test_rt_expired_reclaim_aba_loses_live_write, 1},
+        {"test_rt_stress_none", test_rt_stress_none, 0},
+        {"test_rt_stress_lru", test_rt_stress_lru, 0},
+        {"test_rt_stress_lru_tiny", test_rt_stress_lru_tiny, 0},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (tests[i].open_bug && !all) {
