@@ -908,6 +908,82 @@ static void test_rt_crash_lru(void)
     rt_crash(1, 4u << 20, 3);
 }
 
+/* ---- 6. compaction stuck on one pinned page: OOM with room to spare ----------------- */
+
+static void *pin_writer(void *arg)
+{
+    struct kv_shm_store *s = arg;
+    char v[100];
+    memset(v, 'p', sizeof(v));
+    CU_ASSERT_EQUAL(kv_shm_set(s, "bk", 2, v, sizeof(v), NULL, NULL), 0);
+    CU_ASSERT_EQUAL(kv_shm_set(s, "bk", 2, v, sizeof(v), NULL, NULL), 0); /* chunk 0: spare */
+    CU_ASSERT_EQUAL(kv_shm_del(s, "bk", 2), 0);
+    return NULL;
+}
+
+/* --eviction none. compact_one always picks the emptiest listed page of the class with
+ * the most free bytes; when that page cannot be emptied (another thread's spare chunk sits
+ * in it: not indexed, so not movable), page_drain says KV_EAGAIN, kv_shm_make_room passes
+ * that on, and kv_shm_alloc_room gives up at once with KV_ENOMEM. Every later write that
+ * needs a page picks the same page and fails the same way, while the class's other pages
+ * hold more than a page of free chunks that compaction of any of them would give back. */
+static void test_rt_compaction_stuck_on_pinned_page(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "pinned", 4u << 20, 0);
+    struct kv_shm_store *s = open_store(&c);
+    pthread_t t;
+    pthread_create(&t, NULL, pin_writer, s);
+    pthread_join(t, NULL);
+    char v[100];
+    memset(v, 'm', sizeof(v));
+    unsigned cls = kv_shm_class_for(s, SHM_ITEM_HDR + 6 + sizeof(v));
+    unsigned per = s->cper[cls];
+    int n = 0;
+    while (s->cls[cls].pages < 4) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "m%05d", n++);
+        CU_ASSERT_EQUAL_FATAL(kv_shm_set(s, k, (size_t)kl, v, sizeof(v), NULL, NULL), 0);
+    }
+    /* the first per - 1 keys share the pinned page: delete them; then every other key */
+    for (int i = 0; i < n; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "m%05d", i);
+        if (i < (int)per - 1 || i % 2)
+            CU_ASSERT_EQUAL(kv_shm_del(s, k, (size_t)kl), 0);
+    }
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    uint64_t cfree = st.cls[cls].chunks_free;
+    /* take every free page */
+    uint8_t *b = malloc(200000);
+    memset(b, 'L', 200000);
+    for (int i = 0;; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "L%d", i);
+        if (kv_shm_set(s, k, (size_t)kl, b, 60000, NULL, NULL))
+            break;
+    }
+    kv_shm_stats(s, &st);
+    fprintf(stderr, "\n  class of %u-byte chunks: %llu pages, %llu chunks free (%u a page) "
+                    "outside the pinned page: %llu; pages free %llu ",
+            s->csize[cls], (unsigned long long)st.cls[cls].pages,
+            (unsigned long long)st.cls[cls].chunks_free, per,
+            (unsigned long long)(st.cls[cls].chunks_free - (per - 1)),
+            (unsigned long long)st.pages_free);
+    for (uint64_t pi = 0; pi < s->n_pages; pi++)
+        if (s->pmap[pi] == PM_MAKE(PM_SLAB, cls))
+            fprintf(stderr, "[page %llu: %u used] ", (unsigned long long)pi, s->pg[pi].used);
+    CU_ASSERT(cfree >= per + per / 2);
+    /* one class page could be given back: a one-page value must fit */
+    int rc = kv_shm_set(s, "one-page", 8, b, 60000, NULL, NULL);
+    fprintf(stderr, "SET 60000: %d ", rc);
+    CU_ASSERT_EQUAL(rc, 0);
+    free(b);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -930,6 +1006,7 @@ int main(void)
         {"test_rt_expired_reclaim_aba_loses_live_write",
          test_rt_expired_reclaim_aba_loses_live_write, 1},
 #endif
+        {"test_rt_compaction_stuck_on_pinned_page", test_rt_compaction_stuck_on_pinned_page, 1},
         {"test_rt_crash_none", test_rt_crash_none, 0},
         {"test_rt_crash_lru", test_rt_crash_lru, 0},
         {"test_rt_stress_none", test_rt_stress_none, 0},
