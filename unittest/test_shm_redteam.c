@@ -984,6 +984,207 @@ static void test_rt_compaction_stuck_on_pinned_page(void)
     kv_shm_store_unlink(&c);
 }
 
+/* ---- 7. resource edges ---------------------------------------------------------- */
+
+static int get_is(struct kv_shm_store *s, const char *k, size_t kl, const uint8_t *want,
+                  size_t wlen)
+{
+    struct rt_get g = {0};
+    size_t vlen = 0;
+    int rc = kv_shm_get(s, k, kl, rt_alloc, &g, &vlen, NULL);
+    int ok = rc == 0 && vlen == wlen && (wlen == 0 || memcmp(g.p, want, wlen) == 0);
+    free(g.p);
+    return ok;
+}
+
+/* Item sizes at every boundary (chunk classes end, 32 KiB, one page, two pages), with the
+ * shortest and the longest key, read back before and after a clean reopen and recovery. */
+static void test_rt_edges_sizes(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "edges", 8u << 20, 0);
+    struct kv_shm_store *s = open_store(&c);
+    static const size_t totals[] = {40 + 1,   64,        65,        32767,     32768,
+                                    32769,    65532,     65536,     65537,     131068,
+                                    131069,   196600,    196601,    196604,    196605};
+    size_t klens[] = {1, 4096};
+    uint8_t *v = malloc(300000);
+    char *key = malloc(4097);
+    int stored = 0;
+    for (int round = 0; round < 3; round++) {
+        int bad = 0;
+        for (size_t ki = 0; ki < 2; ki++) {
+            for (size_t i = 0; i < sizeof(totals) / sizeof(totals[0]); i++) {
+                size_t kl = klens[ki];
+                if (totals[i] < 40 + kl)
+                    continue;
+                size_t vlen = totals[i] - 40 - kl;
+                memset(key, 'a' + (int)i, kl);
+                if (kl > 1)
+                    key[0] = (char)('0' + ki);
+                memset(v, (int)(i * 7 + ki), vlen);
+                if (vlen)
+                    v[vlen - 1] ^= 0x5A;
+                if (round == 0) {
+                    int rc = kv_shm_set(s, key, kl, v, vlen, NULL, NULL);
+                    if (rc)
+                        fprintf(stderr, "\n  SET total %zu klen %zu: %d", totals[i], kl, rc);
+                    CU_ASSERT_EQUAL(rc, 0);
+                    stored++;
+                }
+                if (!get_is(s, key, kl, v, vlen)) {
+                    fprintf(stderr, "\n  round %d: total %zu klen %zu wrong", round, totals[i], kl);
+                    bad++;
+                }
+            }
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        kv_shm_store_close(s);
+        if (round == 1)
+            mark_unclean(&c);
+        s = open_store(&c);
+    }
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    CU_ASSERT_EQUAL(st.keys, (uint64_t)stored);
+    CU_ASSERT_EQUAL(st.dropped_items, 0);
+    free(v);
+    free(key);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
+/* A 2 MiB store (the minimum): filled with every size until it refuses, everything stored
+ * reads back, then emptied it takes the largest value its free pages hold. */
+static void test_rt_edges_min_store(void)
+{
+    for (int lru = 0; lru < 2; lru++) {
+        struct kv_config c;
+        cfg_make(&c, "min", 2u << 20, lru);
+        struct kv_shm_store *s = open_store(&c);
+        struct kv_shm_stats st;
+        kv_shm_stats(s, &st);
+        uint64_t free0 = st.pages_free;
+        uint64_t x = 77;
+        uint8_t *v = malloc(200000);
+        int n = 0, bad = 0, refused = 0;
+        for (int i = 0; i < 3000; i++) {
+            char k[32];
+            int kl = snprintf(k, sizeof(k), "e%d", i);
+            size_t vlen = pick_size(&x);
+            make_val(v, vlen, (uint64_t)i + 1, k, (size_t)kl);
+            int rc = kv_shm_set(s, k, (size_t)kl, v, vlen, NULL, NULL);
+            if (rc == 0)
+                n++;
+            else if (rc == KV_ENOMEM)
+                refused++;
+            else
+                bad++;
+        }
+        struct rt_get g = {0};
+        for (int i = 0; i < 3000; i++) {
+            char k[32];
+            int kl = snprintf(k, sizeof(k), "e%d", i);
+            size_t vlen;
+            uint64_t seed;
+            int rc = kv_shm_get(s, k, (size_t)kl, rt_alloc, &g, &vlen, NULL);
+            if (rc == 0 && (check_val(g.p, vlen, k, (size_t)kl, &seed) || seed != (uint64_t)i + 1))
+                bad++;
+        }
+        free(g.p);
+        CU_ASSERT_EQUAL(bad, 0);
+        CU_ASSERT(free_stack_sound(s));
+        kv_shm_flush(s);
+        kv_shm_stats(s, &st);
+        fprintf(stderr, "\n  2 MiB %s: %d stored, %d refused; after FLUSH %llu of %llu pages free ",
+                lru ? "lru" : "none", n, refused, (unsigned long long)st.pages_free,
+                (unsigned long long)free0);
+        CU_ASSERT_EQUAL(st.pages_free, free0);
+        size_t big = (size_t)(st.pages_free - 1) * (SHM_PAGE - 4) - 200;
+        uint8_t *b = malloc(big);
+        memset(b, 'B', big);
+        int rc = kv_shm_set(s, "all", 3, b, big, NULL, NULL);
+        fprintf(stderr, "SET %zu: %d ", big, rc);
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT(get_is(s, "all", 3, b, big));
+        free(b);
+        free(v);
+        kv_shm_store_close(s);
+        kv_shm_store_unlink(&c);
+    }
+}
+
+/* MSET of 100k pairs; the same key 1,000 times; MSETNX with one key present; an MSET too
+ * big for the store changes nothing and gives every page back. */
+static void test_rt_edges_mset(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "msetbig", 64u << 20, 0);
+    struct kv_shm_store *s = open_store(&c);
+    enum { N = 100000 };
+    struct kv_shm_pair *p = malloc(N * sizeof(*p));
+    char(*ks)[16] = malloc(N * sizeof(*ks));
+    for (int i = 0; i < N; i++) {
+        int kl = snprintf(ks[i], sizeof(ks[i]), "ms%d", i);
+        p[i] = (struct kv_shm_pair){ks[i], (size_t)kl, ks[i], (size_t)kl};
+    }
+    CU_ASSERT_EQUAL(kv_shm_mset(s, p, N, NULL, NULL), 0);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += !get_is(s, ks[i], strlen(ks[i]), (const uint8_t *)ks[i], strlen(ks[i]));
+    CU_ASSERT_EQUAL(bad, 0);
+    /* the same key 1,000 times: the last value wins, one key, nothing leaked */
+    kv_shm_flush(s);
+    struct kv_shm_stats st0, st;
+    kv_shm_stats(s, &st0);
+    char vals[1000][8];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(vals[i], sizeof(vals[i]), "v%d", i);
+        p[i] = (struct kv_shm_pair){"same", 4, vals[i], strlen(vals[i])};
+    }
+    CU_ASSERT_EQUAL(kv_shm_mset(s, p, 1000, NULL, NULL), 0);
+    CU_ASSERT(get_is(s, "same", 4, (const uint8_t *)"v999", 4));
+    kv_shm_stats(s, &st);
+    CU_ASSERT_EQUAL(st.keys, 1);
+    CU_ASSERT_EQUAL(st.cls[kv_shm_class_for(s, 48)].chunks_used, 1);
+    CU_ASSERT_EQUAL(kv_shm_del(s, "same", 4), 0);
+    kv_shm_stats(s, &st);
+    CU_ASSERT_EQUAL(st.keys, 0);
+    /* MSETNX: one key exists, nothing stored */
+    CU_ASSERT_EQUAL(kv_shm_set(s, "nx3", 3, "old", 3, NULL, NULL), 0);
+    struct kv_shm_set_opts nx = {.flags = KV_SHM_NX};
+    struct kv_shm_pair q[] = {{"nx1", 3, "a", 1}, {"nx2", 3, "b", 1}, {"nx3", 3, "c", 1}};
+    CU_ASSERT_EQUAL(kv_shm_mset(s, q, 3, &nx, NULL), KV_EEXISTS);
+    CU_ASSERT_EQUAL(kv_shm_exists(s, "nx1", 3), KV_ENOTFOUND);
+    CU_ASSERT(get_is(s, "nx3", 3, (const uint8_t *)"old", 3));
+    kv_shm_del(s, "nx3", 3);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+
+    /* an MSET that does not fit a 2 MiB store: KV_ENOMEM, nothing there, all pages back */
+    cfg_make(&c, "msetsmall", 2u << 20, 0);
+    s = open_store(&c);
+    CU_ASSERT_EQUAL(kv_shm_set(s, "ms5", 3, "keep", 4, NULL, NULL), 0);
+    kv_shm_stats(s, &st0);
+    for (int i = 0; i < N; i++)
+        p[i] = (struct kv_shm_pair){ks[i], strlen(ks[i]), ks[i], strlen(ks[i])};
+    int rc = kv_shm_mset(s, p, N, NULL, NULL);
+    fprintf(stderr, "\n  MSET of %d pairs into 2 MiB: %d ", N, rc);
+    CU_ASSERT_EQUAL(rc, KV_ENOMEM);
+    CU_ASSERT(get_is(s, "ms5", 3, (const uint8_t *)"keep", 4));
+    CU_ASSERT_EQUAL(kv_shm_exists(s, "ms0", 3), KV_ENOTFOUND);
+    kv_shm_stats(s, &st);
+    CU_ASSERT_EQUAL(st.keys, 1);
+    fprintf(stderr, "pages free before %llu after %llu ", (unsigned long long)st0.pages_free,
+            (unsigned long long)st.pages_free);
+    CU_ASSERT(st.pages_free + 1 >= st0.pages_free);
+    CU_ASSERT(free_stack_sound(s));
+    free(p);
+    free(ks);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1007,6 +1208,9 @@ int main(void)
          test_rt_expired_reclaim_aba_loses_live_write, 1},
 #endif
         {"test_rt_compaction_stuck_on_pinned_page", test_rt_compaction_stuck_on_pinned_page, 1},
+        {"test_rt_edges_sizes", test_rt_edges_sizes, 0},
+        {"test_rt_edges_min_store", test_rt_edges_min_store, 0},
+        {"test_rt_edges_mset", test_rt_edges_mset, 0},
         {"test_rt_crash_none", test_rt_crash_none, 0},
         {"test_rt_crash_lru", test_rt_crash_lru, 0},
         {"test_rt_stress_none", test_rt_stress_none, 0},
