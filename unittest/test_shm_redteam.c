@@ -12,6 +12,8 @@
 
 #include <CUnit/Basic.h>
 #include <dlfcn.h>
+#include <limits.h>
+#include <zlib.h>
 #include <fcntl.h>
 #include <stddef.h>
 #include <sys/mman.h>
@@ -1185,6 +1187,72 @@ static void test_rt_edges_mset(void)
     kv_shm_store_unlink(&c);
 }
 
+/* ---- 8. upgrading a full layout-1 segment --------------------------------------- */
+
+#define V1_FULL_KEYS 1908 /* tests/make_v1_full_fixture.sh printed it */
+
+/* Writes fixtures/v1-full.seg.gz to a fresh file; 0 and its path in out. */
+static int v1_full_load(char *out, size_t cap)
+{
+    char exe[PATH_MAX], path[PATH_MAX + 64];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    exe[n > 0 ? n : 0] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = 0;
+    snprintf(path, sizeof(path), "%s/../unittest/fixtures/v1-full.seg.gz", exe);
+    gzFile gz = gzopen(path, "rb");
+    if (!gz)
+        return -1;
+    snprintf(out, cap, "/tmp/kv-rt-v1full-%d.seg", (int)getpid());
+    int fd = open(out, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    static uint8_t buf[1 << 16];
+    int r, bad = fd < 0;
+    while (!bad && (r = gzread(gz, buf, sizeof(buf))) > 0)
+        bad = write(fd, buf, (size_t)r) != r;
+    gzclose(gz);
+    if (fd >= 0)
+        close(fd);
+    return bad ? -1 : 0;
+}
+
+/* A layout-1 store that its release had filled (values of 0..3 KB, 4 MiB) must come up in
+ * this release with every key. With --eviction lru the upgrade copies through the normal
+ * write path, which evicts keys already copied when the new layout runs out of room -- and
+ * then reports "1908 keys copied". With --eviction none the copy runs out of room and the
+ * segment is refused, and since the copy is made at the old segment's size (a different
+ * --memory is refused as a size mismatch first) there is no way to upgrade it at all. */
+static void test_rt_upgrade_full_v1(void)
+{
+    for (int lru = 1; lru >= 0; lru--) {
+        char file[256];
+        CU_ASSERT_EQUAL_FATAL(v1_full_load(file, sizeof(file)), 0);
+        struct kv_config c;
+        kv_config_defaults(&c);
+        snprintf(c.data_file, sizeof(c.data_file), "%s", file);
+        c.memory = 4u << 20;
+        c.eviction = lru ? KV_EVICT_LRU : KV_EVICT_NONE;
+        struct kv_shm_store *s = NULL;
+        char err[2048];
+        int rc = kv_shm_store_open(&c, err, sizeof(err), &s);
+        fprintf(stderr, "\n  %s: open %d: %.300s", lru ? "lru" : "none", rc, err);
+        CU_ASSERT_EQUAL(rc, 0);
+        if (rc == 0) {
+            struct kv_shm_stats st;
+            kv_shm_stats(s, &st);
+            fprintf(stderr, "\n  keys %llu of %d, evictions %llu ", (unsigned long long)st.keys,
+                    V1_FULL_KEYS, (unsigned long long)st.evictions);
+            CU_ASSERT_EQUAL(st.keys, V1_FULL_KEYS);
+            CU_ASSERT_EQUAL(st.evictions, 0);
+            kv_shm_store_close(s);
+        }
+        unlink(file);
+        char up[300];
+        snprintf(up, sizeof(up), "%s.upgrade", file);
+        unlink(up);
+    }
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1211,6 +1279,7 @@ int main(void)
         {"test_rt_edges_sizes", test_rt_edges_sizes, 0},
         {"test_rt_edges_min_store", test_rt_edges_min_store, 0},
         {"test_rt_edges_mset", test_rt_edges_mset, 0},
+        {"test_rt_upgrade_full_v1", test_rt_upgrade_full_v1, 1},
         {"test_rt_crash_none", test_rt_crash_none, 0},
         {"test_rt_crash_lru", test_rt_crash_lru, 0},
         {"test_rt_stress_none", test_rt_stress_none, 0},
