@@ -339,7 +339,7 @@ struct rt_thread {
     int mset_idx[8];
     uint64_t mset_new[8], mset_old[8];
     int64_t ctr;              /* the private counter's value, -1: unknown (LRU) */
-    uint64_t ops, sets, oom, gets, found, bad_priv, bad_shared, lost, stale, bad_ctr, err, oom_room;
+    uint64_t ops, sets, oom, gets, found, bad_priv, bad_shared, lost, stale, bad_ctr, err, oom_room, shctr;
 };
 
 struct rt_get {
@@ -356,6 +356,17 @@ static void *rt_alloc(void *ctx, size_t n)
         g->cap = n;
     }
     return g->p;
+}
+
+static int get_is(struct kv_shm_store *s, const char *k, size_t kl, const uint8_t *want,
+                  size_t wlen)
+{
+    struct rt_get g = {0};
+    size_t vlen = 0;
+    int rc = kv_shm_get(s, k, kl, rt_alloc, &g, &vlen, NULL);
+    int ok = rc == 0 && vlen == wlen && (wlen == 0 || memcmp(g.p, want, wlen) == 0);
+    free(g.p);
+    return ok;
 }
 
 static int priv_key(char *k, int id, int n)
@@ -521,6 +532,9 @@ static void *rt_worker(void *arg)
                 t->err++;
                 fprintf(stderr, "\n  GET %s: %d", k, rc);
             }
+        } else if (op < 91) { /* INCR the shared counter: none loses an acknowledged one */
+            if (kv_shm_incr(t->s, "shctr", 5, 1, NULL, NULL) == 0)
+                t->shctr++;
         } else if (op < 94) { /* INCR private counter */
             int64_t r;
             int rc = kv_shm_incr(t->s, ctrk, (size_t)ctrkl, 1, &r, NULL);
@@ -615,6 +629,17 @@ static void rt_stress(int lru, size_t mem, int nt)
     CU_ASSERT_EQUAL(st.corrupt, 0);
     CU_ASSERT(free_stack_sound(s));
     CU_ASSERT_EQUAL(rt_verify(th, nt, s), 0);
+    if (!lru) {
+        uint64_t acked = 0;
+        for (int i = 0; i < nt; i++)
+            acked += th[i].shctr;
+        char num[32];
+        int nl = snprintf(num, sizeof(num), "%llu", (unsigned long long)acked);
+        int ok = get_is(s, "shctr", 5, (const uint8_t *)num, (size_t)nl);
+        if (!ok)
+            fprintf(stderr, "\n  shared counter is not %s", num);
+        CU_ASSERT(acked == 0 || ok);
+    }
     /* clean reopen, then recovery: the same values */
     kv_shm_store_close(s);
     s = open_store(&c);
@@ -988,16 +1013,6 @@ static void test_rt_compaction_stuck_on_pinned_page(void)
 
 /* ---- 7. resource edges ---------------------------------------------------------- */
 
-static int get_is(struct kv_shm_store *s, const char *k, size_t kl, const uint8_t *want,
-                  size_t wlen)
-{
-    struct rt_get g = {0};
-    size_t vlen = 0;
-    int rc = kv_shm_get(s, k, kl, rt_alloc, &g, &vlen, NULL);
-    int ok = rc == 0 && vlen == wlen && (wlen == 0 || memcmp(g.p, want, wlen) == 0);
-    free(g.p);
-    return ok;
-}
 
 /* Item sizes at every boundary (chunk classes end, 32 KiB, one page, two pages), with the
  * shortest and the longest key, read back before and after a clean reopen and recovery. */
@@ -1319,6 +1334,38 @@ static void test_rt_damaged_line_link_loses_chain_silently(void)
     kv_shm_store_unlink(&c);
 }
 
+/* ---- 10. LRU: half the store in one value after filling with small ones --------- */
+
+static void test_rt_lru_half_store_after_small(void)
+{
+    static const size_t smalls[] = {100, 2500};
+    for (size_t z = 0; z < 2; z++) {
+        struct kv_config c;
+        cfg_make(&c, "half", 64u << 20, 1);
+        struct kv_shm_store *s = open_store(&c);
+        char v[2600];
+        memset(v, 's', sizeof(v));
+        for (int i = 0; i < 700000; i++) {
+            char k[32];
+            int kl = snprintf(k, sizeof(k), "s%d", i);
+            CU_ASSERT_EQUAL_FATAL(kv_shm_set(s, k, (size_t)kl, v, smalls[z], NULL, NULL), 0);
+        }
+        struct kv_shm_stats st;
+        kv_shm_stats(s, &st);
+        size_t big = 32u << 20;
+        uint8_t *b = malloc(big);
+        memset(b, 'H', big);
+        int rc = kv_shm_set(s, "half", 4, b, big, NULL, NULL);
+        fprintf(stderr, "\n  64 MiB lru full of %zu-byte values (%llu keys, %llu evictions): SET 32 MiB: %d ",
+                smalls[z], (unsigned long long)st.keys, (unsigned long long)st.evictions, rc);
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT(rc || get_is(s, "half", 4, b, big));
+        free(b);
+        kv_shm_store_close(s);
+        kv_shm_store_unlink(&c);
+    }
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1348,6 +1395,7 @@ int main(void)
         {"test_rt_upgrade_full_v1", test_rt_upgrade_full_v1, 1},
         {"test_rt_damaged_line_link_loses_chain_silently",
          test_rt_damaged_line_link_loses_chain_silently, 1},
+        {"test_rt_lru_half_store_after_small", test_rt_lru_half_store_after_small, 0},
         {"test_rt_crash_none", test_rt_crash_none, 0},
         {"test_rt_crash_lru", test_rt_crash_lru, 0},
         {"test_rt_stress_none", test_rt_stress_none, 0},
