@@ -1385,6 +1385,47 @@ static void test_rt_lru_half_store_after_small(void)
     }
 }
 
+/* ---- 11. EXPIRE / INCR of a big key in a full LRU store ---------------------------- */
+
+/* EXPIRE rewrites the item (copy-on-write), so it needs room for a second copy. Under LRU
+ * that room must be made like a SET's: rewrite_room gives up after ROOM_TRIES (64) rounds,
+ * one evicted item or page each, while kv_shm_alloc_room allows 4 more per page of a large
+ * item. A 16 MiB value (256 pages) in a full 64 MiB store: SET fits, EXPIRE of it does not. */
+static void test_rt_lru_expire_big_key(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "expbig", 64u << 20, 1);
+    struct kv_shm_store *s = open_store(&c);
+    char v[100];
+    memset(v, 's', sizeof(v));
+    for (int i = 0; i < 600000; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "s%d", i);
+        CU_ASSERT_EQUAL_FATAL(kv_shm_set(s, k, (size_t)kl, v, sizeof(v), NULL, NULL), 0);
+    }
+    size_t big = 16u << 20;
+    uint8_t *b = malloc(big);
+    memset(b, 'E', big);
+    CU_ASSERT_EQUAL_FATAL(kv_shm_set(s, "big", 3, b, big, NULL, NULL), 0);
+    for (int i = 0; i < 600000; i++) { /* full again, of keys newer than big */
+        char k[32];
+        int kl = snprintf(k, sizeof(k), "t%d", i);
+        CU_ASSERT_EQUAL_FATAL(kv_shm_set(s, k, (size_t)kl, v, sizeof(v), NULL, NULL), 0);
+        if (i % 20000 == 0)
+            get_is(s, "big", 3, b, 0); /* keep big recently used */
+    }
+    CU_ASSERT_EQUAL(kv_shm_exists(s, "big", 3), 0);
+    int rc = kv_shm_expire(s, "big", 3, 100000);
+    int64_t ttl = 0;
+    kv_shm_ttl(s, "big", 3, &ttl);
+    fprintf(stderr, "\n  EXPIRE of a 16 MiB key in a full 64 MiB LRU store: %d (ttl now %lld) ", rc,
+            (long long)ttl);
+    CU_ASSERT_EQUAL(rc, 0);
+    free(b);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1415,6 +1456,7 @@ int main(void)
         {"test_rt_damaged_line_link_loses_chain_silently",
          test_rt_damaged_line_link_loses_chain_silently, 1},
         {"test_rt_lru_half_store_after_small", test_rt_lru_half_store_after_small, 0},
+        {"test_rt_lru_expire_big_key", test_rt_lru_expire_big_key, 1},
         {"test_rt_crash_none", test_rt_crash_none, 0},
         {"test_rt_crash_lru", test_rt_crash_lru, 0},
         {"test_rt_stress_none", test_rt_stress_none, 0},
