@@ -628,7 +628,9 @@ static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_
 /* After rewrite_locked said KV_ENOMEM (lock dropped): 0 when room was made, try again. */
 static int rewrite_room(struct kv_shm_store *s, int attempt, size_t need, int line)
 {
-    if (attempt >= ROOM_TRIES)
+    /* as many rounds as kv_shm_alloc_room gives an item of that size */
+    uint64_t tries = ROOM_TRIES + 4 * (need > SHM_MAX_CHUNK ? kv_shm_large_pages(need) : 0);
+    if ((uint64_t)attempt >= tries)
         return KV_ENOMEM;
     if (attempt == 0 && spares_release(s))
         return 0;

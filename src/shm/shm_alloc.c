@@ -345,7 +345,8 @@ int kv_shm_page_drain_begin(struct kv_shm_store *s, uint64_t pi, unsigned *cls, 
     int rc = KV_EAGAIN;
     pthread_mutex_lock(&k->lock);
     struct shm_page *p = &s->pg[pi];
-    if (s->pmap[pi] == e && !(p->flags & PG_DRAINING)) {
+    /* an empty page is on its way to the free stack (or is not this class's any more) */
+    if (s->pmap[pi] == e && !(p->flags & PG_DRAINING) && p->used > 0) {
         list_del(s, k, pi);
         p->flags |= PG_DRAINING;
         *cls = c;

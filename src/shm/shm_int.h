@@ -216,6 +216,7 @@ struct kv_shm_store {
     uint64_t recovered_items, dropped_items, recovery_ns; /* ro after open */
     uint64_t dropped_why[KV_SHM_DROP_REASONS];           /* ro after open */
     uint64_t batches_undone;                             /* ro after open */
+    uint64_t corrupt_at_open;                            /* ro after open: hdr->corrupt */
     uint64_t open_id;                                     /* ro after open: unique per open */
     unsigned spare_rows;                                  /* atomic: rows of spares claimed */
     struct shm_spare spares[SHM_SPARE_ROWS];              /* row i: one thread's */

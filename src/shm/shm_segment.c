@@ -498,6 +498,7 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
     }
     if (!s->attach) {
         hdr2_write(s);
+        s->corrupt_at_open = __atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED);
         s->hdr->generation++;
         s->hdr->owner_pid = (int32_t)getpid();
         __atomic_store_n(&s->hdr->clean, 0, __ATOMIC_RELEASE);
@@ -599,7 +600,10 @@ void kv_shm_store_close(struct kv_shm_store *s)
         s->hdr->owner_pid = 0;
         s->hdr->meta_crc = meta_crc(s);
         hdr2_write(s);
-        __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
+        /* damage met while open (a free list, a slot that failed its checks): not marked
+         * clean, so the next open rebuilds the derived state instead of trusting it */
+        if (__atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED) == s->corrupt_at_open)
+            __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
         if (s->is_file)
             msync(s->base, s->size, MS_SYNC);
     }
