@@ -646,6 +646,8 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
             return reply_str(res, ":1\r\n");
         return reply_str(res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
     }
+    if (arg_is(cmd, "FUNCTION") && argc >= 2 && arg_is(&argv[1], "FLUSH"))
+        return reply_str(res, "+OK\r\n"); /* there are no functions to flush */
     if (arg_is(cmd, "HELLO")) {
         if (argc >= 2 && !(argv[1].len == 1 && argv[1].p[0] == '2'))
             return reply_err(res, "-NOPROTO unsupported protocol version");
