@@ -137,6 +137,32 @@ static void test_resp_multibulk_and_inline_exact_replies(void)
     close(fd);
 }
 
+/* The command table: names in any case, Redis's arity rule (N exact, -N at
+ * least N) with its error string, unknown names, COMMAND COUNT from the rows. */
+static void test_resp_command_table_arity_and_case(void)
+{
+    int fd = raw_connect(srv.port);
+    int closed;
+    char *got;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "gEt rk:t:none\r\n", "$-1\r\n");
+    expect(fd, "get a b\r\n", "-ERR wrong number of arguments for 'get' command\r\n");
+    expect(fd, "SET a\r\n", "-ERR wrong number of arguments for 'set' command\r\n");
+    expect(fd, "INCRBY a\r\n", "-ERR wrong number of arguments for 'incrby' command\r\n");
+    expect(fd, "Mget\r\n", "-ERR wrong number of arguments for 'mget' command\r\n");
+    expect(fd, "MSET a\r\n", "-ERR wrong number of arguments for 'mset' command\r\n");
+    expect(fd, "MSET a b c\r\n", "-ERR wrong number of arguments for 'mset' command\r\n");
+    expect(fd, "PING a b\r\n", "-ERR wrong number of arguments for 'ping' command\r\n");
+    expect(fd, "GETX a\r\n", "-ERR unknown command 'GETX', with args beginning with: 'a' \r\n");
+    expect(fd, "GE a\r\n", "-ERR unknown command 'GE', with args beginning with: 'a' \r\n");
+    expect(fd, "FUNCTION FLUSH\r\n", "+OK\r\n");
+    got = exchange(fd, "COMMAND COUNT\r\n", 15, 3, &closed);
+    CU_ASSERT(got[0] == ':' && atoi(got + 1) >= 30);
+    free(got);
+    close(fd);
+}
+
 static void test_resp_pipelined_replies_in_request_order(void)
 {
     enum { N = 300 };
@@ -468,6 +494,7 @@ int main(void)
     s = CU_add_suite("resp", suite_init, suite_clean);
     CU_add_test(s, "test_resp_multibulk_and_inline_exact_replies",
                 test_resp_multibulk_and_inline_exact_replies);
+    CU_add_test(s, "test_resp_command_table_arity_and_case", test_resp_command_table_arity_and_case);
     CU_add_test(s, "test_resp_pipelined_replies_in_request_order",
                 test_resp_pipelined_replies_in_request_order);
     CU_add_test(s, "test_resp_bodies_across_the_scratch_room",

@@ -10,6 +10,7 @@
  * Redis reply; reply() does that on the IO thread. Error strings follow
  * Redis's, so clients' error handling works unchanged. */
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,6 +50,8 @@ enum reply_style {
     RS_DBSIZE,      /* :keys from STATS */
     RS_INFO,        /* bulk INFO text from STATS */
     RS_AUTH,        /* +OK or -WRONGPASS */
+    RS__COUNT,
+    RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
 
 /* ---- output buffer ------------------------------------------------------ */
@@ -312,6 +315,8 @@ static int not_integer(struct kv_text_result *res)
 }
 
 /* ---- commands --------------------------------------------------------------- */
+struct resp_cmd;
+
 struct cmdctx {
     struct kv_server *srv;
     struct kv_session *session;
@@ -319,14 +324,77 @@ struct cmdctx {
     const struct kv_slice *argv;
     struct kv_call *call;
     struct kv_text_result *res;
+    const struct resp_cmd *cmd; /* the row of argv[0] */
 };
 
-static int cmd_set(struct cmdctx *x, int getset)
+/* Builds the request (dispatch) or answers on the spot (out_reply / reply_*). */
+typedef int (*resp_cmd_fn)(struct cmdctx *x);
+
+/* Command flags, after Redis's command table. */
+#define CMD_WRITE 0x1u    /* may change the keyspace */
+#define CMD_READONLY 0x2u /* reads keys, changes nothing */
+#define CMD_NOAUTH 0x4u   /* runs before AUTH when a password is set */
+#define CMD_ADMIN 0x8u    /* server-wide (FLUSHALL, CONFIG, ...) */
+#define CMD_FAST 0x10u    /* O(1) or O(log n) */
+#define CMD_LOCAL 0x20u   /* answered by the IO thread, never reaches a handler */
+
+/* One row per command: Redis's command table (server.c, commands/ *.json) is
+ * the model. arity counts argv[0]: N = exactly N, -N = at least N. style is
+ * how the answer of the call fn dispatches becomes a reply (RS_NONE for a
+ * command answered on the spot); aux is the row's parameter to fn (INCR's
+ * delta, ...), so that sibling commands share one function. */
+struct resp_cmd {
+    const char *name;
+    int arity;
+    uint32_t flags;
+    resp_cmd_fn fn;
+    enum reply_style style;
+    int64_t aux;
+};
+
+/* Dispatches o as the body of a call of opcode op, whose answer becomes a
+ * reply by the row's style. */
+static int send_call(struct cmdctx *x, struct out *o, uint16_t op)
+{
+    return dispatch(o, x->call, x->res, op, x->cmd->style);
+}
+
+static int cmd_ping(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    if (x->argc > 2)
+        return wrong_args(x->res, &x->argv[0]);
+    if (x->argc == 1)
+        return reply_str(x->res, "+PONG\r\n");
+    out_bulk(&o, x->argv[1].p, x->argv[1].len);
+    return out_reply(&o, x->res);
+}
+
+static int cmd_quit(struct cmdctx *x)
+{
+    x->res->close = 1;
+    return reply_str(x->res, "+OK\r\n");
+}
+
+static int cmd_auth(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    if (x->argc > 3)
+        return reply_err(x->res, "-ERR syntax error");
+    if (x->argc == 3 && !arg_is(&x->argv[1], "default"))
+        return reply_err(x->res, "-WRONGPASS invalid username-password pair or user is disabled.");
+    body_bytes(&o, 1, &x->argv[x->argc - 1]);
+    return send_call(x, &o, OP_AUTH);
+}
+
+static int cmd_set(struct cmdctx *x)
 {
     const struct kv_slice *v = x->argv;
     struct out o = {0};
     long long ttl = 0, n;
-    int nx = 0, xx = 0, get = getset;
+    int nx = 0, xx = 0, get = x->cmd->aux == 1;
 
     for (size_t i = 3; i < x->argc; i++) {
         if (arg_is(&v[i], "NX"))
@@ -361,30 +429,59 @@ static int cmd_set(struct cmdctx *x, int getset)
     return dispatch(&o, x->call, x->res, OP_SET, get ? RS_SET_GET : RS_SET);
 }
 
-static int cmd_keys(struct cmdctx *x, uint16_t op, enum reply_style style)
+/* Every argument after the name is a key: field 1, repeated. */
+static int keys_body(struct cmdctx *x, size_t first, uint16_t op, enum reply_style style)
 {
     struct out o = {0};
     size_t need = 0;
 
-    for (size_t i = 1; i < x->argc; i++)
+    for (size_t i = first; i < x->argc; i++)
         need += x->argv[i].len + 16; /* tag + length prefix <= 16 */
     out_init_room(&o, x->call, need);
-    for (size_t i = 1; i < x->argc; i++)
+    for (size_t i = first; i < x->argc; i++)
         body_bytes(&o, 1, &x->argv[i]);
     return dispatch(&o, x->call, x->res, op, style);
 }
 
-static int cmd_incr(struct cmdctx *x, long long delta)
+/* aux is the opcode. */
+static int cmd_keys(struct cmdctx *x)
+{
+    return keys_body(x, 1, (uint16_t)x->cmd->aux, x->cmd->style);
+}
+
+static int cmd_exists(struct cmdctx *x)
+{
+    return x->argc == 2 ? keys_body(x, 1, OP_EXISTS, RS_INT_FIELD1)
+                        : keys_body(x, 1, OP_MGET, RS_COUNT_FOUND);
+}
+
+static int incr_body(struct cmdctx *x, long long delta)
 {
     struct out o = {0};
 
     out_init_room(&o, x->call, x->argv[1].len + 32);
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, pb_zigzag_encode(delta));
-    return dispatch(&o, x->call, x->res, OP_INCR, RS_INT_INCR);
+    return send_call(x, &o, OP_INCR);
 }
 
-static int cmd_expire(struct cmdctx *x, int action, long long ms, enum reply_style style)
+/* INCR, DECR: aux is the delta. */
+static int cmd_incr(struct cmdctx *x)
+{
+    return incr_body(x, x->cmd->aux);
+}
+
+/* INCRBY, DECRBY: aux is the sign of the argument. */
+static int cmd_incrby(struct cmdctx *x)
+{
+    long long n;
+
+    if (arg_int(&x->argv[2], &n) != 0 || (x->cmd->aux < 0 && n == INT64_MIN))
+        return not_integer(x->res);
+    return incr_body(x, x->cmd->aux < 0 ? -n : n);
+}
+
+static int expire_body(struct cmdctx *x, int action, long long ms, enum reply_style style)
 {
     struct out o = {0};
 
@@ -395,12 +492,37 @@ static int cmd_expire(struct cmdctx *x, int action, long long ms, enum reply_sty
     return dispatch(&o, x->call, x->res, OP_EXPIRE, style);
 }
 
+/* EXPIRE, PEXPIRE: aux is the unit in ms. */
+static int cmd_expire(struct cmdctx *x)
+{
+    long long n;
+
+    if (arg_int(&x->argv[2], &n) != 0 || n > INT64_MAX / x->cmd->aux ||
+        n < INT64_MIN / x->cmd->aux)
+        return not_integer(x->res);
+    n *= x->cmd->aux;
+    if (n <= 0) /* Redis deletes a key given a ttl in the past */
+        return keys_body(x, 1, OP_DEL, RS_INT_FIELD1);
+    return expire_body(x, 0, n, RS_EXPIRE);
+}
+
+static int cmd_persist(struct cmdctx *x)
+{
+    return expire_body(x, 1, 0, RS_PERSIST);
+}
+
+/* TTL, PTTL: the style says the unit. */
+static int cmd_ttl(struct cmdctx *x)
+{
+    return expire_body(x, 2, 0, x->cmd->style);
+}
+
 static int cmd_mset(struct cmdctx *x)
 {
     struct out o = {0};
     uint8_t tag[16];
 
-    if (x->argc < 3 || x->argc % 2 == 0)
+    if (x->argc % 2 == 0)
         return wrong_args(x->res, &x->argv[0]);
     for (size_t i = 1; i + 1 < x->argc; i += 2) {
         const struct kv_slice *k = &x->argv[i], *v = &x->argv[i + 1];
@@ -410,7 +532,7 @@ static int cmd_mset(struct cmdctx *x)
         body_bytes(&o, 1, k);
         body_bytes(&o, 2, v);
     }
-    return dispatch(&o, x->call, x->res, OP_MSET, RS_OK);
+    return send_call(x, &o, OP_MSET);
 }
 
 static int cmd_scan(struct cmdctx *x)
@@ -446,7 +568,35 @@ static int cmd_scan(struct cmdctx *x)
     if (prefix.len)
         body_bytes(&o, 2, &prefix);
     body_uint(&o, 3, (uint64_t)(count > 10000 ? 10000 : count));
-    return dispatch(&o, x->call, x->res, OP_SCAN, RS_SCAN);
+    return send_call(x, &o, OP_SCAN);
+}
+
+static int cmd_echo(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    out_bytes(&o, x->argv[1].p, x->argv[1].len);
+    return send_call(x, &o, OP_PING);
+}
+
+/* DBSIZE, INFO, FLUSHDB, FLUSHALL: a call with an empty body; aux is the opcode. */
+static int cmd_nobody(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    if (x->cmd->aux == OP_FLUSH && x->argc > 2) /* ASYNC / SYNC accepted */
+        return reply_err(x->res, "-ERR syntax error");
+
+    return send_call(x, &o, (uint16_t)x->cmd->aux);
+}
+
+static int cmd_select(struct cmdctx *x)
+{
+    long long n;
+
+    if (arg_int(&x->argv[1], &n) != 0)
+        return not_integer(x->res);
+    return n == 0 ? reply_str(x->res, "+OK\r\n") : reply_err(x->res, "-ERR DB index is out of range");
 }
 
 static int cmd_config(struct cmdctx *x)
@@ -455,6 +605,8 @@ static int cmd_config(struct cmdctx *x)
     char mem[32];
     const struct kv_slice *v = x->argv;
 
+    if (x->argc > 3)
+        return wrong_args(x->res, &x->argv[0]);
     if (x->argc == 3 && arg_is(&v[1], "GET")) {
         static const char *const known[][2] = {
             {"save", ""}, {"appendonly", "no"}, {"databases", "1"}, {"maxmemory", NULL},
@@ -488,11 +640,33 @@ static int cmd_config(struct cmdctx *x)
     return reply_err(x->res, "-ERR CONFIG: only CONFIG GET is supported");
 }
 
+static size_t resp_cmd_count(void);
+
 static int cmd_command(struct cmdctx *x)
 {
-    if (x->argc >= 2 && arg_is(&x->argv[1], "COUNT"))
-        return reply_str(x->res, ":0\r\n");
-    return reply_str(x->res, "*0\r\n"); /* no command table: clients fall back */
+    struct out o = {0};
+
+    if (x->argc >= 2 && arg_is(&x->argv[1], "COUNT")) {
+        out_line_int(&o, ':', (int64_t)resp_cmd_count());
+        return out_reply(&o, x->res);
+    }
+    return reply_str(x->res, "*0\r\n"); /* no COMMAND INFO/DOCS yet: clients fall back */
+}
+
+static int cmd_client(struct cmdctx *x)
+{
+    if (x->argc >= 2 && arg_is(&x->argv[1], "GETNAME"))
+        return reply_str(x->res, "$-1\r\n");
+    if (x->argc >= 2 && arg_is(&x->argv[1], "ID"))
+        return reply_str(x->res, ":1\r\n");
+    return reply_str(x->res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
+}
+
+static int cmd_hello(struct cmdctx *x)
+{
+    if (x->argc >= 2 && !(x->argv[1].len == 1 && x->argv[1].p[0] == '2'))
+        return reply_err(x->res, "-NOPROTO unsupported protocol version");
+    return reply_err(x->res, "-ERR unknown command 'HELLO': use RESP2 without HELLO");
 }
 
 static int unknown_command(struct cmdctx *x)
@@ -512,150 +686,122 @@ static int unknown_command(struct cmdctx *x)
     return reply_err(x->res, "-ERR unknown command '%s', with args beginning with: %s", name, args);
 }
 
+static int cmd_function(struct cmdctx *x)
+{
+    if (arg_is(&x->argv[1], "FLUSH"))
+        return reply_str(x->res, "+OK\r\n"); /* there are no functions to flush */
+    return unknown_command(x);
+}
+
+#define W CMD_WRITE
+#define R CMD_READONLY
+#define F CMD_FAST
+#define L CMD_LOCAL
+static const struct resp_cmd resp_cmds[] = {
+    /* name        arity flags            fn            reply style     aux */
+    {"GET",           2, R | F,           cmd_keys,     RS_BULK,        OP_GET},
+    {"SET",          -3, W,               cmd_set,      RS_SET,         0},
+    {"GETSET",        3, W | F,           cmd_set,      RS_SET_GET,     1},
+    {"DEL",          -2, W,               cmd_keys,     RS_INT_FIELD1,  OP_DEL},
+    {"UNLINK",       -2, W | F,           cmd_keys,     RS_INT_FIELD1,  OP_DEL},
+    {"EXISTS",       -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
+    {"INCR",          2, W | F,           cmd_incr,     RS_INT_INCR,    1},
+    {"DECR",          2, W | F,           cmd_incr,     RS_INT_INCR,    -1},
+    {"INCRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    1},
+    {"DECRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    -1},
+    {"MGET",         -2, R | F,           cmd_keys,     RS_MGET,        OP_MGET},
+    {"MSET",         -3, W,               cmd_mset,     RS_OK,          0},
+    {"EXPIRE",        3, W | F,           cmd_expire,   RS_EXPIRE,      1000},
+    {"PEXPIRE",       3, W | F,           cmd_expire,   RS_EXPIRE,      1},
+    {"PERSIST",       2, W | F,           cmd_persist,  RS_PERSIST,     0},
+    {"TTL",           2, R | F,           cmd_ttl,      RS_TTL_S,       0},
+    {"PTTL",          2, R | F,           cmd_ttl,      RS_TTL_MS,      0},
+    {"SCAN",         -2, R,               cmd_scan,     RS_SCAN,        0},
+    {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
+    {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      OP_STATS},
+    {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        OP_STATS},
+    {"FLUSHDB",      -1, W,               cmd_nobody,   RS_OK,          OP_FLUSH},
+    {"FLUSHALL",     -1, W,               cmd_nobody,   RS_OK,          OP_FLUSH},
+    {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
+    {"QUIT",         -1, F | CMD_NOAUTH | L, cmd_quit,  RS_NONE,        0},
+    {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
+    {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
+    {"SELECT",        2, F | L,           cmd_select,   RS_NONE,        0},
+    {"COMMAND",      -1, L,               cmd_command,  RS_NONE,        0},
+    {"CONFIG",       -2, CMD_ADMIN | L,   cmd_config,   RS_NONE,        0},
+    {"CLIENT",       -2, L,               cmd_client,   RS_NONE,        0},
+    {"FUNCTION",     -2, L,               cmd_function, RS_NONE,        0},
+};
+#undef W
+#undef R
+#undef F
+#undef L
+#define RESP_NCMDS (sizeof(resp_cmds) / sizeof(resp_cmds[0]))
+
+static size_t resp_cmd_count(void)
+{
+    return RESP_NCMDS;
+}
+
+/* ---- the name index ------------------------------------------------------------ */
+/* Open addressing over a hash of the case-folded name, built once: finding
+ * a row costs one hash of the name and one comparison, whatever the table's
+ * size (the if-chain it replaces compared names one by one). */
+#define RESP_INDEX 256 /* a power of two, > 2 x the rows */
+static uint8_t resp_index[RESP_INDEX]; /* row + 1; 0 = empty */
+static pthread_once_t resp_index_once = PTHREAD_ONCE_INIT;
+
+static inline uint32_t name_hash(const uint8_t *p, size_t n)
+{
+    uint32_t h = 2166136261u;
+
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (p[i] | 0x20u)) * 16777619u; /* ASCII letters fold to lower case */
+    return h;
+}
+
+static void resp_index_build(void)
+{
+    _Static_assert(RESP_NCMDS < 255 && 2 * RESP_NCMDS < RESP_INDEX, "resp_index too small");
+    for (size_t i = 0; i < RESP_NCMDS; i++) {
+        const char *nm = resp_cmds[i].name;
+        uint32_t h = name_hash((const uint8_t *)nm, strlen(nm)) & (RESP_INDEX - 1);
+
+        while (resp_index[h])
+            h = (h + 1) & (RESP_INDEX - 1);
+        resp_index[h] = (uint8_t)(i + 1);
+    }
+}
+
+static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name)
+{
+    uint32_t h = name_hash(name->p, name->len) & (RESP_INDEX - 1);
+
+    for (uint8_t r; (r = resp_index[h]) != 0; h = (h + 1) & (RESP_INDEX - 1)) {
+        const struct resp_cmd *c = &resp_cmds[r - 1];
+
+        if (arg_is(name, c->name))
+            return c;
+    }
+    return NULL;
+}
+
 static int resp_command(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
                         struct kv_call *call, struct kv_text_result *res)
 {
-    struct cmdctx x = {ctx, s, argc, argv, call, res};
     struct kv_server *srv = ctx;
-    const struct kv_slice *cmd = &argv[0];
-    long long n;
+    struct cmdctx x = {srv, s, argc, argv, call, res, resp_cmd_find(&argv[0])};
 
-    /* commands answered before (or without) AUTH */
-    if (arg_is(cmd, "PING")) {
-        if (argc > 2)
-            return wrong_args(res, cmd);
-        if (argc == 1)
-            return reply_str(res, "+PONG\r\n");
-        struct out o = {0};
-        out_bulk(&o, argv[1].p, argv[1].len);
-        return out_reply(&o, res);
-    }
-    if (arg_is(cmd, "QUIT")) {
-        res->close = 1;
-        return reply_str(res, "+OK\r\n");
-    }
-    if (arg_is(cmd, "AUTH")) {
-        struct out o = {0};
-
-        if (argc != 2 && argc != 3)
-            return wrong_args(res, cmd);
-        if (argc == 3 && !arg_is(&argv[1], "default"))
-            return reply_err(res, "-WRONGPASS invalid username-password pair or user is disabled.");
-        body_bytes(&o, 1, &argv[argc - 1]);
-        return dispatch(&o, call, res, OP_AUTH, RS_AUTH);
-    }
-    if (srv->cfg->requirepass[0] &&
+    if (!x.cmd)
+        return unknown_command(&x);
+    if (!(x.cmd->flags & CMD_NOAUTH) && srv->cfg->requirepass[0] &&
         !(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
         return reply_str(res, "-NOAUTH Authentication required.\r\n");
-
-#define ARGS(min, max)                                                                        \
-    do {                                                                                      \
-        if (argc < (min) || argc > (max))                                                     \
-            return wrong_args(res, cmd);                                                      \
-    } while (0)
-    if (arg_is(cmd, "GET")) {
-        ARGS(2, 2);
-        return cmd_keys(&x, OP_GET, RS_BULK);
-    }
-    if (arg_is(cmd, "SET")) {
-        ARGS(3, 9);
-        return cmd_set(&x, 0);
-    }
-    if (arg_is(cmd, "GETSET")) {
-        ARGS(3, 3);
-        return cmd_set(&x, 1);
-    }
-    if (arg_is(cmd, "DEL") || arg_is(cmd, "UNLINK")) {
-        ARGS(2, SIZE_MAX);
-        return cmd_keys(&x, OP_DEL, RS_INT_FIELD1);
-    }
-    if (arg_is(cmd, "EXISTS")) {
-        ARGS(2, SIZE_MAX);
-        return argc == 2 ? cmd_keys(&x, OP_EXISTS, RS_INT_FIELD1)
-                         : cmd_keys(&x, OP_MGET, RS_COUNT_FOUND);
-    }
-    if (arg_is(cmd, "INCR") || arg_is(cmd, "DECR")) {
-        ARGS(2, 2);
-        return cmd_incr(&x, arg_is(cmd, "INCR") ? 1 : -1);
-    }
-    if (arg_is(cmd, "INCRBY") || arg_is(cmd, "DECRBY")) {
-        ARGS(3, 3);
-        if (arg_int(&argv[2], &n) != 0 || (arg_is(cmd, "DECRBY") && n == INT64_MIN))
-            return not_integer(res);
-        return cmd_incr(&x, arg_is(cmd, "INCRBY") ? n : -n);
-    }
-    if (arg_is(cmd, "MGET")) {
-        ARGS(2, SIZE_MAX);
-        return cmd_keys(&x, OP_MGET, RS_MGET);
-    }
-    if (arg_is(cmd, "MSET"))
-        return cmd_mset(&x);
-    if (arg_is(cmd, "EXPIRE") || arg_is(cmd, "PEXPIRE")) {
-        ARGS(3, 3);
-        if (arg_int(&argv[2], &n) != 0 || n > INT64_MAX / 1000 || n < INT64_MIN / 1000)
-            return not_integer(res);
-        if (arg_is(cmd, "EXPIRE"))
-            n *= 1000;
-        if (n <= 0) /* Redis deletes a key given a ttl in the past */
-            return cmd_keys(&x, OP_DEL, RS_INT_FIELD1);
-        return cmd_expire(&x, 0, n, RS_EXPIRE);
-    }
-    if (arg_is(cmd, "PERSIST")) {
-        ARGS(2, 2);
-        return cmd_expire(&x, 1, 0, RS_PERSIST);
-    }
-    if (arg_is(cmd, "TTL") || arg_is(cmd, "PTTL")) {
-        ARGS(2, 2);
-        return cmd_expire(&x, 2, 0, arg_is(cmd, "TTL") ? RS_TTL_S : RS_TTL_MS);
-    }
-    if (arg_is(cmd, "SCAN")) {
-        ARGS(2, 8);
-        return cmd_scan(&x);
-    }
-    if (arg_is(cmd, "ECHO")) {
-        ARGS(2, 2);
-        struct out o = {0};
-        out_bytes(&o, argv[1].p, argv[1].len);
-        return dispatch(&o, call, res, OP_PING, RS_ECHO);
-    }
-    if (arg_is(cmd, "DBSIZE") || arg_is(cmd, "INFO")) {
-        struct out o = {0};
-        return dispatch(&o, call, res, OP_STATS, arg_is(cmd, "DBSIZE") ? RS_DBSIZE : RS_INFO);
-    }
-    if (arg_is(cmd, "FLUSHDB") || arg_is(cmd, "FLUSHALL")) {
-        ARGS(1, 2); /* ASYNC / SYNC accepted */
-        struct out o = {0};
-        return dispatch(&o, call, res, OP_FLUSH, RS_OK);
-    }
-    if (arg_is(cmd, "SELECT")) {
-        ARGS(2, 2);
-        if (arg_int(&argv[1], &n) != 0)
-            return not_integer(res);
-        return n == 0 ? reply_str(res, "+OK\r\n") : reply_err(res, "-ERR DB index is out of range");
-    }
-    if (arg_is(cmd, "COMMAND"))
-        return cmd_command(&x);
-    if (arg_is(cmd, "CONFIG")) {
-        ARGS(2, 3);
-        return cmd_config(&x);
-    }
-    if (arg_is(cmd, "CLIENT")) {
-        if (argc >= 2 && arg_is(&argv[1], "GETNAME"))
-            return reply_str(res, "$-1\r\n");
-        if (argc >= 2 && arg_is(&argv[1], "ID"))
-            return reply_str(res, ":1\r\n");
-        return reply_str(res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
-    }
-    if (arg_is(cmd, "FUNCTION") && argc >= 2 && arg_is(&argv[1], "FLUSH"))
-        return reply_str(res, "+OK\r\n"); /* there are no functions to flush */
-    if (arg_is(cmd, "HELLO")) {
-        if (argc >= 2 && !(argv[1].len == 1 && argv[1].p[0] == '2'))
-            return reply_err(res, "-NOPROTO unsupported protocol version");
-        return reply_err(res, "-ERR unknown command 'HELLO': use RESP2 without HELLO");
-    }
-#undef ARGS
-    return unknown_command(&x);
+    if (x.cmd->arity > 0 ? argc != (size_t)x.cmd->arity : argc < (size_t)-x.cmd->arity)
+        return wrong_args(res, &argv[0]);
+    return x.cmd->fn(&x);
 }
+
 
 /* ---- replies ------------------------------------------------------------------- */
 /* The error body (kv.Error{message}) of a non-OK answer, if any. */
@@ -835,148 +981,179 @@ static void reply_info(struct out *o, const struct kv_call *call, const struct k
     kv_mem_free(KV_MOD_PACKET, t.p);
 }
 
+/* ---- reply styles ----------------------------------------------------------------- */
+/* Each style's function writes the reply of an answer its row lets through;
+ * the others get the row's literal (NOT_FOUND, EXISTS) or Redis's form of
+ * the status (reply_status_error). */
+typedef void (*reply_fn)(struct out *o, const struct kv_call *call, const struct kv_server *srv);
+
+static void rs_ok(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    OUT_LIT(o, "+OK\r\n");
+}
+
+static void rs_set_get(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    if (f.u[3])
+        out_bulk(o, f.b[2].p, f.b[2].len);
+    else
+        out_nil(o);
+}
+
+static void rs_bulk(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_bulk(o, f.b[1].p, f.b[1].len);
+}
+
+static void rs_echo(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    out_bulk(o, call->resp, call->resp_len);
+}
+
+static void rs_int_field1(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', (int64_t)f.u[1]);
+}
+
+static void rs_int_incr(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', pb_zigzag_decode(f.u[1]));
+}
+
+static void rs_count_found(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_mget(o, call, 1);
+}
+
+static void rs_mget(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_mget(o, call, 0);
+}
+
+static void rs_expire(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    OUT_LIT(o, ":1\r\n");
+}
+
+static void rs_persist(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', pb_zigzag_decode(f.u[2]) != -1);
+}
+
+static void rs_ttl(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+    int64_t v;
+
+    read_fields(call, &f);
+    v = pb_zigzag_decode(f.u[1]);
+    if (v >= 0 && call->tag == RS_TTL_S)
+        v = (v + 500) / 1000;
+    out_line_int(o, ':', v);
+}
+
+static void rs_scan(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_scan(o, call);
+}
+
+static void rs_dbsize(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    out_line_int(o, ':', stat_value(call, "keys"));
+}
+
+static void rs_info(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_info(o, call, srv);
+}
+
+static void rs_auth(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    if (call->status == KV_ST_OK)
+        OUT_LIT(o, "+OK\r\n");
+    else if (call->status == KV_ST_NOAUTH)
+        OUT_LIT(o, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    else
+        reply_status_error(o, call);
+}
+
+#define RF_ANY 0x1u   /* fn answers every status itself */
+#define RF_BIG 0x2u   /* the reply is about the answer's size (a value) */
+#define RF_LIST 0x4u  /* the reply is about 1.5 x the answer (many entries) */
+#define RF_REFUSED 0x8u /* fn also answers a write its condition refused (EXISTS, NOT_FOUND) */
+static const struct {
+    reply_fn fn;
+    const char *missing; /* the reply to NOT_FOUND; NULL: an error */
+    const char *exists;  /* the reply to EXISTS; NULL: an error */
+    uint32_t flags;
+} reply_styles[RS__COUNT] = {
+    [RS_OK] = {rs_ok, NULL, NULL, 0},
+    [RS_SET] = {rs_ok, "$-1\r\n", "$-1\r\n", 0},
+    [RS_SET_GET] = {rs_set_get, NULL, NULL, RF_BIG | RF_REFUSED},
+    [RS_BULK] = {rs_bulk, "$-1\r\n", NULL, RF_BIG},
+    [RS_ECHO] = {rs_echo, NULL, NULL, RF_BIG},
+    [RS_INT_FIELD1] = {rs_int_field1, NULL, NULL, 0},
+    [RS_INT_INCR] = {rs_int_incr, NULL, NULL, 0},
+    [RS_COUNT_FOUND] = {rs_count_found, NULL, NULL, 0},
+    [RS_MGET] = {rs_mget, NULL, NULL, RF_LIST},
+    [RS_EXPIRE] = {rs_expire, ":0\r\n", NULL, 0},
+    [RS_TTL_S] = {rs_ttl, ":-2\r\n", NULL, 0},
+    [RS_TTL_MS] = {rs_ttl, ":-2\r\n", NULL, 0},
+    [RS_PERSIST] = {rs_persist, ":0\r\n", NULL, 0},
+    [RS_SCAN] = {rs_scan, NULL, NULL, RF_LIST},
+    [RS_DBSIZE] = {rs_dbsize, NULL, NULL, 0},
+    [RS_INFO] = {rs_info, NULL, NULL, 0},
+    [RS_AUTH] = {rs_auth, NULL, NULL, RF_ANY},
+};
+
 static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
                       uint8_t **outp, size_t *lenp)
 {
-    struct kv_server *srv = ctx;
+    const struct kv_server *srv = ctx;
     struct out o = {0};
-    struct fields f;
-    int ok = call->status == KV_ST_OK;
-    int64_t v;
+    uint32_t style = call->tag;
+    size_t est = 32;
 
-    /* an answer's RESP form is at most its protobuf form plus a few bytes
-     * per entry (misses: 5 for 2): written straight into the connection's
-     * output when that room holds the estimate (a longer reply still moves
-     * to the heap, see out_grow), else one allocation of the estimate */
-    size_t est;
-    switch ((enum reply_style)call->tag) {
-    case RS_MGET:
-    case RS_SCAN: est = call->resp_len + call->resp_len / 2 + 32; break;
-    case RS_BULK:
-    case RS_ECHO:
-    case RS_SET_GET: est = call->resp_len + 32; break;
-    default: est = 32; break;
-    }
-    out_start(&o, room, room_cap, est);
-    switch ((enum reply_style)call->tag) {
-    case RS_OK:
-        if (ok)
-            OUT_LIT(&o, "+OK\r\n");
+    if (style >= RS__COUNT || !reply_styles[style].fn) {
+        out_start(&o, room, room_cap, est);
+        OUT_LIT(&o, "-ERR internal error: unknown reply style\r\n");
+    } else {
+        /* an answer's RESP form is at most its protobuf form plus a few
+         * bytes per entry (misses: 5 for 2): written straight into the
+         * connection's output when that room holds the estimate (a longer
+         * reply still moves to the heap, see out_grow), else one
+         * allocation of the estimate */
+        if (reply_styles[style].flags & RF_LIST)
+            est = call->resp_len + call->resp_len / 2 + 32;
+        else if (reply_styles[style].flags & RF_BIG)
+            est = call->resp_len + 32;
+        out_start(&o, room, room_cap, est);
+        if (call->status == KV_ST_OK || (reply_styles[style].flags & RF_ANY))
+            reply_styles[style].fn(&o, call, srv);
+        else if (call->status == KV_ST_NOT_FOUND && reply_styles[style].missing)
+            out_bytes(&o, reply_styles[style].missing, strlen(reply_styles[style].missing));
+        else if (call->status == KV_ST_EXISTS && reply_styles[style].exists)
+            out_bytes(&o, reply_styles[style].exists, strlen(reply_styles[style].exists));
+        else if ((reply_styles[style].flags & RF_REFUSED) &&
+                 (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND))
+            reply_styles[style].fn(&o, call, srv);
         else
             reply_status_error(&o, call);
-        break;
-    case RS_SET:
-        if (ok)
-            OUT_LIT(&o, "+OK\r\n");
-        else if (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND)
-            out_nil(&o);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_SET_GET:
-        if (ok || call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND) {
-            read_fields(call, &f);
-            if (f.u[3])
-                out_bulk(&o, f.b[2].p, f.b[2].len);
-            else
-                out_nil(&o);
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_BULK:
-        if (ok) {
-            read_fields(call, &f);
-            out_bulk(&o, f.b[1].p, f.b[1].len);
-        } else if (call->status == KV_ST_NOT_FOUND) {
-            out_nil(&o);
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_ECHO:
-        if (ok)
-            out_bulk(&o, call->resp, call->resp_len);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_INT_FIELD1:
-        if (ok) {
-            read_fields(call, &f);
-            out_line_int(&o, ':', (int64_t)f.u[1]);
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_INT_INCR:
-        if (ok) {
-            read_fields(call, &f);
-            out_line_int(&o, ':', pb_zigzag_decode(f.u[1]));
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_COUNT_FOUND:
-    case RS_MGET:
-        if (ok)
-            reply_mget(&o, call, call->tag == RS_COUNT_FOUND);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_EXPIRE:
-    case RS_PERSIST:
-        if (ok) {
-            read_fields(call, &f);
-            out_line_int(&o, ':', call->tag == RS_EXPIRE ? 1 : pb_zigzag_decode(f.u[2]) != -1);
-        } else if (call->status == KV_ST_NOT_FOUND) {
-            OUT_LIT(&o, ":0\r\n");
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_TTL_S:
-    case RS_TTL_MS:
-        if (ok) {
-            read_fields(call, &f);
-            v = pb_zigzag_decode(f.u[1]);
-            if (v >= 0 && call->tag == RS_TTL_S)
-                v = (v + 500) / 1000;
-            out_line_int(&o, ':', v);
-        } else if (call->status == KV_ST_NOT_FOUND) {
-            OUT_LIT(&o, ":-2\r\n");
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_SCAN:
-        if (ok)
-            reply_scan(&o, call);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_DBSIZE:
-        if (ok)
-            out_fmt(&o, ":%lld\r\n", (long long)stat_value(call, "keys"));
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_INFO:
-        if (ok)
-            reply_info(&o, call, srv);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_AUTH:
-        if (ok)
-            OUT_LIT(&o, "+OK\r\n");
-        else if (call->status == KV_ST_NOAUTH)
-            out_fmt(&o, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
-        else
-            reply_status_error(&o, call);
-        break;
-    default:
-        out_fmt(&o, "-ERR internal error: unknown reply style\r\n");
-        break;
     }
     if (o.failed) {
         out_release(&o);
@@ -989,6 +1166,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
 
 void kv_server_resp_adapter(struct kv_server *srv, struct kv_io_textproto *out)
 {
+    pthread_once(&resp_index_once, resp_index_build);
     out->command = resp_command;
     out->reply = resp_reply;
     out->ctx = srv;
