@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kv_call.h"
@@ -29,7 +30,7 @@
 #include "server_int.h"
 
 enum { OP_PING = 0, OP_GET, OP_SET, OP_DEL, OP_EXISTS, OP_INCR, OP_MGET, OP_MSET, OP_EXPIRE,
-       OP_SCAN, OP_STATS, OP_FLUSH, OP_AUTH };
+       OP_SCAN, OP_STATS, OP_FLUSH, OP_AUTH, OP_STR = 32 };
 
 /* How a finished call becomes a reply (the call's tag). */
 enum reply_style {
@@ -50,6 +51,11 @@ enum reply_style {
     RS_DBSIZE,      /* :keys from STATS */
     RS_INFO,        /* bulk INFO text from STATS */
     RS_AUTH,        /* +OK or -WRONGPASS */
+    RS_SETNX,       /* :1 stored, :0 refused (SETNX, MSETNX) */
+    RS_STR_INT,     /* :number of a StrResponse */
+    RS_STR_BULK,    /* its value, or nil when the key was absent */
+    RS_STR_STRING,  /* its value, always a bulk string */
+    RS_LCS_IDX,     /* LCS ... IDX: matches and len */
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -389,46 +395,6 @@ static int cmd_auth(struct cmdctx *x)
     return send_call(x, &o, OP_AUTH);
 }
 
-static int cmd_set(struct cmdctx *x)
-{
-    const struct kv_slice *v = x->argv;
-    struct out o = {0};
-    long long ttl = 0, n;
-    int nx = 0, xx = 0, get = x->cmd->aux == 1;
-
-    for (size_t i = 3; i < x->argc; i++) {
-        if (arg_is(&v[i], "NX"))
-            nx = 1;
-        else if (arg_is(&v[i], "XX"))
-            xx = 1;
-        else if (arg_is(&v[i], "GET"))
-            get = 1;
-        else if (arg_is(&v[i], "KEEPTTL"))
-            ; /* a SET without a ttl keeps none; accepted for compatibility */
-        else if ((arg_is(&v[i], "EX") || arg_is(&v[i], "PX")) && i + 1 < x->argc && !ttl) {
-            if (arg_int(&v[i + 1], &n) != 0)
-                return not_integer(x->res);
-            if (n <= 0 || n > (arg_is(&v[i], "EX") ? 9223372036854775LL : INT64_MAX / 2))
-                return reply_err(x->res, "-ERR invalid expire time in 'set' command");
-            ttl = arg_is(&v[i], "EX") ? n * 1000 : n;
-            i++;
-        } else {
-            return reply_err(x->res, "-ERR syntax error");
-        }
-    }
-    if (nx && xx)
-        return reply_err(x->res, "-ERR syntax error");
-    /* two fields (tag + length <= 6 bytes each here) and four varints */
-    out_init_room(&o, x->call, v[1].len + v[2].len + 12 + 4 * 11);
-    body_bytes(&o, 1, &v[1]);
-    body_bytes(&o, 2, &v[2]);
-    body_uint(&o, 3, (uint64_t)ttl);
-    body_uint(&o, 4, nx);
-    body_uint(&o, 5, xx);
-    body_uint(&o, 8, get);
-    return dispatch(&o, x->call, x->res, OP_SET, get ? RS_SET_GET : RS_SET);
-}
-
 /* Every argument after the name is a key: field 1, repeated. */
 static int keys_body(struct cmdctx *x, size_t first, uint16_t op, enum reply_style style)
 {
@@ -515,24 +481,6 @@ static int cmd_persist(struct cmdctx *x)
 static int cmd_ttl(struct cmdctx *x)
 {
     return expire_body(x, 2, 0, x->cmd->style);
-}
-
-static int cmd_mset(struct cmdctx *x)
-{
-    struct out o = {0};
-    uint8_t tag[16];
-
-    if (x->argc % 2 == 0)
-        return wrong_args(x->res, &x->argv[0]);
-    for (size_t i = 1; i + 1 < x->argc; i += 2) {
-        const struct kv_slice *k = &x->argv[i], *v = &x->argv[i + 1];
-        size_t inner = 1 + pb_varint_len(k->len) + k->len + 1 + pb_varint_len(v->len) + v->len;
-
-        out_bytes(&o, tag, pb_put_len_prefix(tag, 1, inner));
-        body_bytes(&o, 1, k);
-        body_bytes(&o, 2, v);
-    }
-    return send_call(x, &o, OP_MSET);
 }
 
 static int cmd_scan(struct cmdctx *x)
@@ -693,6 +641,367 @@ static int cmd_function(struct cmdctx *x)
     return unknown_command(x);
 }
 
+/* ---- the string family (opcode STR, kv.proto StrRequest) ------------------------- */
+enum { STR_APPEND, STR_STRLEN, STR_GETRANGE, STR_SETRANGE, STR_GETBIT, STR_SETBIT, STR_BITCOUNT,
+       STR_BITPOS, STR_INCRBYFLOAT, STR_GETDEL, STR_GETEX, STR_LCS };
+#define SF_RANGE 0x1u
+#define SF_BIT 0x2u
+#define SF_HAS_END 0x4u
+#define SF_PERSIST 0x8u
+#define SF_LCS_LEN 0x10u
+#define SF_LCS_IDX 0x20u
+#define SF_LCS_WITHMATCHLEN 0x40u
+
+struct str_args {
+    const struct kv_slice *value; /* may be NULL */
+    int64_t start, end, end2;
+    uint32_t flags;
+    uint64_t ttl_ms;
+};
+
+static int str_call_as(struct cmdctx *x, uint64_t op, const struct str_args *a,
+                       enum reply_style style)
+{
+    struct out o = {0};
+    uint8_t b[16];
+
+    out_init_room(&o, x->call, x->argv[1].len + (a->value ? a->value->len : 0) + 16 + 6 * 11);
+    body_uint(&o, 1, op);
+    body_bytes(&o, 2, &x->argv[1]);
+    if (a->value)
+        body_bytes(&o, 3, a->value);
+    body_uint(&o, 4, pb_zigzag_encode(a->start));
+    body_uint(&o, 5, pb_zigzag_encode(a->end));
+    body_uint(&o, 6, a->flags);
+    body_uint(&o, 7, a->ttl_ms);
+    if (a->end2)
+        out_bytes(&o, b, pb_put_uint_field(b, 8, pb_zigzag_encode(a->end2)));
+    return dispatch(&o, x->call, x->res, OP_STR, style);
+}
+
+static int str_call(struct cmdctx *x, uint64_t op, const struct str_args *a)
+{
+    return str_call_as(x, op, a, x->cmd->style);
+}
+
+/* The wall clock in ms, for EXAT / PXAT and EXPIRETIME. */
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Redis's getExpireMillisecondsOrReply: the time argument a of unit_ms (1000
+ * or 1), absolute (EXAT / PXAT) or not, as a ttl in ms from now (>= 1: a
+ * time already past expires at once). Returns NULL, or the error to answer. */
+static const char *expire_arg(const struct kv_slice *a, int64_t unit_ms, int absolute,
+                              long long *ttl)
+{
+    long long n;
+
+    if (arg_int(a, &n) != 0)
+        return "-ERR value is not an integer or out of range";
+    if (n <= 0 || n > INT64_MAX / unit_ms)
+        return "invalid";
+    n *= unit_ms;
+    if (absolute) {
+        n -= now_ms();
+        if (n < 1)
+            n = 1;
+    }
+    *ttl = n;
+    return NULL;
+}
+
+static int expire_err(struct cmdctx *x, const char *err)
+{
+    char name[32];
+    size_t n = x->argv[0].len < sizeof(name) - 1 ? x->argv[0].len : sizeof(name) - 1;
+
+    if (err[0] == '-')
+        return reply_err(x->res, "%s", err);
+    for (size_t i = 0; i < n; i++)
+        name[i] = (char)tolower(x->argv[0].p[i]);
+    name[n] = '\0';
+    return reply_err(x->res, "-ERR invalid expire time in '%s' command", name);
+}
+
+/* SET's options (Redis's parseExtendedStringArgumentsOrReply); getex: the
+ * GETEX form (PERSIST; no NX, XX, GET, KEEPTTL). */
+struct set_opts {
+    int nx, xx, get, keepttl, persist;
+    int64_t unit;        /* 0: no expiry given */
+    int absolute;
+    const struct kv_slice *when;
+};
+
+static int set_opts_parse(const struct kv_slice *v, size_t from, size_t argc, int getex,
+                          struct set_opts *s)
+{
+    for (size_t i = from; i < argc; i++) {
+        const struct kv_slice *a = &v[i];
+        int has_next = i + 1 < argc;
+
+        if (!getex && arg_is(a, "NX") && !s->xx)
+            s->nx = 1;
+        else if (!getex && arg_is(a, "XX") && !s->nx)
+            s->xx = 1;
+        else if (!getex && arg_is(a, "GET"))
+            s->get = 1;
+        else if (!getex && arg_is(a, "KEEPTTL") && !s->unit)
+            s->keepttl = 1;
+        else if (getex && arg_is(a, "PERSIST") && !s->unit)
+            s->persist = 1;
+        else if (has_next && !s->keepttl && !s->persist &&
+                 ((arg_is(a, "EX") && (!s->unit || (s->unit == 1000 && !s->absolute))) ||
+                  (arg_is(a, "PX") && (!s->unit || (s->unit == 1 && !s->absolute))) ||
+                  (arg_is(a, "EXAT") && (!s->unit || (s->unit == 1000 && s->absolute))) ||
+                  (arg_is(a, "PXAT") && (!s->unit || (s->unit == 1 && s->absolute))))) {
+            s->unit = (a->p[0] | 0x20) == 'e' ? 1000 : 1;
+            s->absolute = a->len == 4;
+            s->when = &v[++i];
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int cmd_set(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    struct set_opts s = {0};
+    struct out o = {0};
+    long long ttl = 0;
+    const char *err;
+
+    if (set_opts_parse(v, 3, x->argc, 0, &s) != 0)
+        return reply_err(x->res, "-ERR syntax error");
+    if (s.unit && (err = expire_arg(s.when, s.unit, s.absolute, &ttl)) != NULL)
+        return expire_err(x, err);
+    /* two fields (tag + length <= 6 bytes each here) and five varints */
+    out_init_room(&o, x->call, v[1].len + v[2].len + 12 + 5 * 11);
+    body_bytes(&o, 1, &v[1]);
+    body_bytes(&o, 2, &v[2]);
+    body_uint(&o, 3, (uint64_t)ttl);
+    body_uint(&o, 4, s.nx);
+    body_uint(&o, 5, s.xx);
+    body_uint(&o, 8, s.get);
+    body_uint(&o, 9, s.keepttl);
+    return dispatch(&o, x->call, x->res, OP_SET, s.get ? RS_SET_GET : RS_SET);
+}
+
+/* GETSET, SETNX (aux 1: answers :1/:0), SETEX / PSETEX (aux: the unit). */
+static int cmd_set_simple(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    const struct kv_slice *key = &v[1], *val = &v[x->argc - 1];
+    struct out o = {0};
+    long long ttl = 0;
+    const char *err;
+
+    if (x->cmd->aux > 0 && (err = expire_arg(&v[2], x->cmd->aux, 0, &ttl)) != NULL)
+        return expire_err(x, err);
+    out_init_room(&o, x->call, key->len + val->len + 12 + 3 * 11);
+    body_bytes(&o, 1, key);
+    body_bytes(&o, 2, val);
+    body_uint(&o, 3, (uint64_t)ttl);
+    body_uint(&o, 4, x->cmd->style == RS_SETNX);
+    body_uint(&o, 8, x->cmd->style == RS_SET_GET);
+    return send_call(x, &o, OP_SET);
+}
+
+static int cmd_msetnx(struct cmdctx *x)
+{
+    struct out o = {0};
+    uint8_t tag[16];
+
+    if (x->argc % 2 == 0)
+        return wrong_args(x->res, &x->argv[0]);
+    for (size_t i = 1; i + 1 < x->argc; i += 2) {
+        const struct kv_slice *k = &x->argv[i], *v = &x->argv[i + 1];
+        size_t inner = 1 + pb_varint_len(k->len) + k->len + 1 + pb_varint_len(v->len) + v->len;
+
+        out_bytes(&o, tag, pb_put_len_prefix(tag, 1, inner));
+        body_bytes(&o, 1, k);
+        body_bytes(&o, 2, v);
+    }
+    body_uint(&o, 3, x->cmd->aux);
+    return send_call(x, &o, OP_MSET);
+}
+
+/* APPEND, STRLEN, GETDEL, INCRBYFLOAT: aux is the op; the value (if any) is argv[2]. */
+static int cmd_str_plain(struct cmdctx *x)
+{
+    struct str_args a = {.value = x->argc > 2 ? &x->argv[2] : NULL};
+
+    return str_call(x, (uint64_t)x->cmd->aux, &a);
+}
+
+static int cmd_getrange(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long s, e;
+
+    if (arg_int(&x->argv[2], &s) != 0 || arg_int(&x->argv[3], &e) != 0)
+        return not_integer(x->res);
+    a.start = s;
+    a.end = e;
+    return str_call(x, STR_GETRANGE, &a);
+}
+
+static int cmd_setrange(struct cmdctx *x)
+{
+    struct str_args a = {.value = &x->argv[3]};
+    long long off;
+
+    if (arg_int(&x->argv[2], &off) != 0)
+        return not_integer(x->res);
+    if (off < 0)
+        return reply_err(x->res, "-ERR offset is out of range");
+    a.start = off;
+    return str_call(x, STR_SETRANGE, &a);
+}
+
+/* Redis's getBitOffsetFromArgument: 0 .. 512 MiB * 8 - 1. */
+static int bit_offset(const struct kv_slice *s, long long *off)
+{
+    return arg_int(s, off) != 0 || *off < 0 || ((unsigned long long)*off >> 3) >= (512u << 20)
+               ? -1
+               : 0;
+}
+
+static int cmd_getbit(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long off;
+
+    if (bit_offset(&x->argv[2], &off) != 0)
+        return reply_err(x->res, "-ERR bit offset is not an integer or out of range");
+    a.start = off;
+    return str_call(x, STR_GETBIT, &a);
+}
+
+static int cmd_setbit(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long off, bit;
+
+    if (bit_offset(&x->argv[2], &off) != 0)
+        return reply_err(x->res, "-ERR bit offset is not an integer or out of range");
+    if (arg_int(&x->argv[3], &bit) != 0 || (bit & ~1LL))
+        return reply_err(x->res, "-ERR bit is not an integer or out of range");
+    a.start = off;
+    a.end = bit;
+    return str_call(x, STR_SETBIT, &a);
+}
+
+/* BITCOUNT key [start end [BYTE|BIT]] */
+static int cmd_bitcount(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long s, e;
+
+    if (x->argc == 3 || x->argc > 5)
+        return reply_err(x->res, "-ERR syntax error");
+    if (x->argc >= 4) {
+        if (arg_int(&x->argv[2], &s) != 0 || arg_int(&x->argv[3], &e) != 0)
+            return not_integer(x->res);
+        a.start = s;
+        a.end = e;
+        a.flags |= SF_RANGE;
+    }
+    if (x->argc == 5) {
+        if (arg_is(&x->argv[4], "BIT"))
+            a.flags |= SF_BIT;
+        else if (!arg_is(&x->argv[4], "BYTE"))
+            return reply_err(x->res, "-ERR syntax error");
+    }
+    return str_call(x, STR_BITCOUNT, &a);
+}
+
+/* BITPOS key bit [start [end [BYTE|BIT]]] */
+static int cmd_bitpos(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long bit, s, e;
+
+    if (arg_int(&x->argv[2], &bit) != 0)
+        return not_integer(x->res);
+    if (bit != 0 && bit != 1)
+        return reply_err(x->res, "-ERR The bit argument must be 1 or 0.");
+    if (x->argc > 6)
+        return reply_err(x->res, "-ERR syntax error");
+    a.end = bit;
+    if (x->argc >= 4) {
+        if (arg_int(&x->argv[3], &s) != 0)
+            return not_integer(x->res);
+        a.start = s;
+        a.flags |= SF_RANGE;
+    }
+    if (x->argc >= 5) {
+        if (arg_int(&x->argv[4], &e) != 0)
+            return not_integer(x->res);
+        a.end2 = e;
+        a.flags |= SF_HAS_END;
+    }
+    if (x->argc == 6) {
+        if (arg_is(&x->argv[5], "BIT"))
+            a.flags |= SF_BIT;
+        else if (!arg_is(&x->argv[5], "BYTE"))
+            return reply_err(x->res, "-ERR syntax error");
+    }
+    return str_call(x, STR_BITPOS, &a);
+}
+
+static int cmd_getex(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    struct set_opts s = {0};
+    long long ttl = 0;
+    const char *err;
+
+    if (set_opts_parse(x->argv, 2, x->argc, 1, &s) != 0)
+        return reply_err(x->res, "-ERR syntax error");
+    if (s.unit && (err = expire_arg(s.when, s.unit, s.absolute, &ttl)) != NULL)
+        return expire_err(x, err);
+    a.ttl_ms = (uint64_t)ttl;
+    a.flags = s.persist ? SF_PERSIST : 0;
+    return str_call(x, STR_GETEX, &a);
+}
+
+/* LCS key1 key2 [LEN] [IDX] [MINMATCHLEN len] [WITHMATCHLEN] */
+static int cmd_lcs(struct cmdctx *x)
+{
+    struct str_args a = {.value = &x->argv[2]};
+    long long n;
+
+    for (size_t i = 3; i < x->argc; i++) {
+        if (arg_is(&x->argv[i], "IDX"))
+            a.flags |= SF_LCS_IDX;
+        else if (arg_is(&x->argv[i], "LEN"))
+            a.flags |= SF_LCS_LEN;
+        else if (arg_is(&x->argv[i], "WITHMATCHLEN"))
+            a.flags |= SF_LCS_WITHMATCHLEN;
+        else if (arg_is(&x->argv[i], "MINMATCHLEN") && i + 1 < x->argc) {
+            if (arg_int(&x->argv[++i], &n) != 0)
+                return not_integer(x->res);
+            a.start = n < 0 ? 0 : n;
+        } else {
+            return reply_err(x->res, "-ERR syntax error");
+        }
+    }
+    if ((a.flags & SF_LCS_LEN) && (a.flags & SF_LCS_IDX))
+        return reply_err(x->res,
+                         "-ERR If you want both the length and indexes, please just use IDX.");
+    return str_call_as(x, STR_LCS, &a,
+                       (a.flags & SF_LCS_IDX)   ? RS_LCS_IDX
+                       : (a.flags & SF_LCS_LEN) ? RS_STR_INT
+                                                : RS_STR_STRING);
+}
+
 #define W CMD_WRITE
 #define R CMD_READONLY
 #define F CMD_FAST
@@ -701,7 +1010,24 @@ static const struct resp_cmd resp_cmds[] = {
     /* name        arity flags            fn            reply style     aux */
     {"GET",           2, R | F,           cmd_keys,     RS_BULK,        OP_GET},
     {"SET",          -3, W,               cmd_set,      RS_SET,         0},
-    {"GETSET",        3, W | F,           cmd_set,      RS_SET_GET,     1},
+    {"GETSET",        3, W | F,           cmd_set_simple, RS_SET_GET,   0},
+    {"SETNX",         3, W | F,           cmd_set_simple, RS_SETNX,     0},
+    {"SETEX",         4, W,               cmd_set_simple, RS_SET,       1000},
+    {"PSETEX",        4, W,               cmd_set_simple, RS_SET,       1},
+    {"MSETNX",       -3, W,               cmd_msetnx,   RS_SETNX,       1},
+    {"APPEND",        3, W | F,           cmd_str_plain, RS_STR_INT,    STR_APPEND},
+    {"STRLEN",        2, R | F,           cmd_str_plain, RS_STR_INT,    STR_STRLEN},
+    {"GETRANGE",      4, R,               cmd_getrange, RS_STR_STRING,  0},
+    {"SUBSTR",        4, R,               cmd_getrange, RS_STR_STRING,  0},
+    {"SETRANGE",      4, W,               cmd_setrange, RS_STR_INT,     0},
+    {"GETBIT",        3, R | F,           cmd_getbit,   RS_STR_INT,     0},
+    {"SETBIT",        4, W,               cmd_setbit,   RS_STR_INT,     0},
+    {"BITCOUNT",     -2, R,               cmd_bitcount, RS_STR_INT,     0},
+    {"BITPOS",       -3, R,               cmd_bitpos,   RS_STR_INT,     0},
+    {"INCRBYFLOAT",   3, W | F,           cmd_str_plain, RS_STR_STRING, STR_INCRBYFLOAT},
+    {"GETDEL",        2, W | F,           cmd_str_plain, RS_STR_BULK,   STR_GETDEL},
+    {"GETEX",        -2, W | F,           cmd_getex,    RS_STR_BULK,    0},
+    {"LCS",          -3, R,               cmd_lcs,      RS_STR_STRING,  0},
     {"DEL",          -2, W,               cmd_keys,     RS_INT_FIELD1,  OP_DEL},
     {"UNLINK",       -2, W | F,           cmd_keys,     RS_INT_FIELD1,  OP_DEL},
     {"EXISTS",       -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
@@ -710,7 +1036,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"INCRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    1},
     {"DECRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    -1},
     {"MGET",         -2, R | F,           cmd_keys,     RS_MGET,        OP_MGET},
-    {"MSET",         -3, W,               cmd_mset,     RS_OK,          0},
+    {"MSET",         -3, W,               cmd_msetnx,   RS_OK,          0},
     {"EXPIRE",        3, W | F,           cmd_expire,   RS_EXPIRE,      1000},
     {"PEXPIRE",       3, W | F,           cmd_expire,   RS_EXPIRE,      1},
     {"PERSIST",       2, W | F,           cmd_persist,  RS_PERSIST,     0},
@@ -1092,10 +1418,110 @@ static void rs_auth(struct out *o, const struct kv_call *call, const struct kv_s
         reply_status_error(o, call);
 }
 
+static void rs_setnx(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    if (call->status == KV_ST_OK)
+        OUT_LIT(o, ":1\r\n");
+    else if (call->status == KV_ST_EXISTS)
+        OUT_LIT(o, ":0\r\n");
+    else
+        reply_status_error(o, call);
+}
+
+/* A StrResponse: found, value (has_value), number, matches (counted). */
+struct str_fields {
+    int found, has_value;
+    struct kv_slice value;
+    int64_t number;
+    size_t nmatches;
+};
+
+static void read_str(const struct kv_call *call, struct str_fields *s)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+
+    memset(s, 0, sizeof(*s));
+    s->value.p = (const uint8_t *)"";
+    while (pb_next(&r, &f) == 1) {
+        if (f.number == 1)
+            s->found = f.u64 != 0;
+        else if (f.number == 2 && f.wire == 2) {
+            s->value.p = f.data;
+            s->value.len = f.len;
+            s->has_value = 1;
+        } else if (f.number == 3)
+            s->number = pb_zigzag_decode(f.u64);
+        else if (f.number == 5 && f.wire == 0)
+            s->nmatches++;
+    }
+}
+
+static void rs_str_int(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct str_fields s;
+
+    read_str(call, &s);
+    out_line_int(o, ':', s.number);
+}
+
+static void rs_str_bulk(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct str_fields s;
+
+    read_str(call, &s);
+    if (s.has_value)
+        out_bulk(o, s.value.p, s.value.len);
+    else
+        out_nil(o);
+}
+
+static void rs_str_string(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct str_fields s;
+
+    read_str(call, &s);
+    out_bulk(o, s.value.p, s.value.len);
+}
+
+/* *4 "matches" [[[a_start a_end] [b_start b_end] (len)]...] "len" N */
+static void rs_lcs_idx(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    struct str_fields s;
+    int64_t m[5];
+    size_t k = 0;
+
+    read_str(call, &s);
+    OUT_LIT(o, "*4\r\n$7\r\nmatches\r\n");
+    out_line_int(o, '*', (int64_t)(s.nmatches / 5));
+    while (pb_next(&r, &f) == 1) {
+        if (f.number != 5 || f.wire != 0)
+            continue;
+        m[k++] = pb_zigzag_decode(f.u64);
+        if (k < 5)
+            continue;
+        k = 0;
+        out_line_int(o, '*', m[4] >= 0 ? 3 : 2);
+        OUT_LIT(o, "*2\r\n");
+        out_line_int(o, ':', m[0]);
+        out_line_int(o, ':', m[1]);
+        OUT_LIT(o, "*2\r\n");
+        out_line_int(o, ':', m[2]);
+        out_line_int(o, ':', m[3]);
+        if (m[4] >= 0)
+            out_line_int(o, ':', m[4]);
+    }
+    OUT_LIT(o, "$3\r\nlen\r\n");
+    out_line_int(o, ':', s.number);
+}
+
 #define RF_ANY 0x1u   /* fn answers every status itself */
 #define RF_BIG 0x2u   /* the reply is about the answer's size (a value) */
 #define RF_LIST 0x4u  /* the reply is about 1.5 x the answer (many entries) */
 #define RF_REFUSED 0x8u /* fn also answers a write its condition refused (EXISTS, NOT_FOUND) */
+#define RF_REDIS_ERR 0x10u /* BAD_REQUEST carries Redis's error text: answered verbatim */
 static const struct {
     reply_fn fn;
     const char *missing; /* the reply to NOT_FOUND; NULL: an error */
@@ -1119,6 +1545,11 @@ static const struct {
     [RS_DBSIZE] = {rs_dbsize, NULL, NULL, 0},
     [RS_INFO] = {rs_info, NULL, NULL, 0},
     [RS_AUTH] = {rs_auth, NULL, NULL, RF_ANY},
+    [RS_SETNX] = {rs_setnx, NULL, NULL, RF_ANY},
+    [RS_STR_INT] = {rs_str_int, NULL, NULL, RF_REDIS_ERR},
+    [RS_STR_BULK] = {rs_str_bulk, NULL, NULL, RF_BIG | RF_REDIS_ERR},
+    [RS_STR_STRING] = {rs_str_string, NULL, NULL, RF_BIG | RF_REDIS_ERR},
+    [RS_LCS_IDX] = {rs_lcs_idx, NULL, NULL, RF_LIST | RF_REDIS_ERR},
 };
 
 static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
@@ -1149,7 +1580,14 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
             out_bytes(&o, reply_styles[style].missing, strlen(reply_styles[style].missing));
         else if (call->status == KV_ST_EXISTS && reply_styles[style].exists)
             out_bytes(&o, reply_styles[style].exists, strlen(reply_styles[style].exists));
-        else if ((reply_styles[style].flags & RF_REFUSED) &&
+        else if ((reply_styles[style].flags & RF_REDIS_ERR) && call->status == KV_ST_BAD_REQUEST) {
+            struct kv_slice m = error_message(call);
+
+            int verbatim = m.len > 4 && memcmp(m.p, "ERR ", 4) == 0;
+
+            out_fmt(&o, "-%s%.*s\r\n", verbatim ? "" : "ERR ", (int)(m.len < 400 ? m.len : 400),
+                    (const char *)m.p);
+        } else if ((reply_styles[style].flags & RF_REFUSED) &&
                  (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND))
             reply_styles[style].fn(&o, call, srv);
         else
