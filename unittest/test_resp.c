@@ -131,7 +131,7 @@ static void test_resp_multibulk_and_inline_exact_replies(void)
     expect(fd, "SELECT 1\r\n", "-ERR DB index is out of range\r\n");
     expect(fd, "GET\r\n", "-ERR wrong number of arguments for 'get' command\r\n");
     expect(fd, "NOSUCH a\r\n", "-ERR unknown command 'NOSUCH', with args beginning with: 'a' \r\n");
-    expect(fd, "SCAN 0 MATCH rk:a?\r\n", "-ERR only prefix patterns ('prefix*') are supported\r\n");
+    expect(fd, "SCAN 0 MATCH rk:a? COUNT 1000\r\n", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nrk:a1\r\n");
     expect(fd, "SCAN 0 MATCH rk:a1* COUNT 1000\r\n", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nrk:a1\r\n");
     expect(fd, "QUIT\r\n", "+OK\r\n");
     close(fd);
@@ -349,6 +349,90 @@ static void test_resp_append_is_atomic(void)
     free(got);
     close(fd);
     CU_ASSERT_EQUAL(kv_test_server_stop(&ws), 0);
+}
+
+/* Keyspace commands: KEYS / SCAN with Redis's globs, TYPE, TOUCH, TIME,
+ * RANDOMKEY, EXPIREAT / EXPIRETIME and EXPIRE's NX / XX / GT / LT. */
+static void test_resp_keyspace(void)
+{
+    struct kv_test_server ks = {0};
+    int fd, closed;
+    char *got;
+    long long t;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
+    fd = raw_connect(ks.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "RANDOMKEY\r\n", "$-1\r\n");
+    expect(fd, "MSET hello 1 hallo 2 hxllo 3 hillo 4 h*llo 5 other 6\r\n", "+OK\r\n");
+    got = exchange(fd, "KEYS h[ae]llo\r\n", strlen("KEYS h[ae]llo\r\n"), 26, &closed);
+    CU_ASSERT(strcmp(got, "*2\r\n$5\r\nhello\r\n$5\r\nhallo\r\n") == 0 ||
+              strcmp(got, "*2\r\n$5\r\nhallo\r\n$5\r\nhello\r\n") == 0);
+    free(got);
+    expect(fd, "KEYS h\\*llo\r\n", "*1\r\n$5\r\nh*llo\r\n");
+    expect(fd, "KEYS o*\r\n", "*1\r\n$5\r\nother\r\n");
+    expect(fd, "KEYS nomatch*\r\n", "*0\r\n");
+    got = exchange(fd, "KEYS *\r\n", strlen("KEYS *\r\n"), 4, &closed);
+    CU_ASSERT(strncmp(got, "*6\r\n", 4) == 0);
+    free(got);
+    got = exchange(fd, "SCAN 0 MATCH h[^ae]llo COUNT 1000\r\n", 35, 48, &closed);
+    CU_ASSERT(strncmp(got, "*2\r\n$1\r\n0\r\n*3\r\n", 15) == 0); /* hillo hxllo h*llo */
+    CU_ASSERT(strstr(got, "hillo") && strstr(got, "hxllo") && strstr(got, "h*llo"));
+    free(got);
+    expect(fd, "SCAN 0 TYPE list\r\n", "*2\r\n$1\r\n0\r\n*0\r\n");
+    expect(fd, "SCAN 0 COUNT 0\r\n", "-ERR syntax error\r\n");
+    expect(fd, "SCAN x\r\n", "-ERR invalid cursor\r\n");
+    got = exchange(fd, "RANDOMKEY\r\n", strlen("RANDOMKEY\r\n"), 4, &closed);
+    CU_ASSERT(got[0] == '$' && got[1] == '5');
+    free(got);
+    expect(fd, "TYPE hello\r\n", "+string\r\n");
+    expect(fd, "TYPE nokey\r\n", "+none\r\n");
+    expect(fd, "TOUCH hello nokey hallo hello\r\n", ":3\r\n");
+    expect(fd, "EXISTS hello hello nokey\r\n", ":2\r\n");
+    got = exchange(fd, "TIME\r\n", strlen("TIME\r\n"), 20, &closed);
+    CU_ASSERT(sscanf(got, "*2\r\n$10\r\n%lld\r\n", &t) == 1 && t > 1700000000LL);
+    free(got);
+    /* EXPIREAT / PEXPIREAT / EXPIRETIME / PEXPIRETIME */
+    expect(fd, "EXPIREAT hello 4102444800\r\n", ":1\r\n"); /* 2100-01-01 */
+    expect(fd, "EXPIRETIME hello\r\n", ":4102444800\r\n");
+    got = exchange(fd, "PEXPIRETIME hello\r\n", strlen("PEXPIRETIME hello\r\n"), 16, &closed);
+    CU_ASSERT(strncmp(got, ":41024448", 9) == 0);
+    free(got);
+    expect(fd, "EXPIRETIME hallo\r\n", ":-1\r\n");
+    expect(fd, "EXPIRETIME nokey\r\n", ":-2\r\n");
+    expect(fd, "PEXPIREAT hallo 1\r\n", ":1\r\n"); /* in the past: deleted */
+    expect(fd, "EXISTS hallo\r\n", ":0\r\n");
+    expect(fd, "EXPIREAT nokey 4102444800\r\n", ":0\r\n");
+    /* EXPIRE NX / XX / GT / LT */
+    expect(fd, "EXPIRE hxllo 100 XX\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 100 NX\r\n", ":1\r\n");
+    expect(fd, "EXPIRE hxllo 200 NX\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 50 GT\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 200 GT\r\n", ":1\r\n");
+    expect(fd, "TTL hxllo\r\n", ":200\r\n");
+    expect(fd, "EXPIRE hxllo 300 LT\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 150 LT XX\r\n", ":1\r\n");
+    expect(fd, "TTL hxllo\r\n", ":150\r\n");
+    expect(fd, "GET hxllo\r\n", "$1\r\n3\r\n"); /* the value is kept */
+    expect(fd, "EXPIRE hillo 100 GT\r\n", ":0\r\n"); /* no ttl is infinite */
+    expect(fd, "EXPIRE hillo 100 LT\r\n", ":1\r\n");
+    expect(fd, "EXPIRE hillo -1 LT\r\n", ":1\r\n"); /* past: deleted */
+    expect(fd, "EXISTS hillo\r\n", ":0\r\n");
+    expect(fd, "EXPIRE nokey 100 NX\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 200 LT GT\r\n",
+           "-ERR GT and LT options at the same time are not compatible\r\n");
+    expect(fd, "EXPIRE hxllo 200 NX XX\r\n",
+           "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n");
+    expect(fd, "EXPIRE hxllo 200 AB\r\n", "-ERR Unsupported option AB\r\n");
+    expect(fd, "EXPIRE hxllo 9223372036854776\r\n",
+           "-ERR invalid expire time in 'expire' command\r\n");
+    expect(fd, "PEXPIRE hxllo 9223372036854770000\r\n",
+           "-ERR invalid expire time in 'pexpire' command\r\n");
+    expect(fd, "PEXPIREAT hxllo 9223372036854770000\r\n", ":1\r\n");
+    expect(fd, "PEXPIREAT hxllo -9223372036854770000\r\n", ":1\r\n");
+    expect(fd, "EXISTS hxllo\r\n", ":0\r\n");
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
 }
 
 static void test_resp_pipelined_replies_in_request_order(void)
@@ -704,6 +788,7 @@ int main(void)
     CU_add_test(s, "test_resp_command_table_arity_and_case", test_resp_command_table_arity_and_case);
     CU_add_test(s, "test_resp_string_family", test_resp_string_family);
     CU_add_test(s, "test_resp_append_is_atomic", test_resp_append_is_atomic);
+    CU_add_test(s, "test_resp_keyspace", test_resp_keyspace);
     CU_add_test(s, "test_resp_pipelined_replies_in_request_order",
                 test_resp_pipelined_replies_in_request_order);
     CU_add_test(s, "test_resp_bodies_across_the_scratch_room",

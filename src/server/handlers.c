@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "glob.h"
 #include "kv.pb-c.h"
 #include "kv_call.h"
 #include "kv_err.h"
@@ -183,6 +185,7 @@ struct key_req {
     int f9;                      /* bool: keep_ttl */
     uint64_t f2;                 /* varint field 2 (delta, action) */
     int f4, f5, f6;              /* bools: nx, xx, has_cas */
+    uint64_t f4v;                /* field 4 as a number (EXPIRE's condition) */
 };
 
 /* Reads the fields of a Get/Set/Exists/Incr/Expire/Auth request. Field 1
@@ -224,8 +227,10 @@ static int parse_key_req(const struct kv_call *call, struct key_req *k, uint32_t
                 k->f3 = f.u64;
             else if (f.number == 7)
                 k->f7 = f.u64;
-            else if (f.number == 4)
+            else if (f.number == 4) {
                 k->f4 = f.u64 != 0;
+                k->f4v = f.u64;
+            }
             else if (f.number == 5)
                 k->f5 = f.u64 != 0;
             else if (f.number == 6)
@@ -528,6 +533,8 @@ static void handle_incr(void *ctx, struct kv_call *call)
     answer_uints(call, pb_zigzag_encode(value), version);
 }
 
+static void expire_if(struct kv_server *srv, struct kv_call *call, const struct key_req *k);
+
 static void handle_expire(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
@@ -540,6 +547,10 @@ static void handle_expire(void *ctx, struct kv_call *call)
     rc = kv_shm_ttl(srv->store, k.key, k.klen, &prev);
     if (rc != 0) {
         answer_store_error(call, rc);
+        return;
+    }
+    if (k.f2 == KV__EXPIRE_REQUEST__ACTION__SET && k.f4v) {
+        expire_if(srv, call, &k);
         return;
     }
     switch (k.f2) {
@@ -896,6 +907,56 @@ static void scan_collect(void *ctx, const void *key, size_t klen)
     s->n++;
 }
 
+/* Drops the keys from index from on that do not match pattern (Redis glob). */
+static void scan_filter(struct scan_out *s, size_t from, const ProtobufCBinaryData *pattern)
+{
+    size_t n = from;
+
+    for (size_t i = from; i < s->n; i++) {
+        if (kv_glob_match(pattern->data, pattern->len, s->keys[i].data, s->keys[i].len))
+            s->keys[n++] = s->keys[i];
+        else
+            kv_mem_free(KV_MOD_PROTO, s->keys[i].data);
+    }
+    s->n = n;
+}
+
+/* A random 64-bit cursor (xorshift64*, one state per thread, seeded from the clock). */
+static uint64_t scan_random(void)
+{
+    static __thread uint64_t x;
+
+    if (!x) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        x = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^ (uintptr_t)&x;
+        x |= 1;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* One step of the scan m asks for, adding to s (filtered). */
+static int scan_step(struct kv_server *srv, const Kv__ScanRequest *m, uint64_t cursor,
+                     size_t count, struct scan_out *s, uint64_t *next)
+{
+    const uint8_t *prefix = m->prefix.data;
+    size_t plen = m->prefix.len, from = s->n;
+    int rc;
+
+    if (m->pattern.len && !plen) { /* the pattern's literal prefix narrows the store's scan */
+        prefix = m->pattern.data;
+        plen = kv_glob_prefix(m->pattern.data, m->pattern.len);
+    }
+    rc = kv_shm_scan(srv->store, cursor, prefix, plen, count, scan_collect, s, next);
+    if (rc == 0 && !s->failed && m->pattern.len)
+        scan_filter(s, from, &m->pattern);
+    return rc;
+}
+
 static void handle_scan(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
@@ -905,8 +966,8 @@ static void handle_scan(void *ctx, struct kv_call *call)
     Kv__ScanResponse resp = KV__SCAN_RESPONSE__INIT;
     struct scan_out s = {0};
     uint64_t next = 0;
-    size_t count;
-    int rc;
+    size_t count, bytes = 0;
+    int rc = 0;
 
     if (!authed(srv, call))
         return;
@@ -914,7 +975,7 @@ static void handle_scan(void *ctx, struct kv_call *call)
     if (!m)
         return;
     count = m->count ? m->count : KV_SCAN_DEFAULT;
-    if (count > KV_SCAN_MAX)
+    if (count > KV_SCAN_MAX || m->all)
         count = KV_SCAN_MAX;
     s.cap = count + 16;
     s.keys = kv_mem_calloc(KV_MOD_PROTO, s.cap * sizeof(*s.keys));
@@ -922,8 +983,39 @@ static void handle_scan(void *ctx, struct kv_call *call)
         answer_error(call, KV_ST_INTERNAL, "out of memory");
         goto out;
     }
-    rc = kv_shm_scan(srv->store, m->cursor, m->prefix.data, m->prefix.len, count, scan_collect,
-                     &s, &next);
+    if (m->random) {
+        /* from a random place to the end, then from the start: the first key */
+        uint64_t c = scan_random();
+
+        for (int pass = 0; pass < 2 && rc == 0 && s.n == 0 && !s.failed; pass++) {
+            do
+                rc = scan_step(srv, m, c, 1, &s, &c);
+            while (rc == 0 && s.n == 0 && !s.failed && c != 0);
+        }
+        next = 0;
+        for (size_t i = 1; i < s.n; i++) /* one key */
+            kv_mem_free(KV_MOD_PROTO, s.keys[i].data);
+        s.n = s.n ? 1 : 0;
+    } else if (m->all) {
+        /* KEYS: every step, as long as the answer stays under --max-body */
+        uint64_t c = 0;
+
+        do {
+            size_t before = s.n;
+
+            rc = scan_step(srv, m, c, count, &s, &c);
+            for (size_t i = before; i < s.n; i++)
+                bytes += s.keys[i].len + 8;
+            if (bytes > srv->cfg->max_body) {
+                answer_error(call, KV_ST_TOO_LARGE,
+                             "the answer would exceed --max-body: use SCAN");
+                goto out;
+            }
+        } while (rc == 0 && !s.failed && c != 0);
+        next = 0;
+    } else {
+        rc = scan_step(srv, m, m->cursor, count, &s, &next);
+    }
     if (rc != 0 || s.failed) {
         answer_store_error(call, rc != 0 ? rc : KV_ENOMEM);
         goto out;
@@ -1580,6 +1672,72 @@ static void handle_str(void *ctx, struct kv_call *call)
             str_answer(call, 1, NULL, 0, 0, number, version, NULL, 0);
         kv_mem_free(KV_MOD_PROTO, nv);
         str_drop(&c);
+        return;
+    }
+    answer_error(call, KV_ST_BUSY, "too many concurrent writers on the key");
+}
+
+/* EXPIRE with a condition (Redis NX / XX / GT / LT): read value and version,
+ * then the expiry, judge, and write the same value with the new expiry on
+ * compare-and-set of that version, so no write between the judgement and
+ * the change goes unseen (any write changes the version). A time already
+ * past (remove) deletes the key: the store has no compare-and-delete, so a
+ * write that lands between the judgement and the delete is deleted too. */
+#define EXPIRE_NX 0x1u
+#define EXPIRE_XX 0x2u
+#define EXPIRE_GT 0x4u
+#define EXPIRE_LT 0x8u
+static void expire_if(struct kv_server *srv, struct kv_call *call, const struct key_req *k)
+{
+    int64_t want = k->f5 ? 0 : (int64_t)k->f3; /* 0: the past, below any ttl */
+
+    if (k->f4v > (EXPIRE_NX | EXPIRE_XX | EXPIRE_GT | EXPIRE_LT) || (!k->f5 && (k->f3 == 0 ||
+                                                               k->f3 > (uint64_t)INT64_MAX / 2))) {
+        answer_error(call, KV_ST_BAD_REQUEST, "bad condition or ttl_ms");
+        return;
+    }
+    for (int attempt = 0; attempt < STR_ATTEMPTS; attempt++) {
+        struct str_cur c;
+        int64_t cur = -1;
+        int rc = str_load(srv, k->key, k->klen, &c), pass;
+
+        if (rc == 0 && !c.found)
+            rc = KV_ENOTFOUND;
+        if (rc == 0)
+            rc = kv_shm_ttl(srv->store, k->key, k->klen, &cur);
+        if (rc == KV_ENOTFOUND && c.found) { /* expired or deleted meanwhile */
+            str_drop(&c);
+            continue;
+        }
+        if (rc != 0) {
+            str_drop(&c);
+            answer_store_error(call, rc);
+            return;
+        }
+        pass = !((k->f4v & EXPIRE_NX) && cur != -1) && !((k->f4v & EXPIRE_XX) && cur == -1) &&
+               !((k->f4v & EXPIRE_GT) && (cur == -1 || want <= cur)) &&
+               !((k->f4v & EXPIRE_LT) && cur != -1 && want >= cur);
+        if (!pass) {
+            str_drop(&c);
+            answer_error(call, KV_ST_EXISTS, NULL);
+            return;
+        }
+        if (k->f5) {
+            rc = kv_shm_del(srv->store, k->key, k->klen);
+        } else {
+            struct kv_shm_set_opts o = {.flags = KV_SHM_CAS, .cas_version = c.version,
+                                        .ttl_ms = want};
+
+            rc = kv_shm_set(srv->store, k->key, k->klen, c.p, c.len, &o, NULL);
+        }
+        str_drop(&c);
+        if (rc == KV_EEXISTS || rc == KV_ENOTFOUND)
+            continue; /* another writer came in between */
+        if (rc != 0) {
+            answer_store_error(call, rc);
+            return;
+        }
+        answer_uints(call, pb_zigzag_encode(k->f5 ? -2 : want), pb_zigzag_encode(cur));
         return;
     }
     answer_error(call, KV_ST_BUSY, "too many concurrent writers on the key");

@@ -56,6 +56,11 @@ enum reply_style {
     RS_STR_BULK,    /* its value, or nil when the key was absent */
     RS_STR_STRING,  /* its value, always a bulk string */
     RS_LCS_IDX,     /* LCS ... IDX: matches and len */
+    RS_KEYS,        /* array of the keys of a ScanResponse */
+    RS_RANDOMKEY,   /* its key, or nil */
+    RS_TYPE,        /* +string / +none from an ExistsResponse */
+    RS_EXPIRETIME_S, /* absolute expiry (now + ttl), -1 none, -2 missing */
+    RS_EXPIRETIME_MS,
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -458,18 +463,61 @@ static int expire_body(struct cmdctx *x, int action, long long ms, enum reply_st
     return dispatch(&o, x->call, x->res, OP_EXPIRE, style);
 }
 
-/* EXPIRE, PEXPIRE: aux is the unit in ms. */
+static int64_t now_ms(void);
+static int expire_err(struct cmdctx *x, const char *err);
+
+/* EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT [NX|XX|GT|LT]: aux is the unit in ms,
+ * negative for an absolute time. Redis's order: options, then the number,
+ * then its range. A time already past deletes the key (when the conditions
+ * hold). */
 static int cmd_expire(struct cmdctx *x)
 {
-    long long n;
+    enum { NX = 1, XX = 2, GT = 4, LT = 8 };
+    int64_t unit = x->cmd->aux < 0 ? -x->cmd->aux : x->cmd->aux, base;
+    unsigned cond = 0;
+    long long when, ttl;
+    struct out o = {0};
 
-    if (arg_int(&x->argv[2], &n) != 0 || n > INT64_MAX / x->cmd->aux ||
-        n < INT64_MIN / x->cmd->aux)
+    for (size_t i = 3; i < x->argc; i++) {
+        const struct kv_slice *a = &x->argv[i];
+
+        if (arg_is(a, "NX"))
+            cond |= NX;
+        else if (arg_is(a, "XX"))
+            cond |= XX;
+        else if (arg_is(a, "GT"))
+            cond |= GT;
+        else if (arg_is(a, "LT"))
+            cond |= LT;
+        else
+            return reply_err(x->res, "-ERR Unsupported option %.*s", (int)(a->len < 64 ? a->len : 64),
+                             (const char *)a->p);
+    }
+    if ((cond & NX) && (cond & (XX | GT | LT)))
+        return reply_err(x->res,
+                         "-ERR NX and XX, GT or LT options at the same time are not compatible");
+    if ((cond & GT) && (cond & LT))
+        return reply_err(x->res, "-ERR GT and LT options at the same time are not compatible");
+    if (arg_int(&x->argv[2], &when) != 0)
         return not_integer(x->res);
-    n *= x->cmd->aux;
-    if (n <= 0) /* Redis deletes a key given a ttl in the past */
+    if (when > INT64_MAX / unit || when < INT64_MIN / unit)
+        return expire_err(x, "invalid");
+    when *= unit;
+    base = x->cmd->aux < 0 ? 0 : now_ms();
+    if (when > INT64_MAX - base)
+        return expire_err(x, "invalid");
+    if (__builtin_sub_overflow(when + base, now_ms(), &ttl)) /* from now, in ms */
+        ttl = -1; /* far in the past */
+    if (ttl <= 0 && !cond) /* Redis deletes a key given a time in the past */
         return keys_body(x, 1, OP_DEL, RS_INT_FIELD1);
-    return expire_body(x, 0, n, RS_EXPIRE);
+    if (ttl > INT64_MAX / 4)
+        ttl = INT64_MAX / 4; /* ~73 million years: the store's arithmetic stays in range */
+    out_init_room(&o, x->call, x->argv[1].len + 48);
+    body_bytes(&o, 1, &x->argv[1]);
+    body_uint(&o, 3, ttl > 0 ? (uint64_t)ttl : 0);
+    body_uint(&o, 4, cond);
+    body_uint(&o, 5, ttl <= 0);
+    return send_call(x, &o, OP_EXPIRE);
 }
 
 static int cmd_persist(struct cmdctx *x)
@@ -483,40 +531,81 @@ static int cmd_ttl(struct cmdctx *x)
     return expire_body(x, 2, 0, x->cmd->style);
 }
 
+/* SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: the glob is Redis's,
+ * filtered in the server (its literal prefix narrows the store's scan). */
 static int cmd_scan(struct cmdctx *x)
 {
     const struct kv_slice *v = x->argv;
     struct out o = {0};
-    struct kv_slice prefix = {NULL, 0};
-    long long cursor, count = 10;
+    const struct kv_slice *pattern = NULL;
+    unsigned long long cursor;
+    long long count = 10;
+    char buf[32], *end;
+    int other_type = 0;
 
-    if (arg_int(&v[1], &cursor) != 0)
+    if (v[1].len == 0 || v[1].len >= sizeof(buf) || !isdigit(v[1].p[0]))
+        return reply_err(x->res, "-ERR invalid cursor");
+    memcpy(buf, v[1].p, v[1].len);
+    buf[v[1].len] = '\0';
+    errno = 0;
+    cursor = strtoull(buf, &end, 10);
+    if (errno || *end)
         return reply_err(x->res, "-ERR invalid cursor");
     for (size_t i = 2; i < x->argc; i++) {
         if (arg_is(&v[i], "MATCH") && i + 1 < x->argc) {
-            const struct kv_slice *p = &v[++i];
-
-            /* only "prefix*" (and "*"): the store scans by prefix */
-            if (p->len == 0 || p->p[p->len - 1] != '*' ||
-                memchr(p->p, '*', p->len - 1) || memchr(p->p, '?', p->len) ||
-                memchr(p->p, '[', p->len) || memchr(p->p, '\\', p->len))
-                return reply_err(x->res, "-ERR only prefix patterns ('prefix*') are supported");
-            prefix.p = p->p;
-            prefix.len = p->len - 1;
+            pattern = &v[++i];
         } else if (arg_is(&v[i], "COUNT") && i + 1 < x->argc) {
-            if (arg_int(&v[++i], &count) != 0 || count < 1)
+            if (arg_int(&v[++i], &count) != 0)
                 return not_integer(x->res);
+            if (count < 1)
+                return reply_err(x->res, "-ERR syntax error");
         } else if (arg_is(&v[i], "TYPE") && i + 1 < x->argc) {
-            i++; /* every value is a string */
+            other_type = !arg_is(&v[++i], "string"); /* every value is a string */
         } else {
             return reply_err(x->res, "-ERR syntax error");
         }
     }
+    if (other_type)
+        return reply_str(x->res, "*2\r\n$1\r\n0\r\n*0\r\n");
     body_uint(&o, 1, (uint64_t)cursor);
-    if (prefix.len)
-        body_bytes(&o, 2, &prefix);
     body_uint(&o, 3, (uint64_t)(count > 10000 ? 10000 : count));
+    if (pattern && !(pattern->len == 1 && pattern->p[0] == '*'))
+        body_bytes(&o, 4, pattern);
     return send_call(x, &o, OP_SCAN);
+}
+
+static int cmd_keys_glob(struct cmdctx *x)
+{
+    struct out o = {0};
+    const struct kv_slice *pattern = &x->argv[1];
+
+    if (!(pattern->len == 1 && pattern->p[0] == '*'))
+        body_bytes(&o, 4, pattern);
+    body_uint(&o, 5, 1);
+    return send_call(x, &o, OP_SCAN);
+}
+
+static int cmd_randomkey(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    body_uint(&o, 6, 1);
+    return send_call(x, &o, OP_SCAN);
+}
+
+static int cmd_time(struct cmdctx *x)
+{
+    struct out o = {0};
+    struct timespec ts;
+    char sec[24], usec[24];
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(sec, sizeof(sec), "%lld", (long long)ts.tv_sec);
+    snprintf(usec, sizeof(usec), "%ld", ts.tv_nsec / 1000);
+    OUT_LIT(&o, "*2\r\n");
+    out_bulk(&o, sec, strlen(sec));
+    out_bulk(&o, usec, strlen(usec));
+    return out_reply(&o, x->res);
 }
 
 static int cmd_echo(struct cmdctx *x)
@@ -1037,12 +1126,21 @@ static const struct resp_cmd resp_cmds[] = {
     {"DECRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    -1},
     {"MGET",         -2, R | F,           cmd_keys,     RS_MGET,        OP_MGET},
     {"MSET",         -3, W,               cmd_msetnx,   RS_OK,          0},
-    {"EXPIRE",        3, W | F,           cmd_expire,   RS_EXPIRE,      1000},
-    {"PEXPIRE",       3, W | F,           cmd_expire,   RS_EXPIRE,      1},
+    {"EXPIRE",       -3, W | F,           cmd_expire,   RS_EXPIRE,      1000},
+    {"PEXPIRE",      -3, W | F,           cmd_expire,   RS_EXPIRE,      1},
+    {"EXPIREAT",     -3, W | F,           cmd_expire,   RS_EXPIRE,      -1000},
+    {"PEXPIREAT",    -3, W | F,           cmd_expire,   RS_EXPIRE,      -1},
+    {"EXPIRETIME",    2, R | F,           cmd_ttl,      RS_EXPIRETIME_S, 0},
+    {"PEXPIRETIME",   2, R | F,           cmd_ttl,      RS_EXPIRETIME_MS, 0},
     {"PERSIST",       2, W | F,           cmd_persist,  RS_PERSIST,     0},
     {"TTL",           2, R | F,           cmd_ttl,      RS_TTL_S,       0},
     {"PTTL",          2, R | F,           cmd_ttl,      RS_TTL_MS,      0},
     {"SCAN",         -2, R,               cmd_scan,     RS_SCAN,        0},
+    {"KEYS",          2, R,               cmd_keys_glob, RS_KEYS,       0},
+    {"RANDOMKEY",     1, R,               cmd_randomkey, RS_RANDOMKEY,  0},
+    {"TYPE",          2, R | F,           cmd_keys,     RS_TYPE,        OP_EXISTS},
+    {"TOUCH",        -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
+    {"TIME",          1, F | L,           cmd_time,     RS_NONE,        0},
     {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
     {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      OP_STATS},
     {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        OP_STATS},
@@ -1517,6 +1615,60 @@ static void rs_lcs_idx(struct out *o, const struct kv_call *call, const struct k
     out_line_int(o, ':', s.number);
 }
 
+static void rs_keys(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    size_t n = 0;
+
+    while (pb_next(&r, &f) == 1)
+        n += f.number == 2 && f.wire == 2;
+    out_line_int(o, '*', (int64_t)n);
+    r.p = call->resp;
+    while (pb_next(&r, &f) == 1)
+        if (f.number == 2 && f.wire == 2)
+            out_bulk(o, f.data, f.len);
+}
+
+static void rs_randomkey(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+
+    while (pb_next(&r, &f) == 1)
+        if (f.number == 2 && f.wire == 2) {
+            out_bulk(o, f.data, f.len);
+            return;
+        }
+    out_nil(o);
+}
+
+static void rs_type(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    if (f.u[1])
+        OUT_LIT(o, "+string\r\n");
+    else
+        OUT_LIT(o, "+none\r\n");
+}
+
+static void rs_expiretime(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+    int64_t v;
+
+    read_fields(call, &f);
+    v = pb_zigzag_decode(f.u[1]);
+    if (v >= 0) {
+        v += now_ms();
+        if (call->tag == RS_EXPIRETIME_S)
+            v /= 1000;
+    }
+    out_line_int(o, ':', v);
+}
+
 #define RF_ANY 0x1u   /* fn answers every status itself */
 #define RF_BIG 0x2u   /* the reply is about the answer's size (a value) */
 #define RF_LIST 0x4u  /* the reply is about 1.5 x the answer (many entries) */
@@ -1537,7 +1689,7 @@ static const struct {
     [RS_INT_INCR] = {rs_int_incr, NULL, NULL, 0},
     [RS_COUNT_FOUND] = {rs_count_found, NULL, NULL, 0},
     [RS_MGET] = {rs_mget, NULL, NULL, RF_LIST},
-    [RS_EXPIRE] = {rs_expire, ":0\r\n", NULL, 0},
+    [RS_EXPIRE] = {rs_expire, ":0\r\n", ":0\r\n", 0}, /* EXISTS: a condition refused */
     [RS_TTL_S] = {rs_ttl, ":-2\r\n", NULL, 0},
     [RS_TTL_MS] = {rs_ttl, ":-2\r\n", NULL, 0},
     [RS_PERSIST] = {rs_persist, ":0\r\n", NULL, 0},
@@ -1550,6 +1702,11 @@ static const struct {
     [RS_STR_BULK] = {rs_str_bulk, NULL, NULL, RF_BIG | RF_REDIS_ERR},
     [RS_STR_STRING] = {rs_str_string, NULL, NULL, RF_BIG | RF_REDIS_ERR},
     [RS_LCS_IDX] = {rs_lcs_idx, NULL, NULL, RF_LIST | RF_REDIS_ERR},
+    [RS_KEYS] = {rs_keys, NULL, NULL, RF_LIST},
+    [RS_RANDOMKEY] = {rs_randomkey, NULL, NULL, RF_BIG},
+    [RS_TYPE] = {rs_type, NULL, NULL, 0},
+    [RS_EXPIRETIME_S] = {rs_expiretime, ":-2\r\n", NULL, 0},
+    [RS_EXPIRETIME_MS] = {rs_expiretime, ":-2\r\n", NULL, 0},
 };
 
 static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
