@@ -388,6 +388,9 @@ static void test_resp_keyspace(void)
     expect(fd, "TYPE hello\r\n", "+string\r\n");
     expect(fd, "TYPE nokey\r\n", "+none\r\n");
     expect(fd, "TOUCH hello nokey hallo hello\r\n", ":3\r\n");
+    expect(fd, "MEMORY USAGE hello\r\n", ":65\r\n");
+    expect(fd, "MEMORY USAGE nokey\r\n", "$-1\r\n");
+    expect(fd, "MEMORY DOCTOR\r\n", "-ERR unknown subcommand 'DOCTOR'. Try MEMORY HELP.\r\n");
     expect(fd, "EXISTS hello hello nokey\r\n", ":2\r\n");
     got = exchange(fd, "TIME\r\n", strlen("TIME\r\n"), 20, &closed);
     CU_ASSERT(sscanf(got, "*2\r\n$10\r\n%lld\r\n", &t) == 1 && t > 1700000000LL);

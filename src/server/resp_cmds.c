@@ -57,6 +57,7 @@ enum reply_style {
     RS_STR_STRING,  /* its value, always a bulk string */
     RS_LCS_IDX,     /* LCS ... IDX: matches and len */
     RS_KEYS,        /* array of the keys of a ScanResponse */
+    RS_MEMORY_USAGE, /* :estimated bytes of a GET's item, nil when absent */
     RS_RANDOMKEY,   /* its key, or nil */
     RS_TYPE,        /* +string / +none from an ExistsResponse */
     RS_EXPIRETIME_S, /* absolute expiry (now + ttl), -1 none, -2 missing */
@@ -591,6 +592,24 @@ static int cmd_randomkey(struct cmdctx *x)
 
     body_uint(&o, 6, 1);
     return send_call(x, &o, OP_SCAN);
+}
+
+/* MEMORY USAGE key [SAMPLES n]: an estimate of the bytes the key's item takes
+ * in the store: the value + 64 (item header and a typical key; the size class
+ * may round the chunk up further); nil when the key is absent. */
+static int cmd_memory(struct cmdctx *x)
+{
+    long long n;
+
+    if (!arg_is(&x->argv[1], "USAGE"))
+        return reply_err(x->res, "-ERR unknown subcommand '%.*s'. Try MEMORY HELP.",
+                         (int)(x->argv[1].len < 64 ? x->argv[1].len : 64),
+                         (const char *)x->argv[1].p);
+    if (x->argc != 3 && !(x->argc == 5 && arg_is(&x->argv[3], "SAMPLES")))
+        return reply_err(x->res, "-ERR syntax error");
+    if (x->argc == 5 && arg_int(&x->argv[4], &n) != 0)
+        return not_integer(x->res);
+    return keys_body(x, 2, OP_GET, RS_MEMORY_USAGE);
 }
 
 static int cmd_time(struct cmdctx *x)
@@ -1141,6 +1160,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"TYPE",          2, R | F,           cmd_keys,     RS_TYPE,        OP_EXISTS},
     {"TOUCH",        -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
     {"TIME",          1, F | L,           cmd_time,     RS_NONE,        0},
+    {"MEMORY",       -2, R,               cmd_memory,   RS_MEMORY_USAGE, 0},
     {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
     {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      OP_STATS},
     {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        OP_STATS},
@@ -1630,6 +1650,14 @@ static void rs_keys(struct out *o, const struct kv_call *call, const struct kv_s
             out_bulk(o, f.data, f.len);
 }
 
+static void rs_memory_usage(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', (int64_t)(f.b[1].len + 64)); /* header and a typical key */
+}
+
 static void rs_randomkey(struct out *o, const struct kv_call *call, const struct kv_server *srv)
 {
     struct pb_reader r = {call->resp, call->resp + call->resp_len};
@@ -1704,6 +1732,7 @@ static const struct {
     [RS_LCS_IDX] = {rs_lcs_idx, NULL, NULL, RF_LIST | RF_REDIS_ERR},
     [RS_KEYS] = {rs_keys, NULL, NULL, RF_LIST},
     [RS_RANDOMKEY] = {rs_randomkey, NULL, NULL, RF_BIG},
+    [RS_MEMORY_USAGE] = {rs_memory_usage, "$-1\r\n", NULL, 0},
     [RS_TYPE] = {rs_type, NULL, NULL, 0},
     [RS_EXPIRETIME_S] = {rs_expiretime, ":-2\r\n", NULL, 0},
     [RS_EXPIRETIME_MS] = {rs_expiretime, ":-2\r\n", NULL, 0},
