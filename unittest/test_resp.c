@@ -292,6 +292,10 @@ static void test_resp_string_family(void)
     expect(fd, "LCS s:lcs1 s:lcs2 IDX MINMATCHLEN 4 WITHMATCHLEN\r\n",
            "*4\r\n$7\r\nmatches\r\n*1\r\n*3\r\n*2\r\n:4\r\n:7\r\n*2\r\n:5\r\n:8\r\n:4\r\n"
            "$3\r\nlen\r\n:6\r\n");
+    expect(fd, "SETRANGE s:L1 4999 x\r\n", ":5000\r\n"); /* 25M cells: above the bound */
+    expect(fd, "SETRANGE s:L2 4999 y\r\n", ":5000\r\n");
+    expect(fd, "LCS s:L1 s:L2\r\n",
+           "-ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len\r\n");
     expect(fd, "LCS s:lcs1 s:lcs2 LEN IDX\r\n",
            "-ERR If you want both the length and indexes, please just use IDX.\r\n");
     close(fd);

@@ -1131,6 +1131,7 @@ static void handle_flush(void *ctx, struct kv_call *call)
 #define LCS_WITHMATCHLEN 0x40u
 #define STR_MAX_LEN (512u << 20) /* Redis's proto-max-bulk-len */
 #define STR_ATTEMPTS 1000
+#define LCS_MAX_CELLS ((64u << 20) / 4) /* the table of an LCS: at most 64 MiB */
 #define STR_TOO_BIG "ERR string exceeds maximum allowed size (proto-max-bulk-len)"
 
 /* The longest string an edit may make: Redis's limit, or --max-body when lower (a
@@ -1362,7 +1363,7 @@ static void str_lcs(struct kv_server *srv, struct kv_call *call, const struct st
     int getidx = (q->flags & LCS_IDX) != 0, withlen = (q->flags & LCS_WITHMATCHLEN) != 0;
     uint64_t minmatch = q->start > 0 ? (uint64_t)q->start : 0;
 
-    if (ca->len > UINT32_MAX - 1 || cb->len > UINT32_MAX - 1 || cells > (256u << 20) / 4) {
+    if (ca->len > UINT32_MAX - 1 || cb->len > UINT32_MAX - 1 || cells > LCS_MAX_CELLS) {
         answer_error(call, KV_ST_BAD_REQUEST,
                      "ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len");
         return;

@@ -814,12 +814,14 @@ static const char *expire_arg(const struct kv_slice *a, int64_t unit_ms, int abs
     if (n <= 0 || n > INT64_MAX / unit_ms)
         return "invalid";
     n *= unit_ms;
+    if (!absolute && n > INT64_MAX - now_ms()) /* Redis: when > LLONG_MAX - basetime */
+        return "invalid";
     if (absolute) {
         n -= now_ms();
         if (n < 1)
             n = 1;
     }
-    *ttl = n;
+    *ttl = n < INT64_MAX / 4 ? n : INT64_MAX / 4; /* the store's arithmetic stays in range */
     return NULL;
 }
 
