@@ -9,6 +9,7 @@
  * errors). The call's tag says how to turn the handler's answer back into a
  * Redis reply; reply() does that on the IO thread. Error strings follow
  * Redis's, so clients' error handling works unchanged. */
+#include <assert.h>
 #include <ctype.h>
 #include <pthread.h>
 #include <errno.h>
@@ -1195,15 +1196,17 @@ static size_t resp_cmd_count(void)
  * size (the if-chain it replaces compared names one by one). */
 #define RESP_INDEX 256 /* a power of two, > 2 x the rows */
 static uint8_t resp_index[RESP_INDEX]; /* row + 1; 0 = empty */
+static uint8_t resp_name_len[RESP_NCMDS]; /* strlen of each row's name */
 static pthread_once_t resp_index_once = PTHREAD_ONCE_INIT;
 
+/* The length and three letters, case-folded: enough to spread the rows (a
+ * clash costs one more probe) and cheaper than hashing every byte. */
 static inline uint32_t name_hash(const uint8_t *p, size_t n)
 {
-    uint32_t h = 2166136261u;
-
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (p[i] | 0x20u)) * 16777619u; /* ASCII letters fold to lower case */
-    return h;
+    if (n == 0)
+        return 0;
+    return (uint32_t)n * 97u + ((p[0] | 0x20u) << 2) + ((p[n / 2] | 0x20u) * 7u) +
+           ((p[n - 1] | 0x20u) * 13u);
 }
 
 static void resp_index_build(void)
@@ -1213,10 +1216,29 @@ static void resp_index_build(void)
         const char *nm = resp_cmds[i].name;
         uint32_t h = name_hash((const uint8_t *)nm, strlen(nm)) & (RESP_INDEX - 1);
 
+        resp_name_len[i] = (uint8_t)strlen(nm);
+        for (const char *c = nm; *c; c++) /* name_is() folds letters only */
+            assert((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z'));
+
         while (resp_index[h])
             h = (h + 1) & (RESP_INDEX - 1);
         resp_index[h] = (uint8_t)(i + 1);
     }
+}
+
+/* Case-insensitive equality of a command name against a row's name, which
+ * is letters only (checked when the index is built): for letters, byte | 0x20
+ * is exactly the lower case, and no other byte folds onto a letter. Inline,
+ * without strlen or the locale-aware strncasecmp: this runs for every
+ * command. */
+static inline int name_is(const struct kv_slice *a, const struct resp_cmd *c, size_t clen)
+{
+    if (a->len != clen)
+        return 0;
+    for (size_t i = 0; i < clen; i++)
+        if ((a->p[i] | 0x20u) != ((uint8_t)c->name[i] | 0x20u))
+            return 0;
+    return 1;
 }
 
 static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name)
@@ -1226,7 +1248,7 @@ static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name)
     for (uint8_t r; (r = resp_index[h]) != 0; h = (h + 1) & (RESP_INDEX - 1)) {
         const struct resp_cmd *c = &resp_cmds[r - 1];
 
-        if (arg_is(name, c->name))
+        if (name_is(name, c, resp_name_len[r - 1]))
             return c;
     }
     return NULL;
