@@ -1350,8 +1350,8 @@ static int64_t bit_find(const uint8_t *p, int64_t first, int64_t last, int want)
 
 /* LCS of a and b as Redis 7.0 computes it (the same walk, so the same
  * matches in the same order). */
-static void str_lcs(struct kv_server *srv, struct kv_call *call, const struct str_req *q,
-                    const struct str_cur *ca, const struct str_cur *cb)
+static void str_lcs(struct kv_call *call, const struct str_req *q, const struct str_cur *ca,
+                    const struct str_cur *cb)
 {
     const uint8_t *a = ca->p ? ca->p : (const uint8_t *)"", *b = cb->p ? cb->p : (const uint8_t *)"";
     uint32_t alen = (uint32_t)ca->len, blen = (uint32_t)cb->len;
@@ -1449,7 +1449,6 @@ static void str_lcs(struct kv_server *srv, struct kv_call *call, const struct st
     }
     kv_mem_free(KV_MOD_PROTO, result);
     kv_mem_free(KV_MOD_PROTO, m);
-    (void)srv;
 }
 
 static void handle_str(void *ctx, struct kv_call *call)
@@ -1503,7 +1502,7 @@ static void handle_str(void *ctx, struct kv_call *call)
             int pos = q.op == KV__STR_REQUEST__OP__BITPOS;
             int want = pos ? (int)q.end : 0, unit = (q.flags & STR_BIT) ? 1 : 8;
             int64_t total = (int64_t)c.len * (unit == 1 ? 8 : 1);
-            int64_t s = pos ? q.start : q.start, e = pos ? q.end2 : q.end;
+            int64_t s = q.start, e = pos ? q.end2 : q.end;
 
             if (!(q.flags & STR_RANGE)) {
                 s = 0;
@@ -1641,7 +1640,7 @@ static void handle_str(void *ctx, struct kv_call *call)
             if (rc != 0)
                 answer_store_error(call, rc);
             else
-                str_lcs(srv, call, &q, &c, &cb);
+                str_lcs(call, &q, &c, &cb);
             str_drop(&cb);
             break;
         }

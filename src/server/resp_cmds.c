@@ -6,9 +6,11 @@
  * body, exactly what a binary client would send -- so the same handlers,
  * workers, limits and accounting serve both protocols; or it is answered on
  * the spot (PING, QUIT, SELECT, COMMAND, CONFIG GET, CLIENT, argument
- * errors). The call's tag says how to turn the handler's answer back into a
- * Redis reply; reply() does that on the IO thread. Error strings follow
- * Redis's, so clients' error handling works unchanged. */
+ * errors). Each command is one row of resp_cmds[] (name, arity, flags, the
+ * function, the reply style); the call's tag is the reply style, a row of
+ * reply_styles[] that turns the handler's answer back into a Redis reply on
+ * the IO thread. Error strings follow Redis 7.0's, so clients' error
+ * handling works unchanged. */
 #include <assert.h>
 #include <ctype.h>
 #include <pthread.h>
