@@ -1157,8 +1157,8 @@ static int str_parse(const struct kv_call *call, struct str_req *q)
     memset(q, 0, sizeof(*q));
     q->key = q->value = (const uint8_t *)"";
     while ((rc = pb_next(&r, &f)) == 1) {
-        if ((f.number == 2 || f.number == 3) != (f.wire == 2))
-            return -1;
+        if (f.number >= 1 && f.number <= 8 && (f.number == 2 || f.number == 3) != (f.wire == 2))
+            return -1; /* a known field of the wrong wire type; unknown ones are skipped */
         switch (f.number) {
         case 1: q->op = f.u64; break;
         case 2: q->key = f.data; q->klen = f.len; break;
