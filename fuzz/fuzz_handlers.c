@@ -5,7 +5,8 @@
  * threads, no sockets used) and every input becomes one call run through
  * the worker registry, exactly as a worker runs it:
  *
- *   byte 0   opcode: 0..12, or (13, 14, 15) -> unknown opcodes 13, 256, 0xFFFF
+ *   byte 0   low 4 bits: opcode 0..12, or (13, 14, 15) -> unknown opcodes 13, 256,
+ *            0xFFFF; bit 4 set: opcode 32 (STR, Redis's string family) instead
  *   byte 1   bit 0: a password is configured ("fuzzpass")
  *            bit 1: the session is already authenticated
  *            bit 2: the session has already failed AUTH twice
@@ -162,10 +163,19 @@ static int handler_status_ok(uint16_t st)
            st != KV_ST_TOO_LARGE;
 }
 
+#define OP_STR 32
+
+static const ProtobufCMessageDescriptor *desc_of(uint16_t op, int response)
+{
+    if (op == OP_STR)
+        return response ? &kv__str_response__descriptor : &kv__str_request__descriptor;
+    return response ? resp_desc[op] : req_desc[op];
+}
+
 static void check_response(uint16_t op, unsigned flags, int empty_store, const uint8_t *body,
                            size_t blen, const struct kv_call *call)
 {
-    int known = op <= 12;
+    int known = op <= 12 || op == OP_STR;
     int gated = (flags & 1) && !(flags & 2) && op != 0 && op != 12;
 
     FUZZ_CHECK(handler_status_ok(call->status), "opcode %u answered status %u", op,
@@ -187,11 +197,11 @@ static void check_response(uint16_t op, unsigned flags, int empty_store, const u
         return;
     }
     if (call->status == KV_ST_OK) {
-        ProtobufCMessage *m = protobuf_c_message_unpack(resp_desc[op], NULL, call->resp_len,
+        ProtobufCMessage *m = protobuf_c_message_unpack(desc_of(op, 1), NULL, call->resp_len,
                                                         call->resp);
 
         FUZZ_CHECK(m != NULL, "OK answer of opcode %u does not decode as %s", op,
-                   resp_desc[op]->name);
+                   desc_of(op, 1)->name);
         if (op == 1) {
             Kv__GetRequest *rq = kv__get_request__unpack(NULL, blen, body);
             const Kv__GetResponse *g = (const Kv__GetResponse *)m;
@@ -230,9 +240,9 @@ static void check_vs_protobuf_c(uint16_t op, unsigned flags, const uint8_t *body
 {
     ProtobufCMessage *m;
 
-    if (op > 12 || op == 0 || call->status == KV_ST_NOAUTH)
+    if ((op > 12 && op != OP_STR) || op == 0 || call->status == KV_ST_NOAUTH)
         return;
-    m = protobuf_c_message_unpack(req_desc[op], NULL, blen, body);
+    m = protobuf_c_message_unpack(desc_of(op, 0), NULL, blen, body);
     if (m) {
         protobuf_c_message_free_unpacked(m, NULL);
         return;
@@ -262,7 +272,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct kv_session session = {0};
     struct kv_mem_snapshot before;
     struct kv_call call = {0};
-    uint16_t op = size > 0 ? opcodes[data[0] & 15] : 0;
+    uint16_t op = size > 0 ? ((data[0] & 16) ? OP_STR : opcodes[data[0] & 15]) : 0;
     unsigned flags = size > 1 ? data[1] : 0;
     size_t blen = size > 2 ? size - 2 : 0;
     uint8_t *body = fuzz_exact_copy(data + (size > 2 ? 2 : size), blen);

@@ -131,10 +131,315 @@ static void test_resp_multibulk_and_inline_exact_replies(void)
     expect(fd, "SELECT 1\r\n", "-ERR DB index is out of range\r\n");
     expect(fd, "GET\r\n", "-ERR wrong number of arguments for 'get' command\r\n");
     expect(fd, "NOSUCH a\r\n", "-ERR unknown command 'NOSUCH', with args beginning with: 'a' \r\n");
-    expect(fd, "SCAN 0 MATCH rk:a?\r\n", "-ERR only prefix patterns ('prefix*') are supported\r\n");
+    expect(fd, "SCAN 0 MATCH rk:a? COUNT 1000\r\n", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nrk:a1\r\n");
     expect(fd, "SCAN 0 MATCH rk:a1* COUNT 1000\r\n", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nrk:a1\r\n");
     expect(fd, "QUIT\r\n", "+OK\r\n");
     close(fd);
+}
+
+/* The command table: names in any case, Redis's arity rule (N exact, -N at
+ * least N) with its error string, unknown names, COMMAND COUNT from the rows. */
+static void test_resp_command_table_arity_and_case(void)
+{
+    int fd = raw_connect(srv.port);
+    int closed;
+    char *got;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "gEt rk:t:none\r\n", "$-1\r\n");
+    expect(fd, "get a b\r\n", "-ERR wrong number of arguments for 'get' command\r\n");
+    expect(fd, "SET a\r\n", "-ERR wrong number of arguments for 'set' command\r\n");
+    expect(fd, "INCRBY a\r\n", "-ERR wrong number of arguments for 'incrby' command\r\n");
+    expect(fd, "Mget\r\n", "-ERR wrong number of arguments for 'mget' command\r\n");
+    expect(fd, "MSET a\r\n", "-ERR wrong number of arguments for 'mset' command\r\n");
+    expect(fd, "MSET a b c\r\n", "-ERR wrong number of arguments for 'mset' command\r\n");
+    expect(fd, "PING a b\r\n", "-ERR wrong number of arguments for 'ping' command\r\n");
+    expect(fd, "GETX a\r\n", "-ERR unknown command 'GETX', with args beginning with: 'a' \r\n");
+    expect(fd, "GE a\r\n", "-ERR unknown command 'GE', with args beginning with: 'a' \r\n");
+    expect(fd, "FUNCTION FLUSH\r\n", "+OK\r\n");
+    got = exchange(fd, "COMMAND COUNT\r\n", 15, 3, &closed);
+    CU_ASSERT(got[0] == ':' && atoi(got + 1) >= 30);
+    free(got);
+    close(fd);
+}
+
+/* The string family: Redis 7.0's replies and error strings, byte for byte. */
+static void test_resp_string_family(void)
+{
+    int fd = raw_connect(srv.port);
+
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "DEL s:a s:b s:n s:f s:bits s:lcs1 s:lcs2\r\n", ":0\r\n");
+    /* SET options; KEEPTTL keeps the expiry (it used to be dropped) */
+    expect(fd, "SET s:a v EX 100\r\n", "+OK\r\n");
+    expect(fd, "SET s:a w KEEPTTL\r\n", "+OK\r\n");
+    expect(fd, "TTL s:a\r\n", ":100\r\n");
+    expect(fd, "SET s:a x KEEPTTL GET\r\n", "$1\r\nw\r\n");
+    expect(fd, "TTL s:a\r\n", ":100\r\n");
+    expect(fd, "SET s:a y\r\n", "+OK\r\n");
+    expect(fd, "TTL s:a\r\n", ":-1\r\n");
+    expect(fd, "SET s:a y EX 10 PX 100\r\n", "-ERR syntax error\r\n");
+    expect(fd, "SET s:a y KEEPTTL EX 10\r\n", "-ERR syntax error\r\n");
+    expect(fd, "SET s:a y NX XX\r\n", "-ERR syntax error\r\n");
+    expect(fd, "SET s:a y EX 0\r\n", "-ERR invalid expire time in 'set' command\r\n");
+    expect(fd, "SET s:a y EX x\r\n", "-ERR value is not an integer or out of range\r\n");
+    expect(fd, "SET s:a y EXAT 99999999999\r\n", "+OK\r\n");
+    expect(fd, "SET s:b y PXAT 1\r\n", "+OK\r\n"); /* already past: gone at once */
+    usleep(5000);
+    expect(fd, "GET s:b\r\n", "$-1\r\n");
+    expect(fd, "SET s:a old NX GET\r\n", "$1\r\ny\r\n");
+    /* SETNX, SETEX, PSETEX, MSETNX */
+    expect(fd, "SETNX s:b 1\r\n", ":1\r\n");
+    expect(fd, "SETNX s:b 2\r\n", ":0\r\n");
+    expect(fd, "SETEX s:b 50 v\r\n", "+OK\r\n");
+    expect(fd, "TTL s:b\r\n", ":50\r\n");
+    expect(fd, "PSETEX s:b 0 v\r\n", "-ERR invalid expire time in 'psetex' command\r\n");
+    expect(fd, "MSETNX s:m1 a s:m2 b\r\n", ":1\r\n");
+    expect(fd, "MSETNX s:m2 c s:m3 d\r\n", ":0\r\n");
+    expect(fd, "EXISTS s:m3\r\n", ":0\r\n");
+    expect(fd, "MSETNX s:m1 a s:m2\r\n", "-ERR wrong number of arguments for 'msetnx' command\r\n");
+    /* APPEND keeps the ttl; STRLEN; GETRANGE / SUBSTR */
+    expect(fd, "SETEX s:n 70 Hello\r\n", "+OK\r\n");
+    expect(fd, "APPEND s:n \" World\"\r\n", ":11\r\n");
+    expect(fd, "TTL s:n\r\n", ":70\r\n");
+    expect(fd, "APPEND s:new abc\r\n", ":3\r\n");
+    expect(fd, "STRLEN s:n\r\n", ":11\r\n");
+    expect(fd, "STRLEN s:none\r\n", ":0\r\n");
+    expect(fd, "GETRANGE s:n 0 4\r\n", "$5\r\nHello\r\n");
+    expect(fd, "GETRANGE s:n -5 -1\r\n", "$5\r\nWorld\r\n");
+    expect(fd, "SUBSTR s:n 6 1000\r\n", "$5\r\nWorld\r\n");
+    expect(fd, "GETRANGE s:n 5 2\r\n", "$0\r\n\r\n");
+    expect(fd, "GETRANGE s:none 0 -1\r\n", "$0\r\n\r\n");
+    expect(fd, "GETRANGE s:n a 1\r\n", "-ERR value is not an integer or out of range\r\n");
+    /* SETRANGE pads with zero bytes */
+    expect(fd, "SETRANGE s:n 6 Redis\r\n", ":11\r\n");
+    expect(fd, "GET s:n\r\n", "$11\r\nHello Redis\r\n");
+    expect(fd, "SETRANGE s:pad 3 x\r\n", ":4\r\n");
+    {
+        int closed;
+        char *got = exchange(fd, "GET s:pad\r\n", 11, 10, &closed);
+
+        CU_ASSERT(memcmp(got, "$4\r\n\0\0\0x\r\n", 10) == 0);
+        free(got);
+    }
+    expect(fd, "SETRANGE s:none2 5 \"\"\r\n", ":0\r\n");
+    expect(fd, "EXISTS s:none2\r\n", ":0\r\n");
+    expect(fd, "SETRANGE s:n -1 x\r\n", "-ERR offset is out of range\r\n");
+    expect(fd, "SETRANGE s:n 536870908 world\r\n",
+           "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n");
+    /* bits: SETBIT, GETBIT, BITCOUNT, BITPOS */
+    expect(fd, "SETBIT s:bits 7 1\r\n", ":0\r\n");
+    expect(fd, "SETBIT s:bits 7 1\r\n", ":1\r\n");
+    expect(fd, "GETBIT s:bits 7\r\n", ":1\r\n");
+    expect(fd, "GETBIT s:bits 100\r\n", ":0\r\n");
+    expect(fd, "SETBIT s:bits 0 2\r\n", "-ERR bit is not an integer or out of range\r\n");
+    expect(fd, "SETBIT s:bits -1 1\r\n", "-ERR bit offset is not an integer or out of range\r\n");
+    expect(fd, "SETBIT s:bits 4294967296 1\r\n",
+           "-ERR bit offset is not an integer or out of range\r\n");
+    expect(fd, "SET s:f foobar\r\n", "+OK\r\n");
+    expect(fd, "BITCOUNT s:f\r\n", ":26\r\n");
+    expect(fd, "BITCOUNT s:f 0 0\r\n", ":4\r\n");
+    expect(fd, "BITCOUNT s:f 1 1\r\n", ":6\r\n");
+    expect(fd, "BITCOUNT s:f 1 1 BYTE\r\n", ":6\r\n");
+    expect(fd, "BITCOUNT s:f 5 30 BIT\r\n", ":17\r\n");
+    expect(fd, "BITCOUNT s:f 1\r\n", "-ERR syntax error\r\n");
+    expect(fd, "BITCOUNT s:none\r\n", ":0\r\n");
+    expect(fd, "SET s:p \xff\xf0\x01\r\n", "+OK\r\n");
+    expect(fd, "BITPOS s:p 0\r\n", ":12\r\n");
+    expect(fd, "DEL s:p\r\n", ":1\r\n");
+    expect(fd, "SETRANGE s:p 1 \xff\xf0\r\n", ":3\r\n"); /* \0 \xff \xf0 */
+    expect(fd, "BITPOS s:p 1 0\r\n", ":8\r\n");
+    expect(fd, "BITPOS s:p 1 2\r\n", ":16\r\n");
+    expect(fd, "BITPOS s:p 1 2 -1 BYTE\r\n", ":16\r\n");
+    expect(fd, "BITPOS s:p 1 7 15 BIT\r\n", ":8\r\n");
+    expect(fd, "BITPOS s:p 1 7 -3 BIT\r\n", ":8\r\n");
+    expect(fd, "BITPOS s:none 1\r\n", ":-1\r\n");
+    expect(fd, "BITPOS s:none 0\r\n", ":0\r\n");
+    expect(fd, "BITPOS s:p 2\r\n", "-ERR The bit argument must be 1 or 0.\r\n");
+    expect(fd, "SET s:p \xff\xff\r\n", "+OK\r\n");
+    expect(fd, "BITPOS s:p 0\r\n", ":16\r\n");   /* padded with zeros: just past */
+    expect(fd, "BITPOS s:p 0 0 -1\r\n", ":-1\r\n"); /* an end given: not found */
+    /* INCRBYFLOAT: Redis's long double rule and formatting; keeps the ttl */
+    expect(fd, "SETEX s:fl 80 10.50\r\n", "+OK\r\n");
+    expect(fd, "INCRBYFLOAT s:fl 0.1\r\n", "$4\r\n10.6\r\n");
+    expect(fd, "TTL s:fl\r\n", ":80\r\n");
+    expect(fd, "SET s:fl3 5.0e3\r\n", "+OK\r\n");
+    expect(fd, "INCRBYFLOAT s:fl3 2.0e2\r\n", "$4\r\n5200\r\n");
+    expect(fd, "INCRBYFLOAT s:fl2 3\r\n", "$1\r\n3\r\n");
+    expect(fd, "INCRBYFLOAT s:fl2 x\r\n", "-ERR value is not a valid float\r\n");
+    expect(fd, "INCRBYFLOAT s:f 1\r\n", "-ERR value is not a valid float\r\n");
+    expect(fd, "INCRBYFLOAT s:fl2 +inf\r\n", "-ERR increment would produce NaN or Infinity\r\n");
+    /* GETDEL, GETEX */
+    expect(fd, "GETDEL s:fl2\r\n", "$1\r\n3\r\n");
+    expect(fd, "GETDEL s:fl2\r\n", "$-1\r\n");
+    expect(fd, "SET s:g v\r\n", "+OK\r\n");
+    expect(fd, "GETEX s:g EX 90\r\n", "$1\r\nv\r\n");
+    expect(fd, "TTL s:g\r\n", ":90\r\n");
+    expect(fd, "GETEX s:g\r\n", "$1\r\nv\r\n");
+    expect(fd, "TTL s:g\r\n", ":90\r\n");
+    expect(fd, "GETEX s:g PERSIST\r\n", "$1\r\nv\r\n");
+    expect(fd, "TTL s:g\r\n", ":-1\r\n");
+    expect(fd, "GETEX s:g PX 0\r\n", "-ERR invalid expire time in 'getex' command\r\n");
+    expect(fd, "GETEX s:g NX\r\n", "-ERR syntax error\r\n");
+    expect(fd, "GETEX s:none EX 10\r\n", "$-1\r\n");
+    /* LCS, Redis's documentation example */
+    expect(fd, "MSET s:lcs1 ohmytext s:lcs2 mynewtext\r\n", "+OK\r\n");
+    expect(fd, "LCS s:lcs1 s:lcs2\r\n", "$6\r\nmytext\r\n");
+    expect(fd, "LCS s:lcs1 s:lcs2 LEN\r\n", ":6\r\n");
+    expect(fd, "LCS s:lcs1 s:lcs2 IDX\r\n",
+           "*4\r\n$7\r\nmatches\r\n*2\r\n*2\r\n*2\r\n:4\r\n:7\r\n*2\r\n:5\r\n:8\r\n"
+           "*2\r\n*2\r\n:2\r\n:3\r\n*2\r\n:0\r\n:1\r\n$3\r\nlen\r\n:6\r\n");
+    expect(fd, "LCS s:lcs1 s:lcs2 IDX MINMATCHLEN 4 WITHMATCHLEN\r\n",
+           "*4\r\n$7\r\nmatches\r\n*1\r\n*3\r\n*2\r\n:4\r\n:7\r\n*2\r\n:5\r\n:8\r\n:4\r\n"
+           "$3\r\nlen\r\n:6\r\n");
+    expect(fd, "SETRANGE s:L1 4999 x\r\n", ":5000\r\n"); /* 25M cells: above the bound */
+    expect(fd, "SETRANGE s:L2 4999 y\r\n", ":5000\r\n");
+    expect(fd, "LCS s:L1 s:L2\r\n",
+           "-ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len\r\n");
+    expect(fd, "LCS s:lcs1 s:lcs2 LEN IDX\r\n",
+           "-ERR If you want both the length and indexes, please just use IDX.\r\n");
+    close(fd);
+}
+
+/* APPEND and INCRBYFLOAT from many clients at once, on a server whose
+ * handlers run on two workers: every update lands exactly once (the
+ * read-modify-write retries on compare-and-set instead of losing updates). */
+static void test_resp_append_is_atomic(void)
+{
+    enum { CLIENTS = 4, EACH = 300 };
+    static const char *const args[] = {"--io-threads", "2", "--workers", "2", NULL};
+    struct kv_test_server ws = {0};
+    pid_t kids[CLIENTS];
+    int fd, closed;
+    char *got;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&ws, args) == 0);
+    fd = raw_connect(ws.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "DEL s:race s:racef\r\n", ":0\r\n");
+    for (int c = 0; c < CLIENTS; c++) {
+        kids[c] = fork();
+        if (kids[c] == 0) {
+            int cfd = raw_connect(ws.port), bad = cfd < 0;
+
+            for (int i = 0; i < EACH && !bad; i++) {
+                static const char req[] = "APPEND s:race x\r\nINCRBYFLOAT s:racef 0.5\r\n";
+                char buf[256];
+                size_t len = 0;
+                int lines = 0;
+
+                bad = send(cfd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)sizeof(req) - 1;
+                while (!bad && lines < 3) { /* ":N", "$len", "value" */
+                    ssize_t n = recv(cfd, buf + len, sizeof(buf) - len, 0);
+
+                    bad = n <= 0;
+                    for (ssize_t k = 0; k < n; k++)
+                        lines += buf[len + (size_t)k] == '\n';
+                    len += n > 0 ? (size_t)n : 0;
+                    bad |= buf[0] == '-';
+                }
+            }
+            _exit(bad);
+        }
+    }
+    for (int c = 0; c < CLIENTS; c++) {
+        int st = -1;
+
+        waitpid(kids[c], &st, 0);
+        CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    got = exchange(fd, "STRLEN s:race\r\nGET s:racef\r\n", 29, 16, &closed);
+    CU_ASSERT_STRING_EQUAL(got, ":1200\r\n$3\r\n600\r\n");
+    free(got);
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&ws), 0);
+}
+
+/* Keyspace commands: KEYS / SCAN with Redis's globs, TYPE, TOUCH, TIME,
+ * RANDOMKEY, EXPIREAT / EXPIRETIME and EXPIRE's NX / XX / GT / LT. */
+static void test_resp_keyspace(void)
+{
+    struct kv_test_server ks = {0};
+    int fd, closed;
+    char *got;
+    long long t;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
+    fd = raw_connect(ks.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "RANDOMKEY\r\n", "$-1\r\n");
+    expect(fd, "MSET hello 1 hallo 2 hxllo 3 hillo 4 h*llo 5 other 6\r\n", "+OK\r\n");
+    got = exchange(fd, "KEYS h[ae]llo\r\n", strlen("KEYS h[ae]llo\r\n"), 26, &closed);
+    CU_ASSERT(strcmp(got, "*2\r\n$5\r\nhello\r\n$5\r\nhallo\r\n") == 0 ||
+              strcmp(got, "*2\r\n$5\r\nhallo\r\n$5\r\nhello\r\n") == 0);
+    free(got);
+    expect(fd, "KEYS h\\*llo\r\n", "*1\r\n$5\r\nh*llo\r\n");
+    expect(fd, "KEYS o*\r\n", "*1\r\n$5\r\nother\r\n");
+    expect(fd, "KEYS nomatch*\r\n", "*0\r\n");
+    got = exchange(fd, "KEYS *\r\n", strlen("KEYS *\r\n"), 4, &closed);
+    CU_ASSERT(strncmp(got, "*6\r\n", 4) == 0);
+    free(got);
+    got = exchange(fd, "SCAN 0 MATCH h[^ae]llo COUNT 1000\r\n", 35, 48, &closed);
+    CU_ASSERT(strncmp(got, "*2\r\n$1\r\n0\r\n*3\r\n", 15) == 0); /* hillo hxllo h*llo */
+    CU_ASSERT(strstr(got, "hillo") && strstr(got, "hxllo") && strstr(got, "h*llo"));
+    free(got);
+    expect(fd, "SCAN 0 TYPE list\r\n", "*2\r\n$1\r\n0\r\n*0\r\n");
+    expect(fd, "SCAN 0 COUNT 0\r\n", "-ERR syntax error\r\n");
+    expect(fd, "SCAN x\r\n", "-ERR invalid cursor\r\n");
+    got = exchange(fd, "RANDOMKEY\r\n", strlen("RANDOMKEY\r\n"), 4, &closed);
+    CU_ASSERT(got[0] == '$' && got[1] == '5');
+    free(got);
+    expect(fd, "TYPE hello\r\n", "+string\r\n");
+    expect(fd, "TYPE nokey\r\n", "+none\r\n");
+    expect(fd, "TOUCH hello nokey hallo hello\r\n", ":3\r\n");
+    expect(fd, "MEMORY USAGE hello\r\n", ":65\r\n");
+    expect(fd, "MEMORY USAGE nokey\r\n", "$-1\r\n");
+    expect(fd, "MEMORY DOCTOR\r\n", "-ERR unknown subcommand 'DOCTOR'. Try MEMORY HELP.\r\n");
+    expect(fd, "EXISTS hello hello nokey\r\n", ":2\r\n");
+    got = exchange(fd, "TIME\r\n", strlen("TIME\r\n"), 20, &closed);
+    CU_ASSERT(sscanf(got, "*2\r\n$10\r\n%lld\r\n", &t) == 1 && t > 1700000000LL);
+    free(got);
+    /* EXPIREAT / PEXPIREAT / EXPIRETIME / PEXPIRETIME */
+    expect(fd, "EXPIREAT hello 4102444800\r\n", ":1\r\n"); /* 2100-01-01 */
+    expect(fd, "EXPIRETIME hello\r\n", ":4102444800\r\n");
+    got = exchange(fd, "PEXPIRETIME hello\r\n", strlen("PEXPIRETIME hello\r\n"), 16, &closed);
+    CU_ASSERT(strncmp(got, ":41024448", 9) == 0);
+    free(got);
+    expect(fd, "EXPIRETIME hallo\r\n", ":-1\r\n");
+    expect(fd, "EXPIRETIME nokey\r\n", ":-2\r\n");
+    expect(fd, "PEXPIREAT hallo 1\r\n", ":1\r\n"); /* in the past: deleted */
+    expect(fd, "EXISTS hallo\r\n", ":0\r\n");
+    expect(fd, "EXPIREAT nokey 4102444800\r\n", ":0\r\n");
+    /* EXPIRE NX / XX / GT / LT */
+    expect(fd, "EXPIRE hxllo 100 XX\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 100 NX\r\n", ":1\r\n");
+    expect(fd, "EXPIRE hxllo 200 NX\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 50 GT\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 200 GT\r\n", ":1\r\n");
+    expect(fd, "TTL hxllo\r\n", ":200\r\n");
+    expect(fd, "EXPIRE hxllo 300 LT\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 150 LT XX\r\n", ":1\r\n");
+    expect(fd, "TTL hxllo\r\n", ":150\r\n");
+    expect(fd, "GET hxllo\r\n", "$1\r\n3\r\n"); /* the value is kept */
+    expect(fd, "EXPIRE hillo 100 GT\r\n", ":0\r\n"); /* no ttl is infinite */
+    expect(fd, "EXPIRE hillo 100 LT\r\n", ":1\r\n");
+    expect(fd, "EXPIRE hillo -1 LT\r\n", ":1\r\n"); /* past: deleted */
+    expect(fd, "EXISTS hillo\r\n", ":0\r\n");
+    expect(fd, "EXPIRE nokey 100 NX\r\n", ":0\r\n");
+    expect(fd, "EXPIRE hxllo 200 LT GT\r\n",
+           "-ERR GT and LT options at the same time are not compatible\r\n");
+    expect(fd, "EXPIRE hxllo 200 NX XX\r\n",
+           "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n");
+    expect(fd, "EXPIRE hxllo 200 AB\r\n", "-ERR Unsupported option AB\r\n");
+    expect(fd, "EXPIRE hxllo 9223372036854776\r\n",
+           "-ERR invalid expire time in 'expire' command\r\n");
+    expect(fd, "PEXPIRE hxllo 9223372036854770000\r\n",
+           "-ERR invalid expire time in 'pexpire' command\r\n");
+    expect(fd, "PEXPIREAT hxllo 9223372036854770000\r\n", ":1\r\n");
+    expect(fd, "PEXPIREAT hxllo -9223372036854770000\r\n", ":1\r\n");
+    expect(fd, "EXISTS hxllo\r\n", ":0\r\n");
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
 }
 
 static void test_resp_pipelined_replies_in_request_order(void)
@@ -156,22 +461,44 @@ static void test_resp_pipelined_replies_in_request_order(void)
     close(fd);
 }
 
-static void expect_protocol_error(const char *req, size_t len)
+/* want: Redis's text after "-ERR Protocol error: " (NULL: any). */
+static void expect_protocol_error_is(const char *req, size_t len, const char *want)
 {
     int fd = raw_connect(srv.port), closed;
     char *got;
 
     CU_ASSERT_FATAL(fd >= 0);
-    got = exchange(fd, req, len, 0, &closed);
+    got = exchange(fd, req, len ? len : strlen(req), 0, &closed);
     CU_ASSERT(strncmp(got, "-ERR Protocol error: ", 21) == 0);
+    /* Redis's text, then, on a limit (issue 17), the limits named in brackets */
+    const char *rest = want && strlen(got) >= 21 + strlen(want) ? got + 21 + strlen(want) : "";
+    if (want && (strlen(got) < 23 || strncmp(got + 21, want, strlen(want)) != 0 ||
+                 (strcmp(rest, "\r\n") != 0 &&
+                  strncmp(rest, " (the server's limits: ", 23) != 0))) {
+        fprintf(stderr, "\n  want %s\n  got  %s\n", want, got);
+        CU_FAIL("protocol error text");
+    }
     CU_ASSERT_EQUAL(closed, 1);
     free(got);
     close(fd);
 }
 
+static void expect_protocol_error(const char *req, size_t len)
+{
+    expect_protocol_error_is(req, len, NULL);
+}
+
 static void test_resp_protocol_errors_close_the_connection(void)
 {
     static char big[70000];
+
+    /* Redis's own strings (its unit/protocol tests match them) */
+    expect_protocol_error_is("*3000000000\r\n", 0, "invalid multibulk length");
+    expect_protocol_error_is("*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n", 0, "expected '$', got 'f'");
+    expect_protocol_error_is("*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$-10\r\n", 0, "invalid bulk length");
+    expect_protocol_error_is("*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$blabla\r\n", 0, "invalid bulk length");
+    expect_protocol_error_is("*1\r\nfoo\r\n", 0, "expected '$', got 'f'");
+    expect_protocol_error_is("set \"\"\"k\"\"\" v\r\n", 0, "unbalanced quotes in request");
 
     expect_protocol_error("*1\r\n$99999999999999\r\n", 22);         /* bulk above --max-body */
     expect_protocol_error("*99999999999\r\n", 15);                  /* count above the limit */
@@ -468,6 +795,10 @@ int main(void)
     s = CU_add_suite("resp", suite_init, suite_clean);
     CU_add_test(s, "test_resp_multibulk_and_inline_exact_replies",
                 test_resp_multibulk_and_inline_exact_replies);
+    CU_add_test(s, "test_resp_command_table_arity_and_case", test_resp_command_table_arity_and_case);
+    CU_add_test(s, "test_resp_string_family", test_resp_string_family);
+    CU_add_test(s, "test_resp_append_is_atomic", test_resp_append_is_atomic);
+    CU_add_test(s, "test_resp_keyspace", test_resp_keyspace);
     CU_add_test(s, "test_resp_pipelined_replies_in_request_order",
                 test_resp_pipelined_replies_in_request_order);
     CU_add_test(s, "test_resp_bodies_across_the_scratch_room",

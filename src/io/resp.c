@@ -31,11 +31,12 @@ static int push(struct kv_resp_argv *a, const uint8_t *p, size_t len)
 }
 
 /* Reads "<prefix><digits>\r\n" at buf[*off]. Returns 0 with *val, KV_EAGAIN,
- * or KV_EPROTO. The value is checked against max digit by digit, so it
- * never overflows. */
+ * or KV_EPROTO / KV_ETOOBIG with *err = bad (Redis's text for the field:
+ * "invalid multibulk length", "invalid bulk length"). The value is checked
+ * against max digit by digit, so it never overflows. */
 static inline __attribute__((always_inline)) int read_count(const uint8_t *buf, size_t len,
                                                              size_t *off, size_t max, long long *val,
-                      int allow_negative, const char **err)
+                      int allow_negative, const char *bad, const char **err)
 {
     size_t i = *off + 1;
     long long v = 0;
@@ -49,14 +50,14 @@ static inline __attribute__((always_inline)) int read_count(const uint8_t *buf, 
         v = v * 10 + (buf[i] - '0');
         digits++;
         if ((unsigned long long)v > max || digits > 18) {
-            *err = "length or count above the limit";
+            *err = bad;
             return KV_ETOOBIG;
         }
     }
     if (i >= len)
         return KV_EAGAIN;
     if (buf[i] != '\r' || digits == 0) {
-        *err = "invalid length or count";
+        *err = bad;
         return KV_EPROTO;
     }
     if (i + 1 >= len)
@@ -75,7 +76,7 @@ static ssize_t parse_multibulk(const uint8_t *buf, size_t len, const struct kv_r
 {
     size_t off = 0;
     long long n, blen;
-    int rc = read_count(buf, len, &off, lim->max_args, &n, 1, err);
+    int rc = read_count(buf, len, &off, lim->max_args, &n, 1, "invalid multibulk length", err);
 
     if (rc != 0)
         return rc;
@@ -85,10 +86,16 @@ static ssize_t parse_multibulk(const uint8_t *buf, size_t len, const struct kv_r
         if (off >= len)
             return KV_EAGAIN;
         if (buf[off] != '$') {
-            *err = "expected '$' for a bulk string";
+            /* Redis's text with the byte found, in a thread's own buffer (no allocation) */
+            static const char expected[] = "expected '$', got '?'";
+            static __thread char got[sizeof(expected)];
+
+            memcpy(got, expected, sizeof(expected));
+            got[sizeof(expected) - 3] = buf[off] >= 0x20 && buf[off] < 0x7f ? (char)buf[off] : '?';
+            *err = got;
             return KV_EPROTO;
         }
-        rc = read_count(buf, len, &off, lim->max_bulk, &blen, 0, err);
+        rc = read_count(buf, len, &off, lim->max_bulk, &blen, 0, "invalid bulk length", err);
         if (rc != 0)
             return rc;
         /* compare before adding: off and blen are both bounded here */
@@ -142,6 +149,10 @@ static ssize_t parse_inline(const uint8_t *buf, size_t len, const struct kv_resp
                 i++;
             if (i >= end) {
                 *err = "unbalanced quotes in request";
+                return KV_EPROTO;
+            }
+            if (i + 1 < end && buf[i + 1] != ' ' && buf[i + 1] != '\t') {
+                *err = "unbalanced quotes in request"; /* a closing quote ends a word */
                 return KV_EPROTO;
             }
             if (push(a, buf + start, i - start) != 0)

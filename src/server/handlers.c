@@ -11,9 +11,15 @@
  *
  * Every handler runs on a worker thread (or inline in the IO thread with
  * --workers 0) and may run concurrently with any other. */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "glob.h"
 #include "kv.pb-c.h"
 #include "kv_call.h"
 #include "kv_err.h"
@@ -27,6 +33,8 @@
 enum {
     KV_OP_PING = 0, KV_OP_GET, KV_OP_SET, KV_OP_DEL, KV_OP_EXISTS, KV_OP_INCR, KV_OP_MGET,
     KV_OP_MSET, KV_OP_EXPIRE, KV_OP_SCAN, KV_OP_STATS, KV_OP_FLUSH, KV_OP_AUTH,
+    KV_OP_STR = 32, /* Redis's string family (kv.proto StrRequest); apart from the
+                     * core opcodes, which others are extending */
 };
 
 #define KV_AUTH_MAX_FAILURES 3
@@ -175,8 +183,10 @@ struct key_req {
     size_t klen, vlen;
     uint64_t f3, f7;             /* varint fields 3 and 7 (ttl_ms, cas_version) */
     int f8;                      /* bool: return_old */
+    int f9;                      /* bool: keep_ttl */
     uint64_t f2;                 /* varint field 2 (delta, action) */
     int f4, f5, f6;              /* bools: nx, xx, has_cas */
+    uint64_t f4v;                /* field 4 as a number (EXPIRE's condition) */
 };
 
 /* Reads the fields of a Get/Set/Exists/Incr/Expire/Auth request. Field 1
@@ -211,21 +221,25 @@ static int parse_key_req(const struct kv_call *call, struct key_req *k, uint32_t
                 k->f2 = f.u64;
             }
             break;
-        case 3: case 4: case 5: case 6: case 7: case 8:
+        case 3: case 4: case 5: case 6: case 7: case 8: case 9:
             if (f.wire != 0)
                 return -1;
             if (f.number == 3)
                 k->f3 = f.u64;
             else if (f.number == 7)
                 k->f7 = f.u64;
-            else if (f.number == 4)
+            else if (f.number == 4) {
                 k->f4 = f.u64 != 0;
+                k->f4v = f.u64;
+            }
             else if (f.number == 5)
                 k->f5 = f.u64 != 0;
             else if (f.number == 6)
                 k->f6 = f.u64 != 0;
-            else
+            else if (f.number == 8)
                 k->f8 = f.u64 != 0;
+            else
+                k->f9 = f.u64 != 0;
             break;
         default: break; /* unknown fields are skipped, as protobuf does */
         }
@@ -412,7 +426,7 @@ static void set_return_old(struct kv_server *srv, struct kv_call *call, const st
         else if ((user->flags & KV_SHM_CAS) && user->cas_version != ver)
             rc = KV_EEXISTS;
         else {
-            o.flags = had ? KV_SHM_CAS : KV_SHM_NX;
+            o.flags = (had ? KV_SHM_CAS : KV_SHM_NX) | (user->flags & KV_SHM_KEEPTTL);
             o.cas_version = ver;
             rc = kv_shm_set(srv->store, k->key, k->klen, k->value, k->vlen, &o, &newver);
             if ((rc == KV_EEXISTS || rc == KV_ENOTFOUND)) {
@@ -466,7 +480,12 @@ static void handle_set(void *ctx, struct kv_call *call)
         return;
     }
     o.ttl_ms = (int64_t)k.f3;
-    o.flags = (k.f4 ? KV_SHM_NX : 0) | (k.f5 ? KV_SHM_XX : 0) | (k.f6 ? KV_SHM_CAS : 0);
+    if (k.f9 && k.f3) {
+        answer_error(call, KV_ST_BAD_REQUEST, "keep_ttl excludes ttl_ms");
+        return;
+    }
+    o.flags = (k.f4 ? KV_SHM_NX : 0) | (k.f5 ? KV_SHM_XX : 0) | (k.f6 ? KV_SHM_CAS : 0) |
+              (k.f9 ? KV_SHM_KEEPTTL : 0);
     o.cas_version = k.f7;
     if (k.f8) {
         set_return_old(srv, call, &k, &o);
@@ -515,6 +534,8 @@ static void handle_incr(void *ctx, struct kv_call *call)
     answer_uints(call, pb_zigzag_encode(value), version);
 }
 
+static void expire_if(struct kv_server *srv, struct kv_call *call, const struct key_req *k);
+
 static void handle_expire(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
@@ -527,6 +548,10 @@ static void handle_expire(void *ctx, struct kv_call *call)
     rc = kv_shm_ttl(srv->store, k.key, k.klen, &prev);
     if (rc != 0) {
         answer_store_error(call, rc);
+        return;
+    }
+    if (k.f2 == KV__EXPIRE_REQUEST__ACTION__SET && k.f4v) {
+        expire_if(srv, call, &k);
         return;
     }
     switch (k.f2) {
@@ -828,6 +853,8 @@ static void handle_mset(void *ctx, struct kv_call *call)
         goto out;
     }
     o.ttl_ms = (int64_t)m->ttl_ms;
+    if (m->only_if_absent) /* MSETNX: nothing stored if any key exists */
+        o.flags |= KV_SHM_NX;
     for (size_t i = 0; i < m->n_pairs; i++)
         pairs[i] = (struct kv_shm_pair){m->pairs[i]->key.data, m->pairs[i]->key.len,
                                         m->pairs[i]->value.data, m->pairs[i]->value.len};
@@ -881,6 +908,56 @@ static void scan_collect(void *ctx, const void *key, size_t klen)
     s->n++;
 }
 
+/* Drops the keys from index from on that do not match pattern (Redis glob). */
+static void scan_filter(struct scan_out *s, size_t from, const ProtobufCBinaryData *pattern)
+{
+    size_t n = from;
+
+    for (size_t i = from; i < s->n; i++) {
+        if (kv_glob_match(pattern->data, pattern->len, s->keys[i].data, s->keys[i].len))
+            s->keys[n++] = s->keys[i];
+        else
+            kv_mem_free(KV_MOD_PROTO, s->keys[i].data);
+    }
+    s->n = n;
+}
+
+/* A random 64-bit cursor (xorshift64*, one state per thread, seeded from the clock). */
+static uint64_t scan_random(void)
+{
+    static __thread uint64_t x;
+
+    if (!x) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        x = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^ (uintptr_t)&x;
+        x |= 1;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* One step of the scan m asks for, adding to s (filtered). */
+static int scan_step(struct kv_server *srv, const Kv__ScanRequest *m, uint64_t cursor,
+                     size_t count, struct scan_out *s, uint64_t *next)
+{
+    const uint8_t *prefix = m->prefix.data;
+    size_t plen = m->prefix.len, from = s->n;
+    int rc;
+
+    if (m->pattern.len && !plen) { /* the pattern's literal prefix narrows the store's scan */
+        prefix = m->pattern.data;
+        plen = kv_glob_prefix(m->pattern.data, m->pattern.len);
+    }
+    rc = kv_shm_scan(srv->store, cursor, prefix, plen, count, scan_collect, s, next);
+    if (rc == 0 && !s->failed && m->pattern.len)
+        scan_filter(s, from, &m->pattern);
+    return rc;
+}
+
 static void handle_scan(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
@@ -890,8 +967,8 @@ static void handle_scan(void *ctx, struct kv_call *call)
     Kv__ScanResponse resp = KV__SCAN_RESPONSE__INIT;
     struct scan_out s = {0};
     uint64_t next = 0;
-    size_t count;
-    int rc;
+    size_t count, bytes = 0;
+    int rc = 0;
 
     if (!authed(srv, call))
         return;
@@ -899,7 +976,7 @@ static void handle_scan(void *ctx, struct kv_call *call)
     if (!m)
         return;
     count = m->count ? m->count : KV_SCAN_DEFAULT;
-    if (count > KV_SCAN_MAX)
+    if (count > KV_SCAN_MAX || m->all)
         count = KV_SCAN_MAX;
     s.cap = count + 16;
     s.keys = kv_mem_calloc(KV_MOD_PROTO, s.cap * sizeof(*s.keys));
@@ -907,8 +984,39 @@ static void handle_scan(void *ctx, struct kv_call *call)
         answer_error(call, KV_ST_INTERNAL, "out of memory");
         goto out;
     }
-    rc = kv_shm_scan(srv->store, m->cursor, m->prefix.data, m->prefix.len, count, scan_collect,
-                     &s, &next);
+    if (m->random) {
+        /* from a random place to the end, then from the start: the first key */
+        uint64_t c = scan_random();
+
+        for (int pass = 0; pass < 2 && rc == 0 && s.n == 0 && !s.failed; pass++) {
+            do
+                rc = scan_step(srv, m, c, 1, &s, &c);
+            while (rc == 0 && s.n == 0 && !s.failed && c != 0);
+        }
+        next = 0;
+        for (size_t i = 1; i < s.n; i++) /* one key */
+            kv_mem_free(KV_MOD_PROTO, s.keys[i].data);
+        s.n = s.n ? 1 : 0;
+    } else if (m->all) {
+        /* KEYS: every step, as long as the answer stays under --max-body */
+        uint64_t c = 0;
+
+        do {
+            size_t before = s.n;
+
+            rc = scan_step(srv, m, c, count, &s, &c);
+            for (size_t i = before; i < s.n; i++)
+                bytes += s.keys[i].len + 8;
+            if (bytes > srv->cfg->max_body) {
+                answer_error(call, KV_ST_TOO_LARGE,
+                             "the answer would exceed --max-body: use SCAN");
+                goto out;
+            }
+        } while (rc == 0 && !s.failed && c != 0);
+        next = 0;
+    } else {
+        rc = scan_step(srv, m, m->cursor, count, &s, &next);
+    }
     if (rc != 0 || s.failed) {
         answer_store_error(call, rc != 0 ? rc : KV_ENOMEM);
         goto out;
@@ -1017,6 +1125,635 @@ static void handle_flush(void *ctx, struct kv_call *call)
     answer_uints(call, before, 0);
 }
 
+/* ---- STR: Redis's string family ------------------------------------------------- */
+/* Every edit reads value and version, computes the new value, and stores it
+ * on compare-and-set of the version read (a key that was absent: only if
+ * still absent), keeping the expiry; a writer that came in between makes the
+ * store refuse, and the edit starts again from a fresh read. So each edit is
+ * atomic with respect to every other client, and each attempt is one
+ * crash-safe publish. Errors are Redis's own text (BAD_REQUEST + message):
+ * the RESP adapter shows them verbatim. */
+#define STR_RANGE 0x1u
+#define STR_BIT 0x2u
+#define STR_HAS_END 0x4u
+#define STR_PERSIST 0x8u
+#define LCS_LEN 0x10u
+#define LCS_IDX 0x20u
+#define LCS_WITHMATCHLEN 0x40u
+#define STR_MAX_LEN (512u << 20) /* Redis's proto-max-bulk-len */
+#define STR_ATTEMPTS 1000
+#define LCS_MAX_CELLS ((64u << 20) / 4) /* the table of an LCS: at most 64 MiB */
+#define STR_TOO_BIG "ERR string exceeds maximum allowed size (proto-max-bulk-len)"
+
+/* The longest string an edit may make: Redis's limit, or --max-body when lower (a
+ * longer value could not be read back in one answer). */
+static uint64_t str_max(const struct kv_server *srv)
+{
+    return srv->cfg->max_body < STR_MAX_LEN ? srv->cfg->max_body : STR_MAX_LEN;
+}
+
+struct str_req {
+    uint64_t op, flags, ttl_ms;
+    const uint8_t *key, *value;
+    size_t klen, vlen;
+    int64_t start, end, end2;
+};
+
+static int str_parse(const struct kv_call *call, struct str_req *q)
+{
+    struct pb_reader r = {call->body, call->body + call->body_len};
+    struct pb_field f;
+    int rc;
+
+    memset(q, 0, sizeof(*q));
+    q->key = q->value = (const uint8_t *)"";
+    while ((rc = pb_next(&r, &f)) == 1) {
+        if (f.number >= 1 && f.number <= 8 && (f.number == 2 || f.number == 3) != (f.wire == 2))
+            return -1; /* a known field of the wrong wire type; unknown ones are skipped */
+        switch (f.number) {
+        case 1: q->op = f.u64; break;
+        case 2: q->key = f.data; q->klen = f.len; break;
+        case 3: q->value = f.data; q->vlen = f.len; break;
+        case 4: q->start = pb_zigzag_decode(f.u64); break;
+        case 5: q->end = pb_zigzag_decode(f.u64); break;
+        case 6: q->flags = f.u64; break;
+        case 7: q->ttl_ms = f.u64; break;
+        case 8: q->end2 = pb_zigzag_decode(f.u64); break;
+        default: break;
+        }
+    }
+    return rc;
+}
+
+/* The current value of a key (p owned, KV_MOD_PROTO; found 0 = absent). */
+struct str_cur {
+    uint8_t *p;
+    size_t len;
+    uint64_t version;
+    int found;
+};
+
+static int str_load(struct kv_server *srv, const uint8_t *key, size_t klen, struct str_cur *c)
+{
+    int rc;
+
+    memset(c, 0, sizeof(*c));
+    rc = kv_shm_get(srv->store, key, klen, old_alloc, &c->p, &c->len, &c->version);
+    if (rc == 0)
+        c->found = 1;
+    else if (rc == KV_ENOTFOUND)
+        rc = 0;
+    return rc;
+}
+
+static void str_drop(struct str_cur *c)
+{
+    kv_mem_free(KV_MOD_PROTO, c->p);
+    c->p = NULL;
+}
+
+/* Stores v on condition that the key is still as c saw it. ttl_ms < 0
+ * keeps the expiry; >= 0 sets it (0: none). KV_EEXISTS / KV_ENOTFOUND: the
+ * key changed meanwhile, read again. */
+static int str_store(struct kv_server *srv, const struct str_req *q, const struct str_cur *c,
+                     const void *v, size_t vlen, int64_t ttl_ms, uint64_t *version)
+{
+    struct kv_shm_set_opts o = {0};
+
+    o.flags = c->found ? KV_SHM_CAS : KV_SHM_NX;
+    o.cas_version = c->version;
+    if (ttl_ms < 0)
+        o.flags |= KV_SHM_KEEPTTL;
+    else
+        o.ttl_ms = ttl_ms;
+    return kv_shm_set(srv->store, q->key, q->klen, v, vlen, &o, version);
+}
+
+/* Answers StrResponse{found, value, number, version, matches}. */
+static void str_answer(struct kv_call *call, int found, const void *v, size_t vlen, int has_value,
+                       int64_t number, uint64_t version, const int64_t *m, size_t nm)
+{
+    uint8_t *p = packet(call, 2 + 11 + vlen + 11 + 11 + nm * 11);
+    size_t n = 0;
+
+    if (!p)
+        return;
+    n += pb_put_uint_field(p + n, 1, (uint64_t)found);
+    if (has_value) {
+        n += pb_put_len_prefix(p + n, 2, vlen);
+        if (vlen)
+            memcpy(p + n, v, vlen);
+        n += vlen;
+    }
+    n += pb_put_uint_field(p + n, 3, pb_zigzag_encode(number));
+    if (version)
+        n += pb_put_uint_field(p + n, 4, version);
+    for (size_t i = 0; i < nm; i++) {
+        p[n++] = (5 << 3) | 0; /* unpacked: protobuf-c reads either form */
+        n += pb_put_varint(p + n, pb_zigzag_encode(m[i]));
+    }
+    call->status = KV_ST_OK;
+    call->resp_len = (uint32_t)n;
+}
+
+/* Redis's range rule (GETRANGE, BITCOUNT, BITPOS): negative counts from the
+ * end, clamped to [0, total - 1]. Returns 0 when the range is empty. */
+static int str_clamp(int64_t total, int64_t *start, int64_t *end)
+{
+    if (*start < 0 && *end < 0 && *start > *end)
+        return 0;
+    if (*start < 0)
+        *start += total;
+    if (*end < 0)
+        *end += total;
+    if (*start < 0)
+        *start = 0;
+    if (*end < 0)
+        *end = 0;
+    if (*end >= total)
+        *end = total - 1;
+    return total > 0 && *start <= *end;
+}
+
+static int bit_at(const uint8_t *p, uint64_t bit)
+{
+    return (p[bit >> 3] >> (7 - (bit & 7))) & 1;
+}
+
+/* Redis's string2ld: the whole text is one long double, no spaces, no NaN. */
+static int str_to_ld(const uint8_t *p, size_t len, long double *out)
+{
+    char buf[5 * 1024 + 8];
+    char *end;
+    long double v;
+
+    if (len == 0 || len >= sizeof(buf))
+        return -1;
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    if (isspace((unsigned char)buf[0]))
+        return -1;
+    errno = 0;
+    v = strtold(buf, &end);
+    if ((size_t)(end - buf) != len || (errno == ERANGE && (v == HUGE_VALL || v == -HUGE_VALL ||
+                                                           fpclassify(v) == FP_ZERO)) ||
+        isnan(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Redis's ld2string in human-friendly mode: %.17Lf without trailing zeros. */
+static size_t ld_to_str(long double v, char *buf, size_t cap)
+{
+    int l = snprintf(buf, cap, "%.17Lf", v);
+
+    if (l < 0 || (size_t)l + 1 > cap)
+        return 0;
+    if (strchr(buf, '.')) {
+        char *p = buf + l - 1;
+
+        while (*p == '0') {
+            p--;
+            l--;
+        }
+        if (*p == '.')
+            l--;
+    }
+    if (l == 2 && buf[0] == '-' && buf[1] == '0') {
+        buf[0] = '0';
+        l = 1;
+    }
+    return (size_t)l;
+}
+
+static int64_t bit_count(const uint8_t *p, int64_t first, int64_t last)
+{
+    int64_t n = 0;
+
+    for (int64_t b = first; b <= last;) {
+        if ((b & 7) == 0 && b + 7 <= last) {
+            n += __builtin_popcount(p[b >> 3]);
+            b += 8;
+        } else {
+            n += bit_at(p, (uint64_t)b++);
+        }
+    }
+    return n;
+}
+
+/* The first bit equal to want in [first, last], or -1. */
+static int64_t bit_find(const uint8_t *p, int64_t first, int64_t last, int want)
+{
+    uint8_t skip = want ? 0x00 : 0xff;
+
+    for (int64_t b = first; b <= last;) {
+        if ((b & 7) == 0 && b + 7 <= last && p[b >> 3] == skip) {
+            b += 8;
+            continue;
+        }
+        if (bit_at(p, (uint64_t)b) == want)
+            return b;
+        b++;
+    }
+    return -1;
+}
+
+/* LCS of a and b as Redis 7.0 computes it (the same walk, so the same
+ * matches in the same order). */
+static void str_lcs(struct kv_call *call, const struct str_req *q, const struct str_cur *ca,
+                    const struct str_cur *cb)
+{
+    const uint8_t *a = ca->p ? ca->p : (const uint8_t *)"", *b = cb->p ? cb->p : (const uint8_t *)"";
+    uint32_t alen = (uint32_t)ca->len, blen = (uint32_t)cb->len;
+    uint64_t cells = (uint64_t)(alen + 1) * (blen + 1);
+    uint32_t *dp;
+    uint8_t *result = NULL;
+    int64_t *m = NULL;
+    size_t nm = 0, mcap = 0;
+    int getidx = (q->flags & LCS_IDX) != 0, withlen = (q->flags & LCS_WITHMATCHLEN) != 0;
+    uint64_t minmatch = q->start > 0 ? (uint64_t)q->start : 0;
+
+    if (ca->len > UINT32_MAX - 1 || cb->len > UINT32_MAX - 1 || cells > LCS_MAX_CELLS) {
+        answer_error(call, KV_ST_BAD_REQUEST,
+                     "ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len");
+        return;
+    }
+    dp = kv_mem_alloc(KV_MOD_PROTO, cells * sizeof(*dp));
+    if (!dp) {
+        answer_error(call, KV_ST_INTERNAL, "out of memory");
+        return;
+    }
+#define LCS(A, B) dp[(B) + ((uint64_t)(A) * (blen + 1))]
+    for (uint32_t i = 0; i <= alen; i++)
+        for (uint32_t j = 0; j <= blen; j++) {
+            if (i == 0 || j == 0)
+                LCS(i, j) = 0;
+            else if (a[i - 1] == b[j - 1])
+                LCS(i, j) = LCS(i - 1, j - 1) + 1;
+            else
+                LCS(i, j) = LCS(i - 1, j) > LCS(i, j - 1) ? LCS(i - 1, j) : LCS(i, j - 1);
+        }
+    uint32_t idx = LCS(alen, blen), len = idx;
+    int compute = getidx || !(q->flags & LCS_LEN);
+
+    if (compute && !getidx)
+        result = kv_mem_alloc(KV_MOD_PROTO, idx ? idx : 1);
+    uint32_t as = alen, ae = 0, bs = 0, be = 0, i = alen, j = blen;
+
+    while (compute && i > 0 && j > 0) {
+        int emit = 0;
+
+        if (a[i - 1] == b[j - 1]) {
+            if (result)
+                result[idx - 1] = a[i - 1];
+            if (as == alen) {
+                as = ae = i - 1;
+                bs = be = j - 1;
+            } else if (as == i && bs == j) {
+                as--;
+                bs--;
+            } else {
+                emit = 1;
+            }
+            if (as == 0 || bs == 0)
+                emit = 1;
+            idx--;
+            i--;
+            j--;
+        } else {
+            if (LCS(i - 1, j) > LCS(i, j - 1))
+                i--;
+            else
+                j--;
+            if (as != alen)
+                emit = 1;
+        }
+        uint32_t mlen = ae - as + 1;
+
+        if (emit) {
+            if (getidx && (minmatch == 0 || mlen >= minmatch)) {
+                if (nm + 5 > mcap) {
+                    size_t ncap = mcap ? mcap * 2 : 40;
+                    int64_t *nmv = kv_mem_realloc(KV_MOD_PROTO, m, ncap * sizeof(*m));
+
+                    if (!nmv)
+                        break;
+                    m = nmv;
+                    mcap = ncap;
+                }
+                m[nm++] = as;
+                m[nm++] = ae;
+                m[nm++] = bs;
+                m[nm++] = be;
+                m[nm++] = withlen ? (int64_t)mlen : -1;
+            }
+            as = alen;
+        }
+    }
+#undef LCS
+    kv_mem_free(KV_MOD_PROTO, dp);
+    if (compute && !getidx && !result) {
+        answer_error(call, KV_ST_INTERNAL, "out of memory");
+    } else {
+        str_answer(call, 1, result, result ? len : 0, result != NULL, len, 0, m, nm);
+    }
+    kv_mem_free(KV_MOD_PROTO, result);
+    kv_mem_free(KV_MOD_PROTO, m);
+}
+
+static void handle_str(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct str_req q;
+    struct str_cur c;
+    int rc;
+
+    if (!authed(srv, call))
+        return;
+    if (str_parse(call, &q) != 0) {
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
+        return;
+    }
+    if (check_key_len(srv, call, q.klen) != 0)
+        return;
+    if (q.op == KV__STR_REQUEST__OP__LCS && check_key_len(srv, call, q.vlen) != 0)
+        return;
+    for (int attempt = 0; attempt < STR_ATTEMPTS; attempt++) {
+        uint8_t *nv = NULL;
+        size_t nlen = 0;
+        int64_t number = 0, ttl = -1;
+        uint64_t version = 0;
+        int write = 0;
+
+        rc = str_load(srv, q.key, q.klen, &c);
+        if (rc != 0) {
+            answer_store_error(call, rc);
+            return;
+        }
+        switch (q.op) {
+        case KV__STR_REQUEST__OP__STRLEN:
+            str_answer(call, c.found, NULL, 0, 0, (int64_t)c.len, 0, NULL, 0);
+            break;
+        case KV__STR_REQUEST__OP__GETRANGE: {
+            int64_t s = q.start, e = q.end;
+
+            if (str_clamp((int64_t)c.len, &s, &e))
+                str_answer(call, c.found, c.p + s, (size_t)(e - s + 1), 1, 0, 0, NULL, 0);
+            else
+                str_answer(call, c.found, NULL, 0, 1, 0, 0, NULL, 0);
+            break;
+        }
+        case KV__STR_REQUEST__OP__GETBIT:
+            number = (uint64_t)q.start >> 3 < c.len ? bit_at(c.p, (uint64_t)q.start) : 0;
+            str_answer(call, c.found, NULL, 0, 0, number, 0, NULL, 0);
+            break;
+        case KV__STR_REQUEST__OP__BITCOUNT:
+        case KV__STR_REQUEST__OP__BITPOS: {
+            int pos = q.op == KV__STR_REQUEST__OP__BITPOS;
+            int want = pos ? (int)q.end : 0, unit = (q.flags & STR_BIT) ? 1 : 8;
+            int64_t total = (int64_t)c.len * (unit == 1 ? 8 : 1);
+            int64_t s = q.start, e = pos ? q.end2 : q.end;
+
+            if (!(q.flags & STR_RANGE)) {
+                s = 0;
+                e = -1;
+            } else if (pos && !(q.flags & STR_HAS_END)) {
+                e = -1;
+            }
+            if (!c.found) {
+                number = pos ? (want ? -1 : 0) : 0;
+            } else if (!str_clamp(total, &s, &e)) {
+                number = pos ? -1 : 0;
+            } else {
+                int64_t first = unit == 1 ? s : s * 8, last = unit == 1 ? e : e * 8 + 7;
+
+                if (!pos)
+                    number = bit_count(c.p, first, last);
+                else {
+                    number = bit_find(c.p, first, last, want);
+                    /* no end given: a 0 is found just past the string */
+                    if (number < 0 && !want && !(q.flags & STR_HAS_END))
+                        number = (int64_t)c.len * 8;
+                }
+            }
+            str_answer(call, c.found, NULL, 0, 0, number, 0, NULL, 0);
+            break;
+        }
+        case KV__STR_REQUEST__OP__APPEND:
+            if (c.len + q.vlen > str_max(srv)) {
+                answer_error(call, KV_ST_BAD_REQUEST, STR_TOO_BIG);
+                break;
+            }
+            nlen = c.len + q.vlen;
+            nv = kv_mem_alloc(KV_MOD_PROTO, nlen ? nlen : 1);
+            if (nv) {
+                if (c.len)
+                    memcpy(nv, c.p, c.len);
+                if (q.vlen)
+                    memcpy(nv + c.len, q.value, q.vlen);
+            }
+            number = (int64_t)nlen;
+            write = 1;
+            break;
+        case KV__STR_REQUEST__OP__SETRANGE:
+            if (q.vlen == 0) { /* nothing to write: the length, no key created */
+                str_answer(call, c.found, NULL, 0, 0, (int64_t)c.len, 0, NULL, 0);
+                break;
+            }
+            if (q.start < 0 || (uint64_t)q.start + q.vlen > str_max(srv)) {
+                answer_error(call, KV_ST_BAD_REQUEST, STR_TOO_BIG);
+                break;
+            }
+            nlen = (size_t)q.start + q.vlen > c.len ? (size_t)q.start + q.vlen : c.len;
+            nv = kv_mem_calloc(KV_MOD_PROTO, nlen);
+            if (nv) {
+                if (c.len)
+                    memcpy(nv, c.p, c.len);
+                memcpy(nv + q.start, q.value, q.vlen);
+            }
+            number = (int64_t)nlen;
+            write = 1;
+            break;
+        case KV__STR_REQUEST__OP__SETBIT: {
+            uint64_t byte = (uint64_t)q.start >> 3;
+
+            if (q.start < 0 || byte + 1 > str_max(srv)) {
+                answer_error(call, KV_ST_BAD_REQUEST, STR_TOO_BIG);
+                break;
+            }
+            nlen = byte + 1 > c.len ? byte + 1 : c.len;
+            nv = kv_mem_calloc(KV_MOD_PROTO, nlen);
+            if (nv) {
+                uint8_t mask = (uint8_t)(1u << (7 - (q.start & 7)));
+
+                if (c.len)
+                    memcpy(nv, c.p, c.len);
+                number = (nv[byte] & mask) != 0;
+                nv[byte] = q.end ? nv[byte] | mask : nv[byte] & (uint8_t)~mask;
+            }
+            write = 1;
+            break;
+        }
+        case KV__STR_REQUEST__OP__INCRBYFLOAT: {
+            long double cur = 0, incr, sum;
+            char buf[5 * 1024 + 64];
+
+            if ((c.found && str_to_ld(c.p, c.len, &cur) != 0) ||
+                str_to_ld(q.value, q.vlen, &incr) != 0) {
+                answer_error(call, KV_ST_BAD_REQUEST, "ERR value is not a valid float");
+                break;
+            }
+            sum = cur + incr;
+            if (isnan(sum) || isinf(sum)) {
+                answer_error(call, KV_ST_BAD_REQUEST, "ERR increment would produce NaN or Infinity");
+                break;
+            }
+            nlen = ld_to_str(sum, buf, sizeof(buf));
+            nv = kv_mem_alloc(KV_MOD_PROTO, nlen ? nlen : 1);
+            if (nv)
+                memcpy(nv, buf, nlen);
+            write = 1;
+            break;
+        }
+        case KV__STR_REQUEST__OP__GETDEL:
+            if (c.found) {
+                /* not a compare-and-delete (the store has none): a write
+                 * between the read and the delete is removed with it */
+                rc = kv_shm_del(srv->store, q.key, q.klen);
+                if (rc == KV_ENOTFOUND) { /* gone meanwhile: read again */
+                    str_drop(&c);
+                    continue;
+                }
+                if (rc != 0) {
+                    answer_store_error(call, rc);
+                    break;
+                }
+            }
+            str_answer(call, c.found, c.p, c.len, c.found, 0, 0, NULL, 0);
+            break;
+        case KV__STR_REQUEST__OP__GETEX:
+            if (!c.found || !(q.ttl_ms || (q.flags & STR_PERSIST))) {
+                str_answer(call, c.found, c.p, c.len, c.found, 0, 0, NULL, 0);
+                break;
+            }
+            nlen = c.len;
+            nv = kv_mem_alloc(KV_MOD_PROTO, nlen ? nlen : 1);
+            if (nv && nlen)
+                memcpy(nv, c.p, nlen);
+            ttl = (q.flags & STR_PERSIST) ? 0 : (int64_t)q.ttl_ms;
+            write = 1;
+            break;
+        case KV__STR_REQUEST__OP__LCS: {
+            struct str_cur cb;
+
+            rc = str_load(srv, q.value, q.vlen, &cb);
+            if (rc != 0)
+                answer_store_error(call, rc);
+            else
+                str_lcs(call, &q, &c, &cb);
+            str_drop(&cb);
+            break;
+        }
+        default:
+            answer_error(call, KV_ST_BAD_REQUEST, "unknown string op");
+            break;
+        }
+        if (!write) {
+            str_drop(&c);
+            return;
+        }
+        if (!nv) {
+            str_drop(&c);
+            answer_error(call, KV_ST_INTERNAL, "out of memory");
+            return;
+        }
+        rc = str_store(srv, &q, &c, nv, nlen, ttl, &version);
+        if (rc == KV_EEXISTS || rc == KV_ENOTFOUND) { /* another writer came in between */
+            kv_mem_free(KV_MOD_PROTO, nv);
+            str_drop(&c);
+            continue;
+        }
+        if (rc != 0)
+            answer_store_error(call, rc);
+        else if (q.op == KV__STR_REQUEST__OP__INCRBYFLOAT || q.op == KV__STR_REQUEST__OP__GETEX)
+            str_answer(call, 1, q.op == KV__STR_REQUEST__OP__GETEX ? c.p : nv,
+                       q.op == KV__STR_REQUEST__OP__GETEX ? c.len : nlen, 1, 0, version, NULL, 0);
+        else
+            str_answer(call, 1, NULL, 0, 0, number, version, NULL, 0);
+        kv_mem_free(KV_MOD_PROTO, nv);
+        str_drop(&c);
+        return;
+    }
+    answer_error(call, KV_ST_BUSY, "too many concurrent writers on the key");
+}
+
+/* EXPIRE with a condition (Redis NX / XX / GT / LT): read value and version,
+ * then the expiry, judge, and write the same value with the new expiry on
+ * compare-and-set of that version, so no write between the judgement and
+ * the change goes unseen (any write changes the version). A time already
+ * past (remove) deletes the key: the store has no compare-and-delete, so a
+ * write that lands between the judgement and the delete is deleted too. */
+#define EXPIRE_NX 0x1u
+#define EXPIRE_XX 0x2u
+#define EXPIRE_GT 0x4u
+#define EXPIRE_LT 0x8u
+static void expire_if(struct kv_server *srv, struct kv_call *call, const struct key_req *k)
+{
+    int64_t want = k->f5 ? 0 : (int64_t)k->f3; /* 0: the past, below any ttl */
+
+    if (k->f4v > (EXPIRE_NX | EXPIRE_XX | EXPIRE_GT | EXPIRE_LT) || (!k->f5 && (k->f3 == 0 ||
+                                                               k->f3 > (uint64_t)INT64_MAX / 2))) {
+        answer_error(call, KV_ST_BAD_REQUEST, "bad condition or ttl_ms");
+        return;
+    }
+    for (int attempt = 0; attempt < STR_ATTEMPTS; attempt++) {
+        struct str_cur c;
+        int64_t cur = -1;
+        int rc = str_load(srv, k->key, k->klen, &c), pass;
+
+        if (rc == 0 && !c.found)
+            rc = KV_ENOTFOUND;
+        if (rc == 0)
+            rc = kv_shm_ttl(srv->store, k->key, k->klen, &cur);
+        if (rc == KV_ENOTFOUND && c.found) { /* expired or deleted meanwhile */
+            str_drop(&c);
+            continue;
+        }
+        if (rc != 0) {
+            str_drop(&c);
+            answer_store_error(call, rc);
+            return;
+        }
+        pass = !((k->f4v & EXPIRE_NX) && cur != -1) && !((k->f4v & EXPIRE_XX) && cur == -1) &&
+               !((k->f4v & EXPIRE_GT) && (cur == -1 || want <= cur)) &&
+               !((k->f4v & EXPIRE_LT) && cur != -1 && want >= cur);
+        if (!pass) {
+            str_drop(&c);
+            answer_error(call, KV_ST_EXISTS, NULL);
+            return;
+        }
+        if (k->f5) {
+            rc = kv_shm_del(srv->store, k->key, k->klen);
+        } else {
+            struct kv_shm_set_opts o = {.flags = KV_SHM_CAS, .cas_version = c.version,
+                                        .ttl_ms = want};
+
+            rc = kv_shm_set(srv->store, k->key, k->klen, c.p, c.len, &o, NULL);
+        }
+        str_drop(&c);
+        if (rc == KV_EEXISTS || rc == KV_ENOTFOUND)
+            continue; /* another writer came in between */
+        if (rc != 0) {
+            answer_store_error(call, rc);
+            return;
+        }
+        answer_uints(call, pb_zigzag_encode(k->f5 ? -2 : want), pb_zigzag_encode(cur));
+        return;
+    }
+    answer_error(call, KV_ST_BUSY, "too many concurrent writers on the key");
+}
+
 /* Cache hint for the single-key opcodes: the key is field 1 of the body.
  * Stage 0 hashes it once and notes key and hash in the call, for stage 1
  * and the handler (key_hash). */
@@ -1050,6 +1787,7 @@ int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry
         {KV_OP_MGET, handle_mget},     {KV_OP_MSET, handle_mset},
         {KV_OP_EXPIRE, handle_expire}, {KV_OP_SCAN, handle_scan},
         {KV_OP_STATS, handle_stats},   {KV_OP_FLUSH, handle_flush},   {KV_OP_AUTH, handle_auth},
+        {KV_OP_STR, handle_str},
     };
 
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {

@@ -6,16 +6,21 @@
  * body, exactly what a binary client would send -- so the same handlers,
  * workers, limits and accounting serve both protocols; or it is answered on
  * the spot (PING, QUIT, SELECT, COMMAND, CONFIG GET, CLIENT, argument
- * errors). The call's tag says how to turn the handler's answer back into a
- * Redis reply; reply() does that on the IO thread. Error strings follow
- * Redis's, so clients' error handling works unchanged. */
+ * errors). Each command is one row of resp_cmds[] (name, arity, flags, the
+ * function, the reply style); the call's tag is the reply style, a row of
+ * reply_styles[] that turns the handler's answer back into a Redis reply on
+ * the IO thread. Error strings follow Redis 7.0's, so clients' error
+ * handling works unchanged. */
+#include <assert.h>
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kv_call.h"
@@ -28,7 +33,7 @@
 #include "server_int.h"
 
 enum { OP_PING = 0, OP_GET, OP_SET, OP_DEL, OP_EXISTS, OP_INCR, OP_MGET, OP_MSET, OP_EXPIRE,
-       OP_SCAN, OP_STATS, OP_FLUSH, OP_AUTH };
+       OP_SCAN, OP_STATS, OP_FLUSH, OP_AUTH, OP_STR = 32 };
 
 /* How a finished call becomes a reply (the call's tag). */
 enum reply_style {
@@ -49,6 +54,19 @@ enum reply_style {
     RS_DBSIZE,      /* :keys from STATS */
     RS_INFO,        /* bulk INFO text from STATS */
     RS_AUTH,        /* +OK or -WRONGPASS */
+    RS_SETNX,       /* :1 stored, :0 refused (SETNX, MSETNX) */
+    RS_STR_INT,     /* :number of a StrResponse */
+    RS_STR_BULK,    /* its value, or nil when the key was absent */
+    RS_STR_STRING,  /* its value, always a bulk string */
+    RS_LCS_IDX,     /* LCS ... IDX: matches and len */
+    RS_KEYS,        /* array of the keys of a ScanResponse */
+    RS_MEMORY_USAGE, /* :estimated bytes of a GET's item, nil when absent */
+    RS_RANDOMKEY,   /* its key, or nil */
+    RS_TYPE,        /* +string / +none from an ExistsResponse */
+    RS_EXPIRETIME_S, /* absolute expiry (now + ttl), -1 none, -2 missing */
+    RS_EXPIRETIME_MS,
+    RS__COUNT,
+    RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
 
 /* ---- output buffer ------------------------------------------------------ */
@@ -312,6 +330,8 @@ static int not_integer(struct kv_text_result *res)
 }
 
 /* ---- commands --------------------------------------------------------------- */
+struct resp_cmd;
+
 struct cmdctx {
     struct kv_server *srv;
     struct kv_session *session;
@@ -319,72 +339,124 @@ struct cmdctx {
     const struct kv_slice *argv;
     struct kv_call *call;
     struct kv_text_result *res;
+    const struct resp_cmd *cmd; /* the row of argv[0] */
 };
 
-static int cmd_set(struct cmdctx *x, int getset)
-{
-    const struct kv_slice *v = x->argv;
-    struct out o = {0};
-    long long ttl = 0, n;
-    int nx = 0, xx = 0, get = getset;
+/* Builds the request (dispatch) or answers on the spot (out_reply / reply_*). */
+typedef int (*resp_cmd_fn)(struct cmdctx *x);
 
-    for (size_t i = 3; i < x->argc; i++) {
-        if (arg_is(&v[i], "NX"))
-            nx = 1;
-        else if (arg_is(&v[i], "XX"))
-            xx = 1;
-        else if (arg_is(&v[i], "GET"))
-            get = 1;
-        else if (arg_is(&v[i], "KEEPTTL"))
-            ; /* a SET without a ttl keeps none; accepted for compatibility */
-        else if ((arg_is(&v[i], "EX") || arg_is(&v[i], "PX")) && i + 1 < x->argc && !ttl) {
-            if (arg_int(&v[i + 1], &n) != 0)
-                return not_integer(x->res);
-            if (n <= 0 || n > (arg_is(&v[i], "EX") ? 9223372036854775LL : INT64_MAX / 2))
-                return reply_err(x->res, "-ERR invalid expire time in 'set' command");
-            ttl = arg_is(&v[i], "EX") ? n * 1000 : n;
-            i++;
-        } else {
-            return reply_err(x->res, "-ERR syntax error");
-        }
-    }
-    if (nx && xx)
-        return reply_err(x->res, "-ERR syntax error");
-    /* two fields (tag + length <= 6 bytes each here) and four varints */
-    out_init_room(&o, x->call, v[1].len + v[2].len + 12 + 4 * 11);
-    body_bytes(&o, 1, &v[1]);
-    body_bytes(&o, 2, &v[2]);
-    body_uint(&o, 3, (uint64_t)ttl);
-    body_uint(&o, 4, nx);
-    body_uint(&o, 5, xx);
-    body_uint(&o, 8, get);
-    return dispatch(&o, x->call, x->res, OP_SET, get ? RS_SET_GET : RS_SET);
+/* Command flags, after Redis's command table. */
+#define CMD_WRITE 0x1u    /* may change the keyspace */
+#define CMD_READONLY 0x2u /* reads keys, changes nothing */
+#define CMD_NOAUTH 0x4u   /* runs before AUTH when a password is set */
+#define CMD_ADMIN 0x8u    /* server-wide (FLUSHALL, CONFIG, ...) */
+#define CMD_FAST 0x10u    /* O(1) or O(log n) */
+#define CMD_LOCAL 0x20u   /* answered by the IO thread, never reaches a handler */
+
+/* One row per command: Redis's command table (server.c, commands/ *.json) is
+ * the model. arity counts argv[0]: N = exactly N, -N = at least N. style is
+ * how the answer of the call fn dispatches becomes a reply (RS_NONE for a
+ * command answered on the spot); aux is the row's parameter to fn (INCR's
+ * delta, ...), so that sibling commands share one function. */
+struct resp_cmd {
+    const char *name;
+    int arity;
+    uint32_t flags;
+    resp_cmd_fn fn;
+    enum reply_style style;
+    int64_t aux;
+};
+
+/* Dispatches o as the body of a call of opcode op, whose answer becomes a
+ * reply by the row's style. */
+static int send_call(struct cmdctx *x, struct out *o, uint16_t op)
+{
+    return dispatch(o, x->call, x->res, op, x->cmd->style);
 }
 
-static int cmd_keys(struct cmdctx *x, uint16_t op, enum reply_style style)
+static int cmd_ping(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    if (x->argc > 2)
+        return wrong_args(x->res, &x->argv[0]);
+    if (x->argc == 1)
+        return reply_str(x->res, "+PONG\r\n");
+    out_bulk(&o, x->argv[1].p, x->argv[1].len);
+    return out_reply(&o, x->res);
+}
+
+static int cmd_quit(struct cmdctx *x)
+{
+    x->res->close = 1;
+    return reply_str(x->res, "+OK\r\n");
+}
+
+static int cmd_auth(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    if (x->argc > 3)
+        return reply_err(x->res, "-ERR syntax error");
+    if (x->argc == 3 && !arg_is(&x->argv[1], "default"))
+        return reply_err(x->res, "-WRONGPASS invalid username-password pair or user is disabled.");
+    body_bytes(&o, 1, &x->argv[x->argc - 1]);
+    return send_call(x, &o, OP_AUTH);
+}
+
+/* Every argument after the name is a key: field 1, repeated. */
+static int keys_body(struct cmdctx *x, size_t first, uint16_t op, enum reply_style style)
 {
     struct out o = {0};
     size_t need = 0;
 
-    for (size_t i = 1; i < x->argc; i++)
+    for (size_t i = first; i < x->argc; i++)
         need += x->argv[i].len + 16; /* tag + length prefix <= 16 */
     out_init_room(&o, x->call, need);
-    for (size_t i = 1; i < x->argc; i++)
+    for (size_t i = first; i < x->argc; i++)
         body_bytes(&o, 1, &x->argv[i]);
     return dispatch(&o, x->call, x->res, op, style);
 }
 
-static int cmd_incr(struct cmdctx *x, long long delta)
+/* aux is the opcode. */
+static int cmd_keys(struct cmdctx *x)
+{
+    return keys_body(x, 1, (uint16_t)x->cmd->aux, x->cmd->style);
+}
+
+static int cmd_exists(struct cmdctx *x)
+{
+    return x->argc == 2 ? keys_body(x, 1, OP_EXISTS, RS_INT_FIELD1)
+                        : keys_body(x, 1, OP_MGET, RS_COUNT_FOUND);
+}
+
+static int incr_body(struct cmdctx *x, long long delta)
 {
     struct out o = {0};
 
     out_init_room(&o, x->call, x->argv[1].len + 32);
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, pb_zigzag_encode(delta));
-    return dispatch(&o, x->call, x->res, OP_INCR, RS_INT_INCR);
+    return send_call(x, &o, OP_INCR);
 }
 
-static int cmd_expire(struct cmdctx *x, int action, long long ms, enum reply_style style)
+/* INCR, DECR: aux is the delta. */
+static int cmd_incr(struct cmdctx *x)
+{
+    return incr_body(x, x->cmd->aux);
+}
+
+/* INCRBY, DECRBY: aux is the sign of the argument. */
+static int cmd_incrby(struct cmdctx *x)
+{
+    long long n;
+
+    if (arg_int(&x->argv[2], &n) != 0 || (x->cmd->aux < 0 && n == INT64_MIN))
+        return not_integer(x->res);
+    return incr_body(x, x->cmd->aux < 0 ? -n : n);
+}
+
+static int expire_body(struct cmdctx *x, int action, long long ms, enum reply_style style)
 {
     struct out o = {0};
 
@@ -395,58 +467,195 @@ static int cmd_expire(struct cmdctx *x, int action, long long ms, enum reply_sty
     return dispatch(&o, x->call, x->res, OP_EXPIRE, style);
 }
 
-static int cmd_mset(struct cmdctx *x)
+static int64_t now_ms(void);
+static int expire_err(struct cmdctx *x, const char *err);
+
+/* EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT [NX|XX|GT|LT]: aux is the unit in ms,
+ * negative for an absolute time. Redis's order: options, then the number,
+ * then its range. A time already past deletes the key (when the conditions
+ * hold). */
+static int cmd_expire(struct cmdctx *x)
 {
+    enum { NX = 1, XX = 2, GT = 4, LT = 8 };
+    int64_t unit = x->cmd->aux < 0 ? -x->cmd->aux : x->cmd->aux, base;
+    unsigned cond = 0;
+    long long when, ttl;
     struct out o = {0};
-    uint8_t tag[16];
 
-    if (x->argc < 3 || x->argc % 2 == 0)
-        return wrong_args(x->res, &x->argv[0]);
-    for (size_t i = 1; i + 1 < x->argc; i += 2) {
-        const struct kv_slice *k = &x->argv[i], *v = &x->argv[i + 1];
-        size_t inner = 1 + pb_varint_len(k->len) + k->len + 1 + pb_varint_len(v->len) + v->len;
+    for (size_t i = 3; i < x->argc; i++) {
+        const struct kv_slice *a = &x->argv[i];
 
-        out_bytes(&o, tag, pb_put_len_prefix(tag, 1, inner));
-        body_bytes(&o, 1, k);
-        body_bytes(&o, 2, v);
+        if (arg_is(a, "NX"))
+            cond |= NX;
+        else if (arg_is(a, "XX"))
+            cond |= XX;
+        else if (arg_is(a, "GT"))
+            cond |= GT;
+        else if (arg_is(a, "LT"))
+            cond |= LT;
+        else
+            return reply_err(x->res, "-ERR Unsupported option %.*s", (int)(a->len < 64 ? a->len : 64),
+                             (const char *)a->p);
     }
-    return dispatch(&o, x->call, x->res, OP_MSET, RS_OK);
+    if ((cond & NX) && (cond & (XX | GT | LT)))
+        return reply_err(x->res,
+                         "-ERR NX and XX, GT or LT options at the same time are not compatible");
+    if ((cond & GT) && (cond & LT))
+        return reply_err(x->res, "-ERR GT and LT options at the same time are not compatible");
+    if (arg_int(&x->argv[2], &when) != 0)
+        return not_integer(x->res);
+    if (when > INT64_MAX / unit || when < INT64_MIN / unit)
+        return expire_err(x, "invalid");
+    when *= unit;
+    base = x->cmd->aux < 0 ? 0 : now_ms();
+    if (when > INT64_MAX - base)
+        return expire_err(x, "invalid");
+    if (__builtin_sub_overflow(when + base, now_ms(), &ttl)) /* from now, in ms */
+        ttl = -1; /* far in the past */
+    if (ttl <= 0 && !cond) /* Redis deletes a key given a time in the past */
+        return keys_body(x, 1, OP_DEL, RS_INT_FIELD1);
+    if (ttl > INT64_MAX / 4)
+        ttl = INT64_MAX / 4; /* ~73 million years: the store's arithmetic stays in range */
+    out_init_room(&o, x->call, x->argv[1].len + 48);
+    body_bytes(&o, 1, &x->argv[1]);
+    body_uint(&o, 3, ttl > 0 ? (uint64_t)ttl : 0);
+    body_uint(&o, 4, cond);
+    body_uint(&o, 5, ttl <= 0);
+    return send_call(x, &o, OP_EXPIRE);
 }
 
+static int cmd_persist(struct cmdctx *x)
+{
+    return expire_body(x, 1, 0, RS_PERSIST);
+}
+
+/* TTL, PTTL: the style says the unit. */
+static int cmd_ttl(struct cmdctx *x)
+{
+    return expire_body(x, 2, 0, x->cmd->style);
+}
+
+/* SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: the glob is Redis's,
+ * filtered in the server (its literal prefix narrows the store's scan). */
 static int cmd_scan(struct cmdctx *x)
 {
     const struct kv_slice *v = x->argv;
     struct out o = {0};
-    struct kv_slice prefix = {NULL, 0};
-    long long cursor, count = 10;
+    const struct kv_slice *pattern = NULL;
+    unsigned long long cursor;
+    long long count = 10;
+    char buf[32], *end;
+    int other_type = 0;
 
-    if (arg_int(&v[1], &cursor) != 0)
+    if (v[1].len == 0 || v[1].len >= sizeof(buf) || !isdigit(v[1].p[0]))
+        return reply_err(x->res, "-ERR invalid cursor");
+    memcpy(buf, v[1].p, v[1].len);
+    buf[v[1].len] = '\0';
+    errno = 0;
+    cursor = strtoull(buf, &end, 10);
+    if (errno || *end)
         return reply_err(x->res, "-ERR invalid cursor");
     for (size_t i = 2; i < x->argc; i++) {
         if (arg_is(&v[i], "MATCH") && i + 1 < x->argc) {
-            const struct kv_slice *p = &v[++i];
-
-            /* only "prefix*" (and "*"): the store scans by prefix */
-            if (p->len == 0 || p->p[p->len - 1] != '*' ||
-                memchr(p->p, '*', p->len - 1) || memchr(p->p, '?', p->len) ||
-                memchr(p->p, '[', p->len) || memchr(p->p, '\\', p->len))
-                return reply_err(x->res, "-ERR only prefix patterns ('prefix*') are supported");
-            prefix.p = p->p;
-            prefix.len = p->len - 1;
+            pattern = &v[++i];
         } else if (arg_is(&v[i], "COUNT") && i + 1 < x->argc) {
-            if (arg_int(&v[++i], &count) != 0 || count < 1)
+            if (arg_int(&v[++i], &count) != 0)
                 return not_integer(x->res);
+            if (count < 1)
+                return reply_err(x->res, "-ERR syntax error");
         } else if (arg_is(&v[i], "TYPE") && i + 1 < x->argc) {
-            i++; /* every value is a string */
+            other_type = !arg_is(&v[++i], "string"); /* every value is a string */
         } else {
             return reply_err(x->res, "-ERR syntax error");
         }
     }
+    if (other_type)
+        return reply_str(x->res, "*2\r\n$1\r\n0\r\n*0\r\n");
     body_uint(&o, 1, (uint64_t)cursor);
-    if (prefix.len)
-        body_bytes(&o, 2, &prefix);
     body_uint(&o, 3, (uint64_t)(count > 10000 ? 10000 : count));
-    return dispatch(&o, x->call, x->res, OP_SCAN, RS_SCAN);
+    if (pattern && !(pattern->len == 1 && pattern->p[0] == '*'))
+        body_bytes(&o, 4, pattern);
+    return send_call(x, &o, OP_SCAN);
+}
+
+static int cmd_keys_glob(struct cmdctx *x)
+{
+    struct out o = {0};
+    const struct kv_slice *pattern = &x->argv[1];
+
+    if (!(pattern->len == 1 && pattern->p[0] == '*'))
+        body_bytes(&o, 4, pattern);
+    body_uint(&o, 5, 1);
+    return send_call(x, &o, OP_SCAN);
+}
+
+static int cmd_randomkey(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    body_uint(&o, 6, 1);
+    return send_call(x, &o, OP_SCAN);
+}
+
+/* MEMORY USAGE key [SAMPLES n]: an estimate of the bytes the key's item takes
+ * in the store: the value + 64 (item header and a typical key; the size class
+ * may round the chunk up further); nil when the key is absent. */
+static int cmd_memory(struct cmdctx *x)
+{
+    long long n;
+
+    if (!arg_is(&x->argv[1], "USAGE"))
+        return reply_err(x->res, "-ERR unknown subcommand '%.*s'. Try MEMORY HELP.",
+                         (int)(x->argv[1].len < 64 ? x->argv[1].len : 64),
+                         (const char *)x->argv[1].p);
+    if (x->argc != 3 && !(x->argc == 5 && arg_is(&x->argv[3], "SAMPLES")))
+        return reply_err(x->res, "-ERR syntax error");
+    if (x->argc == 5 && arg_int(&x->argv[4], &n) != 0)
+        return not_integer(x->res);
+    return keys_body(x, 2, OP_GET, RS_MEMORY_USAGE);
+}
+
+static int cmd_time(struct cmdctx *x)
+{
+    struct out o = {0};
+    struct timespec ts;
+    char sec[24], usec[24];
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(sec, sizeof(sec), "%lld", (long long)ts.tv_sec);
+    snprintf(usec, sizeof(usec), "%ld", ts.tv_nsec / 1000);
+    OUT_LIT(&o, "*2\r\n");
+    out_bulk(&o, sec, strlen(sec));
+    out_bulk(&o, usec, strlen(usec));
+    return out_reply(&o, x->res);
+}
+
+static int cmd_echo(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    out_bytes(&o, x->argv[1].p, x->argv[1].len);
+    return send_call(x, &o, OP_PING);
+}
+
+/* DBSIZE, INFO, FLUSHDB, FLUSHALL: a call with an empty body; aux is the opcode. */
+static int cmd_nobody(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    if (x->cmd->aux == OP_FLUSH && x->argc > 2) /* ASYNC / SYNC accepted */
+        return reply_err(x->res, "-ERR syntax error");
+
+    return send_call(x, &o, (uint16_t)x->cmd->aux);
+}
+
+static int cmd_select(struct cmdctx *x)
+{
+    long long n;
+
+    if (arg_int(&x->argv[1], &n) != 0)
+        return not_integer(x->res);
+    return n == 0 ? reply_str(x->res, "+OK\r\n") : reply_err(x->res, "-ERR DB index is out of range");
 }
 
 static int cmd_config(struct cmdctx *x)
@@ -455,6 +664,8 @@ static int cmd_config(struct cmdctx *x)
     char mem[32];
     const struct kv_slice *v = x->argv;
 
+    if (x->argc > 3)
+        return wrong_args(x->res, &x->argv[0]);
     if (x->argc == 3 && arg_is(&v[1], "GET")) {
         static const char *const known[][2] = {
             {"save", ""}, {"appendonly", "no"}, {"databases", "1"}, {"maxmemory", NULL},
@@ -488,11 +699,37 @@ static int cmd_config(struct cmdctx *x)
     return reply_err(x->res, "-ERR CONFIG: only CONFIG GET is supported");
 }
 
+static size_t resp_cmd_count(void);
+
 static int cmd_command(struct cmdctx *x)
 {
-    if (x->argc >= 2 && arg_is(&x->argv[1], "COUNT"))
-        return reply_str(x->res, ":0\r\n");
-    return reply_str(x->res, "*0\r\n"); /* no command table: clients fall back */
+    struct out o = {0};
+
+    if (x->argc >= 2 && arg_is(&x->argv[1], "COUNT")) {
+        out_line_int(&o, ':', (int64_t)resp_cmd_count());
+        return out_reply(&o, x->res);
+    }
+    return reply_str(x->res, "*0\r\n"); /* no COMMAND INFO/DOCS yet: clients fall back */
+}
+
+static int cmd_client_list(struct cmdctx *x);
+
+static int cmd_client(struct cmdctx *x)
+{
+    if (x->argc == 2 && arg_is(&x->argv[1], "LIST"))
+        return cmd_client_list(x);
+    if (x->argc >= 2 && arg_is(&x->argv[1], "GETNAME"))
+        return reply_str(x->res, "$-1\r\n");
+    if (x->argc >= 2 && arg_is(&x->argv[1], "ID"))
+        return reply_str(x->res, ":1\r\n");
+    return reply_str(x->res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
+}
+
+static int cmd_hello(struct cmdctx *x)
+{
+    if (x->argc >= 2 && !(x->argv[1].len == 1 && x->argv[1].p[0] == '2'))
+        return reply_err(x->res, "-NOPROTO unsupported protocol version");
+    return reply_err(x->res, "-ERR unknown command 'HELLO': use RESP2 without HELLO");
 }
 
 /* CLIENT LIST: one line per open connection, from the IO registry (unix
@@ -533,169 +770,560 @@ static int unknown_command(struct cmdctx *x)
     return reply_err(x->res, "-ERR unknown command '%s', with args beginning with: %s", name, args);
 }
 
+static int cmd_function(struct cmdctx *x)
+{
+    if (arg_is(&x->argv[1], "FLUSH"))
+        return reply_str(x->res, "+OK\r\n"); /* there are no functions to flush */
+    return unknown_command(x);
+}
+
+/* ---- the string family (opcode STR, kv.proto StrRequest) ------------------------- */
+enum { STR_APPEND, STR_STRLEN, STR_GETRANGE, STR_SETRANGE, STR_GETBIT, STR_SETBIT, STR_BITCOUNT,
+       STR_BITPOS, STR_INCRBYFLOAT, STR_GETDEL, STR_GETEX, STR_LCS };
+#define SF_RANGE 0x1u
+#define SF_BIT 0x2u
+#define SF_HAS_END 0x4u
+#define SF_PERSIST 0x8u
+#define SF_LCS_LEN 0x10u
+#define SF_LCS_IDX 0x20u
+#define SF_LCS_WITHMATCHLEN 0x40u
+
+struct str_args {
+    const struct kv_slice *value; /* may be NULL */
+    int64_t start, end, end2;
+    uint32_t flags;
+    uint64_t ttl_ms;
+};
+
+static int str_call_as(struct cmdctx *x, uint64_t op, const struct str_args *a,
+                       enum reply_style style)
+{
+    struct out o = {0};
+    uint8_t b[16];
+
+    out_init_room(&o, x->call, x->argv[1].len + (a->value ? a->value->len : 0) + 16 + 6 * 11);
+    body_uint(&o, 1, op);
+    body_bytes(&o, 2, &x->argv[1]);
+    if (a->value)
+        body_bytes(&o, 3, a->value);
+    body_uint(&o, 4, pb_zigzag_encode(a->start));
+    body_uint(&o, 5, pb_zigzag_encode(a->end));
+    body_uint(&o, 6, a->flags);
+    body_uint(&o, 7, a->ttl_ms);
+    if (a->end2)
+        out_bytes(&o, b, pb_put_uint_field(b, 8, pb_zigzag_encode(a->end2)));
+    return dispatch(&o, x->call, x->res, OP_STR, style);
+}
+
+static int str_call(struct cmdctx *x, uint64_t op, const struct str_args *a)
+{
+    return str_call_as(x, op, a, x->cmd->style);
+}
+
+/* The wall clock in ms, for EXAT / PXAT and EXPIRETIME. */
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Redis's getExpireMillisecondsOrReply: the time argument a of unit_ms (1000
+ * or 1), absolute (EXAT / PXAT) or not, as a ttl in ms from now (>= 1: a
+ * time already past expires at once). Returns NULL, or the error to answer. */
+static const char *expire_arg(const struct kv_slice *a, int64_t unit_ms, int absolute,
+                              long long *ttl)
+{
+    long long n;
+
+    if (arg_int(a, &n) != 0)
+        return "-ERR value is not an integer or out of range";
+    if (n <= 0 || n > INT64_MAX / unit_ms)
+        return "invalid";
+    n *= unit_ms;
+    if (!absolute && n > INT64_MAX - now_ms()) /* Redis: when > LLONG_MAX - basetime */
+        return "invalid";
+    if (absolute) {
+        n -= now_ms();
+        if (n < 1)
+            n = 1;
+    }
+    *ttl = n < INT64_MAX / 4 ? n : INT64_MAX / 4; /* the store's arithmetic stays in range */
+    return NULL;
+}
+
+static int expire_err(struct cmdctx *x, const char *err)
+{
+    char name[32];
+    size_t n = x->argv[0].len < sizeof(name) - 1 ? x->argv[0].len : sizeof(name) - 1;
+
+    if (err[0] == '-')
+        return reply_err(x->res, "%s", err);
+    for (size_t i = 0; i < n; i++)
+        name[i] = (char)tolower(x->argv[0].p[i]);
+    name[n] = '\0';
+    return reply_err(x->res, "-ERR invalid expire time in '%s' command", name);
+}
+
+/* SET's options (Redis's parseExtendedStringArgumentsOrReply); getex: the
+ * GETEX form (PERSIST; no NX, XX, GET, KEEPTTL). */
+struct set_opts {
+    int nx, xx, get, keepttl, persist;
+    int64_t unit;        /* 0: no expiry given */
+    int absolute;
+    const struct kv_slice *when;
+};
+
+static int set_opts_parse(const struct kv_slice *v, size_t from, size_t argc, int getex,
+                          struct set_opts *s)
+{
+    for (size_t i = from; i < argc; i++) {
+        const struct kv_slice *a = &v[i];
+        int has_next = i + 1 < argc;
+
+        if (!getex && arg_is(a, "NX") && !s->xx)
+            s->nx = 1;
+        else if (!getex && arg_is(a, "XX") && !s->nx)
+            s->xx = 1;
+        else if (!getex && arg_is(a, "GET"))
+            s->get = 1;
+        else if (!getex && arg_is(a, "KEEPTTL") && !s->unit)
+            s->keepttl = 1;
+        else if (getex && arg_is(a, "PERSIST") && !s->unit)
+            s->persist = 1;
+        else if (has_next && !s->keepttl && !s->persist &&
+                 ((arg_is(a, "EX") && (!s->unit || (s->unit == 1000 && !s->absolute))) ||
+                  (arg_is(a, "PX") && (!s->unit || (s->unit == 1 && !s->absolute))) ||
+                  (arg_is(a, "EXAT") && (!s->unit || (s->unit == 1000 && s->absolute))) ||
+                  (arg_is(a, "PXAT") && (!s->unit || (s->unit == 1 && s->absolute))))) {
+            s->unit = (a->p[0] | 0x20) == 'e' ? 1000 : 1;
+            s->absolute = a->len == 4;
+            s->when = &v[++i];
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int cmd_set(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    struct set_opts s = {0};
+    struct out o = {0};
+    long long ttl = 0;
+    const char *err;
+
+    if (set_opts_parse(v, 3, x->argc, 0, &s) != 0)
+        return reply_err(x->res, "-ERR syntax error");
+    if (s.unit && (err = expire_arg(s.when, s.unit, s.absolute, &ttl)) != NULL)
+        return expire_err(x, err);
+    /* two fields (tag + length <= 6 bytes each here) and five varints */
+    out_init_room(&o, x->call, v[1].len + v[2].len + 12 + 5 * 11);
+    body_bytes(&o, 1, &v[1]);
+    body_bytes(&o, 2, &v[2]);
+    body_uint(&o, 3, (uint64_t)ttl);
+    body_uint(&o, 4, s.nx);
+    body_uint(&o, 5, s.xx);
+    body_uint(&o, 8, s.get);
+    body_uint(&o, 9, s.keepttl);
+    return dispatch(&o, x->call, x->res, OP_SET, s.get ? RS_SET_GET : RS_SET);
+}
+
+/* GETSET, SETNX (aux 1: answers :1/:0), SETEX / PSETEX (aux: the unit). */
+static int cmd_set_simple(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    const struct kv_slice *key = &v[1], *val = &v[x->argc - 1];
+    struct out o = {0};
+    long long ttl = 0;
+    const char *err;
+
+    if (x->cmd->aux > 0 && (err = expire_arg(&v[2], x->cmd->aux, 0, &ttl)) != NULL)
+        return expire_err(x, err);
+    out_init_room(&o, x->call, key->len + val->len + 12 + 3 * 11);
+    body_bytes(&o, 1, key);
+    body_bytes(&o, 2, val);
+    body_uint(&o, 3, (uint64_t)ttl);
+    body_uint(&o, 4, x->cmd->style == RS_SETNX);
+    body_uint(&o, 8, x->cmd->style == RS_SET_GET);
+    return send_call(x, &o, OP_SET);
+}
+
+static int cmd_msetnx(struct cmdctx *x)
+{
+    struct out o = {0};
+    uint8_t tag[16];
+
+    if (x->argc % 2 == 0)
+        return wrong_args(x->res, &x->argv[0]);
+    for (size_t i = 1; i + 1 < x->argc; i += 2) {
+        const struct kv_slice *k = &x->argv[i], *v = &x->argv[i + 1];
+        size_t inner = 1 + pb_varint_len(k->len) + k->len + 1 + pb_varint_len(v->len) + v->len;
+
+        out_bytes(&o, tag, pb_put_len_prefix(tag, 1, inner));
+        body_bytes(&o, 1, k);
+        body_bytes(&o, 2, v);
+    }
+    body_uint(&o, 3, x->cmd->aux);
+    return send_call(x, &o, OP_MSET);
+}
+
+/* APPEND, STRLEN, GETDEL, INCRBYFLOAT: aux is the op; the value (if any) is argv[2]. */
+static int cmd_str_plain(struct cmdctx *x)
+{
+    struct str_args a = {.value = x->argc > 2 ? &x->argv[2] : NULL};
+
+    return str_call(x, (uint64_t)x->cmd->aux, &a);
+}
+
+static int cmd_getrange(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long s, e;
+
+    if (arg_int(&x->argv[2], &s) != 0 || arg_int(&x->argv[3], &e) != 0)
+        return not_integer(x->res);
+    a.start = s;
+    a.end = e;
+    return str_call(x, STR_GETRANGE, &a);
+}
+
+static int cmd_setrange(struct cmdctx *x)
+{
+    struct str_args a = {.value = &x->argv[3]};
+    long long off;
+
+    if (arg_int(&x->argv[2], &off) != 0)
+        return not_integer(x->res);
+    if (off < 0)
+        return reply_err(x->res, "-ERR offset is out of range");
+    a.start = off;
+    return str_call(x, STR_SETRANGE, &a);
+}
+
+/* Redis's getBitOffsetFromArgument: 0 .. 512 MiB * 8 - 1. */
+static int bit_offset(const struct kv_slice *s, long long *off)
+{
+    return arg_int(s, off) != 0 || *off < 0 || ((unsigned long long)*off >> 3) >= (512u << 20)
+               ? -1
+               : 0;
+}
+
+static int cmd_getbit(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long off;
+
+    if (bit_offset(&x->argv[2], &off) != 0)
+        return reply_err(x->res, "-ERR bit offset is not an integer or out of range");
+    a.start = off;
+    return str_call(x, STR_GETBIT, &a);
+}
+
+static int cmd_setbit(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long off, bit;
+
+    if (bit_offset(&x->argv[2], &off) != 0)
+        return reply_err(x->res, "-ERR bit offset is not an integer or out of range");
+    if (arg_int(&x->argv[3], &bit) != 0 || (bit & ~1LL))
+        return reply_err(x->res, "-ERR bit is not an integer or out of range");
+    a.start = off;
+    a.end = bit;
+    return str_call(x, STR_SETBIT, &a);
+}
+
+/* BITCOUNT key [start end [BYTE|BIT]] */
+static int cmd_bitcount(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long s, e;
+
+    if (x->argc == 3 || x->argc > 5)
+        return reply_err(x->res, "-ERR syntax error");
+    if (x->argc >= 4) {
+        if (arg_int(&x->argv[2], &s) != 0 || arg_int(&x->argv[3], &e) != 0)
+            return not_integer(x->res);
+        a.start = s;
+        a.end = e;
+        a.flags |= SF_RANGE;
+    }
+    if (x->argc == 5) {
+        if (arg_is(&x->argv[4], "BIT"))
+            a.flags |= SF_BIT;
+        else if (!arg_is(&x->argv[4], "BYTE"))
+            return reply_err(x->res, "-ERR syntax error");
+    }
+    return str_call(x, STR_BITCOUNT, &a);
+}
+
+/* BITPOS key bit [start [end [BYTE|BIT]]] */
+static int cmd_bitpos(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    long long bit, s, e;
+
+    if (arg_int(&x->argv[2], &bit) != 0)
+        return not_integer(x->res);
+    if (bit != 0 && bit != 1)
+        return reply_err(x->res, "-ERR The bit argument must be 1 or 0.");
+    if (x->argc > 6)
+        return reply_err(x->res, "-ERR syntax error");
+    a.end = bit;
+    if (x->argc >= 4) {
+        if (arg_int(&x->argv[3], &s) != 0)
+            return not_integer(x->res);
+        a.start = s;
+        a.flags |= SF_RANGE;
+    }
+    if (x->argc >= 5) {
+        if (arg_int(&x->argv[4], &e) != 0)
+            return not_integer(x->res);
+        a.end2 = e;
+        a.flags |= SF_HAS_END;
+    }
+    if (x->argc == 6) {
+        if (arg_is(&x->argv[5], "BIT"))
+            a.flags |= SF_BIT;
+        else if (!arg_is(&x->argv[5], "BYTE"))
+            return reply_err(x->res, "-ERR syntax error");
+    }
+    return str_call(x, STR_BITPOS, &a);
+}
+
+static int cmd_getex(struct cmdctx *x)
+{
+    struct str_args a = {0};
+    struct set_opts s = {0};
+    long long ttl = 0;
+    const char *err;
+
+    if (set_opts_parse(x->argv, 2, x->argc, 1, &s) != 0)
+        return reply_err(x->res, "-ERR syntax error");
+    if (s.unit && (err = expire_arg(s.when, s.unit, s.absolute, &ttl)) != NULL)
+        return expire_err(x, err);
+    a.ttl_ms = (uint64_t)ttl;
+    a.flags = s.persist ? SF_PERSIST : 0;
+    return str_call(x, STR_GETEX, &a);
+}
+
+/* LCS key1 key2 [LEN] [IDX] [MINMATCHLEN len] [WITHMATCHLEN] */
+static int cmd_lcs(struct cmdctx *x)
+{
+    struct str_args a = {.value = &x->argv[2]};
+    long long n;
+
+    for (size_t i = 3; i < x->argc; i++) {
+        if (arg_is(&x->argv[i], "IDX"))
+            a.flags |= SF_LCS_IDX;
+        else if (arg_is(&x->argv[i], "LEN"))
+            a.flags |= SF_LCS_LEN;
+        else if (arg_is(&x->argv[i], "WITHMATCHLEN"))
+            a.flags |= SF_LCS_WITHMATCHLEN;
+        else if (arg_is(&x->argv[i], "MINMATCHLEN") && i + 1 < x->argc) {
+            if (arg_int(&x->argv[++i], &n) != 0)
+                return not_integer(x->res);
+            a.start = n < 0 ? 0 : n;
+        } else {
+            return reply_err(x->res, "-ERR syntax error");
+        }
+    }
+    if ((a.flags & SF_LCS_LEN) && (a.flags & SF_LCS_IDX))
+        return reply_err(x->res,
+                         "-ERR If you want both the length and indexes, please just use IDX.");
+    return str_call_as(x, STR_LCS, &a,
+                       (a.flags & SF_LCS_IDX)   ? RS_LCS_IDX
+                       : (a.flags & SF_LCS_LEN) ? RS_STR_INT
+                                                : RS_STR_STRING);
+}
+
+/* SAVE, BGSAVE [SCHEDULE]: an RDB file at --rdb-file (src/server/rdb.c). */
+static int cmd_save(struct cmdctx *x)
+{
+    char why[512];
+    int bg = arg_is(&x->argv[0], "BGSAVE"), rc;
+
+    if (x->argc > (size_t)(bg ? 2 : 1)) /* BGSAVE SCHEDULE: accepted, run now */
+        return wrong_args(x->res, &x->argv[0]);
+    rc = kv_server_save(x->srv, bg, why, sizeof(why));
+    if (rc == KV_EAGAIN)
+        return reply_err(x->res, "-ERR Background save already in progress");
+    if (rc != 0)
+        return reply_err(x->res, "-ERR %s", why);
+    return reply_str(x->res, bg ? "+Background saving started\r\n" : "+OK\r\n");
+}
+
+static int cmd_lastsave(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    out_line_int(&o, ':', kv_server_last_save(x->srv, NULL, NULL));
+    return out_reply(&o, x->res);
+}
+
+#define W CMD_WRITE
+#define R CMD_READONLY
+#define F CMD_FAST
+#define L CMD_LOCAL
+static const struct resp_cmd resp_cmds[] = {
+    /* name        arity flags            fn            reply style     aux */
+    {"GET",           2, R | F,           cmd_keys,     RS_BULK,        OP_GET},
+    {"SET",          -3, W,               cmd_set,      RS_SET,         0},
+    {"GETSET",        3, W | F,           cmd_set_simple, RS_SET_GET,   0},
+    {"SETNX",         3, W | F,           cmd_set_simple, RS_SETNX,     0},
+    {"SETEX",         4, W,               cmd_set_simple, RS_SET,       1000},
+    {"PSETEX",        4, W,               cmd_set_simple, RS_SET,       1},
+    {"MSETNX",       -3, W,               cmd_msetnx,   RS_SETNX,       1},
+    {"APPEND",        3, W | F,           cmd_str_plain, RS_STR_INT,    STR_APPEND},
+    {"STRLEN",        2, R | F,           cmd_str_plain, RS_STR_INT,    STR_STRLEN},
+    {"GETRANGE",      4, R,               cmd_getrange, RS_STR_STRING,  0},
+    {"SUBSTR",        4, R,               cmd_getrange, RS_STR_STRING,  0},
+    {"SETRANGE",      4, W,               cmd_setrange, RS_STR_INT,     0},
+    {"GETBIT",        3, R | F,           cmd_getbit,   RS_STR_INT,     0},
+    {"SETBIT",        4, W,               cmd_setbit,   RS_STR_INT,     0},
+    {"BITCOUNT",     -2, R,               cmd_bitcount, RS_STR_INT,     0},
+    {"BITPOS",       -3, R,               cmd_bitpos,   RS_STR_INT,     0},
+    {"INCRBYFLOAT",   3, W | F,           cmd_str_plain, RS_STR_STRING, STR_INCRBYFLOAT},
+    {"GETDEL",        2, W | F,           cmd_str_plain, RS_STR_BULK,   STR_GETDEL},
+    {"GETEX",        -2, W | F,           cmd_getex,    RS_STR_BULK,    0},
+    {"LCS",          -3, R,               cmd_lcs,      RS_STR_STRING,  0},
+    {"DEL",          -2, W,               cmd_keys,     RS_INT_FIELD1,  OP_DEL},
+    {"UNLINK",       -2, W | F,           cmd_keys,     RS_INT_FIELD1,  OP_DEL},
+    {"EXISTS",       -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
+    {"INCR",          2, W | F,           cmd_incr,     RS_INT_INCR,    1},
+    {"DECR",          2, W | F,           cmd_incr,     RS_INT_INCR,    -1},
+    {"INCRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    1},
+    {"DECRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    -1},
+    {"MGET",         -2, R | F,           cmd_keys,     RS_MGET,        OP_MGET},
+    {"MSET",         -3, W,               cmd_msetnx,   RS_OK,          0},
+    {"EXPIRE",       -3, W | F,           cmd_expire,   RS_EXPIRE,      1000},
+    {"PEXPIRE",      -3, W | F,           cmd_expire,   RS_EXPIRE,      1},
+    {"EXPIREAT",     -3, W | F,           cmd_expire,   RS_EXPIRE,      -1000},
+    {"PEXPIREAT",    -3, W | F,           cmd_expire,   RS_EXPIRE,      -1},
+    {"EXPIRETIME",    2, R | F,           cmd_ttl,      RS_EXPIRETIME_S, 0},
+    {"PEXPIRETIME",   2, R | F,           cmd_ttl,      RS_EXPIRETIME_MS, 0},
+    {"PERSIST",       2, W | F,           cmd_persist,  RS_PERSIST,     0},
+    {"TTL",           2, R | F,           cmd_ttl,      RS_TTL_S,       0},
+    {"PTTL",          2, R | F,           cmd_ttl,      RS_TTL_MS,      0},
+    {"SCAN",         -2, R,               cmd_scan,     RS_SCAN,        0},
+    {"KEYS",          2, R,               cmd_keys_glob, RS_KEYS,       0},
+    {"RANDOMKEY",     1, R,               cmd_randomkey, RS_RANDOMKEY,  0},
+    {"TYPE",          2, R | F,           cmd_keys,     RS_TYPE,        OP_EXISTS},
+    {"TOUCH",        -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
+    {"TIME",          1, F | L,           cmd_time,     RS_NONE,        0},
+    {"MEMORY",       -2, R,               cmd_memory,   RS_MEMORY_USAGE, 0},
+    {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
+    {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      OP_STATS},
+    {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        OP_STATS},
+    {"FLUSHDB",      -1, W,               cmd_nobody,   RS_OK,          OP_FLUSH},
+    {"FLUSHALL",     -1, W,               cmd_nobody,   RS_OK,          OP_FLUSH},
+    {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
+    {"QUIT",         -1, F | CMD_NOAUTH | L, cmd_quit,  RS_NONE,        0},
+    {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
+    {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
+    {"SELECT",        2, F | L,           cmd_select,   RS_NONE,        0},
+    {"COMMAND",      -1, L,               cmd_command,  RS_NONE,        0},
+    {"CONFIG",       -2, CMD_ADMIN | L,   cmd_config,   RS_NONE,        0},
+    {"CLIENT",       -2, L,               cmd_client,   RS_NONE,        0},
+    {"FUNCTION",     -2, L,               cmd_function, RS_NONE,        0},
+    {"SAVE",          1, CMD_ADMIN | L,   cmd_save,     RS_NONE,        0},
+    {"BGSAVE",       -1, CMD_ADMIN | L,   cmd_save,     RS_NONE,        0},
+    {"LASTSAVE",      1, F | L,           cmd_lastsave, RS_NONE,        0},
+};
+#undef W
+#undef R
+#undef F
+#undef L
+#define RESP_NCMDS (sizeof(resp_cmds) / sizeof(resp_cmds[0]))
+
+static size_t resp_cmd_count(void)
+{
+    return RESP_NCMDS;
+}
+
+/* ---- the name index ------------------------------------------------------------ */
+/* Open addressing over a hash of the case-folded name, built once: finding
+ * a row costs one hash of the name and one comparison, whatever the table's
+ * size (the if-chain it replaces compared names one by one). */
+#define RESP_INDEX 256 /* a power of two, > 2 x the rows */
+static uint8_t resp_index[RESP_INDEX]; /* row + 1; 0 = empty */
+static uint8_t resp_name_len[RESP_NCMDS]; /* strlen of each row's name */
+static pthread_once_t resp_index_once = PTHREAD_ONCE_INIT;
+
+/* The length and three letters, case-folded: enough to spread the rows (a
+ * clash costs one more probe) and cheaper than hashing every byte. */
+static inline uint32_t name_hash(const uint8_t *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    return (uint32_t)n * 97u + ((p[0] | 0x20u) << 2) + ((p[n / 2] | 0x20u) * 7u) +
+           ((p[n - 1] | 0x20u) * 13u);
+}
+
+static void resp_index_build(void)
+{
+    _Static_assert(RESP_NCMDS < 255 && 2 * RESP_NCMDS < RESP_INDEX, "resp_index too small");
+    for (size_t i = 0; i < RESP_NCMDS; i++) {
+        const char *nm = resp_cmds[i].name;
+        uint32_t h = name_hash((const uint8_t *)nm, strlen(nm)) & (RESP_INDEX - 1);
+
+        resp_name_len[i] = (uint8_t)strlen(nm);
+        for (const char *c = nm; *c; c++) /* name_is() folds letters only */
+            assert((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z'));
+
+        while (resp_index[h])
+            h = (h + 1) & (RESP_INDEX - 1);
+        resp_index[h] = (uint8_t)(i + 1);
+    }
+}
+
+/* Case-insensitive equality of a command name against a row's name, which
+ * is letters only (checked when the index is built): for letters, byte | 0x20
+ * is exactly the lower case, and no other byte folds onto a letter. Inline,
+ * without strlen or the locale-aware strncasecmp: this runs for every
+ * command. */
+static inline int name_is(const struct kv_slice *a, const struct resp_cmd *c, size_t clen)
+{
+    if (a->len != clen)
+        return 0;
+    for (size_t i = 0; i < clen; i++)
+        if ((a->p[i] | 0x20u) != ((uint8_t)c->name[i] | 0x20u))
+            return 0;
+    return 1;
+}
+
+static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name)
+{
+    uint32_t h = name_hash(name->p, name->len) & (RESP_INDEX - 1);
+
+    for (uint8_t r; (r = resp_index[h]) != 0; h = (h + 1) & (RESP_INDEX - 1)) {
+        const struct resp_cmd *c = &resp_cmds[r - 1];
+
+        if (name_is(name, c, resp_name_len[r - 1]))
+            return c;
+    }
+    return NULL;
+}
+
 static int resp_command(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
                         struct kv_call *call, struct kv_text_result *res)
 {
-    struct cmdctx x = {ctx, s, argc, argv, call, res};
     struct kv_server *srv = ctx;
-    const struct kv_slice *cmd = &argv[0];
-    long long n;
+    struct cmdctx x = {srv, s, argc, argv, call, res, resp_cmd_find(&argv[0])};
 
-    /* commands answered before (or without) AUTH */
-    if (arg_is(cmd, "PING")) {
-        if (argc > 2)
-            return wrong_args(res, cmd);
-        if (argc == 1)
-            return reply_str(res, "+PONG\r\n");
-        struct out o = {0};
-        out_bulk(&o, argv[1].p, argv[1].len);
-        return out_reply(&o, res);
-    }
-    if (arg_is(cmd, "QUIT")) {
-        res->close = 1;
-        return reply_str(res, "+OK\r\n");
-    }
-    if (arg_is(cmd, "AUTH")) {
-        struct out o = {0};
-
-        if (argc != 2 && argc != 3)
-            return wrong_args(res, cmd);
-        if (argc == 3 && !arg_is(&argv[1], "default"))
-            return reply_err(res, "-WRONGPASS invalid username-password pair or user is disabled.");
-        body_bytes(&o, 1, &argv[argc - 1]);
-        return dispatch(&o, call, res, OP_AUTH, RS_AUTH);
-    }
-    if (srv->cfg->requirepass[0] &&
+    if (!x.cmd)
+        return unknown_command(&x);
+    if (!(x.cmd->flags & CMD_NOAUTH) && srv->cfg->requirepass[0] &&
         !(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
         return reply_str(res, "-NOAUTH Authentication required.\r\n");
-
-#define ARGS(min, max)                                                                        \
-    do {                                                                                      \
-        if (argc < (min) || argc > (max))                                                     \
-            return wrong_args(res, cmd);                                                      \
-    } while (0)
-    if (arg_is(cmd, "GET")) {
-        ARGS(2, 2);
-        return cmd_keys(&x, OP_GET, RS_BULK);
-    }
-    if (arg_is(cmd, "SET")) {
-        ARGS(3, 9);
-        return cmd_set(&x, 0);
-    }
-    if (arg_is(cmd, "GETSET")) {
-        ARGS(3, 3);
-        return cmd_set(&x, 1);
-    }
-    if (arg_is(cmd, "DEL") || arg_is(cmd, "UNLINK")) {
-        ARGS(2, SIZE_MAX);
-        return cmd_keys(&x, OP_DEL, RS_INT_FIELD1);
-    }
-    if (arg_is(cmd, "EXISTS")) {
-        ARGS(2, SIZE_MAX);
-        return argc == 2 ? cmd_keys(&x, OP_EXISTS, RS_INT_FIELD1)
-                         : cmd_keys(&x, OP_MGET, RS_COUNT_FOUND);
-    }
-    if (arg_is(cmd, "INCR") || arg_is(cmd, "DECR")) {
-        ARGS(2, 2);
-        return cmd_incr(&x, arg_is(cmd, "INCR") ? 1 : -1);
-    }
-    if (arg_is(cmd, "INCRBY") || arg_is(cmd, "DECRBY")) {
-        ARGS(3, 3);
-        if (arg_int(&argv[2], &n) != 0 || (arg_is(cmd, "DECRBY") && n == INT64_MIN))
-            return not_integer(res);
-        return cmd_incr(&x, arg_is(cmd, "INCRBY") ? n : -n);
-    }
-    if (arg_is(cmd, "MGET")) {
-        ARGS(2, SIZE_MAX);
-        return cmd_keys(&x, OP_MGET, RS_MGET);
-    }
-    if (arg_is(cmd, "MSET"))
-        return cmd_mset(&x);
-    if (arg_is(cmd, "EXPIRE") || arg_is(cmd, "PEXPIRE")) {
-        ARGS(3, 3);
-        if (arg_int(&argv[2], &n) != 0 || n > INT64_MAX / 1000 || n < INT64_MIN / 1000)
-            return not_integer(res);
-        if (arg_is(cmd, "EXPIRE"))
-            n *= 1000;
-        if (n <= 0) /* Redis deletes a key given a ttl in the past */
-            return cmd_keys(&x, OP_DEL, RS_INT_FIELD1);
-        return cmd_expire(&x, 0, n, RS_EXPIRE);
-    }
-    if (arg_is(cmd, "PERSIST")) {
-        ARGS(2, 2);
-        return cmd_expire(&x, 1, 0, RS_PERSIST);
-    }
-    if (arg_is(cmd, "TTL") || arg_is(cmd, "PTTL")) {
-        ARGS(2, 2);
-        return cmd_expire(&x, 2, 0, arg_is(cmd, "TTL") ? RS_TTL_S : RS_TTL_MS);
-    }
-    if (arg_is(cmd, "SCAN")) {
-        ARGS(2, 8);
-        return cmd_scan(&x);
-    }
-    if (arg_is(cmd, "ECHO")) {
-        ARGS(2, 2);
-        struct out o = {0};
-        out_bytes(&o, argv[1].p, argv[1].len);
-        return dispatch(&o, call, res, OP_PING, RS_ECHO);
-    }
-    if (arg_is(cmd, "DBSIZE") || arg_is(cmd, "INFO")) {
-        struct out o = {0};
-        return dispatch(&o, call, res, OP_STATS, arg_is(cmd, "DBSIZE") ? RS_DBSIZE : RS_INFO);
-    }
-    if (arg_is(cmd, "FLUSHDB") || arg_is(cmd, "FLUSHALL")) {
-        ARGS(1, 2); /* ASYNC / SYNC accepted */
-        struct out o = {0};
-        return dispatch(&o, call, res, OP_FLUSH, RS_OK);
-    }
-    if (arg_is(cmd, "SAVE") || arg_is(cmd, "BGSAVE")) {
-        char why[512];
-        int bg = arg_is(cmd, "BGSAVE"), rc;
-
-        ARGS(1, bg ? 2 : 1); /* BGSAVE SCHEDULE: accepted, run now */
-        rc = kv_server_save(srv, bg, why, sizeof(why));
-        if (rc == KV_EAGAIN)
-            return reply_err(res, "-ERR Background save already in progress");
-        if (rc != 0)
-            return reply_err(res, "-ERR %s", why);
-        return reply_str(res, bg ? "+Background saving started\r\n" : "+OK\r\n");
-    }
-    if (arg_is(cmd, "LASTSAVE")) {
-        struct out o = {0};
-
-        ARGS(1, 1);
-        out_line_int(&o, ':', kv_server_last_save(srv, NULL, NULL));
-        return out_reply(&o, res);
-    }
-    if (arg_is(cmd, "SELECT")) {
-        ARGS(2, 2);
-        if (arg_int(&argv[1], &n) != 0)
-            return not_integer(res);
-        return n == 0 ? reply_str(res, "+OK\r\n") : reply_err(res, "-ERR DB index is out of range");
-    }
-    if (arg_is(cmd, "COMMAND"))
-        return cmd_command(&x);
-    if (arg_is(cmd, "CONFIG")) {
-        ARGS(2, 3);
-        return cmd_config(&x);
-    }
-    if (arg_is(cmd, "CLIENT")) {
-        if (argc >= 2 && arg_is(&argv[1], "GETNAME"))
-            return reply_str(res, "$-1\r\n");
-        if (argc >= 2 && arg_is(&argv[1], "ID"))
-            return reply_str(res, ":1\r\n");
-        if (argc == 2 && arg_is(&argv[1], "LIST"))
-            return cmd_client_list(&x);
-        return reply_str(res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
-    }
-    if (arg_is(cmd, "HELLO")) {
-        if (argc >= 2 && !(argv[1].len == 1 && argv[1].p[0] == '2'))
-            return reply_err(res, "-NOPROTO unsupported protocol version");
-        return reply_err(res, "-ERR unknown command 'HELLO': use RESP2 without HELLO");
-    }
-#undef ARGS
-    return unknown_command(&x);
+    if (x.cmd->arity > 0 ? argc != (size_t)x.cmd->arity : argc < (size_t)-x.cmd->arity)
+        return wrong_args(res, &argv[0]);
+    return x.cmd->fn(&x);
 }
+
 
 /* ---- replies ------------------------------------------------------------------- */
 /* The error body (kv.Error{message}) of a non-OK answer, if any. */
@@ -883,148 +1511,359 @@ static void reply_info(struct out *o, const struct kv_call *call, const struct k
     kv_mem_free(KV_MOD_PACKET, t.p);
 }
 
+/* ---- reply styles ----------------------------------------------------------------- */
+/* Each style's function writes the reply of an answer its row lets through;
+ * the others get the row's literal (NOT_FOUND, EXISTS) or Redis's form of
+ * the status (reply_status_error). */
+typedef void (*reply_fn)(struct out *o, const struct kv_call *call, const struct kv_server *srv);
+
+static void rs_ok(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    OUT_LIT(o, "+OK\r\n");
+}
+
+static void rs_set_get(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    if (f.u[3])
+        out_bulk(o, f.b[2].p, f.b[2].len);
+    else
+        out_nil(o);
+}
+
+static void rs_bulk(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_bulk(o, f.b[1].p, f.b[1].len);
+}
+
+static void rs_echo(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    out_bulk(o, call->resp, call->resp_len);
+}
+
+static void rs_int_field1(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', (int64_t)f.u[1]);
+}
+
+static void rs_int_incr(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', pb_zigzag_decode(f.u[1]));
+}
+
+static void rs_count_found(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_mget(o, call, 1);
+}
+
+static void rs_mget(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_mget(o, call, 0);
+}
+
+static void rs_expire(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    OUT_LIT(o, ":1\r\n");
+}
+
+static void rs_persist(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', pb_zigzag_decode(f.u[2]) != -1);
+}
+
+static void rs_ttl(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+    int64_t v;
+
+    read_fields(call, &f);
+    v = pb_zigzag_decode(f.u[1]);
+    if (v >= 0 && call->tag == RS_TTL_S)
+        v = (v + 500) / 1000;
+    out_line_int(o, ':', v);
+}
+
+static void rs_scan(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_scan(o, call);
+}
+
+static void rs_dbsize(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    out_line_int(o, ':', stat_value(call, "keys"));
+}
+
+static void rs_info(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    reply_info(o, call, srv);
+}
+
+static void rs_auth(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    if (call->status == KV_ST_OK)
+        OUT_LIT(o, "+OK\r\n");
+    else if (call->status == KV_ST_NOAUTH)
+        OUT_LIT(o, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    else
+        reply_status_error(o, call);
+}
+
+static void rs_setnx(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    if (call->status == KV_ST_OK)
+        OUT_LIT(o, ":1\r\n");
+    else if (call->status == KV_ST_EXISTS)
+        OUT_LIT(o, ":0\r\n");
+    else
+        reply_status_error(o, call);
+}
+
+/* A StrResponse: found, value (has_value), number, matches (counted). */
+struct str_fields {
+    int found, has_value;
+    struct kv_slice value;
+    int64_t number;
+    size_t nmatches;
+};
+
+static void read_str(const struct kv_call *call, struct str_fields *s)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+
+    memset(s, 0, sizeof(*s));
+    s->value.p = (const uint8_t *)"";
+    while (pb_next(&r, &f) == 1) {
+        if (f.number == 1)
+            s->found = f.u64 != 0;
+        else if (f.number == 2 && f.wire == 2) {
+            s->value.p = f.data;
+            s->value.len = f.len;
+            s->has_value = 1;
+        } else if (f.number == 3)
+            s->number = pb_zigzag_decode(f.u64);
+        else if (f.number == 5 && f.wire == 0)
+            s->nmatches++;
+    }
+}
+
+static void rs_str_int(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct str_fields s;
+
+    read_str(call, &s);
+    out_line_int(o, ':', s.number);
+}
+
+static void rs_str_bulk(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct str_fields s;
+
+    read_str(call, &s);
+    if (s.has_value)
+        out_bulk(o, s.value.p, s.value.len);
+    else
+        out_nil(o);
+}
+
+static void rs_str_string(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct str_fields s;
+
+    read_str(call, &s);
+    out_bulk(o, s.value.p, s.value.len);
+}
+
+/* *4 "matches" [[[a_start a_end] [b_start b_end] (len)]...] "len" N */
+static void rs_lcs_idx(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    struct str_fields s;
+    int64_t m[5];
+    size_t k = 0;
+
+    read_str(call, &s);
+    OUT_LIT(o, "*4\r\n$7\r\nmatches\r\n");
+    out_line_int(o, '*', (int64_t)(s.nmatches / 5));
+    while (pb_next(&r, &f) == 1) {
+        if (f.number != 5 || f.wire != 0)
+            continue;
+        m[k++] = pb_zigzag_decode(f.u64);
+        if (k < 5)
+            continue;
+        k = 0;
+        out_line_int(o, '*', m[4] >= 0 ? 3 : 2);
+        OUT_LIT(o, "*2\r\n");
+        out_line_int(o, ':', m[0]);
+        out_line_int(o, ':', m[1]);
+        OUT_LIT(o, "*2\r\n");
+        out_line_int(o, ':', m[2]);
+        out_line_int(o, ':', m[3]);
+        if (m[4] >= 0)
+            out_line_int(o, ':', m[4]);
+    }
+    OUT_LIT(o, "$3\r\nlen\r\n");
+    out_line_int(o, ':', s.number);
+}
+
+static void rs_keys(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+    size_t n = 0;
+
+    while (pb_next(&r, &f) == 1)
+        n += f.number == 2 && f.wire == 2;
+    out_line_int(o, '*', (int64_t)n);
+    r.p = call->resp;
+    while (pb_next(&r, &f) == 1)
+        if (f.number == 2 && f.wire == 2)
+            out_bulk(o, f.data, f.len);
+}
+
+static void rs_memory_usage(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', (int64_t)(f.b[1].len + 64)); /* header and a typical key */
+}
+
+static void rs_randomkey(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_field f;
+
+    while (pb_next(&r, &f) == 1)
+        if (f.number == 2 && f.wire == 2) {
+            out_bulk(o, f.data, f.len);
+            return;
+        }
+    out_nil(o);
+}
+
+static void rs_type(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    if (f.u[1])
+        OUT_LIT(o, "+string\r\n");
+    else
+        OUT_LIT(o, "+none\r\n");
+}
+
+static void rs_expiretime(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+    int64_t v;
+
+    read_fields(call, &f);
+    v = pb_zigzag_decode(f.u[1]);
+    if (v >= 0) {
+        v += now_ms();
+        if (call->tag == RS_EXPIRETIME_S)
+            v /= 1000;
+    }
+    out_line_int(o, ':', v);
+}
+
+#define RF_ANY 0x1u   /* fn answers every status itself */
+#define RF_BIG 0x2u   /* the reply is about the answer's size (a value) */
+#define RF_LIST 0x4u  /* the reply is about 1.5 x the answer (many entries) */
+#define RF_REFUSED 0x8u /* fn also answers a write its condition refused (EXISTS, NOT_FOUND) */
+#define RF_REDIS_ERR 0x10u /* BAD_REQUEST carries Redis's error text: answered verbatim */
+static const struct {
+    reply_fn fn;
+    const char *missing; /* the reply to NOT_FOUND; NULL: an error */
+    const char *exists;  /* the reply to EXISTS; NULL: an error */
+    uint32_t flags;
+} reply_styles[RS__COUNT] = {
+    [RS_OK] = {rs_ok, NULL, NULL, 0},
+    [RS_SET] = {rs_ok, "$-1\r\n", "$-1\r\n", 0},
+    [RS_SET_GET] = {rs_set_get, NULL, NULL, RF_BIG | RF_REFUSED},
+    [RS_BULK] = {rs_bulk, "$-1\r\n", NULL, RF_BIG},
+    [RS_ECHO] = {rs_echo, NULL, NULL, RF_BIG},
+    [RS_INT_FIELD1] = {rs_int_field1, NULL, NULL, 0},
+    [RS_INT_INCR] = {rs_int_incr, NULL, NULL, 0},
+    [RS_COUNT_FOUND] = {rs_count_found, NULL, NULL, 0},
+    [RS_MGET] = {rs_mget, NULL, NULL, RF_LIST},
+    [RS_EXPIRE] = {rs_expire, ":0\r\n", ":0\r\n", 0}, /* EXISTS: a condition refused */
+    [RS_TTL_S] = {rs_ttl, ":-2\r\n", NULL, 0},
+    [RS_TTL_MS] = {rs_ttl, ":-2\r\n", NULL, 0},
+    [RS_PERSIST] = {rs_persist, ":0\r\n", NULL, 0},
+    [RS_SCAN] = {rs_scan, NULL, NULL, RF_LIST},
+    [RS_DBSIZE] = {rs_dbsize, NULL, NULL, 0},
+    [RS_INFO] = {rs_info, NULL, NULL, 0},
+    [RS_AUTH] = {rs_auth, NULL, NULL, RF_ANY},
+    [RS_SETNX] = {rs_setnx, NULL, NULL, RF_ANY},
+    [RS_STR_INT] = {rs_str_int, NULL, NULL, RF_REDIS_ERR},
+    [RS_STR_BULK] = {rs_str_bulk, NULL, NULL, RF_BIG | RF_REDIS_ERR},
+    [RS_STR_STRING] = {rs_str_string, NULL, NULL, RF_BIG | RF_REDIS_ERR},
+    [RS_LCS_IDX] = {rs_lcs_idx, NULL, NULL, RF_LIST | RF_REDIS_ERR},
+    [RS_KEYS] = {rs_keys, NULL, NULL, RF_LIST},
+    [RS_RANDOMKEY] = {rs_randomkey, NULL, NULL, RF_BIG},
+    [RS_MEMORY_USAGE] = {rs_memory_usage, "$-1\r\n", NULL, 0},
+    [RS_TYPE] = {rs_type, NULL, NULL, 0},
+    [RS_EXPIRETIME_S] = {rs_expiretime, ":-2\r\n", NULL, 0},
+    [RS_EXPIRETIME_MS] = {rs_expiretime, ":-2\r\n", NULL, 0},
+};
+
 static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
                       uint8_t **outp, size_t *lenp)
 {
-    struct kv_server *srv = ctx;
+    const struct kv_server *srv = ctx;
     struct out o = {0};
-    struct fields f;
-    int ok = call->status == KV_ST_OK;
-    int64_t v;
+    uint32_t style = call->tag;
+    size_t est = 32;
 
-    /* an answer's RESP form is at most its protobuf form plus a few bytes
-     * per entry (misses: 5 for 2): written straight into the connection's
-     * output when that room holds the estimate (a longer reply still moves
-     * to the heap, see out_grow), else one allocation of the estimate */
-    size_t est;
-    switch ((enum reply_style)call->tag) {
-    case RS_MGET:
-    case RS_SCAN: est = call->resp_len + call->resp_len / 2 + 32; break;
-    case RS_BULK:
-    case RS_ECHO:
-    case RS_SET_GET: est = call->resp_len + 32; break;
-    default: est = 32; break;
-    }
-    out_start(&o, room, room_cap, est);
-    switch ((enum reply_style)call->tag) {
-    case RS_OK:
-        if (ok)
-            OUT_LIT(&o, "+OK\r\n");
+    if (style >= RS__COUNT || !reply_styles[style].fn) {
+        out_start(&o, room, room_cap, est);
+        OUT_LIT(&o, "-ERR internal error: unknown reply style\r\n");
+    } else {
+        /* an answer's RESP form is at most its protobuf form plus a few
+         * bytes per entry (misses: 5 for 2): written straight into the
+         * connection's output when that room holds the estimate (a longer
+         * reply still moves to the heap, see out_grow), else one
+         * allocation of the estimate */
+        if (reply_styles[style].flags & RF_LIST)
+            est = call->resp_len + call->resp_len / 2 + 32;
+        else if (reply_styles[style].flags & RF_BIG)
+            est = call->resp_len + 32;
+        out_start(&o, room, room_cap, est);
+        if (call->status == KV_ST_OK || (reply_styles[style].flags & RF_ANY))
+            reply_styles[style].fn(&o, call, srv);
+        else if (call->status == KV_ST_NOT_FOUND && reply_styles[style].missing)
+            out_bytes(&o, reply_styles[style].missing, strlen(reply_styles[style].missing));
+        else if (call->status == KV_ST_EXISTS && reply_styles[style].exists)
+            out_bytes(&o, reply_styles[style].exists, strlen(reply_styles[style].exists));
+        else if ((reply_styles[style].flags & RF_REDIS_ERR) && call->status == KV_ST_BAD_REQUEST) {
+            struct kv_slice m = error_message(call);
+
+            int verbatim = m.len > 4 && memcmp(m.p, "ERR ", 4) == 0;
+
+            out_fmt(&o, "-%s%.*s\r\n", verbatim ? "" : "ERR ", (int)(m.len < 400 ? m.len : 400),
+                    (const char *)m.p);
+        } else if ((reply_styles[style].flags & RF_REFUSED) &&
+                 (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND))
+            reply_styles[style].fn(&o, call, srv);
         else
             reply_status_error(&o, call);
-        break;
-    case RS_SET:
-        if (ok)
-            OUT_LIT(&o, "+OK\r\n");
-        else if (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND)
-            out_nil(&o);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_SET_GET:
-        if (ok || call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND) {
-            read_fields(call, &f);
-            if (f.u[3])
-                out_bulk(&o, f.b[2].p, f.b[2].len);
-            else
-                out_nil(&o);
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_BULK:
-        if (ok) {
-            read_fields(call, &f);
-            out_bulk(&o, f.b[1].p, f.b[1].len);
-        } else if (call->status == KV_ST_NOT_FOUND) {
-            out_nil(&o);
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_ECHO:
-        if (ok)
-            out_bulk(&o, call->resp, call->resp_len);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_INT_FIELD1:
-        if (ok) {
-            read_fields(call, &f);
-            out_line_int(&o, ':', (int64_t)f.u[1]);
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_INT_INCR:
-        if (ok) {
-            read_fields(call, &f);
-            out_line_int(&o, ':', pb_zigzag_decode(f.u[1]));
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_COUNT_FOUND:
-    case RS_MGET:
-        if (ok)
-            reply_mget(&o, call, call->tag == RS_COUNT_FOUND);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_EXPIRE:
-    case RS_PERSIST:
-        if (ok) {
-            read_fields(call, &f);
-            out_line_int(&o, ':', call->tag == RS_EXPIRE ? 1 : pb_zigzag_decode(f.u[2]) != -1);
-        } else if (call->status == KV_ST_NOT_FOUND) {
-            OUT_LIT(&o, ":0\r\n");
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_TTL_S:
-    case RS_TTL_MS:
-        if (ok) {
-            read_fields(call, &f);
-            v = pb_zigzag_decode(f.u[1]);
-            if (v >= 0 && call->tag == RS_TTL_S)
-                v = (v + 500) / 1000;
-            out_line_int(&o, ':', v);
-        } else if (call->status == KV_ST_NOT_FOUND) {
-            OUT_LIT(&o, ":-2\r\n");
-        } else {
-            reply_status_error(&o, call);
-        }
-        break;
-    case RS_SCAN:
-        if (ok)
-            reply_scan(&o, call);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_DBSIZE:
-        if (ok)
-            out_fmt(&o, ":%lld\r\n", (long long)stat_value(call, "keys"));
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_INFO:
-        if (ok)
-            reply_info(&o, call, srv);
-        else
-            reply_status_error(&o, call);
-        break;
-    case RS_AUTH:
-        if (ok)
-            OUT_LIT(&o, "+OK\r\n");
-        else if (call->status == KV_ST_NOAUTH)
-            out_fmt(&o, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
-        else
-            reply_status_error(&o, call);
-        break;
-    default:
-        out_fmt(&o, "-ERR internal error: unknown reply style\r\n");
-        break;
     }
     if (o.failed) {
         out_release(&o);
@@ -1037,6 +1876,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
 
 void kv_server_resp_adapter(struct kv_server *srv, struct kv_io_textproto *out)
 {
+    pthread_once(&resp_index_once, resp_index_build);
     out->command = resp_command;
     out->reply = resp_reply;
     out->ctx = srv;
