@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The one build entry point of libevkv.
-#   ./autobuild.sh            incremental debug build
-#   ./autobuild.sh release    clean optimised build, no debug info
-#   ./autobuild.sh unittest   clean debug build, then every test suite; non-zero if any fails
-#   ./autobuild.sh asan       clean build with ASan+UBSan, then every test suite
-#   ./autobuild.sh coverage   clean gcov build, suites, lcov HTML in build/coverage/
+#   ./autobuild.sh            incremental debug build (programs in bin/)
+#   ./autobuild.sh release    clean optimised build, no debug info (programs in bin/)
+#   ./autobuild.sh unittest   clean debug build in build-test/ (programs in build-test/bin/),
+#                             then every test suite; non-zero if any fails
+#   ./autobuild.sh asan       clean build with ASan+UBSan in build-asan/, then every test suite
+#   ./autobuild.sh coverage   clean gcov build in build-cov/, suites, lcov HTML in build/coverage/
+# Only debug and release write bin/: the test builds never replace the programs
+# README tells users to run.
 #   ./autobuild.sh fuzz [SECS] libFuzzer harnesses with ASan+UBSan in build-fuzz/: every
 #                             regression input, then SECS (default 60) split among them
 set -euo pipefail
@@ -42,11 +45,11 @@ build() { # build DIR TYPE [cmake args...]
     cmake -S "$top" -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
     cmake --build "$dir" -j "$jobs" -- --no-print-directory
 }
-clean() { rm -rf "$1" "$top/bin"; }
+clean() { rm -rf "$1"; }
 
-run_tests() { # every bin/test_* runner; fails if any fails
+run_tests() { # run_tests BINDIR: every test_* runner there; fails if any fails
     local failed=0 t
-    for t in "$top"/bin/test_*; do
+    for t in "$1"/test_*; do
         [[ -x $t ]] || continue
         echo "==== $(basename "$t")"
         if ! "$t"; then
@@ -63,28 +66,29 @@ debug)
     ;;
 release)
     clean build
+    rm -rf "$top/bin"
     build build Release -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG"
     ;;
 unittest)
-    clean build
-    build build Debug
-    run_tests
+    clean build-test
+    build build-test Debug -DKV_BIN_DIR="$top/build-test/bin"
+    run_tests "$top/build-test/bin"
     echo "[autobuild] all test suites passed"
     ;;
 asan)
     clean build-asan
-    build build-asan Debug -DKV_SANITIZE=ON
+    build build-asan Debug -DKV_SANITIZE=ON -DKV_BIN_DIR="$top/build-asan/bin"
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-    run_tests
+    run_tests "$top/build-asan/bin"
     echo "[autobuild] all test suites passed under ASan+UBSan"
     ;;
 coverage)
     command -v lcov >/dev/null || { echo "[autobuild] lcov missing" >&2; exit 1; }
     clean build-cov
-    build build-cov Debug -DKV_COVERAGE=ON
+    build build-cov Debug -DKV_COVERAGE=ON -DKV_BIN_DIR="$top/build-cov/bin"
     lcov --quiet --zerocounters --directory build-cov
-    run_tests
+    run_tests "$top/build-cov/bin"
     lcov --quiet --capture --directory build-cov --output-file build-cov/all.info
     lcov --quiet --extract build-cov/all.info "$top/src/*" --output-file build-cov/src.info
     mkdir -p build/coverage

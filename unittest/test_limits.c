@@ -2,12 +2,19 @@
  * hostile clients, end to end: --max-conns (BUSY, then close), a frame that
  * never completes (--frame-timeout), an idle connection (--idle-timeout),
  * the small body limit before AUTH (--max-body-noauth), and a client that
- * never reads its answers (--output-hard-limit). Each check ends with the
- * server still answering; the suite ends with its exit table at 0 bytes. */
+ * never reads its answers (--output-hard-limit). Then the client-memory
+ * budget (--max-client-memory) and what clients cost under the defaults,
+ * measured on a second server: the RSS of one that never reads, idle
+ * connections, a partial frame. Each check ends with the server still
+ * answering; the suite ends with both exit tables at 0 bytes. */
 #include <CUnit/CUnit.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "frame.h"
@@ -16,6 +23,7 @@
 #include "kv_test_util.h"
 
 static struct kv_test_server srv;
+static struct kv_test_server dflt; /* default options (but a small store) */
 
 static int suite_init(void)
 {
@@ -31,7 +39,123 @@ static int suite_clean(void)
 {
     if (srv.pid > 0)
         kv_test_server_stop(&srv);
+    if (dflt.pid > 0)
+        kv_test_server_stop(&dflt);
     return 0;
+}
+
+/* ---- helpers for the memory checks ---------------------------------------- */
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* RssAnon of pid in KiB: the heap, without the store's shared pages. */
+static long rss_anon_kib(pid_t pid)
+{
+    char path[64], line[256];
+    long v = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "RssAnon: %ld", &v) == 1)
+            break;
+    fclose(f);
+    return v;
+}
+
+/* A STATS entry of the server on port; -1 when it cannot be had. */
+static int64_t stat_of(uint16_t port, const char *name)
+{
+    struct kv_client *c = NULL;
+    struct kv_stats st;
+    int64_t v = -1;
+
+    if (kv_client_connect("127.0.0.1", port, 5000, &c) != 0)
+        return -1;
+    if (kv_client_stats(c, &st) == 0) {
+        if (!kv_client_stats_find(&st, name, &v))
+            v = -1;
+        kv_client_stats_free(&st);
+    }
+    kv_client_close(c);
+    return v;
+}
+
+static int raw_connect(uint16_t port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    return fd;
+}
+
+/* n clients that pipeline RESP `ECHO <64 KiB>` as fast as the server takes
+ * them and never read, for up to `seconds` (or until every one is closed).
+ * fds[] gets the sockets (-1 once the server closed one); returns how many
+ * the server closed. *peak_kib: the server's highest RssAnon meanwhile. */
+static int never_read(uint16_t port, pid_t pid, int n, double seconds, int *fds, long *peak_kib)
+{
+    static char req[65536 + 64];
+    size_t len, off[64] = {0};
+    int closed = 0;
+    double end = now_s() + seconds, next_sample = 0;
+
+    len = (size_t)snprintf(req, sizeof(req), "*2\r\n$4\r\nECHO\r\n$65536\r\n");
+    memset(req + len, 'x', 65536);
+    len += 65536;
+    memcpy(req + len, "\r\n", 2);
+    len += 2;
+    CU_ASSERT_FATAL(n <= 64);
+    for (int i = 0; i < n; i++)
+        fds[i] = raw_connect(port);
+    *peak_kib = rss_anon_kib(pid);
+    while (closed < n && now_s() < end) {
+        int progress = 0;
+
+        for (int i = 0; i < n; i++) {
+            ssize_t k;
+
+            if (fds[i] < 0)
+                continue;
+            k = send(fds[i], req + off[i], len - off[i], MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (k > 0) {
+                off[i] = (off[i] + (size_t)k) % len; /* the next send goes on from there */
+                progress = 1;
+            } else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                close(fds[i]); /* EPIPE, ECONNRESET: the server dropped it */
+                fds[i] = -1;
+                closed++;
+            }
+        }
+        if (now_s() >= next_sample) {
+            long r = rss_anon_kib(pid);
+
+            if (r > *peak_kib)
+                *peak_kib = r;
+            next_sample = now_s() + 0.02;
+        }
+        if (!progress)
+            usleep(2000);
+    }
+    return closed;
+}
+
+static void close_all(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
 }
 
 static struct kv_client *conn(int auth)
@@ -144,10 +268,127 @@ static void test_limits_client_that_never_reads_is_dropped(void)
     assert_alive();
 }
 
+/* Eight clients that never read, against a 4 MiB budget whose per-connection
+ * limits would let each hold 64 MiB: the server closes the largest ones and
+ * keeps its memory near the budget, while a client that reads is served
+ * throughout and never closed. */
+static void test_limits_client_memory_budget_closes_the_largest(void)
+{
+    static const char *const args[] = {"--max-client-memory", "4m", "--max-output", "32m",
+                                       "--output-hard-limit", "64m", NULL};
+    struct kv_test_server b = {0};
+    struct kv_client *healthy = NULL;
+    struct kv_value v;
+    int fds[8], closed, served = 0;
+    long base, peak;
+    double end;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&b, args) == 0);
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", b.port, 5000, &healthy) == 0);
+    CU_ASSERT_EQUAL_FATAL(kv_client_set(healthy, "k", 1, "v", 1, NULL, NULL), 0);
+    base = rss_anon_kib(b.pid);
+    closed = never_read(b.port, b.pid, 8, 3.0, fds, &peak);
+    CU_ASSERT(closed >= 1);
+    /* the healthy client: served between the bursts, still connected */
+    for (end = now_s() + 0.5; now_s() < end; served++) {
+        CU_ASSERT_EQUAL_FATAL(kv_client_get(healthy, "k", 1, &v), 0);
+        CU_ASSERT(v.len == 1 && memcmp(v.data, "v", 1) == 0);
+        kv_client_value_free(&v);
+    }
+    CU_ASSERT(served > 10);
+    CU_ASSERT(stat_of(b.port, "client_memory_closes") >= closed);
+    CU_ASSERT(stat_of(b.port, "client_memory_bytes") <= 4 << 20);
+    /* 4 MiB of budget, 4 MiB of buffer pool, some slack; unbounded, the eight
+     * hold 8 x 64 MiB */
+    fprintf(stderr, "  [budget: %d of 8 closed, RssAnon %ld -> peak %ld KiB] ", closed, base,
+            peak);
+    CU_ASSERT(peak - base < 24 * 1024);
+    close_all(fds, 8);
+    CU_ASSERT_EQUAL(kv_client_get(healthy, "k", 1, &v), 0);
+    kv_client_value_free(&v);
+    kv_client_close(healthy);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&b), 0);
+}
+
+static void start_dflt(void)
+{
+    if (dflt.pid <= 0)
+        CU_ASSERT_FATAL(kv_test_server_start(&dflt, NULL) == 0);
+}
+
+/* Under the default options a client that never reads costs a few MiB
+ * (before: up to 64 MiB of output plus 64 MiB in flight), and the memory
+ * goes back to the system once it has gone. */
+static void test_limits_client_that_never_reads_costs_little(void)
+{
+    int fd;
+    long base, peak, after;
+
+    start_dflt();
+    base = rss_anon_kib(dflt.pid);
+    CU_ASSERT_FATAL(base > 0);
+    never_read(dflt.port, dflt.pid, 1, 2.0, &fd, &peak);
+    close_all(&fd, 1);
+    usleep(2500000); /* the server notices, frees, trims within a second */
+    after = rss_anon_kib(dflt.pid);
+    fprintf(stderr, "  [RssAnon %ld -> peak %ld -> %ld KiB] ", base, peak, after);
+    CU_ASSERT(peak - base < 12 * 1024); /* the buffer pool keeps up to 4 MiB */
+    CU_ASSERT(after - base < 6 * 1024);
+    CU_ASSERT_EQUAL(stat_of(dflt.port, "client_memory_bytes") < 64 * 1024, 1);
+}
+
+/* Quiet connections hold no receive buffer: 200 of them cost less than one
+ * 16 KiB buffer each would (before: 200 x 16 KiB). */
+static void test_limits_idle_connections_hold_no_buffer(void)
+{
+    enum { N = 200 };
+    struct kv_client *c[N];
+    int64_t mem;
+
+    start_dflt();
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", dflt.port, 5000, &c[i]) == 0);
+        CU_ASSERT_EQUAL(kv_client_ping(c[i], "x", 1), 0);
+    }
+    mem = stat_of(dflt.port, "client_memory_bytes");
+    CU_ASSERT(mem >= 0 && mem < N * 1024 + 64 * 1024);
+    for (int i = 0; i < N; i++)
+        kv_client_close(c[i]);
+}
+
+/* A header announcing a large body holds about what has arrived, not the
+ * announced size (before: the whole 8 MiB at once, for --frame-timeout). */
+static void test_limits_partial_frame_holds_what_arrived(void)
+{
+    static uint8_t junk[1000];
+    struct kv_frame f = {.version = 1, .opcode = 0, .request_id = 9, .body_len = 8u << 20};
+    uint8_t hdr[KV_FRAME_HDR];
+    struct kv_client *c = NULL;
+    int64_t mem;
+
+    start_dflt();
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", dflt.port, 5000, &c) == 0);
+    kv_frame_encode_header(&f, hdr);
+    CU_ASSERT_EQUAL_FATAL(kv_client_send_raw(c, hdr, sizeof(hdr)), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_client_send_raw(c, junk, sizeof(junk)), 0);
+    usleep(100000);
+    mem = stat_of(dflt.port, "client_memory_bytes");
+    CU_ASSERT(mem > 0 && mem < 256 * 1024);
+    kv_client_close(c);
+}
+
 static void test_limits_exit_table_zero(void)
 {
     char *log;
 
+    if (dflt.pid > 0) {
+        CU_ASSERT_EQUAL(kv_test_server_stop(&dflt), 0);
+        log = kv_test_server_log(&dflt);
+        CU_ASSERT_FATAL(log != NULL);
+        CU_ASSERT(strstr(log, "memory still held") == NULL);
+        CU_ASSERT(strstr(log, "client_memory_bytes 0\n") != NULL);
+        free(log);
+    }
     CU_ASSERT_EQUAL(kv_test_server_stop(&srv), 0);
     log = kv_test_server_log(&srv);
     CU_ASSERT_FATAL(log != NULL);
@@ -172,6 +413,14 @@ int main(void)
     CU_add_test(s, "test_limits_small_body_before_auth", test_limits_small_body_before_auth);
     CU_add_test(s, "test_limits_client_that_never_reads_is_dropped",
                 test_limits_client_that_never_reads_is_dropped);
+    CU_add_test(s, "test_limits_client_memory_budget_closes_the_largest",
+                test_limits_client_memory_budget_closes_the_largest);
+    CU_add_test(s, "test_limits_client_that_never_reads_costs_little",
+                test_limits_client_that_never_reads_costs_little);
+    CU_add_test(s, "test_limits_idle_connections_hold_no_buffer",
+                test_limits_idle_connections_hold_no_buffer);
+    CU_add_test(s, "test_limits_partial_frame_holds_what_arrived",
+                test_limits_partial_frame_holds_what_arrived);
     CU_add_test(s, "test_limits_exit_table_zero", test_limits_exit_table_zero);
     return kv_test_run_all();
 }

@@ -22,6 +22,7 @@ struct kv_io_conn;
  * newer message. */
 struct kv_io_msg {
     uint8_t *buf;        /* owned: pool buffer (KV_MOD_BUF) */
+    struct kv_io_conn *conn; /* borrowed: charged for cap; outlives the message */
     size_t cap;          /* ro after create */
     size_t len;          /* bytes received */
     size_t parsed;       /* bytes consumed by whole frames */
@@ -44,6 +45,7 @@ struct kv_io_req {
     uint64_t request_id;
     size_t out_len;              /* bytes of the answer on the wire, once done */
     size_t wire_len;             /* bytes the request took on the wire (backpressure) */
+    size_t charged;              /* bytes of the client-memory budget it holds */
     uint8_t done;                /* answer ready: may be laid out */
     uint8_t queued;              /* on the conn's output queue */
     uint8_t body_owned;          /* call.body is KV_MOD_PACKET memory (text protocol) */
@@ -89,6 +91,10 @@ struct kv_io_conn {                  /* io-thread only */
     size_t inflight_bytes;           /* frame bytes of the requests with the workers */
     ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
     ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
+    size_t mem;                      /* bytes held in the client-memory budget: receive
+                                      * buffers, requests, owned bodies and replies, output */
+    uint8_t gated;                   /* before AUTH: one request at a time, the next parsed
+                                      * only once this one's answer is written */
 };
 
 struct kv_io_thread {
@@ -112,6 +118,19 @@ struct kv_io_thread {
     struct kv_resp_argv argv;        /* io-thread only: text-protocol argv scratch */
     int stopping;                    /* io-thread only */
     int started;
+    size_t client_mem;               /* atomic, written by this thread only: the budget
+                                      * bytes of its open connections */
+    size_t largest;                  /* atomic, written by this thread only: its
+                                      * largest connection at its last budget check */
+    size_t trim_high;                /* io-thread only: client_mem peak since the last trim */
+    int evict_asked;                 /* guarded by lock: another thread found the budget
+                                      * exceeded and this thread's connection the largest */
+};
+
+/* A log line of one kind at most once a second, over every thread. */
+struct kv_io_ratelog {
+    uint64_t sec;                    /* atomic: second of the last line */
+    uint64_t quiet;                  /* atomic: events since that line, not logged */
 };
 
 struct kv_io {
@@ -125,6 +144,8 @@ struct kv_io {
     struct kv_io_thread *threads;    /* owned (KV_MOD_THREAD) */
     unsigned next_thread;            /* listener thread only */
     unsigned conns;                  /* atomic: open connections */
+    struct kv_io_ratelog evict_log;  /* budget closes */
+    struct kv_io_ratelog auth_log;   /* wrong passwords */
     /* listener */
     struct ev_loop *lloop;           /* owned */
     pthread_t ltid;

@@ -85,6 +85,10 @@ static const char *const stat_names[KV_STAT__COUNT] = {
     [KV_STAT_OUTPUT_LIMIT] = "output_limit_closes",
     [KV_STAT_BYTES_IN] = "bytes_in",
     [KV_STAT_BYTES_OUT] = "bytes_out",
+    [KV_STAT_CLIENT_MEMORY] = "client_memory_bytes",
+    [KV_STAT_CLIENT_MEM_CLOSES] = "client_memory_closes",
+    [KV_STAT_AUTH_FAILURES] = "auth_failures",
+    [KV_STAT_PRINT_DROPPED] = "print_dropped_bytes",
 };
 
 const char *kv_mem_mod_name(enum kv_mod mod)
