@@ -80,6 +80,10 @@ static int64_t stat_of(uint16_t port, const char *name)
 
     if (kv_client_connect("127.0.0.1", port, 5000, &c) != 0)
         return -1;
+    if (port == srv.port && kv_client_auth(c, "pw", 2) != 0) { /* srv has a password */
+        kv_client_close(c);
+        return -1;
+    }
     if (kv_client_stats(c, &st) == 0) {
         if (!kv_client_stats_find(&st, name, &v))
             v = -1;
@@ -268,6 +272,144 @@ static void test_limits_client_that_never_reads_is_dropped(void)
     assert_alive();
 }
 
+/* ---- authentication through a pipeline --------------------------------------- */
+/* Reads everything until EOF (or 5 s) from fd into buf; returns the length. */
+static size_t read_to_eof(int fd, char *buf, size_t cap)
+{
+    struct timeval tv = {.tv_sec = 5};
+    size_t len = 0;
+    ssize_t n;
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (len < cap - 1 && (n = recv(fd, buf + len, cap - 1 - len, 0)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    return len;
+}
+
+static size_t count_of(const char *hay, const char *needle)
+{
+    size_t n = 0;
+
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+static int key_exists(const char *key)
+{
+    struct kv_client *c = conn(1);
+    bool e = true;
+
+    CU_ASSERT_EQUAL(kv_client_exists(c, key, strlen(key), &e), 0);
+    kv_client_close(c);
+    return e;
+}
+
+/* 398 wrong AUTH frames, the right one and a SET in one write: three wrong
+ * answers, then the close; the SET never runs (before: AUTH OK and the SET
+ * stored, ~400 guesses per connection). */
+static void test_limits_binary_auth_pipeline_gets_three_guesses(void)
+{
+    enum { WRONG = 398 };
+    static uint8_t out[(WRONG + 2) * 64];
+    struct kv_client *c = conn(0);
+    uint8_t body[32];
+    size_t len = 0;
+    int noauth = 0, ok = 0, rc;
+    struct kv_response r;
+    int64_t before = stat_of(srv.port, "auth_failures");
+
+    (void)out;
+    for (uint64_t i = 0; i < WRONG; i++) {
+        body[0] = 0x0a, body[1] = 5;
+        snprintf((char *)body + 2, 6, "g%04u", (unsigned)i);
+        CU_ASSERT_EQUAL_FATAL(kv_client_queue(c, KV_OP_AUTH, i, body, 7), 0);
+    }
+    body[0] = 0x0a, body[1] = 2, body[2] = 'p', body[3] = 'w';
+    CU_ASSERT_EQUAL_FATAL(kv_client_queue(c, KV_OP_AUTH, WRONG, body, 4), 0);
+    memcpy(body, "\x0a\x05" "bpkey\x12\x01v", 10);
+    CU_ASSERT_EQUAL_FATAL(kv_client_queue(c, KV_OP_SET, WRONG + 1, body, 10), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_client_flush(c), 0);
+    (void)len;
+    while ((rc = kv_client_recv(c, &r)) == 0) {
+        if (r.status == KV_ST_NOAUTH)
+            noauth++;
+        else if (r.status == KV_ST_OK)
+            ok++;
+    }
+    CU_ASSERT_EQUAL(rc, KV_ECLOSED);
+    CU_ASSERT_EQUAL(noauth, 3);
+    CU_ASSERT_EQUAL(ok, 0);
+    kv_client_close(c);
+    CU_ASSERT_FALSE(key_exists("bpkey"));
+    CU_ASSERT(stat_of(srv.port, "auth_failures") - before == 3);
+}
+
+/* The same over RESP: at most three -WRONGPASS, then the close (before:
+ * ~1,000 answers); the SET after the right password never runs. */
+static void test_limits_resp_auth_pipeline_gets_three_guesses(void)
+{
+    static char out[600 * 24], in[65536];
+    size_t len = 0;
+    int fd = raw_connect(srv.port);
+
+    for (int i = 0; i < 500; i++)
+        len += (size_t)snprintf(out + len, sizeof(out) - len, "AUTH g%04d\r\n", i);
+    len += (size_t)snprintf(out + len, sizeof(out) - len, "AUTH pw\r\nSET rpkey v\r\n");
+    CU_ASSERT_EQUAL_FATAL(send(fd, out, len, MSG_NOSIGNAL), (ssize_t)len);
+    read_to_eof(fd, in, sizeof(in));
+    close(fd);
+    CU_ASSERT_EQUAL(count_of(in, "-WRONGPASS"), 3);
+    CU_ASSERT_EQUAL(count_of(in, "+OK"), 0);
+    CU_ASSERT_FALSE(key_exists("rpkey"));
+}
+
+/* A command pipelined right after the right password is served, as Redis
+ * does (before: +OK, then -NOAUTH: the state was checked at parse time). */
+static void test_limits_command_right_after_auth_is_served(void)
+{
+    static const char req[] = "AUTH pw\r\nSET apkey v1\r\nGET apkey\r\nQUIT\r\n";
+    char in[256];
+    int fd = raw_connect(srv.port);
+    struct kv_client *c = conn(0);
+    struct kv_response r;
+    uint8_t body[16];
+
+    CU_ASSERT_EQUAL_FATAL(send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(req) - 1);
+    read_to_eof(fd, in, sizeof(in));
+    close(fd);
+    CU_ASSERT_STRING_EQUAL(in, "+OK\r\n+OK\r\n$2\r\nv1\r\n+OK\r\n");
+    /* binary: AUTH and a SET in one write */
+    body[0] = 0x0a, body[1] = 2, body[2] = 'p', body[3] = 'w';
+    CU_ASSERT_EQUAL_FATAL(kv_client_queue(c, KV_OP_AUTH, 1, body, 4), 0);
+    memcpy(body, "\x0a\x05" "bakey\x12\x01v", 10);
+    CU_ASSERT_EQUAL_FATAL(kv_client_queue(c, KV_OP_SET, 2, body, 10), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_client_flush(c), 0);
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL_FATAL(kv_client_recv(c, &r), 0);
+        CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+    }
+    kv_client_close(c);
+    CU_ASSERT_TRUE(key_exists("bakey"));
+}
+
+/* An empty password is refused as an option value (before: it silently
+ * meant no authentication). */
+static void test_limits_empty_password_is_refused(void)
+{
+    static const char *const args[] = {"--requirepass", "", NULL};
+    struct kv_test_server e = {0};
+    char *log;
+
+    CU_ASSERT_NOT_EQUAL(kv_test_server_start(&e, args), 0);
+    log = kv_test_server_log(&e);
+    CU_ASSERT_FATAL(log != NULL);
+    CU_ASSERT(strstr(log, "--requirepass") != NULL);
+    free(log);
+    unlink(e.log_path);
+}
+
 /* Eight clients that never read, against a 4 MiB budget whose per-connection
  * limits would let each hold 64 MiB: the server closes the largest ones and
  * keeps its memory near the budget, while a client that reads is served
@@ -395,6 +537,9 @@ static void test_limits_exit_table_zero(void)
     CU_ASSERT(strstr(log, "memory still held") == NULL);
     CU_ASSERT(strstr(log, "connections_rejected 1") != NULL);
     CU_ASSERT(strstr(log, "output_limit_closes 1") != NULL);
+    /* wrong passwords are logged with the peer, rate-limited */
+    CU_ASSERT(strstr(log, "127.0.0.1:") != NULL && strstr(log, "wrong password") != NULL);
+    CU_ASSERT(count_of(log, "wrong password") < 6);
     free(log);
 }
 
@@ -413,6 +558,13 @@ int main(void)
     CU_add_test(s, "test_limits_small_body_before_auth", test_limits_small_body_before_auth);
     CU_add_test(s, "test_limits_client_that_never_reads_is_dropped",
                 test_limits_client_that_never_reads_is_dropped);
+    CU_add_test(s, "test_limits_binary_auth_pipeline_gets_three_guesses",
+                test_limits_binary_auth_pipeline_gets_three_guesses);
+    CU_add_test(s, "test_limits_resp_auth_pipeline_gets_three_guesses",
+                test_limits_resp_auth_pipeline_gets_three_guesses);
+    CU_add_test(s, "test_limits_command_right_after_auth_is_served",
+                test_limits_command_right_after_auth_is_served);
+    CU_add_test(s, "test_limits_empty_password_is_refused", test_limits_empty_password_is_refused);
     CU_add_test(s, "test_limits_client_memory_budget_closes_the_largest",
                 test_limits_client_memory_budget_closes_the_largest);
     CU_add_test(s, "test_limits_client_that_never_reads_costs_little",

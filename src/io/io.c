@@ -178,6 +178,7 @@ static void conn_free(struct kv_io_conn *c)
 
 static void conn_mark_flush(struct kv_io_conn *c);
 static void conn_flush(struct kv_io_conn *c);
+static void conn_parse_input(struct kv_io_conn *c);
 
 /* Closes the socket and drops everything queued. The conn itself lives on
  * (closed) until conn_settle() finds no request with the workers. */
@@ -542,7 +543,7 @@ static void conn_update_reading(struct kv_io_conn *c)
 
     if (c->closed)
         return;
-    if (c->closing || c->thr->stopping)
+    if (c->closing || c->thr->stopping || c->gated)
         want = 0;
     else if (c->reading)
         want = c->out_bytes < cfg->max_output && c->inflight < KV_IO_MAX_INFLIGHT &&
@@ -629,6 +630,17 @@ static void conn_settle(struct kv_io_conn *c)
             conn_free(c);
         return;
     }
+    /* before AUTH a connection is served one request at a time: the next is
+     * parsed only once this answer is written, so a pipeline of guesses gets
+     * no further than the third wrong one (KV_SESSION_CLOSE) */
+    if (c->gated && c->inflight == 0 && !c->out_head && !c->ob_head) {
+        c->gated = 0;
+        if (!c->closing && !c->thr->stopping && c->cur && c->cur->parsed < c->cur->len) {
+            conn_parse_input(c);
+            if (c->closed)
+                return; /* marked for flush: settled again */
+        }
+    }
     /* an idle connection keeps no receive buffer (the pool has it back), so
      * thousands of quiet clients cost a few hundred bytes each */
     if (c->cur && c->cur->refs == 1 && c->cur->parsed == c->cur->len) {
@@ -677,10 +689,11 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
     const struct kv_config *cfg = thr->io->cfg;
     struct kv_io_msg *m = c->cur;
     size_t max_body = cfg->max_body;
+    int authed = !cfg->requirepass[0] ||
+                 (__atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED);
 
     /* before AUTH, only small frames (PING, AUTH) are worth buffering */
-    if (cfg->requirepass[0] && cfg->max_body_noauth < max_body &&
-        !(__atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
+    if (!authed && cfg->max_body_noauth < max_body)
         max_body = cfg->max_body_noauth;
     while (m->parsed < m->len) {
         struct kv_frame f;
@@ -703,6 +716,11 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
                 conn_enqueue(c, req); /* answers leave in request order */
             batch_add(thr, c, req, (size_t)r);
             m->parsed += (size_t)r;
+            if (!authed) { /* one at a time until AUTH succeeds (conn_settle) */
+                c->gated = 1;
+                conn_mark_flush(c);
+                return;
+            }
             continue;
         }
         if (r == KV_EAGAIN) {
@@ -838,6 +856,11 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         }
         if (c->closed)
             return;
+        if (!authed) { /* one at a time until AUTH succeeds (conn_settle) */
+            c->gated = 1;
+            conn_mark_flush(c);
+            return;
+        }
     }
 }
 
@@ -891,7 +914,6 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct kv_io_conn *c = w->data;
     struct kv_io_msg *m = c->cur;
-    size_t need = 0;
     ssize_t n;
 
     if (!m) {
@@ -922,6 +944,18 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     if (c->proto == KV_PROTO_UNKNOWN) /* the first byte picks the protocol */
         c->proto = m->buf[0] == KV_FRAME_MAGIC0 || !c->thr->io->text.command ? KV_PROTO_BINARY
                                                                              : KV_PROTO_TEXT;
+    conn_parse_input(c);
+}
+
+/* Parses what the current message holds into requests, then makes room for
+ * the next read. From on_read, and from conn_settle when an unauthenticated
+ * connection's answer has been written (the gate opens). */
+static void conn_parse_input(struct kv_io_conn *c)
+{
+    struct ev_loop *loop = c->thr->loop;
+    struct kv_io_msg *m = c->cur;
+    size_t need = 0;
+
     if (c->proto == KV_PROTO_TEXT)
         conn_parse_text(c, &need);
     else
@@ -943,11 +977,27 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 /* ---- completions ---------------------------------------------------------- */
+/* A handler reported a wrong password: say from where, at most once a second. */
+static void auth_failed_log(struct kv_io_conn *c)
+{
+    uint64_t quiet;
+    char peer[64];
+
+    __atomic_fetch_and(&c->session.flags, ~KV_SESSION_AUTH_FAILED, __ATOMIC_RELAXED);
+    if (!ratelog_take(&c->thr->io->auth_log, ev_now(c->thr->loop), &quiet))
+        return;
+    kv_io_log(c->thr->io, 1, "%s: wrong password (%u on this connection; %llu more on any "
+              "since the last such line)", conn_peer(c, peer, sizeof(peer)),
+              __atomic_load_n(&c->session.auth_failures, __ATOMIC_RELAXED),
+              (unsigned long long)quiet);
+}
+
 static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
 {
     while (calls) {
         struct kv_io_req *r = (struct kv_io_req *)calls;
         struct kv_io_conn *c = r->conn;
+        uint32_t flags;
 
         calls = calls->next;
         c->inflight--;
@@ -959,7 +1009,10 @@ static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
             conn_mark_flush(c); /* settle frees it when this was the last */
             continue;
         }
-        if (__atomic_load_n(&c->session.flags, __ATOMIC_RELAXED) & KV_SESSION_CLOSE)
+        flags = __atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE);
+        if (flags & KV_SESSION_AUTH_FAILED)
+            auth_failed_log(c);
+        if (flags & KV_SESSION_CLOSE)
             c->closing = 1;
         req_finish(c, r);
     }
@@ -1069,13 +1122,18 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
-    struct kv_call *batch = thr->batch_head;
+    struct kv_call *batch;
 
-    if (batch) {
-        thr->batch_head = thr->batch_tail = NULL;
-        thr->io->dispatch(thr->io->dispatch_ctx, batch);
-    }
-    flush_all(thr);
+    /* settling a connection may parse more of its input (an opened AUTH
+     * gate): dispatch that too before the loop blocks */
+    do {
+        batch = thr->batch_head;
+        if (batch) {
+            thr->batch_head = thr->batch_tail = NULL;
+            thr->io->dispatch(thr->io->dispatch_ctx, batch);
+        }
+        flush_all(thr);
+    } while (thr->batch_head);
     if (thr->stopping && !thr->conns)
         ev_break(loop, EVBREAK_ALL);
 }

@@ -305,6 +305,8 @@ static void handle_auth(void *ctx, struct kv_call *call)
         call->status = KV_ST_OK;
         return;
     }
+    kv_mem_stat_add(KV_STAT_AUTH_FAILURES, 1);
+    __atomic_fetch_or(&call->session->flags, KV_SESSION_AUTH_FAILED, __ATOMIC_RELEASE);
     if (__atomic_add_fetch(&call->session->auth_failures, 1, __ATOMIC_RELAXED) >=
         KV_AUTH_MAX_FAILURES)
         __atomic_fetch_or(&call->session->flags, KV_SESSION_CLOSE, __ATOMIC_RELEASE);
