@@ -9,11 +9,15 @@
  * answering; the suite ends with both exit tables at 0 bytes. */
 #include <CUnit/CUnit.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -410,6 +414,83 @@ static void test_limits_empty_password_is_refused(void)
     unlink(e.log_path);
 }
 
+/* ---- printing never blocks ------------------------------------------------------- */
+/* The server's stdout is a pipe nobody reads. Two hundred statistics tables
+ * fill it many times over; the server drops what does not fit (counted),
+ * keeps expiring keys, answers, and stops on SIGTERM (before: the main
+ * thread blocked in write after ~100 tables, SIGTERM was ignored and the
+ * expiry sweep stopped). */
+static void test_limits_unread_stdout_blocks_nothing(void)
+{
+    char path[512], port[8], shm[64], logp[128];
+    struct kv_set_opts ttl = {.ttl_ms = 200};
+    struct kv_client *c = NULL;
+    int out[2], logfd, status = 0, exited = 0;
+    int64_t keys = -1, dropped;
+    ssize_t n;
+    uint16_t p = kv_test_free_port();
+    pid_t pid;
+
+    n = readlink("/proc/self/exe", path, sizeof(path) - 16);
+    CU_ASSERT_FATAL(n > 0);
+    path[n] = '\0';
+    strcpy(strrchr(path, '/') + 1, "libevkv");
+    snprintf(port, sizeof(port), "%u", p);
+    snprintf(shm, sizeof(shm), "/libevkv-test-print-%d", (int)getpid());
+    snprintf(logp, sizeof(logp), "/tmp/libevkv-test-print-%d.log", (int)getpid());
+    CU_ASSERT_FATAL(pipe(out) == 0);
+    pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        logfd = open(logp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(out[1], 1);
+        dup2(logfd, 2);
+        close(out[0]);
+        execl(path, path, "--port", port, "--shm-name", shm, "--memory", "32m", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]); /* out[0] stays open and is never read */
+    for (int i = 0; i < 500 && kv_client_connect("127.0.0.1", p, 1000, &c) != 0; i++)
+        usleep(10000);
+    CU_ASSERT_PTR_NOT_NULL(c);
+    for (int i = 0; i < 200; i++) {
+        kill(pid, SIGRTMIN + 7);
+        usleep(2000);
+    }
+    if (c) {
+        char key[16];
+
+        for (int i = 0; i < 2000; i++) {
+            snprintf(key, sizeof(key), "ttl%d", i);
+            CU_ASSERT_EQUAL(kv_client_set(c, key, strlen(key), "v", 1, &ttl, NULL), 0);
+        }
+        kv_client_close(c);
+    }
+    for (int i = 0; i < 50 && keys != 0; i++) { /* the sweep empties it within ~1 s */
+        usleep(100000);
+        keys = stat_of(p, "keys");
+    }
+    CU_ASSERT_EQUAL(keys, 0);
+    dropped = stat_of(p, "print_dropped_bytes");
+    CU_ASSERT(dropped > 0);
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 500 && !exited; i++) {
+        exited = waitpid(pid, &status, WNOHANG) == pid;
+        if (!exited)
+            usleep(10000);
+    }
+    CU_ASSERT(exited);
+    if (!exited) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    } else {
+        CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    close(out[0]);
+    shm_unlink(shm);
+    unlink(logp);
+}
+
 /* Eight clients that never read, against a 4 MiB budget whose per-connection
  * limits would let each hold 64 MiB: the server closes the largest ones and
  * keeps its memory near the budget, while a client that reads is served
@@ -565,6 +646,8 @@ int main(void)
     CU_add_test(s, "test_limits_command_right_after_auth_is_served",
                 test_limits_command_right_after_auth_is_served);
     CU_add_test(s, "test_limits_empty_password_is_refused", test_limits_empty_password_is_refused);
+    CU_add_test(s, "test_limits_unread_stdout_blocks_nothing",
+                test_limits_unread_stdout_blocks_nothing);
     CU_add_test(s, "test_limits_client_memory_budget_closes_the_largest",
                 test_limits_client_memory_budget_closes_the_largest);
     CU_add_test(s, "test_limits_client_that_never_reads_costs_little",

@@ -33,6 +33,7 @@
 #include "io_internal.h"
 #include "kv_err.h"
 #include "kv_mem.h"
+#include "kv_print.h"
 
 #define KV_IO_MAX_INFLIGHT 4096  /* requests per connection before reading pauses */
 #define KV_IO_MIN_TAIL 512       /* a smaller free tail is not worth a read */
@@ -59,9 +60,7 @@ void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
     if (n > (int)sizeof(line) - 2)
         n = (int)sizeof(line) - 2;
     line[n++] = '\n';
-    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
-        /* nowhere left to report it */
-    }
+    kv_print_write(STDERR_FILENO, line, (size_t)n); /* never blocks; drops are counted */
 }
 
 /* ---- the client-memory budget ---------------------------------------------

@@ -13,6 +13,7 @@
 
 #include "kv_err.h"
 #include "kv_mem.h"
+#include "kv_print.h"
 #include "kv_server.h"
 #include "options.h"
 
@@ -23,18 +24,6 @@ struct main_ctx {
     const struct kv_config *cfg;
     int stopping;
 };
-
-static void write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-
-        if (n <= 0)
-            return;
-        buf += n;
-        len -= (size_t)n;
-    }
-}
 
 static void print_stats(struct kv_server *srv, const char *title)
 {
@@ -50,7 +39,7 @@ static void print_stats(struct kv_server *srv, const char *title)
         kv_mem_snapshot(&snap);
         len += kv_mem_format(&snap, buf + len, sizeof(buf) - len);
     }
-    write_all(STDOUT_FILENO, buf, len);
+    kv_print_write(STDOUT_FILENO, buf, len); /* a full stdout drops it (counted) */
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -81,7 +70,7 @@ static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
 static int exit_check(void)
 {
     struct kv_mem_snapshot snap;
-    char names[512] = "";
+    char names[512] = "", line[600];
     size_t len = 0;
 
     kv_mem_pool_drain();
@@ -93,7 +82,8 @@ static int exit_check(void)
                                     kv_mem_mod_name(i), (long long)snap.mod[i].bytes);
     if (len == 0)
         return 0;
-    fprintf(stderr, "[server] memory still held at exit:%s\n", names);
+    len = (size_t)snprintf(line, sizeof(line), "[server] memory still held at exit:%s\n", names);
+    kv_print_write(STDERR_FILENO, line, len < sizeof(line) ? len : sizeof(line) - 1);
     return 3;
 }
 
@@ -124,6 +114,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IONBF, 0);
+    kv_print_setup(); /* from here on nothing printed can block the server */
 
     /* the signals are taken only by the main thread's loop: block them while
      * the other threads are created (they inherit the mask) */

@@ -15,6 +15,7 @@
 #include "kv_err.h"
 #include "kv_io.h"
 #include "kv_mem.h"
+#include "kv_print.h"
 #include "kv_shm.h"
 #include "kv_worker.h"
 #include "server_int.h"
@@ -37,9 +38,7 @@ void kv_server_log(const struct kv_config *cfg, int level, const char *fmt, ...)
     if (n > (int)sizeof(line) - 2)
         n = (int)sizeof(line) - 2;
     line[n++] = '\n';
-    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
-        /* nowhere left to report it */
-    }
+    kv_print_write(STDERR_FILENO, line, (size_t)n); /* never blocks; drops are counted */
 }
 
 static void dispatch(void *ctx, struct kv_call *calls)
