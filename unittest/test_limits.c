@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -491,6 +493,212 @@ static void test_limits_unread_stdout_blocks_nothing(void)
     unlink(logp);
 }
 
+/* ---- file descriptors ----------------------------------------------------------- */
+struct spawned {
+    pid_t pid;
+    uint16_t port;
+    char shm[64], log[128];
+};
+
+/* Starts bin/libevkv with RLIMIT_NOFILE soft/hard (0: unchanged) and extra
+ * args; waits until it accepts. */
+static void spawn(struct spawned *sp, rlim_t soft, rlim_t hard, const char *const *extra)
+{
+    static int seq;
+    char path[512], port[8];
+    const char *argv[32];
+    int argc = 0;
+    ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 16);
+
+    CU_ASSERT_FATAL(n > 0);
+    path[n] = '\0';
+    strcpy(strrchr(path, '/') + 1, "libevkv");
+    sp->port = kv_test_free_port();
+    snprintf(port, sizeof(port), "%u", sp->port);
+    snprintf(sp->shm, sizeof(sp->shm), "/libevkv-test-fd-%d-%d", (int)getpid(), seq);
+    snprintf(sp->log, sizeof(sp->log), "/tmp/libevkv-test-fd-%d-%d.log", (int)getpid(), seq++);
+    argv[argc++] = path;
+    argv[argc++] = "--port";
+    argv[argc++] = port;
+    argv[argc++] = "--shm-name";
+    argv[argc++] = sp->shm;
+    argv[argc++] = "--memory";
+    argv[argc++] = "32m";
+    for (int i = 0; extra && extra[i] && argc < 30; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    sp->pid = fork();
+    CU_ASSERT_FATAL(sp->pid >= 0);
+    if (sp->pid == 0) {
+        int fd = open(sp->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+        if (soft) {
+            struct rlimit rl = {.rlim_cur = soft, .rlim_max = hard};
+
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(126);
+        }
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        struct kv_client *c;
+
+        if (kv_client_connect("127.0.0.1", sp->port, 1000, &c) == 0) {
+            kv_client_close(c);
+            return;
+        }
+        usleep(10000);
+    }
+    CU_FAIL("server did not start");
+}
+
+/* SIGTERM, reap, remove segment and log; returns the exit code. */
+static int unspawn(struct spawned *sp, char **log)
+{
+    int status = 0;
+
+    kill(sp->pid, SIGTERM);
+    for (int i = 0; i < 1000 && waitpid(sp->pid, &status, WNOHANG) != sp->pid; i++)
+        usleep(10000);
+    if (kill(sp->pid, 0) == 0) {
+        kill(sp->pid, SIGKILL);
+        waitpid(sp->pid, &status, 0);
+    }
+    shm_unlink(sp->shm);
+    if (log) {
+        struct kv_test_server t = {0};
+
+        snprintf(t.log_path, sizeof(t.log_path), "%s", sp->log);
+        *log = kv_test_server_log(&t);
+    }
+    unlink(sp->log);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* The lowest descriptor number pid has free: with the soft limit there,
+ * its next accept fails with EMFILE. */
+static long lowest_free_fd(pid_t pid)
+{
+    static unsigned char used[65536];
+    char path[64];
+    long i = 0;
+    DIR *d;
+
+    memset(used, 0, sizeof(used));
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    d = opendir(path);
+    if (!d)
+        return -1;
+    for (struct dirent *e; (e = readdir(d));) {
+        long fd = atol(e->d_name);
+
+        if (e->d_name[0] != '.' && fd >= 0 && fd < (long)sizeof(used))
+            used[fd] = 1;
+    }
+    closedir(d);
+    while (i < (long)sizeof(used) && used[i])
+        i++;
+    return i;
+}
+
+/* --max-conns above the descriptor limit: the soft limit is raised when
+ * the hard one allows, else max-conns is lowered (and said), so the extra
+ * connection is answered BUSY instead of hanging in the backlog. */
+static void test_limits_max_conns_fits_the_descriptor_limit(void)
+{
+    static const char *const args[] = {"--max-conns", "1000", NULL};
+    struct spawned sp;
+    struct rlimit rl;
+    char *log = NULL;
+    int fds[300], n = 0, busy = 0;
+
+    spawn(&sp, 256, 4096, args); /* raised: 256 -> what 1000 connections need */
+    CU_ASSERT_EQUAL(prlimit(sp.pid, RLIMIT_NOFILE, NULL, &rl), 0);
+    CU_ASSERT(rl.rlim_cur >= 1000 + 32 && rl.rlim_cur <= 4096);
+    CU_ASSERT_EQUAL(unspawn(&sp, &log), 0);
+    CU_ASSERT(log && strstr(log, "descriptor limit raised") != NULL);
+    free(log);
+
+    spawn(&sp, 256, 256, args); /* not allowed: lowered */
+    for (n = 0; n < 300 && !busy; n++) {
+        struct kv_frame f = {.version = 1, .opcode = 0, .request_id = 1};
+        uint8_t frame[KV_FRAME_OVERHEAD], in[KV_FRAME_OVERHEAD];
+        struct timeval tv = {.tv_sec = 2};
+        struct kv_frame a;
+
+        fds[n] = raw_connect(sp.port);
+        setsockopt(fds[n], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        CU_ASSERT_FATAL(kv_frame_encode(&f, NULL, frame, sizeof(frame)) > 0);
+        CU_ASSERT_FATAL(send(fds[n], frame, sizeof(frame), MSG_NOSIGNAL) == sizeof(frame));
+        if (recv(fds[n], in, sizeof(in), MSG_WAITALL) != (ssize_t)sizeof(in)) {
+            CU_FAIL("no answer: the connection hangs");
+            n++;
+            break;
+        }
+        busy = kv_frame_decode(in, sizeof(in), 0, 1, &a) > 0 && a.status == KV_ST_BUSY;
+    }
+    CU_ASSERT(busy);
+    CU_ASSERT(n > 150 && n < 256); /* lowered to about 256 - what the server keeps */
+    close_all(fds, n);
+    CU_ASSERT_EQUAL(unspawn(&sp, &log), 0);
+    CU_ASSERT(log && strstr(log, "needs") && strstr(log, "lowered to") != NULL);
+    free(log);
+}
+
+/* Out of descriptors at run time (the limit lowered under the running
+ * server): accept pauses and retries instead of spinning, the connections
+ * wait in the backlog, and once descriptors are back they are all served. */
+static void test_limits_out_of_descriptors_backs_off_then_serves(void)
+{
+    enum { N = 6 };
+    struct spawned sp;
+    struct kv_client *c0 = NULL;
+    struct rlimit tight, old;
+    struct kv_stats st;
+    int64_t pauses = 0;
+    int fds[N], answered = 0;
+    char *log = NULL, in[64];
+
+    spawn(&sp, 0, 0, NULL);
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", sp.port, 5000, &c0) == 0);
+    CU_ASSERT_EQUAL(kv_client_ping(c0, "a", 1), 0);
+    CU_ASSERT_EQUAL_FATAL(prlimit(sp.pid, RLIMIT_NOFILE, NULL, &old), 0);
+    tight = old;
+    tight.rlim_cur = (rlim_t)lowest_free_fd(sp.pid); /* not one more */
+    CU_ASSERT_EQUAL_FATAL(prlimit(sp.pid, RLIMIT_NOFILE, &tight, NULL), 0);
+    for (int i = 0; i < N; i++) {
+        fds[i] = raw_connect(sp.port); /* completes in the kernel's backlog */
+        CU_ASSERT(send(fds[i], "PING\r\n", 6, MSG_NOSIGNAL) == 6);
+    }
+    usleep(500000);
+    for (int i = 0; i < N; i++)
+        answered += recv(fds[i], in, sizeof(in), MSG_DONTWAIT) > 0;
+    CU_ASSERT_EQUAL(answered, 0);
+    CU_ASSERT_EQUAL(kv_client_ping(c0, "still", 5), 0); /* the others are served */
+    CU_ASSERT_EQUAL(kv_client_stats(c0, &st), 0);
+    CU_ASSERT(kv_client_stats_find(&st, "accept_pauses", &pauses));
+    kv_client_stats_free(&st);
+    CU_ASSERT(pauses >= 2 && pauses <= 20); /* every 100 ms, not a spin */
+    CU_ASSERT_EQUAL_FATAL(prlimit(sp.pid, RLIMIT_NOFILE, &old, NULL), 0);
+    for (int i = 0; i < N; i++) {
+        struct timeval tv = {.tv_sec = 2};
+        ssize_t k;
+
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        k = recv(fds[i], in, sizeof(in) - 1, 0);
+        CU_ASSERT(k == 7 && memcmp(in, "+PONG\r\n", 7) == 0);
+        close(fds[i]);
+    }
+    kv_client_close(c0);
+    CU_ASSERT_EQUAL(unspawn(&sp, &log), 0);
+    CU_ASSERT(log && strstr(log, "pausing accepts") != NULL);
+    CU_ASSERT(log && strstr(log, "memory still held") == NULL);
+    free(log);
+}
+
 /* Eight clients that never read, against a 4 MiB budget whose per-connection
  * limits would let each hold 64 MiB: the server closes the largest ones and
  * keeps its memory near the budget, while a client that reads is served
@@ -648,6 +856,10 @@ int main(void)
     CU_add_test(s, "test_limits_empty_password_is_refused", test_limits_empty_password_is_refused);
     CU_add_test(s, "test_limits_unread_stdout_blocks_nothing",
                 test_limits_unread_stdout_blocks_nothing);
+    CU_add_test(s, "test_limits_max_conns_fits_the_descriptor_limit",
+                test_limits_max_conns_fits_the_descriptor_limit);
+    CU_add_test(s, "test_limits_out_of_descriptors_backs_off_then_serves",
+                test_limits_out_of_descriptors_backs_off_then_serves);
     CU_add_test(s, "test_limits_client_memory_budget_closes_the_largest",
                 test_limits_client_memory_budget_closes_the_largest);
     CU_add_test(s, "test_limits_client_that_never_reads_costs_little",

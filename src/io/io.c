@@ -222,9 +222,7 @@ static void conn_close(struct kv_io_conn *c)
     conn_mark_flush(c); /* conn_settle frees it once no request refers to it */
 }
 
-/* 1: log this event now, *quiet = how many went unlogged since the last
- * line; 0: a line of this kind went out this second already. */
-static int ratelog_take(struct kv_io_ratelog *r, ev_tstamp now, uint64_t *quiet)
+int kv_io_ratelog_take(struct kv_io_ratelog *r, double now, uint64_t *quiet)
 {
     uint64_t sec = (uint64_t)now, last = __atomic_load_n(&r->sec, __ATOMIC_RELAXED);
 
@@ -258,7 +256,7 @@ static void budget_log(struct kv_io_thread *thr, const struct kv_io_conn *c, siz
     uint64_t quiet;
     char peer[64];
 
-    if (!ratelog_take(&thr->io->evict_log, ev_now(thr->loop), &quiet))
+    if (!kv_io_ratelog_take(&thr->io->evict_log, ev_now(thr->loop), &quiet))
         return;
     kv_io_log(thr->io, 1, "%s: holds %zu bytes, the most, and all clients %zu, above "
               "--max-client-memory %zu; closing (and %llu more since the last such line)",
@@ -983,7 +981,7 @@ static void auth_failed_log(struct kv_io_conn *c)
     char peer[64];
 
     __atomic_fetch_and(&c->session.flags, ~KV_SESSION_AUTH_FAILED, __ATOMIC_RELAXED);
-    if (!ratelog_take(&c->thr->io->auth_log, ev_now(c->thr->loop), &quiet))
+    if (!kv_io_ratelog_take(&c->thr->io->auth_log, ev_now(c->thr->loop), &quiet))
         return;
     kv_io_log(c->thr->io, 1, "%s: wrong password (%u on this connection; %llu more on any "
               "since the last such line)", conn_peer(c, peer, sizeof(peer)),

@@ -146,6 +146,7 @@ struct kv_io {
     unsigned conns;                  /* atomic: open connections */
     struct kv_io_ratelog evict_log;  /* budget closes */
     struct kv_io_ratelog auth_log;   /* wrong passwords */
+    struct kv_io_ratelog accept_log; /* accepts paused for lack of descriptors */
     /* listener */
     struct ev_loop *lloop;           /* owned */
     pthread_t ltid;
@@ -158,6 +159,9 @@ struct kv_io {
 int kv_io_listener_start(struct kv_io *io);
 void kv_io_listener_stop(struct kv_io *io);
 void kv_io_thread_adopt(struct kv_io_thread *thr, int fd);
+/* 1: log an event of r's kind now (*quiet: how many went unlogged since
+ * the last line); 0: one went out this second already. Any thread. */
+int kv_io_ratelog_take(struct kv_io_ratelog *r, double now, uint64_t *quiet);
 void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

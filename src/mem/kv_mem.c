@@ -89,6 +89,7 @@ static const char *const stat_names[KV_STAT__COUNT] = {
     [KV_STAT_CLIENT_MEM_CLOSES] = "client_memory_closes",
     [KV_STAT_AUTH_FAILURES] = "auth_failures",
     [KV_STAT_PRINT_DROPPED] = "print_dropped_bytes",
+    [KV_STAT_ACCEPT_PAUSES] = "accept_pauses",
 };
 
 const char *kv_mem_mod_name(enum kv_mod mod)

@@ -55,6 +55,7 @@ enum kv_stat {
     KV_STAT_CLIENT_MEM_CLOSES,/* connections closed by --max-client-memory */
     KV_STAT_AUTH_FAILURES,    /* wrong passwords */
     KV_STAT_PRINT_DROPPED,    /* bytes of log or statistics output dropped: stdout/stderr full */
+    KV_STAT_ACCEPT_PAUSES,    /* accepts paused for lack of descriptors (EMFILE, ENFILE) */
     KV_STAT__COUNT
 };
 

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "kv_err.h"
@@ -64,6 +65,38 @@ static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
     struct main_ctx *m = w->data;
 
     print_stats(m->srv, "statistics");
+}
+
+/* --max-conns against the descriptor limit: every connection is a
+ * descriptor, and the server needs some of its own (listener, pipes, loops,
+ * segment). Raises the soft limit as far as needed when the hard limit
+ * allows; otherwise lowers max_conns to what fits, and says so. */
+static void fit_max_conns(struct kv_config *cfg)
+{
+    rlim_t own = 32 + 4 * (rlim_t)(cfg->io_threads + 2), need = cfg->max_conns + own;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur >= need)
+        return;
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
+        struct rlimit up = rl;
+
+        up.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    if (rl.rlim_cur >= need) {
+        kv_server_log(cfg, 2, "descriptor limit raised to %llu for --max-conns %u",
+                      (unsigned long long)rl.rlim_cur, cfg->max_conns);
+        return;
+    }
+    kv_server_log(cfg, 1, "--max-conns %u needs %llu descriptors but the limit is %llu "
+                  "(ulimit -n; hard %llu): lowered to %llu", cfg->max_conns,
+                  (unsigned long long)need, (unsigned long long)rl.rlim_cur,
+                  (unsigned long long)rl.rlim_max,
+                  (unsigned long long)(rl.rlim_cur > own + 1 ? rl.rlim_cur - own : 1));
+    cfg->max_conns = rl.rlim_cur > own + 1 ? (unsigned)(rl.rlim_cur - own) : 1;
 }
 
 /* Prints the exit table; returns 0 when every module holds 0 bytes. */
@@ -125,6 +158,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &block, NULL);
 
     m.cfg = &cfg;
+    fit_max_conns(&cfg);
     rc = kv_server_create(&cfg, err, sizeof(err), &m.srv);
     if (rc != 0) {
         kv_server_log(&cfg, 0, "%s", err);
