@@ -42,6 +42,7 @@
 #define KV_IO_TEXT_ROOM 64u      /* least free space a text reply is offered in place */
 #define KV_IO_TRIM_STEP (4u << 20)  /* client memory released before the heap is trimmed */
 #define KV_IO_EVICT_BURST 64     /* budget closes per check at most */
+#define KV_IO_ARGV_KEEP 4096     /* argv entries an IO thread keeps between requests */
 
 static __thread struct kv_io_thread *current_thread;
 
@@ -793,7 +794,7 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         struct kv_text_result res = {0};
         struct kv_io_req *req;
         ssize_t r = kv_resp_parse(m->buf + m->parsed, m->len - m->parsed, &lim, &thr->argv, need,
-                                  &err);
+                                  &err, &c->resume);
         int rc;
 
         if (r == KV_EAGAIN) {
@@ -827,6 +828,8 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
             return;
         }
         rc = text->command(text->ctx, &c->session, thr->argv.argc, thr->argv.v, &req->call, &res);
+        if (thr->argv.cap > KV_IO_ARGV_KEEP)
+            kv_resp_argv_fini(&thr->argv); /* a huge request's argv is not kept for ever */
         if (rc == KV_TEXT_DISPATCH) {
             req->call.body = res.body;
             req->call.body_len = (uint32_t)res.body_len;

@@ -88,6 +88,7 @@ struct kv_io_conn {                  /* io-thread only */
     uint8_t on_flush;                /* on the to-flush list */
     uint8_t proto;                   /* KV_PROTO_*, set by the first byte */
     size_t partial_need;             /* bytes the partial request needs at least */
+    struct kv_resp_resume resume;    /* where parsing the partial RESP request stopped */
     size_t inflight_bytes;           /* frame bytes of the requests with the workers */
     ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
     ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
