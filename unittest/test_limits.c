@@ -28,6 +28,16 @@
 #include "kv_err.h"
 #include "kv_test_util.h"
 
+/* Under ASan freed memory waits in a quarantine and every block has red
+ * zones: the server's RSS says nothing about what it holds, so the RSS
+ * bounds are checked only in builds without it (the servers' own
+ * client_memory_bytes is checked in every build). */
+#if defined(__SANITIZE_ADDRESS__)
+#define RSS_BOUND(cond) ((void)0)
+#else
+#define RSS_BOUND(cond) CU_ASSERT(cond)
+#endif
+
 static struct kv_test_server srv;
 static struct kv_test_server dflt; /* default options (but a small store) */
 
@@ -666,6 +676,7 @@ static void test_limits_out_of_descriptors_backs_off_then_serves(void)
     CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", sp.port, 5000, &c0) == 0);
     CU_ASSERT_EQUAL(kv_client_ping(c0, "a", 1), 0);
     CU_ASSERT_EQUAL_FATAL(prlimit(sp.pid, RLIMIT_NOFILE, NULL, &old), 0);
+    usleep(300000); /* spawn's readiness probe has been closed on the server's side too */
     tight = old;
     tight.rlim_cur = (rlim_t)lowest_free_fd(sp.pid); /* not one more */
     CU_ASSERT_EQUAL_FATAL(prlimit(sp.pid, RLIMIT_NOFILE, &tight, NULL), 0);
@@ -764,7 +775,7 @@ static void test_limits_del_of_tiny_keys_allocates_little(void)
     CU_ASSERT_EQUAL(deleted, 1); /* "q"; the other letters are not there */
     hwm1 = status_kib(sp.pid, "VmHWM");
     fprintf(stderr, "  [VmHWM %ld -> %ld KiB] ", hwm0, hwm1);
-    CU_ASSERT(hwm1 - hwm0 < 24 * 1024);
+    RSS_BOUND(hwm1 - hwm0 < 24 * 1024);
     kv_client_close(c);
     free(keys);
     CU_ASSERT_EQUAL(unspawn(&sp, NULL), 0);
@@ -853,7 +864,7 @@ static void test_limits_client_memory_budget_closes_the_largest(void)
      * hold 8 x 64 MiB */
     fprintf(stderr, "  [budget: %d of 8 closed, RssAnon %ld -> peak %ld KiB] ", closed, base,
             peak);
-    CU_ASSERT(peak - base < 24 * 1024);
+    RSS_BOUND(peak - base < 24 * 1024);
     close_all(fds, 8);
     CU_ASSERT_EQUAL(kv_client_get(healthy, "k", 1, &v), 0);
     kv_client_value_free(&v);
@@ -883,8 +894,8 @@ static void test_limits_client_that_never_reads_costs_little(void)
     usleep(2500000); /* the server notices, frees, trims within a second */
     after = rss_anon_kib(dflt.pid);
     fprintf(stderr, "  [RssAnon %ld -> peak %ld -> %ld KiB] ", base, peak, after);
-    CU_ASSERT(peak - base < 12 * 1024); /* the buffer pool keeps up to 4 MiB */
-    CU_ASSERT(after - base < 6 * 1024);
+    RSS_BOUND(peak - base < 12 * 1024); /* the buffer pool keeps up to 4 MiB */
+    RSS_BOUND(after - base < 6 * 1024);
     CU_ASSERT_EQUAL(stat_of(dflt.port, "client_memory_bytes") < 64 * 1024, 1);
 }
 
