@@ -6,6 +6,9 @@
 #                             then every test suite; non-zero if any fails
 #   ./autobuild.sh asan       clean build with ASan+UBSan in build-asan/, then every test suite
 #   ./autobuild.sh coverage   clean gcov build in build-cov/, suites, lcov HTML in build/coverage/
+#   ./autobuild.sh faults [POINTS]  ASan build with the allocation-failure hook in
+#                             build-faults/, then tests/faults.sh: each scenario with
+#                             each of (at most POINTS, default 40) allocations failing
 # Only debug and release write bin/: the test builds never replace the programs
 # README tells users to run.
 #   ./autobuild.sh fuzz [SECS] libFuzzer harnesses with ASan+UBSan in build-fuzz/: every
@@ -20,7 +23,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 need_pkgs=(cmake gcc libev-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev libcunit1-dev)
 [[ $mode == coverage ]] && need_pkgs+=(lcov)
 # the RESP suite drives the real tools: redis-cli, redis-benchmark, python3-redis, twemproxy
-[[ $mode == unittest || $mode == asan || $mode == coverage ]] && need_pkgs+=(redis-tools python3-redis nutcracker)
+[[ $mode == unittest || $mode == asan || $mode == coverage || $mode == faults ]] && need_pkgs+=(redis-tools python3-redis nutcracker)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -82,6 +85,15 @@ asan)
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     run_tests "$top/build-asan/bin"
     echo "[autobuild] all test suites passed under ASan+UBSan"
+    ;;
+faults)
+    points=${2:-40}
+    [[ $points =~ ^[0-9]+$ ]] || { echo "usage: $0 faults [POINTS]" >&2; exit 2; }
+    clean build-faults
+    build build-faults Debug -DKV_SANITIZE=ON -DKV_FAULTS=ON -DKV_BIN_DIR="$top/build-faults/bin"
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    tests/faults.sh "$top/build-faults/bin" "$points"
     ;;
 coverage)
     command -v lcov >/dev/null || { echo "[autobuild] lcov missing" >&2; exit 1; }
@@ -194,7 +206,7 @@ fuzz)
     echo "[autobuild] fuzz: all harnesses passed"
     ;;
 *)
-    echo "usage: $0 [release|unittest|asan|coverage|fuzz [SECONDS]]" >&2
+    echo "usage: $0 [release|unittest|asan|coverage|faults [POINTS]|fuzz [SECONDS]]" >&2
     exit 2
     ;;
 esac
