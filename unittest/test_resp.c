@@ -463,6 +463,48 @@ static void test_resp_bodies_across_the_scratch_room(void)
     close(fd);
 }
 
+/* The commands tools send on connecting (COMMAND, CLIENT, HELLO, CONFIG GET)
+ * and the argument errors of every command family: Redis's exact replies. */
+static void test_resp_tool_commands_and_argument_errors(void)
+{
+    static const char *const pairs[][2] = {
+        {"COMMAND\r\n", "*0\r\n"},
+        {"COMMAND COUNT\r\n", ":0\r\n"},
+        {"CLIENT GETNAME\r\n", "$-1\r\n"},
+        {"CLIENT ID\r\n", ":1\r\n"},
+        {"CLIENT SETNAME x\r\n", "+OK\r\n"},
+        {"HELLO 3\r\n", "-NOPROTO unsupported protocol version\r\n"},
+        {"HELLO\r\n", "-ERR unknown command 'HELLO': use RESP2 without HELLO\r\n"},
+        {"SET a b EX x\r\n", "-ERR value is not an integer or out of range\r\n"},
+        {"SET a b EX 0\r\n", "-ERR invalid expire time in 'set' command\r\n"},
+        {"SET a b FOO\r\n", "-ERR syntax error\r\n"},
+        {"SET a b NX XX\r\n", "-ERR syntax error\r\n"},
+        {"SCAN x\r\n", "-ERR invalid cursor\r\n"},
+        {"SCAN 0 COUNT x\r\n", "-ERR value is not an integer or out of range\r\n"},
+        {"SCAN 0 FOO\r\n", "-ERR syntax error\r\n"},
+        {"CONFIG GET maxmemory-policy\r\n",
+         "*2\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n"},
+        {"CONFIG SET a b\r\n", "-ERR wrong number of arguments for 'config' command\r\n"},
+        {"AUTH a b c\r\n", "-ERR wrong number of arguments for 'auth' command\r\n"},
+        {"EXISTS rk:none1 rk:none2 rk:none3\r\n", ":0\r\n"},
+        {"DEL\r\n", "-ERR wrong number of arguments for 'del' command\r\n"},
+        {"INCRBY a x\r\n", "-ERR value is not an integer or out of range\r\n"},
+        {"EXPIRE a x\r\n", "-ERR value is not an integer or out of range\r\n"},
+        {"PING a b\r\n", "-ERR wrong number of arguments for 'ping' command\r\n"},
+    };
+    int fd = raw_connect(srv.port), closed;
+    char *got;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
+        expect(fd, pairs[i][0], pairs[i][1]);
+    /* SCAN with TYPE and MATCH: a cursor and a (here empty or not) page */
+    got = exchange(fd, "SCAN 0 TYPE string MATCH rk:none*\r\n", 35, 4, &closed);
+    CU_ASSERT(strncmp(got, "*2\r\n", 4) == 0);
+    free(got);
+    close(fd);
+}
+
 /* ---- the parser itself --------------------------------------------------------- */
 static uint8_t *guard_base;
 static long page;
@@ -591,6 +633,8 @@ int main(void)
     CU_add_test(s, "test_resp_parser_every_truncation_resumed",
                 test_resp_parser_every_truncation_resumed);
     CU_add_test(s, "test_resp_parser_resume_is_linear", test_resp_parser_resume_is_linear);
+    CU_add_test(s, "test_resp_tool_commands_and_argument_errors",
+                test_resp_tool_commands_and_argument_errors);
     CU_add_test(s, "test_resp_multibulk_and_inline_exact_replies",
                 test_resp_multibulk_and_inline_exact_replies);
     CU_add_test(s, "test_resp_pipelined_replies_in_request_order",
