@@ -776,6 +776,43 @@ static void test_server_del_mset_in_place_decoding(void)
     CU_ASSERT_EQUAL(get_kv("hs3", value, sizeof(value), NULL), KV_ST_NOT_FOUND);
 }
 
+static uint16_t set_big(const char *k, size_t n)
+{
+    Kv__SetRequest m = KV__SET_REQUEST__INIT;
+    uint8_t *v = calloc(1, n), *buf = malloc(n + 64);
+    struct result r;
+
+    CU_ASSERT_FATAL(v && buf);
+    m.key = bin(k);
+    m.value.data = v;
+    m.value.len = n;
+    r = run_raw(2, buf, protobuf_c_message_pack(&m.base, buf));
+    free(r.body);
+    free(v);
+    free(buf);
+    return r.status;
+}
+
+/* A value larger than the whole store, then the store filled up: both
+ * OUT_OF_MEMORY (with --eviction none), and FLUSH gives the room back. */
+static void test_server_store_full_answers_out_of_memory(void)
+{
+    uint16_t st = KV_ST_OK;
+    char k[32];
+    struct result r;
+
+    CU_ASSERT_EQUAL(set_big("hs:huge", 9u << 20), KV_ST_OUT_OF_MEMORY);
+    for (int i = 0; i < 64 && st == KV_ST_OK; i++) {
+        snprintf(k, sizeof(k), "hs:fill%d", i);
+        st = set_big(k, 512u << 10);
+    }
+    CU_ASSERT_EQUAL(st, KV_ST_OUT_OF_MEMORY);
+    r = run_raw(11, NULL, 0);
+    CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+    free(r.body);
+    CU_ASSERT_EQUAL(set_big("hs:fill0", 512u << 10), KV_ST_OK);
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -784,6 +821,8 @@ int main(void)
         return 1;
     s = CU_add_suite("server", suite_init, suite_clean);
     CU_add_test(s, "test_server_del_mset_in_place_decoding", test_server_del_mset_in_place_decoding);
+    CU_add_test(s, "test_server_store_full_answers_out_of_memory",
+                test_server_store_full_answers_out_of_memory);
     CU_add_test(s, "test_server_get_set_versions", test_server_get_set_versions);
     CU_add_test(s, "test_server_set_conditions", test_server_set_conditions);
     CU_add_test(s, "test_server_del_exists", test_server_del_exists);
