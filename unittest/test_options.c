@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kv_err.h"
@@ -167,6 +168,32 @@ static void test_options_sizes_and_password_file(void)
     CU_ASSERT_EQUAL(PARSE(&c, "--requirepass-file", path), KV_EINVAL); /* missing */
 }
 
+/* The server binary itself: --help and --version exit 0 with their text,
+ * a bad option exits 2 with the reason on stderr. */
+static void test_options_binary_help_version_bad_option(void)
+{
+    char self[512], cmd[1200];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 16);
+    int st;
+
+    CU_ASSERT_FATAL(n > 0);
+    self[n] = '\0';
+    strcpy(strrchr(self, '/') + 1, "libevkv");
+    snprintf(cmd, sizeof(cmd), "%s --help | grep -q -- --max-client-memory", self);
+    st = system(cmd);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    snprintf(cmd, sizeof(cmd), "%s --version | grep -q '^libevkv '", self);
+    st = system(cmd);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    snprintf(cmd, sizeof(cmd), "%s --requirepass '' 2>&1 | grep -q 'bad value .. for --requirepass'",
+             self);
+    st = system(cmd);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    snprintf(cmd, sizeof(cmd), "%s --port x >/dev/null 2>&1", self);
+    st = system(cmd);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -174,6 +201,7 @@ int main(void)
         {"test_options_bad_values_are_refused", test_options_bad_values_are_refused},
         {"test_options_help_version_and_mistakes", test_options_help_version_and_mistakes},
         {"test_options_sizes_and_password_file", test_options_sizes_and_password_file},
+        {"test_options_binary_help_version_bad_option", test_options_binary_help_version_bad_option},
     };
 
     return kv_test_run_suite("options", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));

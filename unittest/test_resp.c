@@ -505,6 +505,27 @@ static void test_resp_tool_commands_and_argument_errors(void)
     close(fd);
 }
 
+/* A key above --max-key in every command that takes keys: the handler's
+ * BAD_REQUEST comes back as one -ERR line in each reply style. */
+static void test_resp_key_too_long_in_every_command(void)
+{
+    static const char *const cmds[] = {"GET %s", "SET %s v", "INCR %s", "INCRBY %s 3",
+                                       "DECR %s", "MGET a %s", "MSET a 1 %s 2", "EXPIRE %s 100",
+                                       "PEXPIRE %s 100", "TTL %s", "PTTL %s", "PERSIST %s",
+                                       "DEL %s", "EXISTS %s", "GETSET %s v"};
+    static char key[5001], req[5100];
+    int fd = raw_connect(srv.port);
+
+    CU_ASSERT_FATAL(fd >= 0);
+    memset(key, 'k', sizeof(key) - 1);
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        snprintf(req, sizeof(req) - 2, cmds[i], key);
+        strcat(req, "\r\n");
+        expect(fd, req, "-ERR BAD_REQUEST: key must be 1..max-key bytes\r\n");
+    }
+    close(fd);
+}
+
 /* ---- the parser itself --------------------------------------------------------- */
 static uint8_t *guard_base;
 static long page;
@@ -633,6 +654,8 @@ int main(void)
     CU_add_test(s, "test_resp_parser_every_truncation_resumed",
                 test_resp_parser_every_truncation_resumed);
     CU_add_test(s, "test_resp_parser_resume_is_linear", test_resp_parser_resume_is_linear);
+    CU_add_test(s, "test_resp_key_too_long_in_every_command",
+                test_resp_key_too_long_in_every_command);
     CU_add_test(s, "test_resp_tool_commands_and_argument_errors",
                 test_resp_tool_commands_and_argument_errors);
     CU_add_test(s, "test_resp_multibulk_and_inline_exact_replies",
