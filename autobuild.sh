@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The one build entry point of libevkv.
-#   ./autobuild.sh            incremental debug build
-#   ./autobuild.sh release    clean optimised build, no debug info
-#   ./autobuild.sh unittest   clean debug build, then every test suite; non-zero if any fails
-#   ./autobuild.sh asan       clean build with ASan+UBSan, then every test suite
-#   ./autobuild.sh coverage   clean gcov build, suites, lcov HTML in build/coverage/
+#   ./autobuild.sh            incremental debug build (programs in bin/)
+#   ./autobuild.sh release    clean optimised build, no debug info (programs in bin/)
+#   ./autobuild.sh unittest   clean debug build in build-test/ (programs in build-test/bin/),
+#                             then every test suite; non-zero if any fails
+#   ./autobuild.sh asan       clean build with ASan+UBSan in build-asan/, then every test suite
+#   ./autobuild.sh coverage   clean gcov build in build-cov/, suites, lcov HTML in build/coverage/
+#   ./autobuild.sh faults [POINTS]  ASan build with the allocation-failure hook in
+#                             build-faults/, then tests/faults.sh: each scenario with
+#                             each of (at most POINTS, default 40) allocations failing
+# Only debug and release write bin/: the test builds never replace the programs
+# README tells users to run.
 #   ./autobuild.sh fuzz [SECS] libFuzzer harnesses with ASan+UBSan in build-fuzz/: every
 #                             regression input, then SECS (default 60) split among them
 #   ./autobuild.sh install [PREFIX]  clean optimised build in build-install/, then
@@ -19,7 +25,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 need_pkgs=(cmake gcc libev-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev libcunit1-dev)
 [[ $mode == coverage ]] && need_pkgs+=(lcov)
 # the RESP suite drives the real tools: redis-cli, redis-benchmark, python3-redis, twemproxy
-[[ $mode == unittest || $mode == asan || $mode == coverage ]] && need_pkgs+=(redis-tools python3-redis nutcracker pkg-config)
+[[ $mode == unittest || $mode == asan || $mode == coverage || $mode == faults ]] && need_pkgs+=(redis-tools python3-redis nutcracker pkg-config)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,11 +50,11 @@ build() { # build DIR TYPE [cmake args...]
     cmake -S "$top" -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
     cmake --build "$dir" -j "$jobs" -- --no-print-directory
 }
-clean() { rm -rf "$1" "$top/bin"; }
+clean() { rm -rf "$1"; }
 
-run_tests() { # every bin/test_* runner; fails if any fails
+run_tests() { # run_tests BINDIR: every test_* runner there; fails if any fails
     local failed=0 t
-    for t in "$top"/bin/test_*; do
+    for t in "$1"/test_*; do
         [[ -x $t ]] || continue
         echo "==== $(basename "$t")"
         if ! "$t"; then
@@ -65,20 +71,21 @@ debug)
     ;;
 release)
     clean build
+    rm -rf "$top/bin"
     build build Release -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG"
     ;;
 unittest)
-    clean build
-    build build Debug
-    run_tests
+    clean build-test
+    build build-test Debug -DKV_BIN_DIR="$top/build-test/bin"
+    run_tests "$top/build-test/bin"
     echo "[autobuild] all test suites passed"
     ;;
 asan)
     clean build-asan
-    build build-asan Debug -DKV_SANITIZE=ON
+    build build-asan Debug -DKV_SANITIZE=ON -DKV_BIN_DIR="$top/build-asan/bin"
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-    run_tests
+    run_tests "$top/build-asan/bin"
     echo "[autobuild] all test suites passed under ASan+UBSan"
     ;;
 install)
@@ -90,12 +97,21 @@ install)
     cmake --install build-install --prefix "$prefix"
     echo "[autobuild] installed into ${DESTDIR:-}$prefix"
     ;;
+faults)
+    points=${2:-40}
+    [[ $points =~ ^[0-9]+$ ]] || { echo "usage: $0 faults [POINTS]" >&2; exit 2; }
+    clean build-faults
+    build build-faults Debug -DKV_SANITIZE=ON -DKV_FAULTS=ON -DKV_BIN_DIR="$top/build-faults/bin"
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    tests/faults.sh "$top/build-faults/bin" "$points"
+    ;;
 coverage)
     command -v lcov >/dev/null || { echo "[autobuild] lcov missing" >&2; exit 1; }
     clean build-cov
-    build build-cov Debug -DKV_COVERAGE=ON
+    build build-cov Debug -DKV_COVERAGE=ON -DKV_BIN_DIR="$top/build-cov/bin"
     lcov --quiet --zerocounters --directory build-cov
-    run_tests
+    run_tests "$top/build-cov/bin"
     lcov --quiet --capture --directory build-cov --output-file build-cov/all.info
     lcov --quiet --extract build-cov/all.info "$top/src/*" --output-file build-cov/src.info
     mkdir -p build/coverage
@@ -147,7 +163,7 @@ fuzz)
     done
     while ((running > 0)); do wait -n || ccfail=1; running=$((running - 1)); done
     ((ccfail == 0)) || { echo "[autobuild] fuzz: compilation failed" >&2; exit 1; }
-    harnesses=(fuzz_frame fuzz_handlers fuzz_conn fuzz_segment fuzz_rdb)
+    harnesses=(fuzz_frame fuzz_resp fuzz_handlers fuzz_conn fuzz_segment fuzz_rdb)
     for h in "${harnesses[@]}"; do
         clang "${cflags[@]}" -fsanitize=fuzzer "fuzz/$h.c" "${objs[@]}" "${libs[@]}" -o "$fb/$h"
     done
@@ -201,7 +217,7 @@ fuzz)
     echo "[autobuild] fuzz: all harnesses passed"
     ;;
 *)
-    echo "usage: $0 [release|unittest|asan|coverage|fuzz [SECONDS]|install [PREFIX]]" >&2
+    echo "usage: $0 [release|unittest|asan|coverage|faults [POINTS]|fuzz [SECONDS]|install [PREFIX]]" >&2
     exit 2
     ;;
 esac

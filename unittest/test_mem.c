@@ -16,7 +16,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kv_err.h"
 #include "kv_mem.h"
+#include "kv_print.h"
 #include "kv_test_util.h"
 
 #define MIB (1u << 20)
@@ -1036,9 +1038,53 @@ static void test_mem_obj_cache_counts_and_reuse(void)
     CU_ASSERT_EQUAL(c.mod[KV_MOD_TEST].bytes, a.mod[KV_MOD_TEST].bytes);
 }
 
+/* Every KV_E* code has its own name; others are "unknown error". */
+static void test_mem_error_names(void)
+{
+    for (int e = KV_EAGAIN; e >= KV_ESTATUS; e--) {
+        const char *n = kv_strerror(e);
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(n);
+        CU_ASSERT(strcmp(n, "unknown error") != 0);
+        for (int f = KV_EAGAIN; f > e; f--)
+            CU_ASSERT(strcmp(n, kv_strerror(f)) != 0);
+    }
+    CU_ASSERT_STRING_EQUAL(kv_strerror(-999), "unknown error");
+    CU_ASSERT_STRING_EQUAL(kv_strerror(1), "unknown error");
+}
+
+/* kv_print_write on a full non-blocking pipe returns at once, writes what
+ * fits and counts the rest as dropped. */
+static void test_mem_print_write_drops_when_full(void)
+{
+    static char chunk[4096];
+    struct kv_mem_snapshot a, b;
+    size_t wrote = 0, n;
+    int p[2];
+
+    CU_ASSERT_FATAL(pipe(p) == 0);
+    CU_ASSERT_FATAL(fcntl(p[1], F_SETFL, O_NONBLOCK) == 0);
+    memset(chunk, 'x', sizeof(chunk));
+    kv_mem_snapshot(&a);
+    for (int i = 0; i < 1024; i++) /* 4 MiB into a 64 KiB pipe */
+        wrote += kv_print_write(p[1], chunk, sizeof(chunk));
+    kv_mem_snapshot(&b);
+    CU_ASSERT(wrote > 0 && wrote < 1024 * sizeof(chunk));
+    CU_ASSERT_EQUAL(b.stat[KV_STAT_PRINT_DROPPED] - a.stat[KV_STAT_PRINT_DROPPED],
+                    1024 * sizeof(chunk) - wrote);
+    n = kv_print_write(p[1], "", 0);
+    CU_ASSERT_EQUAL(n, 0);
+    close(p[0]); /* the reader gone: EPIPE (SIGPIPE ignored below), dropped too */
+    signal(SIGPIPE, SIG_IGN);
+    CU_ASSERT_EQUAL(kv_print_write(p[1], "x", 1), 0);
+    close(p[1]);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
+        {"test_mem_error_names", test_mem_error_names},
+        {"test_mem_print_write_drops_when_full", test_mem_print_write_drops_when_full},
         {"test_mem_obj_cache_counts_and_reuse", test_mem_obj_cache_counts_and_reuse},
         {"test_mem_alloc_free_exact", test_mem_alloc_free_exact},
         {"test_mem_alloc_counts_per_module", test_mem_alloc_counts_per_module},

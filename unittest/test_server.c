@@ -708,6 +708,111 @@ static void test_pb_inline_reader_matches_general(void)
     }
 }
 
+/* DEL and MSET are read in place: unknown fields are skipped and a known
+ * field of the wrong wire type refuses the body, as protobuf-c does; the
+ * last key/value of a pair wins; a key too long refuses the whole request
+ * before anything is written; a full store answers OUT_OF_MEMORY. */
+static void test_server_del_mset_in_place_decoding(void)
+{
+    /* DEL: an unknown varint field 2 around the key */
+    static const uint8_t del_unknown[] = {0x10, 0x05, 0x0a, 0x05, 'h', 's', ':', 'i', '1', 0x18, 0x01};
+    static const uint8_t del_bad_wire[] = {0x08, 0x05};           /* keys as a varint */
+    static const uint8_t del_truncated[] = {0x0a, 0x09, 'h', 's'}; /* length past the end */
+    /* MSET: pair {unknown 3, key, value, value again}, unknown top-level 5, ttl */
+    static const uint8_t mset_ok[] = {0x0a, 0x0f, 0x18, 0x01, 0x0a, 0x05, 'h', 's', ':', 'i',
+                                      '2', 0x12, 0x01, 'a', 0x12, 0x01, 'b', 0x28, 0x07,
+                                      0x10, 0x00};
+    static const uint8_t mset_ttl_wire[] = {0x12, 0x01, 'x'};             /* ttl as bytes */
+    static const uint8_t mset_pair_wire[] = {0x08, 0x01};                 /* pair as a varint */
+    static const uint8_t mset_key_wire[] = {0x0a, 0x02, 0x08, 0x01};      /* key as a varint */
+    static const uint8_t mset_sub_bad[] = {0x0a, 0x02, 0x0a, 0x09};       /* key past the pair */
+    static const uint8_t mset_ttl_big[] = {0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                           0xff, 0xff, 0x01};             /* 2^64 - 1 */
+    uint8_t big[5000 + 16];
+    char value[8];
+    struct result r;
+
+    set_kv("hs:i1", "x", NULL);
+    r = run_raw(3, del_unknown, sizeof(del_unknown));
+    CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+    free(r.body);
+    CU_ASSERT_EQUAL(get_kv("hs:i1", value, sizeof(value), NULL), KV_ST_NOT_FOUND);
+    r = run_raw(3, del_bad_wire, sizeof(del_bad_wire));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    r = run_raw(3, del_truncated, sizeof(del_truncated));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+
+    r = run_raw(7, mset_ok, sizeof(mset_ok));
+    CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+    free(r.body);
+    CU_ASSERT_EQUAL(get_kv("hs:i2", value, sizeof(value), NULL), KV_ST_OK);
+    CU_ASSERT_STRING_EQUAL(value, "b"); /* the last value field wins */
+    r = run_raw(7, mset_ttl_wire, sizeof(mset_ttl_wire));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    r = run_raw(7, mset_pair_wire, sizeof(mset_pair_wire));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    r = run_raw(7, mset_key_wire, sizeof(mset_key_wire));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    r = run_raw(7, mset_sub_bad, sizeof(mset_sub_bad));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    r = run_raw(7, mset_ttl_big, sizeof(mset_ttl_big));
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    /* a key above --max-key (4096) in the second pair: nothing written */
+    memset(big, 'k', sizeof(big));
+    big[0] = 0x0a, big[1] = 0x05, big[2] = 0x0a, big[3] = 0x03, big[4] = 'h', big[5] = 's',
+    big[6] = '3';
+    big[7] = 0x0a, big[8] = 0x83, big[9] = 0x28; /* pair of 5123 bytes */
+    big[10] = 0x0a, big[11] = 0x80, big[12] = 0x28; /* key of 5120 bytes */
+    r = run_raw(7, big, 13 + 5120);
+    CU_ASSERT_EQUAL(r.status, KV_ST_BAD_REQUEST);
+    free(r.body);
+    CU_ASSERT_EQUAL(get_kv("hs3", value, sizeof(value), NULL), KV_ST_NOT_FOUND);
+}
+
+static uint16_t set_big(const char *k, size_t n)
+{
+    Kv__SetRequest m = KV__SET_REQUEST__INIT;
+    uint8_t *v = calloc(1, n), *buf = malloc(n + 64);
+    struct result r;
+
+    CU_ASSERT_FATAL(v && buf);
+    m.key = bin(k);
+    m.value.data = v;
+    m.value.len = n;
+    r = run_raw(2, buf, protobuf_c_message_pack(&m.base, buf));
+    free(r.body);
+    free(v);
+    free(buf);
+    return r.status;
+}
+
+/* A value larger than the whole store, then the store filled up: both
+ * OUT_OF_MEMORY (with --eviction none), and FLUSH gives the room back. */
+static void test_server_store_full_answers_out_of_memory(void)
+{
+    uint16_t st = KV_ST_OK;
+    char k[32];
+    struct result r;
+
+    CU_ASSERT_EQUAL(set_big("hs:huge", 9u << 20), KV_ST_OUT_OF_MEMORY);
+    for (int i = 0; i < 64 && st == KV_ST_OK; i++) {
+        snprintf(k, sizeof(k), "hs:fill%d", i);
+        st = set_big(k, 512u << 10);
+    }
+    CU_ASSERT_EQUAL(st, KV_ST_OUT_OF_MEMORY);
+    r = run_raw(11, NULL, 0);
+    CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+    free(r.body);
+    CU_ASSERT_EQUAL(set_big("hs:fill0", 512u << 10), KV_ST_OK);
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -715,6 +820,9 @@ int main(void)
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 1;
     s = CU_add_suite("server", suite_init, suite_clean);
+    CU_add_test(s, "test_server_del_mset_in_place_decoding", test_server_del_mset_in_place_decoding);
+    CU_add_test(s, "test_server_store_full_answers_out_of_memory",
+                test_server_store_full_answers_out_of_memory);
     CU_add_test(s, "test_server_get_set_versions", test_server_get_set_versions);
     CU_add_test(s, "test_server_set_conditions", test_server_set_conditions);
     CU_add_test(s, "test_server_del_exists", test_server_del_exists);

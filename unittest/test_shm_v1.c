@@ -61,6 +61,8 @@ static void fixture_path(const char *name, char *out, size_t cap)
     if (slash)
         *slash = 0; /* bin/ */
     snprintf(out, cap, "%s/../unittest/fixtures/%s", exe, name);
+    if (access(out, R_OK) != 0) /* a test build's bin/ is deeper: the suites run from the top */
+        snprintf(out, cap, "unittest/fixtures/%s", name);
 }
 
 /* Decompresses fixtures/NAME.seg.gz into a temporary file and maps it twice. */

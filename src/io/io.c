@@ -19,6 +19,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <signal.h>
@@ -33,6 +34,7 @@
 #include "kv_err.h"
 #include "kv_log.h"
 #include "kv_mem.h"
+#include "kv_print.h"
 
 #define KV_IO_MAX_INFLIGHT 4096  /* requests per connection before reading pauses */
 #define KV_IO_MIN_TAIL 512       /* a smaller free tail is not worth a read */
@@ -40,6 +42,9 @@
 #define KV_IO_OBUF 16384u        /* output buffer size (larger answers get their own) */
 #define KV_IO_TEXT_ROOM 64u      /* least free space a text reply is offered in place */
 #define KV_IO_LINGER 5.0         /* seconds an error-closed connection drains its input */
+#define KV_IO_TRIM_STEP (4u << 20)  /* client memory released before the heap is trimmed */
+#define KV_IO_EVICT_BURST 64     /* budget closes per check at most */
+#define KV_IO_ARGV_KEEP 4096     /* argv entries an IO thread keeps between requests */
 
 static __thread struct kv_io_thread *current_thread;
 
@@ -78,28 +83,57 @@ static const char *peer_name(int fd, char *buf, size_t cap)
     return buf;
 }
 
-/* ---- messages --------------------------------------------------------------- */
-static struct kv_io_msg *msg_new(size_t size)
+/* ---- the client-memory budget ---------------------------------------------
+ * Every byte a connection makes the server hold (receive buffers, requests,
+ * bodies and replies the IO thread owns, laid-out output) is charged to it;
+ * the sum over the open connections of every thread is kept under
+ * --max-client-memory by closing the connection holding the most (Redis's
+ * maxmemory-clients). A closed connection leaves the thread's total at once:
+ * what it still holds is being given back. */
+static void conn_charge(struct kv_io_conn *c, int64_t d)
 {
-    struct kv_io_msg *m = kv_mem_alloc(KV_MOD_MESSAGE, sizeof(*m));
+    struct kv_io_thread *thr = c->thr;
+
+    c->mem += (size_t)d;
+    if (!c->closed)
+        __atomic_store_n(&thr->client_mem, thr->client_mem + (size_t)d, __ATOMIC_RELAXED);
+    kv_mem_stat_add(KV_STAT_CLIENT_MEMORY, (uint64_t)d); /* a gauge, modulo 2^64 */
+}
+
+static size_t io_client_mem(const struct kv_io *io)
+{
+    size_t total = 0;
+
+    for (unsigned i = 0; i < io->nthreads; i++)
+        total += __atomic_load_n(&io->threads[i].client_mem, __ATOMIC_RELAXED);
+    return total;
+}
+
+/* ---- messages --------------------------------------------------------------- */
+static struct kv_io_msg *msg_new(struct kv_io_conn *c, size_t size)
+{
+    struct kv_io_msg *m = kv_mem_obj_get(KV_MOD_MESSAGE, sizeof(*m));
 
     if (!m)
         return NULL;
     m->buf = kv_mem_buf_get(size, &m->cap);
     if (!m->buf) {
-        kv_mem_free(KV_MOD_MESSAGE, m);
+        kv_mem_obj_put(KV_MOD_MESSAGE, m, sizeof(*m));
         return NULL;
     }
+    m->conn = c;
     m->len = m->parsed = 0;
     m->refs = 1;
+    conn_charge(c, (int64_t)m->cap);
     return m;
 }
 
 static void msg_unref(struct kv_io_msg *m)
 {
     if (m && --m->refs == 0) {
+        conn_charge(m->conn, -(int64_t)m->cap);
         kv_mem_buf_put(m->buf, m->cap);
-        kv_mem_free(KV_MOD_MESSAGE, m);
+        kv_mem_obj_put(KV_MOD_MESSAGE, m, sizeof(*m));
     }
 }
 
@@ -119,9 +153,18 @@ static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
     r->msg = m;
     r->out_next = NULL;
     r->done = r->queued = r->body_owned = r->in_place = 0;
+    r->charged = sizeof(*r);
+    conn_charge(c, (int64_t)sizeof(*r));
     if (m)
         m->refs++;
     return r;
+}
+
+/* r now also holds n bytes of owned body or reply. */
+static void req_charge(struct kv_io_req *r, size_t n)
+{
+    r->charged += n;
+    conn_charge(r->conn, (int64_t)n);
 }
 
 static void req_free(struct kv_io_req *r)
@@ -130,6 +173,7 @@ static void req_free(struct kv_io_req *r)
         kv_mem_free(KV_MOD_PACKET, r->call.resp);
     if (r->body_owned)
         kv_mem_free(KV_MOD_PACKET, (void *)r->call.body);
+    conn_charge(r->conn, -(int64_t)r->charged);
     msg_unref(r->msg);
     kv_mem_obj_put(KV_MOD_REQUEST, r, sizeof(*r));
 }
@@ -152,6 +196,8 @@ static void conn_free(struct kv_io_conn *c)
 }
 
 static void conn_mark_flush(struct kv_io_conn *c);
+static void conn_flush(struct kv_io_conn *c);
+static void conn_parse_input(struct kv_io_conn *c);
 
 /* Closes the socket and drops everything queued. The conn itself lives on
  * (closed) until conn_settle() finds no request with the workers. */
@@ -170,6 +216,7 @@ static void conn_close(struct kv_io_conn *c)
     c->fd = -1;
     c->closed = 1;
     c->reading = 0;
+    __atomic_store_n(&c->thr->client_mem, c->thr->client_mem - c->mem, __ATOMIC_RELAXED);
     __atomic_fetch_sub(&c->thr->io->conns, 1, __ATOMIC_RELAXED);
     kv_mem_stat_add(KV_STAT_CONNS_CLOSED, 1);
     while (c->out_head) {
@@ -188,6 +235,7 @@ static void conn_close(struct kv_io_conn *c)
         struct kv_io_obuf *b = c->ob_head;
 
         c->ob_head = b->next;
+        conn_charge(c, -(int64_t)b->pool_cap);
         kv_mem_buf_put(b, b->pool_cap);
     }
     c->ob_tail = NULL;
@@ -195,6 +243,97 @@ static void conn_close(struct kv_io_conn *c)
     msg_unref(c->cur);
     c->cur = NULL;
     conn_mark_flush(c); /* conn_settle frees it once no request refers to it */
+}
+
+int kv_io_ratelog_take(struct kv_io_ratelog *r, double now, uint64_t *quiet)
+{
+    uint64_t sec = (uint64_t)now, last = __atomic_load_n(&r->sec, __ATOMIC_RELAXED);
+
+    if (sec == last || !__atomic_compare_exchange_n(&r->sec, &last, sec, 0, __ATOMIC_RELAXED,
+                                                    __ATOMIC_RELAXED)) {
+        __atomic_fetch_add(&r->quiet, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    *quiet = __atomic_exchange_n(&r->quiet, 0, __ATOMIC_RELAXED);
+    return 1;
+}
+
+/* "ADDR:PORT" of c's peer, for log lines. */
+static const char *conn_peer(const struct kv_io_conn *c, char *buf, size_t cap)
+{
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof(sa);
+    char ip[INET_ADDRSTRLEN];
+
+    if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *)&sa, &sl) != 0 ||
+        sa.sin_family != AF_INET || !inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip)))
+        snprintf(buf, cap, "fd %d", c->fd);
+    else
+        snprintf(buf, cap, "%s:%u", ip, ntohs(sa.sin_port));
+    return buf;
+}
+
+/* Logs a budget close at most once a second (over every IO thread). */
+static void budget_log(struct kv_io_thread *thr, const struct kv_io_conn *c, size_t total)
+{
+    uint64_t quiet;
+    char peer[64];
+
+    if (!kv_io_ratelog_take(&thr->io->evict_log, ev_now(thr->loop), &quiet))
+        return;
+    kv_io_log(thr->io, 1, "%s: holds %zu bytes, the most, and all clients %zu, above "
+              "--max-client-memory %zu; closing (and %llu more since the last such line)",
+              conn_peer(c, peer, sizeof(peer)), c->mem, total, thr->io->cfg->max_client_memory,
+              (unsigned long long)quiet);
+}
+
+/* Keeps the open connections of every thread under --max-client-memory by
+ * closing the largest. With several IO threads, the thread that notices
+ * closes its own largest unless another thread reported a larger one at its
+ * last check: that thread is then asked (asked = 1: close without asking on). */
+static void budget_check(struct kv_io_thread *thr, int asked)
+{
+    struct kv_io *io = thr->io;
+    size_t budget = io->cfg->max_client_memory, total;
+
+    if (thr->client_mem > thr->trim_high)
+        thr->trim_high = thr->client_mem;
+    if (budget == 0)
+        return;
+    for (int n = 0; n < KV_IO_EVICT_BURST && (total = io_client_mem(io)) > budget; n++) {
+        struct kv_io_conn *big = NULL;
+
+        for (struct kv_io_conn *c = thr->conns; c; c = c->next)
+            if (!c->closed && (!big || c->mem > big->mem))
+                big = c;
+        __atomic_store_n(&thr->largest, big ? big->mem : 0, __ATOMIC_RELAXED);
+        if (!asked) {
+            struct kv_io_thread *other = NULL;
+            size_t best = big ? big->mem : 0;
+
+            for (unsigned i = 0; i < io->nthreads; i++) {
+                struct kv_io_thread *t = &io->threads[i];
+                size_t l = __atomic_load_n(&t->largest, __ATOMIC_RELAXED);
+
+                if (t != thr && l > best) {
+                    best = l;
+                    other = t;
+                }
+            }
+            if (other) {
+                pthread_mutex_lock(&other->lock);
+                other->evict_asked = 1;
+                pthread_mutex_unlock(&other->lock);
+                ev_async_send(other->loop, &other->wake);
+                return;
+            }
+        }
+        if (!big)
+            return;
+        budget_log(thr, big, total);
+        kv_mem_stat_add(KV_STAT_CLIENT_MEM_CLOSES, 1);
+        conn_close(big);
+    }
 }
 
 static void conn_new(struct kv_io_thread *thr, const struct kv_io_handoff *h)
@@ -268,6 +407,7 @@ static uint8_t *out_reserve(struct kv_io_conn *c, size_t n)
     b->cap = cap - sizeof(*b);
     b->len = b->off = 0;
     b->pool_cap = cap;
+    conn_charge(c, (int64_t)cap);
     if (c->ob_tail)
         c->ob_tail->next = b;
     else
@@ -378,14 +518,17 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
     } else {
         r->out_len = KV_FRAME_OVERHEAD + r->call.resp_len;
     }
+    if (r->call.resp_owned && r->call.resp_len)
+        req_charge(r, r->call.resp_len);
     if (!r->queued) /* binary: queued when done; text and --in-order: when parsed */
         conn_enqueue(c, r);
     r->done = 1;
     c->out_bytes += r->out_len;
     conn_mark_flush(c);
-    if (c->out_bytes > c->thr->io->cfg->output_hard_limit) {
+    if (c->out_bytes > c->thr->io->cfg->output_hard_limit && c->out_bytes > r->out_len) {
         /* a client that does not read its answers: like Redis's
-         * client-output-buffer-limit, drop it rather than grow without end */
+         * client-output-buffer-limit, drop it rather than grow without end
+         * (one answer alone, however large, is always sent) */
         kv_io_log(c->thr->io, 1, "fd %d: %zu bytes of output pending, above "
                   "--output-hard-limit; closing", c->fd, c->out_bytes);
         kv_mem_stat_add(KV_STAT_OUTPUT_LIMIT, 1);
@@ -395,7 +538,13 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
     if (conn_drain(c) != 0) {
         kv_io_log(c->thr->io, 0, "out of memory for output; closing connection");
         conn_close(c);
+        return;
     }
+    /* a batch of large answers: hand what is laid out to the socket now,
+     * so that a client that reads is not taken for one that does not */
+    if (c->out_bytes >= c->thr->io->cfg->max_output)
+        conn_flush(c);
+    budget_check(c->thr, 0);
 }
 
 /* Answers an error the IO thread detects itself (no worker involved), with
@@ -434,7 +583,7 @@ static void conn_update_reading(struct kv_io_conn *c)
 
     if (c->closed)
         return;
-    if (c->closing || c->thr->stopping)
+    if (c->closing || c->thr->stopping || c->gated)
         want = 0;
     else if (c->reading)
         want = c->out_bytes < cfg->max_output && c->inflight < KV_IO_MAX_INFLIGHT &&
@@ -492,6 +641,7 @@ static void conn_flush(struct kv_io_conn *c)
             left -= take;
             if (b->off == b->len) {
                 c->ob_head = b->next;
+                conn_charge(c, -(int64_t)b->pool_cap);
                 kv_mem_buf_put(b, b->pool_cap);
             }
         }
@@ -572,6 +722,23 @@ static void conn_settle(struct kv_io_conn *c)
             conn_free(c);
         return;
     }
+    /* before AUTH a connection is served one request at a time: the next is
+     * parsed only once this answer is written, so a pipeline of guesses gets
+     * no further than the third wrong one (KV_SESSION_CLOSE) */
+    if (c->gated && c->inflight == 0 && !c->out_head && !c->ob_head) {
+        c->gated = 0;
+        if (!c->closing && !c->thr->stopping && c->cur && c->cur->parsed < c->cur->len) {
+            conn_parse_input(c);
+            if (c->closed)
+                return; /* marked for flush: settled again */
+        }
+    }
+    /* an idle connection keeps no receive buffer (the pool has it back), so
+     * thousands of quiet clients cost a few hundred bytes each */
+    if (c->cur && c->cur->refs == 1 && c->cur->parsed == c->cur->len) {
+        msg_unref(c->cur);
+        c->cur = NULL;
+    }
     conn_update_reading(c);
 }
 
@@ -614,10 +781,11 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
     const struct kv_config *cfg = thr->io->cfg;
     struct kv_io_msg *m = c->cur;
     size_t max_body = cfg->max_body;
+    int authed = !cfg->requirepass[0] ||
+                 (__atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED);
 
     /* before AUTH, only small frames (PING, AUTH) are worth buffering */
-    if (cfg->requirepass[0] && cfg->max_body_noauth < max_body &&
-        !(__atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
+    if (!authed && cfg->max_body_noauth < max_body)
         max_body = cfg->max_body_noauth;
     while (m->parsed < m->len) {
         struct kv_frame f;
@@ -641,6 +809,11 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
                 conn_enqueue(c, req); /* answers leave in request order */
             batch_add(thr, c, req, (size_t)r);
             m->parsed += (size_t)r;
+            if (!authed) { /* one at a time until AUTH succeeds (conn_settle) */
+                c->gated = 1;
+                conn_mark_flush(c);
+                return;
+            }
             continue;
         }
         if (r == KV_EAGAIN) {
@@ -727,7 +900,7 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         struct kv_text_result res = {0};
         struct kv_io_req *req;
         ssize_t r = kv_resp_parse(m->buf + m->parsed, m->len - m->parsed, &lim, &thr->argv, need,
-                                  &err);
+                                  &err, &c->resume);
         int rc;
 
         if (r == KV_EAGAIN) {
@@ -774,10 +947,14 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
             return;
         }
         rc = text->command(text->ctx, &c->session, thr->argv.argc, thr->argv.v, &req->call, &res);
+        if (thr->argv.cap > KV_IO_ARGV_KEEP)
+            kv_resp_argv_fini(&thr->argv); /* a huge request's argv is not kept for ever */
         if (rc == KV_TEXT_DISPATCH) {
             req->call.body = res.body;
             req->call.body_len = (uint32_t)res.body_len;
             req->body_owned = res.body != NULL && !res.body_in_scratch;
+            if (req->body_owned)
+                req_charge(req, res.body_len);
             conn_enqueue(c, req);
             batch_add(thr, c, req, (size_t)r);
         } else if (rc == KV_TEXT_REPLY) {
@@ -798,6 +975,11 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         }
         if (c->closed)
             return;
+        if (!authed) { /* one at a time until AUTH succeeds (conn_settle) */
+            c->gated = 1;
+            conn_mark_flush(c);
+            return;
+        }
     }
 }
 
@@ -813,6 +995,10 @@ static int conn_make_room(struct kv_io_conn *c, size_t need)
 
     if (need < rest + 1)
         need = rest + (rest < KV_FRAME_HDR ? KV_FRAME_HDR - rest : KV_IO_MIN_TAIL);
+    /* grow with what has arrived, not with what a header announces: a
+     * partial frame holds at most about twice its received bytes */
+    if (need > rest + KV_IO_MIN_TAIL && need > cfg->recv_buf && need > 2 * rest)
+        need = 2 * rest > cfg->recv_buf ? 2 * rest : cfg->recv_buf;
     tail_want = need - rest < KV_IO_MIN_TAIL ? need - rest : KV_IO_MIN_TAIL;
     if (rest == 0 && m->refs == 1) {
         m->len = m->parsed = 0;
@@ -832,7 +1018,7 @@ static int conn_make_room(struct kv_io_conn *c, size_t need)
     newcap = need > cfg->recv_buf ? need : cfg->recv_buf;
     if (newcap < 2 * rest)
         newcap = 2 * rest;
-    n = msg_new(newcap);
+    n = msg_new(c, newcap);
     if (!n)
         return KV_ENOMEM;
     memcpy(n->buf, m->buf + m->parsed, rest);
@@ -847,11 +1033,10 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct kv_io_conn *c = w->data;
     struct kv_io_msg *m = c->cur;
-    size_t need = 0;
     ssize_t n;
 
     if (!m) {
-        m = c->cur = msg_new(c->thr->io->cfg->recv_buf);
+        m = c->cur = msg_new(c, c->thr->io->cfg->recv_buf);
         if (!m) {
             kv_io_log(c->thr->io, 0, "out of memory for a receive buffer; closing connection");
             conn_close(c);
@@ -878,6 +1063,18 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     if (c->proto == KV_PROTO_UNKNOWN) /* the first byte picks the protocol */
         c->proto = m->buf[0] == KV_FRAME_MAGIC0 || !c->thr->io->text.command ? KV_PROTO_BINARY
                                                                              : KV_PROTO_TEXT;
+    conn_parse_input(c);
+}
+
+/* Parses what the current message holds into requests, then makes room for
+ * the next read. From on_read, and from conn_settle when an unauthenticated
+ * connection's answer has been written (the gate opens). */
+static void conn_parse_input(struct kv_io_conn *c)
+{
+    struct ev_loop *loop = c->thr->loop;
+    struct kv_io_msg *m = c->cur;
+    size_t need = 0;
+
     if (c->proto == KV_PROTO_TEXT)
         conn_parse_text(c, &need);
     else
@@ -895,14 +1092,31 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     }
     if (c->inflight >= KV_IO_MAX_INFLIGHT)
         conn_mark_flush(c); /* settle applies backpressure */
+    budget_check(c->thr, 0);
 }
 
 /* ---- completions ---------------------------------------------------------- */
+/* A handler reported a wrong password: say from where, at most once a second. */
+static void auth_failed_log(struct kv_io_conn *c)
+{
+    uint64_t quiet;
+    char peer[64];
+
+    __atomic_fetch_and(&c->session.flags, ~KV_SESSION_AUTH_FAILED, __ATOMIC_RELAXED);
+    if (!kv_io_ratelog_take(&c->thr->io->auth_log, ev_now(c->thr->loop), &quiet))
+        return;
+    kv_io_log(c->thr->io, 1, "%s: wrong password (%u on this connection; %llu more on any "
+              "since the last such line)", conn_peer(c, peer, sizeof(peer)),
+              __atomic_load_n(&c->session.auth_failures, __ATOMIC_RELAXED),
+              (unsigned long long)quiet);
+}
+
 static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
 {
     while (calls) {
         struct kv_io_req *r = (struct kv_io_req *)calls;
         struct kv_io_conn *c = r->conn;
+        uint32_t flags;
 
         calls = calls->next;
         c->inflight--;
@@ -914,7 +1128,10 @@ static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
             conn_mark_flush(c); /* settle frees it when this was the last */
             continue;
         }
-        if (__atomic_load_n(&c->session.flags, __ATOMIC_RELAXED) & KV_SESSION_CLOSE)
+        flags = __atomic_load_n(&c->session.flags, __ATOMIC_ACQUIRE);
+        if (flags & KV_SESSION_AUTH_FAILED)
+            auth_failed_log(c);
+        if (flags & KV_SESSION_CLOSE)
             c->closing = 1;
         req_finish(c, r);
     }
@@ -953,6 +1170,12 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
     const struct kv_config *cfg = thr->io->cfg;
     ev_tstamp now = ev_now(loop);
 
+    /* much client memory given back (clients that held a lot have gone):
+     * return the freed heap pages to the system */
+    if (thr->trim_high > thr->client_mem + KV_IO_TRIM_STEP) {
+        malloc_trim(0);
+        thr->trim_high = thr->client_mem;
+    }
     for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
         const char *why = NULL;
 
@@ -1008,14 +1231,18 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
     struct kv_call *calls;
-    int stop;
+    int stop, evict;
 
     pthread_mutex_lock(&thr->lock);
     calls = thr->done_head;
     thr->done_head = thr->done_tail = NULL;
     stop = thr->stop_requested;
+    evict = thr->evict_asked;
+    thr->evict_asked = 0;
     pthread_mutex_unlock(&thr->lock);
     process_done(thr, calls);
+    if (evict)
+        budget_check(thr, 1);
     if (stop && !thr->stopping)
         begin_stop(thr);
 }
@@ -1023,13 +1250,18 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
-    struct kv_call *batch = thr->batch_head;
+    struct kv_call *batch;
 
-    if (batch) {
-        thr->batch_head = thr->batch_tail = NULL;
-        thr->io->dispatch(thr->io->dispatch_ctx, batch);
-    }
-    flush_all(thr);
+    /* settling a connection may parse more of its input (an opened AUTH
+     * gate): dispatch that too before the loop blocks */
+    do {
+        batch = thr->batch_head;
+        if (batch) {
+            thr->batch_head = thr->batch_tail = NULL;
+            thr->io->dispatch(thr->io->dispatch_ctx, batch);
+        }
+        flush_all(thr);
+    } while (thr->batch_head);
     if (thr->stopping && !thr->conns)
         ev_break(loop, EVBREAK_ALL);
 }
@@ -1143,8 +1375,7 @@ static int thread_init(struct kv_io *io, struct kv_io_thread *thr, unsigned inde
     thr->stop_timer.data = thr;
     ev_timer_init(&thr->sweep, on_sweep, 1., 1.);
     thr->sweep.data = thr;
-    if (io->cfg->idle_timeout || io->cfg->frame_timeout)
-        ev_timer_start(thr->loop, &thr->sweep);
+    ev_timer_start(thr->loop, &thr->sweep);
     return 0;
 }
 

@@ -23,6 +23,7 @@ struct kv_io_conn;
  * newer message. */
 struct kv_io_msg {
     uint8_t *buf;        /* owned: pool buffer (KV_MOD_BUF) */
+    struct kv_io_conn *conn; /* borrowed: charged for cap; outlives the message */
     size_t cap;          /* ro after create */
     size_t len;          /* bytes received */
     size_t parsed;       /* bytes consumed by whole frames */
@@ -45,6 +46,7 @@ struct kv_io_req {
     uint64_t request_id;
     size_t out_len;              /* bytes of the answer on the wire, once done */
     size_t wire_len;             /* bytes the request took on the wire (backpressure) */
+    size_t charged;              /* bytes of the client-memory budget it holds */
     uint8_t done;                /* answer ready: may be laid out */
     uint8_t queued;              /* on the conn's output queue */
     uint8_t body_owned;          /* call.body is KV_MOD_PACKET memory (text protocol) */
@@ -110,6 +112,7 @@ struct kv_io_conn {                  /* io-thread only */
     uint8_t on_flush;                /* on the to-flush list */
     uint8_t proto;                   /* KV_PROTO_*, set by the first byte */
     size_t partial_need;             /* bytes the partial request needs at least */
+    struct kv_resp_resume resume;    /* where parsing the partial RESP request stopped */
     size_t inflight_bytes;           /* frame bytes of the requests with the workers */
     ev_tstamp last_active;           /* last read or write progress (--idle-timeout) */
     ev_tstamp partial_since;         /* a frame began arriving; 0 = none (--frame-timeout) */
@@ -119,6 +122,10 @@ struct kv_io_conn {                  /* io-thread only */
     ev_tstamp linger_since;          /* when lingering began (KV_IO_LINGER) */
     char peer_text[48];              /* "ADDR:PORT", filled at --log-level debug only */
     struct kv_io_peer peer;          /* last (cold): listed from conn_new to conn_close */
+    size_t mem;                      /* bytes held in the client-memory budget: receive
+                                      * buffers, requests, owned bodies and replies, output */
+    uint8_t gated;                   /* before AUTH: one request at a time, the next parsed
+                                      * only once this one's answer is written */
 };
 
 struct kv_io_thread {
@@ -142,6 +149,19 @@ struct kv_io_thread {
     struct kv_resp_argv argv;        /* io-thread only: text-protocol argv scratch */
     int stopping;                    /* io-thread only */
     int started;
+    size_t client_mem;               /* atomic, written by this thread only: the budget
+                                      * bytes of its open connections */
+    size_t largest;                  /* atomic, written by this thread only: its
+                                      * largest connection at its last budget check */
+    size_t trim_high;                /* io-thread only: client_mem peak since the last trim */
+    int evict_asked;                 /* guarded by lock: another thread found the budget
+                                      * exceeded and this thread's connection the largest */
+};
+
+/* A log line of one kind at most once a second, over every thread. */
+struct kv_io_ratelog {
+    uint64_t sec;                    /* atomic: second of the last line */
+    uint64_t quiet;                  /* atomic: events since that line, not logged */
 };
 
 struct kv_io {
@@ -162,6 +182,9 @@ struct kv_io {
     struct kv_io_thread *threads;    /* owned (KV_MOD_THREAD) */
     unsigned next_thread;            /* listener thread only */
     unsigned conns;                  /* atomic: open connections */
+    struct kv_io_ratelog evict_log;  /* budget closes */
+    struct kv_io_ratelog auth_log;   /* wrong passwords */
+    struct kv_io_ratelog accept_log; /* accepts paused for lack of descriptors */
     /* listener */
     struct ev_loop *lloop;           /* owned */
     pthread_t ltid;
@@ -181,6 +204,9 @@ void kv_io_peer_remove(struct kv_io *io, struct kv_io_peer *p);
 /* unix.c: the unix-domain listening socket */
 int kv_io_unix_open(struct kv_io *io, char *err, size_t errcap);
 void kv_io_unix_close(struct kv_io *io);
+/* 1: log an event of r's kind now (*quiet: how many went unlogged since
+ * the last line); 0: one went out this second already. Any thread. */
+int kv_io_ratelog_take(struct kv_io_ratelog *r, double now, uint64_t *quiet);
 void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -65,8 +65,13 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                kv_io_log(io, 1, "accept: %s; pausing accepts for %.0f ms", strerror(errno),
-                          ACCEPT_BACKOFF * 1000);
+                uint64_t quiet;
+
+                kv_mem_stat_add(KV_STAT_ACCEPT_PAUSES, 1);
+                if (kv_io_ratelog_take(&io->accept_log, ev_now(loop), &quiet))
+                    kv_io_log(io, 1, "accept: %s; pausing accepts for %.0f ms (%llu more "
+                              "pauses since the last such line)", strerror(errno),
+                              ACCEPT_BACKOFF * 1000, (unsigned long long)quiet);
                 ev_io_stop(loop, &io->accept_w);
                 ev_io_stop(loop, &io->accept_unix_w);
                 ev_timer_set(&io->backoff, ACCEPT_BACKOFF, 0.);

@@ -71,20 +71,31 @@ static inline __attribute__((always_inline)) int read_count(const uint8_t *buf, 
     return 0;
 }
 
+/* With st active (st->off != 0) the elements before st->off were checked by
+ * an earlier call: go on from there without filling argv. st: may be NULL. */
 static ssize_t parse_multibulk(const uint8_t *buf, size_t len, const struct kv_resp_limits *lim,
-                               struct kv_resp_argv *a, size_t *need, const char **err)
+                               struct kv_resp_argv *a, size_t *need, const char **err,
+                               struct kv_resp_resume *st)
 {
-    size_t off = 0;
-    long long n, blen;
-    int rc = read_count(buf, len, &off, lim->max_args, &n, 1, "invalid multibulk length", err);
+    size_t off = 0, elem = 0;
+    long long n, blen, i = 0;
+    int rc, fill = !st || st->off == 0;
 
-    if (rc != 0)
-        return rc;
-    if (n <= 0)
-        return (ssize_t)off; /* "*0" and "*-1": an empty request, skipped */
-    for (long long i = 0; i < n; i++) {
+    if (!fill) {
+        off = st->off;
+        n = st->nargs;
+        i = st->done;
+    } else {
+        rc = read_count(buf, len, &off, lim->max_args, &n, 1, "invalid multibulk length", err);
+        if (rc != 0)
+            return rc;
+        if (n <= 0)
+            return (ssize_t)off; /* "*0" and "*-1": an empty request, skipped */
+    }
+    for (; i < n; i++) {
+        elem = off;
         if (off >= len)
-            return KV_EAGAIN;
+            goto partial;
         if (buf[off] != '$') {
             /* Redis's text with the byte found, in a thread's own buffer (no allocation) */
             static const char expected[] = "expected '$', got '?'";
@@ -96,6 +107,8 @@ static ssize_t parse_multibulk(const uint8_t *buf, size_t len, const struct kv_r
             return KV_EPROTO;
         }
         rc = read_count(buf, len, &off, lim->max_bulk, &blen, 0, "invalid bulk length", err);
+        if (rc == KV_EAGAIN)
+            goto partial;
         if (rc != 0)
             return rc;
         /* compare before adding: off and blen are both bounded here */
@@ -105,25 +118,39 @@ static ssize_t parse_multibulk(const uint8_t *buf, size_t len, const struct kv_r
         }
         if (len - off < (size_t)blen + 2) {
             *need = off + (size_t)blen + 2;
-            return KV_EAGAIN;
+            goto partial;
         }
         if (buf[off + blen] != '\r' || buf[off + blen + 1] != '\n') {
             *err = "bulk string not followed by \\r\\n";
             return KV_EPROTO;
         }
-        if (push(a, buf + off, (size_t)blen) != 0)
+        if (fill && push(a, buf + off, (size_t)blen) != 0)
             return KV_ENOMEM;
         off += (size_t)blen + 2;
     }
+    if (!fill) { /* complete: once more from the start, filling argv */
+        st->off = 0;
+        return parse_multibulk(buf, len, lim, a, need, err, NULL);
+    }
     return (ssize_t)off;
+
+partial: /* the next call starts at this element */
+    if (st) {
+        st->off = elem;
+        st->nargs = n;
+        st->done = i;
+    }
+    return KV_EAGAIN;
 }
 
 /* An inline command: words split by spaces and tabs; "double quoted"
  * words may hold spaces. */
 static ssize_t parse_inline(const uint8_t *buf, size_t len, const struct kv_resp_limits *lim,
-                            struct kv_resp_argv *a, const char **err)
+                            struct kv_resp_argv *a, const char **err, struct kv_resp_resume *st)
 {
-    const uint8_t *nl = memchr(buf, '\n', len < lim->max_inline ? len : lim->max_inline);
+    size_t from = st && st->nargs == -1 ? st->off : 0, scan = len < lim->max_inline ? len
+                                                                                  : lim->max_inline;
+    const uint8_t *nl = from < scan ? memchr(buf + from, '\n', scan - from) : NULL;
     size_t end, i = 0;
 
     if (!nl) {
@@ -131,8 +158,14 @@ static ssize_t parse_inline(const uint8_t *buf, size_t len, const struct kv_resp
             *err = "too big inline request";
             return KV_ETOOBIG;
         }
+        if (st) { /* no newline in buf[0..len): the next call looks past it */
+            st->off = len;
+            st->nargs = -1;
+        }
         return KV_EAGAIN;
     }
+    if (st)
+        st->off = 0;
     end = (size_t)(nl - buf);
     if (end > 0 && buf[end - 1] == '\r')
         end--;
@@ -174,13 +207,18 @@ static ssize_t parse_inline(const uint8_t *buf, size_t len, const struct kv_resp
 }
 
 ssize_t kv_resp_parse(const uint8_t *buf, size_t len, const struct kv_resp_limits *lim,
-                      struct kv_resp_argv *a, size_t *need, const char **err)
+                      struct kv_resp_argv *a, size_t *need, const char **err,
+                      struct kv_resp_resume *st)
 {
+    ssize_t r;
+
     *need = 0;
     a->argc = 0;
     if (len == 0)
         return KV_EAGAIN;
-    if (buf[0] == '*')
-        return parse_multibulk(buf, len, lim, a, need, err);
-    return parse_inline(buf, len, lim, a, err);
+    r = buf[0] == '*' ? parse_multibulk(buf, len, lim, a, need, err, st)
+                      : parse_inline(buf, len, lim, a, err, st);
+    if (st && r != KV_EAGAIN)
+        st->off = 0; /* complete, or a bad stream: nothing pending */
+    return r;
 }

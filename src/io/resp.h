@@ -33,7 +33,23 @@ struct kv_resp_argv {
 
 void kv_resp_argv_fini(struct kv_resp_argv *a);
 
-/* Parses one request from buf[0..len).
+/* Where the parse of a request that has arrived in part stopped, so that
+ * the next call checks only what is new: a request trickled in k pieces
+ * costs O(its size) in all, not O(k x its size). Offsets count from the
+ * request's first byte, so the caller may move the bytes between calls.
+ * Zeroed: nothing pending. One per connection. */
+struct kv_resp_resume {
+    size_t off;      /* bytes already checked: whole elements of a multibulk, or
+                      * an inline line without its newline; 0 = none */
+    long long nargs; /* multibulk: elements announced; -1: an inline line */
+    long long done;  /* multibulk: elements checked */
+};
+
+/* Parses one request from buf[0..len). With st (may be NULL) the parse
+ * resumes where the last KV_EAGAIN for the same request stopped; st is
+ * zeroed whenever a request completes or the stream is bad. A resumed
+ * request is gone over once more from its start when it completes, to fill
+ * argv: twice its size in all.
  * Returns the bytes consumed (> 0) with a->argc/a->v filled (pointing into
  * buf; argc may be 0 for an empty inline line, which the caller skips);
  * KV_EAGAIN when the request is not complete, with *need set to a lower
@@ -42,6 +58,7 @@ void kv_resp_argv_fini(struct kv_resp_argv *a);
  * "-ERR Protocol error: <err>" and the connection closes); KV_ENOMEM when
  * argv cannot grow. */
 ssize_t kv_resp_parse(const uint8_t *buf, size_t len, const struct kv_resp_limits *lim,
-                      struct kv_resp_argv *a, size_t *need, const char **err);
+                      struct kv_resp_argv *a, size_t *need, const char **err,
+                      struct kv_resp_resume *st);
 
 #endif

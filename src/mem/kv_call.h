@@ -36,6 +36,8 @@ struct kv_session {
 };
 #define KV_SESSION_AUTHED 0x1u
 #define KV_SESSION_CLOSE 0x2u /* the handler asks the IO thread to close after answering */
+#define KV_SESSION_AUTH_FAILED 0x4u /* a wrong password: the IO thread logs it with the peer
+                                     * (rate-limited) and clears the flag */
 
 struct kv_call {
     struct kv_call *next;      /* link of whichever queue holds the call */

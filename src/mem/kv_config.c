@@ -17,12 +17,15 @@ void kv_config_defaults(struct kv_config *c)
     c->io_threads = cores >= 8 ? (unsigned)(cores / 4) : 1;
     c->workers = cores <= 2 ? 0 : (unsigned)(cores - c->io_threads);
     c->max_body = 16u << 20;
-    c->max_output = 64u << 20;
+    /* a healthy client pipelining 64 deep holds a few KiB of output (record.md,
+     * "Client memory"): 1 MiB before reading pauses, 8 MiB before a close */
+    c->max_output = 1u << 20;
     c->max_conns = 10000;
     c->idle_timeout = 0;
     c->frame_timeout = 30;
     c->max_body_noauth = 64u << 10;
-    c->output_hard_limit = 256u << 20;
+    c->output_hard_limit = 8u << 20;
+    c->max_client_memory = 256u << 20;
     c->recv_buf = 16384;
     c->log_level = 2;
     c->shutdown_grace = 5.0;

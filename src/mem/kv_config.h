@@ -31,6 +31,9 @@ struct kv_config {
     unsigned frame_timeout;      /* seconds a started frame may take to complete, 0 = off */
     size_t max_body_noauth;      /* largest body before AUTH when a password is set */
     size_t output_hard_limit;    /* pending output that closes the connection */
+    size_t max_client_memory;    /* budget over every connection's input, in-flight
+                                  * requests and output; 0 = none. Above it the
+                                  * connection holding the most is closed */
     size_t recv_buf;             /* size of a receive buffer (message) */
     int log_level;               /* 0 error, 1 warn, 2 info, 3 debug */
     char log_file[1024];         /* "" = stderr; reopened on SIGHUP */

@@ -1,5 +1,6 @@
 /* src/mem/kv_log.c -- the log sink (see kv_log.h). */
 #include "kv_log.h"
+#include "kv_print.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -96,6 +97,12 @@ static size_t stamp(char *buf, size_t cap, const struct timespec *ts, int level,
 
 static void emit(const char *line, size_t n)
 {
+    /* stderr may be a pipe nobody reads: it goes through kv_print, which never blocks
+     * (a full pipe drops the line and counts it); a --log-file is a regular file */
+    if (log_fd == STDERR_FILENO || log_fd == STDOUT_FILENO) {
+        kv_print_write(log_fd, line, n);
+        return;
+    }
     if (write(log_fd, line, n) < 0) {
         /* nowhere left to report it */
     }

@@ -14,8 +14,10 @@
 #include <assert.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define KV_CACHELINE 64
 
@@ -85,6 +87,11 @@ static const char *const stat_names[KV_STAT__COUNT] = {
     [KV_STAT_OUTPUT_LIMIT] = "output_limit_closes",
     [KV_STAT_BYTES_IN] = "bytes_in",
     [KV_STAT_BYTES_OUT] = "bytes_out",
+    [KV_STAT_CLIENT_MEMORY] = "client_memory_bytes",
+    [KV_STAT_CLIENT_MEM_CLOSES] = "client_memory_closes",
+    [KV_STAT_AUTH_FAILURES] = "auth_failures",
+    [KV_STAT_PRINT_DROPPED] = "print_dropped_bytes",
+    [KV_STAT_ACCEPT_PAUSES] = "accept_pauses",
 };
 
 const char *kv_mem_mod_name(enum kv_mod mod)
@@ -214,12 +221,74 @@ void kv_mem_stat_add(enum kv_stat stat, uint64_t n)
     counter_inc(&s->stat[stat], n);
 }
 
+/* ---- allocation-failure injection (faults build only) --------------------
+ * Built with -DKV_FAULTS (./autobuild.sh faults): KV_FAULT_NTH=N in the
+ * environment makes the Nth allocation of the process fail (every
+ * kv_mem_alloc/calloc/realloc, buffer and object get counts, whether the
+ * pool or malloc serves it); KV_FAULT_MOD=NAME counts only that module's.
+ * N = 0 only counts. At exit the count is printed, so a driver can first
+ * learn how many allocation points a scenario has, then fail each in turn.
+ * Without KV_FAULTS none of this is compiled. */
+#ifdef KV_FAULTS
+static uint64_t fault_nth;  /* ro after the constructor */
+static int fault_mod = -1;  /* ro after the constructor */
+static uint64_t fault_seen; /* atomic */
+
+static void fault_report(void)
+{
+    char line[128];
+    int n = snprintf(line, sizeof(line), "[mem] faults: %llu allocations counted\n",
+                     (unsigned long long)__atomic_load_n(&fault_seen, __ATOMIC_RELAXED));
+
+    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+        /* nowhere to report it */
+    }
+}
+
+__attribute__((constructor)) static void fault_init(void)
+{
+    const char *nth = getenv("KV_FAULT_NTH"), *mod = getenv("KV_FAULT_MOD");
+
+    if (!nth)
+        return;
+    fault_nth = strtoull(nth, NULL, 10);
+    for (int i = 0; mod && i < KV_MOD__COUNT; i++)
+        if (strcmp(mod, mod_names[i]) == 0)
+            fault_mod = i;
+    atexit(fault_report);
+}
+
+static int fault_fails(enum kv_mod mod)
+{
+    uint64_t n;
+
+    if (fault_mod >= 0 && (int)mod != fault_mod)
+        return 0;
+    n = __atomic_add_fetch(&fault_seen, 1, __ATOMIC_RELAXED);
+    if (n != fault_nth)
+        return 0;
+    {
+        char line[128];
+        int k = snprintf(line, sizeof(line), "[mem] fault injected: allocation %llu (%s)\n",
+                         (unsigned long long)n, mod_names[mod]);
+
+        if (write(STDERR_FILENO, line, (size_t)k) < 0) {
+            /* nowhere to report it */
+        }
+    }
+    return 1;
+}
+#define FAULT(mod) __builtin_expect(fault_fails(mod), 0)
+#else
+#define FAULT(mod) 0
+#endif
+
 /* ---- counted allocation --------------------------------------------------- */
 void *kv_mem_alloc(enum kv_mod mod, size_t size)
 {
     struct kv_mem_hdr *h;
 
-    if (size > SIZE_MAX - sizeof(*h))
+    if (size > SIZE_MAX - sizeof(*h) || FAULT(mod))
         return NULL;
     h = malloc(sizeof(*h) + size);
     if (!h)
@@ -247,7 +316,7 @@ void *kv_mem_realloc(enum kv_mod mod, void *p, size_t size)
 
     if (!p)
         return kv_mem_alloc(mod, size);
-    if (size > SIZE_MAX - sizeof(*h))
+    if (size > SIZE_MAX - sizeof(*h) || FAULT(mod))
         return NULL;
     h = (struct kv_mem_hdr *)p - 1;
     assert(h->magic == KV_MEM_MAGIC && h->mod == (uint32_t)mod);
@@ -306,6 +375,8 @@ void *kv_mem_buf_get(size_t size, size_t *cap)
     int cls;
     void *b;
 
+    if (FAULT(KV_MOD_BUF))
+        return NULL;
     if (size > KV_POOL_MAX) {
         b = malloc(size);
         if (!b)
@@ -366,6 +437,8 @@ void *kv_mem_obj_get(enum kv_mod mod, size_t size)
 
     if (size > KV_OBJ_MAX)
         return kv_mem_alloc(mod, size);
+    if (FAULT(mod))
+        return NULL;
     p = my_objs.head[cls];
     if (p) {
         my_objs.head[cls] = *(void **)p;

@@ -49,6 +49,13 @@ enum kv_stat {
     KV_STAT_OUTPUT_LIMIT,     /* closed by --output-hard-limit */
     KV_STAT_BYTES_IN,
     KV_STAT_BYTES_OUT,
+    KV_STAT_CLIENT_MEMORY,    /* gauge, not monotonic: bytes in the --max-client-memory
+                               * budget now (added and subtracted modulo 2^64, so the
+                               * sum over threads is exact) */
+    KV_STAT_CLIENT_MEM_CLOSES,/* connections closed by --max-client-memory */
+    KV_STAT_AUTH_FAILURES,    /* wrong passwords */
+    KV_STAT_PRINT_DROPPED,    /* bytes of log or statistics output dropped: stdout/stderr full */
+    KV_STAT_ACCEPT_PAUSES,    /* accepts paused for lack of descriptors (EMFILE, ENFILE) */
     KV_STAT__COUNT
 };
 

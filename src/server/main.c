@@ -11,11 +11,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "kv_err.h"
 #include "kv_log.h"
 #include "kv_mem.h"
+#include "kv_print.h"
 #include "kv_server.h"
 #include "options.h"
 
@@ -26,18 +28,6 @@ struct main_ctx {
     const struct kv_config *cfg;
     int stopping;
 };
-
-static void write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-
-        if (n <= 0)
-            return;
-        buf += n;
-        len -= (size_t)n;
-    }
-}
 
 static void print_stats(struct kv_server *srv, const char *title)
 {
@@ -53,7 +43,7 @@ static void print_stats(struct kv_server *srv, const char *title)
         kv_mem_snapshot(&snap);
         len += kv_mem_format(&snap, buf + len, sizeof(buf) - len);
     }
-    write_all(STDOUT_FILENO, buf, len);
+    kv_print_write(STDOUT_FILENO, buf, len); /* a full stdout drops it (counted) */
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -92,6 +82,38 @@ static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
     struct main_ctx *m = w->data;
 
     print_stats(m->srv, "statistics");
+}
+
+/* --max-conns against the descriptor limit: every connection is a
+ * descriptor, and the server needs some of its own (listener, pipes, loops,
+ * segment). Raises the soft limit as far as needed when the hard limit
+ * allows; otherwise lowers max_conns to what fits, and says so. */
+static void fit_max_conns(struct kv_config *cfg)
+{
+    rlim_t own = 32 + 4 * (rlim_t)(cfg->io_threads + 2), need = cfg->max_conns + own;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur >= need)
+        return;
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
+        struct rlimit up = rl;
+
+        up.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    if (rl.rlim_cur >= need) {
+        kv_server_log(cfg, 2, "descriptor limit raised to %llu for --max-conns %u",
+                      (unsigned long long)rl.rlim_cur, cfg->max_conns);
+        return;
+    }
+    kv_server_log(cfg, 1, "--max-conns %u needs %llu descriptors but the limit is %llu "
+                  "(ulimit -n; hard %llu): lowered to %llu", cfg->max_conns,
+                  (unsigned long long)need, (unsigned long long)rl.rlim_cur,
+                  (unsigned long long)rl.rlim_max,
+                  (unsigned long long)(rl.rlim_cur > own + 1 ? rl.rlim_cur - own : 1));
+    cfg->max_conns = rl.rlim_cur > own + 1 ? (unsigned)(rl.rlim_cur - own) : 1;
 }
 
 /* Prints the exit table; returns 0 when every module holds 0 bytes. */
@@ -142,6 +164,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IONBF, 0);
+    kv_print_setup(); /* from here on nothing printed can block the server */
 
     /* the signals are taken only by the main thread's loop: block them while
      * the store is opened and the other threads are created (they inherit
@@ -159,6 +182,7 @@ int main(int argc, char **argv)
     }
 
     m.cfg = &cfg;
+    fit_max_conns(&cfg);
     rc = kv_server_create(&cfg, err, sizeof(err), &m.srv);
     if (rc != 0) {
         kv_server_log(&cfg, 0, "%s", err);

@@ -19,6 +19,7 @@ enum {
     OPT_MAX_BODY_NOAUTH, OPT_OUTPUT_HARD, OPT_REQUIREPASS_FILE, OPT_NO_RESP, OPT_IN_ORDER, OPT_HUGE_PAGES,
     OPT_UNIX, OPT_UNIX_PERM, OPT_NO_TCP,
     OPT_LOG_FILE, OPT_RDB_FILE, OPT_LOAD_RDB,
+    OPT_MAX_CLIENT_MEMORY,
 };
 
 static const struct option long_opts[] = {
@@ -55,6 +56,7 @@ static const struct option long_opts[] = {
     {"log-file", required_argument, NULL, OPT_LOG_FILE},
     {"rdb-file", required_argument, NULL, OPT_RDB_FILE},
     {"load-rdb", required_argument, NULL, OPT_LOAD_RDB},
+    {"max-client-memory", required_argument, NULL, OPT_MAX_CLIENT_MEMORY},
     {NULL, 0, NULL, 0},
 };
 
@@ -72,9 +74,13 @@ void kv_options_usage(FILE *f)
           "  --workers N          worker threads; 0 runs handlers in the IO thread\n"
           "                       (default 0 on 1-2 cores, else cores - io-threads)\n"
           "  --max-body SIZE      largest request body accepted (default 16m)\n"
-          "  --max-output SIZE    pending output per connection before reading stops (default 64m)\n"
+          "  --max-output SIZE    pending output per connection before reading stops (default 1m)\n"
           "  --max-conns N        simultaneous connections; more are answered BUSY (default 10000)\n"
-          "  --output-hard-limit SIZE  pending output that closes the connection (default 256m)\n"
+          "  --output-hard-limit SIZE  pending output that closes the connection (default 8m;\n"
+          "                       one answer alone is always sent)\n"
+          "  --max-client-memory SIZE  budget over all connections' input, requests and output;\n"
+          "                       above it the connection holding the most is closed\n"
+          "                       (default 256m, 0 = none)\n"
           "  --idle-timeout S     close connections idle for S seconds (default 0 = never)\n"
           "  --frame-timeout S    close a connection whose started frame takes longer (default 30)\n"
           "  --recv-buf SIZE      receive buffer size (default 16k)\n"
@@ -339,7 +345,9 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
             cfg->shrink_store = 1;
             break;
         case OPT_REQUIREPASS:
-            rc = copy_str(cfg->requirepass, sizeof(cfg->requirepass), optarg);
+            /* an empty password would silently mean "no authentication" */
+            rc = optarg[0] ? copy_str(cfg->requirepass, sizeof(cfg->requirepass), optarg)
+                           : KV_EINVAL;
             break;
         case OPT_REQUIREPASS_FILE:
             rc = read_password(optarg, cfg->requirepass, sizeof(cfg->requirepass));
@@ -363,6 +371,12 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
             if (rc == 0 && sz < 64)
                 rc = KV_EINVAL;
             cfg->max_body_noauth = sz;
+            break;
+        case OPT_MAX_CLIENT_MEMORY:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && sz != 0 && sz < (1u << 20))
+                rc = KV_EINVAL;
+            cfg->max_client_memory = sz;
             break;
         case OPT_OUTPUT_HARD:
             rc = kv_options_parse_size(optarg, &sz);

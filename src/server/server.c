@@ -17,6 +17,7 @@
 #include "kv_io.h"
 #include "kv_log.h"
 #include "kv_mem.h"
+#include "kv_print.h"
 #include "kv_shm.h"
 #include "kv_worker.h"
 #include "server_int.h"

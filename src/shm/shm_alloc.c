@@ -88,8 +88,10 @@ static int stack_pop(struct kv_shm_store *s, uint64_t n, uint64_t *out)
 static void stack_push(struct kv_shm_store *s, uint64_t pi)
 {
     struct shm_hdr *h = s->hdr;
-    memset(&s->pg[pi], 0, sizeof(s->pg[pi]));
+    /* the type first: a drain that looks at the page (class lock only) must see that it
+     * is no slab page any more before it sees its flags and count cleared */
     pmap_set(s, pi, PM_FREE_E);
+    memset(&s->pg[pi], 0, sizeof(s->pg[pi]));
     s->pg[pi].next = (uint32_t)h->free_top;
     h->free_top = pi + 1;
     h->pages_free++;
