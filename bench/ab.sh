@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # A/B two libevkv builds (or two option sets) on this noisy machine: both
 # servers run side by side on loopback, each workload is run ROUNDS times per
 # server, alternating which one goes first every round (a fixed order biased

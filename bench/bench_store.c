@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* bench/bench_store.c -- store-only throughput of src/shm next to a plain in-process
  * hash table, plus recovery time per GiB and memory overhead per item.
  *

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # Issue 8's comparison: libevkv next to Redis, memcached and a storage-free
 # epoll server (bin/echo_server, the loopback ceiling), all driven by the
 # same load engine (`kvclient bench --protocol binary|resp|memcache`), runs

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* bench/echo_server.c -- the loopback ceiling of issue 8: a one-thread epoll
  * server that stores nothing and answers every complete request with the
  * answer a key-value server would send, of the same size, so that a

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 """bench/nonreaders.py -- N clients that pipeline big requests and never read.
 
 Each client writes RESP `ECHO <PAYLOAD bytes>` as fast as the server takes

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # Issue 2 figures: kvclient bench -t ping against libevkv, next to
 # redis-benchmark -t ping_mbulk against a local redis-server, interleaved in
 # one run, median of RUNS. Loopback only; both servers are stopped by PID.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # Issue 7 figures: redis-benchmark -t set,get against libevkv's RESP port and
 # against Debian's redis-server (--save '' --appendonly no), interleaved in one
 # run, median of RUNS, with the libevkv/redis ratio for requests/s and p99.

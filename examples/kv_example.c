@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* examples/kv_example.c -- a small program using the installed libevkv
  * client library:
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/fuzz_common.h -- what every libevkv fuzz harness shares: the check
  * that the per-module accounting of src/mem is back to its baseline after an
  * input, and a loud failure (message, then __builtin_trap so libFuzzer keeps

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/fuzz_conn.c -- libFuzzer harness for the whole request path: bytes on
  * a socket -> listener -> IO thread (conn_parse, conn_make_room, on_read) ->
  * worker -> handlers -> completion -> sendmsg.

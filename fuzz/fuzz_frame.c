@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/fuzz_frame.c -- libFuzzer harness for the frame codec (src/io/frame.c).
  *
  * Every input is decoded with several max_body limits, as a request (server

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/fuzz_handlers.c -- libFuzzer harness for the key-value handlers
  * (src/server/handlers.c, pb.c and the protobuf-c decoding behind them).
  *

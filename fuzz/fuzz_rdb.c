@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/fuzz_rdb.c -- libFuzzer harness for the RDB loader (src/server/rdb.c):
  * an input is the bytes of a file given to --load-rdb.
  *

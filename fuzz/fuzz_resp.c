@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/fuzz_resp.c -- libFuzzer harness for the RESP request parser
  * (src/io/resp.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/fuzz_segment.c -- open store segments with random damage in every region.
  *
  * One input is a list of damage records applied to a copy of a template segment (a 2 MiB

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* fuzz/gen_seeds.c -- writes the seed corpora of the fuzz harnesses:
  * valid request bodies for every opcode (fuzz_handlers), and whole frames,
  * pipelines and bad frames (fuzz_frame, fuzz_conn). The committed seeds in

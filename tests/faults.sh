@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # tests/faults.sh -- allocation-failure injection, end to end (SQLite's
 # malloc tests, applied to a server): every scenario is run once to count
 # its allocations, then again with the Nth one failing, for N over all of

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # tests/make_v1_fixture.sh -- writes the layout-1 store fixtures of unittest/test_shm_v1.c:
 # two segments written by the real server of commit 7db7ef5 (the last release with layout 1)
 # and the manifests that say what each one holds.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # tests/make_v1_full_fixture.sh -- writes unittest/fixtures/v1-full.seg.gz for
 # unittest/test_shm_redteam.c: a 4 MiB --data-file segment of layout 1, written by the store
 # of commit 7db7ef5 (the last release with layout 1), filled with values of 0..2999 bytes

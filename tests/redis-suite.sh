@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # Redis's own test suite against libevkv (issue 16).
 #
 # Fetches Debian's `redis` source package (Redis 7.0.15: its tests/ and

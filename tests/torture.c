@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* tests/torture.c -- crash torture for libevkv: kill -9 under load, restart, and prove
  * that no acknowledged write is lost and no value is torn (issue 6), also while the store
  * evicts, moves pages between size classes and applies MSETs (issue 13).

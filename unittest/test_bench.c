@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_bench.c -- suite of the load engine behind `kvclient bench`:
  * the request encoders byte for byte (RESP, memcache) and through the frame
  * codec (binary); the answer parsers on canned answers of the three

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_client.c -- suite of the client library and kvclient.
  *
  * Starts the real libevkv on a free loopback port with a private segment

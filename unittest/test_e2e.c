@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_e2e.c -- end-to-end suite of the RPC core: starts the real
  * libevkv on a free loopback port with a private segment, speaks raw
  * frames, and checks every error row of PROTOCOL.md that applies to the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_frame.c -- the frame codec (src/io/frame.h) against docs/PROTOCOL.md.
  *
  * Every decode input is placed at the very end of an mmap'd region followed

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_glob.c -- Redis's glob patterns (src/server/glob.h): the
  * cases of Redis's own util.c tests and KEYS documentation, classes,
  * escapes, the literal prefix handed to the store's scan, and a pattern

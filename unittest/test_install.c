@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_install.c -- the installed tree, as a user gets it:
  * `cmake --install` of this build into a temporary prefix puts the programs,
  * the client library (shared and static, headers, pkg-config file), man

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_kvclient.c -- kvclient, the command-line tool, end to end:
  * every command run as a subprocess against a real server, its output and
  * exit code checked (0 OK, 1 NOT_FOUND / false, 2 other errors), a value

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_limits.c -- the per-connection limits of a server under
  * hostile clients, end to end: --max-conns (BUSY, then close), a frame that
  * never completes (--frame-timeout), an idle connection (--idle-timeout),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_mem.c -- counted allocation, per-thread counters and the IO
  * buffer pool (src/mem/kv_mem.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_ops.c -- what an operator sees, end to end, with the real
  * programs: a failed start leaves nothing behind, --port 0 needs a segment
  * name. Every server started here runs on a free loopback port with a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_options.c -- libevkv's command line (src/server/options.c),
  * called directly: every option with a good value lands in its kv_config
  * field, every bad value is refused with a message naming the option, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_rdb.c -- Redis RDB files both ways, with the real Redis 7.0
  * tools: a file libevkv writes (SAVE, and BGSAVE while writers run) passes
  * redis-check-rdb and redis-server loads it with every key, value and TTL;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_resp.c -- libevkv speaking RESP2 on its own port, end to
  * end: exact replies for raw multibulk and inline commands, in-order
  * pipelined answers, protocol errors (each closes the connection, costs

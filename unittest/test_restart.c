@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_restart.c -- data survives the server: SIGTERM then a new
  * server on the same segment serves every key; SIGKILL then a new server
  * serves every acknowledged write; a second server on a segment that is in

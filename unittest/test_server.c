@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_server.c -- the key-value handlers, called directly through
  * the worker registry against a private segment (no sockets involved):
  * every opcode's semantics and status codes, AUTH, malformed bodies, and the

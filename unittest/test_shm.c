@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_shm.c -- CUnit suite of src/shm, the crash-safe store in shared memory.
  *
  * Every test works on a private segment named after the pid and the test, and unlinks it

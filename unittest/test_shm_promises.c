@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_shm_promises.c -- the store's promises under pressure and attack (issue 13):
  * a hostile key set cannot freeze the index or lose an acknowledged write; memory moves
  * between size classes; large values need no contiguous pages; multi-key writes are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_shm_redteam.c -- attacks on the store rewrite of issue 13 (review, not a
  * feature suite). Each test is a reproducer: it fails while the bug it names is there.
  *

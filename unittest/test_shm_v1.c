@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_shm_v1.c -- CUnit suite of the layout-1 reader (src/shm/shm_v1.h).
  *
  * Its inputs are real layout-1 segments, written by the server of commit 7db7ef5 with

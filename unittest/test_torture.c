@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_torture.c -- the crash torture (tests/torture.c, bin/torture) as a CUnit
  * suite: a short run -- SIGKILL under load, SIGKILL during recovery, SIGTERM then SIGKILL
  * during a graceful shutdown -- must come back with nothing lost and nothing torn; so must

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_unix.c -- the unix-domain listener (--unix, --unix-perm,
  * --no-tcp), end to end against the real server: kvclient test (every
  * opcode) and redis-cli -s over the socket, both protocols on one path, the

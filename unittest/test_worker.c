@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/test_worker.c -- the handler registry and the worker pool
  * (src/worker/kv_worker.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/client/bench.c -- the load generator (see kv_bench.h): the request
  * encoders and answer parsers of the three protocols, the epoll engine, and
  * keyspace population. The encoders write into the caller's buffer and the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/client/client.c -- the blocking client over one connection (see
  * kv_client.h). Buffers are KV_MOD_CLIENT memory that grows to the largest
  * frame seen; each response frame is decoded in place, and its protobuf

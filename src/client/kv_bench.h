@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/client/kv_bench.h -- the load generator behind `kvclient bench`.
  *
  * One engine for every system in a comparison: it speaks libevkv's binary

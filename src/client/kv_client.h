@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/client/kv_client.h -- the libevkv C client library.
  *
  * A blocking client over one TCP or unix-domain connection speaking the

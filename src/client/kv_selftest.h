@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/client/kv_selftest.h -- the correctness run behind `kvclient test`.
  *
  * Exercises every opcode, option and status code of PROTOCOL.md against a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/client/kvclient.c -- the command-line client of libevkv: one command
  * per opcode, the correctness run (`test`) and the load generator
  * (`bench`). See usage() for the syntax.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/client/selftest.c -- the correctness run of `kvclient test` (see
  * kv_selftest.h). Each check states the PROTOCOL.md behaviour it expects;
  * a failing check says what came back instead. The run goes on after a

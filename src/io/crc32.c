@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/crc32.c -- zlib's crc32 (IEEE 802.3, reflected), faster.
  *
  * Every frame is checksummed twice per round trip (request and answer), so

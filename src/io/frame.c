@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/frame.c -- the PROTOCOL.md frame codec (see frame.h). */
 #include "frame.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/frame.h -- encode and decode PROTOCOL.md frames; allocates nothing.
  *
  * A frame is a 24-byte little-endian header, body_len bytes of body, and a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/io.c -- IO threads and connections (see kv_io.h).
  *
  * Everything here runs on the thread that owns the connection, except

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/io_internal.h -- structures shared by the files of src/io only. */
 #ifndef KV_IO_INTERNAL_H
 #define KV_IO_INTERNAL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/kv_io.h -- listener, IO threads, connections: the network half of
  * libevkv's RPC framework.
  *

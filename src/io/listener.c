@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/listener.c -- the listener thread: accept, configure, hand over.
  *
  * One libev loop with the listening sockets: TCP, and the unix-domain one

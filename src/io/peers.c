@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/peers.c -- the registry of open connections.
  *
  * Every connection is listed from the moment its IO thread adopts it until

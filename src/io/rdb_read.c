@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/rdb_read.c -- the RDB reader (see rdb_read.h).
  *
  * The format (Redis's rdb.h / rdb.c): "REDIS" and a 4-digit version, then

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/rdb_read.h -- a reader of Redis RDB files (the codec of a file
  * format: shared by the server's --load-rdb and kvclient restore).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/resp.c -- the RESP2 request parser (see resp.h). */
 #include "resp.h"
 

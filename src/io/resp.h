@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/resp.h -- the RESP2 request parser (Redis protocol); allocates
  * nothing but the caller's argv vector, points into the input.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/unix.c -- the unix-domain listening socket (--unix PATH).
  *
  * Same-host clients skip the TCP stack: the socket file is bound beside the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_call.h -- the unit of work of the RPC framework.
  *
  * An IO thread turns each decoded frame into a kv_call, hands batches of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_config.c -- documented defaults of struct kv_config. */
 #include "kv_config.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_config.h -- the one configuration struct of libevkv.
  *
  * Filled by the server's option parser (or by a test) and passed as

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_err.c -- names of the KV_E* codes. */
 #include "kv_err.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_err.h -- the error codes every libevkv layer returns.
  *
  * Actions return 0 on success or one of these negative codes; kv_strerror()

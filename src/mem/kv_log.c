@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_log.c -- the log sink (see kv_log.h). */
 #include "kv_log.h"
 #include "kv_print.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_log.h -- the process's log sink: one line per write(2), each
  * "2026-12-01T20:15:03.123Z LEVEL [module] text".
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_mem.c -- counted allocation, per-thread counters, IO buffer pool.
  *
  * Each thread that allocates gets a slot (struct kv_mem_slot, cache-line

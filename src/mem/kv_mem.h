@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_mem.h -- counted heap allocation, IO buffer pool, statistics.
  *
  * Every heap allocation in libevkv names the module it belongs to, so that

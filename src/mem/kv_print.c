@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_print.c -- non-blocking stdout/stderr (see kv_print.h). */
 #include "kv_print.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/mem/kv_print.h -- writing logs and tables to stdout/stderr without
  * ever blocking.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/glob.c -- Redis's glob patterns (see glob.h). */
 #include "glob.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/glob.h -- Redis's glob patterns (KEYS, SCAN MATCH), as its
  * stringmatchlen: '*' any run, '?' any byte, '[...]' a class ('^' negates,
  * 'a-z' ranges, '\' escapes), '\x' the byte x. Byte strings, case-sensitive;

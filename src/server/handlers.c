@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/handlers.c -- the key-value service: one handler per opcode of
  * PROTOCOL.md, registered with the worker registry, each a thin layer that
  * decodes the protobuf body, calls src/shm and encodes the answer.

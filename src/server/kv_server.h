@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/kv_server.h -- the libevkv server: io + worker pool + store,
  * wired together, with the key-value handlers registered by opcode. */
 #ifndef KV_SERVER_H

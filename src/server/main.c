@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/main.c -- main() of libevkv: options, signals, the exit table.
  *
  * The main thread builds the server, then runs a libev loop of its own with

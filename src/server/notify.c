@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/notify.c -- readiness for systemd (Type=notify): one datagram
  * to $NOTIFY_SOCKET, as sd_notify(3) sends it.
  *

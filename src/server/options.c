@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/options.c -- libevkv's command line (see options.h). */
 #include "options.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/options.h -- command-line options of libevkv into a kv_config. */
 #ifndef KV_OPTIONS_H
 #define KV_OPTIONS_H

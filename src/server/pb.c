@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/pb.c -- minimal protobuf wire reader/writer (see pb.h). */
 #include "pb.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/pb.h -- a minimal protobuf wire reader and writer for the hot
  * opcodes (single-key requests and their small answers), so that they
  * decode without allocating: fields are read in place from the request

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/rdb.c -- Redis RDB files in and out of the store (see rdb.h).
  *
  * Writing is here: "REDIS0009", aux fields, SELECTDB 0, then per key an

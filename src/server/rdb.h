@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/rdb.h -- Redis RDB files in and out of the store: SAVE/BGSAVE
  * write one, --load-rdb imports one. Uses only the store's public API
  * (kv_shm_scan, kv_shm_get, kv_shm_ttl, kv_shm_set); logs nothing.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/resp_cmds.c -- the Redis commands of libevkv: the text-protocol
  * adapter the IO threads call with each parsed RESP command (argv pointing
  * into the receive buffer).

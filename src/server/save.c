@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/save.c -- SAVE, BGSAVE and --load-rdb of the server: the RDB
  * code (rdb.c) driven with the server's store, configuration and log.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/server.c -- builds, starts and stops the pieces of libevkv.
  *
  * The IO threads' dispatch callback is the worker pool's submit, and the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/server/server_int.h -- the server struct, shared by the files of
  * src/server only (wiring in server.c, handlers in handlers.c). */
 #ifndef KV_SERVER_INT_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/kv_shm.c -- the key-value operations of the store: get, set, del, exists, incr,
  * expire, ttl, scan, flush, sweep, stats.
  *

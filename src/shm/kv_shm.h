@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/kv_shm.h -- the libevkv store: a crash-safe hash table in shared memory.
  *
  * The data lives in one segment (a POSIX shm object or a mapped file) that outlives the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_alloc.c -- the allocator inside the segment: pages, size classes, chunks.
  *
  * The data area is cut into 64 KiB pages. A free page sits on one free stack. A page in

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_batch.c -- multi-key writes that are all or nothing (MSET, MSETNX).
  *
  * To other clients: every stripe the batch's keys fall in is taken exclusively, in

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_evict.c -- making room when the allocator says KV_ENOMEM: expired items,
  * compaction, and (under --eviction lru) sampled-LRU eviction across classes.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_index.c -- the hash index: linear hashing over buckets of slot words, the
  * incremental split, lookups and sampled-LRU eviction.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_int.h -- the segment layout and the internal calls shared by src/shm files.
  *
  * Segment layout (every position is an offset from the mapping's base; nothing in the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_item.c -- an item's bytes as one stream, wherever its pages are.
  *
  * A small item is one chunk: its stream is contiguous. A large item's stream runs through

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_recover.c -- repair of a segment that was not closed cleanly.
  *
  * The only things trusted are the items reachable from the index, and only after each

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_segment.c -- opening, creating, checking, locking and closing a segment.
  *
  * A segment is a POSIX shm object (/dev/shm) or a regular file, 0600, reserved in full

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_upgrade.c -- a segment written by an older layout opens with every key,
  * value, version and expiry intact.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_util.c -- small pure helpers of the store: checksums, key hash, clocks,
  * the layout fingerprint, the size-class table and test fault injection.
  *

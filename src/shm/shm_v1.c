@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_v1.c -- reads layout-1 segments for upgrade (shm_v1.h says what and why).
  *
  * The walk mirrors what recovery of layout 1 trusted, without writing anything: a claim

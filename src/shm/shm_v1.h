@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/shm/shm_v1.h -- a reader of layout-1 store segments (the layout of every release up
  * to commit 7db7ef5), for upgrading one in place: the new release walks the old segment
  * with kv_shm_v1_read and copies every item into a segment of its own layout.

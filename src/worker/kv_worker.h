@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/worker/kv_worker.h -- the worker pool and the handler registry.
  *
  * Half of libevkv's small RPC framework (the other half is src/io). It knows

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/worker/worker.c -- the worker pool and the opcode -> handler registry.
  *
  * Lock rules: pool->lock guards the queue (head, tail, queued), idle and

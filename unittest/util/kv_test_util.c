@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/util/kv_test_util.c -- see kv_test_util.h. */
 #include "kv_test_util.h"
 

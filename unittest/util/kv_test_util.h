@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* unittest/util/kv_test_util.h -- helpers shared by the test suites:
  * running a CUnit suite, and starting/stopping a real libevkv server on a
  * free loopback port with a private shm segment. */
