@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # The one build entry point of libevkv.
 #   ./autobuild.sh            incremental debug build (programs in bin/)
 #   ./autobuild.sh release    clean optimised build, no debug info (programs in bin/)
