@@ -43,13 +43,19 @@ static int unlink_word(struct kv_shm_store *s, uint64_t w, uint64_t ver, int exp
     struct shm_item *it = kv_shm_item_check(s, w);
     if (!it)
         return KV_EAGAIN;
-    uint64_t h = kv_shm_hash(s, it->data, it->klen);
+    /* no lock is held yet: the chunk may have been reused since it was sampled (even as
+     * another page's bytes), so its key length is read once and bounded before use */
+    uint32_t klen = __atomic_load_n(&it->klen, __ATOMIC_RELAXED);
+    if (klen == 0 || klen > s->max_key ||
+        (uint64_t)(it->data - s->base) + klen > s->data_end)
+        return KV_EAGAIN;
+    uint64_t h = kv_shm_hash(s, it->data, klen);
     struct shm_stripe *st = shm_stripe_of(s, h);
     int rc = KV_EAGAIN;
     pthread_rwlock_wrlock(&st->lock);
     struct shm_item *found;
     /* a split may have moved it since it was sampled: look where its hash says now */
-    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, it->data, it->klen, &found);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, it->data, klen, &found);
     if (slot && *slot == w && found->version == ver &&
         (!expired_only || item_expired(found, now))) {
         int expired = item_expired(found, now);
