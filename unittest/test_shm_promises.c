@@ -1098,6 +1098,15 @@ static void test_promise_damaged_page_list_refused(void)
     uint32_t *list = kv_shm_large_list(s, SHM_WORD_OFF(*slot), n);
     uint32_t saved = list[1];
     list[1] = 0xFFFFFFF0u; /* out of range */
+    /* the stream reader gives zeros for the damaged page and past the item's end */
+    uint8_t zeros[64], got[64];
+    memset(zeros, 0, sizeof(zeros));
+    memset(got, 0xAA, sizeof(got));
+    kv_shm_item_read(s, it, 2 * SHM_PAGE + SHM_PAGE / 2, got, sizeof(got)); /* list[1] page */
+    CU_ASSERT_EQUAL(memcmp(got, zeros, sizeof(got)), 0);
+    memset(got, 0xAA, sizeof(got));
+    kv_shm_item_read(s, it, (size_t)n * SHM_PAGE + 100, got, sizeof(got)); /* past the end */
+    CU_ASSERT_EQUAL(memcmp(got, zeros, sizeof(got)), 0);
     struct vbuf v = {0};
     CU_ASSERT_EQUAL(kv_shm_get(s, "big", 3, vbuf_alloc, &v, NULL, NULL), KV_ECORRUPT);
     kv_mem_free(KV_MOD_TEST, v.p);
@@ -1117,6 +1126,26 @@ static void test_promise_junk_batch_row_ignored(void)
     uint64_t rows[4] = {h.data_off + 8, 1, h.size - 8, h.data_off + SHM_PAGE * 3};
     dmg_poke(&c, offsetof(struct shm_hdr, batch), rows, sizeof(rows));
     dmg_expect_repaired(&c, "recovered");
+}
+
+/* Resizing a file-backed store named by a relative path (the copy is renamed beside it). */
+static void test_promise_resize_relative_file(void)
+{
+    struct kv_config c;
+    kv_config_defaults(&c);
+    snprintf(c.data_file, sizeof(c.data_file), "kvshm-rel-%d.seg", (int)getpid());
+    unlink(c.data_file);
+    c.memory = 4u << 20;
+    struct kv_shm_store *s = open_with(&c, NULL);
+    CU_ASSERT_EQUAL(kv_shm_set(s, "k", 1, "v", 1, NULL, NULL), 0);
+    kv_shm_store_close(s);
+    c.memory = 8u << 20;
+    char err[1024];
+    CU_ASSERT_EQUAL_FATAL(kv_shm_store_open(&c, err, sizeof(err), &s), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "grown"));
+    CU_ASSERT(value_is(s, "k", 1, "v", 1));
+    kv_shm_store_close(s);
+    unlink(c.data_file);
 }
 
 int main(void)
@@ -1154,6 +1183,7 @@ int main(void)
         {"test_promise_resize", test_promise_resize},
         {"test_promise_damaged_page_list_refused", test_promise_damaged_page_list_refused},
         {"test_promise_junk_batch_row_ignored", test_promise_junk_batch_row_ignored},
+        {"test_promise_resize_relative_file", test_promise_resize_relative_file},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
         if (!CU_add_test(su, tests[i].name, tests[i].fn))

@@ -977,6 +977,31 @@ static void test_shm_v1_upgrade_split(void)
     upgrade_one(&split_seg);
 }
 
+/* A layout-1 segment in /dev/shm (a POSIX shm object, not a file) upgrades the same way. */
+static void test_shm_v1_upgrade_shm_object(void)
+{
+    struct kv_config cfg;
+    kv_config_defaults(&cfg);
+    snprintf(cfg.shm_name, sizeof(cfg.shm_name), "/kv-v1-up-%d", (int)getpid());
+    kv_shm_store_unlink(&cfg);
+    int fd = shm_open(cfg.shm_name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_FATAL(write(fd, clean_seg.pristine, clean_seg.size) == (ssize_t)clean_seg.size);
+    close(fd);
+    cfg.memory = clean_seg.size;
+    struct kv_shm_store *st = NULL;
+    char err[2048];
+    CU_ASSERT_EQUAL_FATAL(kv_shm_store_open(&cfg, err, sizeof(err), &st), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "upgraded to layout"));
+    struct walk w;
+    struct kv_shm_v1_counts c;
+    CU_ASSERT_EQUAL_FATAL(run(&clean_seg, &w, &c), 0);
+    check_upgraded(st, &w, (int64_t)time(NULL) * 1000);
+    kv_shm_store_close(st);
+    kv_shm_store_unlink(&cfg);
+    free(w.v);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -994,6 +1019,7 @@ int main(void)
         {"test_shm_v1_upgrade_clean", test_shm_v1_upgrade_clean},
         {"test_shm_v1_upgrade_crash", test_shm_v1_upgrade_crash},
         {"test_shm_v1_upgrade_split", test_shm_v1_upgrade_split},
+        {"test_shm_v1_upgrade_shm_object", test_shm_v1_upgrade_shm_object},
     };
     return kv_test_run_suite("shm_v1", suite_init, suite_clean, tests,
                              sizeof(tests) / sizeof(tests[0]));
