@@ -32,6 +32,7 @@
 #include "kv_call.h"
 #include "kv_config.h"
 #include "kv_mem.h"
+#include "kv_ops.h"
 #include "kv_server.h"
 #include "kv_shm.h"
 #include "kv_worker.h"
@@ -44,7 +45,7 @@ static struct kv_server *srv;
 static int strict;
 static unsigned long lenient_count;
 
-static const uint16_t opcodes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 256, 0xFFFF};
+static const uint16_t opcodes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, KV_OP__MAX, 256, 0xFFFF};
 
 /* Keys present at the start of an input (unless bit 3), with their values. */
 static const struct {
@@ -55,24 +56,37 @@ static const struct {
     {"k:1", "v1"},        {"k:2", "v2"},         {"k:3", ""},
 };
 
-static const ProtobufCMessageDescriptor *const resp_desc[13] = {
-    NULL, /* PING echoes raw bytes */
-    &kv__get_response__descriptor,    &kv__set_response__descriptor,
-    &kv__del_response__descriptor,    &kv__exists_response__descriptor,
-    &kv__incr_response__descriptor,   &kv__mget_response__descriptor,
-    &kv__mset_response__descriptor,   &kv__expire_response__descriptor,
-    &kv__scan_response__descriptor,   &kv__stats_response__descriptor,
-    &kv__flush_response__descriptor,  &kv__auth_response__descriptor,
+/* By opcode; NULL for PING (it echoes raw bytes) and for numbers no opcode has. */
+static const ProtobufCMessageDescriptor *const resp_desc[KV_OP__MAX] = {
+    [KV_OP_GET] = &kv__get_response__descriptor,
+    [KV_OP_SET] = &kv__set_response__descriptor,
+    [KV_OP_DEL] = &kv__del_response__descriptor,
+    [KV_OP_EXISTS] = &kv__exists_response__descriptor,
+    [KV_OP_INCR] = &kv__incr_response__descriptor,
+    [KV_OP_MGET] = &kv__mget_response__descriptor,
+    [KV_OP_MSET] = &kv__mset_response__descriptor,
+    [KV_OP_EXPIRE] = &kv__expire_response__descriptor,
+    [KV_OP_SCAN] = &kv__scan_response__descriptor,
+    [KV_OP_STATS] = &kv__stats_response__descriptor,
+    [KV_OP_FLUSH] = &kv__flush_response__descriptor,
+    [KV_OP_AUTH] = &kv__auth_response__descriptor,
+    [KV_OP_STR] = &kv__str_response__descriptor,
 };
 
-static const ProtobufCMessageDescriptor *const req_desc[13] = {
-    NULL,
-    &kv__get_request__descriptor,    &kv__set_request__descriptor,
-    &kv__del_request__descriptor,    &kv__exists_request__descriptor,
-    &kv__incr_request__descriptor,   &kv__mget_request__descriptor,
-    &kv__mset_request__descriptor,   &kv__expire_request__descriptor,
-    &kv__scan_request__descriptor,   &kv__stats_request__descriptor,
-    &kv__flush_request__descriptor,  &kv__auth_request__descriptor,
+static const ProtobufCMessageDescriptor *const req_desc[KV_OP__MAX] = {
+    [KV_OP_GET] = &kv__get_request__descriptor,
+    [KV_OP_SET] = &kv__set_request__descriptor,
+    [KV_OP_DEL] = &kv__del_request__descriptor,
+    [KV_OP_EXISTS] = &kv__exists_request__descriptor,
+    [KV_OP_INCR] = &kv__incr_request__descriptor,
+    [KV_OP_MGET] = &kv__mget_request__descriptor,
+    [KV_OP_MSET] = &kv__mset_request__descriptor,
+    [KV_OP_EXPIRE] = &kv__expire_request__descriptor,
+    [KV_OP_SCAN] = &kv__scan_request__descriptor,
+    [KV_OP_STATS] = &kv__stats_request__descriptor,
+    [KV_OP_FLUSH] = &kv__flush_request__descriptor,
+    [KV_OP_AUTH] = &kv__auth_request__descriptor,
+    [KV_OP_STR] = &kv__str_request__descriptor,
 };
 
 static void cleanup(void)
@@ -164,20 +178,18 @@ static int handler_status_ok(uint16_t st)
            st != KV_ST_TOO_LARGE;
 }
 
-#define OP_STR 32
-
 static const ProtobufCMessageDescriptor *desc_of(uint16_t op, int response)
 {
-    if (op == OP_STR)
-        return response ? &kv__str_response__descriptor : &kv__str_request__descriptor;
+    if (op >= KV_OP__MAX)
+        return NULL;
     return response ? resp_desc[op] : req_desc[op];
 }
 
 static void check_response(uint16_t op, unsigned flags, int empty_store, const uint8_t *body,
                            size_t blen, const struct kv_call *call)
 {
-    int known = op <= 12 || op == OP_STR;
-    int gated = (flags & 1) && !(flags & 2) && op != 0 && op != 12;
+    int known = kv_opcode_name(op) != NULL;
+    int gated = (flags & 1) && !(flags & 2) && op != KV_OP_PING && op != KV_OP_AUTH;
 
     FUZZ_CHECK(handler_status_ok(call->status), "opcode %u answered status %u", op,
                call->status);
@@ -241,7 +253,7 @@ static void check_vs_protobuf_c(uint16_t op, unsigned flags, const uint8_t *body
 {
     ProtobufCMessage *m;
 
-    if ((op > 12 && op != OP_STR) || op == 0 || call->status == KV_ST_NOAUTH)
+    if (kv_opcode_name(op) == NULL || op == KV_OP_PING || call->status == KV_ST_NOAUTH)
         return;
     m = protobuf_c_message_unpack(desc_of(op, 0), NULL, blen, body);
     if (m) {
@@ -250,7 +262,7 @@ static void check_vs_protobuf_c(uint16_t op, unsigned flags, const uint8_t *body
     }
     if (call->status == KV_ST_BAD_REQUEST)
         return;
-    if (op == 10 || op == 11) /* STATS and FLUSH ignore their (empty) body */
+    if (op == KV_OP_STATS || op == KV_OP_FLUSH) /* they ignore their (empty) body */
         return;
     lenient_count++;
     if (strict)
@@ -273,7 +285,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct kv_session session = {0};
     struct kv_mem_snapshot before;
     struct kv_call call = {0};
-    uint16_t op = size > 0 ? ((data[0] & 16) ? OP_STR : opcodes[data[0] & 15]) : 0;
+    uint16_t op = size > 0 ? ((data[0] & 16) ? KV_OP_STR : opcodes[data[0] & 15]) : 0;
     unsigned flags = size > 1 ? data[1] : 0;
     size_t blen = size > 2 ? size - 2 : 0;
     uint8_t *body = fuzz_exact_copy(data + (size > 2 ? 2 : size), blen);

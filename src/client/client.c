@@ -430,16 +430,6 @@ int kv_client_ping(struct kv_client *c, const void *payload, size_t len)
     return 0;
 }
 
-const char *kv_opcode_name(unsigned opcode)
-{
-    static const char *const names[KV_OP__COUNT] = {
-        "PING", "GET",    "SET",  "DEL",   "EXISTS", "INCR", "MGET",
-        "MSET", "EXPIRE", "SCAN", "STATS", "FLUSH",  "AUTH",
-    };
-
-    return opcode < KV_OP__COUNT ? names[opcode] : "UNKNOWN";
-}
-
 /* Packs req straight into the send buffer as one frame. */
 static int queue_msg(struct kv_client *c, uint16_t opcode, uint64_t id, const ProtobufCMessage *req)
 {

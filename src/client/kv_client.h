@@ -38,29 +38,11 @@
 #include <stdint.h>
 
 #include "frame.h"
+#include "kv_ops.h"
 
 struct kv_client;
 
-/* Opcodes of PROTOCOL.md. */
-enum kv_opcode {
-    KV_OP_PING = 0,
-    KV_OP_GET = 1,
-    KV_OP_SET = 2,
-    KV_OP_DEL = 3,
-    KV_OP_EXISTS = 4,
-    KV_OP_INCR = 5,
-    KV_OP_MGET = 6,
-    KV_OP_MSET = 7,
-    KV_OP_EXPIRE = 8,
-    KV_OP_SCAN = 9,
-    KV_OP_STATS = 10,
-    KV_OP_FLUSH = 11,
-    KV_OP_AUTH = 12,
-    KV_OP__COUNT
-};
-
-/* Returns "PING", "GET", ... or "UNKNOWN". */
-const char *kv_opcode_name(unsigned opcode);
+/* Opcodes (KV_OP_GET, ...) and kv_opcode_name(): kv_ops.h. */
 
 /* A response as received. body points into the client's receive buffer and
  * stays valid until the next receive call on the same client. */

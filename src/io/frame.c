@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
 /* src/io/frame.c -- the PROTOCOL.md frame codec (see frame.h). */
 #include "frame.h"
+#include "kv_ops.h"
 
 #include <string.h>
 #include <zlib.h>
@@ -109,4 +110,15 @@ ssize_t kv_frame_encode(const struct kv_frame *f, const uint8_t *body, uint8_t *
         memcpy(out + KV_FRAME_HDR, body, f->body_len);
     kv_put_le32(out + KV_FRAME_HDR + f->body_len, kv_frame_crc(out, body, f->body_len));
     return (ssize_t)total;
+}
+
+const char *kv_opcode_name(unsigned opcode)
+{
+    switch (opcode) {
+#define KV_OP_CASE_(name, num, text)                                                        \
+    case num: return text;
+        KV_OPCODES(KV_OP_CASE_)
+#undef KV_OP_CASE_
+    }
+    return NULL;
 }

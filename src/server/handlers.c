@@ -26,17 +26,12 @@
 #include "kv_err.h"
 #include "kv_io.h"
 #include "kv_mem.h"
+#include "kv_ops.h"
 #include "kv_shm.h"
 #include "kv_worker.h"
 #include "pb.h"
 #include "server_int.h"
 
-enum {
-    KV_OP_PING = 0, KV_OP_GET, KV_OP_SET, KV_OP_DEL, KV_OP_EXISTS, KV_OP_INCR, KV_OP_MGET,
-    KV_OP_MSET, KV_OP_EXPIRE, KV_OP_SCAN, KV_OP_STATS, KV_OP_FLUSH, KV_OP_AUTH,
-    KV_OP_STR = 32, /* Redis's string family (kv.proto StrRequest); apart from the
-                     * core opcodes, which others are extending */
-};
 
 #define KV_AUTH_MAX_FAILURES 3
 #define KV_SCAN_DEFAULT 10

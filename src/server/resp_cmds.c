@@ -29,12 +29,11 @@
 #include "frame.h"
 #include "kv_io.h"
 #include "kv_mem.h"
+#include "kv_ops.h"
 #include "kv_shm.h"
 #include "pb.h"
 #include "server_int.h"
 
-enum { OP_PING = 0, OP_GET, OP_SET, OP_DEL, OP_EXISTS, OP_INCR, OP_MGET, OP_MSET, OP_EXPIRE,
-       OP_SCAN, OP_STATS, OP_FLUSH, OP_AUTH, OP_STR = 32 };
 
 /* How a finished call becomes a reply (the call's tag). */
 enum reply_style {
@@ -402,7 +401,7 @@ static int cmd_auth(struct cmdctx *x)
     if (x->argc == 3 && !arg_is(&x->argv[1], "default"))
         return reply_err(x->res, "-WRONGPASS invalid username-password pair or user is disabled.");
     body_bytes(&o, 1, &x->argv[x->argc - 1]);
-    return send_call(x, &o, OP_AUTH);
+    return send_call(x, &o, KV_OP_AUTH);
 }
 
 /* Every argument after the name is a key: field 1, repeated. */
@@ -427,8 +426,8 @@ static int cmd_keys(struct cmdctx *x)
 
 static int cmd_exists(struct cmdctx *x)
 {
-    return x->argc == 2 ? keys_body(x, 1, OP_EXISTS, RS_INT_FIELD1)
-                        : keys_body(x, 1, OP_MGET, RS_COUNT_FOUND);
+    return x->argc == 2 ? keys_body(x, 1, KV_OP_EXISTS, RS_INT_FIELD1)
+                        : keys_body(x, 1, KV_OP_MGET, RS_COUNT_FOUND);
 }
 
 static int incr_body(struct cmdctx *x, long long delta)
@@ -438,7 +437,7 @@ static int incr_body(struct cmdctx *x, long long delta)
     out_init_room(&o, x->call, x->argv[1].len + 32);
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, pb_zigzag_encode(delta));
-    return send_call(x, &o, OP_INCR);
+    return send_call(x, &o, KV_OP_INCR);
 }
 
 /* INCR, DECR: aux is the delta. */
@@ -465,7 +464,7 @@ static int expire_body(struct cmdctx *x, int action, long long ms, enum reply_st
     body_bytes(&o, 1, &x->argv[1]);
     body_uint(&o, 2, (uint64_t)action);
     body_uint(&o, 3, (uint64_t)ms);
-    return dispatch(&o, x->call, x->res, OP_EXPIRE, style);
+    return dispatch(&o, x->call, x->res, KV_OP_EXPIRE, style);
 }
 
 static int64_t now_ms(void);
@@ -514,7 +513,7 @@ static int cmd_expire(struct cmdctx *x)
     if (__builtin_sub_overflow(when + base, now_ms(), &ttl)) /* from now, in ms */
         ttl = -1; /* far in the past */
     if (ttl <= 0 && !cond) /* Redis deletes a key given a time in the past */
-        return keys_body(x, 1, OP_DEL, RS_INT_FIELD1);
+        return keys_body(x, 1, KV_OP_DEL, RS_INT_FIELD1);
     if (ttl > INT64_MAX / 4)
         ttl = INT64_MAX / 4; /* ~73 million years: the store's arithmetic stays in range */
     out_init_room(&o, x->call, x->argv[1].len + 48);
@@ -522,7 +521,7 @@ static int cmd_expire(struct cmdctx *x)
     body_uint(&o, 3, ttl > 0 ? (uint64_t)ttl : 0);
     body_uint(&o, 4, cond);
     body_uint(&o, 5, ttl <= 0);
-    return send_call(x, &o, OP_EXPIRE);
+    return send_call(x, &o, KV_OP_EXPIRE);
 }
 
 static int cmd_persist(struct cmdctx *x)
@@ -576,7 +575,7 @@ static int cmd_scan(struct cmdctx *x)
     body_uint(&o, 3, (uint64_t)(count > 10000 ? 10000 : count));
     if (pattern && !(pattern->len == 1 && pattern->p[0] == '*'))
         body_bytes(&o, 4, pattern);
-    return send_call(x, &o, OP_SCAN);
+    return send_call(x, &o, KV_OP_SCAN);
 }
 
 static int cmd_keys_glob(struct cmdctx *x)
@@ -587,7 +586,7 @@ static int cmd_keys_glob(struct cmdctx *x)
     if (!(pattern->len == 1 && pattern->p[0] == '*'))
         body_bytes(&o, 4, pattern);
     body_uint(&o, 5, 1);
-    return send_call(x, &o, OP_SCAN);
+    return send_call(x, &o, KV_OP_SCAN);
 }
 
 static int cmd_randomkey(struct cmdctx *x)
@@ -595,7 +594,7 @@ static int cmd_randomkey(struct cmdctx *x)
     struct out o = {0};
 
     body_uint(&o, 6, 1);
-    return send_call(x, &o, OP_SCAN);
+    return send_call(x, &o, KV_OP_SCAN);
 }
 
 /* MEMORY USAGE key [SAMPLES n]: an estimate of the bytes the key's item takes
@@ -613,7 +612,7 @@ static int cmd_memory(struct cmdctx *x)
         return reply_err(x->res, "-ERR syntax error");
     if (x->argc == 5 && arg_int(&x->argv[4], &n) != 0)
         return not_integer(x->res);
-    return keys_body(x, 2, OP_GET, RS_MEMORY_USAGE);
+    return keys_body(x, 2, KV_OP_GET, RS_MEMORY_USAGE);
 }
 
 static int cmd_time(struct cmdctx *x)
@@ -636,7 +635,7 @@ static int cmd_echo(struct cmdctx *x)
     struct out o = {0};
 
     out_bytes(&o, x->argv[1].p, x->argv[1].len);
-    return send_call(x, &o, OP_PING);
+    return send_call(x, &o, KV_OP_PING);
 }
 
 /* DBSIZE, INFO, FLUSHDB, FLUSHALL: a call with an empty body; aux is the opcode. */
@@ -644,7 +643,7 @@ static int cmd_nobody(struct cmdctx *x)
 {
     struct out o = {0};
 
-    if (x->cmd->aux == OP_FLUSH && x->argc > 2) /* ASYNC / SYNC accepted */
+    if (x->cmd->aux == KV_OP_FLUSH && x->argc > 2) /* ASYNC / SYNC accepted */
         return reply_err(x->res, "-ERR syntax error");
 
     return send_call(x, &o, (uint16_t)x->cmd->aux);
@@ -813,7 +812,7 @@ static int str_call_as(struct cmdctx *x, uint64_t op, const struct str_args *a,
     body_uint(&o, 7, a->ttl_ms);
     if (a->end2)
         out_bytes(&o, b, pb_put_uint_field(b, 8, pb_zigzag_encode(a->end2)));
-    return dispatch(&o, x->call, x->res, OP_STR, style);
+    return dispatch(&o, x->call, x->res, KV_OP_STR, style);
 }
 
 static int str_call(struct cmdctx *x, uint64_t op, const struct str_args *a)
@@ -929,7 +928,7 @@ static int cmd_set(struct cmdctx *x)
     body_uint(&o, 5, s.xx);
     body_uint(&o, 8, s.get);
     body_uint(&o, 9, s.keepttl);
-    return dispatch(&o, x->call, x->res, OP_SET, s.get ? RS_SET_GET : RS_SET);
+    return dispatch(&o, x->call, x->res, KV_OP_SET, s.get ? RS_SET_GET : RS_SET);
 }
 
 /* GETSET, SETNX (aux 1: answers :1/:0), SETEX / PSETEX (aux: the unit). */
@@ -949,7 +948,7 @@ static int cmd_set_simple(struct cmdctx *x)
     body_uint(&o, 3, (uint64_t)ttl);
     body_uint(&o, 4, x->cmd->style == RS_SETNX);
     body_uint(&o, 8, x->cmd->style == RS_SET_GET);
-    return send_call(x, &o, OP_SET);
+    return send_call(x, &o, KV_OP_SET);
 }
 
 static int cmd_msetnx(struct cmdctx *x)
@@ -968,7 +967,7 @@ static int cmd_msetnx(struct cmdctx *x)
         body_bytes(&o, 2, v);
     }
     body_uint(&o, 3, x->cmd->aux);
-    return send_call(x, &o, OP_MSET);
+    return send_call(x, &o, KV_OP_MSET);
 }
 
 /* APPEND, STRLEN, GETDEL, INCRBYFLOAT: aux is the op; the value (if any) is argv[2]. */
@@ -1171,7 +1170,7 @@ static int cmd_lastsave(struct cmdctx *x)
 #define L CMD_LOCAL
 static const struct resp_cmd resp_cmds[] = {
     /* name        arity flags            fn            reply style     aux */
-    {"GET",           2, R | F,           cmd_keys,     RS_BULK,        OP_GET},
+    {"GET",           2, R | F,           cmd_keys,     RS_BULK,        KV_OP_GET},
     {"SET",          -3, W,               cmd_set,      RS_SET,         0},
     {"GETSET",        3, W | F,           cmd_set_simple, RS_SET_GET,   0},
     {"SETNX",         3, W | F,           cmd_set_simple, RS_SETNX,     0},
@@ -1191,14 +1190,14 @@ static const struct resp_cmd resp_cmds[] = {
     {"GETDEL",        2, W | F,           cmd_str_plain, RS_STR_BULK,   STR_GETDEL},
     {"GETEX",        -2, W | F,           cmd_getex,    RS_STR_BULK,    0},
     {"LCS",          -3, R,               cmd_lcs,      RS_STR_STRING,  0},
-    {"DEL",          -2, W,               cmd_keys,     RS_INT_FIELD1,  OP_DEL},
-    {"UNLINK",       -2, W | F,           cmd_keys,     RS_INT_FIELD1,  OP_DEL},
+    {"DEL",          -2, W,               cmd_keys,     RS_INT_FIELD1,  KV_OP_DEL},
+    {"UNLINK",       -2, W | F,           cmd_keys,     RS_INT_FIELD1,  KV_OP_DEL},
     {"EXISTS",       -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
     {"INCR",          2, W | F,           cmd_incr,     RS_INT_INCR,    1},
     {"DECR",          2, W | F,           cmd_incr,     RS_INT_INCR,    -1},
     {"INCRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    1},
     {"DECRBY",        3, W | F,           cmd_incrby,   RS_INT_INCR,    -1},
-    {"MGET",         -2, R | F,           cmd_keys,     RS_MGET,        OP_MGET},
+    {"MGET",         -2, R | F,           cmd_keys,     RS_MGET,        KV_OP_MGET},
     {"MSET",         -3, W,               cmd_msetnx,   RS_OK,          0},
     {"EXPIRE",       -3, W | F,           cmd_expire,   RS_EXPIRE,      1000},
     {"PEXPIRE",      -3, W | F,           cmd_expire,   RS_EXPIRE,      1},
@@ -1212,15 +1211,15 @@ static const struct resp_cmd resp_cmds[] = {
     {"SCAN",         -2, R,               cmd_scan,     RS_SCAN,        0},
     {"KEYS",          2, R,               cmd_keys_glob, RS_KEYS,       0},
     {"RANDOMKEY",     1, R,               cmd_randomkey, RS_RANDOMKEY,  0},
-    {"TYPE",          2, R | F,           cmd_keys,     RS_TYPE,        OP_EXISTS},
+    {"TYPE",          2, R | F,           cmd_keys,     RS_TYPE,        KV_OP_EXISTS},
     {"TOUCH",        -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
     {"TIME",          1, F | L,           cmd_time,     RS_NONE,        0},
     {"MEMORY",       -2, R,               cmd_memory,   RS_MEMORY_USAGE, 0},
     {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
-    {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      OP_STATS},
-    {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        OP_STATS},
-    {"FLUSHDB",      -1, W,               cmd_nobody,   RS_OK,          OP_FLUSH},
-    {"FLUSHALL",     -1, W,               cmd_nobody,   RS_OK,          OP_FLUSH},
+    {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      KV_OP_STATS},
+    {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        KV_OP_STATS},
+    {"FLUSHDB",      -1, W,               cmd_nobody,   RS_OK,          KV_OP_FLUSH},
+    {"FLUSHALL",     -1, W,               cmd_nobody,   RS_OK,          KV_OP_FLUSH},
     {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
     {"QUIT",         -1, F | CMD_NOAUTH | L, cmd_quit,  RS_NONE,        0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
