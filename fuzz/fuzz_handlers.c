@@ -45,7 +45,7 @@ static struct kv_server *srv;
 static int strict;
 static unsigned long lenient_count;
 
-static const uint16_t opcodes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, KV_OP__MAX, 256, 0xFFFF};
+static const uint16_t opcodes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, KV_OP__MAX, 0xFFFF};
 
 /* Keys present at the start of an input (unless bit 3), with their values. */
 static const struct {
@@ -71,6 +71,7 @@ static const ProtobufCMessageDescriptor *const resp_desc[KV_OP__MAX] = {
     [KV_OP_FLUSH] = &kv__flush_response__descriptor,
     [KV_OP_AUTH] = &kv__auth_response__descriptor,
     [KV_OP_STR] = &kv__str_response__descriptor,
+    [KV_OP_RENAME] = &kv__rename_response__descriptor,
 };
 
 static const ProtobufCMessageDescriptor *const req_desc[KV_OP__MAX] = {
@@ -87,6 +88,8 @@ static const ProtobufCMessageDescriptor *const req_desc[KV_OP__MAX] = {
     [KV_OP_FLUSH] = &kv__flush_request__descriptor,
     [KV_OP_AUTH] = &kv__auth_request__descriptor,
     [KV_OP_STR] = &kv__str_request__descriptor,
+    [KV_OP_RENAME] = &kv__rename_request__descriptor,
+    [KV_OP_SWAPDB] = &kv__swap_db_request__descriptor,
 };
 
 static void cleanup(void)

@@ -133,7 +133,7 @@ static void test_resp_multibulk_and_inline_exact_replies(void)
     expect(fd, "EXPIRE rk:none 10\r\n", ":0\r\n");
     expect(fd, "ECHO hi\r\n", "$2\r\nhi\r\n");
     expect(fd, "SELECT 0\r\n", "+OK\r\n");
-    expect(fd, "SELECT 1\r\n", "-ERR DB index is out of range\r\n");
+    expect(fd, "SELECT 16\r\n", "-ERR DB index is out of range\r\n");
     expect(fd, "GET\r\n", "-ERR wrong number of arguments for 'get' command\r\n");
     expect(fd, "NOSUCH a\r\n", "-ERR unknown command 'NOSUCH', with args beginning with: 'a' \r\n");
     expect(fd, "SCAN 0 MATCH rk:a? COUNT 1000\r\n", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nrk:a1\r\n");

@@ -1092,7 +1092,7 @@ static void test_promise_damaged_page_list_refused(void)
     CU_ASSERT_EQUAL_FATAL(set_sized(s, "big", 300000, 5), 0);
     uint64_t h = kv_shm_key_hash(s, "big", 3);
     struct shm_item *it;
-    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, "big", 3, &it);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, 0, "big", 3, &it);
     CU_ASSERT_FATAL(slot != NULL && it->cls == SHM_CLASS_LARGE);
     uint64_t n = kv_shm_large_pages(shm_item_size(it));
     uint32_t *list = kv_shm_large_list(s, SHM_WORD_OFF(*slot), n);

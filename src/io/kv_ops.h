@@ -24,6 +24,8 @@
     X(STATS, 10, "STATS")                                                                   \
     X(FLUSH, 11, "FLUSH")                                                                   \
     X(AUTH, 12, "AUTH")                                                                     \
+    X(RENAME, 14, "RENAME") /* RENAME, RENAMENX, MOVE, COPY (kv.proto RenameRequest) */     \
+    X(SWAPDB, 15, "SWAPDB")                                                                 \
     X(STR, 32, "STR") /* Redis's string family (kv.proto StrRequest) */
 
 enum kv_opcode {

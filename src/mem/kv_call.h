@@ -34,6 +34,8 @@ enum kv_status {
 struct kv_session {
     uint32_t flags;          /* KV_SESSION_*; atomic access */
     uint32_t auth_failures;  /* atomic access */
+    uint16_t db;             /* io-thread only: the RESP connection's SELECTed database;
+                              * copied into each call as the call is built */
 };
 #define KV_SESSION_AUTHED 0x1u
 #define KV_SESSION_CLOSE 0x2u /* the handler asks the IO thread to close after answering */
@@ -58,6 +60,8 @@ struct kv_call {
     uint32_t tag;              /* opaque to handlers: a text-protocol adapter's note to itself */
     uint16_t opcode;
     uint16_t status;           /* out: KV_ST_* */
+    uint16_t db;               /* the database the call works in (RESP: the session's at
+                                * the time the call was built; binary: 0) */
     uint8_t resp_owned;        /* 1: resp is kv_mem_alloc(KV_MOD_PACKET) memory */
 };
 

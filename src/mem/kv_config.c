@@ -35,4 +35,5 @@ void kv_config_defaults(struct kv_config *c)
     c->eviction = KV_EVICT_NONE;
     c->huge_pages = KV_HUGE_TRY;
     c->max_key = 4096;
+    c->databases = 16;
 }

@@ -51,6 +51,7 @@ struct kv_config {
     int shrink_store;            /* a --memory below the segment's size copies it smaller */
     char rdb_file[1024];         /* where SAVE/BGSAVE write an RDB file, "" = refused */
     char load_rdb[1024];         /* an RDB file to import into an empty store at start */
+    unsigned databases;          /* SELECT 0 .. databases - 1; default 16, at most 256 */
 
     int in_order;                /* 1: binary answers leave in request order too */
     int resp_disabled;           /* 1: binary frames only (no RESP on the port) */

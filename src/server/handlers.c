@@ -427,7 +427,7 @@ static void handle_get(void *ctx, struct kv_call *call)
 
     if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
-    rc = kv_shm_get_h(srv->store, k.key, k.klen, key_hash(srv, call, &k), get_alloc, &g, &vlen,
+    rc = kv_shm_db_get_h(srv->store, call->db, k.key, k.klen, key_hash(srv, call, &k), get_alloc, &g, &vlen,
                       &version);
     if (rc != 0) {
         resp_release(call);
@@ -460,7 +460,7 @@ static void set_return_old(struct kv_server *srv, struct kv_call *call, const st
         struct kv_shm_set_opts o = *user;
         uint64_t ver = 0, newver = 0;
         size_t olen = 0;
-        int rc = kv_shm_get(srv->store, k->key, k->klen, old_alloc, &old, &olen, &ver);
+        int rc = kv_shm_db_get(srv->store, call->db, k->key, k->klen, old_alloc, &old, &olen, &ver);
         int had = rc == 0;
 
         if (rc != 0 && rc != KV_ENOTFOUND) {
@@ -476,7 +476,7 @@ static void set_return_old(struct kv_server *srv, struct kv_call *call, const st
         else {
             o.flags = (had ? KV_SHM_CAS : KV_SHM_NX) | (user->flags & KV_SHM_KEEPTTL);
             o.cas_version = ver;
-            rc = kv_shm_set(srv->store, k->key, k->klen, k->value, k->vlen, &o, &newver);
+            rc = kv_shm_db_set(srv->store, call->db, k->key, k->klen, k->value, k->vlen, &o, &newver);
             if ((rc == KV_EEXISTS || rc == KV_ENOTFOUND)) {
                 kv_mem_free(KV_MOD_PROTO, old);
                 continue; /* another writer came in between: read again */
@@ -539,7 +539,7 @@ static void handle_set(void *ctx, struct kv_call *call)
         set_return_old(srv, call, &k, &o);
         return;
     }
-    rc = kv_shm_set_h(srv->store, k.key, k.klen, key_hash(srv, call, &k), k.value, k.vlen, &o,
+    rc = kv_shm_db_set_h(srv->store, call->db, k.key, k.klen, key_hash(srv, call, &k), k.value, k.vlen, &o,
                       &version);
     if (rc != 0) {
         answer_store_error(call, rc);
@@ -556,7 +556,7 @@ static void handle_exists(void *ctx, struct kv_call *call)
 
     if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
-    rc = kv_shm_exists(srv->store, k.key, k.klen);
+    rc = kv_shm_db_exists(srv->store, call->db, k.key, k.klen);
     if (rc != 0 && rc != KV_ENOTFOUND) {
         answer_store_error(call, rc);
         return;
@@ -574,7 +574,7 @@ static void handle_incr(void *ctx, struct kv_call *call)
 
     if (!authed(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
         return;
-    rc = kv_shm_incr(srv->store, k.key, k.klen, pb_zigzag_decode(k.f2), &value, &version);
+    rc = kv_shm_db_incr(srv->store, call->db, k.key, k.klen, pb_zigzag_decode(k.f2), &value, &version);
     if (rc != 0) {
         answer_store_error(call, rc);
         return;
@@ -593,7 +593,7 @@ static void handle_expire(void *ctx, struct kv_call *call)
 
     if (!authed(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
         return;
-    rc = kv_shm_ttl(srv->store, k.key, k.klen, &prev);
+    rc = kv_shm_db_ttl(srv->store, call->db, k.key, k.klen, &prev);
     if (rc != 0) {
         answer_store_error(call, rc);
         return;
@@ -608,10 +608,10 @@ static void handle_expire(void *ctx, struct kv_call *call)
             answer_error(call, KV_ST_BAD_REQUEST, "ttl_ms must be > 0 (use CLEAR to remove)");
             return;
         }
-        rc = kv_shm_expire(srv->store, k.key, k.klen, (int64_t)k.f3);
+        rc = kv_shm_db_expire(srv->store, call->db, k.key, k.klen, (int64_t)k.f3);
         break;
     case KV__EXPIRE_REQUEST__ACTION__CLEAR:
-        rc = kv_shm_expire(srv->store, k.key, k.klen, -1);
+        rc = kv_shm_db_expire(srv->store, call->db, k.key, k.klen, -1);
         break;
     case KV__EXPIRE_REQUEST__ACTION__QUERY:
         rc = 0;
@@ -621,7 +621,7 @@ static void handle_expire(void *ctx, struct kv_call *call)
         return;
     }
     if (rc == 0)
-        rc = kv_shm_ttl(srv->store, k.key, k.klen, &ttl);
+        rc = kv_shm_db_ttl(srv->store, call->db, k.key, k.klen, &ttl);
     if (rc != 0) {
         answer_store_error(call, rc);
         return;
@@ -648,7 +648,7 @@ static void handle_del(void *ctx, struct kv_call *call)
     }
     r.p = call->body;
     while (next_del_key(&r, &k) == 1)
-        if (kv_shm_del(srv->store, k.data, k.len) == 0)
+        if (kv_shm_db_del(srv->store, call->db, k.data, k.len) == 0)
             deleted++;
     answer_uints(call, deleted, 0);
 }
@@ -739,7 +739,7 @@ static void mget_entry_end(struct mget_out *o, size_t vlen, uint64_t version)
 #define MGET_AHEAD0 6
 #define MGET_AHEAD1 3
 
-static int mget_window(struct kv_server *srv, struct mget_out *o, const struct pb_field *keys,
+static int mget_window(struct kv_server *srv, const struct kv_call *call, struct mget_out *o, const struct pb_field *keys,
                        size_t n, const uint64_t *hashes)
 {
     uint64_t h[MGET_WINDOW];
@@ -760,7 +760,7 @@ static int mget_window(struct kv_server *srv, struct mget_out *o, const struct p
         if (i + MGET_AHEAD1 < n)
             kv_shm_prefetch(srv->store, h[i + MGET_AHEAD1], 1);
         /* every key's stripe is held (handle_mget): an MSET is seen whole or not at all */
-        rc = kv_shm_get_held(srv->store, keys[i].data, keys[i].len, h[i], mget_alloc, o, &vlen,
+        rc = kv_shm_db_get_held(srv->store, call->db, keys[i].data, keys[i].len, h[i], mget_alloc, o, &vlen,
                              &version);
         if (rc == 0) {
             mget_entry_end(o, vlen, version);
@@ -836,7 +836,7 @@ static void handle_mget(void *ctx, struct kv_call *call)
     }
     kv_shm_rset_take(srv->store, &rs);
     if (n <= MGET_WINDOW) {
-        mget_window(srv, &o, win, n, h0);
+        mget_window(srv, call, &o, win, n, h0);
     } else {
         r.p = call->body;
         while (pb_next(&r, &f) == 1) {
@@ -844,14 +844,14 @@ static void handle_mget(void *ctx, struct kv_call *call)
                 continue;
             win[k++] = f;
             if (k == MGET_WINDOW) {
-                if (mget_window(srv, &o, win, k, first ? h0 : NULL) != 0)
+                if (mget_window(srv, call, &o, win, k, first ? h0 : NULL) != 0)
                     break;
                 first = 0;
                 k = 0;
             }
         }
         if (!o.too_big && !o.oom && k)
-            mget_window(srv, &o, win, k, NULL);
+            mget_window(srv, call, &o, win, k, NULL);
     }
     kv_shm_rset_drop(srv->store, &rs);
     if (o.too_big || o.oom) {
@@ -913,7 +913,7 @@ static void handle_mset(void *ctx, struct kv_call *call)
     for (size_t i = 0; i < n && next_mset_pair(&r, &k, &v, &ttl, &nx) == 1; i++)
         pairs[i] = (struct kv_shm_pair){k.data, k.len, v.data, v.len};
     /* all or nothing, as Redis's MSET: a batch that does not fit changes nothing */
-    rc = kv_shm_mset(srv->store, pairs, n, &o, versions);
+    rc = kv_shm_db_mset(srv->store, call->db, pairs, n, &o, versions);
     if (rc != 0) {
         answer_store_error(call, rc);
         goto out;
@@ -994,7 +994,7 @@ static uint64_t scan_random(void)
 }
 
 /* One step of the scan m asks for, adding to s (filtered). */
-static int scan_step(struct kv_server *srv, const Kv__ScanRequest *m, uint64_t cursor,
+static int scan_step(struct kv_server *srv, const struct kv_call *call, const Kv__ScanRequest *m, uint64_t cursor,
                      size_t count, struct scan_out *s, uint64_t *next)
 {
     const uint8_t *prefix = m->prefix.data;
@@ -1005,7 +1005,7 @@ static int scan_step(struct kv_server *srv, const Kv__ScanRequest *m, uint64_t c
         prefix = m->pattern.data;
         plen = kv_glob_prefix(m->pattern.data, m->pattern.len);
     }
-    rc = kv_shm_scan(srv->store, cursor, prefix, plen, count, scan_collect, s, next);
+    rc = kv_shm_db_scan(srv->store, call->db, cursor, prefix, plen, count, scan_collect, s, next);
     if (rc == 0 && !s->failed && m->pattern.len)
         scan_filter(s, from, &m->pattern);
     return rc;
@@ -1043,7 +1043,7 @@ static void handle_scan(void *ctx, struct kv_call *call)
 
         for (int pass = 0; pass < 2 && rc == 0 && s.n == 0 && !s.failed; pass++) {
             do
-                rc = scan_step(srv, m, c, 1, &s, &c);
+                rc = scan_step(srv, call, m, c, 1, &s, &c);
             while (rc == 0 && s.n == 0 && !s.failed && c != 0);
         }
         next = 0;
@@ -1057,7 +1057,7 @@ static void handle_scan(void *ctx, struct kv_call *call)
         do {
             size_t before = s.n;
 
-            rc = scan_step(srv, m, c, count, &s, &c);
+            rc = scan_step(srv, call, m, c, count, &s, &c);
             for (size_t i = before; i < s.n; i++)
                 bytes += s.keys[i].len + 8;
             if (bytes > srv->cfg->max_body) {
@@ -1068,7 +1068,7 @@ static void handle_scan(void *ctx, struct kv_call *call)
         } while (rc == 0 && !s.failed && c != 0);
         next = 0;
     } else {
-        rc = scan_step(srv, m, m->cursor, count, &s, &next);
+        rc = scan_step(srv, call, m, m->cursor, count, &s, &next);
     }
     if (rc != 0 || s.failed) {
         answer_store_error(call, rc != 0 ? rc : KV_ENOMEM);
@@ -1088,7 +1088,8 @@ out:
 static void handle_stats(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
-    enum { MAXE = 64, TEXT = 16384 };
+    enum { MAXE = 64 + KV_SHM_MAX_DB, TEXT = 16384 };
+    char (*dbname)[16] = NULL;
     Kv__StatsResponse resp = KV__STATS_RESPONSE__INIT;
     Kv__StatEntry *e, **pe;
     struct kv_mem_snapshot snap;
@@ -1101,7 +1102,8 @@ static void handle_stats(void *ctx, struct kv_call *call)
     e = kv_mem_calloc(KV_MOD_PROTO, MAXE * sizeof(*e));
     pe = kv_mem_calloc(KV_MOD_PROTO, MAXE * sizeof(*pe));
     text = kv_mem_alloc(KV_MOD_PROTO, TEXT);
-    if (!e || !pe || !text) {
+    dbname = kv_mem_alloc(KV_MOD_PROTO, KV_SHM_MAX_DB * sizeof(*dbname));
+    if (!e || !pe || !text || !dbname) {
         answer_error(call, KV_ST_INTERNAL, "out of memory");
         goto out;
     }
@@ -1140,6 +1142,19 @@ static void handle_stats(void *ctx, struct kv_call *call)
         ADD("dropped_items", st.dropped_items);
         ADD("store_huge_page_bytes", st.huge_bytes);
     }
+    /* keys of the call's database (DBSIZE), then every non-empty one as dbN (INFO) */
+    {
+        uint64_t k = 0;
+
+        kv_shm_db_size(srv->store, call->db, &k);
+        ADD("db_keys", k);
+        for (unsigned d = 0; d < srv->cfg->databases && d < KV_SHM_MAX_DB; d++) {
+            if (kv_shm_db_size(srv->store, d, &k) == 0 && k) {
+                snprintf(dbname[d], sizeof(dbname[d]), "db%u", d);
+                ADD(dbname[d], k);
+            }
+        }
+    }
     if (srv->io) {
         unsigned tcp, unx;
 
@@ -1157,20 +1172,133 @@ out:
     kv_mem_free(KV_MOD_PROTO, e);
     kv_mem_free(KV_MOD_PROTO, pe);
     kv_mem_free(KV_MOD_PROTO, text);
+    kv_mem_free(KV_MOD_PROTO, dbname);
+}
+
+/* ---- RENAME (RENAME, RENAMENX, MOVE, COPY) and SWAPDB ------------------------- */
+#define RENAME_NX 0x1u
+#define RENAME_COPY 0x2u
+#define RENAME_DB 0x4u
+#define RENAME_DST_DB 0x8u
+
+static int db_bad(const struct kv_server *srv, uint64_t db)
+{
+    return db >= srv->cfg->databases || db >= KV_SHM_MAX_DB;
+}
+
+static void handle_rename(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct pb_reader r = {call->body, call->body + call->body_len};
+    struct pb_field f;
+    struct pb_field key = {0}, nkey = {0};
+    uint64_t flags = 0, db = call->db, dst = 0, version = 0;
+    int more, rc;
+
+    if (!authed(srv, call))
+        return;
+    while ((more = pb_next(&r, &f)) > 0) {
+        if (f.number == 1 && f.wire == 2)
+            key = f;
+        else if (f.number == 2 && f.wire == 2)
+            nkey = f;
+        else if (f.number == 3 && f.wire == 0)
+            flags = f.u64;
+        else if (f.number == 4 && f.wire == 0)
+            db = f.u64;
+        else if (f.number == 5 && f.wire == 0)
+            dst = f.u64;
+        else if (f.number <= 5)
+            more = -1;
+        if (more < 0)
+            break;
+    }
+    if (more < 0 || flags > (RENAME_NX | RENAME_COPY | RENAME_DB | RENAME_DST_DB)) {
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
+        return;
+    }
+    if (!(flags & RENAME_DB))
+        db = call->db;
+    if (!(flags & RENAME_DST_DB))
+        dst = db;
+    if (db_bad(srv, db) || db_bad(srv, dst)) {
+        answer_error(call, KV_ST_BAD_REQUEST, "ERR DB index is out of range");
+        return;
+    }
+    if (check_key_len(srv, call, key.len) || check_key_len(srv, call, nkey.len))
+        return;
+    rc = kv_shm_rename(srv->store, (unsigned)db, key.data, key.len, (unsigned)dst, nkey.data,
+                       nkey.len,
+                       ((flags & RENAME_NX) ? KV_SHM_MV_NX : 0) |
+                           ((flags & RENAME_COPY) ? KV_SHM_MV_COPY : 0),
+                       &version);
+    if (rc == 0 || rc == KV_EEXISTS)
+        answer_uints(call, rc == 0, version);
+    else
+        answer_store_error(call, rc);
+}
+
+static void handle_swapdb(void *ctx, struct kv_call *call)
+{
+    struct kv_server *srv = ctx;
+    struct pb_reader r = {call->body, call->body + call->body_len};
+    struct pb_field f;
+    uint64_t a = 0, b = 0;
+    int more, rc;
+
+    if (!authed(srv, call))
+        return;
+    while ((more = pb_next(&r, &f)) > 0) {
+        if (f.number == 1 && f.wire == 0)
+            a = f.u64;
+        else if (f.number == 2 && f.wire == 0)
+            b = f.u64;
+        else if (f.number <= 2)
+            more = -1;
+        if (more < 0)
+            break;
+    }
+    if (more < 0) {
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
+        return;
+    }
+    if (db_bad(srv, a) || db_bad(srv, b)) {
+        answer_error(call, KV_ST_BAD_REQUEST, "ERR DB index is out of range");
+        return;
+    }
+    rc = kv_shm_swapdb(srv->store, (unsigned)a, (unsigned)b);
+    if (rc)
+        answer_store_error(call, rc);
+    else
+        answer_uints(call, 0, 0);
 }
 
 static void handle_flush(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
     struct kv_shm_stats st;
+    struct pb_reader r = {call->body, call->body + call->body_len};
+    struct pb_field f;
     uint64_t before = 0;
-    int rc;
+    int rc, more, db_only = 0;
 
     if (!authed(srv, call))
         return;
-    if (kv_shm_stats(srv->store, &st) == 0)
-        before = st.keys;
-    rc = kv_shm_flush(srv->store);
+    while ((more = pb_next(&r, &f)) > 0)
+        if (f.number == 1 && f.wire == 0)
+            db_only = f.u64 != 0;
+    if (more < 0) {
+        answer_error(call, KV_ST_BAD_REQUEST, "body does not decode");
+        return;
+    }
+    if (db_only) {
+        kv_shm_db_size(srv->store, call->db, &before);
+        rc = kv_shm_db_flush(srv->store, call->db);
+    } else {
+        if (kv_shm_stats(srv->store, &st) == 0)
+            before = st.keys;
+        rc = kv_shm_flush(srv->store);
+    }
     if (rc != 0) {
         answer_store_error(call, rc);
         return;
@@ -1246,12 +1374,12 @@ struct str_cur {
     int found;
 };
 
-static int str_load(struct kv_server *srv, const uint8_t *key, size_t klen, struct str_cur *c)
+static int str_load(struct kv_server *srv, const struct kv_call *call, const uint8_t *key, size_t klen, struct str_cur *c)
 {
     int rc;
 
     memset(c, 0, sizeof(*c));
-    rc = kv_shm_get(srv->store, key, klen, old_alloc, &c->p, &c->len, &c->version);
+    rc = kv_shm_db_get(srv->store, call->db, key, klen, old_alloc, &c->p, &c->len, &c->version);
     if (rc == 0)
         c->found = 1;
     else if (rc == KV_ENOTFOUND)
@@ -1268,7 +1396,7 @@ static void str_drop(struct str_cur *c)
 /* Stores v on condition that the key is still as c saw it. ttl_ms < 0
  * keeps the expiry; >= 0 sets it (0: none). KV_EEXISTS / KV_ENOTFOUND: the
  * key changed meanwhile, read again. */
-static int str_store(struct kv_server *srv, const struct str_req *q, const struct str_cur *c,
+static int str_store(struct kv_server *srv, const struct kv_call *call, const struct str_req *q, const struct str_cur *c,
                      const void *v, size_t vlen, int64_t ttl_ms, uint64_t *version)
 {
     struct kv_shm_set_opts o = {0};
@@ -1279,7 +1407,7 @@ static int str_store(struct kv_server *srv, const struct str_req *q, const struc
         o.flags |= KV_SHM_KEEPTTL;
     else
         o.ttl_ms = ttl_ms;
-    return kv_shm_set(srv->store, q->key, q->klen, v, vlen, &o, version);
+    return kv_shm_db_set(srv->store, call->db, q->key, q->klen, v, vlen, &o, version);
 }
 
 /* Answers StrResponse{found, value, number, version, matches}. */
@@ -1539,7 +1667,7 @@ static void handle_str(void *ctx, struct kv_call *call)
         uint64_t version = 0;
         int write = 0;
 
-        rc = str_load(srv, q.key, q.klen, &c);
+        rc = str_load(srv, call, q.key, q.klen, &c);
         if (rc != 0) {
             answer_store_error(call, rc);
             return;
@@ -1673,7 +1801,7 @@ static void handle_str(void *ctx, struct kv_call *call)
             if (c.found) {
                 /* not a compare-and-delete (the store has none): a write
                  * between the read and the delete is removed with it */
-                rc = kv_shm_del(srv->store, q.key, q.klen);
+                rc = kv_shm_db_del(srv->store, call->db, q.key, q.klen);
                 if (rc == KV_ENOTFOUND) { /* gone meanwhile: read again */
                     str_drop(&c);
                     continue;
@@ -1700,7 +1828,7 @@ static void handle_str(void *ctx, struct kv_call *call)
         case KV__STR_REQUEST__OP__LCS: {
             struct str_cur cb;
 
-            rc = str_load(srv, q.value, q.vlen, &cb);
+            rc = str_load(srv, call, q.value, q.vlen, &cb);
             if (rc != 0)
                 answer_store_error(call, rc);
             else
@@ -1721,7 +1849,7 @@ static void handle_str(void *ctx, struct kv_call *call)
             answer_error(call, KV_ST_INTERNAL, "out of memory");
             return;
         }
-        rc = str_store(srv, &q, &c, nv, nlen, ttl, &version);
+        rc = str_store(srv, call, &q, &c, nv, nlen, ttl, &version);
         if (rc == KV_EEXISTS || rc == KV_ENOTFOUND) { /* another writer came in between */
             kv_mem_free(KV_MOD_PROTO, nv);
             str_drop(&c);
@@ -1763,12 +1891,12 @@ static void expire_if(struct kv_server *srv, struct kv_call *call, const struct 
     for (int attempt = 0; attempt < STR_ATTEMPTS; attempt++) {
         struct str_cur c;
         int64_t cur = -1;
-        int rc = str_load(srv, k->key, k->klen, &c), pass;
+        int rc = str_load(srv, call, k->key, k->klen, &c), pass;
 
         if (rc == 0 && !c.found)
             rc = KV_ENOTFOUND;
         if (rc == 0)
-            rc = kv_shm_ttl(srv->store, k->key, k->klen, &cur);
+            rc = kv_shm_db_ttl(srv->store, call->db, k->key, k->klen, &cur);
         if (rc == KV_ENOTFOUND && c.found) { /* expired or deleted meanwhile */
             str_drop(&c);
             continue;
@@ -1787,12 +1915,12 @@ static void expire_if(struct kv_server *srv, struct kv_call *call, const struct 
             return;
         }
         if (k->f5) {
-            rc = kv_shm_del(srv->store, k->key, k->klen);
+            rc = kv_shm_db_del(srv->store, call->db, k->key, k->klen);
         } else {
             struct kv_shm_set_opts o = {.flags = KV_SHM_CAS, .cas_version = c.version,
                                         .ttl_ms = want};
 
-            rc = kv_shm_set(srv->store, k->key, k->klen, c.p, c.len, &o, NULL);
+            rc = kv_shm_db_set(srv->store, call->db, k->key, k->klen, c.p, c.len, &o, NULL);
         }
         str_drop(&c);
         if (rc == KV_EEXISTS || rc == KV_ENOTFOUND)
@@ -1840,7 +1968,7 @@ int kv_server_handlers_register(struct kv_server *srv, struct kv_worker_registry
         {KV_OP_MGET, handle_mget},     {KV_OP_MSET, handle_mset},
         {KV_OP_EXPIRE, handle_expire}, {KV_OP_SCAN, handle_scan},
         {KV_OP_STATS, handle_stats},   {KV_OP_FLUSH, handle_flush},   {KV_OP_AUTH, handle_auth},
-        {KV_OP_STR, handle_str},
+        {KV_OP_STR, handle_str},       {KV_OP_RENAME, handle_rename}, {KV_OP_SWAPDB, handle_swapdb},
     };
 
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {

@@ -21,6 +21,7 @@ enum {
     OPT_UNIX, OPT_UNIX_PERM, OPT_NO_TCP,
     OPT_LOG_FILE, OPT_RDB_FILE, OPT_LOAD_RDB,
     OPT_MAX_CLIENT_MEMORY,
+    OPT_DATABASES,
 };
 
 static const struct option long_opts[] = {
@@ -58,6 +59,7 @@ static const struct option long_opts[] = {
     {"rdb-file", required_argument, NULL, OPT_RDB_FILE},
     {"load-rdb", required_argument, NULL, OPT_LOAD_RDB},
     {"max-client-memory", required_argument, NULL, OPT_MAX_CLIENT_MEMORY},
+    {"databases", required_argument, NULL, OPT_DATABASES},
     {NULL, 0, NULL, 0},
 };
 
@@ -99,6 +101,7 @@ void kv_options_usage(FILE *f)
           "                       SAVE is refused)\n"
           "  --load-rdb FILE      import the string keys of a Redis RDB file at start, into an\n"
           "                       empty store only (other types are skipped and counted)\n"
+          "  --databases N        databases for SELECT, 0 .. N-1 (default 16, at most 256)\n"
           "  --huge-pages try|require|off  back the store with huge pages: ask and say\n"
           "                       when it did not get them (default), refuse to start\n"
           "                       without them, or do not ask\n"
@@ -270,6 +273,10 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         case OPT_MAX_CONNS:
             rc = parse_uint(optarg, 1, 1000000, &v);
             cfg->max_conns = (unsigned)v;
+            break;
+        case OPT_DATABASES:
+            rc = parse_uint(optarg, 1, 256, &v); /* KV_SHM_MAX_DB */
+            cfg->databases = (unsigned)v;
             break;
         case OPT_RECV_BUF:
             rc = kv_options_parse_size(optarg, &sz);
@@ -477,6 +484,7 @@ size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
     SIZE(max_output, "max-output");
     SIZE(output_hard_limit, "output-hard-limit");
     NUM(max_conns, "max-conns");
+    NUM(databases, "databases");
     NUM(idle_timeout, "idle-timeout");
     NUM(frame_timeout, "frame-timeout");
     SIZE(recv_buf, "recv-buf");

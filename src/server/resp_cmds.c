@@ -65,6 +65,9 @@ enum reply_style {
     RS_TYPE,        /* +string / +none from an ExistsResponse */
     RS_EXPIRETIME_S, /* absolute expiry (now + ttl), -1 none, -2 missing */
     RS_EXPIRETIME_MS,
+    RS_RENAME,      /* +OK; -ERR no such key */
+    RS_RENAMENX,    /* :1 / :0; -ERR no such key */
+    RS_MOVED,       /* :1 / :0, :0 when the source is absent (MOVE, COPY) */
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -649,13 +652,119 @@ static int cmd_nobody(struct cmdctx *x)
     return send_call(x, &o, (uint16_t)x->cmd->aux);
 }
 
+/* A database number argument: 0 when it is one of --databases, else the reply sent
+ * (bad_int: the error of a non-integer, NULL for Redis's usual one). */
+static int db_arg(struct cmdctx *x, const struct kv_slice *a, const char *bad_int, long long *db)
+{
+    if (arg_int(a, db) != 0) {
+        if (bad_int)
+            return reply_err(x->res, "-ERR %s", bad_int);
+        return not_integer(x->res);
+    }
+    if (*db < 0 || *db >= (long long)x->srv->cfg->databases)
+        return reply_err(x->res, "-ERR DB index is out of range");
+    return 0;
+}
+
+/* SELECT n: the connection's database, for every call built after it (the call carries
+ * it: a command queued before the SELECT keeps the database it was built in). */
 static int cmd_select(struct cmdctx *x)
 {
     long long n;
+    int rc = db_arg(x, &x->argv[1], NULL, &n);
 
-    if (arg_int(&x->argv[1], &n) != 0)
-        return not_integer(x->res);
-    return n == 0 ? reply_str(x->res, "+OK\r\n") : reply_err(x->res, "-ERR DB index is out of range");
+    if (rc)
+        return rc;
+    x->session->db = (uint16_t)n;
+    return reply_str(x->res, "+OK\r\n");
+}
+
+/* FLUSHDB (aux 1: the connection's database) and FLUSHALL [ASYNC|SYNC]. */
+static int cmd_flush(struct cmdctx *x)
+{
+    struct out o = {0};
+
+    if (x->argc > 2 || (x->argc == 2 && !arg_is(&x->argv[1], "ASYNC") &&
+                        !arg_is(&x->argv[1], "SYNC")))
+        return reply_err(x->res, "-ERR syntax error");
+    body_uint(&o, 1, (uint64_t)x->cmd->aux);
+    return send_call(x, &o, KV_OP_FLUSH);
+}
+
+#define RENAME_NX 0x1u     /* kv.proto RenameRequest flags */
+#define RENAME_COPY 0x2u
+#define RENAME_DST_DB 0x8u
+
+static int rename_call(struct cmdctx *x, const struct kv_slice *key, const struct kv_slice *nkey,
+                       unsigned flags, long long dst)
+{
+    struct out o = {0};
+
+    out_init_room(&o, x->call, key->len + nkey->len + 40);
+    body_bytes(&o, 1, key);
+    body_bytes(&o, 2, nkey);
+    body_uint(&o, 3, flags);
+    if (flags & RENAME_DST_DB)
+        body_uint(&o, 5, (uint64_t)dst);
+    return send_call(x, &o, KV_OP_RENAME);
+}
+
+/* RENAME key newkey, RENAMENX key newkey (aux: the flags). */
+static int cmd_rename(struct cmdctx *x)
+{
+    return rename_call(x, &x->argv[1], &x->argv[2], (unsigned)x->cmd->aux, 0);
+}
+
+/* MOVE key db: the same key into another database, unless it is there already. */
+static int cmd_move(struct cmdctx *x)
+{
+    long long db;
+    int rc = db_arg(x, &x->argv[2], NULL, &db);
+
+    if (rc)
+        return rc;
+    if (db == x->session->db)
+        return reply_err(x->res, "-ERR source and destination objects are the same");
+    return rename_call(x, &x->argv[1], &x->argv[1], RENAME_NX | RENAME_DST_DB, db);
+}
+
+/* COPY source destination [DB destination-db] [REPLACE] */
+static int cmd_copy(struct cmdctx *x)
+{
+    unsigned flags = RENAME_COPY | RENAME_NX;
+    long long db = x->session->db;
+
+    for (size_t i = 3; i < x->argc; i++) {
+        if (arg_is(&x->argv[i], "REPLACE")) {
+            flags &= ~RENAME_NX;
+        } else if (arg_is(&x->argv[i], "DB") && i + 1 < x->argc) {
+            int rc = db_arg(x, &x->argv[++i], NULL, &db);
+
+            if (rc)
+                return rc;
+            flags |= RENAME_DST_DB;
+        } else {
+            return reply_err(x->res, "-ERR syntax error");
+        }
+    }
+    if (db == x->session->db && x->argv[1].len == x->argv[2].len &&
+        memcmp(x->argv[1].p, x->argv[2].p, x->argv[1].len) == 0)
+        return reply_err(x->res, "-ERR source and destination objects are the same");
+    return rename_call(x, &x->argv[1], &x->argv[2], flags, db);
+}
+
+/* SWAPDB index1 index2 */
+static int cmd_swapdb(struct cmdctx *x)
+{
+    struct out o = {0};
+    long long a, b;
+    int rc = db_arg(x, &x->argv[1], "invalid first DB index", &a);
+
+    if (rc || (rc = db_arg(x, &x->argv[2], "invalid second DB index", &b)) != 0)
+        return rc;
+    body_uint(&o, 1, (uint64_t)a);
+    body_uint(&o, 2, (uint64_t)b);
+    return send_call(x, &o, KV_OP_SWAPDB);
 }
 
 static int cmd_config(struct cmdctx *x)
@@ -1218,8 +1327,13 @@ static const struct resp_cmd resp_cmds[] = {
     {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
     {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      KV_OP_STATS},
     {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        KV_OP_STATS},
-    {"FLUSHDB",      -1, W,               cmd_nobody,   RS_OK,          KV_OP_FLUSH},
-    {"FLUSHALL",     -1, W,               cmd_nobody,   RS_OK,          KV_OP_FLUSH},
+    {"FLUSHDB",      -1, W,               cmd_flush,    RS_OK,          1},
+    {"FLUSHALL",     -1, W,               cmd_flush,    RS_OK,          0},
+    {"RENAME",        3, W,               cmd_rename,   RS_RENAME,      0},
+    {"RENAMENX",      3, W | F,           cmd_rename,   RS_RENAMENX,    RENAME_NX},
+    {"MOVE",          3, W | F,           cmd_move,     RS_MOVED,       0},
+    {"COPY",         -3, W,               cmd_copy,     RS_MOVED,       0},
+    {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_OK,          0},
     {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
     {"QUIT",         -1, F | CMD_NOAUTH | L, cmd_quit,  RS_NONE,        0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
@@ -1314,6 +1428,8 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
     struct kv_server *srv = ctx;
     struct cmdctx x = {srv, s, argc, argv, call, res, resp_cmd_find(&argv[0])};
 
+    if (call)
+        call->db = s->db; /* the database the call is built in (SELECT is answered here) */
     if (!x.cmd)
         return unknown_command(&x);
     if (!(x.cmd->flags & CMD_NOAUTH) && srv->cfg->requirepass[0] &&
@@ -1502,8 +1618,15 @@ static void reply_info(struct out *o, const struct kv_call *call, const struct k
                     "rdb_last_save_time:%lld\r\nrdb_last_bgsave_status:%s\r\n\r\n",
                 running, (long long)last, ok ? "ok" : "err");
     }
-    out_fmt(&t, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n",
-            (long long)stat_value(call, "keys"));
+    out_fmt(&t, "# Keyspace\r\n");
+    for (unsigned d = 0; d < srv->cfg->databases; d++) {
+        char name[16];
+        int64_t k;
+
+        snprintf(name, sizeof(name), "db%u", d);
+        if ((k = stat_value(call, name)) > 0) /* expires: not counted by the store yet */
+            out_fmt(&t, "db%u:keys=%lld,expires=0,avg_ttl=0\r\n", d, (long long)k);
+    }
     if (t.failed)
         o->failed = 1;
     else
@@ -1604,7 +1727,15 @@ static void rs_scan(struct out *o, const struct kv_call *call, const struct kv_s
 
 static void rs_dbsize(struct out *o, const struct kv_call *call, const struct kv_server *srv)
 {
-    out_line_int(o, ':', stat_value(call, "keys"));
+    out_line_int(o, ':', stat_value(call, "db_keys"));
+}
+
+static void rs_done(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', f.u[1] ? 1 : 0);
 }
 
 static void rs_info(struct out *o, const struct kv_call *call, const struct kv_server *srv)
@@ -1822,6 +1953,9 @@ static const struct {
     [RS_TYPE] = {rs_type, NULL, NULL, 0},
     [RS_EXPIRETIME_S] = {rs_expiretime, ":-2\r\n", NULL, 0},
     [RS_EXPIRETIME_MS] = {rs_expiretime, ":-2\r\n", NULL, 0},
+    [RS_RENAME] = {rs_ok, "-ERR no such key\r\n", NULL, RF_REDIS_ERR},
+    [RS_RENAMENX] = {rs_done, "-ERR no such key\r\n", NULL, RF_REDIS_ERR},
+    [RS_MOVED] = {rs_done, ":0\r\n", NULL, RF_REDIS_ERR},
 };
 
 static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,

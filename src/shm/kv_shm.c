@@ -25,6 +25,11 @@ static int key_bad(const struct kv_shm_store *s, const void *key, size_t klen)
     return !key || klen < 1 || klen > s->max_key || klen > UINT32_MAX;
 }
 
+_Static_assert(KV_SHM_MAX_DB == SHM_MAX_DB, "one database limit");
+_Static_assert(sizeof(struct shm_hdr) <= SHM_DBS_OFF &&
+                   SHM_DBS_OFF + sizeof(struct shm_dbs) <= SHM_HDR_SIZE,
+               "the databases fit in the header page after the header");
+
 static int item_expired(const struct shm_item *it, int64_t now)
 {
     return it->expire_ms && it->expire_ms <= now;
@@ -48,7 +53,7 @@ static void item_seal(const struct kv_shm_store *s, struct shm_item *it)
 #define COPY_PIECE 16384 /* bytes of a value copied from one item to another at a time */
 
 struct shm_item *kv_shm_item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
-                                  const void *key, size_t klen, const void *val,
+                                  unsigned pdb, const void *key, size_t klen, const void *val,
                                   const struct shm_item *from, size_t vlen, uint64_t version,
                                   int64_t expire_ms, int64_t now)
 {
@@ -57,6 +62,7 @@ struct shm_item *kv_shm_item_fill(struct kv_shm_store *s, uint64_t off, unsigned
         .atime = atime_at(s, now),
         .magic = SHM_ITEM_MAGIC,
         .cls = (uint8_t)cls,
+        .db = (uint16_t)pdb,
         .version = version,
         .expire_ms = expire_ms,
         .klen = (uint32_t)klen,
@@ -106,28 +112,32 @@ uint64_t kv_shm_version_next(struct kv_shm_store *s)
     return __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
 }
 
-static void slot_clear(struct shm_stripe *st, uint64_t *slot)
+/* it: the item the slot held, NULL when unsound (its database is not known). */
+static void slot_clear(struct kv_shm_store *s, struct shm_stripe *st, uint64_t *slot,
+                       const struct shm_item *it)
 {
     __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
     __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+    if (it)
+        shm_db_count(s, it->db, -1);
 }
 
 enum { RM_EXPIRED, RM_CORRUPT };
 
 /* Removes the item a reader found expired or damaged, if that same item is still there
  * (the word could have been replaced between the shared and the exclusive lock). */
-static void remove_found(struct kv_shm_store *s, uint64_t h, const void *key, size_t klen,
-                         uint64_t word, int why)
+static void remove_found(struct kv_shm_store *s, uint64_t h, unsigned pdb, const void *key,
+                         size_t klen, uint64_t word, int why)
 {
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     uint64_t off = 0;
     pthread_rwlock_wrlock(&st->lock);
-    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, pdb, key, klen, &it);
     if (slot && *slot == word &&
         (why == RM_EXPIRED ? item_expired(it, kv_shm_now_ms())
                            : kv_shm_item_crc(s, it) != it->crc)) {
-        slot_clear(st, slot);
+        slot_clear(s, st, slot, it);
         off = SHM_WORD_OFF(word);
         if (why == RM_EXPIRED)
             __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
@@ -175,19 +185,28 @@ void kv_shm_prefetch(struct kv_shm_store *s, uint64_t h, int stage)
 int kv_shm_get(struct kv_shm_store *s, const void *key, size_t klen,
                void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen, uint64_t *version)
 {
+    return kv_shm_db_get(s, 0, key, klen, alloc, ctx, vlen, version);
+}
+
+int kv_shm_db_get(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                  void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                  uint64_t *version)
+{
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    return kv_shm_get_h(s, key, klen, kv_shm_hash(s, key, klen), alloc, ctx, vlen, version);
+    return kv_shm_db_get_h(s, db, key, klen, kv_shm_hash(s, key, klen), alloc, ctx, vlen,
+                           version);
 }
 
 /* The lookup of get, its stripe lock held (shared). *word gets the item's slot word when
  * it is expired (KV_ENOTFOUND) or damaged (KV_ECORRUPT), for the caller to remove. */
-static int get_locked(struct kv_shm_store *s, struct shm_stripe *st, const void *key,
-                      size_t klen, uint64_t h, void *(*alloc)(void *ctx, size_t len), void *ctx,
-                      size_t *vlen, uint64_t *version, uint64_t *word, int *why)
+static int get_locked(struct kv_shm_store *s, struct shm_stripe *st, unsigned pdb,
+                      const void *key, size_t klen, uint64_t h,
+                      void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                      uint64_t *version, uint64_t *word, int *why)
 {
     struct shm_item *it;
-    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, pdb, key, klen, &it);
     *why = -1;
     if (!slot) {
         __atomic_add_fetch(&st->misses, 1, __ATOMIC_RELAXED);
@@ -228,17 +247,25 @@ int kv_shm_get_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
                  void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
                  uint64_t *version)
 {
-    if (key_bad(s, key, klen) || !alloc)
+    return kv_shm_db_get_h(s, 0, key, klen, h, alloc, ctx, vlen, version);
+}
+
+int kv_shm_db_get_h(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                    uint64_t h, void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                    uint64_t *version)
+{
+    if (key_bad(s, key, klen) || !alloc || db >= SHM_MAX_DB)
         return KV_EINVAL;
     assert(h == kv_shm_hash(s, key, klen));
     struct shm_stripe *st = shm_stripe_of(s, h);
     uint64_t word = 0;
     int why;
     pthread_rwlock_rdlock(&st->lock);
-    int rc = get_locked(s, st, key, klen, h, alloc, ctx, vlen, version, &word, &why);
+    unsigned pdb = shm_db_phys(s, db);
+    int rc = get_locked(s, st, pdb, key, klen, h, alloc, ctx, vlen, version, &word, &why);
     pthread_rwlock_unlock(&st->lock);
     if (why >= 0)
-        remove_found(s, h, key, klen, word, why);
+        remove_found(s, h, pdb, key, klen, word, why);
     return rc;
 }
 
@@ -246,13 +273,20 @@ int kv_shm_get_held(struct kv_shm_store *s, const void *key, size_t klen, uint64
                     void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
                     uint64_t *version)
 {
-    if (key_bad(s, key, klen) || !alloc)
+    return kv_shm_db_get_held(s, 0, key, klen, h, alloc, ctx, vlen, version);
+}
+
+int kv_shm_db_get_held(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                       uint64_t h, void *(*alloc)(void *ctx, size_t len), void *ctx,
+                       size_t *vlen, uint64_t *version)
+{
+    if (key_bad(s, key, klen) || !alloc || db >= SHM_MAX_DB)
         return KV_EINVAL;
     assert(h == kv_shm_hash(s, key, klen));
     uint64_t word;
     int why;
-    return get_locked(s, shm_stripe_of(s, h), key, klen, h, alloc, ctx, vlen, version, &word,
-                      &why);
+    return get_locked(s, shm_stripe_of(s, h), shm_db_phys(s, db), key, klen, h, alloc, ctx,
+                      vlen, version, &word, &why);
 }
 
 _Static_assert(KV_SHM_STRIPES == SHM_STRIPES, "the read set covers every stripe");
@@ -280,15 +314,17 @@ void kv_shm_rset_drop(struct kv_shm_store *s, const struct kv_shm_rset *r)
 /* Publishes word for key in bucket b under the exclusive stripe lock: replaces *slot when
  * the key had one, else fills an empty slot. */
 static int publish(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, uint64_t *slot,
-                   uint64_t word)
+                   uint64_t word, unsigned pdb)
 {
     if (slot) {
         __atomic_store_n(slot, word, __ATOMIC_RELEASE);
         return 0;
     }
     int rc = kv_shm_index_insert(s, b, word);
-    if (rc == 0)
+    if (rc == 0) {
         __atomic_add_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+        shm_db_count(s, pdb, 1);
+    }
     return rc;
 }
 
@@ -302,9 +338,17 @@ static int64_t expiry_at(int64_t now, int64_t ttl_ms)
 int kv_shm_set(struct kv_shm_store *s, const void *key, size_t klen, const void *val, size_t vlen,
                const struct kv_shm_set_opts *o, uint64_t *new_version)
 {
+    return kv_shm_db_set(s, 0, key, klen, val, vlen, o, new_version);
+}
+
+int kv_shm_db_set(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                  const void *val, size_t vlen, const struct kv_shm_set_opts *o,
+                  uint64_t *new_version)
+{
     if (key_bad(s, key, klen))
         return KV_EINVAL;
-    return kv_shm_set_h(s, key, klen, kv_shm_hash(s, key, klen), val, vlen, o, new_version);
+    return kv_shm_db_set_h(s, db, key, klen, kv_shm_hash(s, key, klen), val, vlen, o,
+                           new_version);
 }
 
 /* This thread's row of spare chunks for s (NULL: none to be had). */
@@ -327,10 +371,10 @@ static struct shm_spare *spare_row(struct kv_shm_store *s)
     return row;
 }
 
-int kv_shm_put_versioned(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
-                         size_t vlen, uint64_t version, int64_t expire_ms)
+int kv_shm_put_versioned(struct kv_shm_store *s, unsigned pdb, const void *key, size_t klen,
+                         const void *val, size_t vlen, uint64_t version, int64_t expire_ms)
 {
-    if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX)
+    if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX || pdb >= SHM_MAX_DB)
         return KV_EINVAL;
     uint64_t h = kv_shm_hash(s, key, klen);
     struct shm_stripe *st = shm_stripe_of(s, h);
@@ -340,17 +384,17 @@ int kv_shm_put_versioned(struct kv_shm_store *s, const void *key, size_t klen, c
         int rc = kv_shm_alloc_room(s, SHM_ITEM_HDR + klen + vlen, &off, &cls);
         if (rc)
             return rc;
-        kv_shm_item_fill(s, off, cls, key, klen, val, NULL, vlen, version, expire_ms,
+        kv_shm_item_fill(s, off, cls, pdb, key, klen, val, NULL, vlen, version, expire_ms,
                          kv_shm_now_ms());
         struct shm_item *it;
         pthread_rwlock_wrlock(&st->lock);
         uint64_t b = kv_shm_index_bucket(s, h);
-        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        uint64_t *slot = kv_shm_index_find(s, b, h, pdb, key, klen, &it);
         if (slot && it->version >= version) {
             old = off; /* a newer copy of the key is there already: keep it */
         } else {
             old = slot ? SHM_WORD_OFF(*slot) : 0;
-            rc = publish(s, st, b, slot, shm_word(off, cls, h));
+            rc = publish(s, st, b, slot, shm_word(off, cls, h), pdb);
         }
         pthread_rwlock_unlock(&st->lock);
         if (rc) {
@@ -409,6 +453,12 @@ int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsig
     return rc;
 }
 
+static int rewrite_room(struct kv_shm_store *s, int attempt, size_t need, int line);
+int kv_shm_room(struct kv_shm_store *s, int attempt, size_t need, int line)
+{
+    return rewrite_room(s, attempt, need, line);
+}
+
 /* Room for an index line after an insert said KV_ENOMEM. */
 int kv_shm_line_room(struct kv_shm_store *s, int attempt)
 {
@@ -420,10 +470,18 @@ int kv_shm_line_room(struct kv_shm_store *s, int attempt)
 int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t h, const void *val,
                  size_t vlen, const struct kv_shm_set_opts *o, uint64_t *new_version)
 {
+    return kv_shm_db_set_h(s, 0, key, klen, h, val, vlen, o, new_version);
+}
+
+int kv_shm_db_set_h(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                    uint64_t h, const void *val, size_t vlen, const struct kv_shm_set_opts *o,
+                    uint64_t *new_version)
+{
     static const struct kv_shm_set_opts none;
     if (!o)
         o = &none;
-    if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX || o->ttl_ms < 0)
+    if (key_bad(s, key, klen) || (!val && vlen) || vlen > UINT32_MAX || o->ttl_ms < 0 ||
+        db >= SHM_MAX_DB)
         return KV_EINVAL;
     assert(h == kv_shm_hash(s, key, klen));
     int64_t now = kv_shm_now_ms();
@@ -442,7 +500,9 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         if (rc)
             return rc;
         uint64_t ver = kv_shm_version_next(s);
-        struct shm_item *nit = kv_shm_item_fill(s, off, cls, key, klen, val, NULL, vlen, ver,
+        /* the database as of now; checked again under the lock (a SWAPDB in between) */
+        unsigned pdb = shm_db_phys(s, db);
+        struct shm_item *nit = kv_shm_item_fill(s, off, cls, pdb, key, klen, val, NULL, vlen, ver,
                                          o->ttl_ms > 0 ? expiry_at(now, o->ttl_ms) : 0, now);
         kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
         uint64_t word = shm_word(off, cls, h), old = 0;
@@ -451,8 +511,13 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
         struct shm_stripe *st = shm_stripe_of(s, h);
         struct shm_item *it;
         pthread_rwlock_wrlock(&st->lock);
+        if (__builtin_expect(shm_db_phys(s, db) != pdb, 0)) {
+            pdb = shm_db_phys(s, db);
+            nit->db = (uint16_t)pdb; /* not published yet: reseal */
+            item_seal(s, nit);
+        }
         uint64_t b = kv_shm_index_bucket(s, h);
-        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        uint64_t *slot = kv_shm_index_find(s, b, h, pdb, key, klen, &it);
         int exists = slot && !item_expired(it, now);
         if ((o->flags & KV_SHM_NX) && exists)
             rc = KV_EEXISTS;
@@ -471,7 +536,7 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
                 if (!exists)
                     __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
             }
-            rc = publish(s, st, b, slot, word);
+            rc = publish(s, st, b, slot, word, pdb);
         }
         pthread_rwlock_unlock(&st->lock);
         if (rc) {
@@ -502,21 +567,27 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
 
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen)
 {
-    if (key_bad(s, key, klen))
+    return kv_shm_db_del(s, 0, key, klen);
+}
+
+int kv_shm_db_del(struct kv_shm_store *s, unsigned db, const void *key, size_t klen)
+{
+    if (key_bad(s, key, klen) || db >= SHM_MAX_DB)
         return KV_EINVAL;
     uint64_t h = kv_shm_hash(s, key, klen), off = 0;
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     int rc = KV_ENOTFOUND;
     pthread_rwlock_wrlock(&st->lock);
-    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, shm_db_phys(s, db), key,
+                                       klen, &it);
     if (slot) {
         if (item_expired(it, kv_shm_now_ms()))
             __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
         else
             rc = 0;
         off = SHM_WORD_OFF(*slot);
-        slot_clear(st, slot);
+        slot_clear(s, st, slot, it);
     }
     pthread_rwlock_unlock(&st->lock);
     if (off)
@@ -525,16 +596,18 @@ int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen)
 }
 
 /* Shared lookup of exists/ttl: *expire_ms of the live item. */
-static int peek(struct kv_shm_store *s, const void *key, size_t klen, int64_t *expire_ms)
+static int peek(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                int64_t *expire_ms)
 {
-    if (key_bad(s, key, klen))
+    if (key_bad(s, key, klen) || db >= SHM_MAX_DB)
         return KV_EINVAL;
     uint64_t h = kv_shm_hash(s, key, klen);
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
     int rc = KV_ENOTFOUND;
     pthread_rwlock_rdlock(&st->lock);
-    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, shm_db_phys(s, db), key,
+                                       klen, &it);
     if (slot && !item_expired(it, kv_shm_now_ms())) {
         *expire_ms = it->expire_ms;
         rc = 0;
@@ -546,14 +619,25 @@ static int peek(struct kv_shm_store *s, const void *key, size_t klen, int64_t *e
 
 int kv_shm_exists(struct kv_shm_store *s, const void *key, size_t klen)
 {
+    return kv_shm_db_exists(s, 0, key, klen);
+}
+
+int kv_shm_db_exists(struct kv_shm_store *s, unsigned db, const void *key, size_t klen)
+{
     int64_t e;
-    return peek(s, key, klen, &e);
+    return peek(s, db, key, klen, &e);
 }
 
 int kv_shm_ttl(struct kv_shm_store *s, const void *key, size_t klen, int64_t *ttl_ms)
 {
+    return kv_shm_db_ttl(s, 0, key, klen, ttl_ms);
+}
+
+int kv_shm_db_ttl(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                  int64_t *ttl_ms)
+{
     int64_t e;
-    int rc = peek(s, key, klen, &e);
+    int rc = peek(s, db, key, klen, &e);
     if (rc)
         return rc;
     if (!e) {
@@ -601,7 +685,7 @@ static int parse_i64(const uint8_t *p, size_t n, int64_t *out)
  * room for (an item of that many bytes, or SHM_LINE with *line set) before trying again
  * with no lock held. */
 static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, uint64_t *slot,
-                          uint64_t h, const void *key, size_t klen, const void *val,
+                          uint64_t h, unsigned pdb, const void *key, size_t klen, const void *val,
                           const struct shm_item *from, size_t vlen, int64_t expire_ms,
                           uint64_t *ver, uint64_t *old, size_t *need, int *line)
 {
@@ -613,10 +697,11 @@ static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_
     if (rc)
         return rc;
     *ver = kv_shm_version_next(s);
-    kv_shm_item_fill(s, off, cls, key, klen, val, from, vlen, *ver, expire_ms, kv_shm_now_ms());
+    kv_shm_item_fill(s, off, cls, pdb, key, klen, val, from, vlen, *ver, expire_ms,
+                     kv_shm_now_ms());
     kv_shm_crash_point(s, KV_SHM_CRASH_PUBLISH);
     uint64_t prev = slot ? *slot : 0;
-    rc = publish(s, st, b, slot, shm_word(off, cls, h));
+    rc = publish(s, st, b, slot, shm_word(off, cls, h), pdb);
     if (rc) {
         kv_shm_free(s, off);
         *line = 1;
@@ -641,7 +726,13 @@ static int rewrite_room(struct kv_shm_store *s, int attempt, size_t need, int li
 int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t delta,
                 int64_t *result, uint64_t *version)
 {
-    if (key_bad(s, key, klen))
+    return kv_shm_db_incr(s, 0, key, klen, delta, result, version);
+}
+
+int kv_shm_db_incr(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                   int64_t delta, int64_t *result, uint64_t *version)
+{
+    if (key_bad(s, key, klen) || db >= SHM_MAX_DB)
         return KV_EINVAL;
     uint64_t h = kv_shm_hash(s, key, klen), old = 0, ver = 0;
     struct shm_stripe *st = shm_stripe_of(s, h);
@@ -654,8 +745,9 @@ int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t de
         cur = expire = 0;
         rc = 0;
         pthread_rwlock_wrlock(&st->lock);
+        unsigned pdb = shm_db_phys(s, db);
         uint64_t b = kv_shm_index_bucket(s, h);
-        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        uint64_t *slot = kv_shm_index_find(s, b, h, pdb, key, klen, &it);
         if (slot && !item_expired(it, now)) {
             char num[20];
             rc = KV_ENOTNUM;
@@ -672,8 +764,8 @@ int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t de
         if (rc == 0) {
             char buf[24];
             int n = snprintf(buf, sizeof(buf), "%" PRId64, sum);
-            rc = rewrite_locked(s, st, b, slot, h, key, klen, buf, NULL, (size_t)n, expire, &ver,
-                                &old, &need, &line);
+            rc = rewrite_locked(s, st, b, slot, h, pdb, key, klen, buf, NULL, (size_t)n, expire,
+                                &ver, &old, &need, &line);
         }
         pthread_rwlock_unlock(&st->lock);
         if (rc == KV_ENOMEM && rewrite_room(s, attempt, need, line) == 0)
@@ -695,7 +787,13 @@ int kv_shm_incr(struct kv_shm_store *s, const void *key, size_t klen, int64_t de
 
 int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t ttl_ms)
 {
-    if (key_bad(s, key, klen))
+    return kv_shm_db_expire(s, 0, key, klen, ttl_ms);
+}
+
+int kv_shm_db_expire(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                     int64_t ttl_ms)
+{
+    if (key_bad(s, key, klen) || db >= SHM_MAX_DB)
         return KV_EINVAL;
     uint64_t h = kv_shm_hash(s, key, klen), old = 0, ver;
     struct shm_stripe *st = shm_stripe_of(s, h);
@@ -706,19 +804,20 @@ int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t 
         int64_t now = kv_shm_now_ms();
         rc = KV_ENOTFOUND;
         pthread_rwlock_wrlock(&st->lock);
+        unsigned pdb = shm_db_phys(s, db);
         uint64_t b = kv_shm_index_bucket(s, h);
-        uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
+        uint64_t *slot = kv_shm_index_find(s, b, h, pdb, key, klen, &it);
         if (slot && item_expired(it, now)) {
             old = SHM_WORD_OFF(*slot);
-            slot_clear(st, slot);
+            slot_clear(s, st, slot, it);
             __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
         } else if (slot && ttl_ms == 0) {
             old = SHM_WORD_OFF(*slot);
-            slot_clear(st, slot);
+            slot_clear(s, st, slot, it);
             rc = 0;
         } else if (slot) {
             /* copy-on-write: the expiry is checksummed, so it is never patched in place */
-            rc = rewrite_locked(s, st, b, slot, h, key, klen, NULL, it, it->vlen,
+            rc = rewrite_locked(s, st, b, slot, h, pdb, key, klen, NULL, it, it->vlen,
                                 ttl_ms > 0 ? expiry_at(now, ttl_ms) : 0, &ver, &old, &need, &line);
         }
         pthread_rwlock_unlock(&st->lock);
@@ -759,15 +858,15 @@ static int keybuf_add(struct keybuf *kb, const void *key, uint32_t klen)
     return 0;
 }
 
-static int collect_bucket(struct kv_shm_store *s, uint64_t b, const void *prefix, size_t plen,
-                          int64_t now, struct keybuf *kb)
+static int collect_bucket(struct kv_shm_store *s, uint64_t b, unsigned pdb, const void *prefix,
+                          size_t plen, int64_t now, struct keybuf *kb)
 {
     uint64_t *line = kv_shm_index_line(s, b);
     for (int k = 0; line && k < 100000; k++) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = __atomic_load_n(&line[i], __ATOMIC_ACQUIRE);
             struct shm_item *it = w ? kv_shm_item_check(s, w) : NULL;
-            if (!it || item_expired(it, now) || it->klen < plen ||
+            if (!it || it->db != pdb || item_expired(it, now) || it->klen < plen ||
                 (plen && memcmp(it->data, prefix, plen)))
                 continue;
             if (keybuf_add(kb, it->data, it->klen))
@@ -794,7 +893,14 @@ static uint64_t rev64(uint64_t v)
 int kv_shm_scan(struct kv_shm_store *s, uint64_t cursor, const void *prefix, size_t plen,
                 size_t count, kv_shm_scan_fn fn, void *ctx, uint64_t *next_cursor)
 {
-    if (!fn || (plen && !prefix))
+    return kv_shm_db_scan(s, 0, cursor, prefix, plen, count, fn, ctx, next_cursor);
+}
+
+int kv_shm_db_scan(struct kv_shm_store *s, unsigned db, uint64_t cursor, const void *prefix,
+                   size_t plen, size_t count, kv_shm_scan_fn fn, void *ctx,
+                   uint64_t *next_cursor)
+{
+    if (!fn || (plen && !prefix) || db >= SHM_MAX_DB)
         return KV_EINVAL;
     if (count == 0)
         count = 1;
@@ -810,9 +916,10 @@ int kv_shm_scan(struct kv_shm_store *s, uint64_t cursor, const void *prefix, siz
         pthread_rwlock_rdlock(&st->lock);
         kv_shm_state_parse(__atomic_load_n(&s->hdr->state, __ATOMIC_ACQUIRE), &L, &p);
         uint64_t m = (1ull << L) - 1, b = c & m;
-        rc = collect_bucket(s, b, prefix, plen, now, &kb);
+        unsigned pdb = shm_db_phys(s, db);
+        rc = collect_bucket(s, b, pdb, prefix, plen, now, &kb);
         if (rc == 0 && b < p)
-            rc = collect_bucket(s, b + (1ull << L), prefix, plen, now, &kb);
+            rc = collect_bucket(s, b + (1ull << L), pdb, prefix, plen, now, &kb);
         pthread_rwlock_unlock(&st->lock);
         if (rc)
             break;
@@ -835,9 +942,10 @@ int kv_shm_scan(struct kv_shm_store *s, uint64_t cursor, const void *prefix, siz
 
 /* ---- flush, sweep ------------------------------------------------------------------ */
 
-/* Unlinks the items of bucket b that pass `drop` (all when now == 0) under the exclusive
- * stripe lock, then frees them. Returns how many. */
-static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now)
+/* Unlinks the items of bucket b that are expired (every one when now == 0), of physical
+ * database pdb only when pdb >= 0, under the exclusive stripe lock, then frees them.
+ * Returns how many. */
+static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb)
 {
     struct shm_stripe *st = &s->stripes[b & (SHM_STRIPES - 1)];
     uint64_t offs[128];
@@ -852,7 +960,9 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now)
             struct shm_item *it = kv_shm_item_check(s, w);
             if (now && (!it || !item_expired(it, now)))
                 continue;
-            slot_clear(st, &line[i]);
+            if (pdb >= 0 && (!it || it->db != (unsigned)pdb))
+                continue;
+            slot_clear(s, st, &line[i], it);
             if (it)
                 offs[n++] = SHM_WORD_OFF(w);
         }
@@ -865,13 +975,67 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now)
     return n;
 }
 
-int kv_shm_flush(struct kv_shm_store *s)
+static void flush_where(struct kv_shm_store *s, int pdb)
 {
     for (uint64_t b = 0; b < kv_shm_index_active(s); b++) {
-        while (bucket_drop(s, b, 0) >= 128 - SHM_SLOTS) {
+        while (bucket_drop(s, b, 0, pdb) >= 128 - SHM_SLOTS) {
         }
     }
     spares_release(s); /* memory comes back at once, spares included */
+}
+
+int kv_shm_flush(struct kv_shm_store *s)
+{
+    flush_where(s, -1);
+    return 0;
+}
+
+int kv_shm_db_flush(struct kv_shm_store *s, unsigned db)
+{
+    if (db >= SHM_MAX_DB)
+        return KV_EINVAL;
+    flush_where(s, (int)shm_db_phys(s, db));
+    return 0;
+}
+
+/* Stripes' total less the other databases': see shm_dbs. Read without locks: each counter
+ * exact, the difference momentary. */
+int kv_shm_db_size(struct kv_shm_store *s, unsigned db, uint64_t *keys)
+{
+    if (db >= SHM_MAX_DB || !keys)
+        return KV_EINVAL;
+    unsigned pdb = shm_db_phys(s, db);
+    int64_t n = 0;
+    if (pdb) {
+        n = __atomic_load_n(&s->dbs->keys[pdb], __ATOMIC_RELAXED);
+    } else {
+        for (unsigned i = 0; i < SHM_STRIPES; i++)
+            n += __atomic_load_n(&s->stripes[i].keys, __ATOMIC_RELAXED);
+        for (unsigned d = 1; d < SHM_MAX_DB; d++)
+            n -= __atomic_load_n(&s->dbs->keys[d], __ATOMIC_RELAXED);
+    }
+    *keys = n > 0 ? (uint64_t)n : 0;
+    return 0;
+}
+
+int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b)
+{
+    if (a >= SHM_MAX_DB || b >= SHM_MAX_DB)
+        return KV_EINVAL;
+    if (a == b)
+        return 0;
+    for (unsigned i = 0; i < SHM_STRIPES; i++) /* ascending, as every multi-stripe holder */
+        pthread_rwlock_wrlock(&s->stripes[i].lock);
+    struct shm_dbs *d = s->dbs;
+    unsigned cur = __atomic_load_n(&d->sel, __ATOMIC_ACQUIRE) & 1, nxt = cur ^ 1;
+    unsigned pa = shm_db_phys(s, a), pb = shm_db_phys(s, b);
+    memcpy(d->map[nxt], d->map[cur], sizeof(d->map[nxt]));
+    d->map[nxt][a] = (uint8_t)(a ^ pb);
+    d->map[nxt][b] = (uint8_t)(b ^ pa);
+    kv_shm_crash_point(s, KV_SHM_CRASH_BATCH); /* the new map written, not yet current */
+    __atomic_store_n(&d->sel, nxt, __ATOMIC_RELEASE); /* the swap: one store */
+    for (unsigned i = SHM_STRIPES; i-- > 0;)
+        pthread_rwlock_unlock(&s->stripes[i].lock);
     return 0;
 }
 
@@ -881,7 +1045,7 @@ int kv_shm_sweep(struct kv_shm_store *s, size_t max_work)
     int total = 0;
     for (size_t i = 0; i < max_work; i++) {
         uint64_t c = __atomic_fetch_add(&s->hdr->sweep_cursor, 1, __ATOMIC_RELAXED);
-        total += bucket_drop(s, c % kv_shm_index_active(s), now);
+        total += bucket_drop(s, c % kv_shm_index_active(s), now, -1);
     }
     __atomic_add_fetch(&s->hdr->expired, (uint64_t)total, __ATOMIC_RELAXED);
     return total;

@@ -32,6 +32,12 @@
 
 struct kv_shm_store; /* opaque; one per opened segment */
 
+/* Databases (Redis's SELECT): every key belongs to one of KV_SHM_MAX_DB numbered databases,
+ * the same key may exist in several, each independently. The kv_shm_db_* calls name the
+ * (logical) database; the calls without _db are their database-0 forms. A bad database
+ * number (>= KV_SHM_MAX_DB) is KV_EINVAL. */
+#define KV_SHM_MAX_DB 256
+
 /* Test-only knobs; the server passes NULL. */
 struct kv_shm_open_opts {
     int attach;   /* 1: map a segment another handle of this process owns, without the
@@ -161,6 +167,61 @@ int kv_shm_get_held(struct kv_shm_store *s, const void *key, size_t klen, uint64
                     void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
                     uint64_t *version);
 
+/* The same calls in database db. */
+int kv_shm_db_get(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                  void *(*alloc)(void *ctx, size_t len), void *ctx, size_t *vlen,
+                  uint64_t *version);
+int kv_shm_db_get_h(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                    uint64_t hash, void *(*alloc)(void *ctx, size_t len), void *ctx,
+                    size_t *vlen, uint64_t *version);
+int kv_shm_db_get_held(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                       uint64_t hash, void *(*alloc)(void *ctx, size_t len), void *ctx,
+                       size_t *vlen, uint64_t *version);
+int kv_shm_db_set(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                  const void *val, size_t vlen, const struct kv_shm_set_opts *opts,
+                  uint64_t *new_version);
+int kv_shm_db_set_h(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                    uint64_t hash, const void *val, size_t vlen,
+                    const struct kv_shm_set_opts *opts, uint64_t *new_version);
+int kv_shm_db_mset(struct kv_shm_store *s, unsigned db, const struct kv_shm_pair *pairs,
+                   size_t n, const struct kv_shm_set_opts *opts, uint64_t *versions);
+int kv_shm_db_del(struct kv_shm_store *s, unsigned db, const void *key, size_t klen);
+int kv_shm_db_exists(struct kv_shm_store *s, unsigned db, const void *key, size_t klen);
+int kv_shm_db_incr(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                   int64_t delta, int64_t *result, uint64_t *version);
+int kv_shm_db_expire(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                     int64_t ttl_ms);
+int kv_shm_db_ttl(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                  int64_t *ttl_ms);
+
+/* Keys in database db (expired ones not yet removed included), in O(databases + stripes)
+ * whatever the number of keys. */
+int kv_shm_db_size(struct kv_shm_store *s, unsigned db, uint64_t *keys);
+
+/* Removes every key of database db (Redis's FLUSHDB; kv_shm_flush is FLUSHALL). Keys written
+ * concurrently may survive; db names the database that was db when the flush began. */
+int kv_shm_db_flush(struct kv_shm_store *s, unsigned db);
+
+/* Exchanges databases a and b (Redis's SWAPDB) atomically: every operation on a key sees
+ * both before or both after (every stripe lock is held while the map flips), and a kill
+ * -9 at any instant leaves the swap done or not done (one atomic store). */
+int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b);
+
+#define KV_SHM_MV_NX   0x1u /* keep an existing destination: KV_EEXISTS, nothing changes */
+#define KV_SHM_MV_COPY 0x2u /* keep the source (COPY); without it the source goes (RENAME) */
+
+/* Gives key skey of database sdb the name dkey in database ddb (RENAME, RENAMENX, MOVE), or
+ * copies it there (KV_SHM_MV_COPY: COPY), value and expiry, replacing a destination that
+ * exists unless KV_SHM_MV_NX. All or nothing, to other clients (both keys' stripes held) and
+ * across kill -9 (an undo log, as kv_shm_mset's): the key is found under exactly one of its
+ * names, wholly old or wholly new. KV_ENOTFOUND when the source is absent; KV_EEXISTS when
+ * NX and the destination exists, or when source and destination are the same key and NX or
+ * COPY is asked (a plain rename of a key to itself is 0, unchanged). *version (may be NULL)
+ * gets the destination's new version. */
+int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t sklen,
+                  unsigned ddb, const void *dkey, size_t dklen, uint32_t flags,
+                  uint64_t *version);
+
 /* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);
 
@@ -192,8 +253,13 @@ typedef void (*kv_shm_scan_fn)(void *ctx, const void *key, size_t klen);
  * or count * 8 empty buckets). */
 int kv_shm_scan(struct kv_shm_store *s, uint64_t cursor, const void *prefix, size_t plen,
                 size_t count, kv_shm_scan_fn fn, void *ctx, uint64_t *next_cursor);
+/* The same, over the keys of database db only. */
+int kv_shm_db_scan(struct kv_shm_store *s, unsigned db, uint64_t cursor, const void *prefix,
+                   size_t plen, size_t count, kv_shm_scan_fn fn, void *ctx,
+                   uint64_t *next_cursor);
 
-/* Removes every key. Keys written concurrently with the flush may survive it. */
+/* Removes every key of every database. Keys written concurrently with the flush may
+ * survive it. */
 int kv_shm_flush(struct kv_shm_store *s);
 
 /* One step of the incremental expiry sweep: looks at up to max_work buckets and removes

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE */
-/* src/shm/shm_batch.c -- multi-key writes that are all or nothing (MSET, MSETNX).
+/* src/shm/shm_batch.c -- multi-key writes that are all or nothing (MSET, MSETNX, and
+ * RENAME / RENAMENX / MOVE / COPY: kv_shm_rename, at the end).
  *
  * To other clients: every stripe the batch's keys fall in is taken exclusively, in
  * ascending stripe order (so two batches never wait for each other in a cycle, and single
@@ -105,12 +106,14 @@ static unsigned row_claim(struct kv_shm_store *s, uint64_t log_off)
 }
 
 /* Puts back what the first n keys of a batch replaced (locks held, not committed). */
-static void undo_in_memory(struct kv_shm_store *s, struct bkey *k, size_t n)
+static void undo_in_memory(struct kv_shm_store *s, struct bkey *k, size_t n, unsigned pdb)
 {
     for (size_t i = n; i-- > 0;) {
         __atomic_store_n(k[i].slot, k[i].ow, __ATOMIC_RELEASE);
-        if (k[i].inserted)
+        if (k[i].inserted) {
             __atomic_sub_fetch(&shm_stripe_of(s, k[i].h)->keys, 1, __ATOMIC_RELAXED);
+            shm_db_count(s, pdb, -1);
+        }
         k[i].inserted = 0;
     }
 }
@@ -129,10 +132,11 @@ static int key_ok(const struct kv_shm_store *s, const struct kv_shm_pair *p)
 
 /* One attempt: KV_EAGAIN when an index line could not be had (nothing changed; the
  * caller makes room and tries again). */
-static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t n,
+static int mset_once(struct kv_shm_store *s, unsigned db, const struct kv_shm_pair *p, size_t n,
                      const struct kv_shm_set_opts *o, struct bkey *k, const uint32_t *st, size_t m,
                      uint64_t *versions)
 {
+    unsigned pdb = shm_db_phys(s, db); /* checked again under the locks (SWAPDB) */
     int64_t now = kv_shm_now_ms();
     int64_t expire = o->ttl_ms <= 0 ? 0 : o->ttl_ms > INT64_MAX - now ? INT64_MAX : now + o->ttl_ms;
     size_t got = 0;
@@ -143,8 +147,8 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
         if (rc)
             break;
         uint64_t ver = kv_shm_version_next(s);
-        kv_shm_item_fill(s, k[got].off, k[got].cls, p[got].key, p[got].klen, p[got].val, NULL,
-                         p[got].vlen, ver, expire, now);
+        kv_shm_item_fill(s, k[got].off, k[got].cls, pdb, p[got].key, p[got].klen, p[got].val,
+                         NULL, p[got].vlen, ver, expire, now);
         if (versions)
             versions[got] = ver;
     }
@@ -166,11 +170,19 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
     uint64_t log_pages = log_cls == SHM_CLASS_LARGE ? kv_shm_large_pages(log_bytes) : 1;
 
     lock_all(s, st, m);
+    if (shm_db_phys(s, db) != pdb) { /* a SWAPDB came in between: not published, reseal */
+        pdb = shm_db_phys(s, db);
+        for (size_t i = 0; i < n; i++) {
+            struct shm_item *it = shm_ptr(s, k[i].off);
+            it->db = (uint16_t)pdb;
+            it->crc = kv_shm_item_crc(s, it);
+        }
+    }
     if (o->flags & KV_SHM_NX) {
         for (size_t i = 0; i < n && rc == 0; i++) {
             struct shm_item *it;
-            if (kv_shm_index_find(s, kv_shm_index_bucket(s, k[i].h), k[i].h, p[i].key, p[i].klen,
-                                  &it) &&
+            if (kv_shm_index_find(s, kv_shm_index_bucket(s, k[i].h), k[i].h, pdb, p[i].key,
+                                  p[i].klen, &it) &&
                 !(it->expire_ms && it->expire_ms <= now))
                 rc = KV_EEXISTS;
         }
@@ -183,7 +195,7 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
             struct bkey *e = &k[done];
             struct shm_item *it;
             uint64_t b = kv_shm_index_bucket(s, e->h);
-            e->slot = kv_shm_index_find(s, b, e->h, p[done].key, p[done].klen, &it);
+            e->slot = kv_shm_index_find(s, b, e->h, pdb, p[done].key, p[done].klen, &it);
             e->inserted = !e->slot;
             if (!e->slot && kv_shm_index_reserve(s, b, &e->slot)) {
                 rc = KV_EAGAIN;
@@ -199,11 +211,13 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
             if (done)
                 kv_shm_crash_point(s, KV_SHM_CRASH_BATCH);
             __atomic_store_n(e->slot, nw, __ATOMIC_RELEASE);
-            if (e->inserted)
+            if (e->inserted) {
                 __atomic_add_fetch(&shm_stripe_of(s, e->h)->keys, 1, __ATOMIC_RELAXED);
+                shm_db_count(s, pdb, 1);
+            }
         }
         if (rc)
-            undo_in_memory(s, k, done);
+            undo_in_memory(s, k, done, pdb);
         __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
     }
     unlock_all(s, st, m);
@@ -224,9 +238,15 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
 int kv_shm_mset(struct kv_shm_store *s, const struct kv_shm_pair *pairs, size_t n,
                 const struct kv_shm_set_opts *opts, uint64_t *versions)
 {
+    return kv_shm_db_mset(s, 0, pairs, n, opts, versions);
+}
+
+int kv_shm_db_mset(struct kv_shm_store *s, unsigned db, const struct kv_shm_pair *pairs,
+                   size_t n, const struct kv_shm_set_opts *opts, uint64_t *versions)
+{
     static const struct kv_shm_set_opts none;
     const struct kv_shm_set_opts *o = opts ? opts : &none;
-    if ((!pairs && n) || o->ttl_ms < 0 || (o->flags & ~KV_SHM_NX))
+    if ((!pairs && n) || o->ttl_ms < 0 || (o->flags & ~KV_SHM_NX) || db >= SHM_MAX_DB)
         return KV_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!key_ok(s, &pairs[i]))
@@ -241,7 +261,7 @@ int kv_shm_mset(struct kv_shm_store *s, const struct kv_shm_pair *pairs, size_t 
             k[i].h = kv_shm_hash(s, pairs[i].key, pairs[i].klen);
         size_t m = stripes_of(k, n, st);
         for (int attempt = 0;; attempt++) {
-            rc = mset_once(s, pairs, n, o, k, st, m, versions);
+            rc = mset_once(s, db, pairs, n, o, k, st, m, versions);
             if (rc != KV_EAGAIN)
                 break;
             if (attempt >= ROOM_TRIES || kv_shm_line_room(s, attempt)) {
@@ -253,6 +273,131 @@ int kv_shm_mset(struct kv_shm_store *s, const struct kv_shm_pair *pairs, size_t 
     kv_mem_free(KV_MOD_SHM, k);
     kv_mem_free(KV_MOD_SHM, st);
     return rc;
+}
+
+/* ---- RENAME, RENAMENX, MOVE, COPY -------------------------------------------------------
+ * The same undo log with at most two entries: {destination slot, new item, what the slot
+ * held} and, unless copying, {source slot, 0, the source}. Both keys' stripes are held, in
+ * ascending order, from the lookups to the commit, so no other client sees the key under
+ * both names or under neither. The destination item is built from the source item under
+ * the locks (the allocator takes no stripe); when there is no room the locks are dropped,
+ * room is made, and everything starts again from the lookups. A kill before the commit is
+ * undone by recovery (the source is back, the destination as it was); after it, both
+ * entries are done. */
+static void log_put(struct kv_shm_store *s, struct shm_item *log, uint64_t log_off, size_t i,
+                    const uint64_t *slot, uint64_t nw, uint64_t ow)
+{
+    uint64_t so = (uint64_t)((const uint8_t *)slot - s->base);
+    struct entry ent = {so | entry_check(so, nw, ow), nw, ow};
+    kv_shm_item_write(s, log_off, 1, SHM_ITEM_HDR + i * sizeof(ent), &ent, sizeof(ent));
+    __atomic_store_n(&log->version, i + 1, __ATOMIC_RELEASE); /* entries written */
+}
+
+int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t sklen,
+                  unsigned ddb, const void *dkey, size_t dklen, uint32_t flags,
+                  uint64_t *version)
+{
+    if (!skey || !dkey || sklen < 1 || sklen > s->max_key || dklen < 1 || dklen > s->max_key ||
+        sdb >= SHM_MAX_DB || ddb >= SHM_MAX_DB || (flags & ~(KV_SHM_MV_NX | KV_SHM_MV_COPY)))
+        return KV_EINVAL;
+    int same = sdb == ddb && sklen == dklen && memcmp(skey, dkey, sklen) == 0;
+    uint64_t hs = kv_shm_hash(s, skey, sklen), hd = same ? hs : kv_shm_hash(s, dkey, dklen);
+    uint32_t st[2] = {(uint32_t)(hs & (SHM_STRIPES - 1)), (uint32_t)(hd & (SHM_STRIPES - 1))};
+    size_t m = st[0] == st[1] ? 1 : 2;
+    if (m == 2 && st[0] > st[1]) {
+        uint32_t t = st[0];
+        st[0] = st[1];
+        st[1] = t;
+    }
+    const size_t log_bytes = SHM_ITEM_HDR + 2 * sizeof(struct entry);
+    for (int attempt = 0;; attempt++) {
+        int64_t now = kv_shm_now_ms();
+        uint64_t off = 0, log_off = 0, ver = 0, dold = 0, sold = 0, bd = 0, *dslot = NULL;
+        unsigned cls = 0, log_cls = 0;
+        size_t need = 0;
+        int rc = 0, inserted = 0, line = 0;
+        struct shm_item *sit, *dit = NULL;
+        lock_all(s, st, m);
+        unsigned ps = shm_db_phys(s, sdb), pd = shm_db_phys(s, ddb);
+        uint64_t *sslot =
+            kv_shm_index_find(s, kv_shm_index_bucket(s, hs), hs, ps, skey, sklen, &sit);
+        if (!sslot || (sit->expire_ms && sit->expire_ms <= now))
+            rc = KV_ENOTFOUND;
+        else if (same)
+            rc = flags ? KV_EEXISTS : 0;
+        if (rc == 0 && !same) {
+            bd = kv_shm_index_bucket(s, hd);
+            dslot = kv_shm_index_find(s, bd, hd, pd, dkey, dklen, &dit);
+            if ((flags & KV_SHM_MV_NX) && dslot && !(dit->expire_ms && dit->expire_ms <= now))
+                rc = KV_EEXISTS;
+        }
+        if (rc == 0 && !same) {
+            need = SHM_ITEM_HDR + dklen + sit->vlen;
+            rc = kv_shm_alloc(s, need, &off, &cls);
+            if (rc == 0 && (rc = kv_shm_alloc(s, log_bytes, &log_off, &log_cls)) != 0)
+                need = log_bytes;
+            if (rc == 0 && !dslot) {
+                inserted = 1;
+                if (kv_shm_index_reserve(s, bd, &dslot)) {
+                    rc = KV_ENOMEM;
+                    line = 1;
+                }
+            }
+            if (rc) {
+                if (off)
+                    kv_shm_free(s, off);
+                if (log_off)
+                    kv_shm_free(s, log_off);
+                off = log_off = 0;
+                inserted = 0;
+            }
+        }
+        if (rc == 0 && !same) {
+            ver = kv_shm_version_next(s);
+            kv_shm_item_fill(s, off, cls, pd, dkey, dklen, NULL, sit, sit->vlen, ver,
+                             sit->expire_ms, now);
+            struct shm_item *log = shm_ptr(s, log_off);
+            memset(log, 0, SHM_ITEM_HDR);
+            log->magic = SHM_LOG_MAGIC;
+            log->cls = (uint8_t)log_cls;
+            log->vlen = (uint32_t)(log_bytes - SHM_ITEM_HDR);
+            unsigned row = row_claim(s, log_off);
+            uint64_t nw = shm_word(off, cls, hd), ow = *dslot;
+            log_put(s, log, log_off, 0, dslot, nw, ow);
+            __atomic_store_n(dslot, nw, __ATOMIC_RELEASE);
+            if (inserted) {
+                __atomic_add_fetch(&shm_stripe_of(s, hd)->keys, 1, __ATOMIC_RELAXED);
+                shm_db_count(s, pd, 1);
+            }
+            dold = ow ? SHM_WORD_OFF(ow) : 0;
+            if (!(flags & KV_SHM_MV_COPY)) {
+                kv_shm_crash_point(s, KV_SHM_CRASH_BATCH); /* under both names */
+                uint64_t sw = *sslot;
+                log_put(s, log, log_off, 1, sslot, 0, sw);
+                __atomic_store_n(sslot, 0, __ATOMIC_RELEASE);
+                __atomic_sub_fetch(&shm_stripe_of(s, hs)->keys, 1, __ATOMIC_RELAXED);
+                shm_db_count(s, ps, -1);
+                sold = SHM_WORD_OFF(sw);
+            }
+            __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
+        }
+        unlock_all(s, st, m);
+        if (rc == KV_ENOMEM && kv_shm_room(s, attempt, need, line) == 0)
+            continue;
+        if (rc)
+            return rc;
+        if (log_off)
+            kv_shm_free(s, log_off);
+        if (dold)
+            kv_shm_free(s, dold);
+        if (sold)
+            kv_shm_free(s, sold);
+        if (inserted)
+            kv_shm_index_grow(s, hd);
+        if (version)
+            *version = ver;
+        return 0;
+    }
 }
 
 uint64_t kv_shm_batch_undo(struct kv_shm_store *s)

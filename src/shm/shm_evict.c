@@ -50,17 +50,20 @@ static int unlink_word(struct kv_shm_store *s, uint64_t w, uint64_t ver, int exp
         (uint64_t)(it->data - s->base) + klen > s->data_end)
         return KV_EAGAIN;
     uint64_t h = kv_shm_hash(s, it->data, klen);
+    unsigned pdb = __atomic_load_n(&it->db, __ATOMIC_RELAXED); /* a guess too, like klen */
     struct shm_stripe *st = shm_stripe_of(s, h);
     int rc = KV_EAGAIN;
     pthread_rwlock_wrlock(&st->lock);
     struct shm_item *found;
     /* a split may have moved it since it was sampled: look where its hash says now */
-    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, it->data, klen, &found);
+    uint64_t *slot =
+        kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, pdb, it->data, klen, &found);
     if (slot && *slot == w && found->version == ver &&
         (!expired_only || item_expired(found, now))) {
         int expired = item_expired(found, now);
         __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
         __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+        shm_db_count(s, found->db, -1);
         __atomic_add_fetch(expired ? &s->hdr->expired : &s->hdr->evictions, 1, __ATOMIC_RELAXED);
         rc = 0;
     }
@@ -94,16 +97,19 @@ static int page_drain(struct kv_shm_store *s, uint64_t pi, enum drain_mode mode)
             klen > s->max_key || SHM_ITEM_HDR + (uint64_t)klen + vlen > s->csize[c])
             continue;
         uint64_t h = kv_shm_hash(s, it->data, klen);
+        unsigned pdb = __atomic_load_n(&it->db, __ATOMIC_RELAXED);
         struct shm_stripe *st = shm_stripe_of(s, h);
         struct shm_item *found;
         uint64_t old = 0;
         int stop = 0;
         pthread_rwlock_wrlock(&st->lock);
-        uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, it->data, klen, &found);
+        uint64_t *slot =
+            kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, pdb, it->data, klen, &found);
         if (slot && SHM_WORD_OFF(*slot) == off && found == it) {
             if (mode == DRAIN_EVICT) {
                 __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
                 __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+                shm_db_count(s, found->db, -1);
                 __atomic_add_fetch(item_expired(it, now) ? &s->hdr->expired : &s->hdr->evictions, 1,
                                    __ATOMIC_RELAXED);
                 old = off;

@@ -186,8 +186,8 @@ struct shm_item *kv_shm_item_check(const struct kv_shm_store *s, uint64_t w)
     return it;
 }
 
-uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, const void *key,
-                            size_t klen, struct shm_item **itp)
+uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, unsigned pdb,
+                            const void *key, size_t klen, struct shm_item **itp)
 {
     uint64_t *line = kv_shm_index_line(s, b);
     uint16_t tag = (uint16_t)(h >> 48);
@@ -197,7 +197,7 @@ uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, cons
             if (!w || SHM_WORD_TAG(w) != tag)
                 continue;
             struct shm_item *it = kv_shm_item_check(s, w);
-            if (it && it->klen == klen && memcmp(it->data, key, klen) == 0) {
+            if (it && it->klen == klen && it->db == pdb && memcmp(it->data, key, klen) == 0) {
                 *itp = it;
                 return &line[i];
             }

@@ -49,7 +49,8 @@
 #include "kv_shm.h"
 
 #define SHM_MAGIC          0x4D48535F564B5645ull /* "EVKV_SHM" little-endian */
-#define SHM_LAYOUT_VERSION 2u
+#define SHM_LAYOUT_VERSION 3u /* 3: items carry a database; the header page holds shm_dbs */
+#define SHM_LAYOUT_V2      2u /* upgraded in place at open: every item is in database 0 */
 #define SHM_CLEAN          0x4E41454C43ull /* "CLEAN" */
 #define SHM_HDR_SIZE       4096u
 #define SHM_PAGE_SHIFT     16
@@ -119,6 +120,29 @@ struct shm_hdr {
     pthread_mutex_t split_lock __attribute__((aligned(64))); /* process-shared */
 };
 
+/* Databases (layout 3), in the header page after struct shm_hdr (whose size is part of
+ * the layout fingerprint, so layout-2 segments keep theirs). All zero in a layout-2
+ * segment, which reads as: identity map, no item outside database 0.
+ *   - An item belongs to one physical database (shm_item.db, checksummed). A key's hash,
+ *     bucket and stripe do not depend on its database: the same key in several databases
+ *     shares one bucket chain, and lookups compare database and key.
+ *   - map[sel] turns a logical database (the one clients SELECT) into a physical one:
+ *     physical = logical ^ map[sel][logical]. SWAPDB writes the other copy, then flips sel
+ *     with one atomic store, holding every stripe lock exclusively; everything else reads
+ *     the map only while it holds the stripe lock of the key it works on, so each
+ *     operation sees the map before or after a swap, never between.
+ *   - keys[d] counts the items of physical database d > 0 (atomic; rebuilt by recovery).
+ *     Database 0's count is the stripes' total less the others', so the writes of
+ *     database 0 -- the binary protocol's, the common case -- touch no shared counter. */
+#define SHM_MAX_DB  256u
+#define SHM_DBS_OFF 1024u /* offset of struct shm_dbs in the header page */
+struct shm_dbs {
+    uint32_t sel; /* atomic: map[sel & 1] is current */
+    uint32_t pad;
+    uint8_t map[2][SHM_MAX_DB];
+    int64_t keys[SHM_MAX_DB]; /* atomic relaxed; [0] unused */
+};
+
 struct shm_stripe {
     pthread_rwlock_t lock; /* process-shared; see lock rules */
     int64_t keys;          /* guarded by lock (exclusive): items in this stripe's buckets */
@@ -153,7 +177,7 @@ struct shm_item {
     uint32_t magic; /* SHM_ITEM_MAGIC */
     uint8_t cls;    /* size class, or SHM_CLASS_LARGE */
     uint8_t flags;
-    uint16_t pad;
+    uint16_t db; /* physical database (layout 3; 0 in every layout-2 item) */
     uint64_t version;
     int64_t expire_ms; /* absolute CLOCK_REALTIME ms; 0 = never */
     uint32_t klen, vlen;
@@ -196,6 +220,7 @@ struct kv_shm_store {
     uint32_t chain_max;  /* ro after open: overflow lines a chain may have */
     int fixed_key;       /* ro after open: test knob, a zero hash key at creation */
     struct shm_hdr *hdr; /* = base */
+    struct shm_dbs *dbs; /* = base + SHM_DBS_OFF */
     struct shm_stripe *stripes;
     struct shm_class *cls;
     uint32_t *pmap;
@@ -325,9 +350,23 @@ static inline struct shm_stripe *shm_stripe_of(const struct kv_shm_store *s, uin
 {
     return &s->stripes[h & (SHM_STRIPES - 1)];
 }
-/* Finds key in bucket b (stripe held): returns its slot or NULL. */
-uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, const void *key,
-                            size_t klen, struct shm_item **itp);
+/* Finds key of physical database pdb in bucket b (stripe held): returns its slot or NULL. */
+uint64_t *kv_shm_index_find(struct kv_shm_store *s, uint64_t b, uint64_t h, unsigned pdb,
+                            const void *key, size_t klen, struct shm_item **itp);
+
+/* The physical database of logical database db (< SHM_MAX_DB); see shm_dbs. Stable while
+ * the caller holds any stripe lock. */
+static inline unsigned shm_db_phys(const struct kv_shm_store *s, unsigned db)
+{
+    unsigned sel = __atomic_load_n(&s->dbs->sel, __ATOMIC_ACQUIRE) & 1;
+    return db ^ __atomic_load_n(&s->dbs->map[sel][db], __ATOMIC_RELAXED);
+}
+/* An item of physical database pdb was added (d = 1) or removed (d = -1). */
+static inline void shm_db_count(struct kv_shm_store *s, unsigned pdb, int64_t d)
+{
+    if (pdb && pdb < SHM_MAX_DB)
+        __atomic_add_fetch(&s->dbs->keys[pdb], d, __ATOMIC_RELAXED);
+}
 /* Puts word into an empty slot of bucket b (exclusive stripe held); may add a line.
  * KV_ENOMEM when no line can be had (the caller unlocks, makes room, tries again). */
 int kv_shm_index_insert(struct kv_shm_store *s, uint64_t b, uint64_t word);
@@ -353,18 +392,21 @@ int kv_shm_make_room(struct kv_shm_store *s, size_t total, int line);
 /* Builds a complete, checksummed item at off (not yet reachable), its value from val or,
  * when from is set, from that item's value. */
 struct shm_item *kv_shm_item_fill(struct kv_shm_store *s, uint64_t off, unsigned cls,
-                                  const void *key, size_t klen, const void *val,
+                                  unsigned pdb, const void *key, size_t klen, const void *val,
                                   const struct shm_item *from, size_t vlen, uint64_t version,
                                   int64_t expire_ms, int64_t now);
 /* kv_shm_alloc, making room as needed; no lock may be held. */
 int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls);
 /* Room for an index line after an insert said KV_ENOMEM (no lock held): 0 to try again. */
 int kv_shm_line_room(struct kv_shm_store *s, int attempt);
+/* Room after a kv_shm_alloc under a stripe lock said KV_ENOMEM (lock dropped): for an item
+ * of need bytes, or an index line (line set). 0 when room was made: try again. */
+int kv_shm_room(struct kv_shm_store *s, int attempt, size_t need, int line);
 uint64_t kv_shm_version_next(struct kv_shm_store *s);
 /* Stores key with the given version and absolute expiry, unless the store holds a version
  * at least as new (then 0, unchanged); the version counter is raised to it. For upgrades. */
-int kv_shm_put_versioned(struct kv_shm_store *s, const void *key, size_t klen, const void *val,
-                         size_t vlen, uint64_t version, int64_t expire_ms);
+int kv_shm_put_versioned(struct kv_shm_store *s, unsigned pdb, const void *key, size_t klen,
+                         const void *val, size_t vlen, uint64_t version, int64_t expire_ms);
 
 /* ---- shm_upgrade.c ---- */
 #define SHM_REOPEN 1 /* seg_open: the segment was upgraded, open it again */

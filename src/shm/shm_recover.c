@@ -87,7 +87,7 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
     uint64_t in = (off - s->data_off) & (SHM_PAGE - 1);
     unsigned c = it->cls;
     r->why = KV_SHM_DROP_HEADER;
-    if (it->magic != SHM_ITEM_MAGIC || it->klen == 0)
+    if (it->magic != SHM_ITEM_MAGIC || it->klen == 0 || it->db >= SHM_MAX_DB)
         return NULL;
     if (c == SHM_CLASS_LARGE) {
         uint64_t n = kv_shm_large_pages(size);
@@ -297,7 +297,7 @@ static uint64_t dedupe_bucket(struct rec *r, uint64_t b)
                     continue;
                 struct shm_item *a = shm_ptr(s, SHM_WORD_OFF(v));
                 struct shm_item *c = shm_ptr(s, SHM_WORD_OFF(w));
-                if (a->klen != c->klen || memcmp(a->data, c->data, a->klen))
+                if (a->klen != c->klen || a->db != c->db || memcmp(a->data, c->data, a->klen))
                     continue;
                 /* two items, one key: cannot come from a crash, only from damage */
                 if (c->version > a->version) {
@@ -317,6 +317,9 @@ static uint64_t dedupe_bucket(struct rec *r, uint64_t b)
             if (n < 256)
                 slots[n++] = &line[i];
             kept++;
+            struct shm_item *kit = shm_ptr(s, SHM_WORD_OFF(w));
+            if (kit->db) /* claimed: db < SHM_MAX_DB */
+                s->dbs->keys[kit->db]++;
         }
     }
     return kept;
@@ -409,6 +412,8 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
     /* 6. duplicates and counts */
     for (unsigned i = 0; i < SHM_STRIPES; i++)
         s->stripes[i].keys = 0;
+    memset(s->dbs->keys, 0, sizeof(s->dbs->keys));
+    s->dbs->sel &= 1;
     for (uint64_t b = 0; b < r.active; b++) {
         uint64_t k = dedupe_bucket(&r, b);
         s->stripes[b & (SHM_STRIPES - 1)].keys += (int64_t)k;

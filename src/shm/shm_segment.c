@@ -84,6 +84,7 @@ static int layout_compute(uint64_t size, struct layout *l)
 static void store_wire(struct kv_shm_store *s, const struct layout *l)
 {
     s->hdr = (struct shm_hdr *)s->base;
+    s->dbs = (struct shm_dbs *)(s->base + SHM_DBS_OFF);
     s->stripes = (struct shm_stripe *)(s->base + l->stripes_off);
     s->cls = (struct shm_class *)(s->base + l->classes_off);
     s->pmap = (uint32_t *)(s->base + l->pmap_off);
@@ -164,6 +165,8 @@ static uint32_t meta_crc(const struct kv_shm_store *s)
                     h->index_pages, h->lines,       h->sweep_cursor};
     uint32_t c = kv_shm_crc32c(0, v, sizeof(v));
     c = kv_shm_crc32c(c, h->batch, sizeof(h->batch));
+    if (h->layout_version >= 3)
+        c = kv_shm_crc32c(c, s->dbs, sizeof(*s->dbs));
     for (unsigned k = 0; k <= s->line_cls; k++) {
         uint64_t w[] = {s->cls[k].partial, s->cls[k].pages, s->cls[k].used};
         c = kv_shm_crc32c(c, w, sizeof(w));
@@ -247,6 +250,49 @@ static void recovery_say(const struct kv_shm_store *s, const char *note, char *e
         s->batches_undone, (double)s->recovery_ns / 1e6);
 }
 
+/* A layout-2 segment becomes layout 3 in place: its items are all in database 0 (their
+ * `db` field was padding, always 0) and its shm_dbs area was zeroed at open (identity map,
+ * no other database). The version and the header checksum share one aligned 8-byte word,
+ * so one store changes both: a kill leaves layout 2 (upgraded again at the next open) or
+ * layout 3. The header's copy follows in seg_open. */
+static void v2_upgrade(struct kv_shm_store *s, char *eb, size_t ec)
+{
+    _Static_assert(offsetof(struct shm_hdr, layout_version) == 8 &&
+                       offsetof(struct shm_hdr, hdr_crc) == 12,
+                   "version and checksum in one word");
+    struct shm_hdr tmp;
+    memcpy(&tmp, s->hdr, offsetof(struct shm_hdr, static_end));
+    tmp.layout_version = SHM_LAYOUT_VERSION;
+    uint64_t w = (uint64_t)SHM_LAYOUT_VERSION | (uint64_t)hdr_crc(&tmp) << 32;
+    __atomic_store_n((uint64_t *)((uint8_t *)s->hdr + 8), w, __ATOMIC_RELEASE);
+    if (s->is_file)
+        msync(s->base, SHM_HDR_SIZE, MS_SYNC);
+    size_t at = eb && ec ? strlen(eb) : 0;
+    if (eb && at < ec)
+        snprintf(eb + at, ec - at, "%ssegment %s upgraded in place from layout 2 to %u (its keys "
+                 "are in database 0)", at ? "; " : "", s->name, SHM_LAYOUT_VERSION);
+}
+
+/* The logical -> physical database map must be a permutation; one that is not (damage) is
+ * reset to the identity, and recovery's counts are per physical database anyway. */
+static void dbs_check(struct kv_shm_store *s)
+{
+    struct shm_dbs *d = s->dbs;
+    uint8_t seen[SHM_MAX_DB] = {0};
+    unsigned sel = d->sel & 1;
+    int ok = d->sel <= 1;
+    for (unsigned l = 0; l < SHM_MAX_DB && ok; l++) {
+        unsigned p = l ^ d->map[sel][l];
+        ok = p < SHM_MAX_DB && !seen[p];
+        if (ok)
+            seen[p] = 1;
+    }
+    if (!ok) {
+        memset(d->map, 0, sizeof(d->map));
+        d->sel = 0;
+    }
+}
+
 /* Checks an existing header; on failure says what is wrong and how to proceed. */
 static int seg_check(struct kv_shm_store *s, const struct shm_hdr *h, const struct layout *l,
                      char *eb, size_t ec)
@@ -257,7 +303,7 @@ static int seg_check(struct kv_shm_store *s, const struct shm_hdr *h, const stru
             h->magic, how);
         return KV_ECORRUPT;
     }
-    if (h->layout_version != SHM_LAYOUT_VERSION) {
+    if (h->layout_version != SHM_LAYOUT_VERSION && h->layout_version != SHM_LAYOUT_V2) {
         say(eb, ec,
             "segment %s has layout version %u, this build reads version %u; run the "
             "build that wrote it, or %s",
@@ -386,7 +432,8 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
          * asked, by copying its keys (kv_shm_resize); never resized in place */
         struct shm_hdr oh;
         int ours = pread(s->fd, &oh, sizeof(oh), 0) == (ssize_t)sizeof(oh) &&
-                   oh.magic == SHM_MAGIC && oh.layout_version == SHM_LAYOUT_VERSION &&
+                   oh.magic == SHM_MAGIC &&
+                   (oh.layout_version == SHM_LAYOUT_VERSION || oh.layout_version == SHM_LAYOUT_V2) &&
                    oh.hdr_crc == hdr_crc(&oh) && oh.size == (uint64_t)sb.st_size;
         if (ours && ((uint64_t)sb.st_size < s->size || cfg->shrink_store)) {
             seg_unmap(s); /* the copy opens it itself, lock and all */
@@ -479,6 +526,8 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
             *bad = 1;
         else
             memcpy(s->hkey, s->hdr->hash_key, sizeof(s->hkey));
+        if (rc == 0 && !s->attach && s->hdr->layout_version == SHM_LAYOUT_V2)
+            memset(s->dbs, 0, sizeof(*s->dbs)); /* unused by layout 2: identity, all in db 0 */
         if (rc == 0 && !s->attach) {
             locks_init(s);
             if (s->hdr->clean == SHM_CLEAN && s->hdr->meta_crc != meta_crc(s)) {
@@ -498,6 +547,9 @@ static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *e
         return rc;
     }
     if (!s->attach) {
+        dbs_check(s);
+        if (s->hdr->layout_version == SHM_LAYOUT_V2)
+            v2_upgrade(s, eb, ec);
         hdr2_write(s);
         s->corrupt_at_open = __atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED);
         s->hdr->generation++;

@@ -56,8 +56,8 @@ static int copy_one(void *ctx, const struct kv_shm_v1_item *it)
         c->expired++;
         return 0;
     }
-    c->rc = kv_shm_put_versioned(c->dst, it->key, it->klen, it->val, it->vlen, it->version,
-                                 it->expire_ms);
+    c->rc = kv_shm_put_versioned(c->dst, 0, it->key, it->klen, it->val, it->vlen, it->version,
+                                 it->expire_ms); /* layout 1 has one database */
     if (c->rc)
         return 1;
     c->copied++;
@@ -200,8 +200,8 @@ static int copy_item(void *ctx, const struct shm_item *it)
         kv_shm_item_read(c->src, it, SHM_ITEM_HDR + it->klen, c->buf, it->vlen);
         val = c->buf;
     }
-    c->rc = kv_shm_put_versioned(c->dst, it->data, it->klen, val, it->vlen, it->version,
-                                 it->expire_ms);
+    c->rc = kv_shm_put_versioned(c->dst, it->db, it->data, it->klen, val, it->vlen,
+                                 it->version, it->expire_ms);
     if (c->rc)
         return 1;
     c->copied++;
@@ -249,6 +249,9 @@ int kv_shm_resize(const struct kv_shm_store *s, const struct kv_config *cfg, siz
     }
     struct kv_shm_stats st;
     kv_shm_stats(c.src, &st);
+    /* items keep their physical database, so the copy takes the logical map along */
+    memcpy(c.dst->dbs->map, c.src->dbs->map, sizeof(c.dst->dbs->map));
+    c.dst->dbs->sel = c.src->dbs->sel & 1;
     rc = each_item(c.src, copy_item, &c);
     if (rc == 0 && c.dst->hdr->version_ctr < c.src->hdr->version_ctr)
         c.dst->hdr->version_ctr = c.src->hdr->version_ctr;
