@@ -447,6 +447,108 @@ static void test_resp_keyspace(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
 }
 
+static int run(const char *cmd, char **out);
+
+/* Databases (SELECT, per-database DBSIZE / FLUSHDB / KEYS, INFO keyspace, SWAPDB) and the
+ * multi-key keyspace commands with Redis 7.0's replies and errors; redis-py's db=. */
+static void test_resp_databases_and_rename(void)
+{
+    struct kv_test_server ks = {0};
+    int fd, closed;
+    char *got, cmd[4096], *out;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
+    fd = raw_connect(ks.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "SELECT 15\r\n", "+OK\r\n");
+    expect(fd, "SELECT 16\r\n", "-ERR DB index is out of range\r\n");
+    expect(fd, "SELECT -1\r\n", "-ERR DB index is out of range\r\n");
+    expect(fd, "SELECT x\r\n", "-ERR value is not an integer or out of range\r\n");
+    expect(fd, "SET k fifteen\r\n", "+OK\r\n");
+    expect(fd, "SELECT 0\r\n", "+OK\r\n");
+    expect(fd, "GET k\r\n", "$-1\r\n");
+    expect(fd, "SET k zero\r\n", "+OK\r\n");
+    expect(fd, "SET t v EX 100\r\n", "+OK\r\n");
+    /* a pipeline: each call keeps the database it was built in */
+    expect(fd, "SELECT 15\r\nGET k\r\nSELECT 0\r\nGET k\r\n",
+           "+OK\r\n$7\r\nfifteen\r\n+OK\r\n$4\r\nzero\r\n");
+    expect(fd, "DBSIZE\r\n", ":2\r\n");
+    expect(fd, "RENAME t t2\r\n", "+OK\r\n");
+    expect(fd, "TTL t2\r\n", ":100\r\n");
+    expect(fd, "EXISTS t\r\n", ":0\r\n");
+    expect(fd, "RENAME nokey x\r\n", "-ERR no such key\r\n");
+    expect(fd, "RENAME k k\r\n", "+OK\r\n");
+    expect(fd, "RENAMENX t2 k\r\n", ":0\r\n");
+    expect(fd, "RENAMENX t2 t3\r\n", ":1\r\n");
+    expect(fd, "RENAMENX nokey t3\r\n", "-ERR no such key\r\n");
+    expect(fd, "COPY k kc\r\n", ":1\r\n");
+    expect(fd, "COPY k kc\r\n", ":0\r\n");
+    expect(fd, "COPY t3 kc REPLACE\r\n", ":1\r\n");
+    expect(fd, "GET kc\r\n", "$1\r\nv\r\n");
+    expect(fd, "COPY k k\r\n", "-ERR source and destination objects are the same\r\n");
+    expect(fd, "COPY k k DB 3\r\n", ":1\r\n");
+    expect(fd, "COPY k k DB 16\r\n", "-ERR DB index is out of range\r\n");
+    expect(fd, "COPY k k DB x\r\n", "-ERR value is not an integer or out of range\r\n");
+    expect(fd, "COPY k k BOGUS\r\n", "-ERR syntax error\r\n");
+    expect(fd, "COPY nokey k2\r\n", ":0\r\n");
+    expect(fd, "MOVE k 15\r\n", ":0\r\n"); /* there already */
+    expect(fd, "MOVE kc 15\r\n", ":1\r\n");
+    expect(fd, "MOVE kc 15\r\n", ":0\r\n");
+    expect(fd, "MOVE k 0\r\n", "-ERR source and destination objects are the same\r\n");
+    expect(fd, "MOVE k x\r\n", "-ERR value is not an integer or out of range\r\n");
+    expect(fd, "MOVE k 99\r\n", "-ERR DB index is out of range\r\n");
+    expect(fd, "RENAME\r\n", "-ERR wrong number of arguments for 'rename' command\r\n");
+    expect(fd, "SELECT 15\r\n", "+OK\r\n");
+    expect(fd, "DBSIZE\r\n", ":2\r\n");
+    got = exchange(fd, "KEYS *\r\n", 8, 20, &closed);
+    CU_ASSERT(strncmp(got, "*2\r\n", 4) == 0 && strstr(got, "kc") && strstr(got, "\r\nk\r\n"));
+    free(got);
+    expect(fd, "SWAPDB 15 3\r\n", "+OK\r\n");
+    expect(fd, "DBSIZE\r\n", ":1\r\n"); /* this connection now sees what was 3 */
+    expect(fd, "GET k\r\n", "$4\r\nzero\r\n");
+    expect(fd, "SWAPDB x 1\r\n", "-ERR invalid first DB index\r\n");
+    expect(fd, "SWAPDB 1 y\r\n", "-ERR invalid second DB index\r\n");
+    expect(fd, "SWAPDB 1 16\r\n", "-ERR DB index is out of range\r\n");
+    got = exchange(fd, "INFO\r\n", 6, 0, &closed);
+    CU_ASSERT(strstr(got, "# Keyspace\r\ndb0:keys=2,expires=0,avg_ttl=0\r\n"
+                          "db3:keys=2,expires=0,avg_ttl=0\r\ndb15:keys=1,") != NULL);
+    free(got);
+    expect(fd, "FLUSHDB\r\n", "+OK\r\n");
+    expect(fd, "DBSIZE\r\n", ":0\r\n");
+    expect(fd, "SELECT 0\r\n", "+OK\r\n");
+    expect(fd, "DBSIZE\r\n", ":2\r\n");
+    expect(fd, "FLUSHDB BOGUS\r\n", "-ERR syntax error\r\n");
+    /* redis-py with db=1 */
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/python3 - <<'PY' 2>&1\n"
+             "import redis\n"
+             "r1 = redis.Redis(host='127.0.0.1', port=%u, db=1)\n"
+             "r0 = redis.Redis(host='127.0.0.1', port=%u)\n"
+             "assert r1.set('py:db', 'one') and r1.get('py:db') == b'one'\n"
+             "assert r0.get('py:db') is None and r1.dbsize() == 1\n"
+             "assert r1.rename('py:db', 'py:db2') and r1.move('py:db2', 0)\n"
+             "assert r0.get('py:db2') == b'one' and r1.dbsize() == 0\n"
+             "assert r0.copy('py:db2', 'py:c', destination_db=1) and r1.get('py:c') == b'one'\n"
+             "assert r0.swapdb(0, 1) and r0.get('py:c') == b'one'\n"
+             "print('OK')\n"
+             "PY",
+             ks.port, ks.port);
+    CU_ASSERT_EQUAL(run(cmd, &out), 0);
+    if (strcmp(out, "OK\n") != 0)
+        fprintf(stderr, "\n%s\n", out);
+    CU_ASSERT_STRING_EQUAL(out, "OK\n");
+    free(out);
+    expect(fd, "FLUSHALL\r\n", "+OK\r\n");
+    for (int d = 0; d < 16; d += 5) {
+        char sel[32];
+
+        snprintf(sel, sizeof(sel), "SELECT %d\r\nDBSIZE\r\n", d);
+        expect(fd, sel, "+OK\r\n:0\r\n");
+    }
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
+}
+
 static void test_resp_pipelined_replies_in_request_order(void)
 {
     enum { N = 300 };
@@ -991,6 +1093,7 @@ int main(void)
     CU_add_test(s, "test_resp_string_family", test_resp_string_family);
     CU_add_test(s, "test_resp_append_is_atomic", test_resp_append_is_atomic);
     CU_add_test(s, "test_resp_keyspace", test_resp_keyspace);
+    CU_add_test(s, "test_resp_databases_and_rename", test_resp_databases_and_rename);
     CU_add_test(s, "test_resp_pipelined_replies_in_request_order",
                 test_resp_pipelined_replies_in_request_order);
     CU_add_test(s, "test_resp_bodies_across_the_scratch_room",
