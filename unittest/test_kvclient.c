@@ -79,6 +79,39 @@ static void test_kvclient_key_commands(void)
     CU_ASSERT_EQUAL(run("get k1"), 1);
 }
 
+/* rename / copy (opcode 14) and append / getrange / setrange (opcode 32) over the binary
+ * protocol: the store operations of their RESP forms. */
+static void test_kvclient_rename_copy_and_string_edits(void)
+{
+    CU_ASSERT_EQUAL(run("set rk hello"), 0);
+    CU_ASSERT_EQUAL(run("append rk ' world'"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "11\n");
+    CU_ASSERT_EQUAL(run("getrange rk 0 4"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "hello");
+    CU_ASSERT_EQUAL(run("getrange rk -5 -1"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "world");
+    CU_ASSERT_EQUAL(run("setrange rk 6 WORLD"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "11\n");
+    CU_ASSERT_EQUAL(run("setrange rk -1 x"), 2);
+    CU_ASSERT_EQUAL(run("rename rk rk2"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "1\n");
+    CU_ASSERT_EQUAL(run("get rk"), 1);
+    CU_ASSERT_EQUAL(run("get rk2"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "hello WORLD");
+    CU_ASSERT_EQUAL(run("rename nosuch x"), 1);
+    CU_ASSERT_EQUAL(run("set rk3 other"), 0);
+    CU_ASSERT_EQUAL(run("rename rk2 rk3 --nx"), 1);
+    CU_ASSERT_STRING_EQUAL(out, "0\n");
+    CU_ASSERT_EQUAL(run("copy rk2 rk3"), 1);
+    CU_ASSERT_EQUAL(run("copy rk2 rk3 --replace"), 0);
+    CU_ASSERT_EQUAL(run("get rk3"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "hello WORLD");
+    CU_ASSERT_EQUAL(run("copy rk2 rk3 --db 5"), 0); /* another database: not seen in 0 */
+    CU_ASSERT_EQUAL(run("copy rk2 rk3 --db 16"), 2); /* --databases 16 */
+    CU_ASSERT_EQUAL(run("del rk2 rk3"), 0);
+    CU_ASSERT_STRING_EQUAL(out, "2\n");
+}
+
 static void test_kvclient_multi_key_commands(void)
 {
     CU_ASSERT_EQUAL(run("mset a 1 b 22 c 333"), 0);
@@ -177,6 +210,7 @@ int main(void)
 {
     static const struct kv_test_case tests[] = {
         {"test_kvclient_key_commands", test_kvclient_key_commands},
+        {"test_kvclient_rename_copy_and_string_edits", test_kvclient_rename_copy_and_string_edits},
         {"test_kvclient_multi_key_commands", test_kvclient_multi_key_commands},
         {"test_kvclient_expiry", test_kvclient_expiry},
         {"test_kvclient_scan_stats_flush", test_kvclient_scan_stats_flush},

@@ -895,3 +895,105 @@ int kv_client_auth(struct kv_client *c, const void *password, size_t len)
     req.password = bin(password, len);
     return typed_call(c, KV_OP_AUTH, &req, NULL, NULL);
 }
+
+int kv_client_rename(struct kv_client *c, const void *key, size_t klen, const void *new_key,
+                     size_t nklen, uint32_t flags, uint32_t dst_db, bool *done)
+{
+    Kv__RenameRequest req = KV__RENAME_REQUEST__INIT;
+    Kv__RenameResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc == 0)
+        rc = check_key(c, new_key, nklen);
+    if (rc != 0)
+        return rc;
+    req.key = bin(key, klen);
+    req.new_key = bin(new_key, nklen);
+    req.flags = flags;
+    req.dst_db = dst_db;
+    rc = typed_call(c, KV_OP_RENAME, &req, &kv__rename_response__descriptor, (void **)&resp);
+    if (rc != 0)
+        return rc;
+    if (done)
+        *done = resp->done;
+    pb_release(resp);
+    return 0;
+}
+
+/* One STR call: *resp (released by the caller) on OK. */
+static int str_call(struct kv_client *c, Kv__StrRequest *req, Kv__StrResponse **resp)
+{
+    return typed_call(c, KV_OP_STR, req, &kv__str_response__descriptor, (void **)resp);
+}
+
+int kv_client_append(struct kv_client *c, const void *key, size_t klen, const void *value,
+                     size_t vlen, int64_t *new_len)
+{
+    Kv__StrRequest req = KV__STR_REQUEST__INIT;
+    Kv__StrResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc == 0)
+        rc = check_key(c, value, vlen);
+    if (rc != 0)
+        return rc;
+    req.op = KV__STR_REQUEST__OP__APPEND;
+    req.key = bin(key, klen);
+    req.value = bin(value, vlen);
+    if ((rc = str_call(c, &req, &resp)) != 0)
+        return rc;
+    if (new_len)
+        *new_len = resp->number;
+    pb_release(resp);
+    return 0;
+}
+
+int kv_client_getrange(struct kv_client *c, const void *key, size_t klen, int64_t start,
+                       int64_t end, struct kv_value *out)
+{
+    Kv__StrRequest req = KV__STR_REQUEST__INIT;
+    Kv__StrResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc != 0)
+        return rc;
+    req.op = KV__STR_REQUEST__OP__GETRANGE;
+    req.key = bin(key, klen);
+    req.start = start;
+    req.end = end;
+    if ((rc = str_call(c, &req, &resp)) != 0)
+        return rc;
+    uint8_t *d = dup_bytes(resp->value.data, resp->value.len);
+
+    if (d) {
+        out->data = d;
+        out->len = resp->value.len;
+        out->version = resp->version;
+        out->found = resp->found;
+    }
+    pb_release(resp);
+    return d ? 0 : KV_ENOMEM;
+}
+
+int kv_client_setrange(struct kv_client *c, const void *key, size_t klen, int64_t offset,
+                       const void *value, size_t vlen, int64_t *new_len)
+{
+    Kv__StrRequest req = KV__STR_REQUEST__INIT;
+    Kv__StrResponse *resp = NULL;
+    int rc = check_key(c, key, klen);
+
+    if (rc == 0)
+        rc = check_key(c, value, vlen);
+    if (rc != 0)
+        return rc;
+    req.op = KV__STR_REQUEST__OP__SETRANGE;
+    req.key = bin(key, klen);
+    req.value = bin(value, vlen);
+    req.start = offset;
+    if ((rc = str_call(c, &req, &resp)) != 0)
+        return rc;
+    if (new_len)
+        *new_len = resp->number;
+    pb_release(resp);
+    return 0;
+}

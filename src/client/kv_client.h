@@ -201,6 +201,28 @@ bool kv_client_stats_find(const struct kv_stats *s, const char *name, int64_t *v
  * many. (Named flush_all: kv_client_flush() sends queued requests.) */
 int kv_client_flush_all(struct kv_client *c, uint64_t *removed);
 
+/* RENAME (opcode 14): RENAME, RENAMENX, MOVE, COPY in one call, all or nothing on the
+ * server (and after a kill -9 of it). Without flags: key is renamed new_key, replacing
+ * it. *done (may be NULL) is false when KV_RENAME_NX kept an existing destination.
+ * KV_ENOTFOUND when key is missing. The binary protocol works in database 0 unless
+ * KV_RENAME_DST_DB names the destination's (MOVE, COPY ... DB). */
+#define KV_RENAME_NX 0x1u     /* keep an existing destination */
+#define KV_RENAME_COPY 0x2u   /* keep the source (COPY) */
+#define KV_RENAME_DST_DB 0x8u /* dst_db is the destination's database */
+int kv_client_rename(struct kv_client *c, const void *key, size_t klen, const void *new_key,
+                     size_t nklen, uint32_t flags, uint32_t dst_db, bool *done);
+
+/* The string edits of opcode 32 (STR), as Redis's APPEND, GETRANGE and SETRANGE, each
+ * atomic to other clients and one crash-safe write: *new_len (may be NULL) gets the
+ * value's length afterwards; GETRANGE's start/end are inclusive, negative from the end,
+ * and *out gets the bytes (found false and empty when the key is missing). */
+int kv_client_append(struct kv_client *c, const void *key, size_t klen, const void *value,
+                     size_t vlen, int64_t *new_len);
+int kv_client_getrange(struct kv_client *c, const void *key, size_t klen, int64_t start,
+                       int64_t end, struct kv_value *out);
+int kv_client_setrange(struct kv_client *c, const void *key, size_t klen, int64_t offset,
+                       const void *value, size_t vlen, int64_t *new_len);
+
 /* AUTH with the server's shared secret: KV_ESTATUS with last status NOAUTH
  * when refused (the server closes the connection after repeated failures). */
 int kv_client_auth(struct kv_client *c, const void *password, size_t len);

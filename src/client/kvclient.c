@@ -62,6 +62,15 @@ static void usage(FILE *f)
           "  scan [PREFIX] [--count N]      prints every key (under PREFIX), one per line\n"
           "  stats [--text]                 prints 'name value' lines, or the text dump\n"
           "  flush                          removes every key; prints how many\n"
+          "  rename KEY NEWKEY [--nx]       renames (replacing NEWKEY unless --nx); prints 1,\n"
+          "                                 or 0 (exit 1) when --nx kept an existing NEWKEY\n"
+          "  copy KEY NEWKEY [--replace] [--db N]\n"
+          "                                 copies value and expiry (into database N); prints\n"
+          "                                 1, or 0 (exit 1) when NEWKEY exists (no --replace)\n"
+          "  append KEY VALUE               appends; prints the new length\n"
+          "  getrange KEY START END         prints the bytes START..END (inclusive, negative\n"
+          "                                 from the end)\n"
+          "  setrange KEY OFFSET VALUE      overwrites from OFFSET; prints the new length\n"
           "  restore FILE                   stores the string keys (with TTLs) of a Redis RDB\n"
           "                                 file; prints what it stored and skipped\n"
           "  save | bgsave [--wait] | lastsave   Redis RDB snapshot to the server's --rdb-file\n"
@@ -605,6 +614,97 @@ static int cmd_flush(struct kv_client *c, struct parsed *p, const char *cmd)
     return 0;
 }
 
+static int cmd_rename(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    bool done = false;
+    int rc;
+
+    if (p->npos != 2)
+        return bad_arg(cmd, "usage: rename KEY NEWKEY [--nx]");
+    rc = kv_client_rename(c, p->pos[0], strlen(p->pos[0]), p->pos[1], strlen(p->pos[1]),
+                          p->set[0] ? KV_RENAME_NX : 0, 0, &done);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%d\n", done ? 1 : 0);
+    return done ? 0 : 1;
+}
+
+static int cmd_copy(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    uint32_t flags = KV_RENAME_COPY;
+    uint64_t db = 0;
+    bool done = false;
+    int rc;
+
+    if (p->npos != 2)
+        return bad_arg(cmd, "usage: copy KEY NEWKEY [--replace] [--db N]");
+    if (!p->set[0])
+        flags |= KV_RENAME_NX;
+    if (p->set[1]) {
+        if (parse_u64(p->val[1], &db) != 0 || db > UINT32_MAX)
+            return bad_arg(cmd, "--db takes a database number");
+        flags |= KV_RENAME_DST_DB;
+    }
+    rc = kv_client_rename(c, p->pos[0], strlen(p->pos[0]), p->pos[1], strlen(p->pos[1]), flags,
+                          (uint32_t)db, &done);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%d\n", done ? 1 : 0);
+    return done ? 0 : 1;
+}
+
+static int cmd_append(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    struct kv_bytes v;
+    int64_t n = 0;
+    int rc;
+
+    if (p->npos != 2)
+        return bad_arg(cmd, "usage: append KEY VALUE");
+    rc = value_arg(p->pos[1], &v);
+    if (rc == 0)
+        rc = kv_client_append(c, p->pos[0], strlen(p->pos[0]), v.data, v.len, &n);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRId64 "\n", n);
+    return 0;
+}
+
+static int cmd_getrange(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    struct kv_value v = {0};
+    int64_t s, e;
+    int rc;
+
+    if (p->npos != 3 || parse_i64(p->pos[1], &s) != 0 || parse_i64(p->pos[2], &e) != 0)
+        return bad_arg(cmd, "usage: getrange KEY START END");
+    rc = kv_client_getrange(c, p->pos[0], strlen(p->pos[0]), s, e, &v);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    fwrite(v.data, 1, v.len, stdout);
+    if (isatty(STDOUT_FILENO))
+        fputc('\n', stdout);
+    kv_client_value_free(&v);
+    return 0;
+}
+
+static int cmd_setrange(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    struct kv_bytes v;
+    int64_t off, n = 0;
+    int rc;
+
+    if (p->npos != 3 || parse_i64(p->pos[1], &off) != 0 || off < 0)
+        return bad_arg(cmd, "usage: setrange KEY OFFSET VALUE (OFFSET >= 0)");
+    rc = value_arg(p->pos[2], &v);
+    if (rc == 0)
+        rc = kv_client_setrange(c, p->pos[0], strlen(p->pos[0]), off, v.data, v.len, &n);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    printf("%" PRId64 "\n", n);
+    return 0;
+}
+
 static int cmd_ping(struct kv_client *c, struct parsed *p, const char *cmd)
 {
     const char *payload = p->npos ? p->pos[0] : "";
@@ -635,6 +735,11 @@ static const struct {
     {"scan", cmd_scan, {"count=", NULL}},
     {"stats", cmd_stats, {"text", NULL}},
     {"flush", cmd_flush, {NULL}},
+    {"rename", cmd_rename, {"nx", NULL}},
+    {"copy", cmd_copy, {"replace", "db=", NULL}},
+    {"append", cmd_append, {NULL}},
+    {"getrange", cmd_getrange, {NULL}},
+    {"setrange", cmd_setrange, {NULL}},
 };
 
 static int run_command(const struct global *g, int k, int argc, char **argv)
