@@ -22,6 +22,11 @@
  *     deltas that were in flight (all deltas are positive);
  *   - values are self-verifying (key hash, writer, sequence, length, crc32 of the rest),
  *     so a torn or misplaced value is told apart from a stale whole one;
+ *   - a RENAME is never half done: a renamer thread moves NREN keys back and forth between
+ *     two names each ("...:a" <-> "...:b"); after the restart each is found under exactly
+ *     one of its names (the acknowledged one, either when the kill caught a RENAME in
+ *     flight) with its whole value -- never under both, never under neither (but for an
+ *     eviction, with --eviction lru);
  *   - the server answers PING within --recovery-limit seconds of the restart.
  * Cycles chain on one segment: what is read back is the base of the next cycle. The
  * server is always killed and reaped, and the segment unlinked, at exit (atexit and
@@ -77,6 +82,13 @@ enum {
     MAX_SERVER_ARGS = 16,
     MAX_REPORT = 20, /* bad keys printed per cycle */
     IO_TIMEOUT_MS = 20000,
+    NREN = 16, /* keys the renamer moves between two names */
+};
+
+/* A key the renamer moves between two names; its value never changes. */
+struct ren {
+    unsigned where;  /* 0: under name a, 1: under b, as last acknowledged */
+    bool inflight;   /* a RENAME of it was in flight at the kill */
 };
 
 enum op { OP_SET, OP_MSET, OP_DEL, OP_INCR, OP_GET, OP_EVICTED };
@@ -190,6 +202,11 @@ struct run {
     uint64_t seen_evicted;  /* keys the checks found absent by eviction, this segment */
     struct group inj_grp;   /* --inject split-mset: the group stored half, if has_inj_grp */
     bool has_inj_grp;
+    struct ren ren[NREN];
+    bool ren_ready;        /* the NREN keys were stored (by the first renamer) */
+    pthread_t ren_th;
+    uint64_t ren_acked, ren_inflight, ren_checked, ren_bad; /* totals */
+    uint64_t ren_cycle_acked;
     /* totals */
     unsigned cycles_run, server_failures, warnings, not_exercised;
     uint64_t ops_acked, ops_inflight, ops_refused, lost, torn, live_bad, stale, split;
@@ -990,6 +1007,127 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* ---- the renamer -------------------------------------------------------------------------- */
+
+static void ren_name(unsigned i, unsigned which, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "torture:ren:%u:%c", i, which ? 'b' : 'a');
+}
+
+/* Key i's value: 200 + 37 i bytes that say which key they belong to. */
+static size_t ren_value(unsigned i, uint8_t *buf)
+{
+    size_t n = 200 + 37 * (size_t)i;
+    for (size_t j = 0; j < n; j++)
+        buf[j] = (uint8_t)(i * 131 + j * 7 + (j >> 8));
+    return n;
+}
+
+static void *ren_main(void *arg)
+{
+    struct run *r = arg;
+    struct kv_client *c;
+    uint64_t rng = r->o.seed ^ 0x52454eull ^ ((uint64_t)r->cycle << 20);
+    uint8_t val[200 + 37 * NREN];
+    char a[64], b[64];
+
+    if (kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) != 0)
+        return NULL;
+    if (!r->ren_ready) { /* the first cycle: every key under its name a */
+        for (unsigned i = 0; i < NREN; i++) {
+            size_t n = ren_value(i, val);
+            ren_name(i, 0, a, sizeof(a));
+            ren_name(i, 1, b, sizeof(b));
+            if (kv_client_set(c, a, strlen(a), val, n, NULL, NULL) != 0 ||
+                (kv_client_del1(c, b, strlen(b), NULL) != 0)) {
+                kv_client_close(c);
+                return NULL; /* killed before they were all stored: next cycle */
+            }
+            r->ren[i] = (struct ren){0};
+        }
+        r->ren_ready = true;
+    }
+    while (!atomic_load(&r->stop)) {
+        unsigned i = (unsigned)(rnd(&rng) % NREN);
+        struct ren *k = &r->ren[i];
+        bool done = false;
+        ren_name(i, k->where, a, sizeof(a));
+        ren_name(i, !k->where, b, sizeof(b));
+        int rc = kv_client_rename(c, a, strlen(a), b, strlen(b), 0, 0, &done);
+        if (rc == 0) {
+            k->where = !k->where;
+            r->ren_cycle_acked++;
+        } else if (rc == KV_ENOTFOUND || (rc == KV_ESTATUS &&
+                                          kv_client_last_status(c) == KV_ST_OUT_OF_MEMORY)) {
+            /* evicted (LRU; the check tells), or no room: nothing changed */
+        } else {
+            k->inflight = true; /* the kill: done or not, never half */
+            r->ren_inflight++;
+            break;
+        }
+        if (rnd(&rng) % 8 == 0)
+            sleep_s(0.0002);
+    }
+    kv_client_close(c);
+    return NULL;
+}
+
+/* After a restart: each key under exactly one name, whole. Returns the keys that were not. */
+static uint64_t ren_check(struct run *r, uint64_t *evicted)
+{
+    struct kv_client *c;
+    uint8_t want[200 + 37 * NREN];
+    uint64_t bad = 0;
+    char nm[2][64];
+
+    if (!r->ren_ready)
+        return 0;
+    if (kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) != 0) {
+        printf("  RENAME check: cannot connect\n");
+        return 1;
+    }
+    for (unsigned i = 0; i < NREN; i++) {
+        struct ren *k = &r->ren[i];
+        struct kv_value v[2] = {{0}};
+        int rc[2];
+        size_t n = ren_value(i, want);
+        for (unsigned w = 0; w < 2; w++) {
+            ren_name(i, w, nm[w], sizeof(nm[w]));
+            rc[w] = kv_client_get(c, nm[w], strlen(nm[w]), &v[w]);
+        }
+        unsigned found = (rc[0] == 0) + (rc[1] == 0);
+        int at = rc[0] == 0 ? 0 : 1;
+        const char *why = NULL;
+        if ((rc[0] && rc[0] != KV_ENOTFOUND) || (rc[1] && rc[1] != KV_ENOTFOUND))
+            why = "not readable";
+        else if (found == 2)
+            why = "under both names (a RENAME half done)";
+        else if (found == 0 && !r->o.lru)
+            why = "under neither name (a RENAME half done)";
+        else if (found == 1 && !k->inflight && (unsigned)at != k->where)
+            why = "under its old name (an acknowledged RENAME lost)";
+        else if (found == 1 && (v[at].len != n || memcmp(v[at].data, want, n) != 0))
+            why = "with a torn value";
+        if (why) {
+            bad++;
+            printf("  RENAME: key %u found %s\n", i, why);
+        }
+        r->ren_checked++;
+        if (found == 1) {
+            k->where = (unsigned)at; /* the base of the next cycle */
+        } else if (found == 0) { /* evicted (LRU): stored again under a */
+            ++*evicted;
+            kv_client_set(c, nm[0], strlen(nm[0]), want, n, NULL, NULL);
+            k->where = 0;
+        }
+        k->inflight = false;
+        kv_client_value_free(&v[0]);
+        kv_client_value_free(&v[1]);
+    }
+    kv_client_close(c);
+    return bad;
+}
+
 /* ---- checks after a restart --------------------------------------------------------------- */
 
 struct check {
@@ -1567,6 +1705,11 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
             exit(2);
         }
     }
+    r->ren_cycle_acked = 0;
+    if (pthread_create(&r->ren_th, NULL, ren_main, r) != 0) {
+        fprintf(stderr, "torture: cannot create the renamer thread\n");
+        exit(2);
+    }
     /* the kill: a random moment of the cycle, counted from when every writer is connected
      * (a slow start, under ASan, must not let the kill fall before the first connect) */
     kill_at = r->o.seconds * (0.1 + 0.9 * rnd_unit(&r->rng));
@@ -1602,6 +1745,8 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
         server_kill(r, SIGKILL, 0, NULL);
     }
     atomic_store(&r->stop, 1);
+    pthread_join(r->ren_th, NULL);
+    r->ren_acked += r->ren_cycle_acked;
     for (unsigned i = 0; i < r->o.writers; i++) {
         struct writer *w = &r->w[i];
 
@@ -1652,6 +1797,16 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
     if (restart_and_check(r, &rec_ms, &ck) != 0) {
         r->server_failures++;
         return 1;
+    }
+    {
+        uint64_t ren_evicted = 0, rb = ren_check(r, &ren_evicted);
+
+        ck.lost += rb; /* a RENAME half done, or lost, or torn */
+        r->ren_bad += rb;
+        ck.evicted += ren_evicted;
+        snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
+                 "; %llu RENAMEs acked, %u keys checked%s", (unsigned long long)r->ren_cycle_acked,
+                 r->ren_ready ? NREN : 0, rb ? " BAD" : "");
     }
     ss->rec_ms[ss->nrec++] = rec_ms;
     if ((uint64_t)r->rec_kept > ss->max_kept)
@@ -2156,6 +2311,10 @@ int main(int argc, char **argv)
            (unsigned long long)r->groups, (unsigned long long)r->groups_old,
            (unsigned long long)r->groups_new, (unsigned long long)r->groups_split,
            (unsigned long long)r->mset_refused, (unsigned long long)(r->split - r->groups_split));
+    printf("RENAME: %llu acknowledged, %llu in flight at a kill, %llu key checks (exactly one "
+           "name, whole value), bad %llu\n",
+           (unsigned long long)r->ren_acked, (unsigned long long)r->ren_inflight,
+           (unsigned long long)r->ren_checked, (unsigned long long)r->ren_bad);
     if (r->o.lru)
         printf("evictions: server counted %llu (STATS evictions), the checks found %llu keys "
                "absent (evicted, or lost)\n",
