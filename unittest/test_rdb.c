@@ -376,6 +376,48 @@ static void test_rdb_save_loads_in_redis(void)
     redis_stop(redis);
 }
 
+/* Databases: SAVE writes every non-empty database under its SELECTDB (redis-server loads
+ * each key into its database), and --load-rdb puts each back into its own. */
+static void test_rdb_databases_round_trip(void)
+{
+    struct kv_test_server s = {0}, s2 = {0};
+    char rdb[128], cmd[1024];
+    uint16_t rport = kv_test_free_port();
+    pid_t redis;
+
+    snprintf(rdb, sizeof(rdb), "%s/dbs.rdb", tmp);
+    const char *args[] = {"--rdb-file", rdb, NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    snprintf(cmd, sizeof(cmd),
+             "redis-cli -p %u SET k zero >/dev/null && redis-cli -p %u -n 3 SET k three "
+             ">/dev/null && redis-cli -p %u -n 3 SET t v EX 1000 >/dev/null && "
+             "redis-cli -p %u -n 15 SET only15 x >/dev/null && redis-cli -p %u SAVE | grep -qx OK",
+             s.port, s.port, s.port, s.port, s.port);
+    CU_ASSERT_EQUAL(sh(cmd), 0);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+    snprintf(cmd, sizeof(cmd), "redis-check-rdb %s 2>&1 | grep -q 'RDB looks OK'", rdb);
+    CU_ASSERT_EQUAL(sh(cmd), 0);
+    redis = redis_start(rport, tmp, "dbs.rdb");
+    CU_ASSERT_FATAL(redis > 0);
+    snprintf(cmd, sizeof(cmd),
+             "redis-cli -p %u GET k | grep -qx zero && redis-cli -p %u -n 3 GET k | grep -qx three "
+             "&& redis-cli -p %u -n 15 GET only15 | grep -qx x && "
+             "redis-cli -p %u -n 3 DBSIZE | grep -qx 2 && redis-cli -p %u DBSIZE | grep -qx 1",
+             rport, rport, rport, rport, rport);
+    CU_ASSERT_EQUAL(sh(cmd), 0);
+    redis_stop(redis);
+    const char *args2[] = {"--load-rdb", rdb, NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s2, args2) == 0);
+    snprintf(cmd, sizeof(cmd),
+             "redis-cli -p %u GET k | grep -qx zero && redis-cli -p %u -n 3 GET k | grep -qx three "
+             "&& redis-cli -p %u -n 15 GET only15 | grep -qx x && "
+             "redis-cli -p %u -n 3 TTL t | grep -qx '9[0-9][0-9]' && "
+             "redis-cli -p %u DBSIZE | grep -qx 1",
+             s2.port, s2.port, s2.port, s2.port, s2.port);
+    CU_ASSERT_EQUAL(sh(cmd), 0);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s2), 0);
+}
+
 /* SAVE needs --rdb-file; SAVE during a BGSAVE is refused. */
 static void test_rdb_save_without_file_refused(void)
 {
@@ -765,6 +807,7 @@ int main(void)
     static const struct kv_test_case tests[] = {
         {"test_rdb_crc64_check_value", test_rdb_crc64_check_value},
         {"test_rdb_save_loads_in_redis", test_rdb_save_loads_in_redis},
+        {"test_rdb_databases_round_trip", test_rdb_databases_round_trip},
         {"test_rdb_save_without_file_refused", test_rdb_save_without_file_refused},
         {"test_rdb_bgsave_while_writers_run", test_rdb_bgsave_while_writers_run},
         {"test_rdb_load_file_written_by_redis", test_rdb_load_file_written_by_redis},

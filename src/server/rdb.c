@@ -179,6 +179,7 @@ static int seen_check(struct seen *s, const void *key, size_t klen)
 
 struct save_ctx {
     struct kv_shm_store *store;
+    unsigned db; /* the database being written */
     struct wr w;
     struct seen seen;
     uint8_t *val; /* owned (KV_MOD_SERVER): the last value read */
@@ -230,9 +231,9 @@ static void save_key(void *ctx, const void *key, size_t klen)
     for (int tries = 0; tries < 3; tries++) {
         int64_t t0 = now_ms();
 
-        if (kv_shm_ttl(c->store, key, klen, &t1) != 0)
+        if (kv_shm_db_ttl(c->store, c->db, key, klen, &t1) != 0)
             return; /* gone (deleted or expired) since the scan saw it */
-        rc = kv_shm_get(c->store, key, klen, val_alloc, c, &vlen, NULL);
+        rc = kv_shm_db_get(c->store, c->db, key, klen, val_alloc, c, &vlen, NULL);
         if (rc == KV_ENOTFOUND)
             return;
         if (rc != 0) {
@@ -240,7 +241,7 @@ static void save_key(void *ctx, const void *key, size_t klen)
                 c->failed = rc;
             return; /* KV_ECORRUPT: the store never returns such an item */
         }
-        if (kv_shm_ttl(c->store, key, klen, &t2) != 0)
+        if (kv_shm_db_ttl(c->store, c->db, key, klen, &t2) != 0)
             return;
         at = now_ms();
         if ((t1 < 0) == (t2 < 0) && (t1 < 0 || (t1 >= t2 && t1 - t2 <= at - t0 + 1)))
@@ -286,11 +287,24 @@ int kv_rdb_save(struct kv_shm_store *store, const char *path, struct kv_rdb_coun
     w_aux(&c.w, "redis-bits", sizeof(void *) == 8 ? "64" : "32");
     snprintf(num, sizeof(num), "%lld", (long long)time(NULL));
     w_aux(&c.w, "ctime", num);
-    w_u8(&c.w, OP_SELECTDB);
-    w_len(&c.w, 0);
-    do {
-        rc = kv_shm_scan(store, cursor, NULL, 0, 1024, save_key, &c, &cursor);
-    } while (rc == 0 && cursor != 0 && !c.failed && !c.w.failed);
+    /* database 0 always (a store of one database saves as before), then every other
+     * non-empty one, each after its SELECTDB */
+    for (unsigned db = 0; db < KV_SHM_MAX_DB && rc == 0 && !c.failed && !c.w.failed; db++) {
+        uint64_t n = 0;
+
+        if (db && (kv_shm_db_size(store, db, &n) != 0 || n == 0))
+            continue;
+        c.db = db;
+        if (c.seen.slots) /* the dedupe set is per database */
+            memset(c.seen.slots, 0, c.seen.cap * sizeof(*c.seen.slots));
+        c.seen.used = c.seen.alen = 0;
+        w_u8(&c.w, OP_SELECTDB);
+        w_len(&c.w, db);
+        cursor = 0;
+        do {
+            rc = kv_shm_db_scan(store, db, cursor, NULL, 0, 1024, save_key, &c, &cursor);
+        } while (rc == 0 && cursor != 0 && !c.failed && !c.w.failed);
+    }
     if (rc == 0 && c.failed)
         rc = c.failed;
     w_u8(&c.w, OP_EOF);
@@ -357,7 +371,7 @@ static int load_string(void *ctx, const struct kv_rdb_string *s)
     struct kv_shm_set_opts o = {0};
     int rc;
 
-    if (s->db != 0) {
+    if (s->db >= l->cfg->databases) { /* a database this server does not have */
         l->cnt->other_dbs++;
         return 0;
     }
@@ -374,7 +388,7 @@ static int load_string(void *ctx, const struct kv_rdb_string *s)
         return 0;
     }
     o.ttl_ms = s->expire_ms >= 0 ? s->expire_ms - l->now : 0;
-    rc = kv_shm_set(l->store, s->key, s->klen, s->val, s->vlen, &o, NULL);
+    rc = kv_shm_db_set(l->store, (unsigned)s->db, s->key, s->klen, s->val, s->vlen, &o, NULL);
     if (rc == KV_ETOOBIG || rc == KV_EINVAL) {
         l->cnt->too_large++;
         return 0;

@@ -28,7 +28,7 @@ struct kv_rdb_counts {
     uint64_t too_large;   /* load: keys longer than --max-key or items the store can never
                            * hold, skipped */
     uint64_t functions;   /* load: function libraries and module aux records, skipped */
-    uint64_t other_dbs;   /* load: string keys of a db other than 0, skipped */
+    uint64_t other_dbs;   /* load: string keys of a db beyond --databases, skipped */
     uint64_t repeats;     /* save: keys the scan reported again (written once) */
     uint64_t bytes;       /* size of the file */
     unsigned version;     /* the file's RDB version */
