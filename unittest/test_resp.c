@@ -460,6 +460,7 @@ static void test_resp_databases_and_rename(void)
     CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
     fd = raw_connect(ks.port);
     CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "CONFIG GET databases\r\n", "*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n");
     expect(fd, "SELECT 15\r\n", "+OK\r\n");
     expect(fd, "SELECT 16\r\n", "-ERR DB index is out of range\r\n");
     expect(fd, "SELECT -1\r\n", "-ERR DB index is out of range\r\n");

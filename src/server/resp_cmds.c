@@ -777,13 +777,15 @@ static int cmd_config(struct cmdctx *x)
         return wrong_args(x->res, &x->argv[0]);
     if (x->argc == 3 && arg_is(&v[1], "GET")) {
         static const char *const known[][2] = {
-            {"save", ""}, {"appendonly", "no"}, {"databases", "1"}, {"maxmemory", NULL},
+            {"save", ""}, {"appendonly", "no"}, {"databases", NULL}, {"maxmemory", NULL},
             {"maxmemory-policy", NULL},
         };
         size_t n = 0;
         struct out items = {0};
+        char dbs[16];
 
         snprintf(mem, sizeof(mem), "%zu", x->srv->cfg->memory);
+        snprintf(dbs, sizeof(dbs), "%u", x->srv->cfg->databases);
         for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
             const char *name = known[i][0];
             const char *val = known[i][1];
@@ -791,7 +793,7 @@ static int cmd_config(struct cmdctx *x)
             if (!((v[2].len == 1 && v[2].p[0] == '*') || arg_is(&v[2], name)))
                 continue;
             if (!val)
-                val = i == 3 ? mem
+                val = i == 2 ? dbs : i == 3 ? mem
                              : x->srv->cfg->eviction == KV_EVICT_LRU ? "allkeys-lru" : "noeviction";
             out_bulk(&items, name, strlen(name));
             out_bulk(&items, val, strlen(val));
