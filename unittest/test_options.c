@@ -336,6 +336,12 @@ static void test_options_config_set_is_all_or_none(void)
     CU_ASSERT_EQUAL(SET(&c, "maxclients", "50", "port", "1"), KV_EINVAL);
     CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument 'port') - "
                                 "can't set immutable config");
+    /* the value a fixed parameter already has is accepted, and changes nothing */
+    CU_ASSERT_EQUAL(SET(&c, "port", "7379", "save", "", "appendonly", "NO", "memory", "256m"), 0);
+    CU_ASSERT_EQUAL(SET(&c, "maxclients", "50", "save", "900 1"), KV_EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument 'save') - "
+                                "can't set immutable config");
+    CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
     CU_ASSERT_EQUAL(SET(&c, "maxclients", "50", "nosuch", "1"), KV_EINVAL);
     CU_ASSERT_STRING_EQUAL(err, "ERR Unknown option or number of arguments for CONFIG SET - "
                                 "'nosuch'");

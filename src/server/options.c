@@ -266,11 +266,6 @@ int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *ar
                      namelen, nm->p);
             return KV_EINVAL;
         }
-        if (!(o->flags & KV_CF_RUNTIME)) {
-            snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument '%.*s') - "
-                     "can't set immutable config", namelen, nm->p);
-            return KV_EINVAL;
-        }
         for (size_t j = 0; j < i; j++)
             if (rows[j] == o) {
                 snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument "
@@ -293,6 +288,25 @@ int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *ar
         }
         memcpy(text, v->p, v->len);
         text[v->len] = '\0';
+        if (!(rows[i]->flags & KV_CF_RUNTIME)) {
+            /* fixed at start: only the value it has is accepted (a no-op, so
+             * that `CONFIG SET save ""` and tools that write back what
+             * CONFIG GET said work); any other is Redis's immutable error */
+            int same = rows[i]->type == KV_CT_CONST
+                           ? strcasecmp(text, rows[i]->def ? rows[i]->def : "") == 0
+                           : kv_config_option_parse(rows[i], text, &next, why, sizeof(why)) == 0 &&
+                                 !kv_config_option_differs(rows[i], &next, cfg);
+
+            if (!same) {
+                const struct kv_options_arg *a = &args[2 * i];
+
+                snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument "
+                         "'%.*s') - can't set immutable config", (int)(a->len < 128 ? a->len : 128),
+                         a->p);
+                goto out;
+            }
+            continue;
+        }
         if (kv_config_option_parse(rows[i], text, &next, why, sizeof(why)) != 0) {
             snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument '%s') - %s",
                      nm, why);
@@ -305,7 +319,8 @@ int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *ar
         goto out;
     }
     for (size_t i = 0; i < npairs; i++)
-        kv_config_option_copy(rows[i], cfg, &next);
+        if (rows[i]->flags & KV_CF_RUNTIME)
+            kv_config_option_copy(rows[i], cfg, &next);
     rc = 0;
 out:
     pthread_mutex_unlock(&config_set_lock);

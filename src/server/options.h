@@ -52,9 +52,10 @@ size_t kv_options_config_get(const struct kv_config *cfg, const struct kv_option
  * configuration checked before any field changes; then the changed fields
  * are stored, each with one atomic store (their readers read them on each
  * use). Concurrent calls are serialised. Returns 0, or KV_EINVAL with
- * Redis's error text (without '-') in err: an unknown parameter, one that
- * cannot change at run time ("can't set immutable config"), a duplicate, a
- * bad value. */
+ * Redis's error text (without '-') in err: an unknown parameter, a new
+ * value for one that cannot change at run time ("can't set immutable
+ * config"; the value it already has is accepted, changing nothing), a
+ * duplicate, a bad value. */
 int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *args,
                           size_t npairs, char *err, size_t errcap);
 

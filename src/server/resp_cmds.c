@@ -1359,6 +1359,16 @@ size_t kv_server_resp_cmdstats(char *buf, size_t cap, size_t len)
     return len;
 }
 
+uint64_t kv_server_resp_local_calls(void)
+{
+    uint64_t n = 0;
+
+    for (size_t i = 0; i < RESP_NCMDS; i++)
+        if (resp_cmds[i].flags & CMD_LOCAL)
+            n += __atomic_load_n(&resp_cmd_calls[i], __ATOMIC_RELAXED);
+    return n;
+}
+
 void kv_server_resp_cmdstats_reset(void)
 {
     for (size_t i = 0; i < RESP_NCMDS; i++) {

@@ -134,6 +134,7 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         snprintf(err, errcap, "handler registry: %s", kv_strerror(rc));
         goto err_destroy;
     }
+    kv_server_stats_reset(srv); /* INFO counts from this start, as Redis's does */
     *out = srv;
     return 0;
 

@@ -96,7 +96,9 @@ void kv_server_stats_collect(struct kv_server *srv, struct kv_server_stats *out)
 /* The signal-41 table of *st (kv_server_format_stats collects, then calls it). */
 size_t kv_server_stats_table(struct kv_server *srv, const struct kv_server_stats *st, char *buf,
                              size_t cap);
-/* CONFIG RESETSTAT: INFO's counters start again from 0. */
+/* CONFIG RESETSTAT: INFO's counters start again from 0 (also done at the end of
+ * kv_server_create: INFO counts since the start, as Redis does, although the
+ * store's hit / miss / expiry counters live in the segment). */
 void kv_server_stats_reset(struct kv_server *srv);
 void kv_server_stats_init(struct kv_server *srv);
 void kv_server_stats_fini(struct kv_server *srv);
@@ -128,6 +130,8 @@ size_t kv_server_info_format(struct kv_server *srv, const struct kv_server_stats
 
 /* INFO commandstats lines of the RESP commands (resp_cmds.c), appended at len. */
 size_t kv_server_resp_cmdstats(char *buf, size_t cap, size_t len);
+/* The calls of the RESP commands the IO thread answers itself (CMD_LOCAL). */
+uint64_t kv_server_resp_local_calls(void);
 /* CONFIG RESETSTAT of the command counters. */
 void kv_server_resp_cmdstats_reset(void);
 

@@ -117,7 +117,10 @@ void kv_server_stats_collect(struct kv_server *srv, struct kv_server_stats *out)
 
     t->connections_received = out->mem.stat[KV_STAT_CONNS_ACCEPTED];
     t->connections_rejected = out->mem.stat[KV_STAT_CONNS_REJECTED];
-    t->commands = out->mem.stat[KV_STAT_REQUESTS];
+    /* the handlers' requests (binary and RESP) and the RESP commands the IO
+     * thread answers itself (PING, INFO, CONFIG, ...), as Redis counts every
+     * command it runs */
+    t->commands = out->mem.stat[KV_STAT_REQUESTS] + kv_server_resp_local_calls();
     t->net_in = out->mem.stat[KV_STAT_BYTES_IN];
     t->net_out = out->mem.stat[KV_STAT_BYTES_OUT];
     t->hits = out->store.hits;
@@ -148,12 +151,12 @@ void kv_server_stats_reset(struct kv_server *srv)
 
     if (!st)
         return;
+    kv_server_resp_cmdstats_reset(); /* first: the baseline holds none of its calls */
     kv_server_stats_collect(srv, st);
     pthread_mutex_lock(&srv->stats_base.lock);
     srv->stats_base.at_reset = st->total;
     pthread_mutex_unlock(&srv->stats_base.lock);
     kv_mem_free(KV_MOD_SERVER, st);
-    kv_server_resp_cmdstats_reset();
 }
 
 /* ---- INFO --------------------------------------------------------------------------- */
