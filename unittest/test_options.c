@@ -357,6 +357,20 @@ static void test_options_config_set_is_all_or_none(void)
     CU_ASSERT_EQUAL(SET(&c, "max-output", "4m", "output-hard-limit", "2m"), KV_EINVAL);
     CU_ASSERT(strstr(err, "--output-hard-limit must be at least --max-output") != NULL);
     CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
+    /* more pairs than there are parameters: a duplicate, found in one pass */
+    {
+        static struct kv_options_arg many[2 * 5000];
+
+        for (size_t i = 0; i < 5000; i++) {
+            many[2 * i] = (struct kv_options_arg){i % 2 ? "timeout" : "maxclients", i % 2 ? 7 : 10};
+            many[2 * i + 1] = (struct kv_options_arg){"5", 1};
+        }
+        CU_ASSERT_EQUAL(kv_options_config_set(&c, many, 5000, err, sizeof(err)), KV_EINVAL);
+        CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument "
+                                    "'maxclients') - duplicate parameter");
+        CU_ASSERT_EQUAL(kv_options_config_set(&c, many, 0, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
+    }
     /* the whole set */
     CU_ASSERT_EQUAL(SET(&c, "maxclients", "50", "TIMEOUT", "9", "max-output", "16m",
                         "output-hard-limit", "32m", "log-level", "debug", "maxmemory-clients", "0"),

@@ -1014,7 +1014,8 @@ static void test_resp_config_and_info(void)
         {"CONFIG GET maxmemory-p*\r\n",
          "*2\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n"},
         {"CONFIG GET\r\n", "-ERR wrong number of arguments for 'config|get' command\r\n"},
-        {"CONFIG SET maxclients\r\n", "-ERR wrong number of arguments for 'config|set' command\r\n"},
+        {"CONFIG SET maxclients\r\n",
+         "-ERR wrong number of arguments for 'config|set' command\r\n"},
         {"CONFIG SET maxclients 5 timeout\r\n", "-ERR syntax error\r\n"},
         {"CONFIG SET maxclients 50 timeout x\r\n",
          "-ERR CONFIG SET failed (possibly related to argument 'timeout') - argument couldn't be "

@@ -42,8 +42,13 @@ void kv_options_usage(FILE *f)
             col = HELP_COL;
         }
         col += fprintf(f, "%s", h);
-        if (def && def[0] && o->type != KV_CT_FLAG) /* on a line of its own past 90 columns */
-            fprintf(f, "%s(default %s)", col + (int)strlen(def) + 11 > 90 ? "\n                       " : " ", def);
+        if (def && def[0] && o->type != KV_CT_FLAG) { /* on a line of its own past 90 columns */
+            if (col + (int)strlen(def) + 11 > 90)
+                fprintf(f, "\n%*s", HELP_COL, "");
+            else
+                fputc(' ', f);
+            fprintf(f, "(default %s)", def);
+        }
         fputc('\n', f);
     }
     fputs("  --help, --version\n"
@@ -250,11 +255,17 @@ static pthread_mutex_t config_set_lock = PTHREAD_MUTEX_INITIALIZER;
 int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *args,
                           size_t npairs, char *err, size_t errcap)
 {
-    const struct kv_config_option *rows[npairs ? npairs : 1];
+    /* every pair past the first problem is never looked at, and each good
+     * pair takes a row no other pair may: at most kv_config_noptions of them */
+    const struct kv_config_option *rows[kv_config_noptions];
+    unsigned char seen[kv_config_noptions];
     struct kv_config next;
     char text[1100], why[200];
     int rc = KV_EINVAL;
 
+    if (npairs == 0)
+        return 0;
+    memset(seen, 0, sizeof(seen));
     /* which parameters: the first problem in argument order is the answer */
     for (size_t i = 0; i < npairs; i++) {
         const struct kv_options_arg *nm = &args[2 * i];
@@ -262,16 +273,16 @@ int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *ar
         int namelen = (int)(nm->len < 128 ? nm->len : 128);
 
         if (!o || !is_config(o)) {
-            snprintf(err, errcap, "ERR Unknown option or number of arguments for CONFIG SET - '%.*s'",
-                     namelen, nm->p);
+            snprintf(err, errcap,
+                     "ERR Unknown option or number of arguments for CONFIG SET - '%.*s'", namelen,
+                     nm->p);
             return KV_EINVAL;
         }
-        for (size_t j = 0; j < i; j++)
-            if (rows[j] == o) {
-                snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument "
-                         "'%.*s') - duplicate parameter", namelen, nm->p);
-                return KV_EINVAL;
-            }
+        if (seen[o - kv_config_options]++) {
+            snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument "
+                     "'%.*s') - duplicate parameter", namelen, nm->p);
+            return KV_EINVAL;
+        }
         rows[i] = o;
     }
     /* every value into a copy, then the rules between options: all or none */
