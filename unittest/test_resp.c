@@ -914,7 +914,8 @@ static void test_resp_tool_commands_and_argument_errors(void)
         {"SCAN 0 FOO\r\n", "-ERR syntax error\r\n"},
         {"CONFIG GET maxmemory-policy\r\n",
          "*2\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n"},
-        {"CONFIG SET a b\r\n", "-ERR wrong number of arguments for 'config' command\r\n"},
+        {"CONFIG SET a b\r\n",
+         "-ERR Unknown option or number of arguments for CONFIG SET - 'a'\r\n"},
         {"AUTH a b c\r\n", "-ERR syntax error\r\n"},
         {"EXISTS rk:none1 rk:none2 rk:none3\r\n", ":0\r\n"},
         {"DEL\r\n", "-ERR wrong number of arguments for 'del' command\r\n"},
@@ -1074,6 +1075,128 @@ static void test_resp_parser_resume_is_linear(void)
     free(in);
 }
 
+
+/* Reads one bulk reply (INFO) whole: "$N\r\n" then N bytes and CRLF. */
+static char *bulk_reply(int fd, const char *req)
+{
+    int closed;
+    char *head = exchange(fd, req, strlen(req), 0, &closed), *nl;
+    long n;
+
+    if (head[0] != '$' || !(nl = strstr(head, "\r\n")))
+        return head;
+    n = strtol(head + 1, NULL, 10);
+    while ((long)strlen(nl + 2) < n + 2 && !closed) {
+        char *more = exchange(fd, "", 0, 0, &closed);
+        char *both = malloc(strlen(head) + strlen(more) + 1);
+
+        if (!more[0]) {
+            free(more);
+            free(both);
+            break;
+        }
+        strcpy(both, head);
+        strcat(both, more);
+        free(head);
+        free(more);
+        head = both;
+        nl = strstr(head, "\r\n");
+    }
+    return head;
+}
+
+/* CONFIG GET / SET / RESETSTAT and INFO over RESP: Redis 7.0's replies and
+ * errors, SET all or none, a runtime setting taking effect (maxclients
+ * refuses the next connection), INFO's sections as info-command.tcl asks. */
+static void test_resp_config_and_info(void)
+{
+    static const char *const pairs[][2] = {
+        {"CONFIG GET maxclients\r\n", "*2\r\n$10\r\nmaxclients\r\n$3\r\n100\r\n"},
+        {"CONFIG GET max-conns timeout nosuch\r\n",
+         "*4\r\n$9\r\nmax-conns\r\n$3\r\n100\r\n$7\r\ntimeout\r\n$1\r\n0\r\n"},
+        {"CONFIG GET maxmemory-p*\r\n",
+         "*2\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n"},
+        {"CONFIG GET\r\n", "-ERR wrong number of arguments for 'config|get' command\r\n"},
+        {"CONFIG SET maxclients\r\n",
+         "-ERR wrong number of arguments for 'config|set' command\r\n"},
+        {"CONFIG SET maxclients 5 timeout\r\n", "-ERR syntax error\r\n"},
+        {"CONFIG SET maxclients 50 timeout x\r\n",
+         "-ERR CONFIG SET failed (possibly related to argument 'timeout') - argument couldn't be "
+         "parsed into an integer\r\n"},
+        {"CONFIG GET maxclients\r\n", "*2\r\n$10\r\nmaxclients\r\n$3\r\n100\r\n"}, /* unchanged */
+        {"CONFIG SET port 1\r\n", "-ERR CONFIG SET failed (possibly related to argument 'port') "
+                                  "- can't set immutable config\r\n"},
+        {"CONFIG SET nosuch 1\r\n",
+         "-ERR Unknown option or number of arguments for CONFIG SET - 'nosuch'\r\n"},
+        {"CONFIG SET maxclients 50 timeout 7\r\n", "+OK\r\n"},
+        {"CONFIG GET maxclients timeout\r\n",
+         "*4\r\n$10\r\nmaxclients\r\n$2\r\n50\r\n$7\r\ntimeout\r\n$1\r\n7\r\n"},
+        {"CONFIG FOO\r\n", "-ERR unknown subcommand 'FOO'. Try CONFIG HELP.\r\n"},
+        {"CONFIG RESETSTAT x\r\n",
+         "-ERR wrong number of arguments for 'config|resetstat' command\r\n"},
+        {"CONFIG RESETSTAT\r\n", "+OK\r\n"},
+    };
+    struct kv_test_server s = {0};
+    const char *args[] = {"--max-conns", "100", NULL};
+    int fd, fd2, closed;
+    char *got;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    fd = raw_connect(s.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
+        expect(fd, pairs[i][0], pairs[i][1]);
+    /* CONFIG GET * lists every parameter, each a name and a value */
+    got = exchange(fd, "CONFIG GET *\r\n", 14, 0, &closed);
+    CU_ASSERT(strstr(got, "$10\r\nmaxclients\r\n$2\r\n50\r\n") && strstr(got, "$4\r\nsave\r\n") &&
+              strstr(got, "$9\r\nmaxmemory\r\n"));
+    free(got);
+    /* a runtime setting takes effect: with maxclients 1 the next
+     * connection is refused */
+    expect(fd, "CONFIG SET maxclients 1\r\n", "+OK\r\n");
+    fd2 = raw_connect(s.port);
+    CU_ASSERT_FATAL(fd2 >= 0);
+    got = exchange(fd2, "PING\r\n", 6, 7, &closed);
+    CU_ASSERT(strcmp(got, "+PONG\r\n") != 0);
+    free(got);
+    close(fd2);
+    expect(fd, "CONFIG SET maxclients 100\r\n", "+OK\r\n");
+
+    /* INFO: sections as Redis names them, alone or together */
+    expect(fd, "SET info:k v\r\n", "+OK\r\n");
+    got = bulk_reply(fd, "INFO\r\n");
+    CU_ASSERT(strstr(got, "# Server\r\nredis_version:") && strstr(got, "\r\n# Clients\r\n") &&
+              strstr(got, "\r\n# Memory\r\nused_memory:") && strstr(got, "# Persistence\r\n") &&
+              strstr(got, "# Stats\r\n") && strstr(got, "# Replication\r\nrole:master\r\n") &&
+              strstr(got, "# CPU\r\nused_cpu_sys:") && strstr(got, "# Keyspace\r\ndb0:keys=1,"));
+    CU_ASSERT(strstr(got, "rejected_calls") == NULL); /* commandstats only in all */
+    CU_ASSERT(strstr(got, "maxclients:100\r\n") != NULL);
+    {   /* since RESETSTAT: the refused connection only (the kernel may count it accepted) */
+        const char *t = strstr(got, "total_connections_received:");
+        const char *r = strstr(got, "rejected_connections:");
+
+        CU_ASSERT(t && strtol(t + 27, NULL, 10) <= 1);
+        CU_ASSERT(r && strtol(r + 21, NULL, 10) == 1);
+    }
+    free(got);
+    got = bulk_reply(fd, "INFO cpu\r\n");
+    CU_ASSERT(strstr(got, "used_cpu_user:") && !strstr(got, "used_memory"));
+    free(got);
+    got = bulk_reply(fd, "info CPU keyspace nosuch\r\n");
+    CU_ASSERT(strstr(got, "used_cpu_user:") && strstr(got, "db0:keys=1") &&
+              !strstr(got, "used_memory"));
+    free(got);
+    got = bulk_reply(fd, "INFO all\r\n");
+    CU_ASSERT(strstr(got, "# Commandstats\r\ncmdstat_") && strstr(got, "rejected_calls=") &&
+              strstr(got, "cmdstat_set:calls=1,") && strstr(got, "used_memory:"));
+    free(got);
+    got = bulk_reply(fd, "INFO sentinel\r\n");
+    CU_ASSERT_STRING_EQUAL(got, "$0\r\n\r\n");
+    free(got);
+    close(fd);
+    kv_test_server_stop(&s);
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -1109,6 +1232,7 @@ int main(void)
     CU_add_test(s, "test_resp_twemproxy_shards_over_two_instances",
                 test_resp_twemproxy_shards_over_two_instances);
     CU_add_test(s, "test_resp_auth_and_no_resp_option", test_resp_auth_and_no_resp_option);
+    CU_add_test(s, "test_resp_config_and_info", test_resp_config_and_info);
     CU_add_test(s, "test_resp_exit_table_zero", test_resp_exit_table_zero);
     return kv_test_run_all();
 }

@@ -61,7 +61,86 @@ struct kv_config {
     char requirepass[256];       /* "" = no AUTH required */
 };
 
-/* Fills *c with the documented defaults. */
+/* Fills *c with the documented defaults: each option row's default (below),
+ * then the few computed from the machine (io_threads, workers). */
 void kv_config_defaults(struct kv_config *c);
+
+/* ---- the options table ----------------------------------------------------------
+ * One row per option (nginx's ngx_command_t, Redis's static_configs[]): the
+ * command line (getopt, --help, the start-up line), CONFIG GET / CONFIG SET
+ * and the README check are all driven from the rows, so an option is added
+ * by adding one row to kv_config_options[] (kv_config.c) and its field
+ * above. */
+enum kv_config_type {
+    KV_CT_UINT,     /* decimal, min..max; fields of 2, 4 or 8 bytes */
+    KV_CT_SIZE,     /* bytes with a k/m/g suffix, min..max (KV_CF_ZERO_OK: or 0) */
+    KV_CT_STR,      /* a string of at most the field's size - 1 (KV_CF_NONEMPTY) */
+    KV_CT_FLAG,     /* an int set to 1 by the option; CONFIG reads yes / no */
+    KV_CT_ENUM,     /* one of names[] (an int field, by index); CONFIG: config_names[] */
+    KV_CT_SECONDS,  /* whole seconds, min..max, into a double */
+    KV_CT_MODE,     /* an octal file mode, 0..0777, into an unsigned */
+    KV_CT_PASSFILE, /* the first line of a file, into the string field (requirepass) */
+    KV_CT_CONST,    /* no field, no command-line option: CONFIG GET answers def (Redis
+                     * parameters whose question has one answer here: save, appendonly) */
+};
+
+#define KV_CF_RUNTIME 0x1u    /* CONFIG SET may change it while the server runs */
+#define KV_CF_ZERO_OK 0x2u    /* SIZE: 0 (= none) allowed below min */
+#define KV_CF_NONEMPTY 0x4u   /* STR: "" refused (an empty password would mean "none") */
+#define KV_CF_ENUM_NUM 0x8u   /* ENUM: the index as a number is accepted too (log-level) */
+#define KV_CF_NO_CONFIG 0x10u /* not a CONFIG parameter (requirepass-file: an action) */
+#define KV_CF_SECRET 0x20u    /* shown as "(set)" on the start-up line */
+
+struct kv_config_option {
+    const char *name;         /* the command-line option, without "--"; NULL: CONFIG only */
+    const char *config;       /* the CONFIG name: Redis's where a Redis parameter means the
+                               * same (maxclients, timeout, ...); NULL = name */
+    enum kv_config_type type;
+    size_t offset, size;      /* the field in struct kv_config */
+    unsigned long long min, max;
+    const char *const *names; /* ENUM: the values, by the field's value; NULL-terminated */
+    const char *const *config_names; /* ENUM: their CONFIG spelling; NULL = names */
+    const char *def;          /* the default as typed ("16m"), NULL = 0 / "" / computed */
+    unsigned flags;           /* KV_CF_* */
+    const char *arg;          /* the value's name in --help ("SIZE"); NULL: no value */
+    const char *help;         /* --help text; '\n' starts a continuation line */
+    const char *def_help;     /* the default in --help when def does not say it (computed) */
+};
+
+extern const struct kv_config_option kv_config_options[];
+extern const size_t kv_config_noptions;
+
+/* The row named name[0..len) on the command line or in CONFIG (either
+ * spelling, case-insensitive), or NULL. */
+const struct kv_config_option *kv_config_option_find(const char *name, size_t len);
+
+/* Parses "123", "64k", "16m", "2g" (binary units; "kb", "mb", "gb" too).
+ * Returns 0 or KV_EINVAL (*out unchanged). */
+int kv_config_parse_size(const char *s, size_t *out);
+
+/* The row's CONFIG name (config, else name). */
+const char *kv_config_option_config_name(const struct kv_config_option *o);
+
+/* Parses text as o's value into *c. Returns 0, or KV_EINVAL with a reason
+ * after Redis's CONFIG SET wording ("argument must be a memory value")
+ * written to why[0..cap) (c unchanged). Flags: text NULL sets them (the
+ * command line); CONFIG's "yes" / "no" are accepted too. */
+int kv_config_option_parse(const struct kv_config_option *o, const char *text,
+                           struct kv_config *c, char *why, size_t cap);
+
+/* Writes o's value in *c, as CONFIG GET shows it (sizes in bytes, flags
+ * yes / no, enums by config_names), into buf. Returns the length written. */
+size_t kv_config_option_format(const struct kv_config_option *o, const struct kv_config *c,
+                               char *buf, size_t cap);
+
+/* 1 when o's field differs between a and b. */
+int kv_config_option_differs(const struct kv_config_option *o, const struct kv_config *a,
+                             const struct kv_config *b);
+
+/* Copies o's field from src into dst, each word with one atomic store: a
+ * reader in another thread sees the old value or the new one (CONFIG SET
+ * of a KV_CF_RUNTIME row, whose readers read the field on each use). */
+void kv_config_option_copy(const struct kv_config_option *o, struct kv_config *dst,
+                           const struct kv_config *src);
 
 #endif

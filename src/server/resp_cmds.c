@@ -31,6 +31,7 @@
 #include "kv_mem.h"
 #include "kv_ops.h"
 #include "kv_shm.h"
+#include "options.h"
 #include "pb.h"
 #include "server_int.h"
 
@@ -52,7 +53,6 @@ enum reply_style {
     RS_PERSIST,     /* :1 when a ttl was removed */
     RS_SCAN,        /* *2 cursor keys */
     RS_DBSIZE,      /* :keys from STATS */
-    RS_INFO,        /* bulk INFO text from STATS */
     RS_AUTH,        /* +OK or -WRONGPASS */
     RS_SETNX,       /* :1 stored, :0 refused (SETNX, MSETNX) */
     RS_STR_INT,     /* :number of a StrResponse */
@@ -641,7 +641,7 @@ static int cmd_echo(struct cmdctx *x)
     return send_call(x, &o, KV_OP_PING);
 }
 
-/* DBSIZE, INFO, FLUSHDB, FLUSHALL: a call with an empty body; aux is the opcode. */
+/* DBSIZE, FLUSHDB, FLUSHALL: a call with an empty body; aux is the opcode. */
 static int cmd_nobody(struct cmdctx *x)
 {
     struct out o = {0};
@@ -767,47 +767,134 @@ static int cmd_swapdb(struct cmdctx *x)
     return send_call(x, &o, KV_OP_SWAPDB);
 }
 
+/* CONFIG GET's answer, gathered: name/value bulk strings. */
+struct config_items {
+    struct out o;
+    size_t n;
+};
+
+static void config_emit(void *ctx, const char *name, size_t name_len, const char *value,
+                        size_t value_len)
+{
+    struct config_items *it = ctx;
+
+    out_bulk(&it->o, name, name_len);
+    out_bulk(&it->o, value, value_len);
+    it->n += 2;
+}
+
+/* The arguments argv[first..argc) as kv_options_arg (heap: CONFIG takes
+ * any number of them). */
+static struct kv_options_arg *config_args(struct cmdctx *x, size_t first)
+{
+    size_t n = x->argc - first;
+    struct kv_options_arg *a = kv_mem_alloc(KV_MOD_PACKET, (n ? n : 1) * sizeof(*a));
+
+    for (size_t i = 0; a && i < n; i++)
+        a[i] = (struct kv_options_arg){(const char *)x->argv[first + i].p, x->argv[first + i].len};
+    return a;
+}
+
+/* CONFIG GET / SET / RESETSTAT / HELP over the options table (options.c),
+ * with Redis 7.0's replies and errors. */
 static int cmd_config(struct cmdctx *x)
 {
-    struct out o = {0};
-    char mem[32];
     const struct kv_slice *v = x->argv;
+    struct kv_options_arg *a;
+    struct out o = {0};
 
-    if (x->argc > 3)
-        return wrong_args(x->res, &x->argv[0]);
-    if (x->argc == 3 && arg_is(&v[1], "GET")) {
-        static const char *const known[][2] = {
-            {"save", ""}, {"appendonly", "no"}, {"databases", NULL}, {"maxmemory", NULL},
-            {"maxmemory-policy", NULL},
-        };
-        size_t n = 0;
-        struct out items = {0};
-        char dbs[16];
+    if (arg_is(&v[1], "GET")) {
+        struct config_items it = {0};
 
-        snprintf(mem, sizeof(mem), "%zu", x->srv->cfg->memory);
-        snprintf(dbs, sizeof(dbs), "%u", x->srv->cfg->databases);
-        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-            const char *name = known[i][0];
-            const char *val = known[i][1];
-
-            if (!((v[2].len == 1 && v[2].p[0] == '*') || arg_is(&v[2], name)))
-                continue;
-            if (!val)
-                val = i == 2 ? dbs : i == 3 ? mem
-                             : x->srv->cfg->eviction == KV_EVICT_LRU ? "allkeys-lru" : "noeviction";
-            out_bulk(&items, name, strlen(name));
-            out_bulk(&items, val, strlen(val));
-            n += 2;
-        }
-        out_fmt(&o, "*%zu\r\n", n);
-        if (items.failed)
+        if (x->argc < 3)
+            return reply_err(x->res, "-ERR wrong number of arguments for 'config|get' command");
+        if (!(a = config_args(x, 2)))
+            return KV_ENOMEM;
+        kv_options_config_get(x->srv->cfg, a, x->argc - 2, config_emit, &it);
+        kv_mem_free(KV_MOD_PACKET, a);
+        out_fmt(&o, "*%zu\r\n", it.n);
+        if (it.o.failed)
             o.failed = 1;
-        if (items.len)
-            out_bytes(&o, items.p, items.len);
-        kv_mem_free(KV_MOD_PACKET, items.p);
+        if (it.o.len)
+            out_bytes(&o, it.o.p, it.o.len);
+        kv_mem_free(KV_MOD_PACKET, it.o.p);
         return out_reply(&o, x->res);
     }
-    return reply_err(x->res, "-ERR CONFIG: only CONFIG GET is supported");
+    if (arg_is(&v[1], "SET")) {
+        char err[400];
+        int rc;
+
+        if (x->argc < 4)
+            return reply_err(x->res, "-ERR wrong number of arguments for 'config|set' command");
+        if (x->argc & 1)
+            return reply_err(x->res, "-ERR syntax error");
+        if (!(a = config_args(x, 2)))
+            return KV_ENOMEM;
+        rc = kv_options_config_set(x->srv->cfg_rw, a, (x->argc - 2) / 2, err, sizeof(err));
+        kv_mem_free(KV_MOD_PACKET, a);
+        return rc == 0 ? reply_str(x->res, "+OK\r\n") : reply_err(x->res, "-%s", err);
+    }
+    if (arg_is(&v[1], "RESETSTAT")) {
+        if (x->argc != 2)
+            return reply_err(x->res,
+                             "-ERR wrong number of arguments for 'config|resetstat' command");
+        kv_server_stats_reset(x->srv);
+        return reply_str(x->res, "+OK\r\n");
+    }
+    if (arg_is(&v[1], "REWRITE"))
+        return reply_err(x->res, "-ERR The server is running without a config file");
+    if (arg_is(&v[1], "HELP")) {
+        static const char *const help[] = {
+            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+            "SET <directive> <value>",
+            "    Set the configuration <directive> to <value>.",
+            "RESETSTAT",
+            "    Reset statistics reported by the INFO command.",
+            "REWRITE",
+            "    Rewrite the configuration file.",
+            "HELP",
+            "    Print this help.",
+        };
+        out_fmt(&o, "*%zu\r\n", sizeof(help) / sizeof(help[0]));
+        for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++)
+            out_fmt(&o, "+%s\r\n", help[i]);
+        return out_reply(&o, x->res);
+    }
+    return reply_err(x->res, "-ERR unknown subcommand '%.*s'. Try CONFIG HELP.",
+                     (int)(v[1].len < 64 ? v[1].len : 64), (const char *)v[1].p);
+}
+
+/* INFO [section ...]: rendered from the statistics collector (stats.c). */
+static int cmd_info(struct cmdctx *x)
+{
+    enum { INFO_CAP = 64 << 10 };
+    unsigned sections = x->argc == 1 ? KV_INFO_DEFAULT : 0;
+    struct kv_server_stats *st;
+    struct out o = {0};
+    char *text;
+    size_t len;
+
+    for (size_t i = 1; i < x->argc; i++) {
+        const char *p = (const char *)x->argv[i].p;
+        size_t n = x->argv[i].len;
+
+        sections |= kv_server_info_sections(1, &p, &n);
+    }
+    st = kv_mem_alloc(KV_MOD_PACKET, sizeof(*st));
+    text = kv_mem_alloc(KV_MOD_PACKET, INFO_CAP);
+    if (!st || !text) {
+        kv_mem_free(KV_MOD_PACKET, st);
+        kv_mem_free(KV_MOD_PACKET, text);
+        return KV_ENOMEM;
+    }
+    kv_server_stats_collect(x->srv, st);
+    len = kv_server_info_format(x->srv, st, sections, text, INFO_CAP);
+    out_bulk(&o, text, len);
+    kv_mem_free(KV_MOD_PACKET, st);
+    kv_mem_free(KV_MOD_PACKET, text);
+    return out_reply(&o, x->res);
 }
 
 static size_t resp_cmd_count(void);
@@ -1328,7 +1415,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"MEMORY",       -2, R,               cmd_memory,   RS_MEMORY_USAGE, 0},
     {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
     {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      KV_OP_STATS},
-    {"INFO",         -1, 0,               cmd_nobody,   RS_INFO,        KV_OP_STATS},
+    {"INFO",         -1, L,               cmd_info,     RS_NONE,        0},
     {"FLUSHDB",      -1, W,               cmd_flush,    RS_OK,          1},
     {"FLUSHALL",     -1, W,               cmd_flush,    RS_OK,          0},
     {"RENAME",        3, W,               cmd_rename,   RS_RENAME,      0},
@@ -1358,6 +1445,50 @@ static const struct resp_cmd resp_cmds[] = {
 static size_t resp_cmd_count(void)
 {
     return RESP_NCMDS;
+}
+
+/* INFO commandstats: per row, the calls run and the calls refused before
+ * running (arity, NOAUTH); relaxed atomics, summed by whoever reads. */
+static uint64_t resp_cmd_calls[RESP_NCMDS], resp_cmd_rejected[RESP_NCMDS];
+
+size_t kv_server_resp_cmdstats(char *buf, size_t cap, size_t len)
+{
+    for (size_t i = 0; i < RESP_NCMDS; i++) {
+        uint64_t calls = __atomic_load_n(&resp_cmd_calls[i], __ATOMIC_RELAXED);
+        uint64_t rejected = __atomic_load_n(&resp_cmd_rejected[i], __ATOMIC_RELAXED);
+        char name[32];
+        size_t k;
+
+        if (!calls && !rejected)
+            continue;
+        for (k = 0; resp_cmds[i].name[k] && k < sizeof(name) - 1; k++)
+            name[k] = (char)tolower((unsigned char)resp_cmds[i].name[k]);
+        name[k] = '\0';
+        /* usec is not measured (a clock read per command): 0, as README says */
+        len = kv_mem_appendf(buf, cap, len,
+                             "cmdstat_%s:calls=%llu,usec=0,usec_per_call=0.00,"
+                             "rejected_calls=%llu,failed_calls=0\r\n",
+                             name, (unsigned long long)calls, (unsigned long long)rejected);
+    }
+    return len;
+}
+
+uint64_t kv_server_resp_local_calls(void)
+{
+    uint64_t n = 0;
+
+    for (size_t i = 0; i < RESP_NCMDS; i++)
+        if (resp_cmds[i].flags & CMD_LOCAL)
+            n += __atomic_load_n(&resp_cmd_calls[i], __ATOMIC_RELAXED);
+    return n;
+}
+
+void kv_server_resp_cmdstats_reset(void)
+{
+    for (size_t i = 0; i < RESP_NCMDS; i++) {
+        __atomic_store_n(&resp_cmd_calls[i], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&resp_cmd_rejected[i], 0, __ATOMIC_RELAXED);
+    }
 }
 
 /* ---- the name index ------------------------------------------------------------ */
@@ -1435,10 +1566,15 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
     if (!x.cmd)
         return unknown_command(&x);
     if (!(x.cmd->flags & CMD_NOAUTH) && srv->cfg->requirepass[0] &&
-        !(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
+        !(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED)) {
+        __atomic_fetch_add(&resp_cmd_rejected[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
         return reply_str(res, "-NOAUTH Authentication required.\r\n");
-    if (x.cmd->arity > 0 ? argc != (size_t)x.cmd->arity : argc < (size_t)-x.cmd->arity)
+    }
+    if (x.cmd->arity > 0 ? argc != (size_t)x.cmd->arity : argc < (size_t)-x.cmd->arity) {
+        __atomic_fetch_add(&resp_cmd_rejected[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
         return wrong_args(res, &argv[0]);
+    }
+    __atomic_fetch_add(&resp_cmd_calls[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
     return x.cmd->fn(&x);
 }
 
@@ -1590,52 +1726,6 @@ static int64_t stat_value(const struct kv_call *call, const char *name)
     return -1;
 }
 
-static void reply_info(struct out *o, const struct kv_call *call, const struct kv_server *srv)
-{
-    struct out t = {0};
-    int64_t heap = stat_value(call, "heap_bytes"), store = stat_value(call, "store_bytes_used");
-
-    out_fmt(&t, "# Server\r\nredis_version:7.0.0\r\nlibevkv_version:%s\r\nredis_mode:standalone\r\n"
-                "tcp_port:%u\r\nprocess_id:%d\r\n\r\n",
-            KV_VERSION, srv->cfg->port, (int)getpid());
-    out_fmt(&t, "# Clients\r\nconnected_clients:%lld\r\n\r\n",
-            (long long)stat_value(call, "connections"));
-    out_fmt(&t, "# Memory\r\nused_memory:%lld\r\nused_memory_heap:%lld\r\nused_memory_store:%lld\r\n"
-                "maxmemory:%zu\r\nmaxmemory_policy:%s\r\n\r\n",
-            (long long)(heap + store), (long long)heap, (long long)store, srv->cfg->memory,
-            srv->cfg->eviction == KV_EVICT_LRU ? "allkeys-lru" : "noeviction");
-    out_fmt(&t, "# Stats\r\ntotal_connections_received:%lld\r\ntotal_commands_processed:%lld\r\n"
-                "keyspace_hits:%lld\r\nkeyspace_misses:%lld\r\nevicted_keys:%lld\r\n"
-                "expired_keys:%lld\r\nrejected_connections:%lld\r\n\r\n",
-            (long long)stat_value(call, "connections_accepted"),
-            (long long)stat_value(call, "requests"), (long long)stat_value(call, "hits"),
-            (long long)stat_value(call, "misses"), (long long)stat_value(call, "evictions"),
-            (long long)stat_value(call, "expired"),
-            (long long)stat_value(call, "connections_rejected"));
-    {
-        int running = 0, ok = 1;
-        int64_t last = kv_server_last_save((struct kv_server *)srv, &running, &ok);
-
-        out_fmt(&t, "# Persistence\r\nloading:0\r\nrdb_bgsave_in_progress:%d\r\n"
-                    "rdb_last_save_time:%lld\r\nrdb_last_bgsave_status:%s\r\n\r\n",
-                running, (long long)last, ok ? "ok" : "err");
-    }
-    out_fmt(&t, "# Keyspace\r\n");
-    for (unsigned d = 0; d < srv->cfg->databases; d++) {
-        char name[16];
-        int64_t k;
-
-        snprintf(name, sizeof(name), "db%u", d);
-        if ((k = stat_value(call, name)) > 0) /* expires: not counted by the store yet */
-            out_fmt(&t, "db%u:keys=%lld,expires=0,avg_ttl=0\r\n", d, (long long)k);
-    }
-    if (t.failed)
-        o->failed = 1;
-    else
-        out_bulk(o, t.p, t.len);
-    kv_mem_free(KV_MOD_PACKET, t.p);
-}
-
 /* ---- reply styles ----------------------------------------------------------------- */
 /* Each style's function writes the reply of an answer its row lets through;
  * the others get the row's literal (NOT_FOUND, EXISTS) or Redis's form of
@@ -1738,11 +1828,6 @@ static void rs_done(struct out *o, const struct kv_call *call, const struct kv_s
 
     read_fields(call, &f);
     out_line_int(o, ':', f.u[1] ? 1 : 0);
-}
-
-static void rs_info(struct out *o, const struct kv_call *call, const struct kv_server *srv)
-{
-    reply_info(o, call, srv);
 }
 
 static void rs_auth(struct out *o, const struct kv_call *call, const struct kv_server *srv)
@@ -1942,7 +2027,6 @@ static const struct {
     [RS_PERSIST] = {rs_persist, ":0\r\n", NULL, 0},
     [RS_SCAN] = {rs_scan, NULL, NULL, RF_LIST},
     [RS_DBSIZE] = {rs_dbsize, NULL, NULL, 0},
-    [RS_INFO] = {rs_info, NULL, NULL, 0},
     [RS_AUTH] = {rs_auth, NULL, NULL, RF_ANY},
     [RS_SETNX] = {rs_setnx, NULL, NULL, RF_ANY},
     [RS_STR_INT] = {rs_str_int, NULL, NULL, RF_REDIS_ERR},

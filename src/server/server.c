@@ -65,7 +65,11 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         return KV_ENOMEM;
     }
     srv->cfg = cfg;
+    /* the caller's struct is writable (main's, a test's); CONFIG SET changes
+     * only the fields whose readers read them on each use (KV_CF_RUNTIME) */
+    srv->cfg_rw = (struct kv_config *)cfg;
     kv_server_save_init(srv);
+    kv_server_stats_init(srv);
     /* the socket first: a bad --bind or a busy port must not create (or
      * recover, or mark) a store it will never serve. No thread runs yet, so
      * nothing is accepted before the store is open. */
@@ -130,6 +134,7 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         snprintf(err, errcap, "handler registry: %s", kv_strerror(rc));
         goto err_destroy;
     }
+    kv_server_stats_reset(srv); /* INFO counts from this start, as Redis's does */
     *out = srv;
     return 0;
 
@@ -167,6 +172,7 @@ void kv_server_destroy(struct kv_server *srv)
         kv_shm_store_close(srv->store);
     pthread_mutex_destroy(&srv->save.lock);
     pthread_cond_destroy(&srv->save.idle);
+    kv_server_stats_fini(srv);
     kv_mem_free(KV_MOD_SERVER, srv);
 }
 
@@ -195,24 +201,36 @@ static size_t format_peers(struct kv_io *io, char *buf, size_t cap, size_t len)
 
 size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
 {
-    struct kv_mem_snapshot snap;
-    struct kv_worker_stats ws = {0};
-    struct kv_shm_stats st;
+    struct kv_server_stats *st = kv_mem_alloc(KV_MOD_SERVER, sizeof(*st));
     size_t len;
 
-    kv_mem_snapshot(&snap);
-    len = kv_mem_format(&snap, buf, cap);
-    if (srv->io)
+    if (!st)
+        return kv_mem_appendf(buf, cap, 0, "statistics: out of memory\n");
+    kv_server_stats_collect(srv, st);
+    len = kv_server_stats_table(srv, st, buf, cap);
+    kv_mem_free(KV_MOD_SERVER, st);
+    return len;
+}
+
+size_t kv_server_stats_table(struct kv_server *srv, const struct kv_server_stats *st, char *buf,
+                             size_t cap)
+{
+    size_t len = kv_mem_format(&st->mem, buf, cap);
+
+    if (st->have_io)
         len = format_peers(srv->io, buf, cap, len);
-    if (srv->pool) {
-        kv_worker_pool_stats(srv->pool, &ws);
+    if (st->have_pool) {
+        const struct kv_worker_stats *ws = &st->pool;
+
         len = kv_mem_appendf(buf, cap, len,
                       "worker_batches %llu\nworker_calls %llu\nworker_wakeups %llu\n"
                       "worker_queued %zu\n",
-                      (unsigned long long)ws.batches, (unsigned long long)ws.calls,
-                      (unsigned long long)ws.wakeups, ws.queued);
+                      (unsigned long long)ws->batches, (unsigned long long)ws->calls,
+                      (unsigned long long)ws->wakeups, ws->queued);
     }
-    if (srv->store && kv_shm_stats(srv->store, &st) == 0) {
+    if (st->have_store) {
+        const struct kv_shm_stats *ss = &st->store;
+
         len = kv_mem_appendf(buf, cap, len,
                       "store keys %llu, bytes used %llu of %llu (free %llu), index buckets "
                       "%llu (%llu bytes)\n"
@@ -220,17 +238,17 @@ size_t kv_server_format_stats(struct kv_server *srv, char *buf, size_t cap)
                       "store pages compacted %llu (items moved %llu), pages evicted %llu\n"
                       "store generation %llu, recovered %d (kept %llu, dropped %llu, %.1f ms)\n"
                       "store mapped on huge pages %llu bytes\n",
-                      (unsigned long long)st.keys, (unsigned long long)st.bytes_used,
-                      (unsigned long long)st.segment_size, (unsigned long long)st.bytes_free,
-                      (unsigned long long)st.index_buckets, (unsigned long long)st.index_bytes,
-                      (unsigned long long)st.hits, (unsigned long long)st.misses,
-                      (unsigned long long)st.evictions, (unsigned long long)st.expired,
-                      (unsigned long long)st.corrupt, (unsigned long long)st.pages_compacted,
-                      (unsigned long long)st.items_moved, (unsigned long long)st.pages_evicted,
-                      (unsigned long long)st.generation,
-                      st.recovered, (unsigned long long)st.recovered_items,
-                      (unsigned long long)st.dropped_items, (double)st.recovery_ns / 1e6,
-                      (unsigned long long)st.huge_bytes);
+                      (unsigned long long)ss->keys, (unsigned long long)ss->bytes_used,
+                      (unsigned long long)ss->segment_size, (unsigned long long)ss->bytes_free,
+                      (unsigned long long)ss->index_buckets, (unsigned long long)ss->index_bytes,
+                      (unsigned long long)ss->hits, (unsigned long long)ss->misses,
+                      (unsigned long long)ss->evictions, (unsigned long long)ss->expired,
+                      (unsigned long long)ss->corrupt, (unsigned long long)ss->pages_compacted,
+                      (unsigned long long)ss->items_moved, (unsigned long long)ss->pages_evicted,
+                      (unsigned long long)ss->generation,
+                      ss->recovered, (unsigned long long)ss->recovered_items,
+                      (unsigned long long)ss->dropped_items, (double)ss->recovery_ns / 1e6,
+                      (unsigned long long)ss->huge_bytes);
     }
     return len;
 }

@@ -5,7 +5,10 @@
 #define KV_SERVER_INT_H
 
 #include "kv_config.h"
+#include "kv_mem.h"
 #include "kv_server.h"
+#include "kv_shm.h"
+#include "kv_worker.h"
 
 struct kv_worker_registry;
 struct kv_worker_pool;
@@ -26,8 +29,27 @@ struct kv_server_save {
     int last_ok;                       /* the last save succeeded */
 };
 
+/* The counters CONFIG RESETSTAT zeroes, as INFO shows them (stats.c). */
+struct kv_server_counters {
+    uint64_t connections_received, connections_rejected, commands, net_in, net_out;
+    uint64_t hits, misses, expired, evicted;
+};
+
+/* The baseline INFO subtracts since the last CONFIG RESETSTAT; the lock
+ * guards it. */
+struct kv_server_stats_base {
+    pthread_mutex_t lock;
+    struct kv_server_counters at_reset;
+    int64_t started_us;                /* ro after create: unix time of the start, us */
+    char run_id[41];                   /* ro after create: 40 random hex digits */
+};
+
 struct kv_server {
     const struct kv_config *cfg;       /* borrowed: outlives the server */
+    struct kv_config *cfg_rw;          /* borrowed: the same struct, for CONFIG SET of
+                                        * its KV_CF_RUNTIME fields (its owner, main or a
+                                        * test, keeps it writable) */
+    struct kv_server_stats_base stats_base;
     struct kv_server_save save;
     char store_state[1300];            /* ro after create: the store as found at open */
     uint64_t rdb_imported;             /* ro after create: keys --load-rdb imported */
@@ -36,6 +58,82 @@ struct kv_server {
     struct kv_io *io;                  /* owned */
     struct kv_shm_store *store;        /* owned: closed (clean mark) in destroy */
 };
+
+/* ---- the one statistics collector (stats.c) ---------------------------------------
+ * Every figure the server reports, gathered once from the memory table, the
+ * IO registry, the worker pool, the store and the process; INFO, the STATS
+ * opcode and the signal-41 table all render this struct. */
+struct kv_server_db_stats {
+    uint64_t keys;
+    uint64_t expires; /* keys with a TTL: not counted by the store yet (0) */
+    uint64_t avg_ttl; /* ms: not measured (0) */
+};
+
+#define KV_SERVER_MAX_DBS 256 /* KV_SHM_MAX_DB */
+
+struct kv_server_stats {
+    struct kv_mem_snapshot mem;
+    int64_t heap_bytes;             /* held by every module */
+    int have_io;
+    unsigned clients_tcp, clients_unix;
+    int have_pool;
+    struct kv_worker_stats pool;
+    int have_store;
+    struct kv_shm_stats store;
+    unsigned ndbs;                  /* rows of db[] (INFO keyspace, DBSIZE) */
+    struct kv_server_db_stats db[KV_SERVER_MAX_DBS];
+    struct kv_server_counters total;      /* since the start (store's: the segment's) */
+    struct kv_server_counters since_reset; /* total - the CONFIG RESETSTAT baseline */
+    int64_t now_us, uptime_s;
+    double cpu_user, cpu_sys, cpu_user_children, cpu_sys_children; /* seconds */
+    uint64_t rss_bytes;             /* /proc/self/statm, 0 when unknown */
+    int64_t last_save;              /* unix time of the last good SAVE, 0: none */
+    int save_running, save_ok;
+};
+
+/* Fills *out (about 5 KiB: callers keep it on the heap or a thread's stack). */
+void kv_server_stats_collect(struct kv_server *srv, struct kv_server_stats *out);
+/* The signal-41 table of *st (kv_server_format_stats collects, then calls it). */
+size_t kv_server_stats_table(struct kv_server *srv, const struct kv_server_stats *st, char *buf,
+                             size_t cap);
+/* CONFIG RESETSTAT: INFO's counters start again from 0 (also done at the end of
+ * kv_server_create: INFO counts since the start, as Redis does, although the
+ * store's hit / miss / expiry counters live in the segment). */
+void kv_server_stats_reset(struct kv_server *srv);
+void kv_server_stats_init(struct kv_server *srv);
+void kv_server_stats_fini(struct kv_server *srv);
+
+/* INFO sections, Redis's names. */
+#define KV_INFO_SERVER 0x1u
+#define KV_INFO_CLIENTS 0x2u
+#define KV_INFO_MEMORY 0x4u
+#define KV_INFO_PERSISTENCE 0x8u
+#define KV_INFO_STATS 0x10u
+#define KV_INFO_REPLICATION 0x20u
+#define KV_INFO_CPU 0x40u
+#define KV_INFO_MODULES 0x80u
+#define KV_INFO_COMMANDSTATS 0x100u
+#define KV_INFO_ERRORSTATS 0x200u
+#define KV_INFO_CLUSTER 0x400u
+#define KV_INFO_KEYSPACE 0x800u
+#define KV_INFO_DEFAULT 0xEFFu /* all but commandstats */
+#define KV_INFO_ALL 0xFFFu
+
+/* The sections INFO's arguments name (none: default; "all", "everything",
+ * "default"; unknown names add nothing, as in Redis). */
+unsigned kv_server_info_sections(size_t argc, const char *const *argv, const size_t *lens);
+
+/* Renders the INFO text of the sections into buf (kv_mem_appendf style).
+ * Returns the length written. */
+size_t kv_server_info_format(struct kv_server *srv, const struct kv_server_stats *st,
+                             unsigned sections, char *buf, size_t cap);
+
+/* INFO commandstats lines of the RESP commands (resp_cmds.c), appended at len. */
+size_t kv_server_resp_cmdstats(char *buf, size_t cap, size_t len);
+/* The calls of the RESP commands the IO thread answers itself (CMD_LOCAL). */
+uint64_t kv_server_resp_local_calls(void);
+/* CONFIG RESETSTAT of the command counters. */
+void kv_server_resp_cmdstats_reset(void);
 
 struct kv_io_textproto;
 /* Fills the RESP adapter of the server (resp_cmds.c). */

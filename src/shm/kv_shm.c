@@ -16,6 +16,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "kv_mem.h"
 #include "shm_int.h"
@@ -1121,7 +1122,18 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
         (ipages << SHM_PAGE_SHIFT) + __atomic_load_n(&h->lines, __ATOMIC_RELAXED) * SHM_LINE;
     o.bytes_used = used;
     o.bytes_free = fr;
-    o.huge_bytes = kv_shm_huge_bytes(s);
+    {
+        struct timespec ts;
+        uint64_t now, at = __atomic_load_n(&s->huge_cached_at_ns, __ATOMIC_RELAXED);
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1; /* never 0 */
+        if (!at || now - at >= KV_SHM_HUGE_CACHE_NS) {
+            __atomic_store_n(&s->huge_cached, kv_shm_huge_bytes(s), __ATOMIC_RELAXED);
+            __atomic_store_n(&s->huge_cached_at_ns, now, __ATOMIC_RELAXED);
+        }
+        o.huge_bytes = __atomic_load_n(&s->huge_cached, __ATOMIC_RELAXED);
+    }
     *out = o;
     return 0;
 }

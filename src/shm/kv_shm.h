@@ -321,7 +321,10 @@ struct kv_shm_stats {
  * README, "Huge pages". */
 uint64_t kv_shm_huge_bytes(const struct kv_shm_store *s);
 
-/* Fills *out. Counts are summed without stopping writers: each exact, not mutually atomic. */
+/* Fills *out. Counts are summed without stopping writers: each exact, not mutually atomic.
+ * huge_bytes is kv_shm_huge_bytes() read at most once per KV_SHM_HUGE_CACHE_NS (the
+ * smaps walk costs more than everything else here together); the first call reads it. */
+#define KV_SHM_HUGE_CACHE_NS 1000000000ull
 int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out);
 
 #endif

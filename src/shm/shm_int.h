@@ -242,6 +242,10 @@ struct kv_shm_store {
     uint64_t recovered_items, dropped_items, recovery_ns; /* ro after open */
     uint64_t dropped_why[KV_SHM_DROP_REASONS];           /* ro after open */
     uint64_t batches_undone;                             /* ro after open */
+    /* kv_shm_stats's huge_bytes: /proc/self/smaps is read at most once per
+     * KV_SHM_HUGE_CACHE_NS (the file is a walk of every mapping); any thread,
+     * relaxed atomics (two racing refreshes store the same kind of figure) */
+    uint64_t huge_cached, huge_cached_at_ns;
     uint64_t corrupt_at_open;                            /* ro after open: hdr->corrupt */
     uint64_t open_id;                                     /* ro after open: unique per open */
     unsigned spare_rows;                                  /* atomic: rows of spares claimed */
