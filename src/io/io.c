@@ -213,6 +213,7 @@ static void conn_close(struct kv_io_conn *c)
     ev_io_stop(loop, &c->rw);
     ev_io_stop(loop, &c->ww);
     kv_io_peer_remove(c->thr->io, &c->peer);
+    kv_io_session_monitor(&c->session, 0);
     close(c->fd);
     c->fd = -1;
     c->closed = 1;
@@ -1258,6 +1259,7 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
     struct kv_io_thread *thr = w->data;
     struct kv_call *calls;
     int stop, evict, kill;
+    struct kv_io_mline *mon;
 
     pthread_mutex_lock(&thr->lock);
     calls = thr->done_head;
@@ -1267,14 +1269,43 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
     thr->evict_asked = 0;
     kill = thr->kill_asked;
     thr->kill_asked = 0;
+    mon = thr->mon_head;
+    thr->mon_head = thr->mon_tail = NULL;
     pthread_mutex_unlock(&thr->lock);
     process_done(thr, calls);
     if (kill)
         kv_io_thread_kill_marked(thr);
+    if (mon)
+        kv_io_thread_monitor_deliver(thr, mon);
     if (evict)
         budget_check(thr, 1);
     if (stop && !thr->stopping)
         begin_stop(thr);
+}
+
+void kv_io_thread_monitor_deliver(struct kv_io_thread *thr, struct kv_io_mline *lines)
+{
+    while (lines) {
+        struct kv_io_mline *l = lines;
+
+        lines = l->next;
+        for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
+            uint8_t *copy;
+
+            if (c->closed || c->closing || !c->monitor)
+                continue;
+            copy = kv_mem_alloc(KV_MOD_PACKET, l->len);
+            if (!copy) {
+                kv_io_log(thr->io, 0, "out of memory for a MONITOR line; closing fd %d", c->fd);
+                conn_close(c);
+                continue;
+            }
+            memcpy(copy, l->data, l->len);
+            if (conn_text_reply(c, copy, l->len, 1) != 0)
+                conn_close(c);
+        }
+        kv_mem_free(KV_MOD_PACKET, l);
+    }
 }
 
 void kv_io_thread_kill_marked(struct kv_io_thread *thr)
@@ -1356,6 +1387,15 @@ static void *thread_main(void *arg)
         __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
     }
     kv_resp_argv_fini(&thr->argv);
+    pthread_mutex_lock(&thr->lock);
+    while (thr->mon_head) { /* MONITOR lines nobody is left to read */
+        struct kv_io_mline *l = thr->mon_head;
+
+        thr->mon_head = l->next;
+        kv_mem_free(KV_MOD_PACKET, l);
+    }
+    thr->mon_tail = NULL;
+    pthread_mutex_unlock(&thr->lock);
     kv_mem_pool_drain();
     current_thread = NULL;
     return NULL;
@@ -1519,6 +1559,12 @@ void kv_io_destroy(struct kv_io *io)
     for (unsigned i = 0; io->threads && i < io->nthreads; i++) {
         struct kv_io_thread *thr = &io->threads[i];
 
+        while (thr->mon_head) { /* fed by a thread still running after this one stopped */
+            struct kv_io_mline *l = thr->mon_head;
+
+            thr->mon_head = l->next;
+            kv_mem_free(KV_MOD_PACKET, l);
+        }
         if (thr->loop) {
             ev_loop_destroy(thr->loop);
             pthread_mutex_destroy(&thr->lock);

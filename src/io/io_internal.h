@@ -140,6 +140,15 @@ struct kv_io_conn {                  /* io-thread only */
                                       * written by this thread, atomic store (CLIENT LIST) */
     uint8_t gated;                   /* before AUTH: one request at a time, the next parsed
                                       * only once this one's answer is written */
+    uint8_t monitor;                 /* MONITOR: gets a line per command; written by this
+                                      * thread, atomic (CLIENT LIST reads it) */
+};
+
+/* One MONITOR line on its way to an IO thread's monitors. */
+struct kv_io_mline {
+    struct kv_io_mline *next;        /* owned: the next line */
+    size_t len;
+    uint8_t data[];
 };
 
 struct kv_io_thread {
@@ -172,6 +181,9 @@ struct kv_io_thread {
                                       * exceeded and this thread's connection the largest */
     int kill_asked;                  /* guarded by lock: CLIENT KILL marked connections of
                                       * this thread (peer.kill) */
+    unsigned monitors;               /* atomic, written by this thread: its MONITOR conns */
+    struct kv_io_mline *mon_head;    /* guarded by lock: MONITOR lines for them, oldest */
+    struct kv_io_mline *mon_tail;    /* guarded by lock */
 };
 
 /* A log line of one kind at most once a second, over every thread. */
@@ -198,6 +210,7 @@ struct kv_io {
     struct kv_io_thread *threads;    /* owned (KV_MOD_THREAD) */
     unsigned next_thread;            /* listener thread only */
     unsigned conns;                  /* atomic: open connections */
+    unsigned monitors;               /* atomic: connections in MONITOR mode, every thread */
     struct kv_io_ratelog evict_log;  /* budget closes */
     struct kv_io_ratelog auth_log;   /* wrong passwords */
     struct kv_io_ratelog accept_log; /* accepts paused for lack of descriptors */
@@ -219,6 +232,8 @@ void kv_io_peer_add(struct kv_io *io, struct kv_io_peer *p);
 void kv_io_peer_remove(struct kv_io *io, struct kv_io_peer *p);
 /* on_wake, when asked: closes this thread's connections CLIENT KILL marked */
 void kv_io_thread_kill_marked(struct kv_io_thread *thr);
+/* on_wake: hands the MONITOR lines queued for this thread to its monitors */
+void kv_io_thread_monitor_deliver(struct kv_io_thread *thr, struct kv_io_mline *lines);
 /* unix.c: the unix-domain listening socket */
 int kv_io_unix_open(struct kv_io *io, char *err, size_t errcap);
 void kv_io_unix_close(struct kv_io *io);

@@ -121,6 +121,22 @@ const char *kv_io_session_text(const struct kv_session *s, int which, size_t *le
 char *kv_io_clients_format(struct kv_io *io, const struct kv_session *self, int self_only,
                            const uint64_t *ids, size_t nids, size_t *len);
 
+/* MONITOR: s's connection gets, from now on (on: 1) or no longer (0), a line
+ * per command run by any connection (kv_io_monitor_feed). */
+void kv_io_session_monitor(struct kv_session *s, int on);
+int kv_io_session_is_monitor(const struct kv_session *s);
+/* The number of connections in MONITOR mode, to be read with a relaxed
+ * atomic load before each feed: the only cost MONITOR puts on a command
+ * while nobody monitors. */
+const unsigned *kv_io_monitor_count(const struct kv_io *io);
+/* Sends Redis's MONITOR line for argv, run by s's connection in database
+ * db, to every connection in MONITOR mode: each IO thread with monitors
+ * gets a copy and appends it to its own connections at its next wake-up
+ * (no thread writes to another's connection). Arguments whose bit is set in
+ * redact (argv index < 64) show as "(redacted)". Any IO thread. */
+void kv_io_monitor_feed(struct kv_io *io, const struct kv_session *s, unsigned db, size_t argc,
+                        const struct kv_slice *argv, uint64_t redact);
+
 /* CLIENT KILL's filters; every given one must match. */
 struct kv_io_kill {
     uint64_t id;                 /* 0: any */

@@ -210,7 +210,10 @@ static size_t peer_line(const struct kv_io *io, const struct kv_io_peer *p,
                  (unsigned long long)p->serial, addr, laddr, p->id.fd, T(KV_IO_TEXT_NAME),
                  (long long)(now_mono - p->since),
                  (long long)(active && now_wall > active ? now_wall - active : 0),
-                 __atomic_load_n(&c->session.no_evict, __ATOMIC_RELAXED) ? "e" : "N", qbuf,
+                 __atomic_load_n(&c->monitor, __ATOMIC_RELAXED)            ? "O"
+                 : __atomic_load_n(&c->session.no_evict, __ATOMIC_RELAXED) ? "e"
+                                                                           : "N",
+                 qbuf,
                  qfree, qbuf + qfree, qbuf + qfree,
                  __atomic_load_n(&c->mem, __ATOMIC_RELAXED), cmd ? cmd : "NULL",
                  resp == 3 ? 3u : 2u, T(KV_IO_TEXT_LIB_NAME), T(KV_IO_TEXT_LIB_VER),
@@ -314,4 +317,121 @@ unsigned kv_io_clients_kill(struct kv_io *io, const struct kv_session *self,
     }
     kv_mem_free(KV_MOD_THREAD, wake);
     return killed;
+}
+
+/* ---- MONITOR ------------------------------------------------------------------ */
+void kv_io_session_monitor(struct kv_session *s, int on)
+{
+    struct kv_io_conn *c = conn_of_session(s);
+
+    if (!c->monitor == !on)
+        return;
+    __atomic_store_n(&c->monitor, (uint8_t)(on != 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&c->thr->monitors, c->thr->monitors + (on ? 1u : -1u), __ATOMIC_RELAXED);
+    __atomic_fetch_add(&c->thr->io->monitors, on ? 1u : -1u, __ATOMIC_RELAXED);
+}
+
+int kv_io_session_is_monitor(const struct kv_session *s)
+{
+    return conn_of_session(s)->monitor;
+}
+
+const unsigned *kv_io_monitor_count(const struct kv_io *io)
+{
+    return &io->monitors;
+}
+
+/* Redis's sdscatrepr: a quoted, escaped argument. */
+static size_t repr(uint8_t *o, const uint8_t *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t k = 0;
+
+    o[k++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        uint8_t ch = p[i];
+        const char *esc = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t"
+                        : ch == '\a' ? "\\a" : ch == '\b' ? "\\b" : NULL;
+
+        if (ch == '\\' || ch == '"') {
+            o[k++] = '\\';
+            o[k++] = ch;
+        } else if (esc) {
+            o[k++] = (uint8_t)esc[0];
+            o[k++] = (uint8_t)esc[1];
+        } else if (ch >= 0x20 && ch < 0x7f) {
+            o[k++] = ch;
+        } else {
+            o[k++] = '\\';
+            o[k++] = 'x';
+            o[k++] = (uint8_t)hex[ch >> 4];
+            o[k++] = (uint8_t)hex[ch & 15];
+        }
+    }
+    o[k++] = '"';
+    return k;
+}
+
+void kv_io_monitor_feed(struct kv_io *io, const struct kv_session *s, unsigned db, size_t argc,
+                        const struct kv_slice *argv, uint64_t redact)
+{
+    const struct kv_io_conn *c = conn_of_session(s);
+    static const char redacted[] = "(redacted)";
+    char addr[160], laddr[160], head[256];
+    struct timespec ts;
+    size_t cap, len;
+    int hn;
+    struct kv_io_mline *line;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    peer_addrs(io, &c->peer, addr, sizeof(addr), laddr, sizeof(laddr));
+    if (c->peer.id.transport == KV_IO_UNIX)
+        hn = snprintf(head, sizeof(head), "+%lld.%06ld [%u unix:%s] ", (long long)ts.tv_sec,
+                      ts.tv_nsec / 1000, db, io->cfg->unix_path);
+    else
+        hn = snprintf(head, sizeof(head), "+%lld.%06ld [%u %s] ", (long long)ts.tv_sec,
+                      ts.tv_nsec / 1000, db, addr);
+    if (hn <= 0 || (size_t)hn >= sizeof(head))
+        return;
+    cap = (size_t)hn + 2;
+    for (size_t i = 0; i < argc; i++)
+        cap += 4 * (argv[i].len > sizeof(redacted) ? argv[i].len : sizeof(redacted)) + 3;
+    line = kv_mem_alloc(KV_MOD_PACKET, sizeof(*line) + cap);
+    if (!line)
+        return; /* a monitor misses a line; nothing else is affected */
+    memcpy(line->data, head, (size_t)hn);
+    len = (size_t)hn;
+    for (size_t i = 0; i < argc; i++) {
+        if (i < 64 && (redact >> i & 1))
+            len += repr(line->data + len, (const uint8_t *)redacted, sizeof(redacted) - 1);
+        else
+            len += repr(line->data + len, argv[i].p, argv[i].len);
+        if (i + 1 < argc)
+            line->data[len++] = ' ';
+    }
+    line->data[len++] = '\r';
+    line->data[len++] = '\n';
+    line->len = len;
+    for (unsigned t = 0; t < io->nthreads; t++) {
+        struct kv_io_thread *thr = &io->threads[t];
+        struct kv_io_mline *copy;
+
+        if (!__atomic_load_n(&thr->monitors, __ATOMIC_RELAXED))
+            continue;
+        copy = kv_mem_alloc(KV_MOD_PACKET, sizeof(*copy) + len);
+        if (!copy)
+            continue;
+        memcpy(copy->data, line->data, len);
+        copy->len = len;
+        copy->next = NULL;
+        pthread_mutex_lock(&thr->lock);
+        if (thr->mon_tail)
+            thr->mon_tail->next = copy;
+        else
+            thr->mon_head = copy;
+        thr->mon_tail = copy;
+        pthread_mutex_unlock(&thr->lock);
+        ev_async_send(thr->loop, &thr->wake);
+    }
+    kv_mem_free(KV_MOD_PACKET, line);
 }

@@ -852,6 +852,7 @@ static int cmd_reset(struct cmdctx *x)
     int rc;
 
     __atomic_store_n(&x->session->resp, 2, __ATOMIC_RELAXED);
+    kv_io_session_monitor(x->session, 0);
     x->session->reply_mode = KV_REPLY_ON;
     x->res->silent = 0;
     if ((rc = kv_io_session_set_text(x->session, KV_IO_TEXT_NAME, NULL, 0)) != 0)
@@ -859,6 +860,36 @@ static int cmd_reset(struct cmdctx *x)
     if (x->srv->cfg->requirepass[0])
         __atomic_fetch_and(&x->session->flags, ~KV_SESSION_AUTHED, __ATOMIC_RELEASE);
     return reply_str(x->res, "+RESET\r\n");
+}
+
+/* MONITOR: every command any connection runs from now on, as a status line
+ * (admin commands excepted, passwords redacted: resp_command feeds them). A
+ * second MONITOR is not answered, as in Redis. */
+static int cmd_monitor(struct cmdctx *x)
+{
+    if (kv_io_session_is_monitor(x->session)) {
+        x->res->silent = 1;
+        return reply_str(x->res, "+OK\r\n");
+    }
+    kv_io_session_monitor(x->session, 1);
+    return reply_str(x->res, "+OK\r\n");
+}
+
+/* Which arguments MONITOR shows as "(redacted)": AUTH's, HELLO's AUTH pair. */
+static uint64_t monitor_redact(const struct cmdctx *x)
+{
+    uint64_t m = 0;
+
+    if (x->cmd->fn == cmd_auth)
+        return ~(uint64_t)1;
+    if (x->cmd->fn != cmd_hello)
+        return 0;
+    for (size_t j = 2; j + 2 < x->argc && j < 62; j++)
+        if (arg_is(&x->argv[j], "AUTH")) {
+            m |= (uint64_t)3 << (j + 1);
+            j += 2;
+        }
+    return m;
 }
 
 /* CLIENT LIST [TYPE t | ID id...], CLIENT INFO: Redis's layout (kv_io_clients_format). */
@@ -1804,6 +1835,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
     {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
     {"RESET",         1, F | CMD_NOAUTH | L, cmd_reset, RS_NONE,        0},
+    {"MONITOR",       1, CMD_ADMIN | L,   cmd_monitor,  RS_NONE,        0},
     {"SELECT",        2, F | L,           cmd_select,   RS_NONE,        0},
     {"COMMAND",      -1, L,               cmd_command,  RS_NONE,        0},
     {"CONFIG",       -2, CMD_ADMIN | L,   cmd_config,   RS_NONE,        0},
@@ -1910,6 +1942,7 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
 {
     struct kv_server *srv = ctx;
     struct cmdctx x = {srv, s, argc, argv, call, res, resp_cmd_find(&argv[0])};
+    int rc;
 
     /* CLIENT REPLY OFF / SKIP: every reply (errors too) is dropped; SKIP
      * drops the next one only (CLIENT REPLY itself changes this) */
@@ -1926,7 +1959,14 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
     __atomic_store_n(&s->cmd, resp_lname[x.cmd - resp_cmds], __ATOMIC_RELAXED); /* CLIENT LIST */
     if (x.cmd->arity > 0 ? argc != (size_t)x.cmd->arity : argc < (size_t)-x.cmd->arity)
         return wrong_args(res, &argv[0]);
-    return x.cmd->fn(&x);
+    rc = x.cmd->fn(&x);
+    /* MONITOR: one relaxed load while nobody monitors; admin commands
+     * (MONITOR itself, CONFIG, SAVE) are not shown, as in Redis */
+    if (srv->monitors && __atomic_load_n(srv->monitors, __ATOMIC_RELAXED) &&
+        !(x.cmd->flags & CMD_ADMIN) &&
+        (rc == KV_TEXT_DISPATCH || rc == KV_TEXT_REPLY))
+        kv_io_monitor_feed(srv->io, s, 0, argc, argv, monitor_redact(&x));
+    return rc;
 }
 
 
