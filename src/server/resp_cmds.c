@@ -1357,8 +1357,9 @@ static int cmd_command(struct cmdctx *x)
                                  "+LIST [FILTERBY (MODULE <module-name>|ACLCAT <category>|PATTERN "
                                  "<pattern>)]\r\n+HELP\r\n");
     if (arg_is(&v[1], "COUNT") || arg_is(&v[1], "LIST") || arg_is(&v[1], "HELP"))
-        return reply_err(x->res, "-ERR wrong number of arguments for 'command|%.*s' command",
-                         (int)v[1].len, (const char *)v[1].p);
+        return reply_err(x->res, "-ERR wrong number of arguments for 'command|%s' command",
+                         arg_is(&v[1], "COUNT") ? "count" : arg_is(&v[1], "LIST") ? "list"
+                                                                                 : "help");
     return reply_err(x->res, "-ERR unknown subcommand '%.*s'. Try COMMAND HELP.",
                      (int)(v[1].len < 64 ? v[1].len : 64), (const char *)v[1].p);
 }
