@@ -899,12 +899,10 @@ static void test_resp_bodies_across_the_scratch_room(void)
 static void test_resp_tool_commands_and_argument_errors(void)
 {
     static const char *const pairs[][2] = {
-        {"COMMAND\r\n", "*0\r\n"},
         {"CLIENT GETNAME\r\n", "$-1\r\n"},
-        {"CLIENT ID\r\n", ":1\r\n"},
         {"CLIENT SETNAME x\r\n", "+OK\r\n"},
-        {"HELLO 3\r\n", "-NOPROTO unsupported protocol version\r\n"},
-        {"HELLO\r\n", "-ERR unknown command 'HELLO': use RESP2 without HELLO\r\n"},
+        {"CLIENT GETNAME\r\n", "$1\r\nx\r\n"},
+        {"HELLO 4\r\n", "-NOPROTO unsupported protocol version\r\n"},
         {"SET a b EX x\r\n", "-ERR value is not an integer or out of range\r\n"},
         {"SET a b EX 0\r\n", "-ERR invalid expire time in 'set' command\r\n"},
         {"SET a b FOO\r\n", "-ERR syntax error\r\n"},

@@ -95,7 +95,7 @@ static void conn_charge(struct kv_io_conn *c, int64_t d)
 {
     struct kv_io_thread *thr = c->thr;
 
-    c->mem += (size_t)d;
+    __atomic_store_n(&c->mem, c->mem + (size_t)d, __ATOMIC_RELAXED); /* CLIENT LIST reads it */
     if (!c->closed)
         __atomic_store_n(&thr->client_mem, thr->client_mem + (size_t)d, __ATOMIC_RELAXED);
     kv_mem_stat_add(KV_STAT_CLIENT_MEMORY, (uint64_t)d); /* a gauge, modulo 2^64 */
@@ -153,7 +153,7 @@ static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
     r->conn = c;
     r->msg = m;
     r->out_next = NULL;
-    r->done = r->queued = r->body_owned = r->in_place = 0;
+    r->done = r->queued = r->body_owned = r->in_place = r->silent = 0;
     r->charged = sizeof(*r);
     conn_charge(c, (int64_t)sizeof(*r));
     if (m)
@@ -213,6 +213,7 @@ static void conn_close(struct kv_io_conn *c)
     ev_io_stop(loop, &c->rw);
     ev_io_stop(loop, &c->ww);
     kv_io_peer_remove(c->thr->io, &c->peer);
+    kv_io_session_monitor(&c->session, 0);
     close(c->fd);
     c->fd = -1;
     c->closed = 1;
@@ -305,7 +306,8 @@ static void budget_check(struct kv_io_thread *thr, int asked)
         struct kv_io_conn *big = NULL;
 
         for (struct kv_io_conn *c = thr->conns; c; c = c->next)
-            if (!c->closed && (!big || c->mem > big->mem))
+            if (!c->closed && (!big || c->mem > big->mem) &&
+                !__atomic_load_n(&c->session.no_evict, __ATOMIC_RELAXED)) /* CLIENT NO-EVICT */
                 big = c;
         __atomic_store_n(&thr->largest, big ? big->mem : 0, __ATOMIC_RELAXED);
         if (!asked) {
@@ -360,6 +362,7 @@ static void conn_new(struct kv_io_thread *thr, const struct kv_io_handoff *h)
     thr->conns = c;
     c->peer.id = *h;
     c->peer.thread = thr->index;
+    c->peer.active = (int64_t)c->last_active;
     kv_io_peer_add(thr->io, &c->peer);
     ev_io_start(thr->loop, &c->rw);
     c->reading = 1;
@@ -375,6 +378,15 @@ static void conn_mark_flush(struct kv_io_conn *c)
         c->flush_next = c->thr->flush_list;
         c->thr->flush_list = c;
     }
+}
+
+/* What CLIENT LIST shows of c's receive buffer, for other threads to read. */
+static void peer_snapshot(struct kv_io_conn *c)
+{
+    const struct kv_io_msg *m = c->cur;
+
+    __atomic_store_n(&c->peer.qbuf, m ? m->len - m->parsed : 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->peer.qbuf_free, m ? m->cap - m->len : 0, __ATOMIC_RELAXED);
 }
 
 /* Appends a request to the output queue. Binary answers are queued when
@@ -470,7 +482,7 @@ static int conn_drain(struct kv_io_conn *c)
     while (c->out_head && c->out_head->done) {
         struct kv_io_req *r = c->out_head;
 
-        if (out_append(c, r) != 0)
+        if (r->out_len && out_append(c, r) != 0) /* 0: a silenced reply (CLIENT REPLY) */
             return KV_ENOMEM;
         c->out_head = r->out_next;
         if (!c->out_head)
@@ -514,6 +526,14 @@ static void req_finish(struct kv_io_conn *c, struct kv_io_req *r)
             r->done = 1; /* queued since it was parsed: conn_close frees it */
             conn_close(c);
             return;
+        }
+        if (r->silent) { /* CLIENT REPLY OFF / SKIP: the command ran, its reply is dropped */
+            if (r->call.resp_owned)
+                kv_mem_free(KV_MOD_PACKET, r->call.resp);
+            r->call.resp = NULL;
+            r->call.resp_len = 0;
+            r->call.resp_owned = 0;
+            r->in_place = 0; /* written at the free end, never committed */
         }
         r->out_len = r->call.resp_len;
     } else {
@@ -740,6 +760,7 @@ static void conn_settle(struct kv_io_conn *c)
         msg_unref(c->cur);
         c->cur = NULL;
     }
+    peer_snapshot(c);
     conn_update_reading(c);
 }
 
@@ -947,7 +968,10 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
             conn_close(c);
             return;
         }
+        c->peer.cmd_wire = (size_t)r; /* CLIENT LIST qbuf= of the command being run */
         rc = text->command(text->ctx, &c->session, thr->argv.argc, thr->argv.v, &req->call, &res);
+        c->peer.cmd_wire = 0;
+        req->silent = (uint8_t)(res.silent != 0);
         if (thr->argv.cap > KV_IO_ARGV_KEEP)
             kv_resp_argv_fini(&thr->argv); /* a huge request's argv is not kept for ever */
         if (rc == KV_TEXT_DISPATCH) {
@@ -1061,6 +1085,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);
     m->len += (size_t)n;
     c->last_active = ev_now(loop);
+    __atomic_store_n(&c->peer.active, (int64_t)c->last_active, __ATOMIC_RELAXED);
     if (c->proto == KV_PROTO_UNKNOWN) /* the first byte picks the protocol */
         c->proto = m->buf[0] == KV_FRAME_MAGIC0 || !c->thr->io->text.command ? KV_PROTO_BINARY
                                                                              : KV_PROTO_TEXT;
@@ -1093,6 +1118,7 @@ static void conn_parse_input(struct kv_io_conn *c)
     }
     if (c->inflight >= KV_IO_MAX_INFLIGHT)
         conn_mark_flush(c); /* settle applies backpressure */
+    peer_snapshot(c);
     budget_check(c->thr, 0);
 }
 
@@ -1232,7 +1258,8 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
     struct kv_call *calls;
-    int stop, evict;
+    int stop, evict, kill;
+    struct kv_io_mline *mon;
 
     pthread_mutex_lock(&thr->lock);
     calls = thr->done_head;
@@ -1240,12 +1267,54 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
     stop = thr->stop_requested;
     evict = thr->evict_asked;
     thr->evict_asked = 0;
+    kill = thr->kill_asked;
+    thr->kill_asked = 0;
+    mon = thr->mon_head;
+    thr->mon_head = thr->mon_tail = NULL;
     pthread_mutex_unlock(&thr->lock);
     process_done(thr, calls);
+    if (kill)
+        kv_io_thread_kill_marked(thr);
+    if (mon)
+        kv_io_thread_monitor_deliver(thr, mon);
     if (evict)
         budget_check(thr, 1);
     if (stop && !thr->stopping)
         begin_stop(thr);
+}
+
+void kv_io_thread_monitor_deliver(struct kv_io_thread *thr, struct kv_io_mline *lines)
+{
+    while (lines) {
+        struct kv_io_mline *l = lines;
+
+        lines = l->next;
+        for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
+            uint8_t *copy;
+
+            if (c->closed || c->closing || !c->monitor)
+                continue;
+            copy = kv_mem_alloc(KV_MOD_PACKET, l->len);
+            if (!copy) {
+                kv_io_log(thr->io, 0, "out of memory for a MONITOR line; closing fd %d", c->fd);
+                conn_close(c);
+                continue;
+            }
+            memcpy(copy, l->data, l->len);
+            if (conn_text_reply(c, copy, l->len, 1) != 0)
+                conn_close(c);
+        }
+        kv_mem_free(KV_MOD_PACKET, l);
+    }
+}
+
+void kv_io_thread_kill_marked(struct kv_io_thread *thr)
+{
+    for (struct kv_io_conn *c = thr->conns; c; c = c->next)
+        if (!c->closed && __atomic_load_n(&c->peer.kill, __ATOMIC_RELAXED)) {
+            kv_io_log(thr->io, 3, "fd %d: CLIENT KILL; closing", c->fd);
+            conn_close(c);
+        }
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -1318,6 +1387,15 @@ static void *thread_main(void *arg)
         __atomic_fetch_sub(&thr->io->conns, 1, __ATOMIC_RELAXED);
     }
     kv_resp_argv_fini(&thr->argv);
+    pthread_mutex_lock(&thr->lock);
+    while (thr->mon_head) { /* MONITOR lines nobody is left to read */
+        struct kv_io_mline *l = thr->mon_head;
+
+        thr->mon_head = l->next;
+        kv_mem_free(KV_MOD_PACKET, l);
+    }
+    thr->mon_tail = NULL;
+    pthread_mutex_unlock(&thr->lock);
     kv_mem_pool_drain();
     current_thread = NULL;
     return NULL;
@@ -1481,6 +1559,12 @@ void kv_io_destroy(struct kv_io *io)
     for (unsigned i = 0; io->threads && i < io->nthreads; i++) {
         struct kv_io_thread *thr = &io->threads[i];
 
+        while (thr->mon_head) { /* fed by a thread still running after this one stopped */
+            struct kv_io_mline *l = thr->mon_head;
+
+            thr->mon_head = l->next;
+            kv_mem_free(KV_MOD_PACKET, l);
+        }
         if (thr->loop) {
             ev_loop_destroy(thr->loop);
             pthread_mutex_destroy(&thr->lock);

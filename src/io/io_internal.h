@@ -52,6 +52,7 @@ struct kv_io_req {
     uint8_t queued;              /* on the conn's output queue */
     uint8_t body_owned;          /* call.body is KV_MOD_PACKET memory (text protocol) */
     uint8_t in_place;            /* text reply already written at the end of the output */
+    uint8_t silent;              /* text: CLIENT REPLY OFF/SKIP, the reply is dropped */
     uint8_t scratch[KV_IO_SCRATCH] __attribute__((aligned(8))); /* call.scratch */
 };
 
@@ -89,6 +90,17 @@ struct kv_io_peer {
     unsigned thread;                 /* ro while listed: IO thread index */
     struct kv_io_peer *prev, *next;  /* guarded by io->peers_lock */
     uint8_t listed;                  /* io-thread only: on the registry */
+    /* what CLIENT LIST shows that changes while listed (issue 16) */
+    char *text[KV_IO_TEXT__COUNT];   /* owned (KV_MOD_CONNECTION), NUL-terminated, NULL =
+                                      * none: CLIENT SETNAME / SETINFO; written by the owning
+                                      * thread under io->peers_lock, read by others under it */
+    size_t text_len[KV_IO_TEXT__COUNT]; /* guarded as text */
+    size_t qbuf, qbuf_free;          /* atomic, written by the owning thread: its receive
+                                      * buffer (unparsed bytes, free room) at its last parse */
+    int64_t active;                  /* atomic, written by the owning thread: ev_now
+                                      * seconds of its last read (CLIENT LIST idle=) */
+    size_t cmd_wire;                 /* io-thread only: wire bytes of the command being run */
+    uint8_t kill;                    /* atomic: CLIENT KILL asks the owning thread to close it */
 };
 
 struct kv_io_conn {                  /* io-thread only */
@@ -124,9 +136,19 @@ struct kv_io_conn {                  /* io-thread only */
     char peer_text[48];              /* "ADDR:PORT", filled at --log-level debug only */
     struct kv_io_peer peer;          /* last (cold): listed from conn_new to conn_close */
     size_t mem;                      /* bytes held in the client-memory budget: receive
-                                      * buffers, requests, owned bodies and replies, output */
+                                      * buffers, requests, owned bodies and replies, output;
+                                      * written by this thread, atomic store (CLIENT LIST) */
     uint8_t gated;                   /* before AUTH: one request at a time, the next parsed
                                       * only once this one's answer is written */
+    uint8_t monitor;                 /* MONITOR: gets a line per command; written by this
+                                      * thread, atomic (CLIENT LIST reads it) */
+};
+
+/* One MONITOR line on its way to an IO thread's monitors. */
+struct kv_io_mline {
+    struct kv_io_mline *next;        /* owned: the next line */
+    size_t len;
+    uint8_t data[];
 };
 
 struct kv_io_thread {
@@ -157,6 +179,11 @@ struct kv_io_thread {
     size_t trim_high;                /* io-thread only: client_mem peak since the last trim */
     int evict_asked;                 /* guarded by lock: another thread found the budget
                                       * exceeded and this thread's connection the largest */
+    int kill_asked;                  /* guarded by lock: CLIENT KILL marked connections of
+                                      * this thread (peer.kill) */
+    unsigned monitors;               /* atomic, written by this thread: its MONITOR conns */
+    struct kv_io_mline *mon_head;    /* guarded by lock: MONITOR lines for them, oldest */
+    struct kv_io_mline *mon_tail;    /* guarded by lock */
 };
 
 /* A log line of one kind at most once a second, over every thread. */
@@ -183,6 +210,7 @@ struct kv_io {
     struct kv_io_thread *threads;    /* owned (KV_MOD_THREAD) */
     unsigned next_thread;            /* listener thread only */
     unsigned conns;                  /* atomic: open connections */
+    unsigned monitors;               /* atomic: connections in MONITOR mode, every thread */
     struct kv_io_ratelog evict_log;  /* budget closes */
     struct kv_io_ratelog auth_log;   /* wrong passwords */
     struct kv_io_ratelog accept_log; /* accepts paused for lack of descriptors */
@@ -202,6 +230,10 @@ void kv_io_thread_adopt(struct kv_io_thread *thr, const struct kv_io_handoff *h)
 /* peers.c: the registry (any thread) */
 void kv_io_peer_add(struct kv_io *io, struct kv_io_peer *p);
 void kv_io_peer_remove(struct kv_io *io, struct kv_io_peer *p);
+/* on_wake, when asked: closes this thread's connections CLIENT KILL marked */
+void kv_io_thread_kill_marked(struct kv_io_thread *thr);
+/* on_wake: hands the MONITOR lines queued for this thread to its monitors */
+void kv_io_thread_monitor_deliver(struct kv_io_thread *thr, struct kv_io_mline *lines);
 /* unix.c: the unix-domain listening socket */
 int kv_io_unix_open(struct kv_io *io, char *err, size_t errcap);
 void kv_io_unix_close(struct kv_io *io);

@@ -35,6 +35,7 @@ struct kv_text_result {
     uint8_t *reply;     /* REPLY: reply bytes, owned (KV_MOD_PACKET) */
     size_t reply_len;
     int close;          /* close the connection after this reply */
+    int silent;         /* CLIENT REPLY OFF / SKIP: run the command, send no reply */
 };
 
 struct kv_io_textproto {
@@ -95,5 +96,61 @@ void kv_io_peer_counts(struct kv_io *io, unsigned *tcp, unsigned *unx);
  * written; *listed (may be NULL) gets the number of lines. Any thread. */
 size_t kv_io_peers_format(struct kv_io *io, int unix_only, unsigned max, char *buf, size_t cap,
                           unsigned *listed);
+
+/* ---- the connection a RESP command came on (CLIENT, HELLO, RESET) --------------
+ * s is the session the text adapter's command callback was given; these are
+ * called only from that callback, on the connection's own IO thread. */
+/* CLIENT ID: the connection's id, as listed (1, 2, ...; never reused). */
+uint64_t kv_io_session_id(const struct kv_session *s);
+/* The texts a client gives its connection: CLIENT SETNAME, CLIENT SETINFO. */
+enum { KV_IO_TEXT_NAME, KV_IO_TEXT_LIB_NAME, KV_IO_TEXT_LIB_VER, KV_IO_TEXT__COUNT };
+/* Copies p[0..len) as the text which (len 0: none). 0 or KV_ENOMEM. */
+int kv_io_session_set_text(struct kv_session *s, int which, const uint8_t *p, size_t len);
+/* The text which (NUL-terminated, valid until the next set), or NULL. */
+const char *kv_io_session_text(const struct kv_session *s, int which, size_t *len);
+
+/* CLIENT LIST and CLIENT INFO: one line per connection in Redis 7.0's layout
+ * ("id= addr= laddr= fd= name= age= idle= flags= db= sub= psub= ssub= multi=
+ * qbuf= qbuf-free= argv-mem= multi-mem= rbs= rbp= obl= oll= omem= tot-mem=
+ * events= cmd= user= redir= resp=", and lib-name= lib-ver= as 7.2's), then ours: "transport=tcp|unix" and,
+ * for a unix peer, "pid= uid=" (SO_PEERCRED); "\n"-terminated, newest
+ * first. Lists every open connection (ids NULL, self_only 0), those whose id
+ * is in ids[0..nids), or self's alone (self_only). qbuf= of self counts the
+ * command being run, as Redis's does. Returns KV_MOD_PACKET memory (the
+ * caller frees) with *len, or NULL when out of memory. Any IO thread. */
+char *kv_io_clients_format(struct kv_io *io, const struct kv_session *self, int self_only,
+                           const uint64_t *ids, size_t nids, size_t *len);
+
+/* MONITOR: s's connection gets, from now on (on: 1) or no longer (0), a line
+ * per command run by any connection (kv_io_monitor_feed). */
+void kv_io_session_monitor(struct kv_session *s, int on);
+int kv_io_session_is_monitor(const struct kv_session *s);
+/* The number of connections in MONITOR mode, to be read with a relaxed
+ * atomic load before each feed: the only cost MONITOR puts on a command
+ * while nobody monitors. */
+const unsigned *kv_io_monitor_count(const struct kv_io *io);
+/* Sends Redis's MONITOR line for argv, run by s's connection in database
+ * db, to every connection in MONITOR mode: each IO thread with monitors
+ * gets a copy and appends it to its own connections at its next wake-up
+ * (no thread writes to another's connection). Arguments whose bit is set in
+ * redact (argv index < 64) show as "(redacted)". Any IO thread. */
+void kv_io_monitor_feed(struct kv_io *io, const struct kv_session *s, unsigned db, size_t argc,
+                        const struct kv_slice *argv, uint64_t redact);
+
+/* CLIENT KILL's filters; every given one must match. */
+struct kv_io_kill {
+    uint64_t id;                 /* 0: any */
+    const struct kv_slice *addr; /* "ip:port" (unix: "path:0"); NULL: any */
+    const struct kv_slice *laddr;
+    int skipme;                  /* leave self alone */
+    int none;                    /* a filter no connection here can match (TYPE master) */
+};
+/* Closes every open connection that matches f. One of another IO thread is
+ * closed by that thread, at its next wake-up (ev_async): never touched from
+ * here beyond a flag. Self is not closed but reported in *self_matched, for
+ * the caller to close after its reply. Returns the number matched (self
+ * included). Any IO thread. */
+unsigned kv_io_clients_kill(struct kv_io *io, const struct kv_session *self,
+                            const struct kv_io_kill *f, int *self_matched);
 
 #endif

@@ -36,7 +36,17 @@ struct kv_session {
     uint32_t auth_failures;  /* atomic access */
     uint16_t db;             /* io-thread only: the RESP connection's SELECTed database;
                               * copied into each call as the call is built */
+    /* RESP connection state (HELLO, CLIENT, RESET): written by the text
+     * adapter on the connection's IO thread; resp is read by its reply
+     * builder there too; cmd and no_evict are read by other threads
+     * (CLIENT LIST, the client-memory budget), hence atomics */
+    uint8_t resp;            /* protocol version: 2 or 3 (0 reads as 2); atomic access */
+    uint8_t reply_mode;      /* KV_REPLY_*: CLIENT REPLY; io-thread only */
+    uint8_t no_evict;        /* CLIENT NO-EVICT ON: never closed by the budget; atomic */
+    const char *cmd;         /* the last command's name (static text, "client|list"),
+                              * NULL before the first; atomic access */
 };
+enum { KV_REPLY_ON = 0, KV_REPLY_OFF = 1, KV_REPLY_SKIP = 2 };
 #define KV_SESSION_AUTHED 0x1u
 #define KV_SESSION_CLOSE 0x2u /* the handler asks the IO thread to close after answering */
 #define KV_SESSION_AUTH_FAILED 0x4u /* a wrong password: the IO thread logs it with the peer

@@ -27,6 +27,7 @@
 #include "kv_call.h"
 #include "kv_err.h"
 #include "frame.h"
+#include "glob.h"
 #include "kv_io.h"
 #include "kv_mem.h"
 #include "kv_ops.h"
@@ -79,6 +80,7 @@ struct out {
     int failed;
     int in_room; /* p is a room not ours: the call's scratch (out_init_room)
                   * or the connection's output (resp_reply) */
+    int resp3;   /* the connection speaks RESP3 (HELLO 3): nulls, maps, verbatim text */
 };
 
 /* Grows to at least len + more: the first allocation is what the caller
@@ -215,7 +217,36 @@ static void out_bulk(struct out *o, const void *b, size_t n)
 
 static void out_nil(struct out *o)
 {
-    out_bytes(o, "$-1\r\n", 5);
+    if (o->resp3)
+        out_bytes(o, "_\r\n", 3);
+    else
+        out_bytes(o, "$-1\r\n", 5);
+}
+
+/* A map of n pairs: RESP3's "%n", RESP2's flat array of 2n. */
+static void out_map(struct out *o, int64_t n)
+{
+    out_line_int(o, o->resp3 ? '%' : '*', o->resp3 ? n : 2 * n);
+}
+
+/* A set of n: RESP3's "~n", RESP2's array. */
+static void out_set(struct out *o, int64_t n)
+{
+    out_line_int(o, o->resp3 ? '~' : '*', n);
+}
+
+/* Text for people (INFO, CLIENT LIST): RESP3's verbatim "=", else a bulk. */
+static void out_verbatim(struct out *o, const void *b, size_t n)
+{
+    if (!o->resp3) {
+        out_bulk(o, b, n);
+        return;
+    }
+    out_reserve(o, n + 28);
+    out_line_int(o, '=', (int64_t)n + 4);
+    out_bytes(o, "txt:", 4);
+    out_bytes(o, b, n);
+    out_bytes(o, "\r\n", 2);
 }
 
 /* Hands the bytes over as a reply; KV_ENOMEM when building them failed. */
@@ -375,6 +406,12 @@ struct resp_cmd {
 static int send_call(struct cmdctx *x, struct out *o, uint16_t op)
 {
     return dispatch(o, x->call, x->res, op, x->cmd->style);
+}
+
+/* The connection speaks RESP3 (HELLO 3). */
+static int conn_resp3(const struct cmdctx *x)
+{
+    return __atomic_load_n(&x->session->resp, __ATOMIC_RELAXED) == 3;
 }
 
 static int cmd_ping(struct cmdctx *x)
@@ -675,7 +712,7 @@ static int cmd_select(struct cmdctx *x)
 
     if (rc)
         return rc;
-    x->session->db = (uint16_t)n;
+    __atomic_store_n(&x->session->db, (uint16_t)n, __ATOMIC_RELAXED); /* CLIENT LIST reads it */
     return reply_str(x->res, "+OK\r\n");
 }
 
@@ -812,7 +849,8 @@ static int cmd_config(struct cmdctx *x)
             return KV_ENOMEM;
         kv_options_config_get(x->srv->cfg, a, x->argc - 2, config_emit, &it);
         kv_mem_free(KV_MOD_PACKET, a);
-        out_fmt(&o, "*%zu\r\n", it.n);
+        o.resp3 = conn_resp3(x);
+        out_map(&o, (int64_t)it.n / 2);
         if (it.o.failed)
             o.failed = 1;
         if (it.o.len)
@@ -891,64 +929,639 @@ static int cmd_info(struct cmdctx *x)
     }
     kv_server_stats_collect(x->srv, st);
     len = kv_server_info_format(x->srv, st, sections, text, INFO_CAP);
-    out_bulk(&o, text, len);
+    o.resp3 = conn_resp3(x);
+    out_verbatim(&o, text, len);
     kv_mem_free(KV_MOD_PACKET, st);
     kv_mem_free(KV_MOD_PACKET, text);
     return out_reply(&o, x->res);
 }
 
+/* ---- connection commands: HELLO, CLIENT, RESET, COMMAND (issue 16) -------------- */
+#define KV_REDIS_VERSION "7.0.0" /* the Redis we answer as (INFO's redis_version) */
 static size_t resp_cmd_count(void);
+static const struct resp_cmd *resp_cmd_at(size_t i);
+static const char *resp_cmd_lname(const struct resp_cmd *c);
+static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name);
 
-static int cmd_command(struct cmdctx *x)
+/* Redis's clientSetName rule: printable ASCII without spaces (33..126). */
+static int client_text_ok(const struct kv_slice *v)
+{
+    for (size_t i = 0; i < v->len; i++)
+        if (v->p[i] < '!' || v->p[i] > '~')
+            return 0;
+    return 1;
+}
+
+static int set_name(struct cmdctx *x, const struct kv_slice *v)
+{
+    if (!client_text_ok(v))
+        return reply_err(x->res,
+                         "-ERR Client names cannot contain spaces, newlines or special characters.");
+    if (kv_io_session_set_text(x->session, KV_IO_TEXT_NAME, v->p, v->len) != 0)
+        return KV_ENOMEM;
+    return 0;
+}
+
+/* Constant-time: the time taken does not tell how much of the password matched. */
+static int password_ok(const struct kv_slice *a, const char *want)
+{
+    size_t wl = strlen(want);
+    unsigned diff = (unsigned)(a->len ^ wl);
+
+    for (size_t i = 0; i < a->len; i++)
+        diff |= a->p[i] ^ (uint8_t)want[wl ? i % wl : 0];
+    return diff == 0;
+}
+
+/* HELLO's AUTH user pass, checked here as the AUTH handler does (the same
+ * password, the same failure count: the third wrong one closes). */
+static int hello_auth(struct cmdctx *x, const struct kv_slice *user, const struct kv_slice *pass)
+{
+    const char *want = x->srv->cfg->requirepass;
+
+    if (arg_is(user, "default") && (!want[0] || password_ok(pass, want))) {
+        __atomic_fetch_or(&x->session->flags, KV_SESSION_AUTHED, __ATOMIC_RELEASE);
+        return 0;
+    }
+    kv_mem_stat_add(KV_STAT_AUTH_FAILURES, 1);
+    if (__atomic_add_fetch(&x->session->auth_failures, 1, __ATOMIC_RELAXED) >= 3)
+        x->res->close = 1;
+    return -1;
+}
+
+/* HELLO [protover [AUTH username password] [SETNAME clientname]] */
+static int cmd_hello(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv, *user = NULL, *pass = NULL, *name = NULL;
+    long long ver = 0;
+    struct out o = {0};
+    int rc;
+
+    if (x->argc >= 2) {
+        if (arg_int(&v[1], &ver) != 0)
+            return reply_err(x->res, "-ERR Protocol version is not an integer or out of range");
+        if (ver < 2 || ver > 3)
+            return reply_err(x->res, "-NOPROTO unsupported protocol version");
+    }
+    for (size_t j = 2; j < x->argc; j++) {
+        size_t more = x->argc - 1 - j;
+
+        if (arg_is(&v[j], "AUTH") && more >= 2) {
+            user = &v[j + 1];
+            pass = &v[j + 2];
+            j += 2;
+        } else if (arg_is(&v[j], "SETNAME") && more >= 1) {
+            name = &v[++j];
+        } else {
+            return reply_err(x->res, "-ERR Syntax error in HELLO option '%.*s'",
+                             (int)(v[j].len < 64 ? v[j].len : 64), (const char *)v[j].p);
+        }
+    }
+    if (user && hello_auth(x, user, pass) != 0)
+        return reply_err(x->res,
+                         "-WRONGPASS invalid username-password pair or user is disabled.");
+    if (x->srv->cfg->requirepass[0] &&
+        !(__atomic_load_n(&x->session->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
+        return reply_err(x->res, "-NOAUTH HELLO must be called with the client already "
+                                 "authenticated, otherwise the HELLO <proto> AUTH <user> <pass> "
+                                 "option can be used to authenticate the client and select the "
+                                 "RESP protocol version at the same time");
+    if (name && (rc = set_name(x, name)) != 0)
+        return rc;
+    if (ver)
+        __atomic_store_n(&x->session->resp, (uint8_t)ver, __ATOMIC_RELAXED);
+    o.resp3 = conn_resp3(x);
+    out_map(&o, 7);
+    OUT_LIT(&o, "$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n");
+    out_bulk(&o, KV_REDIS_VERSION, strlen(KV_REDIS_VERSION));
+    OUT_LIT(&o, "$5\r\nproto\r\n");
+    out_line_int(&o, ':', conn_resp3(x) ? 3 : 2);
+    OUT_LIT(&o, "$2\r\nid\r\n");
+    out_line_int(&o, ':', (int64_t)kv_io_session_id(x->session));
+    OUT_LIT(&o, "$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+                "$7\r\nmodules\r\n*0\r\n");
+    return out_reply(&o, x->res);
+}
+
+/* RESET: the connection as new (Redis's clearClientConnectionState): RESP2,
+ * no name, replies on, and unauthenticated again when a password is set.
+ * (MULTI and SELECT state, when they exist, are cleared here too.) */
+static int cmd_reset(struct cmdctx *x)
+{
+    int rc;
+
+    __atomic_store_n(&x->session->resp, 2, __ATOMIC_RELAXED);
+    kv_io_session_monitor(x->session, 0);
+    x->session->reply_mode = KV_REPLY_ON;
+    __atomic_store_n(&x->session->db, 0, __ATOMIC_RELAXED); /* SELECT 0 */
+    x->res->silent = 0;
+    if ((rc = kv_io_session_set_text(x->session, KV_IO_TEXT_NAME, NULL, 0)) != 0)
+        return rc;
+    if (x->srv->cfg->requirepass[0])
+        __atomic_fetch_and(&x->session->flags, ~KV_SESSION_AUTHED, __ATOMIC_RELEASE);
+    return reply_str(x->res, "+RESET\r\n");
+}
+
+/* MONITOR: every command any connection runs from now on, as a status line
+ * (admin commands excepted, passwords redacted: resp_command feeds them). A
+ * second MONITOR is not answered, as in Redis. */
+static int cmd_monitor(struct cmdctx *x)
+{
+    if (kv_io_session_is_monitor(x->session)) {
+        x->res->silent = 1;
+        return reply_str(x->res, "+OK\r\n");
+    }
+    kv_io_session_monitor(x->session, 1);
+    return reply_str(x->res, "+OK\r\n");
+}
+
+/* Which arguments MONITOR shows as "(redacted)": AUTH's, HELLO's AUTH pair. */
+static uint64_t monitor_redact(const struct cmdctx *x)
+{
+    uint64_t m = 0;
+
+    if (x->cmd->fn == cmd_auth)
+        return ~(uint64_t)1;
+    if (x->cmd->fn != cmd_hello)
+        return 0;
+    for (size_t j = 2; j + 2 < x->argc && j < 62; j++)
+        if (arg_is(&x->argv[j], "AUTH")) {
+            m |= (uint64_t)3 << (j + 1);
+            j += 2;
+        }
+    return m;
+}
+
+/* CLIENT LIST [TYPE t | ID id...], CLIENT INFO: Redis's layout (kv_io_clients_format). */
+static int client_list(struct cmdctx *x, int self_only, const uint64_t *ids, size_t nids)
+{
+    struct out o = {0};
+    size_t len = 0;
+    char *lines = kv_io_clients_format(x->srv->io, x->session, self_only, ids, nids, &len);
+
+    if (!lines)
+        return KV_ENOMEM;
+    o.resp3 = conn_resp3(x);
+    out_verbatim(&o, lines, len);
+    kv_mem_free(KV_MOD_PACKET, lines);
+    return out_reply(&o, x->res);
+}
+
+/* TYPE normal|master|replica|slave|pubsub: every connection here is normal.
+ * Returns 1 normal, 0 another known type, -1 unknown (the reply is out). */
+static int client_type(struct cmdctx *x, const struct kv_slice *t, int *rc)
+{
+    if (arg_is(t, "normal"))
+        return 1;
+    if (arg_is(t, "master") || arg_is(t, "replica") || arg_is(t, "slave") || arg_is(t, "pubsub"))
+        return 0;
+    *rc = reply_err(x->res, "-ERR Unknown client type '%.*s'", (int)(t->len < 64 ? t->len : 64),
+                    (const char *)t->p);
+    return -1;
+}
+
+static int client_cmd_list(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    uint64_t *ids;
+    int rc = 0, t;
+
+    if (x->argc == 2)
+        return client_list(x, 0, NULL, 0);
+    if (x->argc == 4 && arg_is(&v[2], "TYPE")) {
+        if ((t = client_type(x, &v[3], &rc)) < 0)
+            return rc;
+        return t ? client_list(x, 0, NULL, 0) : client_list(x, 0, (const uint64_t[]){0}, 1);
+    }
+    if (x->argc < 4 || !arg_is(&v[2], "ID"))
+        return reply_err(x->res, "-ERR syntax error");
+    ids = kv_mem_alloc(KV_MOD_PACKET, (x->argc - 3) * sizeof(*ids));
+    if (!ids)
+        return KV_ENOMEM;
+    for (size_t i = 3; i < x->argc; i++) {
+        long long id;
+
+        if (arg_int(&v[i], &id) != 0) {
+            kv_mem_free(KV_MOD_PACKET, ids);
+            return reply_err(x->res, "-ERR Invalid client ID");
+        }
+        ids[i - 3] = (uint64_t)id;
+    }
+    rc = client_list(x, 0, ids, x->argc - 3);
+    kv_mem_free(KV_MOD_PACKET, ids);
+    return rc;
+}
+
+static int client_cmd_info(struct cmdctx *x)
+{
+    return client_list(x, 1, NULL, 0);
+}
+
+static int client_cmd_id(struct cmdctx *x)
 {
     struct out o = {0};
 
-    if (x->argc >= 2 && arg_is(&x->argv[1], "COUNT")) {
-        out_line_int(&o, ':', (int64_t)resp_cmd_count());
-        return out_reply(&o, x->res);
-    }
-    return reply_str(x->res, "*0\r\n"); /* no COMMAND INFO/DOCS yet: clients fall back */
+    out_line_int(&o, ':', (int64_t)kv_io_session_id(x->session));
+    return out_reply(&o, x->res);
 }
 
-static int cmd_client_list(struct cmdctx *x);
+static int client_cmd_setname(struct cmdctx *x)
+{
+    int rc = set_name(x, &x->argv[2]);
+
+    return rc != 0 ? rc : reply_str(x->res, "+OK\r\n");
+}
+
+static int client_cmd_getname(struct cmdctx *x)
+{
+    struct out o = {0};
+    size_t len;
+    const char *name = kv_io_session_text(x->session, KV_IO_TEXT_NAME, &len);
+
+    o.resp3 = conn_resp3(x);
+    if (name)
+        out_bulk(&o, name, len);
+    else
+        out_nil(&o);
+    return out_reply(&o, x->res);
+}
+
+/* CLIENT SETINFO LIB-NAME|LIB-VER value (Redis 7.2; clients send it on connect). */
+static int client_cmd_setinfo(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    int which = arg_is(&v[2], "LIB-NAME") ? KV_IO_TEXT_LIB_NAME
+              : arg_is(&v[2], "LIB-VER")  ? KV_IO_TEXT_LIB_VER : -1;
+
+    if (which < 0)
+        return reply_err(x->res, "-ERR Unrecognized option '%.*s'",
+                         (int)(v[2].len < 64 ? v[2].len : 64), (const char *)v[2].p);
+    if (!client_text_ok(&v[3]))
+        return reply_err(x->res, "-ERR %s cannot contain spaces, newlines or special characters.",
+                         which == KV_IO_TEXT_LIB_NAME ? "lib-name" : "lib-ver");
+    if (kv_io_session_set_text(x->session, which, v[3].p, v[3].len) != 0)
+        return KV_ENOMEM;
+    return reply_str(x->res, "+OK\r\n");
+}
+
+/* CLIENT REPLY ON|OFF|SKIP: OFF and SKIP are not answered themselves. */
+static int client_cmd_reply(struct cmdctx *x)
+{
+    const struct kv_slice *m = &x->argv[2];
+
+    if (arg_is(m, "ON")) {
+        x->session->reply_mode = KV_REPLY_ON;
+        x->res->silent = 0;
+        return reply_str(x->res, "+OK\r\n");
+    }
+    if (arg_is(m, "OFF"))
+        x->session->reply_mode = KV_REPLY_OFF;
+    else if (arg_is(m, "SKIP")) {
+        if (x->session->reply_mode != KV_REPLY_OFF)
+            x->session->reply_mode = KV_REPLY_SKIP;
+    } else
+        return reply_err(x->res, "-ERR syntax error");
+    x->res->silent = 1;
+    return reply_str(x->res, "+OK\r\n"); /* built, then dropped by the IO thread */
+}
+
+static int client_cmd_no_evict(struct cmdctx *x)
+{
+    const struct kv_slice *m = &x->argv[2];
+
+    if (!arg_is(m, "ON") && !arg_is(m, "OFF"))
+        return reply_err(x->res, "-ERR syntax error");
+    __atomic_store_n(&x->session->no_evict, (uint8_t)arg_is(m, "ON"), __ATOMIC_RELAXED);
+    return reply_str(x->res, "+OK\r\n");
+}
+
+/* CLIENT KILL ip:port | CLIENT KILL [ID id] [TYPE t] [ADDR a] [LADDR a]
+ * [USER u] [SKIPME yes|no] ... */
+static int client_cmd_kill(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
+    struct kv_io_kill f = {.skipme = 1};
+    unsigned killed;
+    int self = 0, rc = 0;
+
+    if (x->argc == 3) { /* the old form: one address, and self may go */
+        f.addr = &v[2];
+        f.skipme = 0;
+    } else if (x->argc % 2 != 0) {
+        return reply_err(x->res, "-ERR syntax error");
+    }
+    for (size_t i = 2; x->argc > 3 && i + 1 < x->argc; i += 2) {
+        const struct kv_slice *opt = &v[i], *val = &v[i + 1];
+        long long id;
+
+        if (arg_is(opt, "ID")) {
+            if (arg_int(val, &id) != 0 || id <= 0)
+                return reply_err(x->res, "-ERR client-id should be greater than 0");
+            f.id = (uint64_t)id;
+        } else if (arg_is(opt, "TYPE")) {
+            int t = client_type(x, val, &rc);
+
+            if (t < 0)
+                return rc;
+            f.none |= t == 0;
+        } else if (arg_is(opt, "ADDR")) {
+            f.addr = val;
+        } else if (arg_is(opt, "LADDR")) {
+            f.laddr = val;
+        } else if (arg_is(opt, "USER")) {
+            if (!arg_is(val, "default"))
+                return reply_err(x->res, "-ERR No such user '%.*s'",
+                                 (int)(val->len < 64 ? val->len : 64), (const char *)val->p);
+        } else if (arg_is(opt, "SKIPME")) {
+            if (arg_is(val, "yes"))
+                f.skipme = 1;
+            else if (arg_is(val, "no"))
+                f.skipme = 0;
+            else
+                return reply_err(x->res, "-ERR syntax error");
+        } else {
+            return reply_err(x->res, "-ERR syntax error");
+        }
+    }
+    killed = kv_io_clients_kill(x->srv->io, x->session, &f, &self);
+    if (self)
+        x->res->close = 1; /* after this reply, as Redis's CLOSE_AFTER_REPLY */
+    if (x->argc == 3)
+        return killed ? reply_str(x->res, "+OK\r\n") : reply_err(x->res, "-ERR No such client");
+    {
+        struct out o = {0};
+
+        out_line_int(&o, ':', killed);
+        return out_reply(&o, x->res);
+    }
+}
+
+static int client_cmd_help(struct cmdctx *x);
+
+/* CLIENT's subcommands: a table as the commands are; arity counts CLIENT. */
+static const struct resp_sub {
+    const char *name;
+    int arity;
+    resp_cmd_fn fn;
+    const char *full; /* CLIENT LIST's cmd= */
+} client_subs[] = {
+    {"ID", 2, client_cmd_id, "client|id"},
+    {"INFO", 2, client_cmd_info, "client|info"},
+    {"LIST", -2, client_cmd_list, "client|list"},
+    {"KILL", -3, client_cmd_kill, "client|kill"},
+    {"SETNAME", 3, client_cmd_setname, "client|setname"},
+    {"GETNAME", 2, client_cmd_getname, "client|getname"},
+    {"SETINFO", 4, client_cmd_setinfo, "client|setinfo"},
+    {"REPLY", 3, client_cmd_reply, "client|reply"},
+    {"NO-EVICT", 3, client_cmd_no_evict, "client|no-evict"},
+    {"HELP", 2, client_cmd_help, "client|help"},
+};
+
+static int client_cmd_help(struct cmdctx *x)
+{
+    static const char *const help[] = {
+        "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "GETNAME", "    Return the name of the current connection.",
+        "ID", "    Return the ID of the current connection.",
+        "INFO", "    Return information about the current client connection.",
+        "KILL <ip:port>", "    Kill connection made from <ip:port>.",
+        "KILL <option> <value> [<option> <value> [...]]",
+        "    Kill connections. Options are: ID, ADDR, LADDR, TYPE, USER, SKIPME (YES|NO).",
+        "LIST [TYPE <type> | ID <id> [<id> ...]]",
+        "    Return information about client connections.",
+        "NO-EVICT (ON|OFF)", "    Protect current client connection from eviction.",
+        "REPLY (ON|OFF|SKIP)", "    Control the replies sent to the current connection.",
+        "SETNAME <name>", "    Assign the name <name> to the current connection.",
+        "SETINFO (LIB-NAME|LIB-VER) <value>", "    Name the client library and its version.",
+        "HELP", "    Print this help.",
+    };
+    struct out o = {0};
+
+    out_line_int(&o, '*', (int64_t)(sizeof(help) / sizeof(help[0])));
+    for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++) {
+        out_bytes(&o, "+", 1);
+        out_bytes(&o, help[i], strlen(help[i]));
+        out_bytes(&o, "\r\n", 2);
+    }
+    return out_reply(&o, x->res);
+}
 
 static int cmd_client(struct cmdctx *x)
 {
-    if (x->argc == 2 && arg_is(&x->argv[1], "LIST"))
-        return cmd_client_list(x);
-    if (x->argc >= 2 && arg_is(&x->argv[1], "GETNAME"))
-        return reply_str(x->res, "$-1\r\n");
-    if (x->argc >= 2 && arg_is(&x->argv[1], "ID"))
-        return reply_str(x->res, ":1\r\n");
-    return reply_str(x->res, "+OK\r\n"); /* SETNAME, SETINFO: accepted, not kept */
+    const struct kv_slice *sub = &x->argv[1];
+
+    for (size_t i = 0; i < sizeof(client_subs) / sizeof(client_subs[0]); i++) {
+        const struct resp_sub *s = &client_subs[i];
+
+        if (!arg_is(sub, s->name))
+            continue;
+        __atomic_store_n(&x->session->cmd, s->full, __ATOMIC_RELAXED);
+        if (s->arity > 0 ? x->argc != (size_t)s->arity : x->argc < (size_t)-s->arity)
+            return reply_err(x->res, "-ERR wrong number of arguments for '%s' command", s->full);
+        return s->fn(x);
+    }
+    return reply_err(x->res, "-ERR unknown subcommand '%.*s'. Try CLIENT HELP.",
+                     (int)(sub->len < 64 ? sub->len : 64), (const char *)sub->p);
 }
 
-static int cmd_hello(struct cmdctx *x)
+/* ---- COMMAND --------------------------------------------------------------------- */
+/* Key positions (first, last, step) for COMMAND INFO: every command with
+ * CMD_WRITE or CMD_READONLY takes one key at argv[1] unless listed here. */
+static const struct {
+    const char *name;
+    int first, last, step;
+} cmd_keypos[] = {
+    {"MGET", 1, -1, 1},    {"DEL", 1, -1, 1},     {"UNLINK", 1, -1, 1}, {"EXISTS", 1, -1, 1},
+    {"TOUCH", 1, -1, 1},   {"MSET", 1, -1, 2},    {"MSETNX", 1, -1, 2}, {"LCS", 1, 2, 1},
+    {"MEMORY", 2, 2, 1},   {"SCAN", 0, 0, 0},     {"KEYS", 0, 0, 0},    {"RANDOMKEY", 0, 0, 0},
+    {"DBSIZE", 0, 0, 0},   {"FLUSHDB", 0, 0, 0},  {"FLUSHALL", 0, 0, 0}, {"INFO", 0, 0, 0},
+};
+
+static void cmd_keys_of(const struct resp_cmd *c, int *first, int *last, int *step)
 {
-    if (x->argc >= 2 && !(x->argv[1].len == 1 && x->argv[1].p[0] == '2'))
-        return reply_err(x->res, "-NOPROTO unsupported protocol version");
-    return reply_err(x->res, "-ERR unknown command 'HELLO': use RESP2 without HELLO");
+    *first = *last = *step = (c->flags & (CMD_WRITE | CMD_READONLY)) ? 1 : 0;
+    for (size_t i = 0; i < sizeof(cmd_keypos) / sizeof(cmd_keypos[0]); i++)
+        if (strcmp(cmd_keypos[i].name, c->name) == 0) {
+            *first = cmd_keypos[i].first;
+            *last = cmd_keypos[i].last;
+            *step = cmd_keypos[i].step;
+        }
 }
 
-/* CLIENT LIST: one line per open connection, from the IO registry (unix
- * peers with their pid and uid). */
-static int cmd_client_list(struct cmdctx *x)
+/* A command's flags and ACL categories, in Redis's words (as status strings). */
+static void cmd_words(struct out *o, const struct resp_cmd *c, int acl)
 {
-    struct kv_server *srv = x->srv;
+    const char *w[8];
+    size_t n = 0;
+
+    if (!acl) {
+        if (c->flags & CMD_WRITE)
+            w[n++] = "write";
+        if (c->flags & CMD_READONLY)
+            w[n++] = "readonly";
+        if (c->flags & CMD_ADMIN)
+            w[n++] = "admin";
+        if (c->flags & CMD_NOAUTH)
+            w[n++] = "no_auth";
+        if (c->flags & CMD_FAST)
+            w[n++] = "fast";
+    } else {
+        if (c->flags & CMD_WRITE)
+            w[n++] = "@write";
+        if (c->flags & CMD_READONLY)
+            w[n++] = "@read";
+        if (c->flags & CMD_ADMIN)
+            w[n++] = "@admin";
+        if (c->flags & CMD_ADMIN)
+            w[n++] = "@dangerous";
+        w[n++] = (c->flags & CMD_FAST) ? "@fast" : "@slow";
+        if (c->flags & CMD_LOCAL)
+            w[n++] = "@connection";
+    }
+    out_set(o, (int64_t)n);
+    for (size_t i = 0; i < n; i++) {
+        out_bytes(o, "+", 1);
+        out_bytes(o, w[i], strlen(w[i]));
+        out_bytes(o, "\r\n", 2);
+    }
+}
+
+/* One COMMAND INFO entry (Redis 7.0's ten fields; key specs, tips and
+ * subcommands empty). */
+static void command_info(struct out *o, const struct resp_cmd *c)
+{
+    const char *ln = resp_cmd_lname(c);
+    int first, last, step;
+
+    cmd_keys_of(c, &first, &last, &step);
+    OUT_LIT(o, "*10\r\n");
+    out_bulk(o, ln, strlen(ln));
+    out_line_int(o, ':', c->arity);
+    cmd_words(o, c, 0);
+    out_line_int(o, ':', first);
+    out_line_int(o, ':', last);
+    out_line_int(o, ':', step);
+    cmd_words(o, c, 1);
+    out_set(o, 0); /* tips */
+    OUT_LIT(o, "*0\r\n*0\r\n");
+}
+
+/* COMMAND, COMMAND COUNT | LIST [FILTERBY PATTERN p | ACLCAT c] | INFO [name...]
+ * | DOCS [name...] | HELP */
+static int cmd_command(struct cmdctx *x)
+{
+    const struct kv_slice *v = x->argv;
     struct out o = {0};
-    unsigned tcp, unx;
-    size_t cap, n;
-    char *lines;
+    size_t n = resp_cmd_count();
 
-    kv_io_peer_counts(srv->io, &tcp, &unx);
-    cap = ((size_t)tcp + unx + 16) * 256; /* room for a few newcomers too */
-    lines = kv_mem_alloc(KV_MOD_PACKET, cap);
-    if (!lines)
-        return KV_ENOMEM;
-    n = kv_io_peers_format(srv->io, 0, UINT32_MAX, lines, cap, NULL);
-    out_bulk(&o, lines, n);
-    kv_mem_free(KV_MOD_PACKET, lines);
-    return out_reply(&o, x->res);
+    o.resp3 = conn_resp3(x);
+    if (x->argc == 1 || (arg_is(&v[1], "INFO") && x->argc == 2)) {
+        __atomic_store_n(&x->session->cmd, x->argc == 1 ? "command" : "command|info",
+                         __ATOMIC_RELAXED);
+        out_init(&o, n * 160);
+        out_line_int(&o, '*', (int64_t)n);
+        for (size_t i = 0; i < n; i++)
+            command_info(&o, resp_cmd_at(i));
+        return out_reply(&o, x->res);
+    }
+    if (arg_is(&v[1], "COUNT") && x->argc == 2) {
+        __atomic_store_n(&x->session->cmd, "command|count", __ATOMIC_RELAXED);
+        out_line_int(&o, ':', (int64_t)n);
+        return out_reply(&o, x->res);
+    }
+    if (arg_is(&v[1], "INFO") || arg_is(&v[1], "DOCS")) {
+        int docs = arg_is(&v[1], "DOCS");
+        size_t found = 0;
+
+        __atomic_store_n(&x->session->cmd, docs ? "command|docs" : "command|info",
+                         __ATOMIC_RELAXED);
+        for (size_t i = 2; i < x->argc; i++)
+            found += resp_cmd_find(&v[i]) != NULL;
+        if (docs && x->argc == 2)
+            found = n;
+        if (docs)
+            out_map(&o, (int64_t)found);
+        else
+            out_line_int(&o, '*', (int64_t)(x->argc - 2));
+        for (size_t i = 0; docs && x->argc == 2 && i < n; i++) {
+            const char *ln = resp_cmd_lname(resp_cmd_at(i));
+
+            out_bulk(&o, ln, strlen(ln));
+            out_map(&o, 0); /* no documentation kept: summary, since, ... absent */
+        }
+        for (size_t i = 2; i < x->argc; i++) {
+            const struct resp_cmd *c = resp_cmd_find(&v[i]);
+
+            if (docs && c) {
+                const char *ln = resp_cmd_lname(c);
+
+                out_bulk(&o, ln, strlen(ln));
+                out_map(&o, 0);
+            } else if (!docs) {
+                if (c)
+                    command_info(&o, c);
+                else
+                    out_nil(&o);
+            }
+        }
+        return out_reply(&o, x->res);
+    }
+    if (arg_is(&v[1], "LIST") && (x->argc == 2 || x->argc == 5)) {
+        const struct kv_slice *pat = NULL, *cat = NULL;
+        size_t count = 0;
+
+        __atomic_store_n(&x->session->cmd, "command|list", __ATOMIC_RELAXED);
+        if (x->argc == 5) {
+            if (!arg_is(&v[2], "FILTERBY"))
+                return reply_err(x->res, "-ERR syntax error");
+            if (arg_is(&v[3], "PATTERN"))
+                pat = &v[4];
+            else if (arg_is(&v[3], "ACLCAT"))
+                cat = &v[4];
+            else if (arg_is(&v[3], "MODULE"))
+                return reply_str(x->res, "*0\r\n"); /* no modules */
+            else
+                return reply_err(x->res, "-ERR syntax error");
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass)
+                out_line_int(&o, '*', (int64_t)count);
+            for (size_t i = 0; i < n; i++) {
+                const struct resp_cmd *c = resp_cmd_at(i);
+                const char *ln = resp_cmd_lname(c);
+                int ok = 1;
+
+                if (pat)
+                    ok = kv_glob_match(pat->p, pat->len, (const uint8_t *)ln, strlen(ln));
+                if (cat)
+                    ok = ((c->flags & CMD_WRITE) && arg_is(cat, "write")) ||
+                         ((c->flags & CMD_READONLY) && arg_is(cat, "read")) ||
+                         ((c->flags & CMD_ADMIN) && arg_is(cat, "admin")) ||
+                         ((c->flags & CMD_ADMIN) && arg_is(cat, "dangerous")) ||
+                         ((c->flags & CMD_FAST) && arg_is(cat, "fast")) ||
+                         (!(c->flags & CMD_FAST) && arg_is(cat, "slow")) ||
+                         ((c->flags & CMD_LOCAL) && arg_is(cat, "connection"));
+                if (!ok)
+                    continue;
+                if (pass)
+                    out_bulk(&o, ln, strlen(ln));
+                else
+                    count++;
+            }
+        }
+        return out_reply(&o, x->res);
+    }
+    if (arg_is(&v[1], "HELP") && x->argc == 2)
+        return reply_str(x->res, "*6\r\n+COMMAND [<subcommand>]. Subcommands are:\r\n"
+                                 "+COUNT\r\n+INFO [<command-name> ...]\r\n+DOCS [<command-name> ...]\r\n"
+                                 "+LIST [FILTERBY (MODULE <module-name>|ACLCAT <category>|PATTERN "
+                                 "<pattern>)]\r\n+HELP\r\n");
+    if (arg_is(&v[1], "COUNT") || arg_is(&v[1], "LIST") || arg_is(&v[1], "HELP"))
+        return reply_err(x->res, "-ERR wrong number of arguments for 'command|%s' command",
+                         arg_is(&v[1], "COUNT") ? "count" : arg_is(&v[1], "LIST") ? "list"
+                                                                                 : "help");
+    return reply_err(x->res, "-ERR unknown subcommand '%.*s'. Try COMMAND HELP.",
+                     (int)(v[1].len < 64 ? v[1].len : 64), (const char *)v[1].p);
 }
 
 static int unknown_command(struct cmdctx *x)
@@ -1427,6 +2040,8 @@ static const struct resp_cmd resp_cmds[] = {
     {"QUIT",         -1, F | CMD_NOAUTH | L, cmd_quit,  RS_NONE,        0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
     {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
+    {"RESET",         1, F | CMD_NOAUTH | L, cmd_reset, RS_NONE,        0},
+    {"MONITOR",       1, CMD_ADMIN | L,   cmd_monitor,  RS_NONE,        0},
     {"SELECT",        2, F | L,           cmd_select,   RS_NONE,        0},
     {"COMMAND",      -1, L,               cmd_command,  RS_NONE,        0},
     {"CONFIG",       -2, CMD_ADMIN | L,   cmd_config,   RS_NONE,        0},
@@ -1491,6 +2106,20 @@ void kv_server_resp_cmdstats_reset(void)
     }
 }
 
+static const struct resp_cmd *resp_cmd_at(size_t i)
+{
+    return &resp_cmds[i];
+}
+
+/* Each row's name in lower case (COMMAND, CLIENT LIST's cmd=), built with the index. */
+#define RESP_NAME_MAX 24
+static char resp_lname[RESP_NCMDS][RESP_NAME_MAX];
+
+static const char *resp_cmd_lname(const struct resp_cmd *c)
+{
+    return resp_lname[c - resp_cmds];
+}
+
 /* ---- the name index ------------------------------------------------------------ */
 /* Open addressing over a hash of the case-folded name, built once: finding
  * a row costs one hash of the name and one comparison, whatever the table's
@@ -1518,6 +2147,9 @@ static void resp_index_build(void)
         uint32_t h = name_hash((const uint8_t *)nm, strlen(nm)) & (RESP_INDEX - 1);
 
         resp_name_len[i] = (uint8_t)strlen(nm);
+        assert(strlen(nm) < RESP_NAME_MAX);
+        for (size_t k = 0; nm[k]; k++)
+            resp_lname[i][k] = (char)tolower((unsigned char)nm[k]);
         for (const char *c = nm; *c; c++) /* name_is() folds letters only */
             assert((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z'));
 
@@ -1560,9 +2192,17 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
 {
     struct kv_server *srv = ctx;
     struct cmdctx x = {srv, s, argc, argv, call, res, resp_cmd_find(&argv[0])};
+    int rc;
 
     if (call)
         call->db = s->db; /* the database the call is built in (SELECT is answered here) */
+    /* CLIENT REPLY OFF / SKIP: every reply (errors too) is dropped; SKIP
+     * drops the next one only (CLIENT REPLY itself changes this) */
+    if (s->reply_mode != KV_REPLY_ON) {
+        res->silent = 1;
+        if (s->reply_mode == KV_REPLY_SKIP)
+            s->reply_mode = KV_REPLY_ON;
+    }
     if (!x.cmd)
         return unknown_command(&x);
     if (!(x.cmd->flags & CMD_NOAUTH) && srv->cfg->requirepass[0] &&
@@ -1570,12 +2210,20 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
         __atomic_fetch_add(&resp_cmd_rejected[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
         return reply_str(res, "-NOAUTH Authentication required.\r\n");
     }
+    __atomic_store_n(&s->cmd, resp_lname[x.cmd - resp_cmds], __ATOMIC_RELAXED); /* CLIENT LIST */
     if (x.cmd->arity > 0 ? argc != (size_t)x.cmd->arity : argc < (size_t)-x.cmd->arity) {
         __atomic_fetch_add(&resp_cmd_rejected[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
         return wrong_args(res, &argv[0]);
     }
     __atomic_fetch_add(&resp_cmd_calls[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
-    return x.cmd->fn(&x);
+    rc = x.cmd->fn(&x);
+    /* MONITOR: one relaxed load while nobody monitors; admin commands
+     * (MONITOR itself, CONFIG, SAVE) are not shown, as in Redis */
+    if (srv->monitors && __atomic_load_n(srv->monitors, __ATOMIC_RELAXED) &&
+        !(x.cmd->flags & CMD_ADMIN) &&
+        (rc == KV_TEXT_DISPATCH || rc == KV_TEXT_REPLY))
+        kv_io_monitor_feed(srv->io, s, 0, argc, argv, monitor_redact(&x));
+    return rc;
 }
 
 
@@ -1916,7 +2564,8 @@ static void rs_lcs_idx(struct out *o, const struct kv_call *call, const struct k
     size_t k = 0;
 
     read_str(call, &s);
-    OUT_LIT(o, "*4\r\n$7\r\nmatches\r\n");
+    out_map(o, 2);
+    OUT_LIT(o, "$7\r\nmatches\r\n");
     out_line_int(o, '*', (int64_t)(s.nmatches / 5));
     while (pb_next(&r, &f) == 1) {
         if (f.number != 5 || f.wire != 0)
@@ -2044,6 +2693,15 @@ static const struct {
     [RS_MOVED] = {rs_done, ":0\r\n", NULL, RF_REDIS_ERR},
 };
 
+/* A row's literal reply; RESP2's null bulk becomes RESP3's null. */
+static void out_literal(struct out *o, const char *lit)
+{
+    if (lit[0] == '$' && lit[1] == '-')
+        out_nil(o);
+    else
+        out_bytes(o, lit, strlen(lit));
+}
+
 static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
                       uint8_t **outp, size_t *lenp)
 {
@@ -2051,6 +2709,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
     struct out o = {0};
     uint32_t style = call->tag;
     size_t est = 32;
+    int resp3 = call->session && __atomic_load_n(&call->session->resp, __ATOMIC_RELAXED) == 3;
 
     if (style >= RS__COUNT || !reply_styles[style].fn) {
         out_start(&o, room, room_cap, est);
@@ -2066,12 +2725,13 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
         else if (reply_styles[style].flags & RF_BIG)
             est = call->resp_len + 32;
         out_start(&o, room, room_cap, est);
+        o.resp3 = resp3;
         if (call->status == KV_ST_OK || (reply_styles[style].flags & RF_ANY))
             reply_styles[style].fn(&o, call, srv);
         else if (call->status == KV_ST_NOT_FOUND && reply_styles[style].missing)
-            out_bytes(&o, reply_styles[style].missing, strlen(reply_styles[style].missing));
+            out_literal(&o, reply_styles[style].missing);
         else if (call->status == KV_ST_EXISTS && reply_styles[style].exists)
-            out_bytes(&o, reply_styles[style].exists, strlen(reply_styles[style].exists));
+            out_literal(&o, reply_styles[style].exists);
         else if ((reply_styles[style].flags & RF_REDIS_ERR) && call->status == KV_ST_BAD_REQUEST) {
             struct kv_slice m = error_message(call);
 

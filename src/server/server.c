@@ -75,6 +75,8 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
      * nothing is accepted before the store is open. */
     kv_server_resp_adapter(srv, &text);
     rc = kv_io_create(cfg, dispatch, srv, &text, err, errcap, &srv->io);
+    if (rc == 0)
+        srv->monitors = kv_io_monitor_count(srv->io);
     if (rc != 0) {
         size_t n = strlen(err);
         if (n == 0)

@@ -56,6 +56,7 @@ struct kv_server {
     struct kv_worker_registry *reg;    /* owned */
     struct kv_worker_pool *pool;       /* owned */
     struct kv_io *io;                  /* owned */
+    const unsigned *monitors;          /* ro after create: kv_io_monitor_count(io) */
     struct kv_shm_store *store;        /* owned: closed (clean mark) in destroy */
 };
 
