@@ -33,6 +33,7 @@ void kv_config_defaults(struct kv_config *c)
     c->resp_max_args = 1u << 20;
     c->memory = 256u << 20;
     c->eviction = KV_EVICT_NONE;
+    c->sync = KV_SYNC_EVERYSEC;
     c->huge_pages = KV_HUGE_TRY;
     c->max_key = 4096;
 }

@@ -1139,6 +1139,21 @@ static void handle_stats(void *ctx, struct kv_call *call)
         ADD("recovered_items", st.recovered_items);
         ADD("dropped_items", st.dropped_items);
         ADD("store_huge_page_bytes", st.huge_bytes);
+        ADD("restored_items", st.restored_items);
+    }
+    {
+        struct kv_shm_sync_stats sy;
+
+        kv_shm_sync_stats(srv->store, &sy); /* --sync: README, "Power loss" */
+        ADD("sync_policy", sy.policy);
+        ADD("syncs_started", sy.started);
+        ADD("syncs_completed", sy.completed);
+        ADD("sync_last_ok", sy.last_ok);
+        ADD("sync_errors", sy.errors);
+        ADD("sync_last_done_ms", sy.last_done_ms);
+        ADD("sync_last_us", sy.last_us);
+        ADD("sync_max_us", sy.max_us);
+        ADD("sync_chunks_waiting", sy.chunks_waiting);
     }
     if (srv->io) {
         unsigned tcp, unx;

@@ -21,6 +21,7 @@ enum {
     OPT_UNIX, OPT_UNIX_PERM, OPT_NO_TCP,
     OPT_LOG_FILE, OPT_RDB_FILE, OPT_LOAD_RDB,
     OPT_MAX_CLIENT_MEMORY,
+    OPT_SYNC,
 };
 
 static const struct option long_opts[] = {
@@ -51,6 +52,7 @@ static const struct option long_opts[] = {
     {"max-body-noauth", required_argument, NULL, OPT_MAX_BODY_NOAUTH},
     {"output-hard-limit", required_argument, NULL, OPT_OUTPUT_HARD},
     {"huge-pages", required_argument, NULL, OPT_HUGE_PAGES},
+    {"sync", required_argument, NULL, OPT_SYNC},
     {"unix", required_argument, NULL, OPT_UNIX},
     {"unix-perm", required_argument, NULL, OPT_UNIX_PERM},
     {"no-tcp", no_argument, NULL, OPT_NO_TCP},
@@ -99,6 +101,9 @@ void kv_options_usage(FILE *f)
           "                       SAVE is refused)\n"
           "  --load-rdb FILE      import the string keys of a Redis RDB file at start, into an\n"
           "                       empty store only (other types are skipped and counted)\n"
+          "  --sync always|everysec|no  with --data-file: answer a write only once it is on\n"
+          "                       disk, flush every second (default), or leave it to the\n"
+          "                       kernel (README, \"Power loss\", says what each can lose)\n"
           "  --huge-pages try|require|off  back the store with huge pages: ask and say\n"
           "                       when it did not get them (default), refuse to start\n"
           "                       without them, or do not ask\n"
@@ -319,6 +324,17 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
                 cfg->eviction = (enum kv_eviction)i;
             break;
         }
+        case OPT_SYNC: {
+            static const char *const names[] = {[KV_SYNC_NO] = "no",
+                                                [KV_SYNC_EVERYSEC] = "everysec",
+                                                [KV_SYNC_ALWAYS] = "always"};
+            int i;
+
+            rc = parse_name(optarg, names, 3, &i);
+            if (rc == 0)
+                cfg->sync = (enum kv_sync)i;
+            break;
+        }
         case OPT_HUGE_PAGES: {
             static const char *const names[] = {[KV_HUGE_TRY] = "try",
                                                 [KV_HUGE_REQUIRE] = "require",
@@ -490,6 +506,8 @@ size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
     SIZE(memory, "memory");
     if (cfg->eviction != d.eviction && (unsigned)cfg->eviction < 2)
         ADD("--eviction %s", evict[cfg->eviction]);
+    if (cfg->sync != d.sync && (unsigned)cfg->sync < 3)
+        ADD("--sync %s", (const char *const[]){"no", "everysec", "always"}[cfg->sync]);
     if (cfg->huge_pages != d.huge_pages && (unsigned)cfg->huge_pages < 3)
         ADD("--huge-pages %s", huge[cfg->huge_pages]);
     FLAG(reset_store, "reset-store");

@@ -1499,8 +1499,17 @@ static void reply_info(struct out *o, const struct kv_call *call, const struct k
         int64_t last = kv_server_last_save((struct kv_server *)srv, &running, &ok);
 
         out_fmt(&t, "# Persistence\r\nloading:0\r\nrdb_bgsave_in_progress:%d\r\n"
-                    "rdb_last_save_time:%lld\r\nrdb_last_bgsave_status:%s\r\n\r\n",
+                    "rdb_last_save_time:%lld\r\nrdb_last_bgsave_status:%s\r\n",
                 running, (long long)last, ok ? "ok" : "err");
+        /* --sync (README, "Power loss"): a write acknowledged before syncs_started was
+         * read is on disk once sync_last_ok exceeds that number */
+        out_fmt(&t, "sync_policy:%s\r\nsyncs_started:%lld\r\nsyncs_completed:%lld\r\n"
+                    "sync_last_ok:%lld\r\nsync_errors:%lld\r\n\r\n",
+                (const char *const[]){"no", "everysec", "always"}[stat_value(call, "sync_policy") % 3],
+                (long long)stat_value(call, "syncs_started"),
+                (long long)stat_value(call, "syncs_completed"),
+                (long long)stat_value(call, "sync_last_ok"),
+                (long long)stat_value(call, "sync_errors"));
     }
     out_fmt(&t, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n",
             (long long)stat_value(call, "keys"));

@@ -214,7 +214,7 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
     }
     for (size_t i = 0; i < n; i++) {
         if (k[i].ow && !k[i].inserted)
-            kv_shm_free(s, SHM_WORD_OFF(k[i].ow));
+            kv_shm_free_replaced(s, SHM_WORD_OFF(k[i].ow)); /* --sync: see shm_int.h */
         else if (k[i].inserted)
             kv_shm_index_grow(s, k[i].h);
     }
