@@ -645,6 +645,8 @@ static int rewrite_room(struct kv_shm_store *s, int attempt, size_t need, int li
         return KV_ENOMEM;
     if (attempt == 0 && spares_release(s))
         return 0;
+    if (kv_shm_sync_reclaim(s)) /* --sync: see kv_shm_alloc_room */
+        return 0;
     return kv_shm_make_room(s, line ? SHM_LINE : need, line);
 }
 

@@ -232,7 +232,8 @@ struct kv_shm_store {
      * a thread. wseq counts writes (atomic), so that a sync knows what it covers. */
     struct shm_sync *sync;
     int defer;     /* ro while the store is in use: frees wait for a sync */
-    uint64_t wseq;
+    uint64_t wseq __attribute__((aligned(64))); /* its own line: written by every write */
+    uint8_t wseq_pad[56];
     uint64_t restored_items; /* ro after open: recovery took an older copy for a torn slot */
 };
 
@@ -272,9 +273,15 @@ void kv_shm_sync_range(struct kv_shm_store *s, uint64_t off, uint64_t len);
 /* Runs a sync now (a writer short of memory while frees wait for one): 1 when something
  * was released. */
 int kv_shm_sync_reclaim(struct kv_shm_store *s);
+/* This thread's last write (wseq value and the store's open_id): --sync always waits
+ * for a sync covering it, not for other threads' writes. */
+extern __thread uint64_t kv_shm_tl_wseq, kv_shm_tl_open;
 static inline void kv_shm_wrote(struct kv_shm_store *s)
 {
-    __atomic_add_fetch(&s->wseq, 1, __ATOMIC_RELEASE);
+    if (!s->sync)
+        return; /* nothing counts writes without --sync */
+    kv_shm_tl_wseq = __atomic_add_fetch(&s->wseq, 1, __ATOMIC_RELEASE);
+    kv_shm_tl_open = s->open_id;
 }
 
 /* ---- shm_alloc.c ---- */

@@ -384,12 +384,16 @@ int kv_shm_sync_now(struct kv_shm_store *s)
     return sync_once(s, s->sync);
 }
 
+__thread uint64_t kv_shm_tl_wseq, kv_shm_tl_open;
+
 int kv_shm_sync_barrier(struct kv_shm_store *s)
 {
     struct shm_sync *y = s->sync;
     if (!y || y->policy != KV_SYNC_ALWAYS)
         return 0;
-    uint64_t w = __atomic_load_n(&s->wseq, __ATOMIC_ACQUIRE);
+    /* this thread's last write, when it was to this store; else every write so far */
+    uint64_t w = kv_shm_tl_open == s->open_id ? kv_shm_tl_wseq
+                                              : __atomic_load_n(&s->wseq, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&y->mu);
     int rc = 0;
     if (y->synced_wseq < w) {
