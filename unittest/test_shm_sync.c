@@ -33,6 +33,7 @@
 #include "kv_mem.h"
 #include "kv_shm.h"
 #include "kv_test_util.h"
+#include "options.h"
 
 #define PG 4096u
 
@@ -194,6 +195,8 @@ static int check_image(struct flips *f, const struct kv_config *base, int verbos
             !(k < 200 && (g == 1 || g == 3)) && !(k >= 300 && k < 400 && (g == 5 || g == 7)) &&
             !(k >= 400 && k < 500 && g == -1))
             fprintf(stderr, "    k%u: %ld\n", k, g);
+        if (getenv("KV_SYNC_DEBUG") && k >= 400 && k < 500 && g != -1)
+            fprintf(stderr, "    revived k%u: %ld\n", k, g);
     }
     for (unsigned k = 0; k < NNEW; k++) { /* new after the sync: absent or whole */
         int kl = snprintf(key, sizeof(key), "n%u", k);
@@ -218,12 +221,28 @@ static int check_image(struct flips *f, const struct kv_config *base, int verbos
     return bad;
 }
 
+/* The file as the flush of a sync left it, before what waited for it was freed. */
+struct at_flush {
+    const char *path;
+    size_t size;
+    uint8_t *img; /* owned */
+};
+
+static void take_at_flush(void *ctx)
+{
+    struct at_flush *a = ctx;
+    kv_mem_free(KV_MOD_TEST, a->img);
+    a->img = file_read(a->path, a->size);
+}
+
 static void run_flips(int no_defer, struct flips *f, unsigned mixes)
 {
     struct kv_config c;
     cfg_file(&c, no_defer ? "flipnd" : "flip", 4u << 20);
+    struct at_flush af = {c.data_file, c.memory, NULL};
     struct kv_shm_open_opts o = {.sync_no_defer = no_defer, .sync_interval_ms = 3600000,
-                                 .fixed_hash_key = getenv("KV_SYNC_DEBUG") != NULL};
+                                 .fixed_hash_key = getenv("KV_SYNC_DEBUG") != NULL,
+                                 .sync_flushed = take_at_flush, .sync_ctx = &af};
     struct kv_shm_store *s = NULL;
     char err[512];
     CU_ASSERT_EQUAL_FATAL(kv_shm_store_open_ex(&c, &o, err, sizeof(err), &s), 0);
@@ -237,7 +256,10 @@ static void run_flips(int no_defer, struct flips *f, unsigned mixes)
     CU_ASSERT_EQUAL_FATAL(kv_shm_sync_now(s), 0);
     memset(f, 0, sizeof(*f));
     f->size = c.memory;
-    f->a = file_read(c.data_file, f->size); /* the disk right after the sync */
+    f->a = af.img; /* the disk right after the sync's flush (moved slots not yet cleared,
+                    * chunks that waited not yet freed) */
+    af.img = NULL;
+    CU_ASSERT_FATAL(f->a != NULL);
 
     /* after the sync: overwrites (same class: a freed chunk is what the next write of
      * the class wants), deletes, other classes, new keys (splits), large values */
@@ -255,11 +277,23 @@ static void run_flips(int no_defer, struct flips *f, unsigned mixes)
     for (unsigned k = 300; k < 400; k++)
         put(s, "k", k, k < 310 ? 7 : 5);
     f->b = file_read(c.data_file, f->size);
+    struct kv_shm_sync_stats y;
+    kv_shm_sync_stats(s, &y);
+    CU_ASSERT_EQUAL(y.completed, 1); /* B is still based on the sync of A */
     kv_shm_store_close(s);
+    kv_mem_free(KV_MOD_TEST, af.img); /* the close's own sync */
     unlink(c.data_file);
 
     f->img = kv_mem_alloc(KV_MOD_TEST, f->size);
     CU_ASSERT_FATAL(f->img != NULL);
+    if (getenv("KV_SYNC_DEBUG")) {
+        fprintf(stderr, "A alone:\n");
+        memcpy(f->img, f->a, f->size);
+        check_image(f, &c, 1);
+        fprintf(stderr, "B alone:\n");
+        memcpy(f->img, f->b, f->size);
+        check_image(f, &c, 1);
+    }
     size_t npg = f->size / PG, diff = 0;
     for (size_t p = 0; p < npg; p++) {
         if (memcmp(f->a + p * PG, f->b + p * PG, PG) == 0)
@@ -798,6 +832,26 @@ static void test_sync_recovery_cost(void)
     kv_mem_free(KV_MOD_TEST, b);
 }
 
+/* --sync on the command line: the three names, the default, a bad one named. */
+static void test_sync_option(void)
+{
+    struct kv_config c;
+    char err[512];
+    char *argv[4] = {"libevkv", "--sync", NULL, NULL};
+    const char *names[] = {"no", "everysec", "always"};
+    for (int i = 0; i < 3; i++) {
+        argv[2] = (char *)names[i];
+        kv_config_defaults(&c);
+        CU_ASSERT_EQUAL(kv_options_parse(3, argv, &c, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(c.sync, (enum kv_sync)i);
+    }
+    kv_config_defaults(&c);
+    CU_ASSERT_EQUAL(c.sync, KV_SYNC_EVERYSEC);
+    argv[2] = "sometimes";
+    CU_ASSERT_NOT_EQUAL(kv_options_parse(3, argv, &c, err, sizeof(err)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "--sync"));
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -816,6 +870,7 @@ int main(void)
         {"test_sync_full_store_reclaims", test_sync_full_store_reclaims},
         {"test_sync_server_copies", test_sync_server_copies},
         {"test_sync_recovery_cost", test_sync_recovery_cost},
+        {"test_sync_option", test_sync_option},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
         if (!CU_add_test(su, tests[i].name, tests[i].fn))

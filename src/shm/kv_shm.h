@@ -46,6 +46,10 @@ struct kv_shm_open_opts {
     int sync_no_defer;   /* 1: with --sync, free chunks and clear split slots at once, as
                           * without it (shows what the deferral guards: test_shm_sync) */
     unsigned sync_interval_ms; /* >0: the sync thread's period instead of 1000 ms */
+    void (*sync_flushed)(void *ctx); /* called after each sync's flush, before what waited
+                                      * for it is freed: the disk as a power loss then
+                                      * finds it at the earliest */
+    void *sync_ctx;
 };
 
 enum kv_shm_crash_site {

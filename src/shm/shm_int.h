@@ -254,7 +254,7 @@ void kv_shm_crash_point(struct kv_shm_store *s, int site);
 /* ---- shm_sync.c ---- */
 /* Starts --sync for a data-file store after it is open and recovered (0 when there is
  * nothing to start); no_defer is the test knob that frees at once as without --sync. */
-int kv_shm_sync_start(struct kv_shm_store *s, int policy, int no_defer, unsigned interval_ms);
+int kv_shm_sync_start(struct kv_shm_store *s, int policy, const struct kv_shm_open_opts *o);
 /* Stops the thread and frees whatever waits (the store is being closed cleanly). */
 void kv_shm_sync_stop(struct kv_shm_store *s);
 /* 1 when frees wait for a sync (chunks, pages and moved slots are not reused). */

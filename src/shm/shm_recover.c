@@ -103,6 +103,12 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
     r->why = KV_SHM_DROP_HEADER;
     if (it->magic != SHM_ITEM_MAGIC || it->klen == 0)
         return NULL;
+    /* --sync: removed (shm_sync.c). On a torn image a slot may name a chunk that was
+     * freed and reused after the last sync while the disk still has its removed item:
+     * taking it would bring back a key deleted before that sync. A key removed after the
+     * sync may be absent, so no reference to a removed item is ever needed. */
+    if (it->atime == SHM_ATIME_DEAD)
+        return NULL;
     if (c == SHM_CLASS_LARGE) {
         uint64_t n = kv_shm_large_pages(size);
         if (in || size <= SHM_MAX_CHUNK || n == 0 ||
@@ -259,8 +265,18 @@ static int claim_bucket(struct rec *r, uint64_t b)
             if (!line[i])
                 continue;
             /* a word a split left behind under --sync (SHM_CLASS_MOVED): an ordinary
-             * reference here, filed where the state says below like any other */
-            struct shm_item *it = claim_item(r, line[i]);
+             * reference here, filed where the state says below like any other -- unless
+             * its item was removed since (marked dead): the word is only a spare copy of
+             * a reference, and the removal may predate the last sync */
+            int spare_ref = 0;
+            if (SHM_WORD_CLS(line[i]) == SHM_CLASS_MOVED) {
+                uint64_t mo = SHM_WORD_OFF(line[i]);
+                spare_ref = mo >= s->data_off && mo + SHM_ITEM_HDR <= s->data_end &&
+                            ((const struct shm_item *)shm_ptr(s, mo))->atime == SHM_ATIME_DEAD;
+            }
+            struct shm_item *it = spare_ref ? NULL : claim_item(r, line[i]);
+            /* (a torn slot, or a moved word whose chunk holds a removed item: the key's
+             * previous copy is still looked for, below) */
             if (!it && s->is_file && r->nlost < (1u << 20)) {
                 if (r->nlost == r->caplost) {
                     size_t cap = r->caplost ? r->caplost * 2 : 64;
@@ -275,8 +291,10 @@ static int claim_bucket(struct rec *r, uint64_t b)
             }
             if (!it) {
                 line[i] = 0;
-                r->dropped++;
-                r->why_n[r->why]++;
+                if (!spare_ref) { /* a spare copy of a reference is not an item dropped */
+                    r->dropped++;
+                    r->why_n[r->why]++;
+                }
                 continue;
             }
             uint64_t h = kv_shm_hash(s, it->data, it->klen);

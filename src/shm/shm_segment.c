@@ -579,8 +579,7 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
          * later never mixes pages of the image it repaired with pages of its repair */
         if (s->recovered)
             msync(s->base, s->size, MS_SYNC);
-        rc = kv_shm_sync_start(s, cfg->sync, opts ? opts->sync_no_defer : 0,
-                               opts ? opts->sync_interval_ms : 0);
+        rc = kv_shm_sync_start(s, cfg->sync, opts);
         if (rc) {
             say(errbuf, errcap, "cannot start the --sync thread for %s", s->name);
             kv_shm_store_close(s);

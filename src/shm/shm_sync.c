@@ -64,6 +64,8 @@ struct lists {
 struct shm_sync {
     int policy;
     uint64_t interval_ms; /* ro */
+    void (*flushed)(void *ctx); /* ro: test knob, see kv_shm_open_opts */
+    void *flushed_ctx;
     pthread_mutex_t mu;  /* guards the fields below up to the lists */
     pthread_cond_t wake; /* the thread waits here for work */
     pthread_cond_t done; /* waiters for a completed sync */
@@ -153,6 +155,8 @@ static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
     int rc = msync(s->base, s->size, MS_SYNC) ? errno : 0;
     uint64_t us = mono_us() - t0;
     if (rc == 0) {
+        if (y->flushed)
+            y->flushed(y->flushed_ctx);
         lists_release(s, &l);
         __atomic_sub_fetch(&y->pending, l.n, __ATOMIC_RELAXED);
     } else {
@@ -229,8 +233,10 @@ static void *sync_main(void *arg)
     return NULL;
 }
 
-int kv_shm_sync_start(struct kv_shm_store *s, int policy, int no_defer, unsigned interval_ms)
+int kv_shm_sync_start(struct kv_shm_store *s, int policy, const struct kv_shm_open_opts *o)
 {
+    int no_defer = o ? o->sync_no_defer : 0;
+    unsigned interval_ms = o ? o->sync_interval_ms : 0;
     if (!s->is_file || s->attach || policy == KV_SYNC_NO)
         return 0;
     struct shm_sync *y = kv_mem_calloc(KV_MOD_SHM, sizeof(*y));
@@ -238,6 +244,8 @@ int kv_shm_sync_start(struct kv_shm_store *s, int policy, int no_defer, unsigned
         return KV_ENOMEM;
     y->policy = policy;
     y->interval_ms = interval_ms ? interval_ms : 1000;
+    y->flushed = o ? o->sync_flushed : NULL;
+    y->flushed_ctx = o ? o->sync_ctx : NULL;
     pthread_mutex_init(&y->mu, NULL);
     pthread_mutex_init(&y->run, NULL);
     pthread_mutex_init(&y->lmu, NULL);
