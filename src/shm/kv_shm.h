@@ -280,7 +280,7 @@ struct kv_shm_sync_stats {
     uint64_t last_ok;       /* the number of the last one that succeeded (0 = none) */
     uint64_t errors;        /* syncs that failed (msync said last_errno) */
     int last_errno;
-    int64_t last_start_ms, last_done_ms; /* CLOCK_REALTIME of the last successful one */
+    int64_t last_start_ms, last_done_ms; /* CLOCK_REALTIME: the last begun; the last done well */
     uint64_t last_us, max_us, total_us;  /* time msync took */
     uint64_t chunks_waiting; /* freed chunks waiting for a sync now */
     uint64_t moved_waiting;  /* split slots waiting for a sync now */

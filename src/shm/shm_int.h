@@ -232,8 +232,11 @@ struct kv_shm_store {
      * a thread. wseq counts writes (atomic), so that a sync knows what it covers. */
     struct shm_sync *sync;
     int defer;     /* ro while the store is in use: frees wait for a sync */
-    uint64_t wseq __attribute__((aligned(64))); /* its own line: written by every write */
-    uint8_t wseq_pad[56];
+    /* written by every write: padded to a cache line of its own (padding, not alignment:
+     * the struct comes from kv_mem_calloc, 16-byte aligned) */
+    uint8_t wseq_pad0[64];
+    uint64_t wseq;
+    uint8_t wseq_pad1[64];
     uint64_t restored_items; /* ro after open: recovery took an older copy for a torn slot */
 };
 
