@@ -79,8 +79,10 @@ struct vbuf {
 static void *vb_alloc(void *ctx, size_t n)
 {
     struct vbuf *v = ctx;
-    v->p = kv_mem_alloc(KV_MOD_TEST, n ? n : 1);
+    v->p = kv_mem_alloc(KV_MOD_TEST, n + 1); /* NUL-terminated for sscanf */
     v->len = n;
+    if (v->p)
+        v->p[n] = 0;
     return v->p;
 }
 

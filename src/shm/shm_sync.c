@@ -141,6 +141,10 @@ static void lists_release(struct kv_shm_store *s, struct lists *l)
 static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
 {
     pthread_mutex_lock(&y->run);
+    if (__atomic_load_n(&y->hold, __ATOMIC_ACQUIRE) && !y->stop) {
+        pthread_mutex_unlock(&y->run); /* held (test knob): no sync begins */
+        return 0;
+    }
     pthread_mutex_lock(&y->lmu);
     struct lists l = y->cur;
     memset(&y->cur, 0, sizeof(y->cur));
@@ -380,9 +384,12 @@ void kv_shm_sync_hold(struct kv_shm_store *s, int hold)
     if (!y)
         return;
     pthread_mutex_lock(&y->mu);
-    __atomic_store_n(&y->hold, hold, __ATOMIC_RELAXED);
+    __atomic_store_n(&y->hold, hold, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&y->wake);
     pthread_mutex_unlock(&y->mu);
+    /* a sync already under way ends first: none runs once this returns */
+    pthread_mutex_lock(&y->run);
+    pthread_mutex_unlock(&y->run);
 }
 
 int kv_shm_sync_now(struct kv_shm_store *s)
