@@ -20,6 +20,8 @@
 #define NOFIELD 0, 0
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const syncs[] = {[KV_SYNC_NO] = "no", [KV_SYNC_EVERYSEC] = "everysec",
+                                    [KV_SYNC_ALWAYS] = "always", NULL};
 static const char *const evictions[] = {[KV_EVICT_NONE] = "none", [KV_EVICT_LRU] = "lru", NULL};
 static const char *const evictions_redis[] = {[KV_EVICT_NONE] = "noeviction",
                                               [KV_EVICT_LRU] = "allkeys-lru", NULL};
@@ -80,6 +82,10 @@ const struct kv_config_option kv_config_options[] = {
      "SIZE", "store size", NULL},
     {"eviction", "maxmemory-policy", KV_CT_ENUM, F(eviction), 0, 1, evictions, evictions_redis,
      "none", 0, "none|lru", "when full: answer OUT_OF_MEMORY or evict (LRU)", NULL},
+    {"sync", NULL, KV_CT_ENUM, F(sync), 0, 2, syncs, NULL, "everysec", 0, "always|everysec|no",
+     "with --data-file: answer a write only once it is on\n"
+     "disk, flush every second, or leave it to the kernel\n"
+     "(README, \"Power loss\", says what each can lose)", NULL},
     {"reset-store", NULL, KV_CT_FLAG, F(reset_store), 0, 1, NULL, NULL, NULL, 0, NULL,
      "move an unusable segment aside and start empty", NULL},
     {"shrink-store", NULL, KV_CT_FLAG, F(shrink_store), 0, 1, NULL, NULL, NULL, 0, NULL,

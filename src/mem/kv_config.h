@@ -16,6 +16,11 @@ enum kv_eviction { KV_EVICT_NONE, KV_EVICT_LRU };
  * them; require: refuse to start without them; off: do not ask. */
 enum kv_huge_pages { KV_HUGE_TRY, KV_HUGE_REQUIRE, KV_HUGE_OFF };
 
+/* --sync for a --data-file store (README, "Power loss"): no: the kernel's writeback
+ * only; everysec: a sync thread flushes every second; always: a write is answered only
+ * after a sync that began after it completed (group commit). A shm store ignores it. */
+enum kv_sync { KV_SYNC_NO, KV_SYNC_EVERYSEC, KV_SYNC_ALWAYS };
+
 struct kv_config {
     /* network / io */
     char bind_addr[64];          /* default 127.0.0.1 */
@@ -52,6 +57,7 @@ struct kv_config {
     char rdb_file[1024];         /* where SAVE/BGSAVE write an RDB file, "" = refused */
     char load_rdb[1024];         /* an RDB file to import into an empty store at start */
     unsigned databases;          /* SELECT 0 .. databases - 1; default 16, at most 256 */
+    enum kv_sync sync;           /* --sync, default everysec (data files only) */
 
     int in_order;                /* 1: binary answers leave in request order too */
     int resp_disabled;           /* 1: binary frames only (no RESP on the port) */

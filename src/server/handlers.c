@@ -1147,6 +1147,20 @@ static void handle_stats(void *ctx, struct kv_call *call)
         ADD("recovered_items", ss->recovered_items);
         ADD("dropped_items", ss->dropped_items);
         ADD("store_huge_page_bytes", ss->huge_bytes);
+        ADD("restored_items", ss->restored_items);
+    }
+    {
+        const struct kv_shm_sync_stats *sy = &st->sync; /* --sync: README, "Power loss" */
+
+        ADD("sync_policy", sy->policy);
+        ADD("syncs_started", sy->started);
+        ADD("syncs_completed", sy->completed);
+        ADD("sync_last_ok", sy->last_ok);
+        ADD("sync_errors", sy->errors);
+        ADD("sync_last_done_ms", sy->last_done_ms);
+        ADD("sync_last_us", sy->last_us);
+        ADD("sync_max_us", sy->max_us);
+        ADD("sync_chunks_waiting", sy->chunks_waiting);
     }
     /* keys of the call's database (DBSIZE), then every non-empty one as dbN */
     {

@@ -48,6 +48,13 @@ static void dispatch(void *ctx, struct kv_call *calls)
 
 static void done(void *ctx, void *origin, struct kv_call *calls)
 {
+    struct kv_server *srv = ctx;
+
+    /* --sync always: no answer of this batch leaves before a sync that began after its
+     * writes has completed; workers finishing meanwhile share that sync (group commit).
+     * A failed sync is counted (STATS sync_errors) and the answers still leave. */
+    if (srv->cfg->sync == KV_SYNC_ALWAYS && srv->store)
+        kv_shm_sync_barrier(srv->store);
     kv_io_complete(origin, calls);
 }
 

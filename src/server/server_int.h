@@ -81,6 +81,7 @@ struct kv_server_stats {
     struct kv_worker_stats pool;
     int have_store;
     struct kv_shm_stats store;
+    struct kv_shm_sync_stats sync; /* --sync (data files) */
     unsigned ndbs;                  /* rows of db[] (INFO keyspace, DBSIZE) */
     struct kv_server_db_stats db[KV_SERVER_MAX_DBS];
     struct kv_server_counters total;      /* since the start (store's: the segment's) */

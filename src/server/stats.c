@@ -111,6 +111,8 @@ void kv_server_stats_collect(struct kv_server *srv, struct kv_server_stats *out)
     }
     if (srv->store && kv_shm_stats(srv->store, &out->store) == 0)
         out->have_store = 1;
+    if (srv->store)
+        kv_shm_sync_stats(srv->store, &out->sync);
     /* every database's key count (O(1) each: the store keeps per-database counters) */
     out->ndbs = srv->cfg->databases < KV_SERVER_MAX_DBS ? srv->cfg->databases : KV_SERVER_MAX_DBS;
     for (unsigned d = 0; srv->store && d < out->ndbs; d++) {
@@ -300,6 +302,16 @@ size_t kv_server_info_format(struct kv_server *srv, const struct kv_server_stats
                              st->save_running, (long long)st->last_save,
                              st->save_ok ? "ok" : "err", (unsigned long long)st->store.generation,
                              st->store.recovered);
+        /* --sync (README, "Power loss"): a write acknowledged before syncs_started was
+         * read is on disk once sync_last_ok exceeds that number */
+        len = kv_mem_appendf(buf, cap, len,
+                             "sync_policy:%s\r\nsyncs_started:%llu\r\nsyncs_completed:%llu\r\n"
+                             "sync_last_ok:%llu\r\nsync_errors:%llu\r\n",
+                             (const char *const[]){"no", "everysec", "always"}[st->sync.policy % 3],
+                             (unsigned long long)st->sync.started,
+                             (unsigned long long)st->sync.completed,
+                             (unsigned long long)st->sync.last_ok,
+                             (unsigned long long)st->sync.errors);
     }
     if (section(sections, KV_INFO_STATS, "Stats", buf, cap, &len, &first)) {
         len = kv_mem_appendf(

@@ -38,7 +38,8 @@ static int item_expired(const struct shm_item *it, int64_t now)
 
 static uint32_t atime_at(const struct kv_shm_store *s, int64_t now)
 {
-    return (uint32_t)((uint64_t)(now - (int64_t)s->hdr->created_ms) / 4);
+    uint32_t a = (uint32_t)((uint64_t)(now - (int64_t)s->hdr->created_ms) / 4);
+    return a == SHM_ATIME_DEAD ? a - 1 : a; /* that value marks an unlinked item (--sync) */
 }
 
 static void item_seal(const struct kv_shm_store *s, struct shm_item *it)
@@ -110,6 +111,7 @@ struct shm_item *kv_shm_item_fill(struct kv_shm_store *s, uint64_t off, unsigned
 
 uint64_t kv_shm_version_next(struct kv_shm_store *s)
 {
+    kv_shm_wrote(s); /* every write but a removal takes a version: --sync counts them */
     return __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
 }
 
@@ -117,6 +119,7 @@ uint64_t kv_shm_version_next(struct kv_shm_store *s)
 static void slot_clear(struct kv_shm_store *s, struct shm_stripe *st, uint64_t *slot,
                        const struct shm_item *it)
 {
+    kv_shm_wrote(s);
     __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
     __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
     if (it)
@@ -317,6 +320,7 @@ void kv_shm_rset_drop(struct kv_shm_store *s, const struct kv_shm_rset *r)
 static int publish(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, uint64_t *slot,
                    uint64_t word, unsigned pdb)
 {
+    kv_shm_wrote(s);
     if (slot) {
         __atomic_store_n(slot, word, __ATOMIC_RELEASE);
         return 0;
@@ -359,8 +363,8 @@ static struct shm_spare *spare_row(struct kv_shm_store *s)
     static __thread struct shm_spare *row;
     if (open_id == s->open_id)
         return row;
-    if (s->attach)
-        return NULL;
+    if (s->attach || kv_shm_deferring(s))
+        return NULL; /* --sync: a replaced chunk waits for a sync, never reused at once */
     unsigned i = __atomic_load_n(&s->spare_rows, __ATOMIC_RELAXED);
     do {
         if (i >= SHM_SPARE_ROWS)
@@ -447,6 +451,10 @@ int kv_shm_alloc_room(struct kv_shm_store *s, size_t total, uint64_t *off, unsig
         rc = kv_shm_alloc(s, total, off, cls);
     uint64_t tries = ROOM_TRIES + 4 * (total > SHM_MAX_CHUNK ? kv_shm_large_pages(total) : 0);
     for (uint64_t n = 0; rc == KV_ENOMEM && n < tries; n++) {
+        /* --sync: chunks freed since the last sync come back after the next one; this
+         * writer runs it rather than evict more (or fail) meanwhile */
+        if (kv_shm_sync_reclaim(s) && (rc = kv_shm_alloc(s, total, off, cls)) != KV_ENOMEM)
+            break;
         if (kv_shm_make_room(s, total, 0))
             break;
         rc = kv_shm_alloc(s, total, off, cls);
@@ -464,6 +472,8 @@ int kv_shm_room(struct kv_shm_store *s, int attempt, size_t need, int line)
 int kv_shm_line_room(struct kv_shm_store *s, int attempt)
 {
     if (attempt == 0 && spares_release(s))
+        return 0;
+    if (kv_shm_sync_reclaim(s)) /* --sync: see kv_shm_alloc_room */
         return 0;
     return kv_shm_make_room(s, SHM_LINE, 1);
 }
@@ -557,7 +567,7 @@ int kv_shm_db_set_h(struct kv_shm_store *s, unsigned db, const void *key, size_t
                             __ATOMIC_RELAXED) > 1)
             __atomic_store_n(&spare->off[old_cls], old, __ATOMIC_RELEASE); /* only we put */
         else if (old)
-            kv_shm_free(s, old);
+            kv_shm_free_replaced(s, old);
         else
             kv_shm_index_grow(s, h);
         if (new_version)
@@ -721,6 +731,8 @@ static int rewrite_room(struct kv_shm_store *s, int attempt, size_t need, int li
         return KV_ENOMEM;
     if (attempt == 0 && spares_release(s))
         return 0;
+    if (kv_shm_sync_reclaim(s)) /* --sync: see kv_shm_alloc_room */
+        return 0;
     return kv_shm_make_room(s, line ? SHM_LINE : need, line);
 }
 
@@ -776,7 +788,7 @@ int kv_shm_db_incr(struct kv_shm_store *s, unsigned db, const void *key, size_t 
     if (rc)
         return rc;
     if (old)
-        kv_shm_free(s, old);
+        kv_shm_free_replaced(s, old);
     else
         kv_shm_index_grow(s, h);
     if (result)
@@ -799,11 +811,12 @@ int kv_shm_db_expire(struct kv_shm_store *s, unsigned db, const void *key, size_
     uint64_t h = kv_shm_hash(s, key, klen), old = 0, ver;
     struct shm_stripe *st = shm_stripe_of(s, h);
     struct shm_item *it;
-    int rc, line = 0;
+    int rc, line = 0, removed = 0;
     size_t need = 0;
     for (int attempt = 0;; attempt++) {
         int64_t now = kv_shm_now_ms();
         rc = KV_ENOTFOUND;
+        removed = 1;
         pthread_rwlock_wrlock(&st->lock);
         unsigned pdb = shm_db_phys(s, db);
         uint64_t b = kv_shm_index_bucket(s, h);
@@ -820,14 +833,17 @@ int kv_shm_db_expire(struct kv_shm_store *s, unsigned db, const void *key, size_
             /* copy-on-write: the expiry is checksummed, so it is never patched in place */
             rc = rewrite_locked(s, st, b, slot, h, pdb, key, klen, NULL, it, it->vlen,
                                 ttl_ms > 0 ? expiry_at(now, ttl_ms) : 0, &ver, &old, &need, &line);
+            removed = 0;
         }
         pthread_rwlock_unlock(&st->lock);
         if (rc == KV_ENOMEM && rewrite_room(s, attempt, need, line) == 0)
             continue;
         break;
     }
-    if (old)
+    if (old && removed)
         kv_shm_free(s, old);
+    else if (old)
+        kv_shm_free_replaced(s, old);
     return rc;
 }
 
@@ -956,7 +972,7 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb)
     for (int k = 0; line && k < 100000 && n < 128 - SHM_SLOTS; k++) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = line[i];
-            if (!w)
+            if (!w || SHM_WORD_CLS(w) == SHM_CLASS_MOVED) /* --sync: cleared after a sync */
                 continue;
             struct shm_item *it = kv_shm_item_check(s, w);
             if (now && (!it || !item_expired(it, now)))
@@ -1083,6 +1099,7 @@ int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out)
     memcpy(o.dropped_why, s->dropped_why, sizeof(o.dropped_why));
     o.batches_undone = s->batches_undone;
     o.recovery_ns = s->recovery_ns;
+    o.restored_items = s->restored_items;
     uint64_t used = s->data_off, fr = 0, large = 0, large_items = 0;
     o.nclasses = s->n_classes + 1;
     for (unsigned c = 0; c < s->n_classes; c++) {

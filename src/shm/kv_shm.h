@@ -49,6 +49,13 @@ struct kv_shm_open_opts {
                           * craft colliding keys as an attacker who knew the key could */
     unsigned chain_max;  /* >0: overflow lines a bucket's chain may have (default
                           * SHM_CHAIN_MAX), so a test can fill a chain */
+    int sync_no_defer;   /* 1: with --sync, free chunks and clear split slots at once, as
+                          * without it (shows what the deferral guards: test_shm_sync) */
+    unsigned sync_interval_ms; /* >0: the sync thread's period instead of 1000 ms */
+    void (*sync_flushed)(void *ctx); /* called after each sync's flush, before what waited
+                                      * for it is freed: the disk as a power loss then
+                                      * finds it at the earliest */
+    void *sync_ctx;
 };
 
 enum kv_shm_crash_site {
@@ -311,6 +318,8 @@ struct kv_shm_stats {
     uint64_t dropped_why[KV_SHM_DROP_REASONS];
     uint64_t batches_undone; /* multi-key writes a kill interrupted, undone at this open */
     uint64_t recovery_ns;   /* time recovery took at this open */
+    uint64_t restored_items; /* at this open: slots whose item was torn (a power loss), for
+                              * which recovery found the key's previous copy */
     unsigned nclasses;      /* rows in cls[]; the last row is the large-item pages */
     struct kv_shm_class_stats cls[KV_SHM_MAX_CLASSES + 1];
 };
@@ -326,5 +335,41 @@ uint64_t kv_shm_huge_bytes(const struct kv_shm_store *s);
  * smaps walk costs more than everything else here together); the first call reads it. */
 #define KV_SHM_HUGE_CACHE_NS 1000000000ull
 int kv_shm_stats(struct kv_shm_store *s, struct kv_shm_stats *out);
+
+/* --sync (cfg->sync) of a --data-file store: a thread flushes the mapping (msync
+ * MS_SYNC), and frees wait for the next completed flush so that a torn image (a power
+ * loss) never has an index naming reused bytes; README, "Power loss". A shm store, an
+ * attach handle and --sync no have none of it (policy KV_SYNC_NO, all counts 0). */
+struct kv_shm_sync_stats {
+    int policy;             /* enum kv_sync in effect */
+    int deferring;          /* frees wait for a sync */
+    uint64_t started;       /* syncs begun; a write counted before `started` was read is
+                             * covered by every sync numbered above it */
+    uint64_t completed;     /* syncs that succeeded */
+    uint64_t last_ok;       /* the number of the last one that succeeded (0 = none) */
+    uint64_t errors;        /* syncs that failed (msync said last_errno) */
+    int last_errno;
+    int64_t last_start_ms, last_done_ms; /* CLOCK_REALTIME: the last begun; the last done well */
+    uint64_t last_us, max_us, total_us;  /* time msync took */
+    uint64_t chunks_waiting; /* freed chunks waiting for a sync now */
+    uint64_t moved_waiting;  /* split slots waiting for a sync now */
+    uint64_t released;       /* chunks freed after a sync, in all */
+};
+void kv_shm_sync_stats(struct kv_shm_store *s, struct kv_shm_sync_stats *out);
+
+/* With --sync always: returns once a sync that began after every write this thread has
+ * made (every write call that returned before) has completed; one sync serves every
+ * thread waiting at once. 0 at once for the other policies and stores; KV_EIO when that
+ * sync failed (the write is in memory, not known to be on disk). */
+int kv_shm_sync_barrier(struct kv_shm_store *s);
+
+/* Runs a sync now and waits for it (a plain msync for a data file without --sync): what
+ * was written before the call is on disk when it returns 0; KV_EIO when msync failed. */
+int kv_shm_sync_now(struct kv_shm_store *s);
+
+/* Test knob: while hold is 1 no sync begins (the thread waits; a writer short of memory
+ * does not run one), so that a copy of the file read meanwhile is an image a power loss
+ * could leave: every page of it no older than the start of the last completed sync. */
+void kv_shm_sync_hold(struct kv_shm_store *s, int hold);
 
 #endif

@@ -282,7 +282,7 @@ static void large_free(struct kv_shm_store *s, uint64_t pi, uint64_t n)
     pthread_mutex_unlock(&s->hdr->page_lock);
 }
 
-void kv_shm_free(struct kv_shm_store *s, uint64_t off)
+void kv_shm_free_now(struct kv_shm_store *s, uint64_t off)
 {
     if (off < s->data_off || off >= s->data_end)
         return;

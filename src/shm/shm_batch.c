@@ -228,7 +228,7 @@ static int mset_once(struct kv_shm_store *s, unsigned db, const struct kv_shm_pa
     }
     for (size_t i = 0; i < n; i++) {
         if (k[i].ow && !k[i].inserted)
-            kv_shm_free(s, SHM_WORD_OFF(k[i].ow));
+            kv_shm_free_replaced(s, SHM_WORD_OFF(k[i].ow)); /* --sync: see shm_int.h */
         else if (k[i].inserted)
             kv_shm_index_grow(s, k[i].h);
     }
@@ -389,7 +389,7 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
         if (log_off)
             kv_shm_free(s, log_off);
         if (dold)
-            kv_shm_free(s, dold);
+            kv_shm_free_replaced(s, dold); /* --sync: the key lives on (shm_int.h) */
         if (sold)
             kv_shm_free(s, sold);
         if (inserted)

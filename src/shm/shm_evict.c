@@ -128,7 +128,9 @@ static int page_drain(struct kv_shm_store *s, uint64_t pi, enum drain_mode mode)
         pthread_rwlock_unlock(&st->lock);
         if (old && mode == DRAIN_MOVE)
             __atomic_add_fetch(&s->hdr->items_moved, 1, __ATOMIC_RELAXED);
-        if (old)
+        if (old && mode == DRAIN_MOVE)
+            kv_shm_free_replaced(s, old); /* --sync: the copy's twin, not a removal */
+        else if (old)
             kv_shm_free(s, old);
         if (stop)
             break;

@@ -16,6 +16,7 @@
  *
  * Lock rules: see shm_int.h. */
 #include <string.h>
+#include <sys/mman.h>
 
 #include "kv_mem.h"
 #include "shm_int.h"
@@ -271,6 +272,9 @@ int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk)
     if (rc)
         return rc;
     memset(shm_ptr(s, shm_page_base(s, pi)), 0, SHM_PAGE);
+    /* --sync: the zeroed page is on disk before the directory can name it there, so a torn
+     * image never reads the page's older bytes as slots (no-op otherwise) */
+    kv_shm_sync_range(s, shm_page_base(s, pi), SHM_PAGE);
     __atomic_store_n(&s->dir2[chunk], kv_shm_dir_make(pi), __ATOMIC_RELEASE);
     __atomic_store_n(&s->dir[chunk], kv_shm_dir_make(pi), __ATOMIC_RELEASE);
     __atomic_add_fetch(&s->hdr->index_pages, 1, __ATOMIC_RELAXED);
@@ -310,7 +314,7 @@ static void split_one(struct kv_shm_store *s)
     for (int k = 0; line && k < (int)s->chain_max; k++, line = line_next(s, line)) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = line[i];
-            if (!w)
+            if (!w || SHM_WORD_CLS(w) == SHM_CLASS_MOVED) /* --sync: moved by a past split */
                 continue;
             struct shm_item *it = kv_shm_item_check(s, w);
             if (!it) { /* unsound slot: no lookup can use it; recovery reclaims its chunk */
@@ -350,11 +354,43 @@ static void split_one(struct kv_shm_store *s)
             goto out;
         nspare++;
     }
+    /* --sync: a moved word stays in the old bucket, marked, until a sync begun after the
+     * move has completed (shm_sync.c): on disk the new bucket may still be older than the
+     * old one, and then only the old word names the item */
+    int keep = kv_shm_deferring(s);
     for (size_t i = 0; i < n; i++) {
         if (chain_insert(s, t, mv[i].word, spare, &nspare))
             goto out; /* cannot happen: lines are reserved; state stays, recovery-safe */
         kv_shm_crash_point(s, KV_SHM_CRASH_SPLIT); /* the item is in both buckets */
-        __atomic_store_n(mv[i].slot, 0, __ATOMIC_RELEASE);
+        uint64_t left = keep ? (mv[i].word & ~(0xFFull << 40)) | ((uint64_t)SHM_CLASS_MOVED << 40)
+                             : 0;
+        __atomic_store_n(mv[i].slot, left, __ATOMIC_RELEASE);
+        mv[i].word = left;
+    }
+    if (keep && n) {
+        uint64_t *slots_local[64], **slots = n <= 64 ? slots_local : NULL;
+        uint64_t words_local[64], *words = n <= 64 ? words_local : NULL;
+        if (!slots) {
+            slots = kv_mem_alloc(KV_MOD_SHM, n * sizeof(*slots));
+            words = kv_mem_alloc(KV_MOD_SHM, n * sizeof(*words));
+        }
+        int rc = slots && words ? 0 : KV_ENOMEM;
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            slots[i] = mv[i].slot;
+            words[i] = mv[i].word;
+        }
+        if (rc == 0)
+            rc = kv_shm_sync_moved(s, slots, words, n, (unsigned)(p & (SHM_STRIPES - 1)));
+        if (rc) {
+            /* not recorded: flush now (the new bucket reaches the disk), then clear */
+            msync(s->base, s->size, MS_SYNC);
+            for (size_t i = 0; i < n; i++)
+                __atomic_store_n(mv[i].slot, 0, __ATOMIC_RELEASE);
+        }
+        if (slots != slots_local) {
+            kv_mem_free(KV_MOD_SHM, slots);
+            kv_mem_free(KV_MOD_SHM, words);
+        }
     }
     p++;
     if (p == (1ull << L)) {

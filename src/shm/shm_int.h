@@ -72,6 +72,12 @@
 #define SHM_BATCH_ROWS     64u      /* multi-key writes in progress at once */
 #define SHM_LOG_MAGIC      0x474F4C42u /* "BLOG": a batch's undo log, never indexed */
 #define SHM_CHAIN_MAX      100000u /* overflow lines a chain may have; more is taken for a cycle */
+/* --sync (shm_sync.c): an unlinked item's atime while its chunk waits for the next sync
+ * (live items never take this value, kv_shm.c), and the class byte of a slot word that a
+ * split moved to the new bucket and left in the old one until a sync has completed (no
+ * item class has it, so every run-time walker sees an unsound slot and passes over it) */
+#define SHM_ATIME_DEAD     0xFFFFFFFFu
+#define SHM_CLASS_MOVED    0xFEu
 
 /* pmap entry: type in the top 4 bits */
 #define PM_FREE       0u
@@ -251,6 +257,16 @@ struct kv_shm_store {
     unsigned spare_rows;                                  /* atomic: rows of spares claimed */
     struct shm_spare spares[SHM_SPARE_ROWS];              /* row i: one thread's */
     char name[1100];                                      /* ro after open: shm name or file path */
+    /* --sync (shm_sync.c); NULL for shm stores, attach handles and --sync no without
+     * a thread. wseq counts writes (atomic), so that a sync knows what it covers. */
+    struct shm_sync *sync;
+    int defer;     /* ro while the store is in use: frees wait for a sync */
+    /* written by every write: padded to a cache line of its own (padding, not alignment:
+     * the struct comes from kv_mem_calloc, 16-byte aligned) */
+    uint8_t wseq_pad0[64];
+    uint64_t wseq;
+    uint8_t wseq_pad1[64];
+    uint64_t restored_items; /* ro after open: recovery took an older copy for a torn slot */
 };
 
 /* ---- shm_util.c ---- */
@@ -267,14 +283,53 @@ uint64_t kv_shm_fingerprint(void);
 unsigned kv_shm_class_sizes(uint32_t *sizes, unsigned cap);
 void kv_shm_crash_point(struct kv_shm_store *s, int site);
 
+/* ---- shm_sync.c ---- */
+/* Starts --sync for a data-file store after it is open and recovered (0 when there is
+ * nothing to start); no_defer is the test knob that frees at once as without --sync. */
+int kv_shm_sync_start(struct kv_shm_store *s, int policy, const struct kv_shm_open_opts *o);
+/* Stops the thread and frees whatever waits (the store is being closed cleanly). */
+void kv_shm_sync_stop(struct kv_shm_store *s);
+/* 1 when frees wait for a sync (chunks, pages and moved slots are not reused). */
+static inline int kv_shm_deferring(const struct kv_shm_store *s)
+{
+    return s->defer;
+}
+/* Records a slot word a split left in the old bucket (as SHM_CLASS_MOVED): cleared under
+ * the stripe lock once a sync begun after the move has completed. n words; 0, or
+ * KV_ENOMEM when they could not be recorded (the caller then clears them itself). */
+int kv_shm_sync_moved(struct kv_shm_store *s, uint64_t *const *slots, const uint64_t *words,
+                      size_t n, unsigned stripe);
+/* Makes the pages in [off, off + len) durable now (a new index page before it is
+ * linked). No-op without --sync. */
+void kv_shm_sync_range(struct kv_shm_store *s, uint64_t off, uint64_t len);
+/* Runs a sync now (a writer short of memory while frees wait for one): 1 when something
+ * was released. */
+int kv_shm_sync_reclaim(struct kv_shm_store *s);
+/* This thread's last write (wseq value and the store's open_id): --sync always waits
+ * for a sync covering it, not for other threads' writes. */
+extern __thread uint64_t kv_shm_tl_wseq, kv_shm_tl_open;
+static inline void kv_shm_wrote(struct kv_shm_store *s)
+{
+    if (!s->sync)
+        return; /* nothing counts writes without --sync */
+    kv_shm_tl_wseq = __atomic_add_fetch(&s->wseq, 1, __ATOMIC_RELEASE);
+    kv_shm_tl_open = s->open_id;
+}
+
 /* ---- shm_alloc.c ---- */
 /* Allocates a chunk, or the pages of a large item, for an item of total bytes; *cls gets
  * its class (SHM_CLASS_LARGE for pages). Never evicts, takes no stripe: KV_ENOMEM when
  * there is no room (the caller may make room, shm_evict.c, and call again), KV_ETOOBIG
  * when it can never fit. A large item's pages are marked and listed in its first page. */
 int kv_shm_alloc(struct kv_shm_store *s, size_t total, uint64_t *off, unsigned *cls);
-/* Returns an unlinked item's chunk, or all of a large item's pages. */
+/* Returns an unlinked item's chunk, or all of a large item's pages. With --sync the chunk
+ * waits for the next completed sync first (shm_sync.c), then kv_shm_free_now runs. */
 void kv_shm_free(struct kv_shm_store *s, uint64_t off);
+void kv_shm_free_now(struct kv_shm_store *s, uint64_t off);
+/* kv_shm_free of an item a newer version of the same key (or its moved copy) replaced:
+ * with --sync it is not marked dead, so that recovery may still take it for the key's
+ * previous copy when the newer one is torn (shm_sync.c). Every other free marks it. */
+void kv_shm_free_replaced(struct kv_shm_store *s, uint64_t off);
 /* One free page, marked with pmap entry e. KV_ENOMEM when none. */
 int kv_shm_page_alloc(struct kv_shm_store *s, uint32_t e, uint64_t *pi);
 /* Allocates a zeroed overflow line (a chunk of the line class). */

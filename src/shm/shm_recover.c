@@ -24,6 +24,7 @@
  * point leaves an index from which the next run reaches every item this one would have.
  *
  * Runs single-threaded, before the store is handed to anyone; takes no locks. */
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -37,6 +38,16 @@ struct misplaced {
     uint64_t word, bucket;
 };
 
+/* A slot of a data file whose item did not verify: after a power loss, possibly a key
+ * overwritten after the last sync whose new item is older on disk than the slot. */
+struct lost {
+    uint64_t *slot;
+    uint64_t bucket;
+    uint16_t tag;
+    unsigned cls;                /* of the best copy found */
+    uint64_t off, ver, h;        /* the best copy found: off 0 = none */
+};
+
 struct rec {
     struct kv_shm_store *s;
     unsigned L;
@@ -46,6 +57,9 @@ struct rec {
     uint64_t *lines;       /* owned: chunk starts claimed by overflow lines */
     struct misplaced *mis; /* owned */
     size_t nmis, capmis;
+    struct lost *lost;     /* owned */
+    size_t nlost, caplost;
+    uint64_t restored;
     uint64_t kept, dropped, maxver, nlines, batches;
     int why;                                /* reason of claim_item's last refusal */
     uint64_t why_n[KV_SHM_DROP_REASONS];    /* dropped items by reason */
@@ -88,6 +102,12 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
     unsigned c = it->cls;
     r->why = KV_SHM_DROP_HEADER;
     if (it->magic != SHM_ITEM_MAGIC || it->klen == 0 || it->db >= SHM_MAX_DB)
+        return NULL;
+    /* --sync: removed (shm_sync.c). On a torn image a slot may name a chunk that was
+     * freed and reused after the last sync while the disk still has its removed item:
+     * taking it would bring back a key deleted before that sync. A key removed after the
+     * sync may be absent, so no reference to a removed item is ever needed. */
+    if (it->atime == SHM_ATIME_DEAD)
         return NULL;
     if (c == SHM_CLASS_LARGE) {
         uint64_t n = kv_shm_large_pages(size);
@@ -244,11 +264,37 @@ static int claim_bucket(struct rec *r, uint64_t b)
         for (int i = 0; i < SHM_SLOTS; i++) {
             if (!line[i])
                 continue;
-            struct shm_item *it = claim_item(r, line[i]);
+            /* a word a split left behind under --sync (SHM_CLASS_MOVED): an ordinary
+             * reference here, filed where the state says below like any other -- unless
+             * its item was removed since (marked dead): the word is only a spare copy of
+             * a reference, and the removal may predate the last sync */
+            int spare_ref = 0;
+            if (SHM_WORD_CLS(line[i]) == SHM_CLASS_MOVED) {
+                uint64_t mo = SHM_WORD_OFF(line[i]);
+                spare_ref = mo >= s->data_off && mo + SHM_ITEM_HDR <= s->data_end &&
+                            ((const struct shm_item *)shm_ptr(s, mo))->atime == SHM_ATIME_DEAD;
+            }
+            struct shm_item *it = spare_ref ? NULL : claim_item(r, line[i]);
+            /* (a torn slot, or a moved word whose chunk holds a removed item: the key's
+             * previous copy is still looked for, below) */
+            if (!it && s->is_file && r->nlost < (1u << 20)) {
+                if (r->nlost == r->caplost) {
+                    size_t cap = r->caplost ? r->caplost * 2 : 64;
+                    struct lost *l = kv_mem_realloc(KV_MOD_SHM, r->lost, cap * sizeof(*l));
+                    if (!l)
+                        return KV_ENOMEM;
+                    r->lost = l;
+                    r->caplost = cap;
+                }
+                r->lost[r->nlost++] =
+                    (struct lost){.slot = &line[i], .bucket = b, .tag = SHM_WORD_TAG(line[i])};
+            }
             if (!it) {
                 line[i] = 0;
-                r->dropped++;
-                r->why_n[r->why]++;
+                if (!spare_ref) { /* a spare copy of a reference is not an item dropped */
+                    r->dropped++;
+                    r->why_n[r->why]++;
+                }
                 continue;
             }
             uint64_t h = kv_shm_hash(s, it->data, it->klen);
@@ -261,6 +307,104 @@ static int claim_bucket(struct rec *r, uint64_t b)
             if (want != b && mis_add(r, &line[i], w, want))
                 return KV_ENOMEM;
         }
+    }
+    return 0;
+}
+
+static int lost_cmp(const void *a, const void *b)
+{
+    const struct lost *x = a, *y = b;
+    return (x->tag > y->tag) - (x->tag < y->tag);
+}
+
+/* Offers the chunk at off, read as an item of class c, to the lost slots of its key. */
+static void offer(struct rec *r, uint64_t off, unsigned c)
+{
+    struct kv_shm_store *s = r->s;
+    const struct shm_item *it = shm_ptr(s, off);
+    if (it->magic != SHM_ITEM_MAGIC || it->cls != c || it->atime == SHM_ATIME_DEAD ||
+        it->klen == 0 || it->klen > s->max_key || off + SHM_ITEM_HDR + it->klen > s->data_end)
+        return;
+    uint64_t size = SHM_ITEM_HDR + (uint64_t)it->klen + it->vlen;
+    if (c == SHM_CLASS_LARGE) {
+        uint64_t n = kv_shm_large_pages(size);
+        if (size <= SHM_MAX_CHUNK || n == 0 || SHM_ITEM_HDR + (uint64_t)it->klen > SHM_PAGE - 4 * (n - 1))
+            return;
+        const uint32_t *list = kv_shm_large_list(s, off, n);
+        for (uint64_t k = 0; k + 1 < n; k++)
+            if (list[k] >= s->n_pages)
+                return;
+    } else if (size > s->csize[c]) {
+        return;
+    }
+    uint64_t h = kv_shm_hash(s, it->data, it->klen);
+    struct lost key = {.tag = (uint16_t)(h >> 48)};
+    struct lost *l = bsearch(&key, r->lost, r->nlost, sizeof(*l), lost_cmp);
+    if (!l)
+        return;
+    while (l > r->lost && l[-1].tag == key.tag)
+        l--;
+    int checked = 0;
+    for (; l < r->lost + r->nlost && l->tag == key.tag; l++) {
+        /* the slot's bucket and tag: 16 + 10 or more bits of the keyed hash, so no value a
+         * client stored can pose as an item here (it cannot know the key). A word sits in
+         * a bucket b that is h mod 2^l for a level l at least b's bit length (a split's
+         * old bucket too), so h agrees with b in those bits. */
+        unsigned bits = l->bucket ? 64u - (unsigned)__builtin_clzll(l->bucket) : 0;
+        uint64_t mask = (1ull << (bits > SHM_INIT_LEVEL ? bits : SHM_INIT_LEVEL)) - 1;
+        if ((h & mask) != l->bucket || (l->off && it->version <= l->ver))
+            continue;
+        if (!checked && kv_shm_item_crc(s, it) != it->crc)
+            return;
+        checked = 1;
+        *l = (struct lost){l->slot, l->bucket, l->tag, c, off, it->version, h};
+    }
+}
+
+/* Step 3b, data files only: for each slot whose item did not verify, the newest intact
+ * copy of a key of that bucket and tag that is not marked dead (shm_sync.c keeps a
+ * replaced item intact, and marked, until a sync has completed after its slot changed),
+ * looked for at every chunk position of every page that is not an index page, a line
+ * page or claimed by a large item already. */
+static int restore_lost(struct rec *r)
+{
+    struct kv_shm_store *s = r->s;
+    if (!r->nlost)
+        return 0;
+    qsort(r->lost, r->nlost, sizeof(*r->lost), lost_cmp);
+    for (uint64_t pi = 0; pi < s->n_pages; pi++) {
+        uint32_t e = r->pm[pi];
+        if (PM_TYPE(e) != PM_FREE && PM_TYPE(e) != PM_SLAB)
+            continue;
+        if (PM_TYPE(e) == PM_SLAB && PM_ARG(e) >= s->n_classes)
+            continue; /* index lines */
+        uint64_t base = shm_page_base(s, pi);
+        unsigned c0 = PM_TYPE(e) == PM_SLAB ? PM_ARG(e) : 0;
+        unsigned c1 = PM_TYPE(e) == PM_SLAB ? c0 + 1 : s->n_classes;
+        if (PM_TYPE(e) == PM_FREE)
+            offer(r, base, SHM_CLASS_LARGE);
+        for (unsigned c = c0; c < c1; c++)
+            for (unsigned i = 0; i < s->cper[c]; i++) {
+                uint64_t in = (uint64_t)i * s->csize[c];
+                if (!bm_get(r->used, pi, (unsigned)(in / SHM_MIN_CHUNK)))
+                    offer(r, base + in, c);
+            }
+    }
+    for (size_t k = 0; k < r->nlost; k++) {
+        struct lost *l = &r->lost[k];
+        if (!l->off || *l->slot)
+            continue;
+        uint64_t w = shm_word(l->off, l->cls, l->h);
+        struct shm_item *it = claim_item(r, w); /* claims it, and checks it once more */
+        if (!it)
+            continue;
+        *l->slot = w;
+        r->restored++;
+        if (it->version > r->maxver)
+            r->maxver = it->version;
+        uint64_t want = bucket_for(r, l->h);
+        if (want != l->bucket && mis_add(r, l->slot, w, want))
+            return KV_ENOMEM;
     }
     return 0;
 }
@@ -377,6 +521,8 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
         if ((rc = claim_bucket(&r, b)))
             goto out;
     }
+    if ((rc = restore_lost(&r)))
+        goto out;
     kv_shm_crash_point(s, KV_SHM_CRASH_RECOVER);
 
     /* 4. allocator, and a page for every active bucket */
@@ -426,6 +572,7 @@ int kv_shm_recover(struct kv_shm_store *s, char *errbuf, size_t errcap)
     s->dropped_items = r.dropped;
     memcpy(s->dropped_why, r.why_n, sizeof(s->dropped_why));
     s->batches_undone = r.batches;
+    s->restored_items = r.restored;
     s->recovery_ns =
         (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ull + (uint64_t)(t1.tv_nsec - t0.tv_nsec);
     h->last_recovered = r.kept;
@@ -436,5 +583,6 @@ out:
     kv_mem_free(KV_MOD_SHM, r.used);
     kv_mem_free(KV_MOD_SHM, r.lines);
     kv_mem_free(KV_MOD_SHM, r.mis);
+    kv_mem_free(KV_MOD_SHM, r.lost);
     return rc;
 }

@@ -626,6 +626,18 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
             rc = KV_EIO;
         }
     }
+    if (rc == 0 && s->is_file && !s->attach && cfg->sync != KV_SYNC_NO) {
+        /* what recovery rewrote reaches the disk before any new write can: a power loss
+         * later never mixes pages of the image it repaired with pages of its repair */
+        if (s->recovered)
+            msync(s->base, s->size, MS_SYNC);
+        rc = kv_shm_sync_start(s, cfg->sync, opts);
+        if (rc) {
+            say(errbuf, errcap, "cannot start the --sync thread for %s", s->name);
+            kv_shm_store_close(s);
+            return rc;
+        }
+    }
     if (rc) {
         kv_mem_free(KV_MOD_SHM, s);
         return rc;
@@ -645,6 +657,7 @@ void kv_shm_store_close(struct kv_shm_store *s)
     if (!s)
         return;
     if (!s->attach && s->base) {
+        kv_shm_sync_stop(s); /* --sync: a last flush, then what waited for it is freed */
         unsigned rows = __atomic_load_n(&s->spare_rows, __ATOMIC_ACQUIRE);
         for (unsigned r = 0; r < rows && r < SHM_SPARE_ROWS; r++)
             for (unsigned c = 0; c < SHM_MAX_CLASSES; c++)
@@ -655,10 +668,14 @@ void kv_shm_store_close(struct kv_shm_store *s)
         hdr2_write(s);
         /* damage met while open (a free list, a slot that failed its checks): not marked
          * clean, so the next open rebuilds the derived state instead of trusting it */
+        /* a file: everything on disk first, then the clean mark on its own, so that a
+         * power loss during the flush never leaves a torn image marked clean */
+        if (s->is_file)
+            msync(s->base, s->size, MS_SYNC);
         if (__atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED) == s->corrupt_at_open)
             __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
         if (s->is_file)
-            msync(s->base, s->size, MS_SYNC);
+            msync(s->base, SHM_HDR_SIZE, MS_SYNC);
     }
     seg_unmap(s);
     kv_mem_free(KV_MOD_SHM, s);
