@@ -34,6 +34,7 @@ struct global {
     uint16_t port;
     int timeout_ms;
     const char *password; /* -a */
+    bool shm;             /* --shm: attach to shared-memory rings (with -s) */
 };
 
 static char where[300]; /* "HOST:PORT" for messages; set once in main */
@@ -41,8 +42,9 @@ static int timeout_ms_g; /* -t, for messages */
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvclient [-h HOST] [-p PORT | -s SOCKET] [-a PASSWORD] [-t TIMEOUT_MS]\n"
+    fputs("usage: kvclient [-h HOST] [-p PORT | -s SOCKET [--shm]] [-a PASSWORD] [-t TIMEOUT_MS]\n"
           "                COMMAND [ARGS]\n"
+          "       --shm: over the server's shared-memory rings (ATTACH on the unix socket)\n"
           "       kvclient --help | --version\n"
           "commands:\n"
           "  ping [PAYLOAD]                 round trip; prints the echo and the time\n"
@@ -320,6 +322,15 @@ static int connect_cmd(const struct global *g, struct kv_client **c)
         rc = kv_client_auth(*c, g->password, strlen(g->password));
         if (rc != 0) {
             int ex = fail("auth", rc, *c);
+
+            kv_client_close(*c);
+            return ex == 1 ? 2 : ex;
+        }
+    }
+    if (g->shm) {
+        rc = kv_client_attach(*c, 0, 0);
+        if (rc != 0) {
+            int ex = fail("attach (--shm)", rc, *c);
 
             kv_client_close(*c);
             return ex == 1 ? 2 : ex;
@@ -918,6 +929,7 @@ static int cmd_test(const struct global *g, int argc, char **argv)
                                  .port = g->port,
                                  .timeout_ms = g->timeout_ms,
                                  .password = g->password,
+                                 .shm = g->shm,
                                  .out = stdout};
     unsigned passed = 0, failed = 0;
     int rc;
@@ -1179,6 +1191,10 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         }
+        if (strcmp(argv[i], "--shm") == 0) {
+            g.shm = true;
+            continue;
+        }
         if (strcmp(argv[i], "--version") == 0) {
             printf("kvclient %s (protocol 1)\n", KV_VERSION);
             return 0;
@@ -1219,8 +1235,13 @@ int main(int argc, char **argv)
             g.timeout_ms = (int)v;
         }
     }
+    if (g.shm && !strchr(g.host, '/')) {
+        fprintf(stderr, "kvclient: --shm needs -s SOCKET (rings are set up over the unix "
+                "socket)\n");
+        return 2;
+    }
     if (strchr(g.host, '/'))
-        snprintf(where, sizeof(where), "%s", g.host); /* a unix socket */
+        snprintf(where, sizeof(where), "%s%s", g.host, g.shm ? " (shm)" : ""); /* unix */
     else
         snprintf(where, sizeof(where), "%s:%u", g.host, g.port);
     timeout_ms_g = g.timeout_ms;

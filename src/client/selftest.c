@@ -102,6 +102,13 @@ static int connect_to(struct st *t, bool auth, struct kv_client **out)
         if (rc != 0)
             kv_client_close(*out);
     }
+    /* over shm: attached once AUTH allows it (a connection kept unauthenticated on
+     * purpose stays on the socket) */
+    if (rc == 0 && t->o->shm && (!t->needs_auth || (auth && t->o->password))) {
+        rc = kv_client_attach(*out, 0, 0);
+        if (rc != 0)
+            kv_client_close(*out);
+    }
     return rc;
 }
 
@@ -901,11 +908,21 @@ int kv_selftest_run(const struct kv_selftest_opts *o, unsigned *passed, unsigned
     struct st t = {.o = o};
     int rc = kv_client_connect(o->host, o->port, o->timeout_ms, &t.c);
 
-    if (rc != 0)
+    if (rc == 0 && o->shm && o->password)
+        rc = kv_client_auth(t.c, o->password, strlen(o->password));
+    if (rc == 0 && o->shm)
+        rc = kv_client_attach(t.c, 0, 0);
+    if (rc != 0) {
+        if (t.c)
+            kv_client_close(t.c);
         return rc;
+    }
     snprintf(t.prefix, sizeof(t.prefix), "kvtest:%d:", (int)getpid());
     t.plen = strlen(t.prefix);
-    if (kv_client_host_is_path(o->host))
+    if (o->shm)
+        fprintf(o->out, "kvclient test over shared-memory rings of %s, keys under \"%s\"\n",
+                o->host, t.prefix);
+    else if (kv_client_host_is_path(o->host))
         fprintf(o->out, "kvclient test against unix socket %s, keys under \"%s\"\n", o->host,
                 t.prefix);
     else

@@ -35,4 +35,7 @@ void kv_config_defaults(struct kv_config *c)
     c->eviction = KV_EVICT_NONE;
     c->huge_pages = KV_HUGE_TRY;
     c->max_key = 4096;
+    c->ring_size = 256u << 10;
+    c->ring_max = 64u << 20;
+    c->ring_spin_us = 50;
 }

@@ -21,6 +21,7 @@ enum {
     OPT_UNIX, OPT_UNIX_PERM, OPT_NO_TCP,
     OPT_LOG_FILE, OPT_RDB_FILE, OPT_LOAD_RDB,
     OPT_MAX_CLIENT_MEMORY,
+    OPT_RING_SIZE, OPT_RING_MAX, OPT_RING_SPIN,
 };
 
 static const struct option long_opts[] = {
@@ -58,6 +59,9 @@ static const struct option long_opts[] = {
     {"rdb-file", required_argument, NULL, OPT_RDB_FILE},
     {"load-rdb", required_argument, NULL, OPT_LOAD_RDB},
     {"max-client-memory", required_argument, NULL, OPT_MAX_CLIENT_MEMORY},
+    {"ring-size", required_argument, NULL, OPT_RING_SIZE},
+    {"ring-max", required_argument, NULL, OPT_RING_MAX},
+    {"ring-spin-us", required_argument, NULL, OPT_RING_SPIN},
     {NULL, 0, NULL, 0},
 };
 
@@ -71,6 +75,11 @@ void kv_options_usage(FILE *f)
           "                       protocols; a stale socket file is replaced)\n"
           "  --unix-perm MODE     octal mode of the socket file (default 0700)\n"
           "  --no-tcp             serve the unix socket only (needs --unix)\n"
+          "  --ring-size SIZE     each shared-memory ring of an attached client, rounded up to\n"
+          "                       a power of two (default 256k; 4k..--ring-max)\n"
+          "  --ring-max SIZE      largest ring a client may ask for (default 64m, at most 1g)\n"
+          "  --ring-spin-us N     how long the server spins on an empty request ring before it\n"
+          "                       sleeps on the eventfd (default 50; 0 = sleep at once)\n"
           "  --io-threads N       IO threads, one libev loop each (default 1; cores/4 from 8 cores)\n"
           "  --workers N          worker threads; 0 runs handlers in the IO thread\n"
           "                       (default 0 on 1-2 cores, else cores - io-threads)\n"
@@ -271,6 +280,20 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
             rc = parse_uint(optarg, 1, 1000000, &v);
             cfg->max_conns = (unsigned)v;
             break;
+        case OPT_RING_SIZE:
+        case OPT_RING_MAX:
+            rc = kv_options_parse_size(optarg, &sz);
+            if (rc == 0 && (sz < 4096 || sz > (1u << 30)))
+                rc = KV_EINVAL;
+            if (c == OPT_RING_SIZE)
+                cfg->ring_size = sz;
+            else
+                cfg->ring_max = sz;
+            break;
+        case OPT_RING_SPIN:
+            rc = parse_uint(optarg, 0, 100000, &v);
+            cfg->ring_spin_us = (unsigned)v;
+            break;
         case OPT_RECV_BUF:
             rc = kv_options_parse_size(optarg, &sz);
             if (rc == 0 && (sz < 1024 || sz > (1u << 20)))
@@ -402,6 +425,10 @@ int kv_options_parse(int argc, char **argv, struct kv_config *cfg, char *err, si
         snprintf(err, errcap, "--output-hard-limit must be at least --max-output");
         return KV_EINVAL;
     }
+    if (cfg->ring_size > cfg->ring_max) {
+        snprintf(err, errcap, "--ring-size must be at most --ring-max");
+        return KV_EINVAL;
+    }
     if (cfg->no_tcp && !cfg->unix_path[0]) {
         snprintf(err, errcap, "--no-tcp needs --unix PATH (nothing to listen on)");
         return KV_EINVAL;
@@ -480,6 +507,9 @@ size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
     NUM(idle_timeout, "idle-timeout");
     NUM(frame_timeout, "frame-timeout");
     SIZE(recv_buf, "recv-buf");
+    SIZE(ring_size, "ring-size");
+    SIZE(ring_max, "ring-max");
+    NUM(ring_spin_us, "ring-spin-us");
     if (cfg->shutdown_grace != d.shutdown_grace)
         ADD("--shutdown-grace %.0f", cfg->shutdown_grace);
     if (cfg->log_level != d.log_level && cfg->log_level >= 0 && cfg->log_level <= 3)
