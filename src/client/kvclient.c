@@ -73,7 +73,7 @@ static void usage(FILE *f)
           "                                 'N passed, N failed' (exit 1 if any failed)\n"
           "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS | --seconds S]\n"
           "        [-P PIPELINE] [-d BYTES] [-r KEYSPACE] [--ratio SET:GET] [--threads N]\n"
-          "        [--protocol binary|resp|memcache] [-s SOCKET] [--no-populate] [--json]\n"
+          "        [--protocol binary|resp|memcache] [-s SOCKET [--shm]] [--no-populate] [--json]\n"
           "                                 load test: requests/s, latency percentiles;\n"
           "                                 resp drives Redis or libevkv's RESP side,\n"
           "                                 memcache drives memcached (mg/set/mn; an mget\n"
@@ -1015,7 +1015,8 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
                               .pipeline = 1,
                               .threads = 1,
                               .value_len = 3,
-                              .mget_keys = MGET_KEYS};
+                              .mget_keys = MGET_KEYS,
+                              .shm = g->shm};
     const char *tests = "ping";
     char list[256], *save = NULL, *tok;
     bool json = false, populated = false, no_populate = false;
@@ -1028,6 +1029,10 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
 
         if (strcmp(a, "--json") == 0) {
             json = true;
+            continue;
+        }
+        if (strcmp(a, "--shm") == 0) {
+            o.shm = 1;
             continue;
         }
         if (strcmp(a, "--no-populate") == 0) {
@@ -1150,7 +1155,8 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
                    "\"pipeline\":%u,\"data\":%zu,\"keyspace\":%" PRIu64 ",\"threads\":%u,"
                    "\"requests\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64
                    ",\"seconds\":%.3f,\"rps\":%.0f",
-                   tok, protos[o.proto], kv_client_host_is_path(o.host) ? "unix" : "tcp", o.conns,
+                   tok, protos[o.proto],
+                   o.shm ? "shm" : kv_client_host_is_path(o.host) ? "unix" : "tcp", o.conns,
                    o.pipeline, o.value_len, ctx.keyspace, o.threads, r.requests, r.errors,
                    r.not_found, r.seconds, r.rps);
             if (ctx.kind == B_MGET)

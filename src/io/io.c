@@ -126,6 +126,9 @@ static struct kv_io_msg *msg_new(struct kv_io_conn *c, size_t size)
     m->conn = c;
     m->len = m->parsed = 0;
     m->refs = 1;
+    m->ring = NULL;
+    m->ring_next = NULL;
+    m->released = 0;
     conn_charge(c, (int64_t)m->cap);
     return m;
 }
