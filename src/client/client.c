@@ -1278,10 +1278,12 @@ bool kv_client_attached(const struct kv_client *c)
     return c->map != NULL;
 }
 
-void *kv_client_ring_map(const struct kv_client *c, size_t *size)
+void *kv_client_ring_map(const struct kv_client *c, size_t *size, int *wake_fd)
 {
     if (size)
         *size = c->map_size;
+    if (wake_fd)
+        *wake_fd = c->req_efd;
     return c->map;
 }
 

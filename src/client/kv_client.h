@@ -86,8 +86,9 @@ const char *kv_client_last_error(const struct kv_client *c);
  * KV_ESTATUS when the server refused (kv_client_last_error() says why). */
 int kv_client_attach(struct kv_client *c, uint32_t req_size, uint32_t resp_size);
 bool kv_client_attached(const struct kv_client *c);
-/* The rings' mapping (tests of a hostile client); NULL when not attached. */
-void *kv_client_ring_map(const struct kv_client *c, size_t *size);
+/* The rings' mapping and the eventfd that wakes the server (tests of a hostile client);
+ * NULL when not attached. */
+void *kv_client_ring_map(const struct kv_client *c, size_t *size, int *wake_fd);
 
 /* ---- pipelined interface ---------------------------------------------------- */
 /* Appends a request frame to the send buffer; nothing is sent until

@@ -97,14 +97,18 @@ static int connect_to(struct st *t, bool auth, struct kv_client **out)
 {
     int rc = kv_client_connect(t->o->host, t->o->port, t->o->timeout_ms, out);
 
-    if (rc == 0 && auth && t->needs_auth && t->o->password) {
+    bool authed = false;
+
+    /* over shm the password (when given) is sent first: ATTACH needs it */
+    if (rc == 0 && auth && t->o->password && (t->needs_auth || t->o->shm)) {
         rc = kv_client_auth(*out, t->o->password, strlen(t->o->password));
         if (rc != 0)
             kv_client_close(*out);
+        authed = rc == 0;
     }
     /* over shm: attached once AUTH allows it (a connection kept unauthenticated on
      * purpose stays on the socket) */
-    if (rc == 0 && t->o->shm && (!t->needs_auth || (auth && t->o->password))) {
+    if (rc == 0 && t->o->shm && (authed || (!t->o->password && !t->needs_auth))) {
         rc = kv_client_attach(*out, 0, 0);
         if (rc != 0)
             kv_client_close(*out);

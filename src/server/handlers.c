@@ -1146,6 +1146,15 @@ static void handle_stats(void *ctx, struct kv_call *call)
         kv_io_peer_counts(srv->io, &tcp, &unx);
         ADD("clients_tcp", tcp);
         ADD("clients_unix", unx);
+        {
+            unsigned shm;
+            uint64_t in, out;
+
+            kv_io_ring_counts(srv->io, &shm, &in, &out);
+            ADD("clients_shm", shm); /* of clients_unix: attached to rings */
+            ADD("shm_bytes_in", in);
+            ADD("shm_bytes_out", out);
+        }
     }
 #undef ADD
     kv_server_format_stats(srv, text, TEXT);

@@ -1480,8 +1480,11 @@ static void reply_info(struct out *o, const struct kv_call *call, const struct k
     out_fmt(&t, "# Server\r\nredis_version:7.0.0\r\nlibevkv_version:%s\r\nredis_mode:standalone\r\n"
                 "tcp_port:%u\r\nprocess_id:%d\r\n\r\n",
             KV_VERSION, srv->cfg->port, (int)getpid());
-    out_fmt(&t, "# Clients\r\nconnected_clients:%lld\r\n\r\n",
-            (long long)stat_value(call, "connections"));
+    out_fmt(&t, "# Clients\r\nconnected_clients:%lld\r\nshm_attached_clients:%lld\r\n"
+                "shm_bytes_in:%lld\r\nshm_bytes_out:%lld\r\n\r\n",
+            (long long)stat_value(call, "connections"), (long long)stat_value(call, "clients_shm"),
+            (long long)stat_value(call, "shm_bytes_in"),
+            (long long)stat_value(call, "shm_bytes_out"));
     out_fmt(&t, "# Memory\r\nused_memory:%lld\r\nused_memory_heap:%lld\r\nused_memory_store:%lld\r\n"
                 "maxmemory:%zu\r\nmaxmemory_policy:%s\r\n\r\n",
             (long long)(heap + store), (long long)heap, (long long)store, srv->cfg->memory,
