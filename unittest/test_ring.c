@@ -10,8 +10,9 @@
  * attached client (the others served, its rings freed, the RING row 0 at exit), the server
  * killed under attached clients (errors within the timeout, attach again after a restart,
  * nothing acknowledged lost), a client scribbling on its rings closed alone, attached
- * clients counted against --max-conns, and 16 idle attached clients costing the server
- * under 1% of a core (KV_RING_IDLE_SECS, default 3). */
+ * clients counted against --max-conns, and 16 idle attached clients (with one that sent
+ * half a frame and one that does not read its answers) costing the server under 1% of a
+ * core (KV_RING_IDLE_SECS, default 3). */
 #include <CUnit/CUnit.h>
 #include <errno.h>
 #include <limits.h>
@@ -668,12 +669,27 @@ static void test_ring_idle_clients_cost_nothing(void)
 
     sock_path(&s);
     CU_ASSERT_FATAL(kv_test_server_start(&s, NULL) == 0);
+    static uint8_t body[4000];
+    struct kv_client *half, *deaf;
+    uint8_t frame[64];
+    struct kv_frame f = {.version = KV_FRAME_VERSION, .opcode = 0, .request_id = 5,
+                         .body_len = 10};
+
     for (int i = 0; i < 16; i++) {
         c[i] = attached(&s, 2000);
         CU_ASSERT_FATAL(c[i] != NULL);
         CU_ASSERT_EQUAL(kv_client_ping(c[i], "x", 1), 0);
     }
-    usleep(200000); /* past every spin window */
+    /* nor does one that sent half a frame, or one that does not read its answers */
+    half = attached(&s, 2000);
+    deaf = attached(&s, 2000);
+    CU_ASSERT_FATAL(half && deaf);
+    CU_ASSERT_EQUAL(kv_frame_encode(&f, "0123456789", frame, sizeof(frame)), 38);
+    CU_ASSERT_EQUAL(kv_client_send_raw(half, frame, 20), 0);
+    for (unsigned i = 0; i < 200; i++)
+        CU_ASSERT_EQUAL(kv_client_queue(deaf, KV_OP_PING, i, body, sizeof(body)), 0);
+    CU_ASSERT_EQUAL(kv_client_flush(deaf), 0); /* 800 KB of answers for a 256 KB ring */
+    usleep(300000); /* past every spin window */
     t0 = cpu_ticks(s.pid);
     sleep(secs);
     t1 = cpu_ticks(s.pid);
@@ -685,6 +701,20 @@ static void test_ring_idle_clients_cost_nothing(void)
         CU_ASSERT_EQUAL(kv_client_ping(c[i], "y", 1), 0); /* and they wake up */
         kv_client_close(c[i]);
     }
+    /* the rest of the half frame is served; the deaf client's answers all come */
+    CU_ASSERT_EQUAL(kv_client_send_raw(half, frame + 20, 18), 0);
+    {
+        struct kv_response r;
+
+        CU_ASSERT_EQUAL(kv_client_recv(half, &r), 0);
+        CU_ASSERT(r.request_id == 5 && r.body_len == 10);
+        for (unsigned i = 0; i < 200; i++) {
+            CU_ASSERT_EQUAL_FATAL(kv_client_recv(deaf, &r), 0);
+            CU_ASSERT_EQUAL(r.body_len, sizeof(body));
+        }
+    }
+    kv_client_close(half);
+    kv_client_close(deaf);
     CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
 }
 

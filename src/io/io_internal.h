@@ -40,6 +40,8 @@ struct kv_io_ring {
     uint64_t parked_ns;              /* when this ring was last parked */
     uint64_t window_ns;              /* adaptive spin window */
     uint64_t asm_need;               /* bytes of the frame being assembled (0 = unknown) */
+    uint64_t stuck;                  /* bytes in the request ring the last poll left (part of
+                                      * a frame): only more than these is news */
     uint8_t spinning;                /* polled by the thread's ev_idle */
     uint8_t can_read;                /* backpressure and the AUTH gate allow reading */
     uint8_t bad;                     /* the client broke the response ring's indices */

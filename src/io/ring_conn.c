@@ -77,12 +77,17 @@ static void spin_stop(struct kv_io_ring *g)
 static void ring_poll(struct kv_io_ring *g, uint64_t now)
 {
     uint64_t before = g->req.rd;
+    int64_t left;
 
     kv_io_conn_parse_ring(g->conn);
-    if (!g->closed && g->req.rd != before) {
+    if (g->closed)
+        return;
+    if (g->req.rd != before) {
         g->last_ns = now;
         g->found = 1;
     }
+    left = kv_ring_avail(&g->req);
+    g->stuck = left > 0 ? (uint64_t)left : 0;
 }
 
 /* The window has passed without a frame: sleep on the eventfd, unless the re-check after
@@ -93,10 +98,15 @@ static void try_park(struct kv_io_ring *g, uint64_t now)
     uint64_t full = (uint64_t)cfg->ring_spin_us * 1000;
     int64_t a;
 
-    if (g->conn->ob_head)
-        return; /* output waits for ring space: the client's eventfd write comes */
+    if (!g->can_read) { /* backpressure or the AUTH gate: kicked when it lifts */
+        spin_stop(g);
+        return;
+    }
+    /* output waiting for response-ring space has its want flag up: the client's release
+     * writes our eventfd. Bytes of a frame not yet whole are no reason to stay awake:
+     * the client's publish of the rest wakes us. */
     a = kv_ring_park(&g->req);
-    if (a != 0) {
+    if (a < 0 || (uint64_t)a > g->stuck) {
         kv_ring_unpark(&g->req);
         if (a < 0)
             ring_poll(g, now); /* reports the bad index and closes */
