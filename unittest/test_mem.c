@@ -852,7 +852,7 @@ static void test_mem_names(void)
 {
     static const char *const mods[KV_MOD__COUNT] = {
         "BUF",  "POOL",   "MESSAGE", "REQUEST", "PACKET", "CONNECTION", "QUEUE",
-        "TASK", "THREAD", "PROTO",   "SHM",     "CLIENT", "SERVER",     "TEST",
+        "TASK", "THREAD", "PROTO",   "SHM",     "CLIENT", "SERVER",     "TEST",   "RING",
     };
 
     for (int i = 0; i < KV_MOD__COUNT; i++) {
