@@ -847,6 +847,42 @@ static void batch_add(struct kv_io_thread *thr, struct kv_io_conn *c, struct kv_
     c->inflight_bytes += wire_len;
 }
 
+/* A request read in a client's ring is handed to its handler where it lies, so the
+ * client could rewrite it while the handler reads. Handlers that read their body once
+ * (each length bounded by body_len, which the server holds) only see a different
+ * request of that client's; those that walk it twice (DEL, MGET, MSET count, then
+ * act) and any opcode not listed here get a private copy. */
+static int ring_in_place_ok(uint16_t opcode)
+{
+    switch (opcode) {
+    case KV_OP_PING:
+    case KV_OP_GET:
+    case KV_OP_SET:
+    case KV_OP_EXISTS:
+    case KV_OP_INCR:
+    case KV_OP_EXPIRE:
+    case KV_OP_AUTH:
+    case KV_OP_STATS:
+    case KV_OP_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int ring_copy_body(struct kv_io_req *r)
+{
+    uint8_t *b = kv_mem_alloc(KV_MOD_PACKET, r->call.body_len);
+
+    if (!b)
+        return KV_ENOMEM;
+    memcpy(b, r->call.body, r->call.body_len);
+    r->call.body = b;
+    r->body_owned = 1;
+    req_charge(r, r->call.body_len);
+    return 0;
+}
+
 /* Decodes every whole frame in the current message into the thread's
  * batch. Returns through *need the size of a trailing partial frame when
  * its header is in (else 0). */
@@ -887,6 +923,12 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
             req->call.body = f.body;
             req->call.body_len = f.body_len;
             req->request_id = f.request_id;
+            if (m->ring && f.body_len && !ring_in_place_ok(f.opcode) && ring_copy_body(req) != 0) {
+                kv_io_log(thr->io, 0, "out of memory for a request; closing connection");
+                req_free(req);
+                conn_close(c);
+                return;
+            }
             if (cfg->in_order)
                 conn_enqueue(c, req); /* answers leave in request order */
             batch_add(thr, c, req, (size_t)r);
