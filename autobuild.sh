@@ -164,7 +164,7 @@ fuzz)
     done
     while ((running > 0)); do wait -n || ccfail=1; running=$((running - 1)); done
     ((ccfail == 0)) || { echo "[autobuild] fuzz: compilation failed" >&2; exit 1; }
-    harnesses=(fuzz_frame fuzz_resp fuzz_handlers fuzz_conn fuzz_segment fuzz_rdb)
+    harnesses=(fuzz_frame fuzz_resp fuzz_handlers fuzz_conn fuzz_segment fuzz_rdb fuzz_ring)
     for h in "${harnesses[@]}"; do
         clang "${cflags[@]}" -fsanitize=fuzzer "fuzz/$h.c" "${objs[@]}" "${libs[@]}" -o "$fb/$h"
     done

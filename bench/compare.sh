@@ -48,6 +48,8 @@
 #                 (libevkv-unix binary, libevkv-unix-resp, redis-unix,
 #                 echo-unix-binary, echo-unix-resp); memcached is not run
 #                 over one (its -s turns TCP off: it would be two more servers)
+#   libevkv-shm   with --unix yes: the same libevkv server, each connection attached to
+#                 its shared-memory rings (kvclient bench --shm; issue 15)
 # Workloads (all -d 100 -r 100000; keys populated once per system first):
 #   get1/set1    -c 50 -P 1      get16/set16  -c 50 -P 16
 #   lat          GET -c 1 -P 1   mget         MGET of 10 keys, -c 50 -P 1
@@ -183,7 +185,7 @@ start echo ./bin/echo_server -p "${port[echo]}" -d 100 "${echounix[@]}"
 # system -> "server-port protocol"
 systems=(libevkv libevkv-resp redis memcached-t1 memcached-t2 echo-binary echo-resp echo-memcache)
 [[ $huge == yes ]] && systems=(libevkv libevkv-4k "${systems[@]:1}")
-[[ $unix == yes ]] && systems+=(libevkv-unix libevkv-unix-resp redis-unix echo-unix-binary echo-unix-resp)
+[[ $unix == yes ]] && systems+=(libevkv-unix libevkv-unix-resp libevkv-shm redis-unix echo-unix-binary echo-unix-resp)
 declare -A sport sproto
 sport=([libevkv]=${port[libevkv]} [libevkv-resp]=${port[libevkv]} [libevkv-4k]=${port[libevkv4k]:-0}
     [redis]=${port[redis]}
@@ -191,10 +193,11 @@ sport=([libevkv]=${port[libevkv]} [libevkv-resp]=${port[libevkv]} [libevkv-4k]=$
     [echo-resp]=${port[echo]} [echo-memcache]=${port[echo]})
 sproto=([libevkv]=binary [libevkv-resp]=resp [libevkv-4k]=binary [redis]=resp [memcached-t1]=memcache
     [memcached-t2]=memcache [echo-binary]=binary [echo-resp]=resp [echo-memcache]=memcache
-    [libevkv-unix]=binary [libevkv-unix-resp]=resp [redis-unix]=resp [echo-unix-binary]=binary
+    [libevkv-unix]=binary [libevkv-unix-resp]=resp [libevkv-shm]=binary [redis-unix]=resp [echo-unix-binary]=binary
     [echo-unix-resp]=resp)
 # system -> unix socket path (the unix systems only)
 declare -A sunix=([libevkv-unix]=${sockpath[libevkv]:-} [libevkv-unix-resp]=${sockpath[libevkv]:-}
+    [libevkv-shm]=${sockpath[libevkv]:-}
     [redis-unix]=${sockpath[redis]:-} [echo-unix-binary]=${sockpath[echo]:-}
     [echo-unix-resp]=${sockpath[echo]:-})
 # row -> kvclient bench arguments
@@ -208,8 +211,10 @@ bench() { # SYSTEM ARGS...
     local s=$1
     shift
     local where=(-p "${sport[$s]:-0}")
+    local shm=()
     [[ -n ${sunix[$s]:-} ]] && where=(-s "${sunix[$s]}")
-    "${prio[@]}" ./bin/kvclient "${where[@]}" bench --protocol "${sproto[$s]}" -d 100 -r 100000 "$@"
+    [[ $s == libevkv-shm ]] && shm=(--shm) # the shared-memory rings of the same server
+    "${prio[@]}" ./bin/kvclient "${where[@]}" bench --protocol "${sproto[$s]}" -d 100 -r 100000 "$@" "${shm[@]}"
 }
 
 # ---- the record --------------------------------------------------------------------------
@@ -282,7 +287,7 @@ names = {"get1": "GET -c50 -P1", "set1": "SET -c50 -P1", "get16": "GET -c50 -P16
          "set16": "SET -c50 -P16", "lat": "GET -c1 -P1", "mget": "MGET10 -c50 -P1"}
 echo_of = {("binary", "tcp"): "echo-binary", ("resp", "tcp"): "echo-resp",
            ("memcache", "tcp"): "echo-memcache", ("binary", "unix"): "echo-unix-binary",
-           ("resp", "unix"): "echo-unix-resp"}
+           ("resp", "unix"): "echo-unix-resp", ("binary", "shm"): "echo-unix-binary"}
 med = {}
 bad = {}
 for x in res:
@@ -298,7 +303,7 @@ print("%-15s %-18s %11s %9s %9s %8s %8s %8s %8s" % ("workload", "system", "req/s
 for row in rows:
     mc = max(("memcached-t1", "memcached-t2"), key=lambda s: m(row, s, "rps"))
     for s in ["libevkv", "libevkv-4k", "libevkv-resp", "libevkv-unix", "libevkv-unix-resp",
-              "redis", "redis-unix", "memcached-t1", "memcached-t2", "echo-binary", "echo-resp",
+              "libevkv-shm", "redis", "redis-unix", "memcached-t1", "memcached-t2", "echo-binary", "echo-resp",
               "echo-memcache", "echo-unix-binary", "echo-unix-resp"]:
         if (row, s) not in med:
             continue
@@ -331,6 +336,26 @@ if any(k[1] == "libevkv-unix" for k in med):
               ru / rt, ku / eu))
 def tgt(ok, text):
     print("  [%s] %s" % ("ok" if ok else "MISS", text))
+if any(k[1] == "libevkv-shm" for k in med):
+    print()
+    print("issue 15 targets (libevkv-shm: shared-memory rings, binary):")
+    for row in rows:
+        s, kt = m(row, "libevkv-shm", "rps"), m(row, "libevkv", "rps")
+        eu, ru = m(row, "echo-unix-binary", "rps"), m(row, "redis-unix", "rps")
+        if row == "get1":
+            tgt(s >= 2 * eu, "GET -c50 -P1 >= 2x echo over unix: %.2fx" % (s / eu))
+            tgt(s >= 3 * ru, "GET -c50 -P1 >= 3x Redis over unix: %.2fx" % (s / ru))
+        elif row == "get16":
+            tgt(s >= 1.5 * kt, "GET -c50 -P16 >= 1.5x libevkv TCP: %.2fx" % (s / kt))
+        elif row == "lat":
+            p50, p99 = m(row, "libevkv-shm", "p50_us"), m(row, "libevkv-shm", "p99_us")
+            tgt(p50 <= 5, "GET -c1 p50 <= 5 us: %.1f" % p50)
+            tgt(p99 <= 50, "GET -c1 p99 <= 50 us: %.1f" % p99)
+        elif row == "mget":
+            tgt(s >= 2 * kt, "MGET of 10 keys/s >= 2x libevkv TCP: %.2fx" % (s / kt))
+        else:
+            print("  %-15s shm %.2fx libevkv TCP, %.2fx libevkv unix" % (names[row], s / kt,
+                  s / m(row, "libevkv-unix", "rps")))
 for kvs in ("libevkv", "libevkv-4k"):
     if not any(k[1] == kvs for k in med):
         continue

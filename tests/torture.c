@@ -145,6 +145,7 @@ struct opts {
     enum inject inject;
     bool lru;      /* --eviction lru: the server evicts, the checker allows absent keys */
     bool pressure; /* --pressure: small store, every size class, more DELs */
+    bool shm;      /* --shm: every client attached to shared-memory rings (--unix socket) */
 };
 
 struct run;
@@ -219,6 +220,7 @@ struct run {
 
 static volatile pid_t g_server_pid;
 static char g_shm_name[64];
+static char g_unix_path[108]; /* --shm: the server's unix socket */
 static char g_log_path[128];
 static volatile sig_atomic_t g_keep_log;
 
@@ -233,6 +235,8 @@ static void cleanup_server(void)
     }
     if (g_shm_name[0])
         shm_unlink(g_shm_name);
+    if (g_unix_path[0])
+        unlink(g_unix_path);
 }
 
 static void cleanup_at_exit(void)
@@ -546,6 +550,20 @@ static void log_tail(const struct run *r)
     free(s);
 }
 
+/* A client of the server under test: over TCP, or with --shm over its unix socket and
+ * attached to shared-memory rings (issue 15). */
+static int tconnect(struct run *r, int timeout_ms, struct kv_client **out)
+{
+    int rc;
+
+    if (!r->o.shm)
+        return kv_client_connect("127.0.0.1", r->port, timeout_ms, out);
+    rc = kv_client_connect_unix(g_unix_path, timeout_ms, out);
+    if (rc == 0 && (rc = kv_client_attach(*out, 0, 0)) != 0)
+        kv_client_close(*out);
+    return rc;
+}
+
 static int server_spawn(struct run *r)
 {
     char port[16], mem[32], body[32];
@@ -569,6 +587,10 @@ static int server_spawn(struct run *r)
     argv[argc++] = body;
     argv[argc++] = "--eviction";
     argv[argc++] = r->o.lru ? "lru" : "none";
+    if (r->o.shm) {
+        argv[argc++] = "--unix";
+        argv[argc++] = g_unix_path;
+    }
     for (unsigned i = 0; i < r->o.nserver_args; i++)
         argv[argc++] = r->o.server_args[i];
     argv[argc] = NULL;
@@ -722,7 +744,7 @@ static int server_wait_ready(struct run *r, double *ms)
                 log_tail(r);
                 return -1;
             }
-            if (kv_client_connect("127.0.0.1", r->port, 1000, &c) == 0) {
+            if (tconnect(r, 1000, &c) == 0) {
                 int rc = kv_client_ping(c, "torture", 7);
 
                 t = now_s();
@@ -979,7 +1001,7 @@ static void *writer_main(void *arg)
     struct run *r = w->run;
     struct kv_client *c;
 
-    if (kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) != 0) {
+    if (tconnect(r, IO_TIMEOUT_MS, &c) != 0) {
         w->connect_failed = 1;
         atomic_fetch_add(&r->connected, 1);
         return NULL;
@@ -1590,7 +1612,7 @@ static int restart_and_check(struct run *r, double *rec_ms, struct check *ck)
     memset(ck, 0, sizeof(*ck));
     if (server_spawn(r) != 0 || server_wait_ready(r, rec_ms) != 0)
         return -1;
-    if (kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) != 0) {
+    if (tconnect(r, IO_TIMEOUT_MS, &c) != 0) {
         printf("torture: cannot connect to check after the restart\n");
         return -1;
     }
@@ -1632,7 +1654,7 @@ static int prefill(struct run *r)
 
     r->nfill = 0;
     if (!names || !keys || !vals || !buf ||
-        kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) != 0) {
+        tconnect(r, IO_TIMEOUT_MS, &c) != 0) {
         rc = -1;
         goto out;
     }
@@ -1930,7 +1952,7 @@ static int run_size(struct run *r, struct size_stats *ss)
         struct kv_client *c;
         struct check ck = {0};
 
-        if (kv_client_connect("127.0.0.1", r->port, IO_TIMEOUT_MS, &c) == 0) {
+        if (tconnect(r, IO_TIMEOUT_MS, &c) == 0) {
             check_fill(r, c, r->nfill, &ck);
             kv_client_close(c);
         } else {
@@ -2000,6 +2022,8 @@ static void usage(FILE *f)
         "                       values up to 64k, more DELs, a small store: compaction runs\n"
         "                       (also with --eviction none) and, with lru, eviction across "
         "classes\n"
+        "  --shm                every client over the server's shared-memory rings (ATTACH on\n"
+        "                       a --unix socket of the server) instead of TCP\n"
         "  --keys N             keys per writer (default 256)\n"
         "  --prefill PCT        fill PCT% of the segment first, checked each cycle (default 15)\n"
         "  --kinds STR          cycle kinds in turn: k = SIGKILL under load, r = also SIGKILL\n"
@@ -2042,6 +2066,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         O_INJ,
         O_EVICT,
         O_PRESSURE,
+        O_SHM,
         O_HELP
     };
     static const struct option lo[] = {
@@ -2061,6 +2086,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"inject", required_argument, NULL, O_INJ},
         {"eviction", required_argument, NULL, O_EVICT},
         {"pressure", no_argument, NULL, O_PRESSURE},
+        {"shm", no_argument, NULL, O_SHM},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -2199,6 +2225,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->lru = strcmp(optarg, "lru") == 0;
             break;
         case O_PRESSURE: o->pressure = true; break;
+        case O_SHM: o->shm = true; break;
         case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -2237,6 +2264,8 @@ int main(int argc, char **argv)
     if (parse_opts(argc, argv, &r->o) != 0)
         return 2;
     snprintf(g_shm_name, sizeof(g_shm_name), "/libevkv-torture-%d", (int)getpid());
+    if (r->o.shm)
+        snprintf(g_unix_path, sizeof(g_unix_path), "/tmp/libevkv-torture-%d.sock", (int)getpid());
     snprintf(g_log_path, sizeof(g_log_path), "/tmp/libevkv-torture-%d.log", (int)getpid());
     install_cleanup();
     if (r->o.max_time == 0) {

@@ -17,9 +17,14 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
 #include "kv.pb-c.h"
 #include "kv_err.h"
 #include "kv_mem.h"
+#include "ring.h"
 
 #define KV_CLIENT_MAX_BODY (64u << 20)
 #define KV_CLIENT_ERRMSG   512
@@ -34,6 +39,15 @@ struct kv_client {
     size_t in_len, in_off, in_cap;
     int last_status;                   /* KV_ST_* of the last answer, -1 = none */
     char last_error[KV_CLIENT_ERRMSG]; /* Error message of the last answer */
+    /* attached (kv_client_attach): frames go through the rings, the socket only tells
+     * the server's end */
+    uint8_t *map;                      /* owned: the rings' mapping; NULL = socket */
+    size_t map_size;
+    int req_efd, resp_efd;             /* owned: wake the server / woken by it */
+    struct kv_ring req, resp;          /* we produce req, consume resp */
+    int held;                          /* the last answer is borrowed in place in resp */
+    unsigned spin_ns;                  /* spin before sleeping on resp_efd */
+    int server_gone;                   /* the socket ended */
 };
 
 static int wait_fd(int fd, short ev, int timeout_ms)
@@ -79,6 +93,7 @@ static int client_new(int fd, int timeout_ms, struct kv_client **out)
         return KV_ENOMEM;
     }
     c->fd = fd;
+    c->req_efd = c->resp_efd = -1;
     c->timeout_ms = timeout_ms;
     c->next_id = 1;
     c->last_status = -1;
@@ -146,6 +161,11 @@ void kv_client_close(struct kv_client *c)
 {
     if (!c)
         return;
+    if (c->map) {
+        munmap(c->map, c->map_size);
+        close(c->req_efd);
+        close(c->resp_efd);
+    }
     close(c->fd);
     kv_mem_free(KV_MOD_CLIENT, c->out);
     kv_mem_free(KV_MOD_CLIENT, c->in);
@@ -217,9 +237,11 @@ static int send_all(struct kv_client *c, const uint8_t *buf, size_t len)
     return 0;
 }
 
+static int ring_send(struct kv_client *c, const uint8_t *buf, size_t len);
+
 int kv_client_flush(struct kv_client *c)
 {
-    int rc = send_all(c, c->out, c->out_len);
+    int rc = c->map ? ring_send(c, c->out, c->out_len) : send_all(c, c->out, c->out_len);
 
     c->out_len = 0;
     return rc;
@@ -227,11 +249,15 @@ int kv_client_flush(struct kv_client *c)
 
 int kv_client_send_raw(struct kv_client *c, const void *buf, size_t len)
 {
-    return send_all(c, buf, len);
+    return c->map ? ring_send(c, buf, len) : send_all(c, buf, len);
 }
+
+static int ring_recv(struct kv_client *c, struct kv_response *r);
 
 int kv_client_recv(struct kv_client *c, struct kv_response *r)
 {
+    if (c->map)
+        return ring_recv(c, r);
     for (;;) {
         struct kv_frame f;
         ssize_t n = 0;
@@ -995,5 +1021,424 @@ int kv_client_setrange(struct kv_client *c, const void *key, size_t klen, int64_
     if (new_len)
         *new_len = resp->number;
     pb_release(resp);
+    return 0;
+}
+
+/* ---- shared-memory rings (docs/PROTOCOL.md section 5) ------------------------------ */
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void efd_write(int fd)
+{
+    uint64_t one = 1;
+
+    while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR)
+        ;
+}
+
+/* Sleeps until the server writes our eventfd or its socket ends, within the time left
+ * before deadline (ns; 0 = none). 0, KV_ETIMEDOUT, or KV_ECLOSED. */
+static int ring_sleep(struct kv_client *c, uint64_t deadline)
+{
+    struct pollfd p[2] = {{.fd = c->resp_efd, .events = POLLIN}, {.fd = c->fd, .events = POLLIN}};
+    int ms = -1, n;
+    uint64_t v;
+
+    if (deadline) {
+        uint64_t now = mono_ns();
+
+        if (now >= deadline)
+            return KV_ETIMEDOUT;
+        ms = (int)((deadline - now + 999999) / 1000000);
+    }
+    do
+        n = poll(p, 2, ms);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return KV_EIO;
+    if (n == 0)
+        return KV_ETIMEDOUT;
+    if (p[1].revents) {
+        uint8_t b[16];
+
+        if (recv(c->fd, b, sizeof(b), MSG_DONTWAIT) <= 0 || !(p[0].revents & POLLIN)) {
+            c->server_gone = 1;
+            return KV_ECLOSED;
+        }
+    }
+    if (p[0].revents & POLLIN)
+        (void)!read(c->resp_efd, &v, sizeof(v));
+    return 0;
+}
+
+static uint64_t deadline_of(const struct kv_client *c)
+{
+    return c->timeout_ms > 0 ? mono_ns() + (uint64_t)c->timeout_ms * 1000000ull : 0;
+}
+
+/* Gives the borrowed answer's ring space back. */
+static void ring_unhold(struct kv_client *c)
+{
+    if (c->held) {
+        c->held = 0;
+        if (kv_ring_release(&c->resp, c->resp.rd))
+            efd_write(c->req_efd); /* the server waits for room to answer */
+    }
+}
+
+static int ring_send(struct kv_client *c, const uint8_t *buf, size_t len)
+{
+    uint64_t deadline = 0;
+
+    ring_unhold(c);
+    while (len > 0) {
+        int64_t space = kv_ring_space(&c->req);
+        size_t n;
+
+        if (space < 0)
+            return KV_EPROTO;
+        if (space == 0) {
+            int rc;
+
+            if (c->server_gone)
+                return KV_ECLOSED;
+            if (kv_ring_publish(&c->req))
+                efd_write(c->req_efd);
+            space = kv_ring_want_space(&c->req);
+            if (space == 0) {
+                if (!deadline)
+                    deadline = deadline_of(c);
+                rc = ring_sleep(c, deadline);
+                kv_ring_unwant(&c->req);
+                if (rc != 0)
+                    return rc;
+                continue;
+            }
+            kv_ring_unwant(&c->req);
+            if (space < 0)
+                return KV_EPROTO;
+        }
+        n = (size_t)space < len ? (size_t)space : len;
+        kv_ring_write(&c->req, buf, n);
+        buf += n;
+        len -= n;
+    }
+    if (kv_ring_publish(&c->req))
+        efd_write(c->req_efd);
+    return 0;
+}
+
+static void fill_response(struct kv_response *r, const struct kv_frame *f)
+{
+    r->opcode = f->opcode;
+    r->status = f->status;
+    r->request_id = f->request_id;
+    r->body = f->body;
+    r->body_len = f->body_len;
+}
+
+static int ring_recv(struct kv_client *c, struct kv_response *r)
+{
+    uint64_t deadline = 0, spin_until = 0;
+    size_t asm_len = 0; /* bytes of a frame larger than the ring copied into c->in */
+
+    ring_unhold(c);
+    for (;;) {
+        struct kv_ring_frame rf;
+        struct kv_frame f;
+        uint8_t hdr[KV_FRAME_HDR];
+        int rc = asm_len ? 0 : kv_ring_frame_peek(&c->resp, KV_CLIENT_MAX_BODY, 1, &rf, hdr);
+        int64_t avail;
+
+        if (rc < 0)
+            return rc == KV_EMAGIC ? KV_EPROTO : rc;
+        if (rc == 1) {
+            ssize_t n;
+
+            if (rf.in_place) { /* the answer is handed over in place until the next call */
+                n = kv_frame_decode(rf.in_place, rf.total, KV_CLIENT_MAX_BODY, 1, &f);
+                if (n < 0)
+                    return (int)n;
+                kv_ring_read(&c->resp, (size_t)n);
+                c->held = 1;
+                fill_response(r, &f);
+                return 0;
+            }
+            if (reserve(&c->in, &c->in_cap, rf.total) != 0)
+                return KV_ENOMEM;
+            kv_ring_peek(&c->resp, 0, c->in, rf.total);
+            kv_ring_read(&c->resp, rf.total);
+            c->held = 1; /* release with the next call, as in place */
+            n = kv_frame_decode(c->in, rf.total, KV_CLIENT_MAX_BODY, 1, &f);
+            if (n < 0)
+                return (int)n;
+            fill_response(r, &f);
+            return 0;
+        }
+        /* a frame larger than the ring: copy it out piece by piece */
+        if (asm_len || (rf.total && rf.total > c->resp.cap)) {
+            size_t total = asm_len ? (size_t)KV_FRAME_OVERHEAD + kv_get_le32(c->in + 16)
+                                   : (size_t)rf.total;
+
+            avail = kv_ring_avail(&c->resp);
+            if (avail < 0)
+                return KV_EPROTO;
+            if (reserve(&c->in, &c->in_cap, total) != 0)
+                return KV_ENOMEM;
+            if (avail > 0) {
+                size_t take = (size_t)avail < total - asm_len ? (size_t)avail : total - asm_len;
+
+                kv_ring_peek(&c->resp, 0, c->in + asm_len, take);
+                kv_ring_read(&c->resp, take);
+                asm_len += take;
+                if (kv_ring_release(&c->resp, c->resp.rd))
+                    efd_write(c->req_efd);
+                if (asm_len == total) {
+                    ssize_t n = kv_frame_decode(c->in, total, KV_CLIENT_MAX_BODY, 1, &f);
+
+                    if (n < 0)
+                        return (int)n;
+                    fill_response(r, &f);
+                    return 0;
+                }
+                spin_until = 0;
+                continue;
+            }
+        }
+        /* nothing (whole) yet: spin a while, then sleep */
+        if (c->server_gone)
+            return KV_ECLOSED;
+        {
+            uint64_t now = mono_ns();
+
+            if (!spin_until)
+                spin_until = now + c->spin_ns;
+            if (now < spin_until) {
+                __builtin_ia32_pause();
+                continue;
+            }
+        }
+        avail = kv_ring_park(&c->resp);
+        if (avail < 0)
+            return KV_EPROTO;
+        if ((uint64_t)avail >= (rf.total ? rf.total : 1) && !asm_len) {
+            kv_ring_unpark(&c->resp);
+            continue;
+        }
+        if (asm_len && avail > 0) {
+            kv_ring_unpark(&c->resp);
+            continue;
+        }
+        if (!deadline)
+            deadline = deadline_of(c);
+        rc = ring_sleep(c, deadline);
+        kv_ring_unpark(&c->resp);
+        if (rc == KV_ECLOSED) {
+            /* answers written before the end are still read; then the end */
+            avail = kv_ring_avail(&c->resp);
+            if (avail > 0)
+                continue;
+            return rc;
+        }
+        if (rc != 0)
+            return rc;
+        spin_until = 0;
+    }
+}
+
+/* Receives exactly one frame on the socket with the descriptors passed along with it. */
+static int recv_attach_answer(struct kv_client *c, uint8_t *buf, size_t cap, size_t *len,
+                              int fds[3], int *nfds)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(4 * sizeof(int))];
+    } u;
+    size_t got = 0, want = KV_FRAME_HDR;
+
+    *nfds = 0;
+    while (got < want) {
+        struct iovec iov = {.iov_base = buf + got, .iov_len = want - got};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
+                            .msg_controllen = sizeof(u.b)};
+        ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            int rc = wait_fd(c->fd, POLLIN, c->timeout_ms);
+
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (n <= 0)
+            return n == 0 ? KV_ECLOSED : KV_EIO;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            int tmp[4];
+
+            memcpy(tmp, CMSG_DATA(cm), (k > 4 ? 4 : k) * sizeof(int));
+            for (size_t i = 0; i < k && i < 4; i++) {
+                if (*nfds < 3)
+                    fds[(*nfds)++] = tmp[i];
+                else
+                    close(tmp[i]);
+            }
+        }
+        got += (size_t)n;
+        if (got >= KV_FRAME_HDR && want == KV_FRAME_HDR) {
+            want = KV_FRAME_OVERHEAD + (size_t)kv_get_le32(buf + 16);
+            if (want > cap)
+                return KV_EPROTO;
+        }
+    }
+    *len = got;
+    return 0;
+}
+
+int kv_client_attach(struct kv_client *c, uint32_t req_size, uint32_t resp_size)
+{
+    uint8_t body[8], in[KV_FRAME_OVERHEAD + 512];
+    int fds[3] = {-1, -1, -1}, nfds = 0, rc;
+    uint64_t id = c->next_id++;
+    struct kv_frame f;
+    size_t len = 0;
+    uint32_t rq, rs;
+    uint8_t *map = MAP_FAILED;
+    uint64_t size = 0;
+    const char *spin = getenv("KV_CLIENT_SPIN_US");
+
+    if (c->map)
+        return KV_EINVAL;
+    kv_put_le32(body, req_size);
+    kv_put_le32(body + 4, resp_size);
+    rc = kv_client_queue(c, KV_OP_ATTACH, id, body, req_size || resp_size ? 8 : 0);
+    if (rc == 0)
+        rc = kv_client_flush(c);
+    if (rc == 0)
+        rc = recv_attach_answer(c, in, sizeof(in), &len, fds, &nfds);
+    if (rc != 0)
+        goto err;
+    if (kv_frame_decode(in, len, sizeof(in), 1, &f) != (ssize_t)len || f.request_id != id ||
+        f.opcode != KV_OP_ATTACH) {
+        rc = KV_EPROTO;
+        goto err;
+    }
+    {
+        struct kv_response r;
+
+        fill_response(&r, &f);
+        record_answer(c, &r);
+    }
+    if (f.status != KV_ST_OK) {
+        rc = KV_ESTATUS;
+        goto err;
+    }
+    for (int i = 0; i < 8 && f.body_len == 8; i++)
+        size |= (uint64_t)f.body[i] << (8 * i);
+    if (nfds != 3 || f.body_len != 8 || size < KV_RING_HDR || size > (3ull << 30) ||
+        !(fcntl(fds[0], F_GET_SEALS) & F_SEAL_SHRINK)) {
+        rc = KV_EPROTO;
+        goto err;
+    }
+    map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    if (map == MAP_FAILED) {
+        rc = KV_ENOMEM;
+        goto err;
+    }
+    if (kv_ring_layout_check(map, (size_t)size, &rq, &rs) != 0) {
+        rc = KV_EPROTO;
+        goto err;
+    }
+    close(fds[0]);
+    c->map = map;
+    c->map_size = (size_t)size;
+    c->req_efd = fds[1];
+    c->resp_efd = fds[2];
+    fcntl(c->req_efd, F_SETFL, O_NONBLOCK);
+    fcntl(c->resp_efd, F_SETFL, O_NONBLOCK);
+    kv_ring_views(map, &c->req, &c->resp);
+    c->spin_ns = (spin ? (unsigned)atoi(spin) : 50) * 1000u;
+    return 0;
+
+err:
+    if (map != MAP_FAILED)
+        munmap(map, (size_t)size);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    return rc;
+}
+
+bool kv_client_attached(const struct kv_client *c)
+{
+    return c->map != NULL;
+}
+
+void *kv_client_ring_map(const struct kv_client *c, size_t *size, int *wake_fd)
+{
+    if (size)
+        *size = c->map_size;
+    if (wake_fd)
+        *wake_fd = c->req_efd;
+    return c->map;
+}
+
+int kv_client_get_ref(struct kv_client *c, const void *key, size_t klen, const uint8_t **value,
+                      size_t *vlen, uint64_t *version)
+{
+    Kv__GetRequest req = KV__GET_REQUEST__INIT;
+    uint64_t id = c->next_id++, ver = 0;
+    struct kv_response r;
+    const uint8_t *val = NULL, *p, *end;
+    size_t len = 0;
+    int rc = check_key(c, key, klen);
+
+    if (rc != 0)
+        return rc;
+    req.key = bin(key, klen);
+    rc = queue_msg(c, KV_OP_GET, id, &req.base);
+    if (rc == 0)
+        rc = roundtrip(c, KV_OP_GET, id, &r);
+    else
+        no_answer(c);
+    if (rc != 0)
+        return rc;
+    if (r.status != KV_ST_OK)
+        return status_rc(r.status);
+    /* GetResponse{bytes value = 1; uint64 version = 2}, read where it lies */
+    for (p = r.body, end = r.body + r.body_len; p < end;) {
+        uint64_t tag = 0, v = 0;
+        unsigned s;
+
+        for (s = 0; p < end && s < 64; s += 7) {
+            tag |= (uint64_t)(*p & 0x7f) << s;
+            if (!(*p++ & 0x80))
+                break;
+        }
+        for (s = 0; p < end && s < 64; s += 7) {
+            v |= (uint64_t)(*p & 0x7f) << s;
+            if (!(*p++ & 0x80))
+                break;
+        }
+        if (tag == ((1 << 3) | 2) && v <= (uint64_t)(end - p)) {
+            val = p;
+            len = (size_t)v;
+            p += v;
+        } else if (tag == ((2 << 3) | 0)) {
+            ver = v;
+        } else {
+            return KV_EPROTO; /* the server sends nothing else */
+        }
+    }
+    *value = val ? val : (const uint8_t *)"";
+    *vlen = len;
+    if (version)
+        *version = ver;
     return 0;
 }

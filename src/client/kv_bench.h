@@ -66,6 +66,9 @@ struct kv_bench_opts {
     unsigned mget_keys;   /* most keys an MGET may carry (1..KV_BENCH_MAX_KEYS) */
     kv_bench_pick_fn pick;
     void *ctx; /* borrowed: passed to pick */
+    int shm;   /* binary over shared-memory rings (host a unix socket path): each
+                  connection attaches; the thread goes round its connections, each
+                  waiting call spinning then sleeping as kv_client_recv does */
 };
 
 struct kv_bench_result {

@@ -75,6 +75,21 @@ int kv_client_last_status(const struct kv_client *c);
  * 511 bytes. */
 const char *kv_client_last_error(const struct kv_client *c);
 
+/* ---- shared-memory rings (docs/PROTOCOL.md section 5) -------------------------- */
+/* Attaches a connection made with kv_client_connect_unix() to shared-memory rings of
+ * req_size and resp_size bytes (0 = the server's --ring-size; rounded up to a power of
+ * two, at most --ring-max). Send it first (after AUTH), with nothing outstanding. From
+ * then on every call of this client goes through the rings; the socket stays open as the
+ * liveness channel: when the server goes away the calls fail with KV_ECLOSED (answers it
+ * wrote before are still read), KV_ETIMEDOUT past the client's timeout. A waiting call
+ * spins KV_CLIENT_SPIN_US microseconds (environment, default 50) before it sleeps.
+ * KV_ESTATUS when the server refused (kv_client_last_error() says why). */
+int kv_client_attach(struct kv_client *c, uint32_t req_size, uint32_t resp_size);
+bool kv_client_attached(const struct kv_client *c);
+/* The rings' mapping and the eventfd that wakes the server (tests of a hostile client);
+ * NULL when not attached. */
+void *kv_client_ring_map(const struct kv_client *c, size_t *size, int *wake_fd);
+
 /* ---- pipelined interface ---------------------------------------------------- */
 /* Appends a request frame to the send buffer; nothing is sent until
  * kv_client_flush(). Returns KV_ETOOBIG above the client's max body. */
@@ -127,6 +142,11 @@ struct kv_set_opts {
                       * when it differs, KV_ENOTFOUND when missing */
     uint64_t cas_version;
 };
+/* GET without a copy: *value points at the value where the answer lies (in the response
+ * ring when attached, else in the receive buffer), borrowed until the next call on c. */
+int kv_client_get_ref(struct kv_client *c, const void *key, size_t klen, const uint8_t **value,
+                      size_t *vlen, uint64_t *version);
+
 /* SET: stores the value; *version (may be NULL) gets the new version. */
 int kv_client_set(struct kv_client *c, const void *key, size_t klen, const void *value, size_t vlen,
                   const struct kv_set_opts *opts, uint64_t *version);

@@ -20,6 +20,7 @@ struct kv_selftest_opts {
     const char *password; /* borrowed; NULL = none given */
     bool allow_flush;     /* run FLUSH (removes every key of the server) */
     FILE *out;            /* borrowed: where the lines go */
+    bool shm;             /* attach every connection to shared-memory rings (after AUTH) */
 };
 
 /* Runs every check. Returns 0 and the counts when the run happened (even

@@ -34,6 +34,7 @@ struct global {
     uint16_t port;
     int timeout_ms;
     const char *password; /* -a */
+    bool shm;             /* --shm: attach to shared-memory rings (with -s) */
 };
 
 static char where[300]; /* "HOST:PORT" for messages; set once in main */
@@ -41,8 +42,9 @@ static int timeout_ms_g; /* -t, for messages */
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvclient [-h HOST] [-p PORT | -s SOCKET] [-a PASSWORD] [-t TIMEOUT_MS]\n"
+    fputs("usage: kvclient [-h HOST] [-p PORT | -s SOCKET [--shm]] [-a PASSWORD] [-t TIMEOUT_MS]\n"
           "                COMMAND [ARGS]\n"
+          "       --shm: over the server's shared-memory rings (ATTACH on the unix socket)\n"
           "       kvclient --help | --version\n"
           "commands:\n"
           "  ping [PAYLOAD]                 round trip; prints the echo and the time\n"
@@ -80,7 +82,7 @@ static void usage(FILE *f)
           "                                 'N passed, N failed' (exit 1 if any failed)\n"
           "  bench -t get,set,mixed,mget,ping [-c CONNS] [-n REQUESTS | --seconds S]\n"
           "        [-P PIPELINE] [-d BYTES] [-r KEYSPACE] [--ratio SET:GET] [--threads N]\n"
-          "        [--protocol binary|resp|memcache] [-s SOCKET] [--no-populate] [--json]\n"
+          "        [--protocol binary|resp|memcache] [-s SOCKET [--shm]] [--no-populate] [--json]\n"
           "                                 load test: requests/s, latency percentiles;\n"
           "                                 resp drives Redis or libevkv's RESP side,\n"
           "                                 memcache drives memcached (mg/set/mn; an mget\n"
@@ -329,6 +331,15 @@ static int connect_cmd(const struct global *g, struct kv_client **c)
         rc = kv_client_auth(*c, g->password, strlen(g->password));
         if (rc != 0) {
             int ex = fail("auth", rc, *c);
+
+            kv_client_close(*c);
+            return ex == 1 ? 2 : ex;
+        }
+    }
+    if (g->shm) {
+        rc = kv_client_attach(*c, 0, 0);
+        if (rc != 0) {
+            int ex = fail("attach (--shm)", rc, *c);
 
             kv_client_close(*c);
             return ex == 1 ? 2 : ex;
@@ -1023,6 +1034,7 @@ static int cmd_test(const struct global *g, int argc, char **argv)
                                  .port = g->port,
                                  .timeout_ms = g->timeout_ms,
                                  .password = g->password,
+                                 .shm = g->shm,
                                  .out = stdout};
     unsigned passed = 0, failed = 0;
     int rc;
@@ -1108,7 +1120,8 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
                               .pipeline = 1,
                               .threads = 1,
                               .value_len = 3,
-                              .mget_keys = MGET_KEYS};
+                              .mget_keys = MGET_KEYS,
+                              .shm = g->shm};
     const char *tests = "ping";
     char list[256], *save = NULL, *tok;
     bool json = false, populated = false, no_populate = false;
@@ -1121,6 +1134,10 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
 
         if (strcmp(a, "--json") == 0) {
             json = true;
+            continue;
+        }
+        if (strcmp(a, "--shm") == 0) {
+            o.shm = 1;
             continue;
         }
         if (strcmp(a, "--no-populate") == 0) {
@@ -1243,7 +1260,8 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
                    "\"pipeline\":%u,\"data\":%zu,\"keyspace\":%" PRIu64 ",\"threads\":%u,"
                    "\"requests\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64
                    ",\"seconds\":%.3f,\"rps\":%.0f",
-                   tok, protos[o.proto], kv_client_host_is_path(o.host) ? "unix" : "tcp", o.conns,
+                   tok, protos[o.proto],
+                   o.shm ? "shm" : kv_client_host_is_path(o.host) ? "unix" : "tcp", o.conns,
                    o.pipeline, o.value_len, ctx.keyspace, o.threads, r.requests, r.errors,
                    r.not_found, r.seconds, r.rps);
             if (ctx.kind == B_MGET)
@@ -1283,6 +1301,10 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
+        }
+        if (strcmp(argv[i], "--shm") == 0) {
+            g.shm = true;
+            continue;
         }
         if (strcmp(argv[i], "--version") == 0) {
             printf("kvclient %s (protocol 1)\n", KV_VERSION);
@@ -1324,8 +1346,13 @@ int main(int argc, char **argv)
             g.timeout_ms = (int)v;
         }
     }
+    if (g.shm && !strchr(g.host, '/')) {
+        fprintf(stderr, "kvclient: --shm needs -s SOCKET (rings are set up over the unix "
+                "socket)\n");
+        return 2;
+    }
     if (strchr(g.host, '/'))
-        snprintf(where, sizeof(where), "%s", g.host); /* a unix socket */
+        snprintf(where, sizeof(where), "%s%s", g.host, g.shm ? " (shm)" : ""); /* unix */
     else
         snprintf(where, sizeof(where), "%s:%u", g.host, g.port);
     timeout_ms_g = g.timeout_ms;

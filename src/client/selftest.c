@@ -97,8 +97,19 @@ static int connect_to(struct st *t, bool auth, struct kv_client **out)
 {
     int rc = kv_client_connect(t->o->host, t->o->port, t->o->timeout_ms, out);
 
-    if (rc == 0 && auth && t->needs_auth && t->o->password) {
+    bool authed = false;
+
+    /* over shm the password (when given) is sent first: ATTACH needs it */
+    if (rc == 0 && auth && t->o->password && (t->needs_auth || t->o->shm)) {
         rc = kv_client_auth(*out, t->o->password, strlen(t->o->password));
+        if (rc != 0)
+            kv_client_close(*out);
+        authed = rc == 0;
+    }
+    /* over shm: attached once AUTH allows it (a connection kept unauthenticated on
+     * purpose stays on the socket) */
+    if (rc == 0 && t->o->shm && (authed || (!t->o->password && !t->needs_auth))) {
+        rc = kv_client_attach(*out, 0, 0);
         if (rc != 0)
             kv_client_close(*out);
     }
@@ -901,11 +912,21 @@ int kv_selftest_run(const struct kv_selftest_opts *o, unsigned *passed, unsigned
     struct st t = {.o = o};
     int rc = kv_client_connect(o->host, o->port, o->timeout_ms, &t.c);
 
-    if (rc != 0)
+    if (rc == 0 && o->shm && o->password)
+        rc = kv_client_auth(t.c, o->password, strlen(o->password));
+    if (rc == 0 && o->shm)
+        rc = kv_client_attach(t.c, 0, 0);
+    if (rc != 0) {
+        if (t.c)
+            kv_client_close(t.c);
         return rc;
+    }
     snprintf(t.prefix, sizeof(t.prefix), "kvtest:%d:", (int)getpid());
     t.plen = strlen(t.prefix);
-    if (kv_client_host_is_path(o->host))
+    if (o->shm)
+        fprintf(o->out, "kvclient test over shared-memory rings of %s, keys under \"%s\"\n",
+                o->host, t.prefix);
+    else if (kv_client_host_is_path(o->host))
         fprintf(o->out, "kvclient test against unix socket %s, keys under \"%s\"\n", o->host,
                 t.prefix);
     else

@@ -35,6 +35,7 @@
 #include "kv_err.h"
 #include "kv_log.h"
 #include "kv_mem.h"
+#include "kv_ops.h"
 #include "kv_print.h"
 
 #define KV_IO_MAX_INFLIGHT 4096  /* requests per connection before reading pauses */
@@ -125,12 +126,20 @@ static struct kv_io_msg *msg_new(struct kv_io_conn *c, size_t size)
     m->conn = c;
     m->len = m->parsed = 0;
     m->refs = 1;
+    m->ring = NULL;
+    m->ring_next = NULL;
+    m->released = 0;
     conn_charge(c, (int64_t)m->cap);
     return m;
 }
 
 static void msg_unref(struct kv_io_msg *m)
 {
+    if (m && m->ring) { /* a span of a request ring: released in ring order */
+        if (--m->refs == 0)
+            kv_io_ring_span_done(m);
+        return;
+    }
     if (m && --m->refs == 0) {
         conn_charge(m->conn, -(int64_t)m->cap);
         kv_mem_buf_put(m->buf, m->cap);
@@ -193,6 +202,8 @@ static void conn_free(struct kv_io_conn *c)
         thr->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    if (c->ring)
+        kv_io_ring_free(c);
     kv_mem_free(KV_MOD_CONNECTION, c);
 }
 
@@ -214,6 +225,8 @@ static void conn_close(struct kv_io_conn *c)
     ev_io_stop(loop, &c->ww);
     kv_io_peer_remove(c->thr->io, &c->peer);
     kv_io_session_monitor(&c->session, 0);
+    if (c->ring)
+        kv_io_ring_close(c);
     close(c->fd);
     c->fd = -1;
     c->closed = 1;
@@ -446,7 +459,12 @@ static uint8_t *out_room(struct kv_io_conn *c, size_t *cap)
 /* Lays out the answer of r at the end of c's output. */
 static int out_append(struct kv_io_conn *c, const struct kv_io_req *r)
 {
-    uint8_t *p = out_reserve(c, r->out_len);
+    uint8_t *p;
+
+    /* attached: straight into the response ring, unless earlier output waits there */
+    if (c->ring && !c->ob_head && kv_io_ring_put(c, r) == 0)
+        return 0;
+    p = out_reserve(c, r->out_len);
 
     if (!p)
         return KV_ENOMEM;
@@ -606,12 +624,24 @@ static void conn_update_reading(struct kv_io_conn *c)
         return;
     if (c->closing || c->thr->stopping || c->gated)
         want = 0;
+    else if (c->ring) /* the socket stays read (liveness); the ring is what pauses */
+        want = c->ring->can_read
+                   ? c->out_bytes < cfg->max_output && c->inflight < KV_IO_MAX_INFLIGHT
+                   : c->out_bytes <= cfg->max_output / 2 && c->inflight <= KV_IO_MAX_INFLIGHT / 2;
     else if (c->reading)
         want = c->out_bytes < cfg->max_output && c->inflight < KV_IO_MAX_INFLIGHT &&
                c->inflight_bytes < cfg->max_output;
     else
         want = c->out_bytes <= cfg->max_output / 2 && c->inflight <= KV_IO_MAX_INFLIGHT / 2 &&
                c->inflight_bytes <= cfg->max_output / 2;
+    if (c->ring) {
+        int was = c->ring->can_read;
+
+        c->ring->can_read = (uint8_t)want;
+        if (want && !was)
+            kv_io_ring_kick(c);
+        return;
+    }
     if (want && !c->reading)
         ev_io_start(c->thr->loop, &c->rw);
     else if (!want && c->reading)
@@ -619,9 +649,51 @@ static void conn_update_reading(struct kv_io_conn *c)
     c->reading = (uint8_t)want;
 }
 
+/* Attached: moves output that did not fit in the response ring when it was laid out into
+ * the ring, as far as it has room, then publishes. */
+static void conn_flush_ring(struct kv_io_conn *c)
+{
+    struct kv_ring *q = &c->ring->resp;
+
+    while (c->ob_head && !c->ring->bad) {
+        struct kv_io_obuf *b = c->ob_head;
+        int64_t space = kv_ring_space(q);
+        size_t take;
+
+        if (space == 0)
+            space = kv_ring_want_space(q); /* the client writes our eventfd once it reads */
+        if (space < 0) {
+            c->ring->bad = 1;
+            break;
+        }
+        if (space == 0)
+            break;
+        kv_ring_unwant(q);
+        take = b->len - b->off < (size_t)space ? b->len - b->off : (size_t)space;
+        kv_ring_write(q, b->data + b->off, take);
+        b->off += take;
+        c->out_bytes -= take;
+        __atomic_store_n(&c->peer.ring_out, c->peer.ring_out + take, __ATOMIC_RELAXED);
+        kv_mem_stat_add(KV_STAT_BYTES_OUT, take);
+        if (b->off == b->len) {
+            c->ob_head = b->next;
+            conn_charge(c, -(int64_t)b->pool_cap);
+            kv_mem_buf_put(b, b->pool_cap);
+        }
+    }
+    if (!c->ob_head)
+        c->ob_tail = NULL;
+    kv_io_ring_flush(c);
+}
+
 /* Writes as much laid-out output as the socket takes. */
 static void conn_flush(struct kv_io_conn *c)
 {
+    if (c->ring) {
+        if (!c->closed)
+            conn_flush_ring(c);
+        return;
+    }
     while (c->ob_head && !c->closed) {
         struct iovec iov[KV_IO_IOV_MAX];
         struct kv_io_obuf *b;
@@ -732,7 +804,9 @@ static void conn_settle(struct kv_io_conn *c)
             return; /* on_linger_read or the sweep closes it */
     }
     if (!c->closed && c->closing && c->inflight == 0 && !c->out_head && !c->ob_head) {
-        if (c->linger && !c->thr->stopping) {
+        /* attached: the answer is in the ring, which the client drains before it
+         * reports the closed socket; nothing to linger for */
+        if (c->linger && !c->thr->stopping && !c->ring) {
             conn_linger(c);
             return;
         }
@@ -794,6 +868,42 @@ static void batch_add(struct kv_io_thread *thr, struct kv_io_conn *c, struct kv_
     c->inflight_bytes += wire_len;
 }
 
+/* A request read in a client's ring is handed to its handler where it lies, so the
+ * client could rewrite it while the handler reads. Handlers that read their body once
+ * (each length bounded by body_len, which the server holds) only see a different
+ * request of that client's; those that walk it twice (DEL, MGET, MSET count, then
+ * act) and any opcode not listed here get a private copy. */
+static int ring_in_place_ok(uint16_t opcode)
+{
+    switch (opcode) {
+    case KV_OP_PING:
+    case KV_OP_GET:
+    case KV_OP_SET:
+    case KV_OP_EXISTS:
+    case KV_OP_INCR:
+    case KV_OP_EXPIRE:
+    case KV_OP_AUTH:
+    case KV_OP_STATS:
+    case KV_OP_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int ring_copy_body(struct kv_io_req *r)
+{
+    uint8_t *b = kv_mem_alloc(KV_MOD_PACKET, r->call.body_len);
+
+    if (!b)
+        return KV_ENOMEM;
+    memcpy(b, r->call.body, r->call.body_len);
+    r->call.body = b;
+    r->body_owned = 1;
+    req_charge(r, r->call.body_len);
+    return 0;
+}
+
 /* Decodes every whole frame in the current message into the thread's
  * batch. Returns through *need the size of a trailing partial frame when
  * its header is in (else 0). */
@@ -816,6 +926,13 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
         uint16_t status;
         char why[128];
 
+        if (r > 0 && f.opcode == KV_OP_ATTACH) { /* a transport request: the IO thread's */
+            m->parsed += (size_t)r;
+            kv_io_ring_attach(c, &f, (size_t)r);
+            if (c->closed || c->closing || c->ring)
+                return;
+            continue;
+        }
         if (r > 0) {
             req = req_new(c, m);
             if (!req) {
@@ -827,6 +944,12 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
             req->call.body = f.body;
             req->call.body_len = f.body_len;
             req->request_id = f.request_id;
+            if (m->ring && f.body_len && !ring_in_place_ok(f.opcode) && ring_copy_body(req) != 0) {
+                kv_io_log(thr->io, 0, "out of memory for a request; closing connection");
+                req_free(req);
+                conn_close(c);
+                return;
+            }
             if (cfg->in_order)
                 conn_enqueue(c, req); /* answers leave in request order */
             batch_add(thr, c, req, (size_t)r);
@@ -1452,6 +1575,8 @@ static int thread_init(struct kv_io *io, struct kv_io_thread *thr, unsigned inde
     ev_async_start(thr->loop, &thr->wake);
     ev_timer_init(&thr->stop_timer, on_stop_timer, 1., 0.);
     thr->stop_timer.data = thr;
+    ev_idle_init(&thr->ring_spin, kv_io_ring_spin_cb);
+    thr->ring_spin.data = thr;
     ev_timer_init(&thr->sweep, on_sweep, 1., 1.);
     thr->sweep.data = thr;
     ev_timer_start(thr->loop, &thr->sweep);
@@ -1586,4 +1711,185 @@ void kv_io_destroy(struct kv_io *io)
 uint16_t kv_io_port(const struct kv_io *io)
 {
     return io->port;
+}
+
+/* ---- attached clients: the request ring ------------------------------------------ */
+/* A span of the request ring: the bytes [rd, rd + n) seen in place at p. */
+static struct kv_io_msg *span_new(struct kv_io_ring *g, const uint8_t *p, size_t n)
+{
+    struct kv_io_msg *s = kv_mem_obj_get(KV_MOD_MESSAGE, sizeof(*s));
+
+    if (!s)
+        return NULL;
+    memset(s, 0, sizeof(*s));
+    s->buf = (uint8_t *)p;
+    s->conn = g->conn;
+    s->cap = s->len = n;
+    s->refs = 1;
+    s->ring = g;
+    return s;
+}
+
+/* The span ends where the reader stands now: queue it behind the older ones and drop the
+ * parser's reference (released at once when no request points into it). */
+static void span_commit(struct kv_io_ring *g, struct kv_io_msg *s)
+{
+    s->ring_end = g->req.rd;
+    if (g->spans_tail)
+        g->spans_tail->ring_next = s;
+    else
+        g->spans = s;
+    g->spans_tail = s;
+    msg_unref(s);
+}
+
+/* Copies what the ring has of the frame being assembled (one that wraps, or is larger
+ * than the ring) into c->cur, and parses it once whole. Returns 1 when it made progress. */
+static int ring_assemble(struct kv_io_conn *c, int64_t avail)
+{
+    struct kv_io_ring *g = c->ring;
+    struct kv_io_msg *m = c->cur, *s;
+    size_t have = m->len - m->parsed, want, take, need = 0;
+
+    want = g->asm_need ? (size_t)g->asm_need - have : KV_FRAME_HDR - have;
+    take = (size_t)avail < want ? (size_t)avail : want;
+    if (take > m->cap - m->len)
+        take = m->cap - m->len;
+    if (take == 0)
+        return 0;
+    s = span_new(g, NULL, 0);
+    if (!s)
+        goto err_nomem;
+    kv_ring_peek(&g->req, 0, m->buf + m->len, take);
+    kv_ring_read(&g->req, take);
+    span_commit(g, s);
+    m->len += take;
+    __atomic_store_n(&c->peer.ring_in, c->peer.ring_in + take, __ATOMIC_RELAXED);
+    kv_mem_stat_add(KV_STAT_BYTES_IN, take);
+    conn_parse_binary(c, &need);
+    if (c->closed || c->closing)
+        return 1;
+    if (m->parsed == m->len) { /* whole, and handed on */
+        g->asm_need = 0;
+        g->assembling = 0;
+        return 1;
+    }
+    g->asm_need = need;
+    if (conn_make_room(c, need ? need : KV_FRAME_HDR) != 0)
+        goto err_nomem;
+    return 1;
+
+err_nomem:
+    kv_io_log(c->thr->io, 0, "out of memory for a ring request; closing connection");
+    conn_close(c);
+    return 1;
+}
+
+void kv_io_conn_parse_ring(struct kv_io_conn *c)
+{
+    struct kv_io_ring *g = c->ring;
+    struct kv_ring *q = &g->req;
+    const struct kv_config *cfg = c->thr->io->cfg;
+
+    for (int guard = 0; guard < 64; guard++) {
+        int64_t avail;
+        const uint8_t *p;
+        size_t n, consumed, room, need = 0;
+        struct kv_io_msg *s, *saved;
+
+        if (c->closed || c->closing || c->gated || !g->can_read ||
+            c->inflight >= KV_IO_MAX_INFLIGHT)
+            return;
+        avail = kv_ring_avail(q);
+        if (avail < 0) {
+            kv_io_log(c->thr->io, 1, "fd %d: attached client (pid %d) wrote an impossible "
+                      "request-ring head; closing it", c->fd, c->peer.id.pid);
+            kv_mem_stat_add(KV_STAT_PROTO_ERRORS, 1);
+            conn_close(c);
+            return;
+        }
+        if (avail == 0)
+            return;
+        c->last_active = ev_now(c->thr->loop);
+        if (g->assembling) {
+            if (!ring_assemble(c, avail))
+                return;
+            continue;
+        }
+        n = kv_ring_contig(q, 0, &p);
+        room = n;
+        if (n > (size_t)avail)
+            n = (size_t)avail;
+        s = span_new(g, p, n);
+        if (!s) {
+            kv_io_log(c->thr->io, 0, "out of memory for a ring request; closing connection");
+            conn_close(c);
+            return;
+        }
+        s->refs++; /* a close while parsing drops the current message's reference */
+        saved = c->cur;
+        c->cur = s;
+        conn_parse_binary(c, &need);
+        if (c->cur == s) {
+            c->cur = saved;
+            s->refs--;
+        } else {
+            msg_unref(saved); /* closed: its reference was the one to drop */
+        }
+        consumed = s->parsed;
+        kv_ring_read(q, consumed);
+        span_commit(g, s);
+        __atomic_store_n(&c->peer.ring_in, c->peer.ring_in + consumed, __ATOMIC_RELAXED);
+        kv_mem_stat_add(KV_STAT_BYTES_IN, consumed);
+        if (consumed > 0 || c->closed || c->closing || c->gated)
+            continue;
+        /* a partial frame at the reader: wait for it where it will lie whole, else
+         * assemble it in a receive buffer (it wraps, or is larger than the ring) */
+        if (need ? need <= room : room >= KV_FRAME_HDR)
+            return;
+        if (!c->cur && !(c->cur = msg_new(c, cfg->recv_buf))) {
+            kv_io_log(c->thr->io, 0, "out of memory for a ring request; closing connection");
+            conn_close(c);
+            return;
+        }
+        g->assembling = 1;
+        g->asm_need = need;
+        if (conn_make_room(c, need ? need : KV_FRAME_HDR) != 0) {
+            kv_io_log(c->thr->io, 0, "out of memory for a ring request; closing connection");
+            conn_close(c);
+            return;
+        }
+    }
+    kv_io_ring_kick(c); /* more may be there: poll again from the loop */
+}
+
+void kv_io_conn_close(struct kv_io_conn *c)
+{
+    conn_close(c);
+}
+
+void kv_io_conn_mark_flush(struct kv_io_conn *c)
+{
+    conn_mark_flush(c);
+}
+
+int kv_io_conn_answer_error(struct kv_io_conn *c, const struct kv_frame *f, uint16_t status,
+                            const char *msg)
+{
+    return conn_answer_error(c, f, status, msg);
+}
+
+void kv_io_thread_pump(struct kv_io_thread *thr)
+{
+    if (__atomic_load_n(&thr->done_head, __ATOMIC_RELAXED))
+        on_wake(thr->loop, &thr->wake, 0);
+    do {
+        struct kv_call *batch = thr->batch_head;
+
+        if (batch) {
+            thr->batch_head = thr->batch_tail = NULL;
+            thr->io->dispatch(thr->io->dispatch_ctx, batch);
+        }
+        flush_all(thr);
+    } while (thr->batch_head);
 }

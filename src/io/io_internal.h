@@ -12,12 +12,43 @@
 
 #include "frame.h"
 #include "kv_call.h"
+#include "ring.h"
 #include "kv_config.h"
 #include "kv_io.h"
 #include "resp.h"
 
 struct kv_io_thread;
 struct kv_io_conn;
+
+/* The rings of one attached client (ring_conn.c). The server consumes req and produces
+ * resp; the client may write anything into the mapping, so every index read from it is
+ * checked (ring.h) and a bad one closes this client only. */
+struct kv_io_ring {
+    struct kv_ring req, resp;        /* views into map */
+    uint8_t *map;                    /* owned: munmap in kv_io_ring_free */
+    size_t map_size;                 /* ro after attach */
+    int req_efd;                     /* owned: the client writes it to wake this thread */
+    int resp_efd;                    /* owned: written to wake the client */
+    ev_io efd_w;                     /* req_efd readable */
+    struct kv_io_conn *conn;         /* borrowed: owns this */
+    struct kv_io_ring *prev, *next;  /* io-thread only: the thread's attached clients */
+    struct kv_io_msg *spans;         /* owned: request-ring spans in ring order, oldest
+                                      * first, not yet released */
+    struct kv_io_msg *spans_tail;
+    uint64_t published;              /* resp.pos at the last publish */
+    uint64_t last_ns;                /* when frames last arrived (or the last wake) */
+    uint64_t parked_ns;              /* when this ring was last parked */
+    uint64_t window_ns;              /* adaptive spin window */
+    uint64_t asm_need;               /* bytes of the frame being assembled (0 = unknown) */
+    uint64_t stuck;                  /* bytes in the request ring the last poll left (part of
+                                      * a frame): only more than these is news */
+    uint8_t spinning;                /* polled by the thread's ev_idle */
+    uint8_t can_read;                /* backpressure and the AUTH gate allow reading */
+    uint8_t bad;                     /* the client broke the response ring's indices */
+    uint8_t closed;                  /* eventfds closed; the mapping waits for conn_free */
+    uint8_t found;                   /* frames arrived since the last wake */
+    uint8_t assembling;              /* a frame is being copied into conn->cur */
+};
 
 /* One receive buffer. Requests decoded from it point into buf, so it lives
  * until the last of them is freed and the connection has moved on to a
@@ -29,6 +60,12 @@ struct kv_io_msg {
     size_t len;          /* bytes received */
     size_t parsed;       /* bytes consumed by whole frames */
     unsigned refs;       /* io-thread only: live requests + 1 while current */
+    /* A span of a request ring (ring_conn.c): buf points into the mapping (not owned), the
+     * span ends at ring index ring_end and is released, in order, once refs reach 0. */
+    struct kv_io_ring *ring;     /* borrowed: NULL for a receive buffer */
+    struct kv_io_msg *ring_next; /* io-thread only: the ring's list of spans */
+    uint64_t ring_end;
+    uint8_t released;
 };
 
 /* Answers up to this size are built in the request itself (call.scratch):
@@ -101,6 +138,9 @@ struct kv_io_peer {
                                       * seconds of its last read (CLIENT LIST idle=) */
     size_t cmd_wire;                 /* io-thread only: wire bytes of the command being run */
     uint8_t kill;                    /* atomic: CLIENT KILL asks the owning thread to close it */
+    /* attached to shared-memory rings (atomics: written by the IO thread once attached) */
+    uint32_t ring_req, ring_resp;    /* ring capacities; 0 = not attached */
+    uint64_t ring_in, ring_out;      /* bytes through the request / response ring */
 };
 
 struct kv_io_conn {                  /* io-thread only */
@@ -142,6 +182,8 @@ struct kv_io_conn {                  /* io-thread only */
                                       * only once this one's answer is written */
     uint8_t monitor;                 /* MONITOR: gets a line per command; written by this
                                       * thread, atomic (CLIENT LIST reads it) */
+    struct kv_io_ring *ring;         /* owned: the shared-memory rings once attached (the
+                                      * socket is then the liveness channel only) */
 };
 
 /* One MONITOR line on its way to an IO thread's monitors. */
@@ -184,6 +226,9 @@ struct kv_io_thread {
     unsigned monitors;               /* atomic, written by this thread: its MONITOR conns */
     struct kv_io_mline *mon_head;    /* guarded by lock: MONITOR lines for them, oldest */
     struct kv_io_mline *mon_tail;    /* guarded by lock */
+    ev_idle ring_spin;               /* on while an attached client's ring is polled */
+    struct kv_io_ring *rings;        /* io-thread only: attached clients of this thread */
+    unsigned rings_spinning;         /* io-thread only: of those, how many are polled */
 };
 
 /* A log line of one kind at most once a second, over every thread. */
@@ -239,6 +284,27 @@ int kv_io_unix_open(struct kv_io *io, char *err, size_t errcap);
 void kv_io_unix_close(struct kv_io *io);
 /* 1: log an event of r's kind now (*quiet: how many went unlogged since
  * the last line); 0: one went out this second already. Any thread. */
+/* ring_conn.c: shared-memory rings of attached clients (io-thread only) */
+struct kv_io_req;
+/* ATTACH (opcode 13) decoded from the socket stream at m->parsed (frame of len bytes, not
+ * yet consumed): answers it, and on success switches c to its rings. */
+void kv_io_ring_attach(struct kv_io_conn *c, const struct kv_frame *f, size_t len);
+void kv_io_ring_close(struct kv_io_conn *c);  /* from conn_close: eventfds, lists */
+void kv_io_ring_free(struct kv_io_conn *c);   /* from conn_free: the mapping */
+/* Lays the answer of r straight into the response ring: 0, or KV_EAGAIN when it does not
+ * fit now (the caller queues it in the output buffers). */
+int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r);
+void kv_io_ring_flush(struct kv_io_conn *c);  /* output buffers into the ring; publish, wake */
+void kv_io_ring_span_done(struct kv_io_msg *m); /* a span's last request is freed */
+void kv_io_ring_kick(struct kv_io_conn *c);   /* reading may go on: poll the ring again */
+/* io.c, for ring_conn.c */
+void kv_io_conn_parse_ring(struct kv_io_conn *c); /* frames of the request ring */
+void kv_io_conn_close(struct kv_io_conn *c);
+void kv_io_conn_mark_flush(struct kv_io_conn *c);
+int kv_io_conn_answer_error(struct kv_io_conn *c, const struct kv_frame *f, uint16_t status,
+                            const char *msg);
+void kv_io_thread_pump(struct kv_io_thread *thr); /* completions, dispatch, flush */
+void kv_io_ring_spin_cb(struct ev_loop *loop, ev_idle *w, int revents);
 int kv_io_ratelog_take(struct kv_io_ratelog *r, double now, uint64_t *quiet);
 void kv_io_log(const struct kv_io *io, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -88,9 +88,13 @@ enum { KV_IO_TCP = 0, KV_IO_UNIX = 1 };
 
 /* Open connections per transport, from the registry. Any thread. */
 void kv_io_peer_counts(struct kv_io *io, unsigned *tcp, unsigned *unx);
+/* Clients attached to shared-memory rings now, and the bytes through their request and
+ * response rings (open connections only). Any thread. */
+void kv_io_ring_counts(struct kv_io *io, unsigned *attached, uint64_t *in, uint64_t *out);
 /* Writes one line per open connection (newest first), Redis CLIENT LIST
  * style: "id=N addr=A laddr=L fd=N name= age=S db=0 transport=tcp|unix"
- * plus " pid=N uid=N" for a unix peer (SO_PEERCRED), "\n"-terminated.
+ * plus " pid=N uid=N" for a unix peer (SO_PEERCRED), "\n"-terminated; an attached
+ * client says transport=shm and adds " ring_req=B ring_resp=B shm_in=B shm_out=B".
  * Only unix peers when unix_only; at most max lines, only whole lines that
  * fit in cap (buf stays NUL-terminated when cap > 0). Returns the bytes
  * written; *listed (may be NULL) gets the number of lines. Any thread. */

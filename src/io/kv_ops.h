@@ -24,6 +24,7 @@
     X(STATS, 10, "STATS")                                                                   \
     X(FLUSH, 11, "FLUSH")                                                                   \
     X(AUTH, 12, "AUTH")                                                                     \
+    X(ATTACH, 13, "ATTACH") /* shared-memory rings, unix socket only (PROTOCOL.md 5) */    \
     X(RENAME, 14, "RENAME") /* RENAME, RENAMENX, MOVE, COPY (kv.proto RenameRequest) */     \
     X(SWAPDB, 15, "SWAPDB")                                                                 \
     X(STR, 32, "STR") /* Redis's string family (kv.proto StrRequest) */

@@ -81,6 +81,25 @@ void kv_io_peer_counts(struct kv_io *io, unsigned *tcp, unsigned *unx)
     *unx = n[1];
 }
 
+void kv_io_ring_counts(struct kv_io *io, unsigned *attached, uint64_t *in, uint64_t *out)
+{
+    unsigned n = 0;
+    uint64_t bi = 0, bo = 0;
+
+    pthread_mutex_lock(&io->peers_lock);
+    for (const struct kv_io_peer *p = io->peers; p; p = p->next) {
+        if (!__atomic_load_n(&p->ring_req, __ATOMIC_RELAXED))
+            continue;
+        n++;
+        bi += __atomic_load_n(&p->ring_in, __ATOMIC_RELAXED);
+        bo += __atomic_load_n(&p->ring_out, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&io->peers_lock);
+    *attached = n;
+    *in = bi;
+    *out = bo;
+}
+
 size_t kv_io_peers_format(struct kv_io *io, int unix_only, unsigned max, char *buf, size_t cap,
                           unsigned *listed)
 {
@@ -98,7 +117,19 @@ size_t kv_io_peers_format(struct kv_io *io, int unix_only, unsigned max, char *b
 
         if (unix_only && p->id.transport != KV_IO_UNIX)
             continue;
-        if (p->id.transport == KV_IO_UNIX) {
+        uint32_t rq = __atomic_load_n(&p->ring_req, __ATOMIC_RELAXED);
+
+        if (p->id.transport == KV_IO_UNIX && rq) {
+            n = snprintf(line, sizeof(line),
+                         "id=%llu addr=%s:0 laddr=%s:0 fd=%d name= age=%lld db=0 "
+                         "transport=shm pid=%d uid=%u ring_req=%u ring_resp=%u "
+                         "shm_in=%llu shm_out=%llu\n",
+                         (unsigned long long)p->serial, io->cfg->unix_path, io->cfg->unix_path,
+                         p->id.fd, (long long)(now - p->since), p->id.pid, p->id.uid, rq,
+                         __atomic_load_n(&p->ring_resp, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&p->ring_in, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&p->ring_out, __ATOMIC_RELAXED));
+        } else if (p->id.transport == KV_IO_UNIX) {
             n = snprintf(line, sizeof(line),
                          "id=%llu addr=%s:0 laddr=%s:0 fd=%d name= age=%lld db=0 "
                          "transport=unix pid=%d uid=%u\n",

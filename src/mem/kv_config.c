@@ -108,6 +108,14 @@ const struct kv_config_option kv_config_options[] = {
      "SIZE", "largest body accepted before AUTH", NULL},
     {"no-resp", NULL, KV_CT_FLAG, F(resp_disabled), 0, 1, NULL, NULL, NULL, 0, NULL,
      "binary frames only: no Redis protocol on the port", NULL},
+    {"ring-size", NULL, KV_CT_SIZE, F(ring_size), 4096, 1u << 30, NULL, NULL, "256k", 0, "SIZE",
+     "each shared-memory ring of an attached client, rounded up\n"
+     "to a power of two (4k..--ring-max)", NULL},
+    {"ring-max", NULL, KV_CT_SIZE, F(ring_max), 4096, 1u << 30, NULL, NULL, "64m", 0, "SIZE",
+     "largest ring a client may ask for (at most 1g)", NULL},
+    {"ring-spin-us", NULL, KV_CT_UINT, F(ring_spin_us), 0, 100000, NULL, NULL, "50", 0, "N",
+     "how long the server spins on an empty request ring before\n"
+     "it sleeps on the eventfd (0 = sleep at once)", NULL},
     {"databases", "databases", KV_CT_UINT, F(databases), 1, 256 /* KV_SHM_MAX_DB */, NULL, NULL,
      "16", 0, "N", "databases for SELECT, 0 .. N-1", NULL},
     {"in-order", NULL, KV_CT_FLAG, F(in_order), 0, 1, NULL, NULL, NULL, 0, NULL,

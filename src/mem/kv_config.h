@@ -63,6 +63,12 @@ struct kv_config {
     int resp_disabled;           /* 1: binary frames only (no RESP on the port) */
     size_t resp_max_args;        /* elements of a RESP multibulk */
 
+    /* shared-memory rings (ATTACH on the unix socket) */
+    size_t ring_size;            /* bytes of each ring when the client asks for 0 */
+    size_t ring_max;             /* largest ring a client may ask for */
+    unsigned ring_spin_us;       /* how long a consumer spins on an empty ring before it
+                                  * parks (adaptive below it); 0 = park at once */
+
     /* service */
     char requirepass[256];       /* "" = no AUTH required */
 };

@@ -74,6 +74,7 @@ static const char *const mod_names[KV_MOD__COUNT] = {
     [KV_MOD_THREAD] = "THREAD",   [KV_MOD_PROTO] = "PROTO",
     [KV_MOD_SHM] = "SHM",         [KV_MOD_CLIENT] = "CLIENT",
     [KV_MOD_SERVER] = "SERVER",   [KV_MOD_TEST] = "TEST",
+    [KV_MOD_RING] = "RING",
 };
 
 static const char *const stat_names[KV_STAT__COUNT] = {
@@ -207,6 +208,11 @@ static void account2(enum kv_mod a, int64_t da, int alloc_a, enum kv_mod b, int6
     counter_inc(alloc_a ? &s->allocs[a] : &s->frees[a], 1);
     counter_add(&s->bytes[b], db);
     counter_inc(alloc_b ? &s->allocs[b] : &s->frees[b], 1);
+}
+
+void kv_mem_account(enum kv_mod mod, int64_t bytes)
+{
+    account(mod, bytes, bytes > 0);
 }
 
 void kv_mem_stat_add(enum kv_stat stat, uint64_t n)

@@ -34,6 +34,7 @@ enum kv_mod {
     KV_MOD_CLIENT,     /* client library */
     KV_MOD_SERVER,     /* server wiring, options */
     KV_MOD_TEST,       /* unit tests */
+    KV_MOD_RING,       /* shared-memory rings of attached clients: the mappings and their state */
     KV_MOD__COUNT
 };
 
@@ -72,6 +73,10 @@ void *kv_mem_calloc(enum kv_mod mod, size_t size);
 void *kv_mem_realloc(enum kv_mod mod, void *p, size_t size);
 void kv_mem_free(enum kv_mod mod, void *p);
 char *kv_mem_strdup(enum kv_mod mod, const char *s);
+
+/* Counts bytes held by mod that are not heap blocks (a mapping): > 0 as one allocation,
+ * < 0 as one free. */
+void kv_mem_account(enum kv_mod mod, int64_t bytes);
 
 /* Adds n to an event counter of the calling thread. */
 void kv_mem_stat_add(enum kv_stat stat, uint64_t n);

@@ -1178,6 +1178,9 @@ static void handle_stats(void *ctx, struct kv_call *call)
     if (st->have_io) {
         ADD("clients_tcp", st->clients_tcp);
         ADD("clients_unix", st->clients_unix);
+        ADD("clients_shm", st->clients_shm); /* of clients_unix: attached to rings */
+        ADD("shm_bytes_in", st->shm_bytes_in);
+        ADD("shm_bytes_out", st->shm_bytes_out);
     }
 #undef ADD
     kv_server_stats_table(srv, st, text, TEXT);

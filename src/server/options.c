@@ -67,6 +67,10 @@ int kv_options_parse_size(const char *s, size_t *out)
 /* The rules between options, for the command line and CONFIG SET alike. */
 static int check_config(const struct kv_config *cfg, char *err, size_t errcap)
 {
+    if (cfg->ring_size > cfg->ring_max) {
+        snprintf(err, errcap, "--ring-size must be at most --ring-max");
+        return KV_EINVAL;
+    }
     if (cfg->output_hard_limit < cfg->max_output) {
         snprintf(err, errcap, "--output-hard-limit must be at least --max-output");
         return KV_EINVAL;

@@ -199,7 +199,17 @@ static size_t format_peers(struct kv_io *io, char *buf, size_t cap, size_t len)
     unsigned tcp, unx, listed = 0;
 
     kv_io_peer_counts(io, &tcp, &unx);
-    len = kv_mem_appendf(buf, cap, len, "clients tcp %u, unix %u\n", tcp, unx);
+    {
+        unsigned shm;
+        uint64_t in, out;
+
+        kv_io_ring_counts(io, &shm, &in, &out);
+        len = kv_mem_appendf(buf, cap, len, "clients tcp %u, unix %u\n", tcp, unx);
+        if (shm)
+            len = kv_mem_appendf(buf, cap, len, "clients attached to shm rings %u: %llu bytes "
+                                 "in, %llu out\n", shm, (unsigned long long)in,
+                                 (unsigned long long)out);
+    }
     if (unx && len < cap)
         len += kv_io_peers_format(io, 1, KV_STATS_UNIX_PEERS, buf + len, cap - len, &listed);
     if (listed < unx)

@@ -77,6 +77,8 @@ struct kv_server_stats {
     int64_t heap_bytes;             /* held by every module */
     int have_io;
     unsigned clients_tcp, clients_unix;
+    unsigned clients_shm;            /* of clients_unix: attached to rings */
+    uint64_t shm_bytes_in, shm_bytes_out;
     int have_pool;
     struct kv_worker_stats pool;
     int have_store;

@@ -104,6 +104,7 @@ void kv_server_stats_collect(struct kv_server *srv, struct kv_server_stats *out)
     if (srv->io) {
         out->have_io = 1;
         kv_io_peer_counts(srv->io, &out->clients_tcp, &out->clients_unix);
+        kv_io_ring_counts(srv->io, &out->clients_shm, &out->shm_bytes_in, &out->shm_bytes_out);
     }
     if (srv->pool) {
         out->have_pool = 1;
@@ -272,8 +273,10 @@ size_t kv_server_info_format(struct kv_server *srv, const struct kv_server_stats
     if (section(sections, KV_INFO_CLIENTS, "Clients", buf, cap, &len, &first)) {
         len = kv_mem_appendf(buf, cap, len,
                              "connected_clients:%u\r\nmaxclients:%u\r\nblocked_clients:0\r\n"
-                             "tracking_clients:0\r\nconnected_clients_unix:%u\r\n",
-                             st->clients_tcp + st->clients_unix, cfg->max_conns, st->clients_unix);
+                             "tracking_clients:0\r\nconnected_clients_unix:%u\r\n"
+                             "shm_attached_clients:%u\r\n",
+                             st->clients_tcp + st->clients_unix, cfg->max_conns, st->clients_unix,
+                             st->clients_shm);
     }
     if (section(sections, KV_INFO_MEMORY, "Memory", buf, cap, &len, &first)) {
         uint64_t used = (uint64_t)(st->heap_bytes > 0 ? st->heap_bytes : 0) + st->store.bytes_used;
