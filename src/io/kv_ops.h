@@ -24,6 +24,8 @@
     X(STATS, 10, "STATS")                                                                   \
     X(FLUSH, 11, "FLUSH")                                                                   \
     X(AUTH, 12, "AUTH")                                                                     \
+    X(EXEC, 16, "EXEC")   /* an atomic batch (kv.proto ExecRequest): MULTI/EXEC */          \
+    X(WATCH, 17, "WATCH") /* WATCH / UNWATCH keys for the next EXEC (WatchRequest) */       \
     X(STR, 32, "STR") /* Redis's string family (kv.proto StrRequest) */
 
 enum kv_opcode {

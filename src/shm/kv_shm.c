@@ -106,10 +106,14 @@ uint64_t kv_shm_version_next(struct kv_shm_store *s)
     return __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
 }
 
-static void slot_clear(struct shm_stripe *st, uint64_t *slot)
+/* Empties a slot; in transaction mode logged first (KV_ENOMEM: left as it is). */
+static int slot_clear(struct kv_shm_store *s, struct shm_stripe *st, uint64_t *slot)
 {
+    if (s->txn && kv_shm_txn_log(s, slot, 0) != 0)
+        return KV_ENOMEM;
     __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
     __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+    return 0;
 }
 
 enum { RM_EXPIRED, RM_CORRUPT };
@@ -126,8 +130,8 @@ static void remove_found(struct kv_shm_store *s, uint64_t h, const void *key, si
     uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, key, klen, &it);
     if (slot && *slot == word &&
         (why == RM_EXPIRED ? item_expired(it, kv_shm_now_ms())
-                           : kv_shm_item_crc(s, it) != it->crc)) {
-        slot_clear(st, slot);
+                           : kv_shm_item_crc(s, it) != it->crc) &&
+        slot_clear(s, st, slot) == 0) {
         off = SHM_WORD_OFF(word);
         if (why == RM_EXPIRED)
             __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
@@ -282,6 +286,18 @@ void kv_shm_rset_drop(struct kv_shm_store *s, const struct kv_shm_rset *r)
 static int publish(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, uint64_t *slot,
                    uint64_t word)
 {
+    if (s->txn) { /* logged first: the slot's address is needed before the store */
+        int inserted = !slot, rc = slot ? 0 : kv_shm_index_reserve(s, b, &slot);
+
+        if (rc == 0)
+            rc = kv_shm_txn_log(s, slot, word);
+        if (rc)
+            return rc;
+        __atomic_store_n(slot, word, __ATOMIC_RELEASE);
+        if (inserted)
+            __atomic_add_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
     if (slot) {
         __atomic_store_n(slot, word, __ATOMIC_RELEASE);
         return 0;
@@ -429,7 +445,7 @@ int kv_shm_set_h(struct kv_shm_store *s, const void *key, size_t klen, uint64_t 
     int64_t now = kv_shm_now_ms();
     size_t total = SHM_ITEM_HDR + klen + vlen;
     unsigned cls = kv_shm_class_for(s, total);
-    struct shm_spare *spare = spare_row(s);
+    struct shm_spare *spare = s->txn ? NULL : spare_row(s); /* none in a transaction */
     int rc;
     for (int attempt = 0;; attempt++) {
         uint64_t off = 0;
@@ -516,7 +532,10 @@ int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen)
         else
             rc = 0;
         off = SHM_WORD_OFF(*slot);
-        slot_clear(st, slot);
+        if (slot_clear(s, st, slot) != 0) {
+            off = 0;
+            rc = KV_ENOMEM;
+        }
     }
     pthread_rwlock_unlock(&st->lock);
     if (off)
@@ -710,12 +729,15 @@ int kv_shm_expire(struct kv_shm_store *s, const void *key, size_t klen, int64_t 
         uint64_t *slot = kv_shm_index_find(s, b, h, key, klen, &it);
         if (slot && item_expired(it, now)) {
             old = SHM_WORD_OFF(*slot);
-            slot_clear(st, slot);
-            __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+            if (slot_clear(s, st, slot) != 0)
+                old = 0; /* in a transaction without room for the log: left for later */
+            else
+                __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
         } else if (slot && ttl_ms == 0) {
             old = SHM_WORD_OFF(*slot);
-            slot_clear(st, slot);
-            rc = 0;
+            rc = slot_clear(s, st, slot);
+            if (rc)
+                old = 0;
         } else if (slot) {
             /* copy-on-write: the expiry is checksummed, so it is never patched in place */
             rc = rewrite_locked(s, st, b, slot, h, key, klen, NULL, it, it->vlen,
@@ -844,7 +866,8 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now)
     int n = 0;
     pthread_rwlock_wrlock(&st->lock);
     uint64_t *line = b < kv_shm_index_active(s) ? kv_shm_index_line(s, b) : NULL;
-    for (int k = 0; line && k < 100000 && n < 128 - SHM_SLOTS; k++) {
+    int full = 0; /* a transaction's log cannot grow: the rest stays */
+    for (int k = 0; line && !full && k < 100000 && n < 128 - SHM_SLOTS; k++) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = line[i];
             if (!w)
@@ -852,7 +875,10 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now)
             struct shm_item *it = kv_shm_item_check(s, w);
             if (now && (!it || !item_expired(it, now)))
                 continue;
-            slot_clear(st, &line[i]);
+            if (slot_clear(s, st, &line[i]) != 0) {
+                full = 1;
+                break;
+            }
             if (it)
                 offs[n++] = SHM_WORD_OFF(w);
         }

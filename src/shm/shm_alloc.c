@@ -286,6 +286,8 @@ void kv_shm_free(struct kv_shm_store *s, uint64_t off)
 {
     if (off < s->data_off || off >= s->data_end)
         return;
+    if (s->txn && kv_shm_txn_defer_free(s, off))
+        return; /* an undo may point at it again: freed at the commit */
     uint64_t pi = (off - s->data_off) >> SHM_PAGE_SHIFT;
     uint32_t e = __atomic_load_n(&s->pmap[pi], __ATOMIC_RELAXED);
     if (PM_TYPE(e) == PM_LARGE) {

@@ -149,20 +149,23 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
             versions[got] = ver;
     }
     uint64_t log_off = 0;
-    unsigned log_cls;
+    unsigned log_cls = 0;
     size_t log_bytes = SHM_ITEM_HDR + n * sizeof(struct entry);
-    if (rc == 0 &&
+    /* in a transaction (shm_txn.c) its log takes the entries, and its commit is ours */
+    if (rc == 0 && !s->txn &&
         (log_bytes > UINT32_MAX || (rc = kv_shm_alloc_room(s, log_bytes, &log_off, &log_cls))))
         rc = rc ? rc : KV_ETOOBIG;
     if (rc) {
         free_items(s, k, got);
         return rc;
     }
-    struct shm_item *log = shm_ptr(s, log_off);
-    memset(log, 0, SHM_ITEM_HDR);
-    log->magic = SHM_LOG_MAGIC;
-    log->cls = (uint8_t)log_cls;
-    log->vlen = (uint32_t)(log_bytes - SHM_ITEM_HDR);
+    struct shm_item *log = log_off ? shm_ptr(s, log_off) : NULL;
+    if (log) {
+        memset(log, 0, SHM_ITEM_HDR);
+        log->magic = SHM_LOG_MAGIC;
+        log->cls = (uint8_t)log_cls;
+        log->vlen = (uint32_t)(log_bytes - SHM_ITEM_HDR);
+    }
     uint64_t log_pages = log_cls == SHM_CLASS_LARGE ? kv_shm_large_pages(log_bytes) : 1;
 
     lock_all(s, st, m);
@@ -178,7 +181,8 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
     unsigned row = 0;
     size_t done = 0;
     if (rc == 0) {
-        row = row_claim(s, log_off);
+        if (log)
+            row = row_claim(s, log_off);
         for (; done < n; done++) {
             struct bkey *e = &k[done];
             struct shm_item *it;
@@ -191,23 +195,32 @@ static int mset_once(struct kv_shm_store *s, const struct kv_shm_pair *p, size_t
             }
             e->ow = *e->slot;
             uint64_t nw = shm_word(e->off, e->cls, e->h);
-            uint64_t so = (uint64_t)((uint8_t *)e->slot - s->base);
-            struct entry ent = {so | entry_check(so, nw, e->ow), nw, e->ow};
-            kv_shm_item_write(s, log_off, log_pages, SHM_ITEM_HDR + done * sizeof(ent), &ent,
-                              sizeof(ent));
-            __atomic_store_n(&log->version, done + 1, __ATOMIC_RELEASE); /* entries written */
-            if (done)
-                kv_shm_crash_point(s, KV_SHM_CRASH_BATCH);
+            if (!log) {
+                if (kv_shm_txn_log(s, e->slot, nw) != 0) {
+                    rc = KV_ENOMEM; /* the transaction's log cannot grow */
+                    break;
+                }
+            } else {
+                uint64_t so = (uint64_t)((uint8_t *)e->slot - s->base);
+                struct entry ent = {so | entry_check(so, nw, e->ow), nw, e->ow};
+                kv_shm_item_write(s, log_off, log_pages, SHM_ITEM_HDR + done * sizeof(ent),
+                                  &ent, sizeof(ent));
+                __atomic_store_n(&log->version, done + 1, __ATOMIC_RELEASE); /* entries written */
+                if (done)
+                    kv_shm_crash_point(s, KV_SHM_CRASH_BATCH);
+            }
             __atomic_store_n(e->slot, nw, __ATOMIC_RELEASE);
             if (e->inserted)
                 __atomic_add_fetch(&shm_stripe_of(s, e->h)->keys, 1, __ATOMIC_RELAXED);
         }
         if (rc)
             undo_in_memory(s, k, done);
-        __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
+        if (log)
+            __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
     }
     unlock_all(s, st, m);
-    kv_shm_free(s, log_off);
+    if (log_off)
+        kv_shm_free(s, log_off);
     if (rc) {
         free_items(s, k, n);
         return rc;
