@@ -449,7 +449,11 @@ static uint8_t *out_room(struct kv_io_conn *c, size_t *cap)
 /* Lays out the answer of r at the end of c's output. */
 static int out_append(struct kv_io_conn *c, const struct kv_io_req *r)
 {
-    uint8_t *p = out_reserve(c, r->out_len);
+    uint8_t *p;
+
+    if (r->out_len == 0)
+        return 0; /* an empty text reply: an empty buffer would never be retired by flush */
+    p = out_reserve(c, r->out_len);
 
     if (!p)
         return KV_ENOMEM;

@@ -15,6 +15,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <pthread.h>
+#include <signal.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1161,6 +1162,23 @@ static int cmd_save(struct cmdctx *x)
     return reply_str(x->res, bg ? "+Background saving started\r\n" : "+OK\r\n");
 }
 
+/* SHUTDOWN [NOSAVE|SAVE|NOW|FORCE|ABORT]: a graceful stop, as SIGTERM (the store in its
+ * segment is the persistence, kept either way; the options are accepted). Answers +OK
+ * and closes the connection (Redis closes without a reply). */
+static int cmd_shutdown(struct cmdctx *x)
+{
+    for (size_t i = 1; i < x->argc; i++) {
+        if (arg_is(&x->argv[i], "ABORT"))
+            return reply_err(x->res, "-ERR No shutdown in progress.");
+        if (!arg_is(&x->argv[i], "NOSAVE") && !arg_is(&x->argv[i], "SAVE") &&
+            !arg_is(&x->argv[i], "NOW") && !arg_is(&x->argv[i], "FORCE"))
+            return reply_err(x->res, "-ERR syntax error");
+    }
+    kill(getpid(), SIGTERM);
+    x->res->close = 1;
+    return reply_str(x->res, "+OK\r\n"); /* Redis sends nothing; an empty reply is no reply */
+}
+
 static int cmd_lastsave(struct cmdctx *x)
 {
     struct out o = {0};
@@ -1416,6 +1434,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"SAVE",          1, CMD_ADMIN | L | CMD_NOMULTI, cmd_save, RS_NONE, 0},
     {"BGSAVE",       -1, CMD_ADMIN | L,   cmd_save,     RS_NONE,        0},
     {"LASTSAVE",      1, F | L,           cmd_lastsave, RS_NONE,        0},
+    {"SHUTDOWN",     -1, CMD_ADMIN | L | CMD_NOMULTI, cmd_shutdown, RS_NONE, 0},
     {"MULTI",         1, F | L | T,       cmd_multi,    RS_NONE,        0},
     {"EXEC",          1, T,               cmd_exec,     RS_EXEC,        0},
     {"DISCARD",       1, F | T,           cmd_discard,  RS_OK,          0},
