@@ -12,7 +12,8 @@
  *   - an acknowledged write is readable byte-exact unless a later acknowledged write of
  *     the same key superseded it (each writer owns its keys: "later" is program order);
  *   - a write in flight at the kill shows the old or the new value and nothing else;
- *   - an MSET is all or nothing: one in flight at the kill leaves its keys all old or all
+ *   - an MSET, and an EXEC of SETs, is all or nothing: one in flight at the kill leaves its
+ *     keys all old or all
  *     new, one refused (OUT_OF_MEMORY) changes none of them;
  *   - with --eviction lru a key may be absent (evicted), but a value present is exactly
  *     what the two rules above allow -- never an older acknowledged one (stale), never torn
@@ -58,6 +59,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "kv.pb-c.h"
 #include "kv_call.h"
 #include "kv_client.h"
 #include "kv_err.h"
@@ -161,6 +163,7 @@ struct writer {
     /* per cycle, read by the main thread after the join */
     int64_t ctr_acked[NCTR], ctr_inflight[NCTR];
     uint64_t acked, refused, inflight, live_bad, mset_refused;
+    uint64_t execs; /* EXECs acknowledged */
     struct group grp; /* the MSET in flight at the kill, if has_grp */
     bool has_grp;
     int connect_failed;
@@ -212,6 +215,7 @@ struct run {
     unsigned cycles_run, server_failures, warnings, not_exercised;
     uint64_t ops_acked, ops_inflight, ops_refused, lost, torn, live_bad, stale, split;
     uint64_t evicted_seen, evictions_total, mset_refused, groups, groups_old, groups_new;
+    uint64_t execs; /* EXECs acknowledged (their keys are checked as MSETs' are) */
     uint64_t groups_split;
     struct size_stats ss[MAX_SIZES];
 };
@@ -921,6 +925,73 @@ static enum outcome do_mset(struct writer *w, struct kv_client *c)
     return o;
 }
 
+/* EXEC (opcode EXEC, issue 16) of a SET of each of 2..8 keys, all to values of one
+ * sequence number (a generation): recorded as an MSET is, so the checks after a restart
+ * hold it to the same promise -- an EXEC in flight at the kill leaves its keys all old or
+ * all new, an acknowledged one is wholly there. Not under --pressure: a sub-request may
+ * then fail alone (OUT_OF_MEMORY), which EXEC, like Redis, does not roll back. */
+static enum outcome do_exec(struct writer *w, struct kv_client *c)
+{
+    struct run *r = w->run;
+    unsigned n = 2 + (unsigned)(rnd(&w->rng) % (MSET_MAX - 1)), idx[MSET_MAX];
+    struct kv_exec_op ops[MSET_MAX];
+    struct kv_exec_result res[MSET_MAX];
+    uint8_t *bodies[MSET_MAX] = {0};
+    uint32_t lens[MSET_MAX];
+    uint64_t seq = ++w->seq;
+    enum outcome o;
+    int rc = 0;
+    bool aborted = false;
+
+    if (n > r->o.keys)
+        n = r->o.keys;
+    pick_distinct(w, n, idx);
+    for (unsigned i = 0; i < n && rc == 0; i++) {
+        struct tkey *k = &w->keys[idx[i]];
+        uint8_t *v = w->buf + (size_t)i * r->mset_vmax;
+        Kv__SetRequest m = KV__SET_REQUEST__INIT;
+        size_t len;
+
+        lens[i] = pick_len(&w->rng, false, MSET_VMAX);
+        value_gen(v, r->o.seed, k->khash, w->id, seq, lens[i]);
+        m.key = (ProtobufCBinaryData){k->klen, (uint8_t *)k->name};
+        m.value = (ProtobufCBinaryData){lens[i], v};
+        len = kv__set_request__get_packed_size(&m);
+        bodies[i] = malloc(len + 1);
+        if (!bodies[i]) {
+            rc = KV_ENOMEM;
+            break;
+        }
+        kv__set_request__pack(&m, bodies[i]);
+        ops[i] = (struct kv_exec_op){KV_OP_SET, bodies[i], len};
+    }
+    if (rc == 0)
+        rc = kv_client_exec(c, ops, n, res, &aborted);
+    if (rc == 0) {
+        for (unsigned i = 0; i < n; i++)
+            if (aborted || res[i].status != KV_ST_OK) {
+                live_bad(w, "EXEC: sub-request %u answered %s", i,
+                         aborted ? "aborted (nothing watched)" : kv_status_name(res[i].status));
+                rc = KV_EPROTO;
+            }
+        kv_client_exec_free(res, n);
+    }
+    for (unsigned i = 0; i < n; i++)
+        free(bodies[i]);
+    o = outcome_of(w, c, rc, OP_MSET);
+    w->execs += o == ACKED;
+    for (unsigned i = 0; i < n; i++)
+        key_apply(&w->keys[idx[i]], OP_MSET, seq, lens[i], o, r->cycle);
+    if (o == INFLIGHT) { /* the writer stops here: no later write touches these keys */
+        w->grp.seq = seq;
+        w->grp.n = n;
+        for (unsigned i = 0; i < n; i++)
+            w->grp.k[i] = &w->keys[idx[i]];
+        w->has_grp = true;
+    }
+    return o;
+}
+
 static enum outcome do_del(struct writer *w, struct kv_client *c)
 {
     struct run *r = w->run;
@@ -1014,8 +1085,10 @@ static void *writer_main(void *arg)
 
         if (p < (pr ? 38u : 50u))
             o = do_set(w, c);
-        else if (p < (pr ? 57u : 62u))
+        else if (p < (pr ? 57u : 56u))
             o = do_mset(w, c);
+        else if (p < (pr ? 57u : 62u))
+            o = do_exec(w, c);
         else if (p < (pr ? 77u : 72u))
             o = do_del(w, c);
         else if (p < 93)
@@ -1718,6 +1791,7 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
         memset(w->ctr_acked, 0, sizeof(w->ctr_acked));
         memset(w->ctr_inflight, 0, sizeof(w->ctr_inflight));
         w->acked = w->refused = w->inflight = w->live_bad = w->mset_refused = 0;
+        w->execs = 0;
         w->has_grp = false;
         w->connect_failed = 0;
         w->live_msg[0] = '\0';
@@ -1777,6 +1851,7 @@ static int run_cycle(struct run *r, struct size_stats *ss, char kind)
         inflight += w->inflight;
         refused += w->refused;
         mrefused += w->mset_refused;
+        r->execs += w->execs;
         live += w->live_bad;
         for (unsigned j = 0; j < NCTR; j++) {
             r->ctr_acked[j] += w->ctr_acked[j];
@@ -2335,6 +2410,9 @@ int main(int argc, char **argv)
            (unsigned long long)r->ops_refused, (unsigned long long)r->lost,
            (unsigned long long)r->stale, (unsigned long long)r->torn, (unsigned long long)r->split,
            (unsigned long long)r->live_bad, r->server_failures, r->warnings);
+    printf("EXEC: %llu acknowledged (a SET of 2..8 keys each, checked as MSETs: in flight at "
+           "a kill all old or all new, acknowledged wholly there)\n",
+           (unsigned long long)r->execs);
     printf("MSET: %llu in flight at a kill checked (all old %llu, all new %llu, split %llu); "
            "%llu refused (OUT_OF_MEMORY), keys they changed %llu\n",
            (unsigned long long)r->groups, (unsigned long long)r->groups_old,

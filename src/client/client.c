@@ -1442,3 +1442,96 @@ int kv_client_get_ref(struct kv_client *c, const void *key, size_t klen, const u
         *version = ver;
     return 0;
 }
+
+int kv_client_exec(struct kv_client *c, const struct kv_exec_op *ops, size_t n,
+                   struct kv_exec_result *results, bool *aborted)
+{
+    Kv__ExecRequest req = KV__EXEC_REQUEST__INIT;
+    Kv__ExecResponse *resp = NULL;
+    Kv__ExecSub *subs, **ptrs;
+    int rc;
+
+    no_answer(c);
+    if ((!ops && n) || (!results && n))
+        return KV_EINVAL;
+    subs = kv_mem_alloc(KV_MOD_CLIENT, (n ? n : 1) * sizeof(*subs));
+    ptrs = kv_mem_alloc(KV_MOD_CLIENT, (n ? n : 1) * sizeof(*ptrs));
+    if (!subs || !ptrs) {
+        kv_mem_free(KV_MOD_CLIENT, subs);
+        kv_mem_free(KV_MOD_CLIENT, ptrs);
+        return KV_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        kv__exec_sub__init(&subs[i]);
+        subs[i].opcode = ops[i].opcode;
+        subs[i].body = bin(ops[i].body, ops[i].body_len);
+        ptrs[i] = &subs[i];
+    }
+    req.n_subs = n;
+    req.subs = ptrs;
+    rc = typed_call(c, KV_OP_EXEC, &req, &kv__exec_response__descriptor, (void **)&resp);
+    kv_mem_free(KV_MOD_CLIENT, subs);
+    kv_mem_free(KV_MOD_CLIENT, ptrs);
+    if (rc != 0)
+        return rc;
+    if (aborted)
+        *aborted = resp->aborted;
+    if (!resp->aborted && resp->n_results != n) {
+        pb_release(resp);
+        return KV_EPROTO;
+    }
+    for (size_t i = 0; i < n; i++) {
+        results[i].status = 0;
+        results[i].body = NULL;
+        results[i].body_len = 0;
+    }
+    for (size_t i = 0; !resp->aborted && i < n; i++) {
+        results[i].status = (uint16_t)resp->results[i]->status;
+        results[i].body = dup_bytes(resp->results[i]->body.data, resp->results[i]->body.len);
+        results[i].body_len = resp->results[i]->body.len;
+        if (!results[i].body) {
+            kv_client_exec_free(results, i);
+            pb_release(resp);
+            return KV_ENOMEM;
+        }
+    }
+    pb_release(resp);
+    return 0;
+}
+
+void kv_client_exec_free(struct kv_exec_result *results, size_t n)
+{
+    for (size_t i = 0; results && i < n; i++) {
+        kv_mem_free(KV_MOD_CLIENT, results[i].body);
+        results[i].body = NULL;
+    }
+}
+
+int kv_client_watch(struct kv_client *c, const struct kv_bytes *keys, size_t n, bool unwatch,
+                    uint64_t *watched)
+{
+    Kv__WatchRequest req = KV__WATCH_REQUEST__INIT;
+    Kv__WatchResponse *resp = NULL;
+    ProtobufCBinaryData *k;
+    int rc;
+
+    no_answer(c);
+    if (!keys && n)
+        return KV_EINVAL;
+    k = kv_mem_alloc(KV_MOD_CLIENT, (n ? n : 1) * sizeof(*k));
+    if (!k)
+        return KV_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        k[i] = bin(keys[i].data, keys[i].len);
+    req.n_keys = n;
+    req.keys = k;
+    req.unwatch = unwatch;
+    rc = typed_call(c, KV_OP_WATCH, &req, &kv__watch_response__descriptor, (void **)&resp);
+    kv_mem_free(KV_MOD_CLIENT, k);
+    if (rc != 0)
+        return rc;
+    if (watched)
+        *watched = resp->watched;
+    pb_release(resp);
+    return 0;
+}

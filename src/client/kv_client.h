@@ -247,4 +247,29 @@ int kv_client_setrange(struct kv_client *c, const void *key, size_t klen, int64_
  * when refused (the server closes the connection after repeated failures). */
 int kv_client_auth(struct kv_client *c, const void *password, size_t len);
 
+/* ---- transactions (opcodes EXEC, WATCH) ------------------------------------------------ */
+/* One sub-request of an EXEC: an opcode and its request body (kv.proto), as if sent alone. */
+struct kv_exec_op {
+    uint16_t opcode;
+    const void *body;
+    size_t body_len;
+};
+/* Its answer: status (KV_ST_*) and body (owned, KV_MOD_CLIENT; kv_client_exec_free). */
+struct kv_exec_result {
+    uint16_t status;
+    uint8_t *body;
+    size_t body_len;
+};
+/* Runs ops[0..n) as one atomic batch: no other client's request runs in between, and
+ * after a crash all of them or none are there (all of them once this returned 0). When a
+ * key this connection WATCHed changed, nothing ran: *aborted (may be NULL) is true and
+ * results are left empty. results has n entries. The watches are dropped either way. */
+int kv_client_exec(struct kv_client *c, const struct kv_exec_op *ops, size_t n,
+                   struct kv_exec_result *results, bool *aborted);
+void kv_client_exec_free(struct kv_exec_result *results, size_t n);
+/* Watches keys for the next EXEC of this connection (unwatch: forget every watched key
+ * first; with n == 0 that is UNWATCH). *watched (may be NULL): keys watched now. */
+int kv_client_watch(struct kv_client *c, const struct kv_bytes *keys, size_t n, bool unwatch,
+                    uint64_t *watched);
+
 #endif

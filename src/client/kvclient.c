@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kv.pb-c.h"
 #include "kv_bench.h"
 #include "kv_client.h"
 #include "kv_err.h"
@@ -73,6 +74,11 @@ static void usage(FILE *f)
           "  getrange KEY START END         prints the bytes START..END (inclusive, negative\n"
           "                                 from the end)\n"
           "  setrange KEY OFFSET VALUE      overwrites from OFFSET; prints the new length\n"
+          "  exec [--watch KEY] OP [, OP]...  one atomic batch (opcode EXEC); an OP is\n"
+          "                                 set KEY VALUE | get KEY | del KEY | incr KEY N;\n"
+          "                                 prints one line per OP: its status and answer\n"
+          "                                 (\"aborted\" and exit 1 when --watch KEY changed\n"
+          "                                 while the batch waited: see --watch-pause)\n"
           "  restore FILE                   stores the string keys (with TTLs) of a Redis RDB\n"
           "                                 file; prints what it stored and skipped\n"
           "  save | bgsave [--wait] | lastsave   Redis RDB snapshot to the server's --rdb-file\n"
@@ -716,6 +722,167 @@ static int cmd_setrange(struct kv_client *c, struct parsed *p, const char *cmd)
     return 0;
 }
 
+/* exec: the OPs between commas, each packed as the request of its opcode. */
+#define EXEC_MAX_OPS 1024
+static int cmd_exec(struct kv_client *c, struct parsed *p, const char *cmd)
+{
+    static const char *const use =
+        "usage: exec [--watch KEY] [--watch-pause MS] OP [, OP]... where OP is "
+        "set KEY VALUE | get KEY | del KEY | incr KEY N";
+    struct kv_exec_op *ops = kv_mem_calloc(KV_MOD_CLIENT, EXEC_MAX_OPS * sizeof(*ops));
+    struct kv_exec_result *res = kv_mem_calloc(KV_MOD_CLIENT, EXEC_MAX_OPS * sizeof(*res));
+    uint8_t **bodies = kv_mem_calloc(KV_MOD_CLIENT, EXEC_MAX_OPS * sizeof(*bodies));
+    size_t n = 0;
+    int rc = 0, ex = 0, i = 0;
+    bool aborted = false;
+
+    if (!ops || !res || !bodies) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    while (i < p->npos && rc == 0) {
+        char **a = &p->pos[i];
+        int k = 0;
+        size_t len;
+        uint8_t *b = NULL;
+
+        while (i + k < p->npos && strcmp(a[k], ",") != 0)
+            k++;
+        i += k + 1;
+        if (n == EXEC_MAX_OPS) {
+            ex = bad_arg(cmd, "at most 1024 OPs");
+            goto out;
+        }
+        if (k == 3 && strcmp(a[0], "set") == 0) {
+            Kv__SetRequest m = KV__SET_REQUEST__INIT;
+            struct kv_bytes v;
+
+            if (value_arg(a[2], &v) != 0) {
+                ex = bad_arg(cmd, "cannot read the value");
+                goto out;
+            }
+            m.key = (ProtobufCBinaryData){strlen(a[1]), (uint8_t *)a[1]};
+            m.value = (ProtobufCBinaryData){v.len, (uint8_t *)(uintptr_t)v.data};
+            len = kv__set_request__get_packed_size(&m);
+            b = kv_mem_alloc(KV_MOD_CLIENT, len + 1);
+            if (b)
+                kv__set_request__pack(&m, b);
+            ops[n].opcode = KV_OP_SET;
+        } else if (k == 2 && strcmp(a[0], "get") == 0) {
+            Kv__GetRequest m = KV__GET_REQUEST__INIT;
+
+            m.key = (ProtobufCBinaryData){strlen(a[1]), (uint8_t *)a[1]};
+            len = kv__get_request__get_packed_size(&m);
+            b = kv_mem_alloc(KV_MOD_CLIENT, len + 1);
+            if (b)
+                kv__get_request__pack(&m, b);
+            ops[n].opcode = KV_OP_GET;
+        } else if (k == 2 && strcmp(a[0], "del") == 0) {
+            Kv__DelRequest m = KV__DEL_REQUEST__INIT;
+            ProtobufCBinaryData key = {strlen(a[1]), (uint8_t *)a[1]};
+
+            m.n_keys = 1;
+            m.keys = &key;
+            len = kv__del_request__get_packed_size(&m);
+            b = kv_mem_alloc(KV_MOD_CLIENT, len + 1);
+            if (b)
+                kv__del_request__pack(&m, b);
+            ops[n].opcode = KV_OP_DEL;
+        } else if (k == 3 && strcmp(a[0], "incr") == 0) {
+            Kv__IncrRequest m = KV__INCR_REQUEST__INIT;
+            int64_t d;
+
+            if (parse_i64(a[2], &d) != 0) {
+                ex = bad_arg(cmd, "incr KEY N takes a number");
+                goto out;
+            }
+            m.key = (ProtobufCBinaryData){strlen(a[1]), (uint8_t *)a[1]};
+            m.delta = d;
+            len = kv__incr_request__get_packed_size(&m);
+            b = kv_mem_alloc(KV_MOD_CLIENT, len + 1);
+            if (b)
+                kv__incr_request__pack(&m, b);
+            ops[n].opcode = KV_OP_INCR;
+        } else {
+            ex = bad_arg(cmd, use);
+            goto out;
+        }
+        if (!b) {
+            rc = KV_ENOMEM;
+            break;
+        }
+        bodies[n] = b;
+        ops[n].body = b;
+        ops[n].body_len = len;
+        n++;
+    }
+    if (rc == 0 && n == 0) {
+        ex = bad_arg(cmd, use);
+        goto out;
+    }
+    if (rc == 0 && p->set[0]) {
+        struct kv_bytes w = {p->val[0], strlen(p->val[0])};
+        uint64_t pause = 0;
+
+        rc = kv_client_watch(c, &w, 1, false, NULL);
+        if (rc == 0 && p->set[1] && parse_u64(p->val[1], &pause) == 0)
+            usleep((useconds_t)(pause * 1000)); /* room for another client to change it */
+    }
+    if (rc == 0)
+        rc = kv_client_exec(c, ops, n, res, &aborted);
+    if (rc == 0 && aborted) {
+        puts("aborted");
+        ex = 1;
+    }
+    for (size_t j = 0; rc == 0 && !aborted && j < n; j++) {
+        const struct kv_exec_result *r = &res[j];
+
+        printf("%s", kv_status_name(r->status));
+        if (r->status == KV_ST_OK && ops[j].opcode == KV_OP_GET) {
+            Kv__GetResponse *g = kv__get_response__unpack(NULL, r->body_len, r->body);
+
+            if (g) {
+                putchar(' ');
+                print_quoted(stdout, g->value.data, g->value.len);
+                kv__get_response__free_unpacked(g, NULL);
+            }
+        } else if (r->status == KV_ST_OK && ops[j].opcode == KV_OP_INCR) {
+            Kv__IncrResponse *g = kv__incr_response__unpack(NULL, r->body_len, r->body);
+
+            if (g) {
+                printf(" %" PRId64, g->value);
+                kv__incr_response__free_unpacked(g, NULL);
+            }
+        } else if (r->status == KV_ST_OK && ops[j].opcode == KV_OP_DEL) {
+            Kv__DelResponse *g = kv__del_response__unpack(NULL, r->body_len, r->body);
+
+            if (g) {
+                printf(" %" PRIu64, g->deleted);
+                kv__del_response__free_unpacked(g, NULL);
+            }
+        } else if (r->status == KV_ST_OK && ops[j].opcode == KV_OP_SET) {
+            Kv__SetResponse *g = kv__set_response__unpack(NULL, r->body_len, r->body);
+
+            if (g) {
+                printf(" %" PRIu64, g->version);
+                kv__set_response__free_unpacked(g, NULL);
+            }
+        }
+        putchar('\n');
+    }
+    if (rc == 0)
+        kv_client_exec_free(res, n);
+out:
+    for (size_t j = 0; bodies && j < n; j++)
+        kv_mem_free(KV_MOD_CLIENT, bodies[j]);
+    kv_mem_free(KV_MOD_CLIENT, bodies);
+    kv_mem_free(KV_MOD_CLIENT, ops);
+    kv_mem_free(KV_MOD_CLIENT, res);
+    if (rc != 0)
+        return fail(cmd, rc, c);
+    return ex;
+}
+
 static int cmd_ping(struct kv_client *c, struct parsed *p, const char *cmd)
 {
     const char *payload = p->npos ? p->pos[0] : "";
@@ -751,6 +918,7 @@ static const struct {
     {"append", cmd_append, {NULL}},
     {"getrange", cmd_getrange, {NULL}},
     {"setrange", cmd_setrange, {NULL}},
+    {"exec", cmd_exec, {"watch=", "watch-pause=", NULL}},
 };
 
 static int run_command(const struct global *g, int k, int argc, char **argv)

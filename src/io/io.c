@@ -196,6 +196,9 @@ static void conn_free(struct kv_io_conn *c)
 {
     struct kv_io_thread *thr = c->thr;
 
+    if (thr->io->session_end)
+        thr->io->session_end(thr->io->session_ctx, &c->session);
+
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -234,6 +237,18 @@ static void conn_close(struct kv_io_conn *c)
     __atomic_store_n(&c->thr->client_mem, c->thr->client_mem - c->mem, __ATOMIC_RELAXED);
     __atomic_fetch_sub(&c->thr->io->conns, 1, __ATOMIC_RELAXED);
     kv_mem_stat_add(KV_STAT_CONNS_CLOSED, 1);
+    while (c->hold_head) { /* parsed, never dispatched: nobody will run them now */
+        struct kv_io_req *r = (struct kv_io_req *)c->hold_head;
+
+        c->hold_head = r->call.next;
+        c->inflight--;
+        c->inflight_bytes -= r->wire_len;
+        if (r->queued)
+            r->done = 1; /* freed with the output queue below */
+        else
+            req_free(r);
+    }
+    c->hold_tail = NULL;
     while (c->out_head) {
         struct kv_io_req *r = c->out_head;
 
@@ -464,6 +479,8 @@ static int out_append(struct kv_io_conn *c, const struct kv_io_req *r)
     /* attached: straight into the response ring, unless earlier output waits there */
     if (c->ring && !c->ob_head && kv_io_ring_put(c, r) == 0)
         return 0;
+    if (r->out_len == 0)
+        return 0; /* an empty text reply: an empty buffer would never be retired by flush */
     p = out_reserve(c, r->out_len);
 
     if (!p)
@@ -855,17 +872,57 @@ static void on_write(struct ev_loop *loop, ev_io *w, int revents)
     conn_mark_flush(w->data);
 }
 
+/* Appends calls first..last (linked, n of them, all of c) to the thread's batch. */
+static void batch_append(struct kv_io_thread *thr, struct kv_io_conn *c, struct kv_call *first,
+                         struct kv_call *last, unsigned n)
+{
+    last->next = NULL;
+    if (thr->batch_tail)
+        thr->batch_tail->next = first;
+    else
+        thr->batch_head = first;
+    thr->batch_tail = last;
+    c->in_pool += n;
+    c->batch_gen = thr->batch_gen;
+}
+
+/* A call of c is ready to run. Calls of one connection run in order, one after another:
+ * it joins the thread's batch when nothing of c is with the workers, or when c's calls
+ * are the tail of the batch not yet dispatched (one run, never split by the pool); else
+ * it waits in c's hold until c's run is back (process_done). */
 static void batch_add(struct kv_io_thread *thr, struct kv_io_conn *c, struct kv_io_req *req,
                       size_t wire_len)
 {
-    if (thr->batch_tail)
-        thr->batch_tail->next = &req->call;
-    else
-        thr->batch_head = &req->call;
-    thr->batch_tail = &req->call;
     req->wire_len = wire_len;
     c->inflight++;
     c->inflight_bytes += wire_len;
+    if (!c->hold_head &&
+        (c->in_pool == 0 ||
+         (c->batch_gen == thr->batch_gen && thr->batch_tail &&
+          ((struct kv_io_req *)thr->batch_tail)->conn == c))) {
+        batch_append(thr, c, &req->call, &req->call, 1);
+        return;
+    }
+    req->call.next = NULL;
+    if (c->hold_tail)
+        c->hold_tail->next = &req->call;
+    else
+        c->hold_head = &req->call;
+    c->hold_tail = &req->call;
+}
+
+/* c's run is back: its held calls become the next run. */
+static void hold_release(struct kv_io_thread *thr, struct kv_io_conn *c)
+{
+    struct kv_call *first = c->hold_head, *last = first;
+    unsigned n = 1;
+
+    while (last->next) {
+        last = last->next;
+        n++;
+    }
+    c->hold_head = c->hold_tail = NULL;
+    batch_append(thr, c, first, last, n);
 }
 
 /* A request read in a client's ring is handed to its handler where it lies, so the
@@ -1271,6 +1328,8 @@ static void process_done(struct kv_io_thread *thr, struct kv_call *calls)
         calls = calls->next;
         c->inflight--;
         c->inflight_bytes -= r->wire_len;
+        if (--c->in_pool == 0 && c->hold_head)
+            hold_release(thr, c);
         kv_mem_stat_add(KV_STAT_REQUESTS, 1);
         if (c->closed) {
             kv_mem_stat_add(KV_STAT_DROPPED, 1);
@@ -1451,6 +1510,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
         batch = thr->batch_head;
         if (batch) {
             thr->batch_head = thr->batch_tail = NULL;
+            thr->batch_gen++;
             thr->io->dispatch(thr->io->dispatch_ctx, batch);
         }
         flush_all(thr);
@@ -1706,6 +1766,13 @@ void kv_io_destroy(struct kv_io *io)
     if (io->peers_lock_ok)
         pthread_mutex_destroy(&io->peers_lock);
     kv_mem_free(KV_MOD_THREAD, io);
+}
+
+void kv_io_set_session_end(struct kv_io *io, void (*fn)(void *ctx, struct kv_session *s),
+                           void *ctx)
+{
+    io->session_end = fn;
+    io->session_ctx = ctx;
 }
 
 uint16_t kv_io_port(const struct kv_io *io)

@@ -184,6 +184,13 @@ struct kv_io_conn {                  /* io-thread only */
                                       * thread, atomic (CLIENT LIST reads it) */
     struct kv_io_ring *ring;         /* owned: the shared-memory rings once attached (the
                                       * socket is then the liveness channel only) */
+    /* per-connection order: the calls of a connection run one after another, in order.
+     * At most one run of its calls is with the workers; calls parsed meanwhile wait in
+     * hold and go out when the run is back (io-thread only) */
+    unsigned in_pool;                /* calls dispatched (or in the thread's batch) */
+    uint64_t batch_gen;              /* thr->batch_gen when it last added to the batch */
+    struct kv_call *hold_head;       /* owned: parsed, waiting for the run in the pool */
+    struct kv_call *hold_tail;
 };
 
 /* One MONITOR line on its way to an IO thread's monitors. */
@@ -211,6 +218,7 @@ struct kv_io_thread {
     struct kv_io_conn *flush_list;   /* io-thread only: conns with new output */
     struct kv_call *batch_head;      /* io-thread only: decoded, not yet dispatched */
     struct kv_call *batch_tail;
+    uint64_t batch_gen;              /* io-thread only: batches dispatched so far */
     struct kv_resp_argv argv;        /* io-thread only: text-protocol argv scratch */
     int stopping;                    /* io-thread only */
     int started;
@@ -242,6 +250,8 @@ struct kv_io {
     kv_io_dispatch_fn dispatch;      /* ro after create */
     void *dispatch_ctx;              /* borrowed */
     struct kv_io_textproto text;     /* ro after create; text.command NULL = binary only */
+    void (*session_end)(void *ctx, struct kv_session *s); /* ro after start; may be NULL */
+    void *session_ctx;               /* borrowed */
     int listen_fd;                   /* owned: TCP; -1 with --no-tcp */
     uint16_t port;                   /* ro after create; 0 with --no-tcp */
     int unix_fd;                     /* owned: unix-domain listener; -1 = none */

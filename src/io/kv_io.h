@@ -76,6 +76,12 @@ int kv_io_start(struct kv_io *io);
 void kv_io_stop(struct kv_io *io);
 void kv_io_destroy(struct kv_io *io);
 
+/* Called on the connection's IO thread when a connection is freed (no call of it is
+ * left anywhere), so that the service frees what it keeps in the session (watch, multi).
+ * Set before kv_io_start. */
+void kv_io_set_session_end(struct kv_io *io, void (*fn)(void *ctx, struct kv_session *s),
+                           void *ctx);
+
 /* Hands finished calls (linked by ->next, all with call->origin == origin)
  * back to their IO thread. Thread-safe; one wake-up per call of this. */
 void kv_io_complete(void *origin, struct kv_call *calls);

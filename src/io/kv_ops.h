@@ -27,6 +27,8 @@
     X(ATTACH, 13, "ATTACH") /* shared-memory rings, unix socket only (PROTOCOL.md 5) */    \
     X(RENAME, 14, "RENAME") /* RENAME, RENAMENX, MOVE, COPY (kv.proto RenameRequest) */     \
     X(SWAPDB, 15, "SWAPDB")                                                                 \
+    X(EXEC, 16, "EXEC")   /* an atomic batch (kv.proto ExecRequest): MULTI/EXEC */          \
+    X(WATCH, 17, "WATCH") /* WATCH / UNWATCH keys for the next EXEC (WatchRequest) */       \
     X(STR, 32, "STR") /* Redis's string family (kv.proto StrRequest) */
 
 enum kv_opcode {

@@ -29,8 +29,9 @@ enum kv_status {
     KV_ST__COUNT
 };
 
-/* Per-connection state a handler may read and change (e.g. AUTH). Calls of
- * one connection can run on different workers at once, hence atomics. */
+/* Per-connection state a handler may read and change (e.g. AUTH). Calls of one
+ * connection run in the order they arrived, one after another (possibly on different
+ * workers); the flags are atomics because the IO thread reads them too. */
 struct kv_session {
     uint32_t flags;          /* KV_SESSION_*; atomic access */
     uint32_t auth_failures;  /* atomic access */
@@ -45,6 +46,11 @@ struct kv_session {
     uint8_t no_evict;        /* CLIENT NO-EVICT ON: never closed by the budget; atomic */
     const char *cmd;         /* the last command's name (static text, "client|list"),
                               * NULL before the first; atomic access */
+    /* owned by the service, freed by the IO side's session-end hook (kv_io_set_session_end)
+     * once no call of the connection is left: */
+    void *watch;             /* the WATCHed keys: touched by handlers only, and a
+                              * connection's calls run one after another, in order */
+    void *multi;             /* the text adapter's MULTI queue: io-thread only */
 };
 enum { KV_REPLY_ON = 0, KV_REPLY_OFF = 1, KV_REPLY_SKIP = 2 };
 #define KV_SESSION_AUTHED 0x1u

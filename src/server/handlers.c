@@ -1288,7 +1288,9 @@ static void handle_swapdb(void *ctx, struct kv_call *call)
         return;
     }
     rc = kv_shm_swapdb(srv->store, (unsigned)a, (unsigned)b);
-    if (rc)
+    if (rc == KV_ELOCKED) /* inside EXEC: the store's transaction mode cannot undo it */
+        answer_error(call, KV_ST_BAD_REQUEST, "ERR SWAPDB is not supported inside MULTI");
+    else if (rc)
         answer_store_error(call, rc);
     else
         answer_uints(call, 0, 0);

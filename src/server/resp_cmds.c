@@ -15,6 +15,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <pthread.h>
+#include <signal.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -69,6 +70,9 @@ enum reply_style {
     RS_RENAME,      /* +OK; -ERR no such key */
     RS_RENAMENX,    /* :1 / :0; -ERR no such key */
     RS_MOVED,       /* :1 / :0, :0 when the source is absent (MOVE, COPY) */
+    RS_EXEC,        /* EXEC: an array of each sub-request's reply, nil when WATCH aborted */
+    RS_EXECABORT,   /* -EXECABORT (the UNWATCH call of an EXEC refused at queue time) */
+    RS_RAW,         /* the answer is the reply's bytes (inside EXEC: queued replies) */
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -386,6 +390,8 @@ typedef int (*resp_cmd_fn)(struct cmdctx *x);
 #define CMD_ADMIN 0x8u    /* server-wide (FLUSHALL, CONFIG, ...) */
 #define CMD_FAST 0x10u    /* O(1) or O(log n) */
 #define CMD_LOCAL 0x20u   /* answered by the IO thread, never reaches a handler */
+#define CMD_TXN 0x40u     /* runs at once inside MULTI (EXEC, DISCARD, MULTI, WATCH, QUIT) */
+#define CMD_NOMULTI 0x80u /* refused inside MULTI (the transaction is then aborted) */
 
 /* One row per command: Redis's command table (server.c, commands/ *.json) is
  * the model. arity counts argv[0]: N = exactly N, -N = at least N. style is
@@ -1046,6 +1052,9 @@ static int cmd_hello(struct cmdctx *x)
 /* RESET: the connection as new (Redis's clearClientConnectionState): RESP2,
  * no name, replies on, and unauthenticated again when a password is set.
  * (MULTI and SELECT state, when they exist, are cleared here too.) */
+struct multi_state;
+static void multi_reset(struct multi_state *ms);
+
 static int cmd_reset(struct cmdctx *x)
 {
     int rc;
@@ -1054,6 +1063,8 @@ static int cmd_reset(struct cmdctx *x)
     kv_io_session_monitor(x->session, 0);
     x->session->reply_mode = KV_REPLY_ON;
     __atomic_store_n(&x->session->db, 0, __ATOMIC_RELAXED); /* SELECT 0 */
+    if (x->session->multi) /* DISCARD (the watches stay: README, "Transactions") */
+        multi_reset(x->session->multi);
     x->res->silent = 0;
     if ((rc = kv_io_session_set_text(x->session, KV_IO_TEXT_NAME, NULL, 0)) != 0)
         return rc;
@@ -1967,6 +1978,23 @@ static int cmd_save(struct cmdctx *x)
     return reply_str(x->res, bg ? "+Background saving started\r\n" : "+OK\r\n");
 }
 
+/* SHUTDOWN [NOSAVE|SAVE|NOW|FORCE|ABORT]: a graceful stop, as SIGTERM (the store in its
+ * segment is the persistence, kept either way; the options are accepted). Answers +OK
+ * and closes the connection (Redis closes without a reply). */
+static int cmd_shutdown(struct cmdctx *x)
+{
+    for (size_t i = 1; i < x->argc; i++) {
+        if (arg_is(&x->argv[i], "ABORT"))
+            return reply_err(x->res, "-ERR No shutdown in progress.");
+        if (!arg_is(&x->argv[i], "NOSAVE") && !arg_is(&x->argv[i], "SAVE") &&
+            !arg_is(&x->argv[i], "NOW") && !arg_is(&x->argv[i], "FORCE"))
+            return reply_err(x->res, "-ERR syntax error");
+    }
+    kill(getpid(), SIGTERM);
+    x->res->close = 1;
+    return reply_str(x->res, "+OK\r\n"); /* Redis sends nothing; an empty reply is no reply */
+}
+
 static int cmd_lastsave(struct cmdctx *x)
 {
     struct out o = {0};
@@ -1975,10 +2003,189 @@ static int cmd_lastsave(struct cmdctx *x)
     return out_reply(&o, x->res);
 }
 
+/* ---- transactions: MULTI, EXEC, DISCARD, WATCH, UNWATCH ----------------------------- */
+/* A session's MULTI state (kv_session.multi, io-thread only): the queued commands,
+ * already encoded as the ExecSub entries of the EXEC request they will become. A command
+ * answered on the spot when queued (an argument error, PING, TIME, ...) is queued as a
+ * PING whose body is its reply, replied verbatim (RS_RAW). */
+struct multi_state {
+    struct out q;  /* ExecRequest body so far (heap, KV_MOD_PACKET) */
+    size_t n;      /* commands queued */
+    int active;    /* between MULTI and EXEC/DISCARD */
+    int dirty;     /* a command was refused while queueing: EXEC answers EXECABORT */
+};
+
+void kv_server_resp_session_end(struct kv_session *s)
+{
+    struct multi_state *ms = s->multi;
+
+    if (!ms)
+        return;
+    out_release(&ms->q);
+    kv_mem_free(KV_MOD_SERVER, ms);
+    s->multi = NULL;
+}
+
+static void multi_reset(struct multi_state *ms)
+{
+    out_release(&ms->q);
+    ms->q.failed = 0;
+    ms->n = 0;
+    ms->active = ms->dirty = 0;
+}
+
+/* Appends one ExecSub{opcode, body, tag}. */
+static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, const uint8_t *body,
+                      size_t blen)
+{
+    uint8_t hdr[48];
+    size_t inner = (opcode ? 1 + pb_varint_len(opcode) : 0) + 1 + pb_varint_len(blen) + blen +
+                   (tag ? 1 + pb_varint_len(tag) : 0);
+    size_t n = pb_put_len_prefix(hdr, 1, inner);
+    struct kv_slice b = {body ? body : (const uint8_t *)"", blen};
+
+    if (opcode)
+        n += pb_put_uint_field(hdr + n, 1, opcode);
+    out_bytes(&ms->q, hdr, n);
+    body_bytes(&ms->q, 2, &b);
+    body_uint(&ms->q, 3, tag);
+    ms->n++;
+}
+
+static int multi_refuse(struct cmdctx *x, struct multi_state *ms, int rc)
+{
+    ms->dirty = 1;
+    return rc;
+}
+
+static int resp_check(struct cmdctx *x);
+
+/* A command while MULTI is active: queued (+QUEUED) or refused (the transaction is then
+ * aborted at EXEC, as Redis does for unknown commands, wrong arity, NOAUTH, no-multi). */
+static int multi_queue(struct cmdctx *x, struct multi_state *ms)
+{
+    struct kv_call tmp = {0};
+    struct kv_text_result r = {0};
+    struct cmdctx y = *x;
+    uint8_t room[256] __attribute__((aligned(8)));
+    int rc;
+
+    if (!x->cmd)
+        return multi_refuse(x, ms, unknown_command(x));
+    rc = resp_check(x);
+    if (rc != 0)
+        return multi_refuse(x, ms, rc);
+    if (x->cmd->flags & CMD_NOMULTI)
+        return multi_refuse(x, ms,
+                            reply_err(x->res, "-ERR Command not allowed inside a transaction"));
+    tmp.session = x->session;
+    tmp.scratch = room;
+    tmp.scratch_cap = sizeof(room);
+    y.call = &tmp;
+    y.res = &r;
+    rc = x->cmd->fn(&y);
+    if (rc == KV_TEXT_DISPATCH) {
+        multi_add(ms, tmp.opcode, tmp.tag, r.body, r.body_len);
+        if (!r.body_in_scratch)
+            kv_mem_free(KV_MOD_PACKET, r.body);
+    } else if (rc == KV_TEXT_REPLY) {
+        multi_add(ms, KV_OP_PING, RS_RAW, r.reply, r.reply_len);
+        kv_mem_free(KV_MOD_PACKET, r.reply);
+    } else {
+        return rc;
+    }
+    if (ms->q.failed || ms->q.len > x->srv->cfg->max_body) {
+        multi_reset(ms);
+        ms->active = ms->dirty = 1;
+        return reply_err(x->res, "-ERR transaction larger than --max-body (%zu bytes)",
+                         x->srv->cfg->max_body);
+    }
+    return reply_str(x->res, "+QUEUED\r\n");
+}
+
+static struct multi_state *multi_of(struct kv_session *s)
+{
+    if (!s->multi)
+        s->multi = kv_mem_calloc(KV_MOD_SERVER, sizeof(struct multi_state));
+    return s->multi;
+}
+
+static int cmd_multi(struct cmdctx *x)
+{
+    struct multi_state *ms = multi_of(x->session);
+
+    if (!ms)
+        return KV_ENOMEM;
+    if (ms->active)
+        return reply_err(x->res, "-ERR MULTI calls can not be nested");
+    multi_reset(ms);
+    ms->active = 1;
+    return reply_str(x->res, "+OK\r\n");
+}
+
+/* A WATCH call: keys from argv[first..], or none with unwatch (UNWATCH, DISCARD, and the
+ * EXEC refused at queue time: each forgets the watches, in order with the connection's
+ * other calls). */
+static int watch_call(struct cmdctx *x, size_t first, int unwatch, enum reply_style style)
+{
+    struct out o = {0};
+    size_t need = 8;
+
+    for (size_t i = first; i < x->argc; i++)
+        need += x->argv[i].len + 16;
+    out_init_room(&o, x->call, need);
+    for (size_t i = first; i < x->argc; i++)
+        body_bytes(&o, 1, &x->argv[i]);
+    body_uint(&o, 2, (uint64_t)unwatch);
+    return dispatch(&o, x->call, x->res, KV_OP_WATCH, style);
+}
+
+static int cmd_exec(struct cmdctx *x)
+{
+    struct multi_state *ms = x->session->multi;
+    struct out o;
+
+    if (!ms || !ms->active)
+        return reply_err(x->res, "-ERR EXEC without MULTI");
+    if (ms->dirty) {
+        multi_reset(ms);
+        return watch_call(x, x->argc, 1, RS_EXECABORT);
+    }
+    o = ms->q; /* the queue is the body: handed over */
+    memset(&ms->q, 0, sizeof(ms->q));
+    multi_reset(ms);
+    return dispatch(&o, x->call, x->res, KV_OP_EXEC, RS_EXEC);
+}
+
+static int cmd_discard(struct cmdctx *x)
+{
+    struct multi_state *ms = x->session->multi;
+
+    if (!ms || !ms->active)
+        return reply_err(x->res, "-ERR DISCARD without MULTI");
+    multi_reset(ms);
+    return watch_call(x, x->argc, 1, RS_OK);
+}
+
+static int cmd_watch(struct cmdctx *x)
+{
+    struct multi_state *ms = x->session->multi;
+
+    if (ms && ms->active)
+        return reply_err(x->res, "-ERR WATCH inside MULTI is not allowed");
+    return watch_call(x, 1, 0, RS_OK);
+}
+
+static int cmd_unwatch(struct cmdctx *x)
+{
+    return watch_call(x, x->argc, 1, RS_OK);
+}
+
 #define W CMD_WRITE
 #define R CMD_READONLY
 #define F CMD_FAST
 #define L CMD_LOCAL
+#define T CMD_TXN
 static const struct resp_cmd resp_cmds[] = {
     /* name        arity flags            fn            reply style     aux */
     {"GET",           2, R | F,           cmd_keys,     RS_BULK,        KV_OP_GET},
@@ -2037,7 +2244,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"COPY",         -3, W,               cmd_copy,     RS_MOVED,       0},
     {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_OK,          0},
     {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
-    {"QUIT",         -1, F | CMD_NOAUTH | L, cmd_quit,  RS_NONE,        0},
+    {"QUIT",         -1, F | CMD_NOAUTH | L | T, cmd_quit, RS_NONE,     0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
     {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
     {"RESET",         1, F | CMD_NOAUTH | L, cmd_reset, RS_NONE,        0},
@@ -2047,10 +2254,17 @@ static const struct resp_cmd resp_cmds[] = {
     {"CONFIG",       -2, CMD_ADMIN | L,   cmd_config,   RS_NONE,        0},
     {"CLIENT",       -2, L,               cmd_client,   RS_NONE,        0},
     {"FUNCTION",     -2, L,               cmd_function, RS_NONE,        0},
-    {"SAVE",          1, CMD_ADMIN | L,   cmd_save,     RS_NONE,        0},
+    {"SAVE",          1, CMD_ADMIN | L | CMD_NOMULTI, cmd_save, RS_NONE, 0},
     {"BGSAVE",       -1, CMD_ADMIN | L,   cmd_save,     RS_NONE,        0},
     {"LASTSAVE",      1, F | L,           cmd_lastsave, RS_NONE,        0},
+    {"SHUTDOWN",     -1, CMD_ADMIN | L | CMD_NOMULTI, cmd_shutdown, RS_NONE, 0},
+    {"MULTI",         1, F | L | T,       cmd_multi,    RS_NONE,        0},
+    {"EXEC",          1, T,               cmd_exec,     RS_EXEC,        0},
+    {"DISCARD",       1, F | T,           cmd_discard,  RS_OK,          0},
+    {"WATCH",        -2, F | T,           cmd_watch,    RS_OK,          0},
+    {"UNWATCH",       1, F,               cmd_unwatch,  RS_OK,          0},
 };
+#undef T
 #undef W
 #undef R
 #undef F
@@ -2187,11 +2401,23 @@ static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name)
     return NULL;
 }
 
+/* NOAUTH and arity: 0, or the error reply. */
+static int resp_check(struct cmdctx *x)
+{
+    if (!(x->cmd->flags & CMD_NOAUTH) && x->srv->cfg->requirepass[0] &&
+        !(__atomic_load_n(&x->session->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
+        return reply_str(x->res, "-NOAUTH Authentication required.\r\n");
+    if (x->cmd->arity > 0 ? x->argc != (size_t)x->cmd->arity : x->argc < (size_t)-x->cmd->arity)
+        return wrong_args(x->res, &x->argv[0]);
+    return 0;
+}
+
 static int resp_command(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
                         struct kv_call *call, struct kv_text_result *res)
 {
     struct kv_server *srv = ctx;
     struct cmdctx x = {srv, s, argc, argv, call, res, resp_cmd_find(&argv[0])};
+    struct multi_state *ms = s->multi;
     int rc;
 
     if (call)
@@ -2203,17 +2429,19 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
         if (s->reply_mode == KV_REPLY_SKIP)
             s->reply_mode = KV_REPLY_ON;
     }
+    if (__builtin_expect(ms && ms->active, 0)) {
+        if (!x.cmd || !(x.cmd->flags & CMD_TXN))
+            return multi_queue(&x, ms);
+        if ((rc = resp_check(&x)) != 0)
+            return multi_refuse(&x, ms, rc);
+        return x.cmd->fn(&x);
+    }
     if (!x.cmd)
         return unknown_command(&x);
-    if (!(x.cmd->flags & CMD_NOAUTH) && srv->cfg->requirepass[0] &&
-        !(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED)) {
-        __atomic_fetch_add(&resp_cmd_rejected[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
-        return reply_str(res, "-NOAUTH Authentication required.\r\n");
-    }
     __atomic_store_n(&s->cmd, resp_lname[x.cmd - resp_cmds], __ATOMIC_RELAXED); /* CLIENT LIST */
-    if (x.cmd->arity > 0 ? argc != (size_t)x.cmd->arity : argc < (size_t)-x.cmd->arity) {
+    if ((rc = resp_check(&x)) != 0) {
         __atomic_fetch_add(&resp_cmd_rejected[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
-        return wrong_args(res, &argv[0]);
+        return rc;
     }
     __atomic_fetch_add(&resp_cmd_calls[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
     rc = x.cmd->fn(&x);
@@ -2650,6 +2878,72 @@ static void rs_expiretime(struct out *o, const struct kv_call *call, const struc
     out_line_int(o, ':', v);
 }
 
+static void reply_one(struct out *o, const struct kv_call *call, const struct kv_server *srv);
+
+/* *N of each sub-request's reply in the style it was queued with (its tag), or *-1 when
+ * a WATCHed key changed. The request body (still the call's) gives the tags. */
+static void rs_exec(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct pb_reader r = {call->resp, call->resp + call->resp_len};
+    struct pb_reader q = {call->body, call->body + call->body_len};
+    struct pb_field f, g;
+    size_t n = 0;
+
+    while (pb_next(&r, &f) == 1) {
+        if (f.number == 2 && f.u64) {
+            OUT_LIT(o, "*-1\r\n");
+            return;
+        }
+        n += f.number == 1;
+    }
+    out_line_int(o, '*', (int64_t)n);
+    r.p = call->resp;
+    while (pb_next(&r, &f) == 1) {
+        struct kv_call sub = {0};
+        struct pb_reader e = {f.data, f.data + f.len};
+        struct pb_field ef;
+
+        if (f.number != 1 || f.wire != 2)
+            continue;
+        while (pb_next(&e, &ef) == 1) {
+            if (ef.number == 1)
+                sub.status = (uint16_t)ef.u64;
+            else if (ef.number == 2 && ef.wire == 2) {
+                sub.resp = (uint8_t *)ef.data;
+                sub.resp_len = (uint32_t)ef.len;
+            }
+        }
+        /* the matching ExecSub: its tag, opcode and body */
+        while (pb_next(&q, &g) == 1 && g.number != 1)
+            ;
+        if (g.number == 1 && g.wire == 2) {
+            struct pb_reader s = {g.data, g.data + g.len};
+            struct pb_field sf;
+
+            while (pb_next(&s, &sf) == 1) {
+                if (sf.number == 1)
+                    sub.opcode = (uint16_t)sf.u64;
+                else if (sf.number == 2 && sf.wire == 2) {
+                    sub.body = sf.data;
+                    sub.body_len = (uint32_t)sf.len;
+                } else if (sf.number == 3)
+                    sub.tag = (uint32_t)sf.u64;
+            }
+        }
+        reply_one(o, &sub, srv);
+    }
+}
+
+static void rs_execabort(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    OUT_LIT(o, "-EXECABORT Transaction discarded because of previous errors.\r\n");
+}
+
+static void rs_raw(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    out_bytes(o, call->resp, call->resp_len);
+}
+
 #define RF_ANY 0x1u   /* fn answers every status itself */
 #define RF_BIG 0x2u   /* the reply is about the answer's size (a value) */
 #define RF_LIST 0x4u  /* the reply is about 1.5 x the answer (many entries) */
@@ -2691,6 +2985,9 @@ static const struct {
     [RS_RENAME] = {rs_ok, "-ERR no such key\r\n", NULL, RF_REDIS_ERR},
     [RS_RENAMENX] = {rs_done, "-ERR no such key\r\n", NULL, RF_REDIS_ERR},
     [RS_MOVED] = {rs_done, ":0\r\n", NULL, RF_REDIS_ERR},
+    [RS_EXEC] = {rs_exec, NULL, NULL, RF_LIST},
+    [RS_EXECABORT] = {rs_execabort, NULL, NULL, RF_ANY},
+    [RS_RAW] = {rs_raw, NULL, NULL, RF_BIG},
 };
 
 /* A row's literal reply; RESP2's null bulk becomes RESP3's null. */
@@ -2700,6 +2997,32 @@ static void out_literal(struct out *o, const char *lit)
         out_nil(o);
     else
         out_bytes(o, lit, strlen(lit));
+}
+
+/* The reply of a finished call by its style (call->tag). */
+static void reply_one(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    uint32_t style = call->tag;
+
+    if (style >= RS__COUNT || !reply_styles[style].fn)
+        OUT_LIT(o, "-ERR internal error: unknown reply style\r\n");
+    else if (call->status == KV_ST_OK || (reply_styles[style].flags & RF_ANY))
+        reply_styles[style].fn(o, call, srv);
+    else if (call->status == KV_ST_NOT_FOUND && reply_styles[style].missing)
+        out_literal(o, reply_styles[style].missing);
+    else if (call->status == KV_ST_EXISTS && reply_styles[style].exists)
+        out_literal(o, reply_styles[style].exists);
+    else if ((reply_styles[style].flags & RF_REDIS_ERR) && call->status == KV_ST_BAD_REQUEST) {
+        struct kv_slice m = error_message(call);
+        int verbatim = m.len > 4 && memcmp(m.p, "ERR ", 4) == 0;
+
+        out_fmt(o, "-%s%.*s\r\n", verbatim ? "" : "ERR ", (int)(m.len < 400 ? m.len : 400),
+                (const char *)m.p);
+    } else if ((reply_styles[style].flags & RF_REFUSED) &&
+               (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND))
+        reply_styles[style].fn(o, call, srv);
+    else
+        reply_status_error(o, call);
 }
 
 static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size_t room_cap,
@@ -2726,24 +3049,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
             est = call->resp_len + 32;
         out_start(&o, room, room_cap, est);
         o.resp3 = resp3;
-        if (call->status == KV_ST_OK || (reply_styles[style].flags & RF_ANY))
-            reply_styles[style].fn(&o, call, srv);
-        else if (call->status == KV_ST_NOT_FOUND && reply_styles[style].missing)
-            out_literal(&o, reply_styles[style].missing);
-        else if (call->status == KV_ST_EXISTS && reply_styles[style].exists)
-            out_literal(&o, reply_styles[style].exists);
-        else if ((reply_styles[style].flags & RF_REDIS_ERR) && call->status == KV_ST_BAD_REQUEST) {
-            struct kv_slice m = error_message(call);
-
-            int verbatim = m.len > 4 && memcmp(m.p, "ERR ", 4) == 0;
-
-            out_fmt(&o, "-%s%.*s\r\n", verbatim ? "" : "ERR ", (int)(m.len < 400 ? m.len : 400),
-                    (const char *)m.p);
-        } else if ((reply_styles[style].flags & RF_REFUSED) &&
-                 (call->status == KV_ST_EXISTS || call->status == KV_ST_NOT_FOUND))
-            reply_styles[style].fn(&o, call, srv);
-        else
-            reply_status_error(&o, call);
+        reply_one(&o, call, srv);
     }
     if (o.failed) {
         out_release(&o);

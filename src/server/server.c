@@ -139,6 +139,9 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
     rc = kv_worker_registry_create(&srv->reg);
     if (rc == 0)
         rc = kv_server_handlers_register(srv, srv->reg);
+    if (rc == 0)
+        rc = kv_server_txn_register(srv, srv->reg);
+    kv_io_set_session_end(srv->io, kv_server_session_end, srv);
     if (rc != 0) {
         snprintf(err, errcap, "handler registry: %s", kv_strerror(rc));
         goto err_destroy;
@@ -274,8 +277,12 @@ size_t kv_server_stats_table(struct kv_server *srv, const struct kv_server_stats
 
 void kv_server_tick(struct kv_server *srv)
 {
-    if (srv->store)
+    if (srv->store && srv->reg) {
+        /* inside the workers' gate: an EXEC never sees a key expire under it */
+        kv_worker_gate_enter(srv->reg);
         kv_shm_sweep(srv->store, KV_SWEEP_BUCKETS_PER_TICK);
+        kv_worker_gate_leave(srv->reg);
+    }
 }
 
 size_t kv_server_store_summary(struct kv_server *srv, char *buf, size_t cap)

@@ -143,6 +143,14 @@ struct kv_io_textproto;
 /* Fills the RESP adapter of the server (resp_cmds.c). */
 void kv_server_resp_adapter(struct kv_server *srv, struct kv_io_textproto *out);
 
+/* txn.c: the EXEC and WATCH handlers (opcodes 16, 17), and what a session keeps. */
+int kv_server_txn_register(struct kv_server *srv, struct kv_worker_registry *reg);
+struct kv_session;
+/* The IO side's session-end hook: frees the session's watch list and MULTI queue. */
+void kv_server_session_end(void *ctx, struct kv_session *s);
+/* resp_cmds.c: frees the MULTI queue of a session (io thread). */
+void kv_server_resp_session_end(struct kv_session *s);
+
 /* SAVE (background 0: in the caller's thread) or BGSAVE (a thread of its
  * own) to cfg->rdb_file. 0 when written (SAVE) or started (BGSAVE);
  * KV_EAGAIN when a save is already running; KV_EINVAL without --rdb-file;

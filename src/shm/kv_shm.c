@@ -115,15 +115,19 @@ uint64_t kv_shm_version_next(struct kv_shm_store *s)
     return __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
 }
 
-/* it: the item the slot held, NULL when unsound (its database is not known). */
-static void slot_clear(struct kv_shm_store *s, struct shm_stripe *st, uint64_t *slot,
-                       const struct shm_item *it)
+/* Empties a slot; in transaction mode logged first (KV_ENOMEM: left as it is).
+ * it: the item the slot held, NULL when unsound (its database is not known). */
+static int slot_clear(struct kv_shm_store *s, struct shm_stripe *st, uint64_t *slot,
+                      const struct shm_item *it)
 {
+    if (s->txn && kv_shm_txn_log(s, slot, 0) != 0)
+        return KV_ENOMEM;
     kv_shm_wrote(s);
     __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
     __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
     if (it)
         shm_db_count(s, it->db, -1);
+    return 0;
 }
 
 enum { RM_EXPIRED, RM_CORRUPT };
@@ -140,8 +144,8 @@ static void remove_found(struct kv_shm_store *s, uint64_t h, unsigned pdb, const
     uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, pdb, key, klen, &it);
     if (slot && *slot == word &&
         (why == RM_EXPIRED ? item_expired(it, kv_shm_now_ms())
-                           : kv_shm_item_crc(s, it) != it->crc)) {
-        slot_clear(s, st, slot, it);
+                           : kv_shm_item_crc(s, it) != it->crc) &&
+        slot_clear(s, st, slot, it) == 0) {
         off = SHM_WORD_OFF(word);
         if (why == RM_EXPIRED)
             __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
@@ -321,6 +325,20 @@ static int publish(struct kv_shm_store *s, struct shm_stripe *st, uint64_t b, ui
                    uint64_t word, unsigned pdb)
 {
     kv_shm_wrote(s);
+    if (s->txn) { /* logged first: the slot's address is needed before the store */
+        int inserted = !slot, rc = slot ? 0 : kv_shm_index_reserve(s, b, &slot);
+
+        if (rc == 0)
+            rc = kv_shm_txn_log(s, slot, word);
+        if (rc)
+            return rc;
+        __atomic_store_n(slot, word, __ATOMIC_RELEASE);
+        if (inserted) {
+            __atomic_add_fetch(&st->keys, 1, __ATOMIC_RELAXED);
+            shm_db_count(s, pdb, 1);
+        }
+        return 0;
+    }
     if (slot) {
         __atomic_store_n(slot, word, __ATOMIC_RELEASE);
         return 0;
@@ -498,7 +516,7 @@ int kv_shm_db_set_h(struct kv_shm_store *s, unsigned db, const void *key, size_t
     int64_t now = kv_shm_now_ms();
     size_t total = SHM_ITEM_HDR + klen + vlen;
     unsigned cls = kv_shm_class_for(s, total);
-    struct shm_spare *spare = spare_row(s);
+    struct shm_spare *spare = s->txn ? NULL : spare_row(s); /* none in a transaction */
     int rc;
     for (int attempt = 0;; attempt++) {
         uint64_t off = 0;
@@ -598,7 +616,10 @@ int kv_shm_db_del(struct kv_shm_store *s, unsigned db, const void *key, size_t k
         else
             rc = 0;
         off = SHM_WORD_OFF(*slot);
-        slot_clear(s, st, slot, it);
+        if (slot_clear(s, st, slot, it) != 0) {
+            off = 0;
+            rc = KV_ENOMEM;
+        }
     }
     pthread_rwlock_unlock(&st->lock);
     if (off)
@@ -823,12 +844,15 @@ int kv_shm_db_expire(struct kv_shm_store *s, unsigned db, const void *key, size_
         uint64_t *slot = kv_shm_index_find(s, b, h, pdb, key, klen, &it);
         if (slot && item_expired(it, now)) {
             old = SHM_WORD_OFF(*slot);
-            slot_clear(s, st, slot, it);
-            __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+            if (slot_clear(s, st, slot, it) != 0)
+                old = 0; /* in a transaction without room for the log: left for later */
+            else
+                __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
         } else if (slot && ttl_ms == 0) {
             old = SHM_WORD_OFF(*slot);
-            slot_clear(s, st, slot, it);
-            rc = 0;
+            rc = slot_clear(s, st, slot, it);
+            if (rc)
+                old = 0;
         } else if (slot) {
             /* copy-on-write: the expiry is checksummed, so it is never patched in place */
             rc = rewrite_locked(s, st, b, slot, h, pdb, key, klen, NULL, it, it->vlen,
@@ -969,7 +993,8 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb)
     int n = 0;
     pthread_rwlock_wrlock(&st->lock);
     uint64_t *line = b < kv_shm_index_active(s) ? kv_shm_index_line(s, b) : NULL;
-    for (int k = 0; line && k < 100000 && n < 128 - SHM_SLOTS; k++) {
+    int full = 0; /* a transaction's log cannot grow: the rest stays */
+    for (int k = 0; line && !full && k < 100000 && n < 128 - SHM_SLOTS; k++) {
         for (int i = 0; i < SHM_SLOTS; i++) {
             uint64_t w = line[i];
             if (!w || SHM_WORD_CLS(w) == SHM_CLASS_MOVED) /* --sync: cleared after a sync */
@@ -979,7 +1004,10 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb)
                 continue;
             if (pdb >= 0 && (!it || it->db != (unsigned)pdb))
                 continue;
-            slot_clear(s, st, &line[i], it);
+            if (slot_clear(s, st, &line[i], it) != 0) {
+                full = 1;
+                break;
+            }
             if (it)
                 offs[n++] = SHM_WORD_OFF(w);
         }
@@ -1041,6 +1069,10 @@ int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b)
         return KV_EINVAL;
     if (a == b)
         return 0;
+    /* not inside a transaction: its undo log holds slot words, and a second swap would
+     * overwrite the map an undone first one needs (README: SWAPDB inside MULTI) */
+    if (s->txn)
+        return KV_ELOCKED;
     for (unsigned i = 0; i < SHM_STRIPES; i++) /* ascending, as every multi-stripe holder */
         pthread_rwlock_wrlock(&s->stripes[i].lock);
     struct shm_dbs *d = s->dbs;

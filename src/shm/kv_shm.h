@@ -228,6 +228,19 @@ int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b);
 int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t sklen,
                   unsigned ddb, const void *dkey, size_t dklen, uint32_t flags,
                   uint64_t *version);
+/* Transaction mode: every change made between begin and commit is one crash-atomic unit.
+ * After a kill -9 before the commit returned, recovery undoes all of it; once commit has
+ * returned, all of it is there. The caller guarantees that no other thread calls into s
+ * meanwhile (but for reads that change nothing). Inside, eviction and compaction are off:
+ * a call that needs room they would make fails with KV_ENOMEM (that call alone).
+ * begin: KV_EINVAL when a transaction is open already, KV_ENOMEM when the log does not fit. */
+int kv_shm_txn_begin(struct kv_shm_store *s);
+void kv_shm_txn_commit(struct kv_shm_store *s);
+
+/* The version of key's item (WATCH): KV_ENOTFOUND when absent or expired. */
+int kv_shm_version(struct kv_shm_store *s, const void *key, size_t klen, uint64_t *version);
+int kv_shm_db_version(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                      uint64_t *version);
 
 /* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);

@@ -153,20 +153,23 @@ static int mset_once(struct kv_shm_store *s, unsigned db, const struct kv_shm_pa
             versions[got] = ver;
     }
     uint64_t log_off = 0;
-    unsigned log_cls;
+    unsigned log_cls = 0;
     size_t log_bytes = SHM_ITEM_HDR + n * sizeof(struct entry);
-    if (rc == 0 &&
+    /* in a transaction (shm_txn.c) its log takes the entries, and its commit is ours */
+    if (rc == 0 && !s->txn &&
         (log_bytes > UINT32_MAX || (rc = kv_shm_alloc_room(s, log_bytes, &log_off, &log_cls))))
         rc = rc ? rc : KV_ETOOBIG;
     if (rc) {
         free_items(s, k, got);
         return rc;
     }
-    struct shm_item *log = shm_ptr(s, log_off);
-    memset(log, 0, SHM_ITEM_HDR);
-    log->magic = SHM_LOG_MAGIC;
-    log->cls = (uint8_t)log_cls;
-    log->vlen = (uint32_t)(log_bytes - SHM_ITEM_HDR);
+    struct shm_item *log = log_off ? shm_ptr(s, log_off) : NULL;
+    if (log) {
+        memset(log, 0, SHM_ITEM_HDR);
+        log->magic = SHM_LOG_MAGIC;
+        log->cls = (uint8_t)log_cls;
+        log->vlen = (uint32_t)(log_bytes - SHM_ITEM_HDR);
+    }
     uint64_t log_pages = log_cls == SHM_CLASS_LARGE ? kv_shm_large_pages(log_bytes) : 1;
 
     lock_all(s, st, m);
@@ -190,7 +193,8 @@ static int mset_once(struct kv_shm_store *s, unsigned db, const struct kv_shm_pa
     unsigned row = 0;
     size_t done = 0;
     if (rc == 0) {
-        row = row_claim(s, log_off);
+        if (log)
+            row = row_claim(s, log_off);
         for (; done < n; done++) {
             struct bkey *e = &k[done];
             struct shm_item *it;
@@ -203,13 +207,20 @@ static int mset_once(struct kv_shm_store *s, unsigned db, const struct kv_shm_pa
             }
             e->ow = *e->slot;
             uint64_t nw = shm_word(e->off, e->cls, e->h);
-            uint64_t so = (uint64_t)((uint8_t *)e->slot - s->base);
-            struct entry ent = {so | entry_check(so, nw, e->ow), nw, e->ow};
-            kv_shm_item_write(s, log_off, log_pages, SHM_ITEM_HDR + done * sizeof(ent), &ent,
-                              sizeof(ent));
-            __atomic_store_n(&log->version, done + 1, __ATOMIC_RELEASE); /* entries written */
-            if (done)
-                kv_shm_crash_point(s, KV_SHM_CRASH_BATCH);
+            if (!log) {
+                if (kv_shm_txn_log(s, e->slot, nw) != 0) {
+                    rc = KV_ENOMEM; /* the transaction's log cannot grow */
+                    break;
+                }
+            } else {
+                uint64_t so = (uint64_t)((uint8_t *)e->slot - s->base);
+                struct entry ent = {so | entry_check(so, nw, e->ow), nw, e->ow};
+                kv_shm_item_write(s, log_off, log_pages, SHM_ITEM_HDR + done * sizeof(ent),
+                                  &ent, sizeof(ent));
+                __atomic_store_n(&log->version, done + 1, __ATOMIC_RELEASE); /* entries written */
+                if (done)
+                    kv_shm_crash_point(s, KV_SHM_CRASH_BATCH);
+            }
             __atomic_store_n(e->slot, nw, __ATOMIC_RELEASE);
             if (e->inserted) {
                 __atomic_add_fetch(&shm_stripe_of(s, e->h)->keys, 1, __ATOMIC_RELAXED);
@@ -218,10 +229,12 @@ static int mset_once(struct kv_shm_store *s, unsigned db, const struct kv_shm_pa
         }
         if (rc)
             undo_in_memory(s, k, done, pdb);
-        __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
+        if (log)
+            __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
     }
     unlock_all(s, st, m);
-    kv_shm_free(s, log_off);
+    if (log_off)
+        kv_shm_free(s, log_off);
     if (rc) {
         free_items(s, k, n);
         return rc;
@@ -315,7 +328,7 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
         uint64_t off = 0, log_off = 0, ver = 0, dold = 0, sold = 0, bd = 0, *dslot = NULL;
         unsigned cls = 0, log_cls = 0;
         size_t need = 0;
-        int rc = 0, inserted = 0, line = 0;
+        int rc = 0, inserted = 0, line = 0, txn_full = 0;
         struct shm_item *sit, *dit = NULL;
         lock_all(s, st, m);
         unsigned ps = shm_db_phys(s, sdb), pd = shm_db_phys(s, ddb);
@@ -334,7 +347,8 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
         if (rc == 0 && !same) {
             need = SHM_ITEM_HDR + dklen + sit->vlen;
             rc = kv_shm_alloc(s, need, &off, &cls);
-            if (rc == 0 && (rc = kv_shm_alloc(s, log_bytes, &log_off, &log_cls)) != 0)
+            /* in a transaction (shm_txn.c) its log takes the entries, and its commit is ours */
+            if (rc == 0 && !s->txn && (rc = kv_shm_alloc(s, log_bytes, &log_off, &log_cls)) != 0)
                 need = log_bytes;
             if (rc == 0 && !dslot) {
                 inserted = 1;
@@ -356,33 +370,62 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
             ver = kv_shm_version_next(s);
             kv_shm_item_fill(s, off, cls, pd, dkey, dklen, NULL, sit, sit->vlen, ver,
                              sit->expire_ms, now);
-            struct shm_item *log = shm_ptr(s, log_off);
-            memset(log, 0, SHM_ITEM_HDR);
-            log->magic = SHM_LOG_MAGIC;
-            log->cls = (uint8_t)log_cls;
-            log->vlen = (uint32_t)(log_bytes - SHM_ITEM_HDR);
-            unsigned row = row_claim(s, log_off);
-            uint64_t nw = shm_word(off, cls, hd), ow = *dslot;
-            log_put(s, log, log_off, 0, dslot, nw, ow);
-            __atomic_store_n(dslot, nw, __ATOMIC_RELEASE);
-            if (inserted) {
-                __atomic_add_fetch(&shm_stripe_of(s, hd)->keys, 1, __ATOMIC_RELAXED);
-                shm_db_count(s, pd, 1);
+            struct shm_item *log = log_off ? shm_ptr(s, log_off) : NULL;
+            unsigned row = 0;
+            if (log) {
+                memset(log, 0, SHM_ITEM_HDR);
+                log->magic = SHM_LOG_MAGIC;
+                log->cls = (uint8_t)log_cls;
+                log->vlen = (uint32_t)(log_bytes - SHM_ITEM_HDR);
+                row = row_claim(s, log_off);
             }
-            dold = ow ? SHM_WORD_OFF(ow) : 0;
-            if (!(flags & KV_SHM_MV_COPY)) {
+            uint64_t nw = shm_word(off, cls, hd), ow = *dslot;
+            if (log)
+                log_put(s, log, log_off, 0, dslot, nw, ow);
+            else if (kv_shm_txn_log(s, dslot, nw) != 0)
+                rc = KV_ENOMEM; /* the transaction's log cannot grow: nothing changed */
+            if (rc == 0) {
+                __atomic_store_n(dslot, nw, __ATOMIC_RELEASE);
+                if (inserted) {
+                    __atomic_add_fetch(&shm_stripe_of(s, hd)->keys, 1, __ATOMIC_RELAXED);
+                    shm_db_count(s, pd, 1);
+                }
+                dold = ow ? SHM_WORD_OFF(ow) : 0;
+            }
+            if (rc == 0 && !(flags & KV_SHM_MV_COPY)) {
                 kv_shm_crash_point(s, KV_SHM_CRASH_BATCH); /* under both names */
                 uint64_t sw = *sslot;
-                log_put(s, log, log_off, 1, sslot, 0, sw);
-                __atomic_store_n(sslot, 0, __ATOMIC_RELEASE);
-                __atomic_sub_fetch(&shm_stripe_of(s, hs)->keys, 1, __ATOMIC_RELAXED);
-                shm_db_count(s, ps, -1);
-                sold = SHM_WORD_OFF(sw);
+                if (log) {
+                    log_put(s, log, log_off, 1, sslot, 0, sw);
+                } else if (kv_shm_txn_log(s, sslot, 0) != 0) {
+                    /* the destination goes back as it was (the transaction's log holds
+                     * its old word too, so recovery agrees) */
+                    __atomic_store_n(dslot, ow, __ATOMIC_RELEASE);
+                    if (inserted) {
+                        __atomic_sub_fetch(&shm_stripe_of(s, hd)->keys, 1, __ATOMIC_RELAXED);
+                        shm_db_count(s, pd, -1);
+                    }
+                    dold = 0;
+                    rc = KV_ENOMEM;
+                }
+                if (rc == 0) {
+                    __atomic_store_n(sslot, 0, __ATOMIC_RELEASE);
+                    __atomic_sub_fetch(&shm_stripe_of(s, hs)->keys, 1, __ATOMIC_RELAXED);
+                    shm_db_count(s, ps, -1);
+                    sold = SHM_WORD_OFF(sw);
+                }
             }
-            __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
+            if (log)
+                __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
+            if (rc) { /* only in a transaction: the new item was never reachable */
+                kv_shm_free(s, off);
+                off = 0;
+                inserted = 0;
+                txn_full = 1;
+            }
         }
         unlock_all(s, st, m);
-        if (rc == KV_ENOMEM && kv_shm_room(s, attempt, need, line) == 0)
+        if (rc == KV_ENOMEM && !txn_full && kv_shm_room(s, attempt, need, line) == 0)
             continue;
         if (rc)
             return rc;

@@ -246,6 +246,8 @@ static int evict_sampled(struct kv_shm_store *s, unsigned want, int expired_only
 
 int kv_shm_make_room(struct kv_shm_store *s, size_t total, int line)
 {
+    if (s->txn)
+        return KV_ENOMEM; /* eviction and compaction move items behind the undo log */
     unsigned want = line ? s->line_cls : kv_shm_class_for(s, total);
     if (evict_sampled(s, want, 1) == 0)
         return 0;

@@ -410,6 +410,10 @@ out:
 
 void kv_shm_index_grow(struct kv_shm_store *s, uint64_t h)
 {
+    if (s->txn) { /* a split moves slots under the undo log: after the commit */
+        kv_shm_txn_defer_grow(s, h);
+        return;
+    }
     /* keys of one stripe x stripes estimates the total without a shared counter */
     int64_t k = __atomic_load_n(&shm_stripe_of(s, h)->keys, __ATOMIC_RELAXED);
     if ((uint64_t)(k > 0 ? k : 0) * SHM_STRIPES <= kv_shm_index_active(s) * SHM_LOAD)

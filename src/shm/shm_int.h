@@ -267,6 +267,8 @@ struct kv_shm_store {
     uint64_t wseq;
     uint8_t wseq_pad1[64];
     uint64_t restored_items; /* ro after open: recovery took an older copy for a torn slot */
+    struct shm_txn *txn; /* owned: transaction mode (shm_txn.c), NULL = off; set and read
+                          * only while the caller runs alone (kv_shm_txn_begin) */
 };
 
 /* ---- shm_util.c ---- */
@@ -485,6 +487,15 @@ int kv_shm_resize(const struct kv_shm_store *s, const struct kv_config *cfg, siz
 /* Undoes the multi-key writes a kill interrupted (their logs in hdr->batch); recovery's
  * first step. Returns the number of batches rolled back. */
 uint64_t kv_shm_batch_undo(struct kv_shm_store *s);
+
+/* ---- shm_txn.c: transaction mode (s->txn set) ---- */
+/* Appends {slot, nw, *slot} to the transaction's undo log; call before storing nw into
+ * *slot. KV_ENOMEM when the log cannot grow: the slot must then be left as it is. */
+int kv_shm_txn_log(struct kv_shm_store *s, uint64_t *slot, uint64_t nw);
+/* Keeps off for kv_shm_free at the commit; returns 1 (it is taken care of). */
+int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off);
+/* Remembers a key inserted, for kv_shm_index_grow at the commit. */
+void kv_shm_txn_defer_grow(struct kv_shm_store *s, uint64_t h);
 
 /* ---- shm_recover.c ---- */
 /* Rebuilds a segment that was not closed cleanly. KV_ECORRUPT (with errbuf) if it can't. */

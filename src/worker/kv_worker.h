@@ -51,8 +51,21 @@ int kv_worker_register_prefetch(struct kv_worker_registry *reg, uint16_t opcode,
 /* Runs the prefetch hook of call->opcode for stage, if it has one. */
 void kv_worker_prefetch(const struct kv_worker_registry *reg, struct kv_call *call, int stage);
 
-/* Runs the handler of call->opcode, or answers UNKNOWN_OPCODE. */
+/* Runs the handler of call->opcode, or answers UNKNOWN_OPCODE. The handler runs inside
+ * reg's gate (see kv_worker_exclusive). */
 void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call);
+
+/* The gate of reg: every handler run is inside it (shared, on a slot of the calling
+ * thread's own), and an exclusive section runs alone. A thread that changes what the
+ * handlers share outside a call (a background sweep) brackets that work with enter and
+ * leave. Nestable; any thread. */
+void kv_worker_gate_enter(const struct kv_worker_registry *reg);
+void kv_worker_gate_leave(const struct kv_worker_registry *reg);
+/* Runs fn(ctx) while no handler runs on any other thread and no thread is inside the
+ * gate (the caller may be inside it: it steps out while it waits). Calls of
+ * kv_worker_run made from fn run at once, without the gate: EXEC's sub-requests. One
+ * section at a time; others wait. */
+void kv_worker_exclusive(const struct kv_worker_registry *reg, void (*fn)(void *ctx), void *ctx);
 
 /* Creates a pool of cfg->workers threads (0 = inline) and starts them. reg
  * must outlive the pool. */

@@ -10,12 +10,29 @@
  * callback (and so one ev_async_send) per origin per share. */
 #include "kv_worker.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "kv_err.h"
 #include "kv_mem.h"
+
+/* The gate: a "big reader lock" over every handler run. Each thread that runs handlers
+ * has a slot of its own, on a cache line of its own, that it marks busy around each call;
+ * kv_worker_exclusive() closes the gate and waits until every slot is idle. A call costs
+ * one atomic exchange on the thread's own line and a read of `closed`, which is written
+ * only by exclusive sections: no shared line is written on the hot path. Threads past
+ * KV_GATE_SLOTS - 1 share the last slot as a counter. */
+#define KV_GATE_SLOTS 64
+struct gate_slot {
+    uint32_t busy;       /* atomic: calls running (0/1 for an owned slot) */
+    char pad[124];       /* two busy words are never on one 64-byte line */
+};
 
 struct kv_worker_registry {
     struct {
@@ -24,7 +41,19 @@ struct kv_worker_registry {
         void *ctx;
     } h[KV_WORKER_MAX_OPCODE]; /* ro after start */
     int any_prefetch;          /* ro after start */
+    char pad0[128];
+    uint32_t closed;           /* atomic: an exclusive section runs or waits (futex word) */
+    char pad1[124];
+    unsigned nslots;           /* atomic: slots handed out */
+    pthread_mutex_t excl;      /* one exclusive section at a time */
+    struct gate_slot slots[KV_GATE_SLOTS];
 };
+
+/* This thread's slot in the gate of tl_reg, and whether it runs an exclusive section. */
+static __thread const struct kv_worker_registry *tl_reg;
+static __thread struct gate_slot *tl_slot;
+static __thread const struct kv_worker_registry *tl_excl;
+static __thread unsigned tl_depth; /* gated calls this thread is inside */
 
 struct kv_worker_pool {
     const struct kv_worker_registry *reg; /* borrowed: outlives the pool */
@@ -47,13 +76,97 @@ int kv_worker_registry_create(struct kv_worker_registry **out)
 
     if (!r)
         return KV_ENOMEM;
+    pthread_mutex_init(&r->excl, NULL);
     *out = r;
     return 0;
 }
 
 void kv_worker_registry_destroy(struct kv_worker_registry *reg)
 {
+    if (!reg)
+        return;
+    pthread_mutex_destroy(&reg->excl);
+    if (tl_reg == reg)
+        tl_reg = NULL;
     kv_mem_free(KV_MOD_TASK, reg);
+}
+
+/* ---- the gate ------------------------------------------------------------------ */
+static struct gate_slot *gate_slot(const struct kv_worker_registry *reg)
+{
+    struct kv_worker_registry *r = (struct kv_worker_registry *)reg;
+    unsigned i;
+
+    if (tl_reg == reg)
+        return tl_slot;
+    i = __atomic_fetch_add(&r->nslots, 1, __ATOMIC_RELAXED);
+    tl_reg = reg;
+    tl_slot = &r->slots[i < KV_GATE_SLOTS ? i : KV_GATE_SLOTS - 1];
+    return tl_slot;
+}
+
+static void futex_wait(uint32_t *w, uint32_t val)
+{
+    syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+void kv_worker_gate_enter(const struct kv_worker_registry *reg)
+{
+    struct kv_worker_registry *r = (struct kv_worker_registry *)reg;
+    struct gate_slot *sl = gate_slot(reg);
+
+    if (tl_excl == reg || tl_depth++ > 0)
+        return; /* inside an exclusive section, or already inside the gate */
+    for (;;) {
+        __atomic_fetch_add(&sl->busy, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&r->closed, __ATOMIC_SEQ_CST))
+            return;
+        __atomic_fetch_sub(&sl->busy, 1, __ATOMIC_RELEASE);
+        while (__atomic_load_n(&r->closed, __ATOMIC_ACQUIRE))
+            futex_wait(&r->closed, 1);
+    }
+}
+
+void kv_worker_gate_leave(const struct kv_worker_registry *reg)
+{
+    if (tl_excl == reg || --tl_depth > 0)
+        return;
+    __atomic_fetch_sub(&tl_slot->busy, 1, __ATOMIC_RELEASE);
+}
+
+void kv_worker_exclusive(const struct kv_worker_registry *reg, void (*fn)(void *ctx), void *ctx)
+{
+    struct kv_worker_registry *r = (struct kv_worker_registry *)reg;
+    struct gate_slot *mine = gate_slot(reg);
+    unsigned depth = tl_depth, n;
+
+    if (tl_excl == reg) { /* nested: already alone */
+        fn(ctx);
+        return;
+    }
+    if (depth) { /* step out of the gate: the section waits for every slot to idle */
+        tl_depth = 0;
+        __atomic_fetch_sub(&mine->busy, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_lock(&r->excl);
+    __atomic_store_n(&r->closed, 1, __ATOMIC_SEQ_CST);
+    n = __atomic_load_n(&r->nslots, __ATOMIC_ACQUIRE);
+    if (n > KV_GATE_SLOTS)
+        n = KV_GATE_SLOTS;
+    for (unsigned i = 0; i < n; i++)
+        for (unsigned spin = 0; __atomic_load_n(&r->slots[i].busy, __ATOMIC_ACQUIRE); spin++)
+            if (spin > 64)
+                sched_yield();
+    tl_excl = reg;
+    fn(ctx);
+    tl_excl = NULL;
+    __atomic_store_n(&r->closed, 0, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &r->closed, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    pthread_mutex_unlock(&r->excl);
+    if (depth) { /* back into the gate, as the caller was */
+        kv_worker_gate_enter(reg);
+        tl_depth = depth;
+    }
 }
 
 int kv_worker_register(struct kv_worker_registry *reg, uint16_t opcode, kv_handler_fn fn,
@@ -112,7 +225,9 @@ void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
         call->status = KV_ST_UNKNOWN_OPCODE;
         return;
     }
+    kv_worker_gate_enter(reg);
     reg->h[call->opcode].fn(reg->h[call->opcode].ctx, call);
+    kv_worker_gate_leave(reg);
 }
 
 /* Runs a list and hands it back, one done() per run of equal origin. Calls
@@ -170,6 +285,12 @@ static void *worker_main(void *arg)
         take = last = pool->head;
         for (n = 1; n < share && last->next; n++)
             last = last->next;
+        /* never split the calls of one session (connection): they run in order, on
+         * one worker (the IO side sends a session's next calls only when these are back) */
+        while (last->next && last->next->session && last->next->session == last->session) {
+            last = last->next;
+            n++;
+        }
         pool->head = last->next;
         if (!pool->head)
             pool->tail = NULL;
