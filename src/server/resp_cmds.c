@@ -2035,12 +2035,14 @@ static void multi_reset(struct multi_state *ms)
 }
 
 /* Appends one ExecSub{opcode, body, tag}. */
+/* db: the database the command was queued in (a SELECT inside MULTI changes it for the
+ * commands after it, as in Redis): ExecSub's field 4 holds it plus one. */
 static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, const uint8_t *body,
-                      size_t blen)
+                      size_t blen, unsigned db)
 {
     uint8_t hdr[48];
     size_t inner = (opcode ? 1 + pb_varint_len(opcode) : 0) + 1 + pb_varint_len(blen) + blen +
-                   (tag ? 1 + pb_varint_len(tag) : 0);
+                   (tag ? 1 + pb_varint_len(tag) : 0) + 1 + pb_varint_len(db + 1u);
     size_t n = pb_put_len_prefix(hdr, 1, inner);
     struct kv_slice b = {body ? body : (const uint8_t *)"", blen};
 
@@ -2049,6 +2051,7 @@ static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, con
     out_bytes(&ms->q, hdr, n);
     body_bytes(&ms->q, 2, &b);
     body_uint(&ms->q, 3, tag);
+    body_uint(&ms->q, 4, db + 1u);
     ms->n++;
 }
 
@@ -2085,11 +2088,11 @@ static int multi_queue(struct cmdctx *x, struct multi_state *ms)
     y.res = &r;
     rc = x->cmd->fn(&y);
     if (rc == KV_TEXT_DISPATCH) {
-        multi_add(ms, tmp.opcode, tmp.tag, r.body, r.body_len);
+        multi_add(ms, tmp.opcode, tmp.tag, r.body, r.body_len, x->session->db);
         if (!r.body_in_scratch)
             kv_mem_free(KV_MOD_PACKET, r.body);
     } else if (rc == KV_TEXT_REPLY) {
-        multi_add(ms, KV_OP_PING, RS_RAW, r.reply, r.reply_len);
+        multi_add(ms, KV_OP_PING, RS_RAW, r.reply, r.reply_len, x->session->db);
         kv_mem_free(KV_MOD_PACKET, r.reply);
     } else {
         return rc;
@@ -2242,7 +2245,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"RENAMENX",      3, W | F,           cmd_rename,   RS_RENAMENX,    RENAME_NX},
     {"MOVE",          3, W | F,           cmd_move,     RS_MOVED,       0},
     {"COPY",         -3, W,               cmd_copy,     RS_MOVED,       0},
-    {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_OK,          0},
+    {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_RENAME,      0}, /* +OK, or the error */
     {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
     {"QUIT",         -1, F | CMD_NOAUTH | L | T, cmd_quit, RS_NONE,     0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},

@@ -246,13 +246,14 @@ static void gb_result(struct growbuf *g, uint16_t status, const uint8_t *body, s
 
 /* The opcode and body of an ExecSub; 0, or -1 when it does not decode. */
 static int sub_parse(const uint8_t *p, size_t len, uint32_t *opcode, const uint8_t **body,
-                     size_t *blen)
+                     size_t *blen, uint64_t *db1)
 {
     struct pb_reader r = {p, p + len};
     struct pb_field f;
     int rc;
 
     *opcode = 0;
+    *db1 = 0;
     *body = (const uint8_t *)"";
     *blen = 0;
     while ((rc = pb_next(&r, &f)) == 1) {
@@ -261,7 +262,9 @@ static int sub_parse(const uint8_t *p, size_t len, uint32_t *opcode, const uint8
         else if (f.number == 2 && f.wire == 2) {
             *body = f.data;
             *blen = f.len;
-        } else if (f.number <= 3 && f.wire != (f.number == 2 ? 2u : 0u))
+        } else if (f.number == 4 && f.wire == 0)
+            *db1 = f.u64; /* the sub-request's database + 1; 0 = the EXEC's */
+        else if (f.number <= 4 && f.wire != (f.number == 2 ? 2u : 0u))
             return -1;
     }
     return rc;
@@ -309,14 +312,15 @@ static void exec_body(void *arg)
         uint32_t op;
         const uint8_t *body;
         size_t blen;
+        uint64_t db1;
 
         if (f.number != 1)
             continue;
-        sub_parse(f.data, f.len, &op, &body, &blen); /* checked before */
+        sub_parse(f.data, f.len, &op, &body, &blen, &db1); /* checked before */
         memset(&sub, 0, sizeof(sub));
         sub.session = call->session;
         sub.origin = call->origin;
-        sub.db = call->db; /* the database EXEC runs in */
+        sub.db = db1 ? (uint16_t)(db1 - 1) : call->db; /* checked before */
         sub.opcode = (uint16_t)op;
         sub.body = body;
         sub.body_len = (uint32_t)blen;
@@ -344,12 +348,17 @@ static void handle_exec(void *ctx, struct kv_call *call)
         uint32_t op;
         const uint8_t *body;
         size_t blen;
+        uint64_t db1;
 
         if (f.number != 1)
             continue;
-        if (f.wire != 2 || sub_parse(f.data, f.len, &op, &body, &blen) != 0) {
+        if (f.wire != 2 || sub_parse(f.data, f.len, &op, &body, &blen, &db1) != 0) {
             rc = -1;
             break;
+        }
+        if (db1 > srv->cfg->databases) {
+            answer(call, KV_ST_BAD_REQUEST, "ERR DB index is out of range");
+            return;
         }
         if (op == KV_OP_EXEC || (op == KV_OP_WATCH && sub_watches_keys(body, blen))) {
             answer(call, KV_ST_BAD_REQUEST, "EXEC and WATCH with keys cannot be inside EXEC");
