@@ -15,6 +15,10 @@
 #   env KEEP=1                         keep the per-unit logs (printed path)
 #   env TARGET=redis                   run against redis-server instead (the
 #                                      reference figures, same skip list)
+#   env MIN_PASS=N                     CI's ratchet: succeed when at least N
+#                                      tests passed and the server never died,
+#                                      even if some failed (the known failures
+#                                      are listed in README)
 #
 # Needs root for the deb-src line and `apt-get update` the first time, and
 # tclsh (package tcl). Exit code: 0 when no in-scope test failed, 1 otherwise.
@@ -93,7 +97,8 @@ for u in "${units[@]}"; do
     err=$(grep -c '^\[err\]' "$log" || true)
     note=
     grep -q '^\[exception\]' "$log" && note="stopped: $(grep -m1 -A1 '^\[exception\]' "$log" | tail -1 | cut -c1-70)"
-    grep -q 'timed out\|Timed out' "$log" && [[ -z $note ]] && note="timed out"
+    grep -q 'timed out\|Timed out\|^\[TIMEOUT\]' "$log" && [[ -z $note ]] &&
+        note="timed out: $(grep -m1 'IN PROGRESS' "$log" | sed 's/.*(IN PROGRESS) //' | cut -c1-60)"
     if ! kill -0 "$pid" 2>/dev/null; then
         note="SERVER DIED; $note"
     fi
@@ -104,4 +109,10 @@ for u in "${units[@]}"; do
 done
 printf '%-16s %6d %6d\n' total "$total_ok" "$total_err"
 [[ ${KEEP:-0} == 1 ]] && echo "logs: $logdir"
+if [[ -n ${MIN_PASS:-} ]]; then
+    kill -0 "$pid" 2>/dev/null || { echo "redis-suite: the server died" >&2; exit 1; }
+    ((total_ok >= MIN_PASS)) || { echo "redis-suite: $total_ok passed, below $MIN_PASS" >&2; exit 1; }
+    echo "redis-suite: $total_ok passed (at least $MIN_PASS required)"
+    exit 0
+fi
 ((total_err == 0))

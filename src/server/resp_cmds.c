@@ -2415,6 +2415,16 @@ static int resp_check(struct cmdctx *x)
     return 0;
 }
 
+/* MONITOR: one relaxed load while nobody monitors; admin commands (MONITOR itself,
+ * CONFIG, SAVE) are not shown, as in Redis */
+static void monitor_feed(struct kv_server *srv, const struct cmdctx *x, struct kv_session *s,
+                         int rc)
+{
+    if (srv->monitors && __atomic_load_n(srv->monitors, __ATOMIC_RELAXED) &&
+        !(x->cmd->flags & CMD_ADMIN) && (rc == KV_TEXT_DISPATCH || rc == KV_TEXT_REPLY))
+        kv_io_monitor_feed(srv->io, s, 0, x->argc, x->argv, monitor_redact(x));
+}
+
 static int resp_command(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
                         struct kv_call *call, struct kv_text_result *res)
 {
@@ -2433,11 +2443,19 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
             s->reply_mode = KV_REPLY_ON;
     }
     if (__builtin_expect(ms && ms->active, 0)) {
+        /* MONITOR shows a queued command when it is queued (Redis: when EXEC runs it;
+         * the order multi, commands, exec is the same) and not a refused one */
+        int dirty = ms->dirty;
+
         if (!x.cmd || !(x.cmd->flags & CMD_TXN))
-            return multi_queue(&x, ms);
-        if ((rc = resp_check(&x)) != 0)
+            rc = multi_queue(&x, ms);
+        else if ((rc = resp_check(&x)) != 0)
             return multi_refuse(&x, ms, rc);
-        return x.cmd->fn(&x);
+        else
+            rc = x.cmd->fn(&x);
+        if (x.cmd && (ms->dirty == dirty || (x.cmd->flags & CMD_TXN)))
+            monitor_feed(srv, &x, s, rc);
+        return rc;
     }
     if (!x.cmd)
         return unknown_command(&x);
@@ -2448,12 +2466,7 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
     }
     __atomic_fetch_add(&resp_cmd_calls[x.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
     rc = x.cmd->fn(&x);
-    /* MONITOR: one relaxed load while nobody monitors; admin commands
-     * (MONITOR itself, CONFIG, SAVE) are not shown, as in Redis */
-    if (srv->monitors && __atomic_load_n(srv->monitors, __ATOMIC_RELAXED) &&
-        !(x.cmd->flags & CMD_ADMIN) &&
-        (rc == KV_TEXT_DISPATCH || rc == KV_TEXT_REPLY))
-        kv_io_monitor_feed(srv->io, s, 0, argc, argv, monitor_redact(&x));
+    monitor_feed(srv, &x, s, rc);
     return rc;
 }
 
