@@ -2013,6 +2013,8 @@ struct multi_state {
     size_t n;      /* commands queued */
     int active;    /* between MULTI and EXEC/DISCARD */
     int dirty;     /* a command was refused while queueing: EXEC answers EXECABORT */
+    uint16_t db;   /* the database queued commands are built in: SELECT inside MULTI
+                    * changes this, and the connection's only when EXEC runs */
 };
 
 void kv_server_resp_session_end(struct kv_session *s)
@@ -2034,13 +2036,14 @@ static void multi_reset(struct multi_state *ms)
     ms->active = ms->dirty = 0;
 }
 
-/* Appends one ExecSub{opcode, body, tag}. */
+/* Appends one ExecSub{opcode, body, tag, db}. */
 static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, const uint8_t *body,
                       size_t blen)
 {
     uint8_t hdr[48];
+    uint32_t db = (uint32_t)ms->db + 1; /* ExecSub.db: the database plus one, 0 = EXEC's */
     size_t inner = (opcode ? 1 + pb_varint_len(opcode) : 0) + 1 + pb_varint_len(blen) + blen +
-                   (tag ? 1 + pb_varint_len(tag) : 0);
+                   (tag ? 1 + pb_varint_len(tag) : 0) + 1 + pb_varint_len(db);
     size_t n = pb_put_len_prefix(hdr, 1, inner);
     struct kv_slice b = {body ? body : (const uint8_t *)"", blen};
 
@@ -2049,6 +2052,7 @@ static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, con
     out_bytes(&ms->q, hdr, n);
     body_bytes(&ms->q, 2, &b);
     body_uint(&ms->q, 3, tag);
+    body_uint(&ms->q, 4, db);
     ms->n++;
 }
 
@@ -2078,12 +2082,33 @@ static int multi_queue(struct cmdctx *x, struct multi_state *ms)
     if (x->cmd->flags & CMD_NOMULTI)
         return multi_refuse(x, ms,
                             reply_err(x->res, "-ERR Command not allowed inside a transaction"));
+    y.call = &tmp;
+    y.res = &r;
+    if (x->cmd->fn == cmd_select) { /* SELECT runs at EXEC: later commands are built in it */
+        long long n;
+
+        rc = db_arg(&y, &x->argv[1], NULL, &n); /* an error is its reply in EXEC's */
+        if (rc == 0)
+            ms->db = (uint16_t)n;
+        else if (rc != KV_TEXT_REPLY)
+            return rc;
+        multi_add(ms, KV_OP_PING, RS_RAW, rc ? r.reply : (const uint8_t *)"+OK\r\n",
+                  rc ? r.reply_len : 5);
+        if (rc)
+            kv_mem_free(KV_MOD_PACKET, r.reply);
+        goto queued;
+    }
     tmp.session = x->session;
+    tmp.db = ms->db;
     tmp.scratch = room;
     tmp.scratch_cap = sizeof(room);
     y.call = &tmp;
     y.res = &r;
+    /* the command is built in the queue's database (MOVE and COPY read the session's) */
+    uint16_t sdb = x->session->db;
+    __atomic_store_n(&x->session->db, ms->db, __ATOMIC_RELAXED);
     rc = x->cmd->fn(&y);
+    __atomic_store_n(&x->session->db, sdb, __ATOMIC_RELAXED);
     if (rc == KV_TEXT_DISPATCH) {
         multi_add(ms, tmp.opcode, tmp.tag, r.body, r.body_len);
         if (!r.body_in_scratch)
@@ -2094,6 +2119,7 @@ static int multi_queue(struct cmdctx *x, struct multi_state *ms)
     } else {
         return rc;
     }
+queued:
     if (ms->q.failed || ms->q.len > x->srv->cfg->max_body) {
         multi_reset(ms);
         ms->active = ms->dirty = 1;
@@ -2120,6 +2146,7 @@ static int cmd_multi(struct cmdctx *x)
         return reply_err(x->res, "-ERR MULTI calls can not be nested");
     multi_reset(ms);
     ms->active = 1;
+    ms->db = x->session->db;
     return reply_str(x->res, "+OK\r\n");
 }
 
@@ -2153,6 +2180,9 @@ static int cmd_exec(struct cmdctx *x)
     }
     o = ms->q; /* the queue is the body: handed over */
     memset(&ms->q, 0, sizeof(ms->q));
+    /* the SELECTs queued run now: the connection stays in the last one (as Redis, but
+     * also when a WATCH aborts the EXEC: later commands are built before its answer) */
+    __atomic_store_n(&x->session->db, ms->db, __ATOMIC_RELAXED);
     multi_reset(ms);
     return dispatch(&o, x->call, x->res, KV_OP_EXEC, RS_EXEC);
 }
