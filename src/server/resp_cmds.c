@@ -2277,7 +2277,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"QUIT",         -1, F | CMD_NOAUTH | L | T, cmd_quit, RS_NONE,     0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
     {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
-    {"RESET",         1, F | CMD_NOAUTH | L, cmd_reset, RS_NONE,        0},
+    {"RESET",         1, F | CMD_NOAUTH | L | T, cmd_reset, RS_NONE,      0},
     {"MONITOR",       1, CMD_ADMIN | L,   cmd_monitor,  RS_NONE,        0},
     {"SELECT",        2, F | L,           cmd_select,   RS_NONE,        0},
     {"COMMAND",      -1, L,               cmd_command,  RS_NONE,        0},
