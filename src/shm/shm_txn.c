@@ -36,7 +36,8 @@ struct shm_txn {
     uint64_t log_off;        /* the log blob (row's value) */
     unsigned log_cls;
     uint64_t cap, n;         /* entries the log holds / has */
-    uint64_t *frees;         /* owned (KV_MOD_SHM): offsets to free at the commit */
+    uint64_t *frees;         /* owned (KV_MOD_SHM): offsets to free at the commit, bit 0
+                              * set for a replaced item (kv_shm_free_replaced) */
     size_t nfrees, capfrees;
     uint64_t grows[TXN_GROW_MAX]; /* hashes of keys inserted: kv_shm_index_grow at commit */
     size_t ngrows;
@@ -121,7 +122,7 @@ static int log_grow(struct kv_shm_store *s, struct shm_txn *t)
     }
     __atomic_store_n(&((struct shm_item *)shm_ptr(s, off))->version, t->n, __ATOMIC_RELEASE);
     __atomic_store_n(&s->hdr->batch[t->row], off, __ATOMIC_RELEASE); /* the new log is whole */
-    kv_shm_txn_defer_free(s, t->log_off);
+    kv_shm_txn_defer_free(s, t->log_off, 1);
     t->log_off = off;
     t->log_cls = cls;
     t->cap = ncap;
@@ -148,7 +149,7 @@ int kv_shm_txn_log(struct kv_shm_store *s, uint64_t *slot, uint64_t nw)
     return 0;
 }
 
-int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off)
+int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off, int dead)
 {
     struct shm_txn *t = s->txn;
 
@@ -161,7 +162,7 @@ int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off)
         t->frees = n;
         t->capfrees = ncap;
     }
-    t->frees[t->nfrees++] = off;
+    t->frees[t->nfrees++] = off | (dead ? 0 : 1); /* chunk offsets are 8-aligned */
     return 1;
 }
 
@@ -183,8 +184,12 @@ void kv_shm_txn_commit(struct kv_shm_store *s)
     __atomic_store_n(&s->hdr->batch[t->row], 0, __ATOMIC_RELEASE); /* the commit */
     s->txn = NULL;
     kv_shm_free(s, t->log_off);
-    for (size_t i = 0; i < t->nfrees; i++)
-        kv_shm_free(s, t->frees[i]);
+    for (size_t i = 0; i < t->nfrees; i++) {
+        if (t->frees[i] & 1)
+            kv_shm_free_replaced(s, t->frees[i] & ~(uint64_t)1);
+        else
+            kv_shm_free(s, t->frees[i]);
+    }
     for (size_t i = 0; i < t->ngrows; i++)
         kv_shm_index_grow(s, t->grows[i]);
     kv_mem_free(KV_MOD_SHM, t->frees);
