@@ -73,6 +73,7 @@ enum reply_style {
     RS_EXEC,        /* EXEC: an array of each sub-request's reply, nil when WATCH aborted */
     RS_EXECABORT,   /* -EXECABORT (the UNWATCH call of an EXEC refused at queue time) */
     RS_RAW,         /* the answer is the reply's bytes (inside EXEC: queued replies) */
+    RS_OK_ERR,      /* +OK; BAD_REQUEST's Redis error text verbatim (SWAPDB inside EXEC) */
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -2272,7 +2273,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"RENAMENX",      3, W | F,           cmd_rename,   RS_RENAMENX,    RENAME_NX},
     {"MOVE",          3, W | F,           cmd_move,     RS_MOVED,       0},
     {"COPY",         -3, W,               cmd_copy,     RS_MOVED,       0},
-    {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_OK,          0},
+    {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_OK_ERR,      0},
     {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
     {"QUIT",         -1, F | CMD_NOAUTH | L | T, cmd_quit, RS_NONE,     0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
@@ -3018,6 +3019,7 @@ static const struct {
     [RS_EXEC] = {rs_exec, NULL, NULL, RF_LIST},
     [RS_EXECABORT] = {rs_execabort, NULL, NULL, RF_ANY},
     [RS_RAW] = {rs_raw, NULL, NULL, RF_BIG},
+    [RS_OK_ERR] = {rs_ok, NULL, NULL, RF_REDIS_ERR},
 };
 
 /* A row's literal reply; RESP2's null bulk becomes RESP3's null. */
