@@ -2451,8 +2451,10 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
     struct multi_state *ms = s->multi;
     int rc;
 
-    if (call)
+    if (call) {
         call->db = s->db; /* the database the call is built in (SELECT is answered here) */
+        call->resp3 = __atomic_load_n(&s->resp, __ATOMIC_RELAXED) == 3; /* and its protocol */
+    }
     /* CLIENT REPLY OFF / SKIP: every reply (errors too) is dropped; SKIP
      * drops the next one only (CLIENT REPLY itself changes this) */
     if (s->reply_mode != KV_REPLY_ON) {
@@ -3064,7 +3066,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
     struct out o = {0};
     uint32_t style = call->tag;
     size_t est = 32;
-    int resp3 = call->session && __atomic_load_n(&call->session->resp, __ATOMIC_RELAXED) == 3;
+    int resp3 = call->resp3; /* as when the call was built, not the session's now */
 
     if (style >= RS__COUNT || !reply_styles[style].fn) {
         out_start(&o, room, room_cap, est);
