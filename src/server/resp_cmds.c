@@ -2924,7 +2924,10 @@ static void rs_exec(struct out *o, const struct kv_call *call, const struct kv_s
 
     while (pb_next(&r, &f) == 1) {
         if (f.number == 2 && f.u64) {
-            OUT_LIT(o, "*-1\r\n");
+            if (o->resp3)
+                OUT_LIT(o, "_\r\n"); /* RESP3's null, as Redis's null array there */
+            else
+                OUT_LIT(o, "*-1\r\n");
             return;
         }
         n += f.number == 1;
