@@ -647,9 +647,18 @@ static void handle_del(void *ctx, struct kv_call *call)
         return;
     }
     r.p = call->body;
-    while (next_del_key(&r, &k) == 1)
-        if (kv_shm_db_del(srv->store, call->db, k.data, k.len) == 0)
+    int oom = 0;
+    while (next_del_key(&r, &k) == 1) {
+        rc = kv_shm_db_del(srv->store, call->db, k.data, k.len);
+        if (rc == 0)
             deleted++;
+        else if (rc == KV_ENOMEM)
+            oom = 1; /* inside EXEC: no room for the undo log, the key is still there */
+    }
+    if (oom) {
+        answer_error(call, KV_ST_OUT_OF_MEMORY, "no room for the transaction's undo log");
+        return;
+    }
     answer_uints(call, deleted, 0);
 }
 

@@ -73,6 +73,7 @@ enum reply_style {
     RS_EXEC,        /* EXEC: an array of each sub-request's reply, nil when WATCH aborted */
     RS_EXECABORT,   /* -EXECABORT (the UNWATCH call of an EXEC refused at queue time) */
     RS_RAW,         /* the answer is the reply's bytes (inside EXEC: queued replies) */
+    RS_OK_ERR,      /* +OK; BAD_REQUEST's Redis error text verbatim (SWAPDB inside EXEC) */
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -2013,6 +2014,8 @@ struct multi_state {
     size_t n;      /* commands queued */
     int active;    /* between MULTI and EXEC/DISCARD */
     int dirty;     /* a command was refused while queueing: EXEC answers EXECABORT */
+    uint16_t db;   /* the database queued commands are built in: SELECT inside MULTI
+                    * changes this, and the connection's only when EXEC runs */
 };
 
 void kv_server_resp_session_end(struct kv_session *s)
@@ -2034,15 +2037,14 @@ static void multi_reset(struct multi_state *ms)
     ms->active = ms->dirty = 0;
 }
 
-/* Appends one ExecSub{opcode, body, tag}. */
-/* db: the database the command was queued in (a SELECT inside MULTI changes it for the
- * commands after it, as in Redis): ExecSub's field 4 holds it plus one. */
+/* Appends one ExecSub{opcode, body, tag, db}. */
 static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, const uint8_t *body,
-                      size_t blen, unsigned db)
+                      size_t blen)
 {
     uint8_t hdr[48];
+    uint32_t db = (uint32_t)ms->db + 1; /* ExecSub.db: the database plus one, 0 = EXEC's */
     size_t inner = (opcode ? 1 + pb_varint_len(opcode) : 0) + 1 + pb_varint_len(blen) + blen +
-                   (tag ? 1 + pb_varint_len(tag) : 0) + 1 + pb_varint_len(db + 1u);
+                   (tag ? 1 + pb_varint_len(tag) : 0) + 1 + pb_varint_len(db);
     size_t n = pb_put_len_prefix(hdr, 1, inner);
     struct kv_slice b = {body ? body : (const uint8_t *)"", blen};
 
@@ -2051,7 +2053,7 @@ static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, con
     out_bytes(&ms->q, hdr, n);
     body_bytes(&ms->q, 2, &b);
     body_uint(&ms->q, 3, tag);
-    body_uint(&ms->q, 4, db + 1u);
+    body_uint(&ms->q, 4, db);
     ms->n++;
 }
 
@@ -2081,22 +2083,44 @@ static int multi_queue(struct cmdctx *x, struct multi_state *ms)
     if (x->cmd->flags & CMD_NOMULTI)
         return multi_refuse(x, ms,
                             reply_err(x->res, "-ERR Command not allowed inside a transaction"));
+    y.call = &tmp;
+    y.res = &r;
+    if (x->cmd->fn == cmd_select) { /* SELECT runs at EXEC: later commands are built in it */
+        long long n;
+
+        rc = db_arg(&y, &x->argv[1], NULL, &n); /* an error is its reply in EXEC's */
+        if (rc == 0)
+            ms->db = (uint16_t)n;
+        else if (rc != KV_TEXT_REPLY)
+            return rc;
+        multi_add(ms, KV_OP_PING, RS_RAW, rc ? r.reply : (const uint8_t *)"+OK\r\n",
+                  rc ? r.reply_len : 5);
+        if (rc)
+            kv_mem_free(KV_MOD_PACKET, r.reply);
+        goto queued;
+    }
     tmp.session = x->session;
+    tmp.db = ms->db;
     tmp.scratch = room;
     tmp.scratch_cap = sizeof(room);
     y.call = &tmp;
     y.res = &r;
+    /* the command is built in the queue's database (MOVE and COPY read the session's) */
+    uint16_t sdb = x->session->db;
+    __atomic_store_n(&x->session->db, ms->db, __ATOMIC_RELAXED);
     rc = x->cmd->fn(&y);
+    __atomic_store_n(&x->session->db, sdb, __ATOMIC_RELAXED);
     if (rc == KV_TEXT_DISPATCH) {
-        multi_add(ms, tmp.opcode, tmp.tag, r.body, r.body_len, x->session->db);
+        multi_add(ms, tmp.opcode, tmp.tag, r.body, r.body_len);
         if (!r.body_in_scratch)
             kv_mem_free(KV_MOD_PACKET, r.body);
     } else if (rc == KV_TEXT_REPLY) {
-        multi_add(ms, KV_OP_PING, RS_RAW, r.reply, r.reply_len, x->session->db);
+        multi_add(ms, KV_OP_PING, RS_RAW, r.reply, r.reply_len);
         kv_mem_free(KV_MOD_PACKET, r.reply);
     } else {
         return rc;
     }
+queued:
     if (ms->q.failed || ms->q.len > x->srv->cfg->max_body) {
         multi_reset(ms);
         ms->active = ms->dirty = 1;
@@ -2123,6 +2147,7 @@ static int cmd_multi(struct cmdctx *x)
         return reply_err(x->res, "-ERR MULTI calls can not be nested");
     multi_reset(ms);
     ms->active = 1;
+    ms->db = x->session->db;
     return reply_str(x->res, "+OK\r\n");
 }
 
@@ -2156,6 +2181,9 @@ static int cmd_exec(struct cmdctx *x)
     }
     o = ms->q; /* the queue is the body: handed over */
     memset(&ms->q, 0, sizeof(ms->q));
+    /* the SELECTs queued run now: the connection stays in the last one (as Redis, but
+     * also when a WATCH aborts the EXEC: later commands are built before its answer) */
+    __atomic_store_n(&x->session->db, ms->db, __ATOMIC_RELAXED);
     multi_reset(ms);
     return dispatch(&o, x->call, x->res, KV_OP_EXEC, RS_EXEC);
 }
@@ -2245,12 +2273,12 @@ static const struct resp_cmd resp_cmds[] = {
     {"RENAMENX",      3, W | F,           cmd_rename,   RS_RENAMENX,    RENAME_NX},
     {"MOVE",          3, W | F,           cmd_move,     RS_MOVED,       0},
     {"COPY",         -3, W,               cmd_copy,     RS_MOVED,       0},
-    {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_RENAME,      0}, /* +OK, or the error */
+    {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_OK_ERR,      0},
     {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
     {"QUIT",         -1, F | CMD_NOAUTH | L | T, cmd_quit, RS_NONE,     0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
     {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
-    {"RESET",         1, F | CMD_NOAUTH | L, cmd_reset, RS_NONE,        0},
+    {"RESET",         1, F | CMD_NOAUTH | L | T, cmd_reset, RS_NONE,      0},
     {"MONITOR",       1, CMD_ADMIN | L,   cmd_monitor,  RS_NONE,        0},
     {"SELECT",        2, F | L,           cmd_select,   RS_NONE,        0},
     {"COMMAND",      -1, L,               cmd_command,  RS_NONE,        0},
@@ -2433,8 +2461,10 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
     struct multi_state *ms = s->multi;
     int rc;
 
-    if (call)
+    if (call) {
         call->db = s->db; /* the database the call is built in (SELECT is answered here) */
+        call->resp3 = __atomic_load_n(&s->resp, __ATOMIC_RELAXED) == 3; /* and its protocol */
+    }
     /* CLIENT REPLY OFF / SKIP: every reply (errors too) is dropped; SKIP
      * drops the next one only (CLIENT REPLY itself changes this) */
     if (s->reply_mode != KV_REPLY_ON) {
@@ -2907,7 +2937,10 @@ static void rs_exec(struct out *o, const struct kv_call *call, const struct kv_s
 
     while (pb_next(&r, &f) == 1) {
         if (f.number == 2 && f.u64) {
-            OUT_LIT(o, "*-1\r\n");
+            if (o->resp3)
+                OUT_LIT(o, "_\r\n"); /* RESP3's null, as Redis's null array there */
+            else
+                OUT_LIT(o, "*-1\r\n");
             return;
         }
         n += f.number == 1;
@@ -3004,6 +3037,7 @@ static const struct {
     [RS_EXEC] = {rs_exec, NULL, NULL, RF_LIST},
     [RS_EXECABORT] = {rs_execabort, NULL, NULL, RF_ANY},
     [RS_RAW] = {rs_raw, NULL, NULL, RF_BIG},
+    [RS_OK_ERR] = {rs_ok, NULL, NULL, RF_REDIS_ERR},
 };
 
 /* A row's literal reply; RESP2's null bulk becomes RESP3's null. */
@@ -3048,7 +3082,7 @@ static int resp_reply(void *ctx, const struct kv_call *call, uint8_t *room, size
     struct out o = {0};
     uint32_t style = call->tag;
     size_t est = 32;
-    int resp3 = call->session && __atomic_load_n(&call->session->resp, __ATOMIC_RELAXED) == 3;
+    int resp3 = call->resp3; /* as when the call was built, not the session's now */
 
     if (style >= RS__COUNT || !reply_styles[style].fn) {
         out_start(&o, room, room_cap, est);

@@ -246,14 +246,14 @@ static void gb_result(struct growbuf *g, uint16_t status, const uint8_t *body, s
 
 /* The opcode and body of an ExecSub; 0, or -1 when it does not decode. */
 static int sub_parse(const uint8_t *p, size_t len, uint32_t *opcode, const uint8_t **body,
-                     size_t *blen, uint64_t *db1)
+                     size_t *blen, uint64_t *db)
 {
     struct pb_reader r = {p, p + len};
     struct pb_field f;
     int rc;
 
     *opcode = 0;
-    *db1 = 0;
+    *db = 0;
     *body = (const uint8_t *)"";
     *blen = 0;
     while ((rc = pb_next(&r, &f)) == 1) {
@@ -262,9 +262,9 @@ static int sub_parse(const uint8_t *p, size_t len, uint32_t *opcode, const uint8
         else if (f.number == 2 && f.wire == 2) {
             *body = f.data;
             *blen = f.len;
-        } else if (f.number == 4 && f.wire == 0)
-            *db1 = f.u64; /* the sub-request's database + 1; 0 = the EXEC's */
-        else if (f.number <= 4 && f.wire != (f.number == 2 ? 2u : 0u))
+        } else if (f.number == 4 && f.wire == 0) {
+            *db = f.u64; /* the database plus one (the RESP adapter's SELECT inside MULTI) */
+        } else if (f.number <= 4 && f.wire != (f.number == 2 ? 2u : 0u))
             return -1;
     }
     return rc;
@@ -312,15 +312,16 @@ static void exec_body(void *arg)
         uint32_t op;
         const uint8_t *body;
         size_t blen;
-        uint64_t db1;
 
         if (f.number != 1)
             continue;
-        sub_parse(f.data, f.len, &op, &body, &blen, &db1); /* checked before */
+        uint64_t db;
+
+        sub_parse(f.data, f.len, &op, &body, &blen, &db); /* checked before */
         memset(&sub, 0, sizeof(sub));
         sub.session = call->session;
         sub.origin = call->origin;
-        sub.db = db1 ? (uint16_t)(db1 - 1) : call->db; /* checked before */
+        sub.db = db ? (uint32_t)(db - 1) : call->db; /* its own, else the one EXEC runs in */
         sub.opcode = (uint16_t)op;
         sub.body = body;
         sub.body_len = (uint32_t)blen;
@@ -348,15 +349,16 @@ static void handle_exec(void *ctx, struct kv_call *call)
         uint32_t op;
         const uint8_t *body;
         size_t blen;
-        uint64_t db1;
 
         if (f.number != 1)
             continue;
-        if (f.wire != 2 || sub_parse(f.data, f.len, &op, &body, &blen, &db1) != 0) {
+        uint64_t db;
+
+        if (f.wire != 2 || sub_parse(f.data, f.len, &op, &body, &blen, &db) != 0) {
             rc = -1;
             break;
         }
-        if (db1 > srv->cfg->databases) {
+        if (db > srv->cfg->databases) {
             answer(call, KV_ST_BAD_REQUEST, "ERR DB index is out of range");
             return;
         }

@@ -986,7 +986,7 @@ int kv_shm_db_scan(struct kv_shm_store *s, unsigned db, uint64_t cursor, const v
 /* Unlinks the items of bucket b that are expired (every one when now == 0), of physical
  * database pdb only when pdb >= 0, under the exclusive stripe lock, then frees them.
  * Returns how many. */
-static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb)
+static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb, int *fullp)
 {
     struct shm_stripe *st = &s->stripes[b & (SHM_STRIPES - 1)];
     uint64_t offs[128];
@@ -1017,30 +1017,33 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb)
     pthread_rwlock_unlock(&st->lock);
     for (int i = 0; i < n; i++)
         kv_shm_free(s, offs[i]);
+    if (fullp)
+        *fullp = full;
     return n;
 }
 
-static void flush_where(struct kv_shm_store *s, int pdb)
+/* 0, or KV_ENOMEM when a transaction's log could not grow: some keys are left. */
+static int flush_where(struct kv_shm_store *s, int pdb)
 {
-    for (uint64_t b = 0; b < kv_shm_index_active(s); b++) {
-        while (bucket_drop(s, b, 0, pdb) >= 128 - SHM_SLOTS) {
+    int full = 0;
+    for (uint64_t b = 0; b < kv_shm_index_active(s) && !full; b++) {
+        while (bucket_drop(s, b, 0, pdb, &full) >= 128 - SHM_SLOTS && !full) {
         }
     }
     spares_release(s); /* memory comes back at once, spares included */
+    return full ? KV_ENOMEM : 0;
 }
 
 int kv_shm_flush(struct kv_shm_store *s)
 {
-    flush_where(s, -1);
-    return 0;
+    return flush_where(s, -1);
 }
 
 int kv_shm_db_flush(struct kv_shm_store *s, unsigned db)
 {
     if (db >= SHM_MAX_DB)
         return KV_EINVAL;
-    flush_where(s, (int)shm_db_phys(s, db));
-    return 0;
+    return flush_where(s, (int)shm_db_phys(s, db));
 }
 
 /* Stripes' total less the other databases': see shm_dbs. Read without locks: each counter
@@ -1094,7 +1097,7 @@ int kv_shm_sweep(struct kv_shm_store *s, size_t max_work)
     int total = 0;
     for (size_t i = 0; i < max_work; i++) {
         uint64_t c = __atomic_fetch_add(&s->hdr->sweep_cursor, 1, __ATOMIC_RELAXED);
-        total += bucket_drop(s, c % kv_shm_index_active(s), now, -1);
+        total += bucket_drop(s, c % kv_shm_index_active(s), now, -1, NULL);
     }
     __atomic_add_fetch(&s->hdr->expired, (uint64_t)total, __ATOMIC_RELAXED);
     return total;

@@ -492,8 +492,9 @@ uint64_t kv_shm_batch_undo(struct kv_shm_store *s);
 /* Appends {slot, nw, *slot} to the transaction's undo log; call before storing nw into
  * *slot. KV_ENOMEM when the log cannot grow: the slot must then be left as it is. */
 int kv_shm_txn_log(struct kv_shm_store *s, uint64_t *slot, uint64_t nw);
-/* Keeps off for kv_shm_free at the commit; returns 1 (it is taken care of). */
-int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off);
+/* Keeps off for the commit: kv_shm_free when dead, else kv_shm_free_replaced (--sync: a
+ * replaced item stays a key's previous copy for recovery); returns 1 (taken care of). */
+int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off, int dead);
 /* Remembers a key inserted, for kv_shm_index_grow at the commit. */
 void kv_shm_txn_defer_grow(struct kv_shm_store *s, uint64_t h);
 

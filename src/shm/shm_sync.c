@@ -314,7 +314,7 @@ static void defer_free(struct kv_shm_store *s, uint64_t off, int dead)
     struct shm_sync *y = s->sync;
     /* in a transaction (shm_txn.c; only its thread runs): an undo may point at the item
      * again, so it is freed at the commit (which calls kv_shm_free with s->txn cleared) */
-    if (s->txn && kv_shm_txn_defer_free(s, off))
+    if (s->txn && kv_shm_txn_defer_free(s, off, dead))
         return;
     if (!s->defer || !y) {
         kv_shm_free_now(s, off);

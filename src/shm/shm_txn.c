@@ -36,7 +36,8 @@ struct shm_txn {
     uint64_t log_off;        /* the log blob (row's value) */
     unsigned log_cls;
     uint64_t cap, n;         /* entries the log holds / has */
-    uint64_t *frees;         /* owned (KV_MOD_SHM): offsets to free at the commit */
+    uint64_t *frees;         /* owned (KV_MOD_SHM): offsets to free at the commit, bit 0
+                              * set for a replaced item (kv_shm_free_replaced) */
     size_t nfrees, capfrees;
     uint64_t grows[TXN_GROW_MAX]; /* hashes of keys inserted: kv_shm_index_grow at commit */
     size_t ngrows;
@@ -72,6 +73,35 @@ static uint64_t log_pages(uint64_t cap, unsigned cls)
                                   : 1;
 }
 
+/* Makes t's log the one of its row (a row claimed now). */
+static void row_take(struct kv_shm_store *s, struct shm_txn *t)
+{
+    for (unsigned r = 0;; r = (r + 1) % SHM_BATCH_ROWS) { /* as shm_batch.c's row_claim */
+        uint64_t zero = 0;
+
+        if (__atomic_compare_exchange_n(&s->hdr->batch[r], &zero, t->log_off, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            t->row = r;
+            return;
+        }
+    }
+}
+
+/* The first log, when the begin found no room for it (a full store without eviction):
+ * as small as it takes, so that a transaction that changes a few slots (a DEL that makes
+ * room) still runs. KV_ENOMEM: not even that. */
+static int log_first(struct kv_shm_store *s, struct shm_txn *t)
+{
+    int rc = KV_ENOMEM;
+
+    for (uint64_t cap = TXN_LOG_FIRST; cap >= 2 && rc == KV_ENOMEM; cap /= 4)
+        if ((rc = log_new(s, cap, &t->log_off, &t->log_cls)) == 0)
+            t->cap = cap;
+    if (rc == 0)
+        row_take(s, t);
+    return rc;
+}
+
 int kv_shm_txn_begin(struct kv_shm_store *s)
 {
     struct shm_txn *t;
@@ -85,20 +115,19 @@ int kv_shm_txn_begin(struct kv_shm_store *s)
     rc = log_new(s, TXN_LOG_FIRST, &t->log_off, &t->log_cls);
     if (rc == KV_ENOMEM && kv_shm_make_room(s, SHM_ITEM_HDR + TXN_LOG_FIRST * 24, 0) == 0)
         rc = log_new(s, TXN_LOG_FIRST, &t->log_off, &t->log_cls);
+    if (rc == KV_ENOMEM) {
+        /* no room (and none to be made): the log comes with the first change
+         * (log_first), so that reads, and changes that fit, still run */
+        t->log_off = 0;
+        s->txn = t;
+        return 0;
+    }
     if (rc) {
         kv_mem_free(KV_MOD_SHM, t);
         return rc;
     }
     t->cap = TXN_LOG_FIRST;
-    for (unsigned r = 0;; r = (r + 1) % SHM_BATCH_ROWS) { /* as shm_batch.c's row_claim */
-        uint64_t zero = 0;
-
-        if (__atomic_compare_exchange_n(&s->hdr->batch[r], &zero, t->log_off, 0,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-            t->row = r;
-            break;
-        }
-    }
+    row_take(s, t);
     s->txn = t;
     return 0;
 }
@@ -121,7 +150,7 @@ static int log_grow(struct kv_shm_store *s, struct shm_txn *t)
     }
     __atomic_store_n(&((struct shm_item *)shm_ptr(s, off))->version, t->n, __ATOMIC_RELEASE);
     __atomic_store_n(&s->hdr->batch[t->row], off, __ATOMIC_RELEASE); /* the new log is whole */
-    kv_shm_txn_defer_free(s, t->log_off);
+    kv_shm_txn_defer_free(s, t->log_off, 1);
     t->log_off = off;
     t->log_cls = cls;
     t->cap = ncap;
@@ -136,7 +165,7 @@ int kv_shm_txn_log(struct kv_shm_store *s, uint64_t *slot, uint64_t nw)
     struct txn_entry e = {so | entry_check(so, nw, ow), nw, ow};
     int rc;
 
-    if (t->n == t->cap && (rc = log_grow(s, t)) != 0)
+    if (t->n == t->cap && (rc = t->log_off ? log_grow(s, t) : log_first(s, t)) != 0)
         return rc;
     kv_shm_item_write(s, t->log_off, log_pages(t->cap, t->log_cls),
                       SHM_ITEM_HDR + t->n * sizeof(e), &e, sizeof(e));
@@ -148,7 +177,7 @@ int kv_shm_txn_log(struct kv_shm_store *s, uint64_t *slot, uint64_t nw)
     return 0;
 }
 
-int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off)
+int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off, int dead)
 {
     struct shm_txn *t = s->txn;
 
@@ -161,7 +190,7 @@ int kv_shm_txn_defer_free(struct kv_shm_store *s, uint64_t off)
         t->frees = n;
         t->capfrees = ncap;
     }
-    t->frees[t->nfrees++] = off;
+    t->frees[t->nfrees++] = off | (dead ? 0 : 1); /* chunk offsets are 8-aligned */
     return 1;
 }
 
@@ -180,11 +209,17 @@ void kv_shm_txn_commit(struct kv_shm_store *s)
     if (!t)
         return;
     kv_shm_crash_point(s, KV_SHM_CRASH_BATCH);
-    __atomic_store_n(&s->hdr->batch[t->row], 0, __ATOMIC_RELEASE); /* the commit */
+    if (t->log_off) /* none: nothing was changed */
+        __atomic_store_n(&s->hdr->batch[t->row], 0, __ATOMIC_RELEASE); /* the commit */
     s->txn = NULL;
-    kv_shm_free(s, t->log_off);
-    for (size_t i = 0; i < t->nfrees; i++)
-        kv_shm_free(s, t->frees[i]);
+    if (t->log_off)
+        kv_shm_free(s, t->log_off);
+    for (size_t i = 0; i < t->nfrees; i++) {
+        if (t->frees[i] & 1)
+            kv_shm_free_replaced(s, t->frees[i] & ~(uint64_t)1);
+        else
+            kv_shm_free(s, t->frees[i]);
+    }
     for (size_t i = 0; i < t->ngrows; i++)
         kv_shm_index_grow(s, t->grows[i]);
     kv_mem_free(KV_MOD_SHM, t->frees);
