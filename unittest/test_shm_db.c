@@ -376,7 +376,7 @@ static void *iso_writer(void *arg)
     for (uint64_t i = 0; !x->stop; i++) {
         int rc = i % 2 ? kv_shm_rename(x->s, 0, "ib", 2, 0, "ia", 2, 0, NULL)
                        : kv_shm_rename(x->s, 0, "ia", 2, 0, "ib", 2, 0, NULL);
-        x->renames += rc == 0;
+        __atomic_add_fetch(&x->renames, rc == 0, __ATOMIC_RELAXED);
     }
     return NULL;
 }
@@ -390,7 +390,11 @@ static void test_shm_db_rename_isolated(void)
     uint64_t ha = kv_shm_key_hash(x.s, "ia", 2), hb = kv_shm_key_hash(x.s, "ib", 2);
     pthread_t t;
     pthread_create(&t, NULL, iso_writer, &x);
-    for (int i = 0; i < 20000; i++) {
+    /* 20000 reads at least, and on until the renamer has run (on a loaded machine it may
+     * not be scheduled before 20000 reads end); bounded */
+    for (int i = 0; i < 20000 || (__atomic_load_n(&x.renames, __ATOMIC_RELAXED) <= 200 &&
+                                  i < 20000000);
+         i++) {
         struct kv_shm_rset r = {{0}};
         kv_shm_rset_add(&r, ha);
         kv_shm_rset_add(&r, hb);
