@@ -35,19 +35,6 @@ static int suite_clean(void)
     return 0;
 }
 
-static int raw_connect(uint16_t port)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Sends req (may be ""), then reads until want bytes came (want 0: until
  * quiet_ms pass without data), the peer closed (*closed = 1) or 3 s passed.
  * Returns a malloc'd NUL-terminated reply. */
@@ -132,7 +119,7 @@ static long long my_id(int fd)
 
 static void test_conn_hello_switches_to_resp3_and_back(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
     char want[512], *got;
     long long id;
 
@@ -212,7 +199,7 @@ static void test_conn_hello_auth_before_authentication(void)
     char *got;
 
     CU_ASSERT_FATAL(kv_test_server_start(&ks, args) == 0);
-    fd = raw_connect(ks.port);
+    fd = kv_test_connect(ks.port);
     CU_ASSERT_FATAL(fd >= 0);
     expect(fd, "GET a\r\n", "-NOAUTH Authentication required.\r\n");
     expect(fd, "HELLO 3\r\n",
@@ -236,7 +223,7 @@ static void test_conn_hello_auth_before_authentication(void)
     expect(fd, "CLIENT GETNAME\r\n", "$-1\r\n");
     close(fd);
     /* the third wrong password through HELLO closes, as through AUTH */
-    fd = raw_connect(ks.port);
+    fd = kv_test_connect(ks.port);
     CU_ASSERT_FATAL(fd >= 0);
     for (int i = 0; i < 3; i++) {
         int closed;
@@ -268,7 +255,7 @@ static const char client_line_re[] =
 
 static void test_conn_client_list_info_and_names(void)
 {
-    int a = raw_connect(srv.port), b = raw_connect(srv.port);
+    int a = kv_test_connect(srv.port), b = kv_test_connect(srv.port);
     char re[1024], req[128], *got;
     long long ida, idb;
 
@@ -360,14 +347,14 @@ static int closed_by_peer(int fd)
 static void test_conn_client_kill_across_io_threads(void)
 {
     enum { N = 6 };
-    int me = raw_connect(srv.port), fds[N], closed;
+    int me = kv_test_connect(srv.port), fds[N], closed;
     long long ids[N];
     char req[160], *got;
 
     CU_ASSERT_FATAL(me >= 0);
     /* the listener deals connections round-robin over the 2 IO threads */
     for (int i = 0; i < N; i++) {
-        fds[i] = raw_connect(srv.port);
+        fds[i] = kv_test_connect(srv.port);
         CU_ASSERT_FATAL(fds[i] >= 0);
         ids[i] = my_id(fds[i]);
     }
@@ -422,14 +409,14 @@ static void test_conn_client_kill_across_io_threads(void)
         close(fds[i]);
     close(me);
     /* the server is fine */
-    me = raw_connect(srv.port);
+    me = kv_test_connect(srv.port);
     expect(me, "PING\r\n", "+PONG\r\n");
     close(me);
 }
 
 static void test_conn_client_reply_off_on_skip(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
 
     CU_ASSERT_FATAL(fd >= 0);
     /* OFF: nothing, errors included, until ON (whose OK is sent); the
@@ -450,7 +437,7 @@ static void test_conn_client_reply_off_on_skip(void)
 
 static void test_conn_reset_and_no_evict(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
     char *got;
 
     CU_ASSERT_FATAL(fd >= 0);
@@ -487,7 +474,7 @@ static void test_conn_no_evict_survives_the_client_memory_budget(void)
     CU_ASSERT_FATAL(kv_test_server_start(&ks, args) == 0);
     memset(part, 'v', sizeof(part));
     for (int protect = 0; protect < 2; protect++) {
-        int big = raw_connect(ks.port), small = raw_connect(ks.port);
+        int big = kv_test_connect(ks.port), small = kv_test_connect(ks.port);
         char hdr[64];
         size_t half = 400 * 1024;
 
@@ -522,7 +509,7 @@ static void test_conn_no_evict_survives_the_client_memory_budget(void)
 
 static void test_conn_command_count_list_info_docs(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
     char *got, *p;
     long count, listed = 0;
 
@@ -576,7 +563,7 @@ static void test_conn_command_count_list_info_docs(void)
 
 static void test_conn_monitor_sees_every_thread(void)
 {
-    int mon = raw_connect(srv.port), a = raw_connect(srv.port), b = raw_connect(srv.port);
+    int mon = kv_test_connect(srv.port), a = kv_test_connect(srv.port), b = kv_test_connect(srv.port);
     char *got;
 
     CU_ASSERT_FATAL(mon >= 0 && a >= 0 && b >= 0);

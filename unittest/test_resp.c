@@ -39,19 +39,6 @@ static int suite_clean(void)
     return 0;
 }
 
-static int raw_connect(uint16_t port)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Sends req, then reads until want bytes came, the peer closed (*closed =
  * 1) or 2 s passed. Returns a malloc'd NUL-terminated reply. */
 static char *exchange(int fd, const char *req, size_t reqlen, size_t want, int *closed)
@@ -95,7 +82,7 @@ static void expect(int fd, const char *req, const char *reply)
 
 static void test_resp_multibulk_and_inline_exact_replies(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
 
     CU_ASSERT_FATAL(fd >= 0);
     expect(fd, "*1\r\n$4\r\nPING\r\n", "+PONG\r\n");
@@ -146,7 +133,7 @@ static void test_resp_multibulk_and_inline_exact_replies(void)
  * least N) with its error string, unknown names, COMMAND COUNT from the rows. */
 static void test_resp_command_table_arity_and_case(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
     int closed;
     char *got;
 
@@ -171,7 +158,7 @@ static void test_resp_command_table_arity_and_case(void)
 /* The string family: Redis 7.0's replies and error strings, byte for byte. */
 static void test_resp_string_family(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
 
     CU_ASSERT_FATAL(fd >= 0);
     expect(fd, "DEL s:a s:b s:n s:f s:bits s:lcs1 s:lcs2\r\n", ":0\r\n");
@@ -319,13 +306,13 @@ static void test_resp_append_is_atomic(void)
     char *got;
 
     CU_ASSERT_FATAL(kv_test_server_start(&ws, args) == 0);
-    fd = raw_connect(ws.port);
+    fd = kv_test_connect(ws.port);
     CU_ASSERT_FATAL(fd >= 0);
     expect(fd, "DEL s:race s:racef\r\n", ":0\r\n");
     for (int c = 0; c < CLIENTS; c++) {
         kids[c] = fork();
         if (kids[c] == 0) {
-            int cfd = raw_connect(ws.port), bad = cfd < 0;
+            int cfd = kv_test_connect(ws.port), bad = cfd < 0;
 
             for (int i = 0; i < EACH && !bad; i++) {
                 static const char req[] = "APPEND s:race x\r\nINCRBYFLOAT s:racef 0.5\r\n";
@@ -370,7 +357,7 @@ static void test_resp_keyspace(void)
     long long t;
 
     CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
-    fd = raw_connect(ks.port);
+    fd = kv_test_connect(ks.port);
     CU_ASSERT_FATAL(fd >= 0);
     expect(fd, "RANDOMKEY\r\n", "$-1\r\n");
     expect(fd, "MSET hello 1 hallo 2 hxllo 3 hillo 4 h*llo 5 other 6\r\n", "+OK\r\n");
@@ -458,7 +445,7 @@ static void test_resp_databases_and_rename(void)
     char *got, cmd[4096], *out;
 
     CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
-    fd = raw_connect(ks.port);
+    fd = kv_test_connect(ks.port);
     CU_ASSERT_FATAL(fd >= 0);
     expect(fd, "CONFIG GET databases\r\n", "*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n");
     expect(fd, "SELECT 15\r\n", "+OK\r\n");
@@ -555,7 +542,7 @@ static void test_resp_pipelined_replies_in_request_order(void)
     enum { N = 300 };
     char *req = malloc(N * 64), want[N * 16], *got;
     size_t len = 0, wl = 0;
-    int fd = raw_connect(srv.port), closed;
+    int fd = kv_test_connect(srv.port), closed;
 
     CU_ASSERT_FATAL(fd >= 0);
     for (int i = 1; i <= N; i++) {
@@ -572,7 +559,7 @@ static void test_resp_pipelined_replies_in_request_order(void)
 /* want: Redis's text after "-ERR Protocol error: " (NULL: any). */
 static void expect_protocol_error_is(const char *req, size_t len, const char *want)
 {
-    int fd = raw_connect(srv.port), closed;
+    int fd = kv_test_connect(srv.port), closed;
     char *got;
 
     CU_ASSERT_FATAL(fd >= 0);
@@ -617,7 +604,7 @@ static void test_resp_protocol_errors_close_the_connection(void)
     memset(big, 'a', sizeof(big)); /* an inline line without end, over 64 KiB */
     expect_protocol_error(big, sizeof(big));
     /* nothing of it touched the others */
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
     expect(fd, "PING\r\n", "+PONG\r\n");
     close(fd);
 }
@@ -827,7 +814,7 @@ static void test_resp_auth_and_no_resp_option(void)
     char *got;
 
     CU_ASSERT_FATAL(kv_test_server_start(&s, pw) == 0);
-    fd = raw_connect(s.port);
+    fd = kv_test_connect(s.port);
     expect(fd, "GET x\r\n", "-NOAUTH Authentication required.\r\n");
     expect(fd, "AUTH nope\r\n", "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
     expect(fd, "AUTH sesame\r\n", "+OK\r\n");
@@ -837,7 +824,7 @@ static void test_resp_auth_and_no_resp_option(void)
 
     memset(&s, 0, sizeof(s));
     CU_ASSERT_FATAL(kv_test_server_start(&s, nr) == 0);
-    fd = raw_connect(s.port);
+    fd = kv_test_connect(s.port);
     got = exchange(fd, "PING\r\n", 6, 0, &closed);
     CU_ASSERT_STRING_EQUAL(got, ""); /* not our protocol: closed without an answer */
     CU_ASSERT_EQUAL(closed, 1);
@@ -863,7 +850,7 @@ static void test_resp_exit_table_zero(void)
  * come back byte for byte through SET, GETSET, GET, INCR and EXPIRE. */
 static void test_resp_bodies_across_the_scratch_room(void)
 {
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
     char key[64], val[512], req[1024], want[1024];
 
     CU_ASSERT_FATAL(fd >= 0);
@@ -921,7 +908,7 @@ static void test_resp_tool_commands_and_argument_errors(void)
         {"EXPIRE a x\r\n", "-ERR value is not an integer or out of range\r\n"},
         {"PING a b\r\n", "-ERR wrong number of arguments for 'ping' command\r\n"},
     };
-    int fd = raw_connect(srv.port), closed;
+    int fd = kv_test_connect(srv.port), closed;
     char *got;
 
     CU_ASSERT_FATAL(fd >= 0);
@@ -943,7 +930,7 @@ static void test_resp_key_too_long_in_every_command(void)
                                        "PEXPIRE %s 100", "TTL %s", "PTTL %s", "PERSIST %s",
                                        "DEL %s", "EXISTS %s", "GETSET %s v"};
     static char key[5001], req[5100];
-    int fd = raw_connect(srv.port);
+    int fd = kv_test_connect(srv.port);
 
     CU_ASSERT_FATAL(fd >= 0);
     memset(key, 'k', sizeof(key) - 1);
@@ -1140,7 +1127,7 @@ static void test_resp_config_and_info(void)
     char *got;
 
     CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
-    fd = raw_connect(s.port);
+    fd = kv_test_connect(s.port);
     CU_ASSERT_FATAL(fd >= 0);
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
         expect(fd, pairs[i][0], pairs[i][1]);
@@ -1152,7 +1139,7 @@ static void test_resp_config_and_info(void)
     /* a runtime setting takes effect: with maxclients 1 the next
      * connection is refused */
     expect(fd, "CONFIG SET maxclients 1\r\n", "+OK\r\n");
-    fd2 = raw_connect(s.port);
+    fd2 = kv_test_connect(s.port);
     CU_ASSERT_FATAL(fd2 >= 0);
     got = exchange(fd2, "PING\r\n", 6, 7, &closed);
     CU_ASSERT(strcmp(got, "+PONG\r\n") != 0);

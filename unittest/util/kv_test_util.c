@@ -3,6 +3,7 @@
 #include "kv_test_util.h"
 
 #include <CUnit/Basic.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -307,4 +308,17 @@ char *kv_test_server_log(const struct kv_test_server *s)
     }
     fclose(f);
     return buf;
+}
+
+int kv_test_connect(uint16_t port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }

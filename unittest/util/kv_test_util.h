@@ -34,6 +34,9 @@ struct kv_test_server {
 
 /* Finds a free loopback port. */
 uint16_t kv_test_free_port(void);
+
+/* A blocking TCP connection to 127.0.0.1:port, or -1. */
+int kv_test_connect(uint16_t port);
 /* Starts ./bin/libevkv (path from $LIBEVKV_BIN, else bin/libevkv next to the
  * test binary) with extra args (NULL-terminated) and waits until it answers
  * PING (on s->unix_path when set, which is passed as --unix). Registers it so that it is killed even if the test aborts. */
