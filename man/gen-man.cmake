@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # cmake -DPROG=path -DVERSION=x.y.z -DIN=page.1.in -DOUT=page.1 -P gen-man.cmake
 # Fills @HELP@ of a man page with `PROG --help`, escaped for roff.
 execute_process(COMMAND ${PROG} --help OUTPUT_VARIABLE help RESULT_VARIABLE rc)

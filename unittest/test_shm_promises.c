@@ -1042,11 +1042,20 @@ static void test_promise_resize(void)
     int status;
     waitpid(pid, &status, 0);
     CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 77);
-    s = open_with(&c, NULL);
+    /* the kill left the half-built copy, 16 MiB of /dev/shm: a start at the old size
+     * (the operator gave up the grow) removes it and says so */
+    struct kv_config half = big;
+    snprintf(half.shm_name, sizeof(half.shm_name), "%.200s.resize", c.shm_name);
+    char err[1024], path[300];
+    snprintf(path, sizeof(path), "/dev/shm%s", half.shm_name);
+    CU_ASSERT_EQUAL(access(path, F_OK), 0);
+    err[0] = 0;
+    CU_ASSERT_EQUAL_FATAL(kv_shm_store_open(&c, err, sizeof(err), &s), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "the half-built copy of a resize that was killed"));
     CU_ASSERT_EQUAL(rs_check(s, N, ver), 0);
     kv_shm_store_close(s);
+    CU_ASSERT_EQUAL(kv_shm_store_unlink(&half), KV_ENOTFOUND);
     /* grown */
-    char err[1024];
     CU_ASSERT_EQUAL_FATAL(kv_shm_store_open(&big, err, sizeof(err), &s), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "grown from 8388608 to 16777216 bytes"));
     struct kv_shm_stats st;

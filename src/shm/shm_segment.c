@@ -371,6 +371,25 @@ static int seg_move_aside(struct kv_shm_store *s, char *moved, size_t cap)
     return rename(from, moved) ? KV_EIO : 0;
 }
 
+/* A resize killed before its rename leaves NAME.resize, the half-built copy, as large as
+ * the size it was going to (kv_shm_resize). The next resize removes it, but a start at the
+ * old size never resizes: the copy would hold its memory in /dev/shm (or its disk space)
+ * for good. Called holding NAME's lock, which every resize holds while it builds the
+ * copy, so no resize is running. Said on errbuf, after what is there already. */
+static void drop_stale_resize(const struct kv_shm_store *s, char *eb, size_t ec)
+{
+    char tmp[1200];
+    snprintf(tmp, sizeof(tmp), "%s.resize", s->name);
+    if ((s->is_file ? unlink(tmp) : shm_unlink(tmp)) != 0)
+        return;
+    if (eb && ec) {
+        size_t n = strlen(eb);
+        snprintf(eb + n, ec - n, "%sremoved %s%s, the half-built copy of a resize that was "
+                 "killed (the segment was kept at its size)", n ? "; " : "",
+                 s->is_file ? "" : "/dev/shm", tmp);
+    }
+}
+
 /* One attempt: *bad is set when the segment exists but is unusable (reset may help). */
 static int seg_open(struct kv_shm_store *s, const struct kv_config *cfg, char *eb, size_t ec,
                     int *bad)
@@ -626,6 +645,8 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
             rc = KV_EIO;
         }
     }
+    if (rc == 0 && !s->attach)
+        drop_stale_resize(s, errbuf, errcap);
     if (rc == 0 && s->is_file && !s->attach && cfg->sync != KV_SYNC_NO) {
         /* what recovery rewrote reaches the disk before any new write can: a power loss
          * later never mixes pages of the image it repaired with pages of its repair */
