@@ -154,6 +154,65 @@ static void test_ops_bad_log_file_leaves_no_segment(void)
     shm_unlink(name);
 }
 
+static int every_line_stamped(const char *text, int *lines);
+
+/* Lines written before the log is set up (a bad option, a --log-file that cannot be
+ * opened) carry the timestamp and level of every other line. */
+static void test_ops_early_errors_stamped(void)
+{
+    static const char *const bad[][2] = {
+        {"--memory", "1x"}, {"--log-file", "/nonexistent-dir/x.log"}, {"--io-threads", "0"}};
+    char name[64], port[8], out[128];
+    char *text;
+    int lines;
+
+    shm_name(name, sizeof(name));
+    snprintf(port, sizeof(port), "%u", kv_test_free_port());
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(out, sizeof(out), "%s/early%zu.out", tmpdir, i);
+        const char *argv[] = {server_bin, "--port", port, "--shm-name", name, bad[i][0],
+                              bad[i][1], NULL};
+        CU_ASSERT(kv_test_run(argv, out, 10000) != 0);
+        text = kv_test_slurp(out);
+        CU_ASSERT_FATAL(text != NULL);
+        CU_ASSERT(every_line_stamped(text, &lines));
+        CU_ASSERT_EQUAL(lines, 1);
+        CU_ASSERT(strstr(text, "Z error [server] ") != NULL);
+        free(text);
+        CU_ASSERT_FALSE(shm_exists(name));
+    }
+    shm_unlink(name);
+}
+
+/* A --rdb-file in a directory that is not there (or a directory itself) is refused at
+ * start, before the store is touched, instead of at the first SAVE. */
+static void test_ops_bad_rdb_file_refused_at_start(void)
+{
+    char name[64], port[8], out[128], want[256];
+    char *text;
+
+    shm_name(name, sizeof(name));
+    snprintf(port, sizeof(port), "%u", kv_test_free_port());
+    snprintf(out, sizeof(out), "%s/badrdb.out", tmpdir);
+    const char *argv[] = {server_bin, "--port", port, "--shm-name", name, "--memory", "8m",
+                          "--rdb-file", "/nonexistent-dir/dump.rdb", NULL};
+    CU_ASSERT_EQUAL(kv_test_run(argv, out, 10000), 1);
+    CU_ASSERT_FALSE(shm_exists(name));
+    text = kv_test_slurp(out);
+    CU_ASSERT(text && strstr(text, "--rdb-file /nonexistent-dir/dump.rdb: directory "
+                                   "/nonexistent-dir: No such file or directory") != NULL);
+    free(text);
+    const char *argv2[] = {server_bin, "--port", port, "--shm-name", name, "--memory", "8m",
+                           "--rdb-file", tmpdir, NULL};
+    CU_ASSERT_EQUAL(kv_test_run(argv2, out, 10000), 1);
+    CU_ASSERT_FALSE(shm_exists(name));
+    text = kv_test_slurp(out);
+    snprintf(want, sizeof(want), "--rdb-file %s: it is a directory", tmpdir);
+    CU_ASSERT(text && strstr(text, want) != NULL);
+    free(text);
+    shm_unlink(name);
+}
+
 static void test_ops_port0_needs_a_segment_name(void)
 {
     char out[128];
@@ -557,6 +616,11 @@ static void test_ops_kvclient_validates_its_arguments(void)
     expect_kvclient("-t 0 ping", 2, "bad -t '0': a timeout in ms");
     expect_kvclient("-t 10x ping", 2, "bad -t '10x'");
     expect_kvclient("-h '' ping", 2, "bad -h ''");
+    /* an empty or over-long unix path: refused, not "./" nor a TCP host name */
+    expect_kvclient("-s '' ping", 2, "bad -s '': a unix socket path of 1-107 bytes");
+    expect_kvclient("-s aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa ping", 2,
+                    "a unix socket path of 1-107 bytes");
     expect_kvclient("-p", 2, "-p needs a value");
     expect_kvclient("--version", 0, "kvclient " KV_VERSION);
     snprintf(args, sizeof(args), "-p %u ping", closed);
@@ -904,6 +968,8 @@ int main(void)
         {"test_ops_busy_port_leaves_no_segment_nor_file",
          test_ops_busy_port_leaves_no_segment_nor_file},
         {"test_ops_bad_log_file_leaves_no_segment", test_ops_bad_log_file_leaves_no_segment},
+        {"test_ops_early_errors_stamped", test_ops_early_errors_stamped},
+        {"test_ops_bad_rdb_file_refused_at_start", test_ops_bad_rdb_file_refused_at_start},
         {"test_ops_port0_needs_a_segment_name", test_ops_port0_needs_a_segment_name},
         {"test_ops_port0_with_name_runs", test_ops_port0_with_name_runs},
         {"test_ops_sighup_reopens_log_file_and_never_stops",

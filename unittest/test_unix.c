@@ -465,7 +465,7 @@ static void test_unix_bad_options(void)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         snprintf(cmd, sizeof(cmd), "%s/libevkv --port 0 %s 2>&1", bindir, bad[i]);
         CU_ASSERT_EQUAL(run(cmd, out, sizeof(out)), 2);
-        CU_ASSERT_PTR_NOT_NULL(strstr(out, "libevkv: "));
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, "Z error [server] ")); /* stamped, with a level */
     }
     snprintf(cmd, sizeof(cmd), "%s/libevkv --port 0 --no-tcp 2>&1", bindir);
     run(cmd, out, sizeof(out));

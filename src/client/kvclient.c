@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,6 +311,20 @@ static const char *unix_path_arg(const char *opt, const char *v)
     b = buf[next++ % 4];
     snprintf(b, sizeof(buf[0]), "./%s", v);
     return b;
+}
+
+/* A unix socket path that fits sockaddr_un (with the "./" -s may add); else the
+ * message, and 0. Before: "-s ''" connected to "./", a long bare name was taken
+ * for a TCP host name. */
+static int unix_path_ok(const char *opt, const char *v)
+{
+    size_t n = strlen(v) + (strchr(v, '/') ? 0 : 2);
+
+    if (*v && n < sizeof(((struct sockaddr_un *)0)->sun_path))
+        return 1;
+    fprintf(stderr, "kvclient: bad %s '%s': a unix socket path of 1-%zu bytes\n", opt, v,
+            sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    return 0;
 }
 
 static int connect_cmd(const struct global *g, struct kv_client **c)
@@ -1320,6 +1335,8 @@ static int cmd_bench(const struct global *g, int argc, char **argv)
             continue;
         }
         if (strcmp(a, "-s") == 0) {
+            if (!unix_path_ok(a, v))
+                return 2;
             o.host = unix_path_arg(a, v);
             continue;
         }
@@ -1488,6 +1505,8 @@ int main(int argc, char **argv)
             return 2;
         }
         if (strcmp(argv[i], "-s") == 0 || (strcmp(argv[i], "-h") == 0 && strchr(argv[i + 1], '/'))) {
+            if (!unix_path_ok(argv[i], argv[i + 1]))
+                return 2;
             g.host = unix_path_arg(argv[i], argv[i + 1]); /* a unix socket path */
             i++;
         } else if (strcmp(argv[i], "-h") == 0) {

@@ -160,7 +160,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (rc != KV_OPT_RUN) {
-        fprintf(stderr, "libevkv: %s\n", err);
+        kv_log_write(KV_LOG_ERROR, "server", "%s", err); /* stamped like every line */
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -177,8 +177,8 @@ int main(int argc, char **argv)
     sigaddset(&block, KV_SIG_STATS);
     pthread_sigmask(SIG_BLOCK, &block, NULL);
     if (cfg.log_file[0] && kv_log_open(cfg.log_file) != 0) {
-        fprintf(stderr, "libevkv: cannot open --log-file %s: %s\n", cfg.log_file,
-                strerror(errno));
+        kv_log_write(KV_LOG_ERROR, "server", "cannot open --log-file %s: %s", cfg.log_file,
+                     strerror(errno));
         return 1;
     }
 

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -58,6 +59,30 @@ static void done(void *ctx, void *origin, struct kv_call *calls)
     kv_io_complete(origin, calls);
 }
 
+/* SAVE writes PATH.tmp-PID beside PATH and renames it: the directory must exist and be
+ * writable, and PATH must not be a directory. */
+static int rdb_dir_check(const char *path, char *err, size_t errcap)
+{
+    char dir[1024], what[1100];
+    const char *slash = strrchr(path, '/');
+    struct stat st;
+
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        snprintf(what, sizeof(what), "it is a directory");
+    else if (stat(dir, &st) != 0 || (!S_ISDIR(st.st_mode) && (errno = ENOTDIR)) ||
+             access(dir, W_OK | X_OK) != 0)
+        snprintf(what, sizeof(what), "directory %s: %s", dir, strerror(errno));
+    else
+        return 0;
+    snprintf(err, errcap, "--rdb-file %s: %s (SAVE and BGSAVE write there); the store was not "
+             "touched", path, what);
+    return KV_EINVAL;
+}
+
 int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
                      struct kv_server **out)
 {
@@ -95,6 +120,9 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
         snprintf(err + n, errcap > n ? errcap - n : 0, "; the store was not touched");
         goto err_destroy;
     }
+    /* a --rdb-file nobody can write is refused now, not at the first SAVE hours later */
+    if (cfg->rdb_file[0] && (rc = rdb_dir_check(cfg->rdb_file, err, errcap)) != 0)
+        goto err_destroy;
     rc = kv_shm_store_open(cfg, err, errcap, &srv->store);
     if (rc != 0) {
         if (err[0] == '\0')
