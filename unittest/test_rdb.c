@@ -762,10 +762,15 @@ static void test_rdb_kvclient_save_commands(void)
     CU_ASSERT(strstr(out, "NOAUTH") != NULL);
     CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
 
-    /* a save that cannot be written: exit 2, the reason named */
-    snprintf(nodir, sizeof(nodir), "%s/no/such/dir/x.rdb", tmp);
+    /* a save that cannot be written: exit 2, the reason named (a directory missing at
+     * start is refused then, so this one goes away after the start) */
+    snprintf(nodir, sizeof(nodir), "%s/gone", tmp);
+    CU_ASSERT_FATAL(mkdir(nodir, 0700) == 0);
+    snprintf(nodir, sizeof(nodir), "%s/gone/x.rdb", tmp);
     const char *bargs[] = {"--rdb-file", nodir, NULL};
     CU_ASSERT_FATAL(kv_test_server_start(&bad, bargs) == 0);
+    *strrchr(nodir, '/') = '\0';
+    CU_ASSERT(rmdir(nodir) == 0);
     snprintf(args, sizeof(args), "-p %u save", bad.port);
     CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 2);
     CU_ASSERT(strstr(out, "cannot create") != NULL && strstr(out, "No such file") != NULL);
