@@ -807,6 +807,85 @@ static void test_rdb_kvclient_restore(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
 }
 
+/* One command on an open RESP connection; a bulk reply compared with want (wl bytes). */
+static int resp_expect(int fd, int argc, const char *const *argv, const size_t *lens,
+                       const char *want, size_t wl)
+{
+    char line[256], *bulk;
+    size_t blen;
+    int t = resp_send(fd, argc, argv, lens) == 0 ? resp_read(fd, line, sizeof(line), &bulk, &blen)
+                                                 : -1;
+    int ok = t == '$' && bulk && blen == wl && memcmp(bulk, want, wl) == 0;
+
+    if (!ok)
+        fprintf(stderr, "%s %s: got type %c, %.*s\n", argv[0], argc > 1 ? argv[1] : "", t,
+                bulk ? (int)blen : (int)strlen(line), bulk ? bulk : line);
+    free(bulk);
+    return ok ? 0 : -1;
+}
+
+/* kvclient restore of a Redis file with keys in several databases puts each in its own
+ * database (binary-safe, with its TTL), as --load-rdb does; a database the server does
+ * not have (--databases) is skipped and counted. It used to skip every db but 0. */
+static void test_rdb_kvclient_restore_databases(void)
+{
+    static const char bin[] = "a\0b\r\nc";
+    struct kv_test_server s = {0};
+    uint16_t rport = kv_test_free_port();
+    char args[512], out[1024], rdb[128], line[64], *bulk;
+    size_t blen;
+    pid_t redis;
+    int fd;
+
+    redis = redis_start(rport, tmp, "restore-dbs.rdb");
+    CU_ASSERT_FATAL(redis > 0);
+    fd = resp_connect(rport);
+    CU_ASSERT_FATAL(fd >= 0);
+    {
+        const char *c0[] = {"SET", "k", "zero"}, *s1[] = {"SELECT", "1"},
+                   *c1[] = {"SET", "k", "one", "PX", "3600000"}, *b1[] = {"SET", "bin", bin},
+                   *s3[] = {"SELECT", "3"}, *c3[] = {"SET", "k3", "three"},
+                   *s9[] = {"SELECT", "9"}, *c9[] = {"SET", "k9", "nine"}, *sv[] = {"SAVE"};
+        const size_t bl[] = {3, 3, sizeof(bin) - 1};
+        const char *const *cmds[] = {c0, s1, c1, b1, s3, c3, s9, c9, sv};
+        const int argc[] = {3, 2, 5, 3, 2, 3, 2, 3, 1};
+
+        for (int i = 0; i < 9; i++) {
+            CU_ASSERT(resp_send(fd, argc[i], cmds[i], cmds[i] == b1 ? bl : NULL) == 0);
+            CU_ASSERT(resp_read(fd, line, sizeof(line), &bulk, &blen) == '+');
+        }
+    }
+    close(fd);
+    redis_stop(redis);
+    snprintf(rdb, sizeof(rdb), "%s/restore-dbs.rdb", tmp);
+    const char *sargs[] = {"--databases", "4", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, sargs) == 0);
+    snprintf(args, sizeof(args), "-p %u restore %s", s.port, rdb);
+    CU_ASSERT_EQUAL(kvclient_out(args, out, sizeof(out)), 0);
+    CU_ASSERT(strstr(out, "4 string keys restored from ") != NULL);
+    CU_ASSERT(strstr(out, " 1 in other dbs,") != NULL);
+    fd = resp_connect(s.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    {
+        const char *g[] = {"GET", "k"}, *s1[] = {"SELECT", "1"}, *gb[] = {"GET", "bin"},
+                   *s3[] = {"SELECT", "3"}, *g3[] = {"GET", "k3"}, *t[] = {"PTTL", "k"};
+
+        CU_ASSERT(resp_expect(fd, 2, g, NULL, "zero", 4) == 0);
+        CU_ASSERT(resp_send(fd, 2, s1, NULL) == 0 &&
+                  resp_read(fd, line, sizeof(line), &bulk, &blen) == '+');
+        CU_ASSERT(resp_expect(fd, 2, g, NULL, "one", 3) == 0);
+        CU_ASSERT(resp_expect(fd, 2, gb, NULL, bin, sizeof(bin) - 1) == 0);
+        CU_ASSERT(resp_send(fd, 2, t, NULL) == 0 &&
+                  resp_read(fd, line, sizeof(line), &bulk, &blen) == ':');
+        CU_ASSERT(atoll(line + 1) > 3500000 && atoll(line + 1) <= 3600000);
+        CU_ASSERT(resp_send(fd, 2, s3, NULL) == 0 &&
+                  resp_read(fd, line, sizeof(line), &bulk, &blen) == '+');
+        CU_ASSERT(resp_expect(fd, 2, g3, NULL, "three", 5) == 0);
+    }
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -819,6 +898,7 @@ int main(void)
         {"test_rdb_load_damaged_changes_nothing", test_rdb_load_damaged_changes_nothing},
         {"test_rdb_kvclient_save_commands", test_rdb_kvclient_save_commands},
         {"test_rdb_kvclient_restore", test_rdb_kvclient_restore},
+        {"test_rdb_kvclient_restore_databases", test_rdb_kvclient_restore_databases},
     };
 
     return kv_test_run_suite("rdb", suite_init, suite_clean, tests,

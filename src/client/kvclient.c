@@ -961,10 +961,124 @@ static int run_command(const struct global *g, int k, int argc, char **argv)
 /* ---- restore: a Redis RDB file into a running server ------------------------------ */
 struct restore_ctx {
     struct kv_client *c; /* NULL: the checking pass */
+    const struct global *g;
+    struct kv_client *resp; /* for keys of other dbs (the binary protocol works in db 0): a
+                             * second connection, RESP, opened at the first such key */
+    uint64_t resp_db;       /* the database resp has SELECTed */
     int64_t now;
     uint64_t stored, expired, too_large, other_dbs;
     int failed; /* exit code of a failed SET */
 };
+
+static int resp_line(int fd, int timeout_ms, char *line, size_t cap);
+static int resp_call(struct kv_client *c, int timeout_ms, const char *const *argv, int argc,
+                     char *line, size_t cap);
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+
+    while (len) {
+        ssize_t k = write(fd, p, len);
+
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return KV_EIO;
+        p += k;
+        len -= (size_t)k;
+    }
+    return 0;
+}
+
+/* A key of database N > 0: SELECT N (once per run of keys of one db), then SET KEY VALUE
+ * [PX MS] over RESP, binary-safe. A db the server does not have (SELECT refused) is
+ * skipped and counted, as --load-rdb counts it. */
+static int restore_other_db(struct restore_ctx *r, const struct kv_rdb_string *s)
+{
+    char line[512], num[32], hdr[128];
+    int rc = 0, fd;
+
+    if (!r->resp) {
+        struct global anon = *r->g;
+
+        anon.password = NULL; /* AUTH goes over RESP too */
+        rc = connect_cmd(&anon, &r->resp);
+        if (rc != 0) {
+            r->resp = NULL;
+            r->failed = rc;
+            return KV_EIO;
+        }
+        r->resp_db = 0;
+        if (r->g->password) {
+            const char *auth[] = {"AUTH", r->g->password};
+
+            rc = resp_call(r->resp, r->g->timeout_ms, auth, 2, line, sizeof(line));
+            if (rc == 0 && line[0] == '-') {
+                fprintf(stderr, "kvclient: restore: auth (%s): %s\n", where, line + 1);
+                r->failed = 2;
+                return KV_EIO;
+            }
+        }
+    }
+    if (rc == 0 && s->db != r->resp_db) {
+        const char *sel[] = {"SELECT", num};
+
+        snprintf(num, sizeof(num), "%u", (unsigned)s->db);
+        rc = resp_call(r->resp, r->g->timeout_ms, sel, 2, line, sizeof(line));
+        if (rc == 0 && line[0] == '-') { /* a database this server does not have */
+            r->other_dbs++;
+            return 0;
+        }
+        if (rc == 0)
+            r->resp_db = s->db;
+    }
+    fd = kv_client_fd(r->resp);
+    if (rc == 0) {
+        int n = snprintf(hdr, sizeof(hdr), "*%d\r\n$3\r\nSET\r\n$%zu\r\n",
+                         s->expire_ms >= 0 ? 5 : 3, s->klen);
+
+        rc = write_all(fd, hdr, (size_t)n);
+    }
+    if (rc == 0)
+        rc = write_all(fd, s->key, s->klen);
+    if (rc == 0) {
+        int n = snprintf(hdr, sizeof(hdr), "\r\n$%zu\r\n", s->vlen);
+
+        rc = write_all(fd, hdr, (size_t)n);
+    }
+    if (rc == 0)
+        rc = write_all(fd, s->val, s->vlen);
+    if (rc == 0) {
+        char ms[24];
+        int n;
+
+        if (s->expire_ms >= 0) {
+            int ml = snprintf(ms, sizeof(ms), "%lld", (long long)(s->expire_ms - r->now));
+
+            n = snprintf(hdr, sizeof(hdr), "\r\n$2\r\nPX\r\n$%d\r\n%s\r\n", ml, ms);
+        } else {
+            n = snprintf(hdr, sizeof(hdr), "\r\n");
+        }
+        rc = write_all(fd, hdr, (size_t)n);
+    }
+    if (rc == 0)
+        rc = resp_line(fd, r->g->timeout_ms, line, sizeof(line));
+    if (rc != 0) {
+        fprintf(stderr, "kvclient: restore: set (%s, db %u): %s\n", where, (unsigned)s->db,
+                rc == KV_ETIMEDOUT ? "no answer within -t" : kv_strerror(rc));
+        r->failed = 2;
+        return rc;
+    }
+    if (line[0] == '+') {
+        r->stored++;
+        return 0;
+    }
+    fprintf(stderr, "kvclient: restore: set (%s, db %u): %s\n", where, (unsigned)s->db,
+            line[0] == '-' ? line + 1 : line);
+    r->failed = 2;
+    return KV_EIO;
+}
 
 static int restore_string(void *ctx, const struct kv_rdb_string *s)
 {
@@ -972,10 +1086,6 @@ static int restore_string(void *ctx, const struct kv_rdb_string *s)
     struct kv_set_opts o = {0};
     int rc, st;
 
-    if (s->db != 0) {
-        r->other_dbs++;
-        return 0;
-    }
     if (s->expire_ms >= 0 && s->expire_ms <= r->now) {
         r->expired++;
         return 0;
@@ -986,6 +1096,8 @@ static int restore_string(void *ctx, const struct kv_rdb_string *s)
     }
     if (!r->c)
         return 0;
+    if (s->db != 0)
+        return restore_other_db(r, s);
     o.ttl_ms = s->expire_ms >= 0 ? (uint64_t)(s->expire_ms - r->now) : 0;
     rc = kv_client_set(r->c, s->key, s->klen, s->val, s->vlen, &o, NULL);
     st = kv_client_last_status(r->c);
@@ -1042,11 +1154,14 @@ static int cmd_restore(const struct global *g, int argc, char **argv)
 
         memset(&r, 0, sizeof(r));
         r.c = c;
+        r.g = g;
         clock_gettime(CLOCK_REALTIME, &ts);
         r.now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         rc = kv_rdb_read(map, (size_t)st.st_size, KV_MOD_CLIENT, restore_string, &r, &cnt, err,
                          sizeof(err));
         kv_client_close(c);
+        if (r.resp)
+            kv_client_close(r.resp);
         if (rc != 0)
             ex = r.failed ? r.failed : 2;
         if (rc != 0 && !r.failed)
