@@ -100,6 +100,12 @@ static void test_install_puts_everything_in_place(void)
                        prefix), 0);
     CU_ASSERT_EQUAL(sh("%s pkg-config --modversion libevkv-client | grep -qx '%s'", pcpath,
                        KV_VERSION), 0);
+    /* each installed header compiles on its own, as the first and only include */
+    CU_ASSERT_EQUAL(sh("cd '%s' && for h in '%s'/include/libevkv/*.h; do printf '#include "
+                       "<libevkv/%%s>\\nint main(void) { return 0; }\\n' \"$(basename \"$h\")\" "
+                       "> hdr.c && cc -std=c99 -Wall -Wextra -Werror -pedantic -I'%s/include' -c "
+                       "hdr.c -o hdr.o || { echo \"does not compile alone: $h\"; exit 1; }; done",
+                       tmp, prefix, prefix), 0);
     /* the shared library exports the API and nothing of its insides */
     CU_ASSERT_EQUAL(sh("nm -D --defined-only '%s/lib/libevkv-client.so' | "
                        "grep -q ' kv_client_connect@@'", prefix), 0);
