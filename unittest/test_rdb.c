@@ -886,6 +886,117 @@ static void test_rdb_kvclient_restore_databases(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
 }
 
+/* README: a BGSAVE under writers saves each value with "the TTL that went with that
+ * value". Writers flip keys between a value written with PX and one written without;
+ * in the saved file (read back by redis-server), a "px" value has a TTL and a "no"
+ * value none, for every key of every save. */
+struct ttl_writer {
+    uint16_t port;
+    volatile int *stop;
+    unsigned long writes;
+};
+
+static void *ttl_writer(void *arg)
+{
+    struct ttl_writer *w = arg;
+    int fd = resp_connect(w->port);
+    char line[64], *bulk;
+    size_t blen;
+
+    for (unsigned long n = 0; fd >= 0 && !*w->stop; n++) {
+        char k[32], v[48];
+        int with = (int)(n / 300) % 2;
+        const char *set[5] = {"SET", k, v, "PX", "3600000"};
+
+        snprintf(k, sizeof(k), "ttl:%lu", n % 300);
+        snprintf(v, sizeof(v), "%s:%lu", with ? "px" : "no", n);
+        if (resp_send(fd, with ? 5 : 3, set, NULL) != 0 ||
+            resp_read(fd, line, sizeof(line), &bulk, &blen) != '+')
+            break;
+        w->writes++;
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+static void test_rdb_bgsave_ttl_goes_with_its_value(void)
+{
+    struct kv_test_server s = {0};
+    struct ttl_writer wa[2];
+    pthread_t th[2];
+    volatile int stop = 0;
+    char rdb[128], line[256], cmd[512], *bulk;
+    uint16_t rport = kv_test_free_port();
+    long long before = 0;
+    int fd, bad = 0, seen = 0;
+    size_t blen;
+    pid_t redis;
+
+    snprintf(rdb, sizeof(rdb), "%s/ttl.rdb", tmp);
+    const char *args[] = {"--rdb-file", rdb, "--memory", "64m", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    for (int i = 0; i < 2; i++) {
+        wa[i] = (struct ttl_writer){.port = s.port, .stop = &stop};
+        pthread_create(&th[i], NULL, ttl_writer, &wa[i]);
+    }
+    usleep(200000);
+    for (int round = 0; round < 3; round++) {
+        CU_ASSERT_EQUAL(resp_simple(s.port, "BGSAVE", line, sizeof(line)), '+');
+        CU_ASSERT_EQUAL(wait_bgsave(s.port, before), 0);
+        resp_simple(s.port, "LASTSAVE", line, sizeof(line));
+        before = atoll(line + 1);
+        snprintf(cmd, sizeof(cmd), "cp %s %s/ttl-%d.rdb", rdb, tmp, round); /* each save */
+        CU_ASSERT_EQUAL(sh(cmd), 0);
+        if (round < 2)
+            sleep(1); /* LASTSAVE has a one-second resolution */
+    }
+    stop = 1;
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CU_ASSERT(wa[0].writes > 300 && wa[1].writes > 300);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+    for (int round = 0; round < 3; round++) {
+        char file[32];
+
+        snprintf(file, sizeof(file), "ttl-%d.rdb", round);
+        redis = redis_start(rport, tmp, file);
+        CU_ASSERT_FATAL(redis > 0);
+        fd = resp_connect(rport);
+        CU_ASSERT_FATAL(fd >= 0);
+        for (int i = 0; i < 300; i++) {
+            char k[32];
+            const char *get[2] = {"GET", k}, *pttl[2] = {"PTTL", k};
+            long long t;
+
+            snprintf(k, sizeof(k), "ttl:%d", i);
+            if (resp_send(fd, 2, get, NULL) != 0 ||
+                resp_read(fd, line, sizeof(line), &bulk, &blen) != '$' || !bulk) {
+                bad++;
+                continue;
+            }
+            seen++;
+            {
+                char *b2;
+                size_t l2;
+
+                CU_ASSERT(resp_send(fd, 2, pttl, NULL) == 0 &&
+                          resp_read(fd, line, sizeof(line), &b2, &l2) == ':');
+            }
+            t = atoll(line + 1);
+            if ((blen > 3 && memcmp(bulk, "px:", 3) == 0) ? t <= 0 : t != -1) {
+                if (bad++ < 5)
+                    fprintf(stderr, "%s = %.*s with PTTL %lld\n", k, (int)blen, bulk, t);
+            }
+            free(bulk);
+        }
+        close(fd);
+        redis_stop(redis);
+    }
+    CU_ASSERT_EQUAL(seen, 3 * 300);
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 int main(void)
 {
     static const struct kv_test_case tests[] = {
@@ -894,6 +1005,7 @@ int main(void)
         {"test_rdb_databases_round_trip", test_rdb_databases_round_trip},
         {"test_rdb_save_without_file_refused", test_rdb_save_without_file_refused},
         {"test_rdb_bgsave_while_writers_run", test_rdb_bgsave_while_writers_run},
+        {"test_rdb_bgsave_ttl_goes_with_its_value", test_rdb_bgsave_ttl_goes_with_its_value},
         {"test_rdb_load_file_written_by_redis", test_rdb_load_file_written_by_redis},
         {"test_rdb_load_damaged_changes_nothing", test_rdb_load_damaged_changes_nothing},
         {"test_rdb_kvclient_save_commands", test_rdb_kvclient_save_commands},
