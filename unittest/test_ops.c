@@ -517,6 +517,29 @@ static char *log_with(const struct kv_test_server *s, const char *needle)
 }
 
 /* The start-up line: where the store is, what was found, which options. */
+/* --data-file and --shm-name both given (an --shm-name added to the unit's options):
+ * the data file is the store, and the log says the name is not used. */
+static void test_ops_shm_name_beside_data_file_warned(void)
+{
+    struct kv_test_server s = {0};
+    char data[128], want[256];
+    char *text;
+
+    shm_name(s.shm_name, sizeof(s.shm_name));
+    snprintf(data, sizeof(data), "%s/both.store", tmpdir);
+    const char *args[] = {"--data-file", data, NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+    text = log_with(&s, "listening on");
+    CU_ASSERT_FATAL(text != NULL);
+    snprintf(want, sizeof(want), "warn [server] --shm-name %s is not used: the store is "
+             "--data-file %s", s.shm_name, data);
+    CU_ASSERT(strstr(text, want) != NULL);
+    free(text);
+    CU_ASSERT_FALSE(shm_exists(s.shm_name));
+    CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+    unlink(data);
+}
+
 static void test_ops_startup_line_says_store_state_and_options(void)
 {
     struct kv_test_server s = {0};
@@ -980,6 +1003,7 @@ int main(void)
          test_ops_debug_logs_connections_and_protocol_errors},
         {"test_ops_startup_line_says_store_state_and_options",
          test_ops_startup_line_says_store_state_and_options},
+        {"test_ops_shm_name_beside_data_file_warned", test_ops_shm_name_beside_data_file_warned},
         {"test_ops_kvclient_validates_its_arguments", test_ops_kvclient_validates_its_arguments},
         {"test_ops_kvclient_timeout_names_server", test_ops_kvclient_timeout_names_server},
         {"test_ops_kvclient_exit_codes_and_mget_quoting",

@@ -123,6 +123,11 @@ int kv_server_create(const struct kv_config *cfg, char *err, size_t errcap,
     /* a --rdb-file nobody can write is refused now, not at the first SAVE hours later */
     if (cfg->rdb_file[0] && (rc = rdb_dir_check(cfg->rdb_file, err, errcap)) != 0)
         goto err_destroy;
+    /* the unit passes --data-file: an --shm-name added in /etc/default/libevkv would
+     * otherwise be dropped without a word */
+    if (cfg->data_file[0] && cfg->shm_name[0])
+        kv_server_log(cfg, 1, "--shm-name %s is not used: the store is --data-file %s",
+                      cfg->shm_name, cfg->data_file);
     rc = kv_shm_store_open(cfg, err, errcap, &srv->store);
     if (rc != 0) {
         if (err[0] == '\0')
