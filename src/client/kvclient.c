@@ -1026,6 +1026,11 @@ static int restore_other_db(struct restore_ctx *r, const struct kv_rdb_string *s
 
         snprintf(num, sizeof(num), "%u", (unsigned)s->db);
         rc = resp_call(r->resp, r->g->timeout_ms, sel, 2, line, sizeof(line));
+        if (rc == 0 && line[0] == '-' && strncmp(line, "-NOAUTH", 7) == 0) {
+            fprintf(stderr, "kvclient: restore: select (%s): %s\n", where, line + 1);
+            r->failed = 2;
+            return KV_EIO;
+        }
         if (rc == 0 && line[0] == '-') { /* a database this server does not have */
             r->other_dbs++;
             return 0;
