@@ -546,6 +546,121 @@ static void test_txn_watch_pipelined(void)
     close(b);
 }
 
+/* Sends inline commands (one write), expects exactly want back. */
+static void expect_io(int fd, const char *send, const char *want)
+{
+    char *got;
+
+    send_all(fd, send, strlen(send));
+    got = recv_until(fd, want, strlen(want) + 4096);
+    CU_ASSERT_STRING_EQUAL(got, want);
+    if (strcmp(got, want) != 0)
+        fprintf(stderr, "\n  sent %s  want %s  got  %s\n", send, want, got);
+    free(got);
+}
+
+/* A key absent at WATCH that another client creates and deletes again before EXEC aborts
+ * the EXEC, as in Redis (every write touches a watched key): by DEL, GETDEL, RENAME away,
+ * MOVE away, FLUSHALL, expiry, and a key RENAMEd onto it and away. A stale key at WATCH,
+ * deleted since, and writes of other keys do not abort. Failed before kv_shm_db_watch:
+ * the version check saw "absent, absent" and ran the EXEC. */
+static void test_txn_watch_created_and_gone(void)
+{
+    int a = resp_connect(server.port), b = resp_connect(server.port);
+    static const char *const gone[] = {
+        "SET wg 1\r\nDEL wg\r\n",                    "SET wg 1\r\nGETDEL wg\r\n",
+        "SET wg 1\r\nRENAME wg wg2\r\nDEL wg2\r\n", "SET wg 1\r\nMOVE wg 3\r\nFLUSHALL\r\n",
+        "SET wg 1\r\nFLUSHALL\r\n",                 "SET wg 1 PX 1\r\n",
+        "SET src 1\r\nRENAME src wg\r\nRENAME wg src\r\nDEL src\r\n",
+        "SET wg 1\r\nFLUSHDB\r\n",
+    };
+    static const char *const want_b[] = {
+        "+OK\r\n:1\r\n",       "+OK\r\n$1\r\n1\r\n", "+OK\r\n+OK\r\n:1\r\n", "+OK\r\n:1\r\n+OK\r\n",
+        "+OK\r\n+OK\r\n",      "+OK\r\n",            "+OK\r\n+OK\r\n+OK\r\n:1\r\n",
+        "+OK\r\n+OK\r\n",
+    };
+    const char *tx = "MULTI\r\nSET wg A\r\nEXEC\r\n";
+
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        send_all(a, "DEL wg\r\nWATCH wg\r\n", 18);
+        free(recv_until(a, "+OK\r\n", 64)); /* DEL's :0 or :1, WATCH's +OK */
+        expect_io(b, gone[i], want_b[i]);
+        if (strstr(gone[i], "PX 1"))
+            usleep(20000); /* expired since: gone while absent at WATCH and at EXEC */
+        expect_io(a, tx, "+OK\r\n+QUEUED\r\n*-1\r\n");
+    }
+    /* nothing happened to wg: the EXEC runs (other keys written and deleted meanwhile) */
+    send_all(a, "DEL wg\r\nWATCH wg\r\n", 18);
+    free(recv_until(a, "+OK\r\n", 64));
+    expect_io(b, "SET other 1\r\nDEL other\r\n", "+OK\r\n:1\r\n");
+    expect_io(a, tx, "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    /* a stale key at WATCH, removed since (lazily, by EXISTS): no logical change */
+    expect_io(b, "SET wg 1 PX 1\r\n", "+OK\r\n");
+    usleep(20000);
+    expect_io(a, "WATCH wg\r\n", "+OK\r\n");
+    expect_io(b, "EXISTS wg\r\n", ":0\r\n");
+    expect_io(a, tx, "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    /* a key present at WATCH, DEL and SET again to the same value: aborts */
+    expect_io(a, "WATCH wg\r\n", "+OK\r\n");
+    expect_io(b, "DEL wg\r\nSET wg A\r\n", ":1\r\n+OK\r\n");
+    expect_io(a, tx, "+OK\r\n+QUEUED\r\n*-1\r\n");
+    close(a);
+    close(b);
+}
+
+/* RESET forgets the watches (Redis's RESET unwatches); before the fix it kept them and
+ * this EXEC answered nil. */
+static void test_txn_reset_unwatches(void)
+{
+    int a = resp_connect(server.port), b = resp_connect(server.port);
+
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    expect_io(a, "WATCH rk\r\nRESET\r\n", "+OK\r\n+RESET\r\n");
+    expect_io(b, "SET rk 1\r\n", "+OK\r\n");
+    expect_io(a, "MULTI\r\nSET rk A\r\nEXEC\r\n", "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    /* and RESET inside MULTI discards it and unwatches */
+    expect_io(a, "WATCH rk\r\nMULTI\r\nSET rk B\r\nRESET\r\n", "+OK\r\n+OK\r\n+QUEUED\r\n+RESET\r\n");
+    expect_io(b, "SET rk 2\r\n", "+OK\r\n");
+    expect_io(a, "GET rk\r\nMULTI\r\nSET rk C\r\nEXEC\r\n",
+              "$1\r\n2\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    close(a);
+    close(b);
+}
+
+/* Connection commands queued in MULTI run at EXEC, in order, and never when the
+ * transaction is DISCARDed or aborted (Redis). Before the fix CLIENT SETNAME and CONFIG SET
+ * took effect when queued. A command pipelined after the EXEC sees their effect. */
+static void test_txn_local_commands_run_at_exec(void)
+{
+    int a = resp_connect(server.port), b = resp_connect(server.port);
+
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    expect_io(a, "MULTI\r\nCLIENT SETNAME n1\r\nCONFIG SET timeout 77\r\nDISCARD\r\n"
+                 "CLIENT GETNAME\r\nCONFIG GET timeout\r\n",
+              "+OK\r\n+QUEUED\r\n+QUEUED\r\n+OK\r\n$-1\r\n"
+              "*2\r\n$7\r\ntimeout\r\n$1\r\n0\r\n");
+    /* run at EXEC, in order with the queued writes, seen by what follows in the pipeline */
+    expect_io(a, "MULTI\r\nSET lk 1\r\nCLIENT SETNAME n2\r\nCLIENT GETNAME\r\nGET lk\r\nEXEC\r\n"
+                 "CLIENT GETNAME\r\n",
+              "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n"
+              "*4\r\n+OK\r\n+OK\r\n$2\r\nn2\r\n$1\r\n1\r\n$2\r\nn2\r\n");
+    /* a WATCH abort: nothing runs */
+    expect_io(a, "WATCH lk\r\n", "+OK\r\n");
+    expect_io(b, "SET lk 2\r\n", "+OK\r\n");
+    expect_io(a, "MULTI\r\nCLIENT SETNAME n3\r\nEXEC\r\nCLIENT GETNAME\r\n",
+              "+OK\r\n+QUEUED\r\n*-1\r\n$2\r\nn2\r\n");
+    /* an EXECABORT: nothing runs */
+    expect_io(a, "MULTI\r\nCLIENT SETNAME n4\r\nNOSUCHCMD\r\nEXEC\r\nCLIENT GETNAME\r\n",
+              "+OK\r\n+QUEUED\r\n-ERR unknown command 'NOSUCHCMD', with args beginning with: \r\n"
+              "-EXECABORT Transaction discarded because of previous errors.\r\n$2\r\nn2\r\n");
+    /* HELLO 3 at EXEC: the protocol of what follows; MONITOR is refused inside EXEC */
+    expect_io(a, "MULTI\r\nMONITOR\r\nEXEC\r\n",
+              "+OK\r\n+QUEUED\r\n*1\r\n-ERR MONITOR isn't allowed for DENY BLOCKING client\r\n");
+    close(a);
+    close(b);
+}
+
 static int server_init(void)
 {
     static const char *const args[] = {"--workers", "2", "--io-threads", "2", NULL};
@@ -577,5 +692,8 @@ int main(void)
     CU_add_test(s, "test_txn_exec_isolated_from_other_clients",
                 test_txn_exec_isolated_from_other_clients);
     CU_add_test(s, "test_txn_watch_pipelined", test_txn_watch_pipelined);
+    CU_add_test(s, "test_txn_watch_created_and_gone", test_txn_watch_created_and_gone);
+    CU_add_test(s, "test_txn_reset_unwatches", test_txn_reset_unwatches);
+    CU_add_test(s, "test_txn_local_commands_run_at_exec", test_txn_local_commands_run_at_exec);
     return kv_test_run_all();
 }

@@ -123,6 +123,8 @@ static int slot_clear(struct kv_shm_store *s, struct shm_stripe *st, uint64_t *s
     if (s->txn && kv_shm_txn_log(s, slot, 0) != 0)
         return KV_ENOMEM;
     kv_shm_wrote(s);
+    shm_gone_mark(s, (uint64_t)(st - s->stripes) | (*slot & 0xFFFF000000000000ull), it,
+                  kv_shm_now_ms());
     __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
     __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
     if (it)

@@ -409,6 +409,7 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
                     rc = KV_ENOMEM;
                 }
                 if (rc == 0) {
+                    shm_gone_mark(s, hs, NULL, 0); /* a live key left this name */
                     __atomic_store_n(sslot, 0, __ATOMIC_RELEASE);
                     __atomic_sub_fetch(&shm_stripe_of(s, hs)->keys, 1, __ATOMIC_RELAXED);
                     shm_db_count(s, ps, -1);

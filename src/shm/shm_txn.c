@@ -251,3 +251,35 @@ int kv_shm_version(struct kv_shm_store *s, const void *key, size_t klen, uint64_
 {
     return kv_shm_db_version(s, 0, key, klen, version);
 }
+
+int kv_shm_db_watch(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                    uint64_t *version, uint64_t *mark, uint64_t *now)
+{
+    if (!key || klen < 1 || klen > s->max_key || db >= SHM_MAX_DB)
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(s, key, klen);
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int rc = KV_ENOTFOUND;
+
+    *version = *mark = 0;
+    pthread_rwlock_rdlock(&st->lock);
+    *now = __atomic_load_n(&s->hdr->version_ctr, __ATOMIC_RELAXED);
+    unsigned pdb = shm_db_phys(s, db); /* under a stripe lock: SWAPDB holds them all */
+    if (kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, pdb, key, klen, &it)) {
+        if (!(it->expire_ms && it->expire_ms <= kv_shm_now_ms())) {
+            *version = it->version;
+            rc = 0;
+        } else {
+            *mark = it->version; /* a stale key: changed when written after the WATCH */
+        }
+    }
+    if (rc) {
+        uint64_t g = __atomic_load_n(&s->gone[shm_gone_cell(h)], __ATOMIC_RELAXED);
+
+        if (g > *mark)
+            *mark = g;
+    }
+    pthread_rwlock_unlock(&st->lock);
+    return rc;
+}
