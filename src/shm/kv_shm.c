@@ -629,6 +629,41 @@ int kv_shm_db_del(struct kv_shm_store *s, unsigned db, const void *key, size_t k
     return rc;
 }
 
+int kv_shm_db_del_version(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                          uint64_t version)
+{
+    if (key_bad(s, key, klen) || db >= SHM_MAX_DB)
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(s, key, klen), off = 0;
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int rc = KV_ENOTFOUND;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, shm_db_phys(s, db), key,
+                                       klen, &it);
+    if (slot) {
+        int expired = item_expired(it, kv_shm_now_ms());
+
+        if (!expired && it->version != version) {
+            rc = KV_EEXISTS; /* another write came in between: nothing changes */
+        } else {
+            if (expired)
+                __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+            else
+                rc = 0;
+            off = SHM_WORD_OFF(*slot);
+            if (slot_clear(s, st, slot, it) != 0) {
+                off = 0;
+                rc = KV_ENOMEM;
+            }
+        }
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (off)
+        kv_shm_free(s, off);
+    return rc;
+}
+
 /* Shared lookup of exists/ttl: *expire_ms of the live item. */
 static int peek(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                 int64_t *expire_ms)

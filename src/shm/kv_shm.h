@@ -193,6 +193,11 @@ int kv_shm_db_set_h(struct kv_shm_store *s, unsigned db, const void *key, size_t
 int kv_shm_db_mset(struct kv_shm_store *s, unsigned db, const struct kv_shm_pair *pairs,
                    size_t n, const struct kv_shm_set_opts *opts, uint64_t *versions);
 int kv_shm_db_del(struct kv_shm_store *s, unsigned db, const void *key, size_t klen);
+/* Compare-and-delete: removes key only if its live item has version (GETDEL: the value
+ * answered and the removal are one step). 0, KV_ENOTFOUND (absent or expired: an expired
+ * item is removed), KV_EEXISTS (another version: nothing changes). */
+int kv_shm_db_del_version(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                          uint64_t version);
 int kv_shm_db_exists(struct kv_shm_store *s, unsigned db, const void *key, size_t klen);
 int kv_shm_db_incr(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                    int64_t delta, int64_t *result, uint64_t *version);
