@@ -23,6 +23,7 @@
 #include "kv_shm.h"
 #include "kv_test_util.h"
 #include "kv_worker.h"
+#include "rdb.h"
 
 static void cfg_make(struct kv_config *c, const char *tag, size_t mem)
 {
@@ -743,6 +744,118 @@ static void test_txn_getdel_atomic_with_writer(void)
     close(b);
 }
 
+struct exec_loop {
+    uint16_t port;
+    volatile int stop;
+    int execs;
+};
+
+/* Transactions writing generation n into both ta and tb, 20 pipelined at a time. */
+static void *exec_loop_main(void *arg)
+{
+    struct exec_loop *e = arg;
+    int fd = resp_connect(e->port);
+    char req[20 * 64];
+
+    while (fd >= 0 && !e->stop) {
+        size_t len = 0;
+
+        for (int i = 0; i < 20; i++, e->execs++)
+            len += (size_t)snprintf(req + len, sizeof(req) - len,
+                                    "MULTI\r\nSET ta %d\r\nSET tb %d\r\nEXEC\r\n", e->execs,
+                                    e->execs);
+        send_all(fd, req, len);
+        free(recv_lines(fd, 20 * 5));
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+/* The value of key in s, or "" */
+static void value_of(struct kv_shm_store *s, const char *k, char *out, size_t cap)
+{
+    struct vbuf got = {0};
+
+    out[0] = '\0';
+    if (kv_shm_get(s, k, strlen(k), vbuf_alloc, &got, NULL, NULL) == 0)
+        snprintf(out, cap, "%.*s", (int)got.len, (const char *)got.p);
+    kv_mem_free(KV_MOD_TEST, got.p);
+}
+
+/* A BGSAVE while EXECs run never holds part of one: the file's ta and tb agree. Before
+ * the gate (save.c: a scan an EXEC ran during is redone, the last try holds EXECs off)
+ * the scan read ta and tb at two moments with EXECs in between, and they differed. */
+static void test_txn_bgsave_never_half_an_exec(void)
+{
+    struct kv_test_server srv = {0};
+    char rdb[128], arg_rdb[160];
+    const char *args[] = {"--workers", "2", "--rdb-file", rdb, NULL};
+    int fd, agree = 0, rounds = 0;
+
+    (void)arg_rdb;
+    snprintf(rdb, sizeof(rdb), "/tmp/kvtxn-%d.rdb", (int)getpid());
+    unlink(rdb);
+    CU_ASSERT_FATAL(kv_test_server_start(&srv, args) == 0);
+    fd = resp_connect(srv.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    /* 60,000 keys, so that a scan takes a while */
+    for (int m = 0; m < 600; m++) {
+        char req[100 * 40 + 16];
+        size_t len = (size_t)snprintf(req, sizeof(req), "MSET");
+
+        for (int i = 0; i < 100; i++)
+            len += (size_t)snprintf(req + len, sizeof(req) - len, " fill:%d:%d v", m, i);
+        len += (size_t)snprintf(req + len, sizeof(req) - len, "\r\n");
+        send_all(fd, req, len);
+        free(recv_until(fd, "+OK\r\n", 64));
+    }
+    for (rounds = 0; rounds < 3; rounds++) {
+        struct exec_loop e = {srv.port, 0, 0};
+        pthread_t th;
+        char *got;
+
+        pthread_create(&th, NULL, exec_loop_main, &e);
+        while (e.execs < 200)
+            usleep(1000);
+        send_all(fd, "BGSAVE\r\n", 8);
+        free(recv_lines(fd, 1));
+        for (int w = 0; w < 3000; w++) { /* until it is written */
+            send_all(fd, "INFO persistence\r\n", 18);
+            got = recv_until(fd, "\r\n\r\n", 8192);
+            int done = strstr(got, "rdb_bgsave_in_progress:0") != NULL;
+            free(got);
+            if (done)
+                break;
+            usleep(10000);
+        }
+        e.stop = 1;
+        pthread_join(th, NULL);
+        {
+            struct kv_config c;
+            struct kv_shm_store *s;
+            struct kv_rdb_counts cnt;
+            char err[256], a[32], b[32];
+
+            cfg_make(&c, "rdb", 64 << 20);
+            CU_ASSERT_FATAL(kv_shm_store_open(&c, NULL, 0, &s) == 0);
+            CU_ASSERT_EQUAL(kv_rdb_load(s, &c, rdb, &cnt, err, sizeof(err)), 0);
+            value_of(s, "ta", a, sizeof(a));
+            value_of(s, "tb", b, sizeof(b));
+            CU_ASSERT_STRING_EQUAL(a, b);
+            agree += strcmp(a, b) == 0;
+            fprintf(stderr, "(%d EXECs, %llu keys, ta %s tb %s) ", e.execs,
+                    (unsigned long long)cnt.strings, a, b);
+            kv_shm_store_close(s);
+            kv_shm_store_unlink(&c);
+        }
+    }
+    CU_ASSERT_EQUAL(agree, 3);
+    close(fd);
+    kv_test_server_stop(&srv);
+    unlink(rdb);
+}
+
 static int server_init(void)
 {
     static const char *const args[] = {"--workers", "2", "--io-threads", "2", NULL};
@@ -778,5 +891,6 @@ int main(void)
     CU_add_test(s, "test_txn_reset_unwatches", test_txn_reset_unwatches);
     CU_add_test(s, "test_txn_local_commands_run_at_exec", test_txn_local_commands_run_at_exec);
     CU_add_test(s, "test_txn_getdel_atomic_with_writer", test_txn_getdel_atomic_with_writer);
+    CU_add_test(s, "test_txn_bgsave_never_half_an_exec", test_txn_bgsave_never_half_an_exec);
     return kv_test_run_all();
 }

@@ -312,6 +312,7 @@ static void exec_body(void *arg)
     x->rc = kv_shm_txn_begin(srv->store);
     if (x->rc != 0)
         return;
+    __atomic_add_fetch(&srv->save.exec_seq, 1, __ATOMIC_ACQ_REL); /* odd: changing (save.c) */
     while (pb_next(&r, &f) == 1) {
         struct kv_call sub;
         uint32_t op;
@@ -338,6 +339,7 @@ static void exec_body(void *arg)
             kv_mem_free(KV_MOD_PACKET, sub.resp);
     }
     kv_shm_txn_commit(srv->store);
+    __atomic_add_fetch(&srv->save.exec_seq, 1, __ATOMIC_ACQ_REL);
 }
 
 static void handle_exec(void *ctx, struct kv_call *call)
@@ -376,7 +378,10 @@ static void handle_exec(void *ctx, struct kv_call *call)
         answer(call, KV_ST_BAD_REQUEST, "body does not decode");
         return;
     }
+    /* a save's last try holds EXECs off (save.c): waited for here, outside the gate */
+    pthread_rwlock_rdlock(&srv->save.exec_hold);
     kv_worker_exclusive(srv->reg, exec_body, &x);
+    pthread_rwlock_unlock(&srv->save.exec_hold);
     watch_clear(call->session); /* EXEC, run or aborted, forgets every watch */
     if (x.rc != 0) {
         kv_mem_free(KV_MOD_PACKET, x.out.p);
