@@ -141,6 +141,65 @@ static void test_txn_store_crash_all_or_nothing(void)
     kv_shm_store_unlink(&c);
 }
 
+static int has_key(struct kv_shm_store *s, unsigned db, const char *k)
+{
+    struct vbuf got = {0};
+    int rc = kv_shm_db_get(s, db, k, strlen(k), vbuf_alloc, &got, NULL, NULL);
+
+    kv_mem_free(KV_MOD_TEST, got.p);
+    return rc == 0;
+}
+
+/* SWAPDB inside a transaction, twice (the second rewrites the map copy the first made
+ * current), then a SET: killed before the commit, recovery puts the databases back as
+ * they were; committed, both swaps stay. Before the map words were undo-logged, SWAPDB
+ * was refused inside EXEC (KV_ELOCKED). */
+static void test_txn_store_swapdb_crash(void)
+{
+    struct kv_config c;
+    struct kv_shm_store *s;
+    struct kv_shm_set_opts o = {0};
+
+    cfg_make(&c, "swp", 16 << 20);
+    CU_ASSERT_FATAL(kv_shm_store_open(&c, NULL, 0, &s) == 0);
+    CU_ASSERT(kv_shm_db_set(s, 1, "x", 1, "one", 3, &o, NULL) == 0);
+    CU_ASSERT(kv_shm_db_set(s, 2, "y", 1, "two", 3, &o, NULL) == 0);
+    kv_shm_store_close(s);
+    for (int commit = 0; commit < 2; commit++) {
+        pid_t pid = fork();
+        int st;
+
+        if (pid == 0) {
+            if (kv_shm_store_open(&c, NULL, 0, &s) != 0 || kv_shm_txn_begin(s) != 0 ||
+                kv_shm_swapdb(s, 0, 1) != 0 || kv_shm_swapdb(s, 1, 2) != 0 ||
+                kv_shm_db_set(s, 0, "z", 1, "new", 3, &o, NULL) != 0)
+                _exit(3);
+            if (!has_key(s, 0, "x") || !has_key(s, 1, "y") || has_key(s, 2, "y"))
+                _exit(4); /* the swaps are seen inside the transaction */
+            if (commit) {
+                kv_shm_txn_commit(s);
+                _exit(0);
+            }
+            raise(SIGKILL); /* after every change, before the commit */
+            _exit(5);
+        }
+        CU_ASSERT_FATAL(pid > 0);
+        waitpid(pid, &st, 0);
+        CU_ASSERT(commit ? WIFEXITED(st) && WEXITSTATUS(st) == 0
+                         : WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        CU_ASSERT_FATAL(kv_shm_store_open(&c, NULL, 0, &s) == 0);
+        if (!commit) { /* as before the transaction */
+            CU_ASSERT(has_key(s, 1, "x") && has_key(s, 2, "y"));
+            CU_ASSERT(!has_key(s, 0, "x") && !has_key(s, 1, "y") && !has_key(s, 0, "z"));
+        } else { /* x: 1 -> 0; y: 2 -> 1; z written into the new 0 */
+            CU_ASSERT(has_key(s, 0, "x") && has_key(s, 1, "y") && has_key(s, 0, "z"));
+            CU_ASSERT(!has_key(s, 1, "x") && !has_key(s, 2, "y"));
+        }
+        kv_shm_store_close(s);
+    }
+    kv_shm_store_unlink(&c);
+}
+
 /* Inside a transaction nothing is evicted (it would move items behind the undo log): a
  * write that needs room fails alone; outside, the same write evicts and succeeds. Frees
  * wait for the commit, then the memory comes back. */
@@ -880,6 +939,7 @@ int main(void)
     CU_add_test(s, "test_txn_store_crash_all_or_nothing", test_txn_store_crash_all_or_nothing);
     CU_add_test(s, "test_txn_store_no_eviction_inside", test_txn_store_no_eviction_inside);
     CU_add_test(s, "test_txn_store_version", test_txn_store_version);
+    CU_add_test(s, "test_txn_store_swapdb_crash", test_txn_store_swapdb_crash);
     CU_add_test(s, "test_txn_gate_exclusive_runs_alone", test_txn_gate_exclusive_runs_alone);
     s = CU_add_suite("txn_server", server_init, server_clean);
     CU_add_test(s, "test_txn_pipeline_in_order_with_workers",

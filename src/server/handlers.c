@@ -1297,7 +1297,7 @@ static void handle_swapdb(void *ctx, struct kv_call *call)
         return;
     }
     rc = kv_shm_swapdb(srv->store, (unsigned)a, (unsigned)b);
-    if (rc == KV_ELOCKED) /* inside EXEC: the store's transaction mode cannot undo it */
+    if (rc == KV_ELOCKED) /* not returned since SWAPDB is undo-logged inside EXEC */
         answer_error(call, KV_ST_BAD_REQUEST, "ERR SWAPDB is not supported inside MULTI");
     else if (rc)
         answer_store_error(call, rc);

@@ -1109,23 +1109,44 @@ int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b)
         return KV_EINVAL;
     if (a == b)
         return 0;
-    /* not inside a transaction: its undo log holds slot words, and a second swap would
-     * overwrite the map an undone first one needs (README: SWAPDB inside MULTI) */
-    if (s->txn)
-        return KV_ELOCKED;
     for (unsigned i = 0; i < SHM_STRIPES; i++) /* ascending, as every multi-stripe holder */
         pthread_rwlock_wrlock(&s->stripes[i].lock);
     struct shm_dbs *d = s->dbs;
     unsigned cur = __atomic_load_n(&d->sel, __ATOMIC_ACQUIRE) & 1, nxt = cur ^ 1;
     unsigned pa = shm_db_phys(s, a), pb = shm_db_phys(s, b);
-    memcpy(d->map[nxt], d->map[cur], sizeof(d->map[nxt]));
-    d->map[nxt][a] = (uint8_t)(a ^ pb);
-    d->map[nxt][b] = (uint8_t)(b ^ pa);
+    uint8_t map[SHM_MAX_DB] __attribute__((aligned(8)));
+    int rc = 0;
+
+    memcpy(map, d->map[cur], sizeof(map));
+    map[a] = (uint8_t)(a ^ pb);
+    map[b] = (uint8_t)(b ^ pa);
+    if (!s->txn) {
+        memcpy(d->map[nxt], map, sizeof(map));
+    } else {
+        /* inside a transaction the map is undone like slots: each 8-byte word of the
+         * spare copy that changes, then the selector word, is logged before it is
+         * stored, so a second swap in the same EXEC (which rewrites the copy the first
+         * made current) is undone too, newest first (DESIGN.md, "Where the two meet") */
+        uint64_t *w = (uint64_t *)(void *)d->map[nxt];
+        const uint64_t *nw = (const uint64_t *)(const void *)map;
+
+        for (unsigned i = 0; i < SHM_MAX_DB / 8 && rc == 0; i++)
+            if (w[i] != nw[i] && (rc = kv_shm_txn_log(s, &w[i], nw[i])) == 0)
+                __atomic_store_n(&w[i], nw[i], __ATOMIC_RELEASE);
+        if (rc == 0) {
+            uint64_t *selw = (uint64_t *)(void *)d; /* sel and pad: one aligned word */
+            uint64_t nsel = (__atomic_load_n(selw, __ATOMIC_ACQUIRE) & ~(uint64_t)UINT32_MAX) |
+                            nxt; /* the word once sel = nxt is stored below (little end) */
+
+            rc = kv_shm_txn_log(s, selw, nsel);
+        }
+    }
     kv_shm_crash_point(s, KV_SHM_CRASH_BATCH); /* the new map written, not yet current */
-    __atomic_store_n(&d->sel, nxt, __ATOMIC_RELEASE); /* the swap: one store */
+    if (rc == 0)
+        __atomic_store_n(&d->sel, nxt, __ATOMIC_RELEASE); /* the swap: one store */
     for (unsigned i = SHM_STRIPES; i-- > 0;)
         pthread_rwlock_unlock(&s->stripes[i].lock);
-    return 0;
+    return rc; /* KV_ENOMEM: the log could not grow; the spare copy may differ, unused */
 }
 
 int kv_shm_sweep(struct kv_shm_store *s, size_t max_work)

@@ -22,6 +22,7 @@
  * SHM_LOG_MAGIC, klen 0, vlen 24 * capacity, `version` = entries written so far. */
 #include <sched.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "kv_mem.h"
@@ -455,8 +456,11 @@ uint64_t kv_shm_batch_undo(struct kv_shm_store *s)
             struct entry e;
             kv_shm_item_read(s, log, SHM_ITEM_HDR + i * sizeof(e), &e, sizeof(e));
             uint64_t so = e.slot & 0xFFFFFFFFFFFFull;
+            /* a slot, or (SWAPDB inside a transaction) a word of the database maps and
+             * their selector in the header page */
+            int in_dbs = so >= SHM_DBS_OFF && so + 8 <= SHM_DBS_OFF + offsetof(struct shm_dbs, keys);
             if ((e.slot & ~0xFFFFFFFFFFFFull) != entry_check(so, e.nw, e.ow) ||
-                so < s->data_off || so + 8 > s->data_end || so % 8)
+                (!in_dbs && (so < s->data_off || so + 8 > s->data_end)) || so % 8)
                 continue;
             uint64_t *slot = shm_ptr(s, so);
             if (*slot == e.nw)
