@@ -2371,7 +2371,8 @@ uint64_t kv_server_resp_local_calls(void)
     uint64_t n = 0;
 
     for (size_t i = 0; i < RESP_NCMDS; i++)
-        if (resp_cmds[i].flags & CMD_LOCAL)
+        if ((resp_cmds[i].flags & CMD_LOCAL) && resp_cmds[i].fn != cmd_reset) /* RESET: a
+                                                       * call (its UNWATCH), counted there */
             n += __atomic_load_n(&resp_cmd_calls[i], __ATOMIC_RELAXED);
     return n;
 }
