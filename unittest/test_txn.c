@@ -621,7 +621,8 @@ static void expect_io(int fd, const char *send, const char *want)
 
 /* A key absent at WATCH that another client creates and deletes again before EXEC aborts
  * the EXEC, as in Redis (every write touches a watched key): by DEL, GETDEL, RENAME away,
- * MOVE away, FLUSHALL, expiry, and a key RENAMEd onto it and away. A stale key at WATCH,
+ * MOVE away, FLUSHALL, expiry, and a key RENAMEd onto it and away; so do two SWAPDBs
+ * that bring the database back as it was. A stale key at WATCH,
  * deleted since, and writes of other keys do not abort. Failed before kv_shm_db_watch:
  * the version check saw "absent, absent" and ran the EXEC. */
 static void test_txn_watch_created_and_gone(void)
@@ -661,6 +662,16 @@ static void test_txn_watch_created_and_gone(void)
     expect_io(a, "WATCH wg\r\n", "+OK\r\n");
     expect_io(b, "EXISTS wg\r\n", ":0\r\n");
     expect_io(a, tx, "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    /* two SWAPDBs between WATCH and EXEC bring the same item (or none) back: Redis touches
+     * the key at each swap, and so does the database's swap stamp here */
+    expect_io(b, "SET sw 1\r\n", "+OK\r\n");
+    expect_io(a, "WATCH sw\r\n", "+OK\r\n");
+    expect_io(b, "SWAPDB 0 1\r\nSWAPDB 0 1\r\n", "+OK\r\n+OK\r\n");
+    expect_io(a, "MULTI\r\nSET sw A\r\nEXEC\r\n", "+OK\r\n+QUEUED\r\n*-1\r\n");
+    expect_io(b, "SELECT 1\r\nSET sw1 1\r\nSELECT 0\r\n", "+OK\r\n+OK\r\n+OK\r\n");
+    expect_io(a, "WATCH sw1\r\n", "+OK\r\n"); /* absent in 0, present in 1 */
+    expect_io(b, "SWAPDB 0 1\r\nSWAPDB 0 1\r\n", "+OK\r\n+OK\r\n");
+    expect_io(a, "MULTI\r\nSET sw1 A\r\nEXEC\r\n", "+OK\r\n+QUEUED\r\n*-1\r\n");
     /* a key present at WATCH, DEL and SET again to the same value: aborts */
     expect_io(a, "WATCH wg\r\n", "+OK\r\n");
     expect_io(b, "DEL wg\r\nSET wg A\r\n", ":1\r\n+OK\r\n");

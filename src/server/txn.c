@@ -36,7 +36,7 @@ struct watch_rec {
     uint32_t db;      /* the key's database  */
     uint32_t klen;
     uint64_t version; /* as of the WATCH; 0 = absent */
-    uint64_t epoch;   /* absent: the store's version counter at the WATCH */
+    uint64_t epoch;   /* the store's version counter at the WATCH */
 };
 
 struct watch_list {
@@ -105,8 +105,10 @@ static int watch_broken(struct kv_server *srv, const struct kv_session *s)
         memcpy(&rec, w->p + off, sizeof(rec));
         rc = kv_shm_db_watch(srv->store, rec.db, w->p + off + sizeof(rec), rec.klen, &v, &mark,
                              &now);
+        if (mark > rec.epoch) /* its database swapped, or (absent) a key written and gone */
+            return 1;
         if (rec.version ? rc != 0 || v != rec.version /* rewritten, removed, expired */
-                        : rc == 0 || mark > rec.epoch) /* created, or written and gone */
+                        : rc == 0)                     /* created */
             return 1;
         off += WATCH_REC_SIZE(rec.klen);
     }
@@ -188,7 +190,7 @@ static void handle_watch(void *ctx, struct kv_call *call)
             continue;
         if (kv_shm_db_watch(srv->store, db, f.data, f.len, &v, &mark, &now) != 0)
             v = 0;
-        rc = watch_add(call->session, db, f.data, f.len, v, v ? 0 : now, srv->cfg->max_body);
+        rc = watch_add(call->session, db, f.data, f.len, v, now, srv->cfg->max_body);
         if (rc != 0) {
             answer(call, rc == KV_ETOOBIG ? KV_ST_TOO_LARGE : KV_ST_OUT_OF_MEMORY,
                    rc == KV_ETOOBIG ? "watched keys above --max-body bytes" : "out of memory");

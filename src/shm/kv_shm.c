@@ -1142,8 +1142,12 @@ int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b)
         }
     }
     kv_shm_crash_point(s, KV_SHM_CRASH_BATCH); /* the new map written, not yet current */
-    if (rc == 0)
+    if (rc == 0) {
         __atomic_store_n(&d->sel, nxt, __ATOMIC_RELEASE); /* the swap: one store */
+        uint64_t v = __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->swapped[a], v, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->swapped[b], v, __ATOMIC_RELAXED);
+    }
     for (unsigned i = SHM_STRIPES; i-- > 0;)
         pthread_rwlock_unlock(&s->stripes[i].lock);
     return rc; /* KV_ENOMEM: the log could not grow; the spare copy may differ, unused */

@@ -246,12 +246,13 @@ void kv_shm_txn_commit(struct kv_shm_store *s);
 int kv_shm_version(struct kv_shm_store *s, const void *key, size_t klen, uint64_t *version);
 int kv_shm_db_version(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                       uint64_t *version);
-/* WATCH: 0 and *version when key is there (and live). KV_ENOTFOUND when absent or expired:
- * then *now is the store's version counter (a WATCH records it) and *mark is the newest
- * version at which this key -- or, rarely, another key of its cell of hashes (1 in 16384)
- * -- was written and is gone since (removed, or expired but still there): a key absent at
- * WATCH (counter C) and absent at EXEC changed in between iff mark > C. Removals of keys
- * that were expired when removed count as of their write (no logical change). */
+/* WATCH: 0 and *version when key is there (and live), else KV_ENOTFOUND. *now is the
+ * store's version counter (a WATCH records it, C). *mark: the version of db's last SWAPDB,
+ * and for an absent or expired key also the newest version at which this key -- or,
+ * rarely, another key of its cell of hashes (1 in 16384) -- was written and is gone since
+ * (removed, or expired but still there). A key WATCHed at C changed iff it is there with
+ * another version (or was absent and is there), or mark > C. Removals of keys that were
+ * expired when removed count as of their write (no logical change). */
 int kv_shm_db_watch(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                     uint64_t *version, uint64_t *mark, uint64_t *now);
 

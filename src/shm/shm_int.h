@@ -276,6 +276,9 @@ struct kv_shm_store {
      * exclusive lock; relaxed atomics for the reader (EXEC, under the server's gate).
      * Process-local: WATCH sessions do not outlive the process. */
     uint64_t gone[SHM_GONE_CELLS];
+    /* per logical database, the version at its last SWAPDB (written while every stripe is
+     * held): a WATCHed key of a database swapped since reads as changed (kv_shm_db_watch) */
+    uint64_t swapped[SHM_MAX_DB];
 };
 
 /* Cell of gone[] for a key hash, or for the slot word of a key of stripe st. */

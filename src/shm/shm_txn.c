@@ -284,7 +284,12 @@ int kv_shm_db_watch(struct kv_shm_store *s, unsigned db, const void *key, size_t
 
         if (g > *mark)
             *mark = g;
+    } else {
+        *mark = 0;
     }
+    uint64_t sw = __atomic_load_n(&s->swapped[db], __ATOMIC_RELAXED); /* SWAPDB holds all */
+    if (sw > *mark)
+        *mark = sw;
     pthread_rwlock_unlock(&st->lock);
     return rc;
 }
