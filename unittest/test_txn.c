@@ -23,6 +23,7 @@
 #include "kv_shm.h"
 #include "kv_test_util.h"
 #include "kv_worker.h"
+#include "rdb.h"
 
 static void cfg_make(struct kv_config *c, const char *tag, size_t mem)
 {
@@ -137,6 +138,65 @@ static void test_txn_store_crash_all_or_nothing(void)
     CU_ASSERT(mid >= 6);
     CU_ASSERT(*acked > 24);
     munmap((void *)acked, 4096);
+    kv_shm_store_unlink(&c);
+}
+
+static int has_key(struct kv_shm_store *s, unsigned db, const char *k)
+{
+    struct vbuf got = {0};
+    int rc = kv_shm_db_get(s, db, k, strlen(k), vbuf_alloc, &got, NULL, NULL);
+
+    kv_mem_free(KV_MOD_TEST, got.p);
+    return rc == 0;
+}
+
+/* SWAPDB inside a transaction, twice (the second rewrites the map copy the first made
+ * current), then a SET: killed before the commit, recovery puts the databases back as
+ * they were; committed, both swaps stay. Before the map words were undo-logged, SWAPDB
+ * was refused inside EXEC (KV_ELOCKED). */
+static void test_txn_store_swapdb_crash(void)
+{
+    struct kv_config c;
+    struct kv_shm_store *s;
+    struct kv_shm_set_opts o = {0};
+
+    cfg_make(&c, "swp", 16 << 20);
+    CU_ASSERT_FATAL(kv_shm_store_open(&c, NULL, 0, &s) == 0);
+    CU_ASSERT(kv_shm_db_set(s, 1, "x", 1, "one", 3, &o, NULL) == 0);
+    CU_ASSERT(kv_shm_db_set(s, 2, "y", 1, "two", 3, &o, NULL) == 0);
+    kv_shm_store_close(s);
+    for (int commit = 0; commit < 2; commit++) {
+        pid_t pid = fork();
+        int st;
+
+        if (pid == 0) {
+            if (kv_shm_store_open(&c, NULL, 0, &s) != 0 || kv_shm_txn_begin(s) != 0 ||
+                kv_shm_swapdb(s, 0, 1) != 0 || kv_shm_swapdb(s, 1, 2) != 0 ||
+                kv_shm_db_set(s, 0, "z", 1, "new", 3, &o, NULL) != 0)
+                _exit(3);
+            if (!has_key(s, 0, "x") || !has_key(s, 1, "y") || has_key(s, 2, "y"))
+                _exit(4); /* the swaps are seen inside the transaction */
+            if (commit) {
+                kv_shm_txn_commit(s);
+                _exit(0);
+            }
+            raise(SIGKILL); /* after every change, before the commit */
+            _exit(5);
+        }
+        CU_ASSERT_FATAL(pid > 0);
+        waitpid(pid, &st, 0);
+        CU_ASSERT(commit ? WIFEXITED(st) && WEXITSTATUS(st) == 0
+                         : WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        CU_ASSERT_FATAL(kv_shm_store_open(&c, NULL, 0, &s) == 0);
+        if (!commit) { /* as before the transaction */
+            CU_ASSERT(has_key(s, 1, "x") && has_key(s, 2, "y"));
+            CU_ASSERT(!has_key(s, 0, "x") && !has_key(s, 1, "y") && !has_key(s, 0, "z"));
+        } else { /* x: 1 -> 0; y: 2 -> 1; z written into the new 0 */
+            CU_ASSERT(has_key(s, 0, "x") && has_key(s, 1, "y") && has_key(s, 0, "z"));
+            CU_ASSERT(!has_key(s, 1, "x") && !has_key(s, 2, "y"));
+        }
+        kv_shm_store_close(s);
+    }
     kv_shm_store_unlink(&c);
 }
 
@@ -546,6 +606,326 @@ static void test_txn_watch_pipelined(void)
     close(b);
 }
 
+/* Sends inline commands (one write), expects exactly want back. */
+static void expect_io(int fd, const char *send, const char *want)
+{
+    char *got;
+
+    send_all(fd, send, strlen(send));
+    got = recv_until(fd, want, strlen(want) + 4096);
+    CU_ASSERT_STRING_EQUAL(got, want);
+    if (strcmp(got, want) != 0)
+        fprintf(stderr, "\n  sent %s  want %s  got  %s\n", send, want, got);
+    free(got);
+}
+
+/* A key absent at WATCH that another client creates and deletes again before EXEC aborts
+ * the EXEC, as in Redis (every write touches a watched key): by DEL, GETDEL, RENAME away,
+ * MOVE away, FLUSHALL, expiry, and a key RENAMEd onto it and away; so do two SWAPDBs
+ * that bring the database back as it was. A stale key at WATCH,
+ * deleted since, and writes of other keys do not abort. Failed before kv_shm_db_watch:
+ * the version check saw "absent, absent" and ran the EXEC. */
+static void test_txn_watch_created_and_gone(void)
+{
+    int a = resp_connect(server.port), b = resp_connect(server.port);
+    static const char *const gone[] = {
+        "SET wg 1\r\nDEL wg\r\n",                    "SET wg 1\r\nGETDEL wg\r\n",
+        "SET wg 1\r\nRENAME wg wg2\r\nDEL wg2\r\n", "SET wg 1\r\nMOVE wg 3\r\nFLUSHALL\r\n",
+        "SET wg 1\r\nFLUSHALL\r\n",                 "SET wg 1 PX 1\r\n",
+        "SET src 1\r\nRENAME src wg\r\nRENAME wg src\r\nDEL src\r\n",
+        "SET wg 1\r\nFLUSHDB\r\n",
+    };
+    static const char *const want_b[] = {
+        "+OK\r\n:1\r\n",       "+OK\r\n$1\r\n1\r\n", "+OK\r\n+OK\r\n:1\r\n", "+OK\r\n:1\r\n+OK\r\n",
+        "+OK\r\n+OK\r\n",      "+OK\r\n",            "+OK\r\n+OK\r\n+OK\r\n:1\r\n",
+        "+OK\r\n+OK\r\n",
+    };
+    const char *tx = "MULTI\r\nSET wg A\r\nEXEC\r\n";
+
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        send_all(a, "DEL wg\r\nWATCH wg\r\n", 18);
+        free(recv_until(a, "+OK\r\n", 64)); /* DEL's :0 or :1, WATCH's +OK */
+        expect_io(b, gone[i], want_b[i]);
+        if (strstr(gone[i], "PX 1"))
+            usleep(20000); /* expired since: gone while absent at WATCH and at EXEC */
+        expect_io(a, tx, "+OK\r\n+QUEUED\r\n*-1\r\n");
+    }
+    /* nothing happened to wg: the EXEC runs (other keys written and deleted meanwhile) */
+    send_all(a, "DEL wg\r\nWATCH wg\r\n", 18);
+    free(recv_until(a, "+OK\r\n", 64));
+    expect_io(b, "SET other 1\r\nDEL other\r\n", "+OK\r\n:1\r\n");
+    expect_io(a, tx, "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    /* a stale key at WATCH, removed since (lazily, by EXISTS): no logical change */
+    expect_io(b, "SET wg 1 PX 1\r\n", "+OK\r\n");
+    usleep(20000);
+    expect_io(a, "WATCH wg\r\n", "+OK\r\n");
+    expect_io(b, "EXISTS wg\r\n", ":0\r\n");
+    expect_io(a, tx, "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    /* two SWAPDBs between WATCH and EXEC bring the same item (or none) back: Redis touches
+     * the key at each swap, and so does the database's swap stamp here */
+    expect_io(b, "SET sw 1\r\n", "+OK\r\n");
+    expect_io(a, "WATCH sw\r\n", "+OK\r\n");
+    expect_io(b, "SWAPDB 0 1\r\nSWAPDB 0 1\r\n", "+OK\r\n+OK\r\n");
+    expect_io(a, "MULTI\r\nSET sw A\r\nEXEC\r\n", "+OK\r\n+QUEUED\r\n*-1\r\n");
+    expect_io(b, "SELECT 1\r\nSET sw1 1\r\nSELECT 0\r\n", "+OK\r\n+OK\r\n+OK\r\n");
+    expect_io(a, "WATCH sw1\r\n", "+OK\r\n"); /* absent in 0, present in 1 */
+    expect_io(b, "SWAPDB 0 1\r\nSWAPDB 0 1\r\n", "+OK\r\n+OK\r\n");
+    expect_io(a, "MULTI\r\nSET sw1 A\r\nEXEC\r\n", "+OK\r\n+QUEUED\r\n*-1\r\n");
+    /* a key present at WATCH, DEL and SET again to the same value: aborts */
+    expect_io(a, "WATCH wg\r\n", "+OK\r\n");
+    expect_io(b, "DEL wg\r\nSET wg A\r\n", ":1\r\n+OK\r\n");
+    expect_io(a, tx, "+OK\r\n+QUEUED\r\n*-1\r\n");
+    close(a);
+    close(b);
+}
+
+/* RESET forgets the watches (Redis's RESET unwatches); before the fix it kept them and
+ * this EXEC answered nil. */
+static void test_txn_reset_unwatches(void)
+{
+    int a = resp_connect(server.port), b = resp_connect(server.port);
+
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    expect_io(a, "WATCH rk\r\nRESET\r\n", "+OK\r\n+RESET\r\n");
+    expect_io(b, "SET rk 1\r\n", "+OK\r\n");
+    expect_io(a, "MULTI\r\nSET rk A\r\nEXEC\r\n", "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    /* and RESET inside MULTI discards it and unwatches */
+    expect_io(a, "WATCH rk\r\nMULTI\r\nSET rk B\r\nRESET\r\n", "+OK\r\n+OK\r\n+QUEUED\r\n+RESET\r\n");
+    expect_io(b, "SET rk 2\r\n", "+OK\r\n");
+    expect_io(a, "GET rk\r\nMULTI\r\nSET rk C\r\nEXEC\r\n",
+              "$1\r\n2\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    close(a);
+    close(b);
+}
+
+/* Connection commands queued in MULTI run at EXEC, in order, and never when the
+ * transaction is DISCARDed or aborted (Redis). Before the fix CLIENT SETNAME and CONFIG SET
+ * took effect when queued. A command pipelined after the EXEC sees their effect. */
+static void test_txn_local_commands_run_at_exec(void)
+{
+    int a = resp_connect(server.port), b = resp_connect(server.port);
+
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    expect_io(a, "MULTI\r\nCLIENT SETNAME n1\r\nCONFIG SET timeout 77\r\nDISCARD\r\n"
+                 "CLIENT GETNAME\r\nCONFIG GET timeout\r\n",
+              "+OK\r\n+QUEUED\r\n+QUEUED\r\n+OK\r\n$-1\r\n"
+              "*2\r\n$7\r\ntimeout\r\n$1\r\n0\r\n");
+    /* run at EXEC, in order with the queued writes, seen by what follows in the pipeline */
+    expect_io(a, "MULTI\r\nSET lk 1\r\nCLIENT SETNAME n2\r\nCLIENT GETNAME\r\nGET lk\r\nEXEC\r\n"
+                 "CLIENT GETNAME\r\n",
+              "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n"
+              "*4\r\n+OK\r\n+OK\r\n$2\r\nn2\r\n$1\r\n1\r\n$2\r\nn2\r\n");
+    /* a WATCH abort: nothing runs */
+    expect_io(a, "WATCH lk\r\n", "+OK\r\n");
+    expect_io(b, "SET lk 2\r\n", "+OK\r\n");
+    expect_io(a, "MULTI\r\nCLIENT SETNAME n3\r\nEXEC\r\nCLIENT GETNAME\r\n",
+              "+OK\r\n+QUEUED\r\n*-1\r\n$2\r\nn2\r\n");
+    /* an EXECABORT: nothing runs */
+    expect_io(a, "MULTI\r\nCLIENT SETNAME n4\r\nNOSUCHCMD\r\nEXEC\r\nCLIENT GETNAME\r\n",
+              "+OK\r\n+QUEUED\r\n-ERR unknown command 'NOSUCHCMD', with args beginning with: \r\n"
+              "-EXECABORT Transaction discarded because of previous errors.\r\n$2\r\nn2\r\n");
+    /* HELLO 3 at EXEC: the protocol of what follows; MONITOR is refused inside EXEC */
+    expect_io(a, "MULTI\r\nMONITOR\r\nEXEC\r\n",
+              "+OK\r\n+QUEUED\r\n*1\r\n-ERR MONITOR isn't allowed for DENY BLOCKING client\r\n");
+    close(a);
+    close(b);
+}
+
+struct incr_arg {
+    uint16_t port;
+    int n;
+};
+
+/* n INCR gd, pipelined 100 at a time. */
+static void *incr_main(void *arg)
+{
+    struct incr_arg *a = arg;
+    int fd = resp_connect(a->port);
+    char req[100 * 14 + 1];
+    size_t len = 0;
+
+    for (int i = 0; i < 100; i++)
+        len += (size_t)snprintf(req + len, sizeof(req) - len, "INCR gd\r\n");
+    for (int done = 0; fd >= 0 && done < a->n; done += 100) {
+        send_all(fd, req, len);
+        free(recv_lines(fd, 100));
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+/* One GETDEL's answer: the number, or -1 for nil. */
+static long long getdel_one(int fd, const char *key)
+{
+    char req[64], b[256];
+    size_t len = 0;
+
+    snprintf(req, sizeof(req), "GETDEL %s\r\n", key);
+    send_all(fd, req, strlen(req));
+    for (;;) {
+        ssize_t n = read(fd, b + len, sizeof(b) - 1 - len);
+        char *nl;
+
+        if (n <= 0)
+            return -2;
+        len += (size_t)n;
+        b[len] = '\0';
+        if (!(nl = strstr(b, "\r\n")))
+            continue;
+        if (b[1] == '-')
+            return -1;
+        if (strstr(nl + 2, "\r\n"))
+            return atoll(nl + 2);
+    }
+}
+
+/* GETDEL against a concurrent writer on another worker: the value answered and the
+ * removal are one step, so the values GETDEL answers (plus what is left) add up to every
+ * INCR. Before the compare-and-delete, an INCR landing between GETDEL's read and its
+ * delete was removed unseen and the sum came out short. */
+static void test_txn_getdel_atomic_with_writer(void)
+{
+    struct incr_arg ia = {server.port, 20000};
+    int b = resp_connect(server.port);
+    long long sum = 0, v;
+    pthread_t th;
+    int rounds = 0;
+
+    CU_ASSERT_FATAL(b >= 0);
+    getdel_one(b, "gd");
+    pthread_create(&th, NULL, incr_main, &ia);
+    for (;;) {
+        v = getdel_one(b, "gd");
+        CU_ASSERT(v >= -1);
+        if (v < -1)
+            break;
+        if (v > 0)
+            sum += v;
+        if (++rounds % 64 == 0 && pthread_tryjoin_np(th, NULL) == 0)
+            break;
+    }
+    v = getdel_one(b, "gd"); /* what is left, after the writer */
+    if (v > 0)
+        sum += v;
+    fprintf(stderr, "(%d GETDELs, sum %lld) ", rounds, sum);
+    CU_ASSERT_EQUAL(sum, ia.n);
+    close(b);
+}
+
+struct exec_loop {
+    uint16_t port;
+    volatile int stop;
+    int execs;
+};
+
+/* Transactions writing generation n into both ta and tb, 20 pipelined at a time. */
+static void *exec_loop_main(void *arg)
+{
+    struct exec_loop *e = arg;
+    int fd = resp_connect(e->port);
+    char req[20 * 64];
+
+    while (fd >= 0 && !e->stop) {
+        size_t len = 0;
+
+        for (int i = 0; i < 20; i++, e->execs++)
+            len += (size_t)snprintf(req + len, sizeof(req) - len,
+                                    "MULTI\r\nSET ta %d\r\nSET tb %d\r\nEXEC\r\n", e->execs,
+                                    e->execs);
+        send_all(fd, req, len);
+        free(recv_lines(fd, 20 * 5));
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+/* The value of key in s, or "" */
+static void value_of(struct kv_shm_store *s, const char *k, char *out, size_t cap)
+{
+    struct vbuf got = {0};
+
+    out[0] = '\0';
+    if (kv_shm_get(s, k, strlen(k), vbuf_alloc, &got, NULL, NULL) == 0)
+        snprintf(out, cap, "%.*s", (int)got.len, (const char *)got.p);
+    kv_mem_free(KV_MOD_TEST, got.p);
+}
+
+/* A BGSAVE while EXECs run never holds part of one: the file's ta and tb agree. Before
+ * the gate (save.c: a scan an EXEC ran during is redone, the last try holds EXECs off)
+ * the scan read ta and tb at two moments with EXECs in between, and they differed. */
+static void test_txn_bgsave_never_half_an_exec(void)
+{
+    struct kv_test_server srv = {0};
+    char rdb[128], arg_rdb[160];
+    const char *args[] = {"--workers", "2", "--rdb-file", rdb, NULL};
+    int fd, agree = 0, rounds = 0;
+
+    (void)arg_rdb;
+    snprintf(rdb, sizeof(rdb), "/tmp/kvtxn-%d.rdb", (int)getpid());
+    unlink(rdb);
+    CU_ASSERT_FATAL(kv_test_server_start(&srv, args) == 0);
+    fd = resp_connect(srv.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    /* 60,000 keys, so that a scan takes a while */
+    for (int m = 0; m < 600; m++) {
+        char req[100 * 40 + 16];
+        size_t len = (size_t)snprintf(req, sizeof(req), "MSET");
+
+        for (int i = 0; i < 100; i++)
+            len += (size_t)snprintf(req + len, sizeof(req) - len, " fill:%d:%d v", m, i);
+        len += (size_t)snprintf(req + len, sizeof(req) - len, "\r\n");
+        send_all(fd, req, len);
+        free(recv_until(fd, "+OK\r\n", 64));
+    }
+    for (rounds = 0; rounds < 3; rounds++) {
+        struct exec_loop e = {srv.port, 0, 0};
+        pthread_t th;
+        char *got;
+
+        pthread_create(&th, NULL, exec_loop_main, &e);
+        while (e.execs < 200)
+            usleep(1000);
+        send_all(fd, "BGSAVE\r\n", 8);
+        free(recv_lines(fd, 1));
+        for (int w = 0; w < 3000; w++) { /* until it is written */
+            send_all(fd, "INFO persistence\r\n", 18);
+            got = recv_until(fd, "\r\n\r\n", 8192);
+            int done = strstr(got, "rdb_bgsave_in_progress:0") != NULL;
+            free(got);
+            if (done)
+                break;
+            usleep(10000);
+        }
+        e.stop = 1;
+        pthread_join(th, NULL);
+        {
+            struct kv_config c;
+            struct kv_shm_store *s;
+            struct kv_rdb_counts cnt;
+            char err[256], a[32], b[32];
+
+            cfg_make(&c, "rdb", 64 << 20);
+            CU_ASSERT_FATAL(kv_shm_store_open(&c, NULL, 0, &s) == 0);
+            CU_ASSERT_EQUAL(kv_rdb_load(s, &c, rdb, &cnt, err, sizeof(err)), 0);
+            value_of(s, "ta", a, sizeof(a));
+            value_of(s, "tb", b, sizeof(b));
+            CU_ASSERT_STRING_EQUAL(a, b);
+            agree += strcmp(a, b) == 0;
+            fprintf(stderr, "(%d EXECs, %llu keys, ta %s tb %s) ", e.execs,
+                    (unsigned long long)cnt.strings, a, b);
+            kv_shm_store_close(s);
+            kv_shm_store_unlink(&c);
+        }
+    }
+    CU_ASSERT_EQUAL(agree, 3);
+    close(fd);
+    kv_test_server_stop(&srv);
+    unlink(rdb);
+}
+
 static int server_init(void)
 {
     static const char *const args[] = {"--workers", "2", "--io-threads", "2", NULL};
@@ -570,6 +950,7 @@ int main(void)
     CU_add_test(s, "test_txn_store_crash_all_or_nothing", test_txn_store_crash_all_or_nothing);
     CU_add_test(s, "test_txn_store_no_eviction_inside", test_txn_store_no_eviction_inside);
     CU_add_test(s, "test_txn_store_version", test_txn_store_version);
+    CU_add_test(s, "test_txn_store_swapdb_crash", test_txn_store_swapdb_crash);
     CU_add_test(s, "test_txn_gate_exclusive_runs_alone", test_txn_gate_exclusive_runs_alone);
     s = CU_add_suite("txn_server", server_init, server_clean);
     CU_add_test(s, "test_txn_pipeline_in_order_with_workers",
@@ -577,5 +958,10 @@ int main(void)
     CU_add_test(s, "test_txn_exec_isolated_from_other_clients",
                 test_txn_exec_isolated_from_other_clients);
     CU_add_test(s, "test_txn_watch_pipelined", test_txn_watch_pipelined);
+    CU_add_test(s, "test_txn_watch_created_and_gone", test_txn_watch_created_and_gone);
+    CU_add_test(s, "test_txn_reset_unwatches", test_txn_reset_unwatches);
+    CU_add_test(s, "test_txn_local_commands_run_at_exec", test_txn_local_commands_run_at_exec);
+    CU_add_test(s, "test_txn_getdel_atomic_with_writer", test_txn_getdel_atomic_with_writer);
+    CU_add_test(s, "test_txn_bgsave_never_half_an_exec", test_txn_bgsave_never_half_an_exec);
     return kv_test_run_all();
 }

@@ -1180,7 +1180,10 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         }
         if (c->closed)
             return;
-        if (!authed) { /* one at a time until AUTH succeeds (conn_settle) */
+        /* one at a time until AUTH succeeds; after a barrier (an EXEC whose queued
+         * connection commands run as its reply is laid out), the next command is parsed
+         * once that reply is written, so it sees their effect (conn_settle) */
+        if (!authed || res.barrier) {
             c->gated = 1;
             conn_mark_flush(c);
             return;

@@ -178,8 +178,9 @@ struct kv_io_conn {                  /* io-thread only */
     size_t mem;                      /* bytes held in the client-memory budget: receive
                                       * buffers, requests, owned bodies and replies, output;
                                       * written by this thread, atomic store (CLIENT LIST) */
-    uint8_t gated;                   /* before AUTH: one request at a time, the next parsed
-                                      * only once this one's answer is written */
+    uint8_t gated;                   /* before AUTH (or after a barrier: kv_text_result):
+                                      * the next request is parsed only once this one's
+                                      * answer is written */
     uint8_t monitor;                 /* MONITOR: gets a line per command; written by this
                                       * thread, atomic (CLIENT LIST reads it) */
     struct kv_io_ring *ring;         /* owned: the shared-memory rings once attached (the

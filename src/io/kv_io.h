@@ -36,6 +36,8 @@ struct kv_text_result {
     size_t reply_len;
     int close;          /* close the connection after this reply */
     int silent;         /* CLIENT REPLY OFF / SKIP: run the command, send no reply */
+    int barrier;        /* parse nothing more of this connection until this answer is
+                         * written (EXEC running queued connection commands at reply time) */
 };
 
 struct kv_io_textproto {

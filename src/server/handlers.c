@@ -1297,7 +1297,7 @@ static void handle_swapdb(void *ctx, struct kv_call *call)
         return;
     }
     rc = kv_shm_swapdb(srv->store, (unsigned)a, (unsigned)b);
-    if (rc == KV_ELOCKED) /* inside EXEC: the store's transaction mode cannot undo it */
+    if (rc == KV_ELOCKED) /* not returned since SWAPDB is undo-logged inside EXEC */
         answer_error(call, KV_ST_BAD_REQUEST, "ERR SWAPDB is not supported inside MULTI");
     else if (rc)
         answer_store_error(call, rc);
@@ -1831,10 +1831,10 @@ static void handle_str(void *ctx, struct kv_call *call)
         }
         case KV__STR_REQUEST__OP__GETDEL:
             if (c.found) {
-                /* not a compare-and-delete (the store has none): a write
-                 * between the read and the delete is removed with it */
-                rc = kv_shm_db_del(srv->store, call->db, q.key, q.klen);
-                if (rc == KV_ENOTFOUND) { /* gone meanwhile: read again */
+                /* compare-and-delete of the version read: the value answered is the
+                 * one removed (a write in between makes it read again) */
+                rc = kv_shm_db_del_version(srv->store, call->db, q.key, q.klen, c.version);
+                if (rc == KV_ENOTFOUND || rc == KV_EEXISTS) { /* changed meanwhile */
                     str_drop(&c);
                     continue;
                 }
@@ -1905,8 +1905,7 @@ static void handle_str(void *ctx, struct kv_call *call)
  * then the expiry, judge, and write the same value with the new expiry on
  * compare-and-set of that version, so no write between the judgement and
  * the change goes unseen (any write changes the version). A time already
- * past (remove) deletes the key: the store has no compare-and-delete, so a
- * write that lands between the judgement and the delete is deleted too. */
+ * past (remove) deletes the key by compare-and-delete of that version. */
 #define EXPIRE_NX 0x1u
 #define EXPIRE_XX 0x2u
 #define EXPIRE_GT 0x4u
@@ -1946,8 +1945,8 @@ static void expire_if(struct kv_server *srv, struct kv_call *call, const struct 
             answer_error(call, KV_ST_EXISTS, NULL);
             return;
         }
-        if (k->f5) {
-            rc = kv_shm_db_del(srv->store, call->db, k->key, k->klen);
+        if (k->f5) { /* compare-and-delete: a write since the judgement is not lost */
+            rc = kv_shm_db_del_version(srv->store, call->db, k->key, k->klen, c.version);
         } else {
             struct kv_shm_set_opts o = {.flags = KV_SHM_CAS, .cas_version = c.version,
                                         .ttl_ms = want};

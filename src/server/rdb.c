@@ -265,6 +265,12 @@ static void save_key(void *ctx, const void *key, size_t klen)
 int kv_rdb_save(struct kv_shm_store *store, const char *path, struct kv_rdb_counts *out,
                 char *err, size_t errcap)
 {
+    return kv_rdb_save_checked(store, path, out, err, errcap, NULL, NULL);
+}
+
+int kv_rdb_save_checked(struct kv_shm_store *store, const char *path, struct kv_rdb_counts *out,
+                        char *err, size_t errcap, int (*still_ok)(void *ctx), void *ctx)
+{
     struct save_ctx c = {.store = store};
     char tmp[PATH_MAX], dir[PATH_MAX], head[16], num[32];
     uint64_t cursor = 0;
@@ -326,6 +332,10 @@ int kv_rdb_save(struct kv_shm_store *store, const char *path, struct kv_rdb_coun
         rc = KV_EIO;
     } else if (rc != 0) {
         snprintf(err, errcap, "reading the store: %s", kv_strerror(rc));
+    }
+    if (rc == 0 && still_ok && !still_ok(ctx)) {
+        snprintf(err, errcap, "the store changed under the scan (an EXEC ran)");
+        rc = KV_EAGAIN;
     }
     if (rc == 0 && rename(tmp, path) != 0) {
         snprintf(err, errcap, "cannot rename %s to %s: %s", tmp, path, strerror(errno));

@@ -39,6 +39,11 @@ struct kv_rdb_counts {
  * that guarantees. Returns 0, or KV_EIO / KV_ENOMEM with a reason in err. */
 int kv_rdb_save(struct kv_shm_store *store, const char *path, struct kv_rdb_counts *out,
                 char *err, size_t errcap);
+/* kv_rdb_save that asks still_ok(ctx) once every key is written, before the file
+ * replaces path: 0 there throws the file away and returns KV_EAGAIN (BGSAVE: an EXEC ran
+ * during the scan). still_ok NULL: kv_rdb_save. */
+int kv_rdb_save_checked(struct kv_shm_store *store, const char *path, struct kv_rdb_counts *out,
+                        char *err, size_t errcap, int (*still_ok)(void *ctx), void *ctx);
 
 /* Checks the whole of path (structure and CRC64), then imports its string
  * keys into store (overwriting keys of the same name). A malformed file

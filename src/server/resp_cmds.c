@@ -74,6 +74,9 @@ enum reply_style {
     RS_EXECABORT,   /* -EXECABORT (the UNWATCH call of an EXEC refused at queue time) */
     RS_RAW,         /* the answer is the reply's bytes (inside EXEC: queued replies) */
     RS_OK_ERR,      /* +OK; BAD_REQUEST's Redis error text verbatim (SWAPDB inside EXEC) */
+    RS_RESET,       /* +RESET, whatever the answer (RESET's UNWATCH call) */
+    RS_LOCAL,       /* EXEC: a connection command queued in MULTI (its argv is the body),
+                     * run on the IO thread as EXEC's reply is laid out (rs_exec) */
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -1055,6 +1058,7 @@ static int cmd_hello(struct cmdctx *x)
  * (MULTI and SELECT state, when they exist, are cleared here too.) */
 struct multi_state;
 static void multi_reset(struct multi_state *ms);
+static int watch_call(struct cmdctx *x, size_t first, int unwatch, enum reply_style style);
 
 static int cmd_reset(struct cmdctx *x)
 {
@@ -1064,14 +1068,16 @@ static int cmd_reset(struct cmdctx *x)
     kv_io_session_monitor(x->session, 0);
     x->session->reply_mode = KV_REPLY_ON;
     __atomic_store_n(&x->session->db, 0, __ATOMIC_RELAXED); /* SELECT 0 */
-    if (x->session->multi) /* DISCARD (the watches stay: README, "Transactions") */
+    if (x->session->multi) /* DISCARD */
         multi_reset(x->session->multi);
     x->res->silent = 0;
     if ((rc = kv_io_session_set_text(x->session, KV_IO_TEXT_NAME, NULL, 0)) != 0)
         return rc;
     if (x->srv->cfg->requirepass[0])
         __atomic_fetch_and(&x->session->flags, ~KV_SESSION_AUTHED, __ATOMIC_RELEASE);
-    return reply_str(x->res, "+RESET\r\n");
+    /* UNWATCH, as a call in order with the connection's others (the watches live with
+     * the handlers); its answer is +RESET whatever it says */
+    return watch_call(x, x->argc, 1, RS_RESET);
 }
 
 /* MONITOR: every command any connection runs from now on, as a status line
@@ -2014,6 +2020,7 @@ struct multi_state {
     size_t n;      /* commands queued */
     int active;    /* between MULTI and EXEC/DISCARD */
     int dirty;     /* a command was refused while queueing: EXEC answers EXECABORT */
+    int local;     /* a connection command is queued (RS_LOCAL): EXEC is a barrier */
     uint16_t db;   /* the database queued commands are built in: SELECT inside MULTI
                     * changes this, and the connection's only when EXEC runs */
 };
@@ -2034,7 +2041,7 @@ static void multi_reset(struct multi_state *ms)
     out_release(&ms->q);
     ms->q.failed = 0;
     ms->n = 0;
-    ms->active = ms->dirty = 0;
+    ms->active = ms->dirty = ms->local = 0;
 }
 
 /* Appends one ExecSub{opcode, body, tag, db}. */
@@ -2085,6 +2092,29 @@ static int multi_queue(struct cmdctx *x, struct multi_state *ms)
                             reply_err(x->res, "-ERR Command not allowed inside a transaction"));
     y.call = &tmp;
     y.res = &r;
+    if (x->cmd->fn == cmd_monitor) { /* Redis: an EXEC denies blocking */
+        static const char e[] = "-ERR MONITOR isn't allowed for DENY BLOCKING client\r\n";
+
+        multi_add(ms, KV_OP_PING, RS_RAW, (const uint8_t *)e, sizeof(e) - 1);
+        goto queued;
+    }
+    if ((x->cmd->flags & CMD_LOCAL) && x->cmd->fn != cmd_select) {
+        /* a connection command (CONFIG, CLIENT, HELLO, INFO, TIME, ...) runs at EXEC, in
+         * order, and not at all when the transaction is discarded or aborted: queued as
+         * its argv, run by rs_exec on this IO thread */
+        struct out a = {0};
+
+        for (size_t i = 0; i < x->argc; i++)
+            body_bytes(&a, 1, &x->argv[i]);
+        if (a.failed) {
+            out_release(&a);
+            return KV_ENOMEM;
+        }
+        multi_add(ms, KV_OP_PING, RS_LOCAL, a.p, a.len);
+        out_release(&a);
+        ms->local = 1;
+        goto queued;
+    }
     if (x->cmd->fn == cmd_select) { /* SELECT runs at EXEC: later commands are built in it */
         long long n;
 
@@ -2184,6 +2214,9 @@ static int cmd_exec(struct cmdctx *x)
     /* the SELECTs queued run now: the connection stays in the last one (as Redis, but
      * also when a WATCH aborts the EXEC: later commands are built before its answer) */
     __atomic_store_n(&x->session->db, ms->db, __ATOMIC_RELAXED);
+    /* queued connection commands run when the answer is laid out: the next command waits
+     * for that (Redis runs them in EXEC, before anything after it) */
+    x->res->barrier = ms->local;
     multi_reset(ms);
     return dispatch(&o, x->call, x->res, KV_OP_EXEC, RS_EXEC);
 }
@@ -2338,7 +2371,8 @@ uint64_t kv_server_resp_local_calls(void)
     uint64_t n = 0;
 
     for (size_t i = 0; i < RESP_NCMDS; i++)
-        if (resp_cmds[i].flags & CMD_LOCAL)
+        if ((resp_cmds[i].flags & CMD_LOCAL) && resp_cmds[i].fn != cmd_reset) /* RESET: a
+                                                       * call (its UNWATCH), counted there */
             n += __atomic_load_n(&resp_cmd_calls[i], __ATOMIC_RELAXED);
     return n;
 }
@@ -2926,6 +2960,65 @@ static void rs_expiretime(struct out *o, const struct kv_call *call, const struc
 
 static void reply_one(struct out *o, const struct kv_call *call, const struct kv_server *srv);
 
+static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name);
+
+/* A connection command queued in MULTI (RS_LOCAL: the body is its argv, one bytes field
+ * each), run now, on the connection's IO thread, as EXEC's reply is laid out; its reply
+ * is its entry of EXEC's array. The connection parses nothing more until this EXEC's
+ * reply is written (the barrier), so later commands see its effect. */
+static void exec_local(struct out *o, const struct kv_call *exec, const struct kv_call *sub,
+                       const struct kv_server *srv)
+{
+    struct pb_reader r = {sub->body, sub->body + sub->body_len};
+    struct pb_field f;
+    struct kv_slice few[8], *argv = few;
+    size_t argc = 0, n = 0;
+    struct kv_call tmp = {0};
+    struct kv_text_result res = {0};
+    uint8_t room[256] __attribute__((aligned(8)));
+    int rc;
+
+    while (pb_next(&r, &f) == 1)
+        n += f.number == 1;
+    if (n > sizeof(few) / sizeof(few[0]) &&
+        !(argv = kv_mem_alloc(KV_MOD_SERVER, n * sizeof(*argv)))) {
+        OUT_LIT(o, "-ERR out of memory\r\n");
+        return;
+    }
+    r.p = sub->body;
+    while (pb_next(&r, &f) == 1 && argc < n)
+        if (f.number == 1) {
+            argv[argc].p = f.data;
+            argv[argc++].len = f.len;
+        }
+    tmp.session = exec->session;
+    tmp.db = exec->session->db;
+    tmp.resp3 = __atomic_load_n(&exec->session->resp, __ATOMIC_RELAXED) == 3;
+    tmp.scratch = room;
+    tmp.scratch_cap = sizeof(room);
+    /* srv: the reply path's view is const; connection commands change the server's
+     * options (CONFIG SET) as they do when run alone, on this same thread */
+    struct cmdctx y = {(struct kv_server *)srv, exec->session, argc, argv, &tmp, &res,
+                       argc ? resp_cmd_find(&argv[0]) : NULL};
+
+    if (!y.cmd) {
+        OUT_LIT(o, "-ERR internal error: a queued command is gone\r\n");
+    } else {
+        __atomic_fetch_add(&resp_cmd_calls[y.cmd - resp_cmds], 1, __ATOMIC_RELAXED);
+        rc = y.cmd->fn(&y);
+        if (rc == KV_TEXT_REPLY) {
+            out_bytes(o, res.reply, res.reply_len);
+            kv_mem_free(KV_MOD_PACKET, res.reply);
+        } else {
+            if (rc == KV_TEXT_DISPATCH && !res.body_in_scratch)
+                kv_mem_free(KV_MOD_PACKET, res.body);
+            OUT_LIT(o, "-ERR this command cannot run inside EXEC\r\n");
+        }
+    }
+    if (argv != few)
+        kv_mem_free(KV_MOD_SERVER, argv);
+}
+
 /* *N of each sub-request's reply in the style it was queued with (its tag), or *-1 when
  * a WATCHed key changed. The request body (still the call's) gives the tags. */
 static void rs_exec(struct out *o, const struct kv_call *call, const struct kv_server *srv)
@@ -2979,7 +3072,10 @@ static void rs_exec(struct out *o, const struct kv_call *call, const struct kv_s
                     sub.tag = (uint32_t)sf.u64;
             }
         }
-        reply_one(o, &sub, srv);
+        if (sub.tag == RS_LOCAL)
+            exec_local(o, call, &sub, srv);
+        else
+            reply_one(o, &sub, srv);
     }
 }
 
@@ -2991,6 +3087,11 @@ static void rs_execabort(struct out *o, const struct kv_call *call, const struct
 static void rs_raw(struct out *o, const struct kv_call *call, const struct kv_server *srv)
 {
     out_bytes(o, call->resp, call->resp_len);
+}
+
+static void rs_reset(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    OUT_LIT(o, "+RESET\r\n");
 }
 
 #define RF_ANY 0x1u   /* fn answers every status itself */
@@ -3038,6 +3139,8 @@ static const struct {
     [RS_EXECABORT] = {rs_execabort, NULL, NULL, RF_ANY},
     [RS_RAW] = {rs_raw, NULL, NULL, RF_BIG},
     [RS_OK_ERR] = {rs_ok, NULL, NULL, RF_REDIS_ERR},
+    [RS_RESET] = {rs_reset, NULL, NULL, RF_ANY},
+    [RS_LOCAL] = {rs_raw, NULL, NULL, RF_BIG}, /* never used alone: rs_exec runs it */
 };
 
 /* A row's literal reply; RESP2's null bulk becomes RESP3's null. */

@@ -26,6 +26,13 @@ static double mono_ms(void)
 
 void kv_server_save_init(struct kv_server *srv)
 {
+    pthread_rwlockattr_t a;
+
+    pthread_rwlockattr_init(&a);
+    /* the save's last try must get in between back-to-back EXECs */
+    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&srv->save.exec_hold, &a);
+    pthread_rwlockattr_destroy(&a);
     pthread_mutex_init(&srv->save.lock, NULL);
     pthread_cond_init(&srv->save.idle, NULL);
     srv->save.last_ok = 1;
@@ -33,19 +40,60 @@ void kv_server_save_init(struct kv_server *srv)
 
 /* Writes the file and records the outcome; the caller set running. A
  * BGSAVE thread touches nothing of srv after the lock is released here. */
+struct exec_check {
+    struct kv_server *srv;
+    uint64_t seq; /* exec_seq when the scan began */
+};
+
+/* No EXEC was changing the store when the scan began, and none has since. */
+static int exec_unchanged(void *arg)
+{
+    struct exec_check *c = arg;
+
+    return !(c->seq & 1) && __atomic_load_n(&c->srv->save.exec_seq, __ATOMIC_ACQUIRE) == c->seq;
+}
+
+#define SAVE_EXEC_TRIES 2 /* scans redone because an EXEC ran, before EXECs are held */
+
+/* The RDB file, never with part of an EXEC: the scan reads key by key while the others
+ * serve (as any write, an EXEC may land in the middle of it). A scan an EXEC ran during is
+ * redone; the last try holds EXECs off (they wait outside the workers' gate, so only
+ * connections running EXEC wait, for at most one scan). */
+static int save_exec_consistent(struct kv_server *srv, struct kv_rdb_counts *cnt, char *err,
+                                size_t errcap, int *tries)
+{
+    int rc = KV_EAGAIN;
+
+    for (*tries = 0; rc == KV_EAGAIN && *tries <= SAVE_EXEC_TRIES; (*tries)++) {
+        struct exec_check c = {srv, 0};
+        int hold = *tries == SAVE_EXEC_TRIES;
+
+        if (hold)
+            pthread_rwlock_wrlock(&srv->save.exec_hold);
+        c.seq = __atomic_load_n(&srv->save.exec_seq, __ATOMIC_ACQUIRE);
+        rc = kv_rdb_save_checked(srv->store, srv->cfg->rdb_file, cnt, err, errcap,
+                                 hold ? NULL : exec_unchanged, &c);
+        if (hold)
+            pthread_rwlock_unlock(&srv->save.exec_hold);
+    }
+    return rc;
+}
+
 static int do_save(struct kv_server *srv, int background, char *err, size_t errcap)
 {
     struct kv_rdb_counts cnt;
     time_t started = time(NULL);
     double t0 = mono_ms();
     const char *what = background ? "BGSAVE" : "SAVE";
-    int rc = kv_rdb_save(srv->store, srv->cfg->rdb_file, &cnt, err, errcap);
+    int tries;
+    int rc = save_exec_consistent(srv, &cnt, err, errcap, &tries);
 
     if (rc == 0)
         kv_server_log(srv->cfg, 2, "%s: %llu keys, %llu bytes written to %s in %.1f ms "
-                      "(%llu keys reported twice by the scan, written once)", what,
+                      "(%llu keys reported twice by the scan, written once; %d scans: "
+                      "one is redone when an EXEC ran during it)", what,
                       (unsigned long long)cnt.strings, (unsigned long long)cnt.bytes,
-                      srv->cfg->rdb_file, mono_ms() - t0, (unsigned long long)cnt.repeats);
+                      srv->cfg->rdb_file, mono_ms() - t0, (unsigned long long)cnt.repeats, tries);
     else
         kv_server_log(srv->cfg, 0, "%s to %s failed: %s", what, srv->cfg->rdb_file, err);
     pthread_mutex_lock(&srv->save.lock);

@@ -27,6 +27,12 @@ struct kv_server_save {
     pthread_t tid;
     int64_t last_save;                 /* unix time of the last good save (start time) */
     int last_ok;                       /* the last save succeeded */
+    /* A snapshot never holds part of an EXEC (save.c): exec_seq (atomic, not under lock)
+     * is odd while an EXEC changes the store; a save whose scan saw it move is redone,
+     * and the last try holds exec_hold for writing (EXECs take it for reading, outside
+     * the workers' gate, so only EXECs wait). */
+    uint64_t exec_seq;
+    pthread_rwlock_t exec_hold;
 };
 
 /* The counters CONFIG RESETSTAT zeroes, as INFO shows them (stats.c). */

@@ -8,10 +8,12 @@
  * commit): every slot change is undo-logged in the segment, so a kill -9 leaves the batch
  * wholly there or wholly absent, and the answer is sent only after the commit.
  *
- * WATCH records, in the connection's session, the version of each key (0 for an absent
- * or expired key) as of when the WATCH ran; EXEC compares them under the gate and aborts
- * (nothing runs) when any differs: a write, DEL, EXPIRE, expiry or FLUSH changes the
- * version or makes the key absent. Calls of one connection run in order, one after
+ * WATCH records, in the connection's session, the version of each key as of when the
+ * WATCH ran, or for an absent or expired key the store's version counter then; EXEC
+ * checks them under the gate and aborts (nothing runs) when a key changed: a write, DEL,
+ * EXPIRE, expiry or FLUSH changes the version or makes the key absent, and a key absent
+ * at WATCH that was created since -- even if it is gone again -- reads as changed
+ * (kv_shm_db_watch). Calls of one connection run in order, one after
  * another (src/io), so the session's watch list is touched by one handler at a time and
  * needs no lock. Each record has a db field (0 until databases exist). */
 #include <stdio.h>
@@ -34,6 +36,7 @@ struct watch_rec {
     uint32_t db;      /* the key's database  */
     uint32_t klen;
     uint64_t version; /* as of the WATCH; 0 = absent */
+    uint64_t epoch;   /* the store's version counter at the WATCH */
 };
 
 struct watch_list {
@@ -56,11 +59,11 @@ static void watch_clear(struct kv_session *s)
 }
 
 static int watch_add(struct kv_session *s, uint32_t db, const uint8_t *key, size_t klen,
-                     uint64_t version, size_t limit)
+                     uint64_t version, uint64_t epoch, size_t limit)
 {
     struct watch_list *w = s->watch;
     size_t need = WATCH_REC_SIZE(klen);
-    struct watch_rec rec = {db, (uint32_t)klen, version};
+    struct watch_rec rec = {db, (uint32_t)klen, version, epoch};
 
     if (!w) {
         w = kv_mem_calloc(KV_MOD_SERVER, sizeof(*w));
@@ -96,12 +99,16 @@ static int watch_broken(struct kv_server *srv, const struct kv_session *s)
 
     for (size_t off = 0; w && off < w->len;) {
         struct watch_rec rec;
-        uint64_t v = 0;
+        uint64_t v, mark, now;
+        int rc;
 
         memcpy(&rec, w->p + off, sizeof(rec));
-        if (kv_shm_db_version(srv->store, rec.db, w->p + off + sizeof(rec), rec.klen, &v) != 0)
-            v = 0;
-        if (v != rec.version)
+        rc = kv_shm_db_watch(srv->store, rec.db, w->p + off + sizeof(rec), rec.klen, &v, &mark,
+                             &now);
+        if (mark > rec.epoch) /* its database swapped, or (absent) a key written and gone */
+            return 1;
+        if (rec.version ? rc != 0 || v != rec.version /* rewritten, removed, expired */
+                        : rc == 0)                     /* created */
             return 1;
         off += WATCH_REC_SIZE(rec.klen);
     }
@@ -155,9 +162,9 @@ static void handle_watch(void *ctx, struct kv_call *call)
     uint8_t *p;
     size_t n;
 
-    if (!authed(srv, call))
-        return;
     while ((rc = pb_next(&r, &f)) == 1) {
+        if (f.number == 1 && !authed(srv, call)) /* UNWATCH alone needs no AUTH (RESET's) */
+            return;
         if (f.number == 1 && f.wire != 2)
             bad = 1;
         else if (f.number == 2 && f.wire == 0)
@@ -177,13 +184,13 @@ static void handle_watch(void *ctx, struct kv_call *call)
         watch_clear(call->session);
     r.p = call->body;
     while (pb_next(&r, &f) == 1) {
-        uint64_t v = 0;
+        uint64_t v, mark, now;
 
         if (f.number != 1)
             continue;
-        if (kv_shm_db_version(srv->store, db, f.data, f.len, &v) != 0)
+        if (kv_shm_db_watch(srv->store, db, f.data, f.len, &v, &mark, &now) != 0)
             v = 0;
-        rc = watch_add(call->session, db, f.data, f.len, v, srv->cfg->max_body);
+        rc = watch_add(call->session, db, f.data, f.len, v, now, srv->cfg->max_body);
         if (rc != 0) {
             answer(call, rc == KV_ETOOBIG ? KV_ST_TOO_LARGE : KV_ST_OUT_OF_MEMORY,
                    rc == KV_ETOOBIG ? "watched keys above --max-body bytes" : "out of memory");
@@ -307,6 +314,7 @@ static void exec_body(void *arg)
     x->rc = kv_shm_txn_begin(srv->store);
     if (x->rc != 0)
         return;
+    __atomic_add_fetch(&srv->save.exec_seq, 1, __ATOMIC_ACQ_REL); /* odd: changing (save.c) */
     while (pb_next(&r, &f) == 1) {
         struct kv_call sub;
         uint32_t op;
@@ -333,6 +341,7 @@ static void exec_body(void *arg)
             kv_mem_free(KV_MOD_PACKET, sub.resp);
     }
     kv_shm_txn_commit(srv->store);
+    __atomic_add_fetch(&srv->save.exec_seq, 1, __ATOMIC_ACQ_REL);
 }
 
 static void handle_exec(void *ctx, struct kv_call *call)
@@ -371,7 +380,10 @@ static void handle_exec(void *ctx, struct kv_call *call)
         answer(call, KV_ST_BAD_REQUEST, "body does not decode");
         return;
     }
+    /* a save's last try holds EXECs off (save.c): waited for here, outside the gate */
+    pthread_rwlock_rdlock(&srv->save.exec_hold);
     kv_worker_exclusive(srv->reg, exec_body, &x);
+    pthread_rwlock_unlock(&srv->save.exec_hold);
     watch_clear(call->session); /* EXEC, run or aborted, forgets every watch */
     if (x.rc != 0) {
         kv_mem_free(KV_MOD_PACKET, x.out.p);

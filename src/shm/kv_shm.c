@@ -123,6 +123,8 @@ static int slot_clear(struct kv_shm_store *s, struct shm_stripe *st, uint64_t *s
     if (s->txn && kv_shm_txn_log(s, slot, 0) != 0)
         return KV_ENOMEM;
     kv_shm_wrote(s);
+    shm_gone_mark(s, (uint64_t)(st - s->stripes) | (*slot & 0xFFFF000000000000ull), it,
+                  kv_shm_now_ms());
     __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
     __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
     if (it)
@@ -627,6 +629,41 @@ int kv_shm_db_del(struct kv_shm_store *s, unsigned db, const void *key, size_t k
     return rc;
 }
 
+int kv_shm_db_del_version(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                          uint64_t version)
+{
+    if (key_bad(s, key, klen) || db >= SHM_MAX_DB)
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(s, key, klen), off = 0;
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int rc = KV_ENOTFOUND;
+    pthread_rwlock_wrlock(&st->lock);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, shm_db_phys(s, db), key,
+                                       klen, &it);
+    if (slot) {
+        int expired = item_expired(it, kv_shm_now_ms());
+
+        if (!expired && it->version != version) {
+            rc = KV_EEXISTS; /* another write came in between: nothing changes */
+        } else {
+            if (expired)
+                __atomic_add_fetch(&s->hdr->expired, 1, __ATOMIC_RELAXED);
+            else
+                rc = 0;
+            off = SHM_WORD_OFF(*slot);
+            if (slot_clear(s, st, slot, it) != 0) {
+                off = 0;
+                rc = KV_ENOMEM;
+            }
+        }
+    }
+    pthread_rwlock_unlock(&st->lock);
+    if (off)
+        kv_shm_free(s, off);
+    return rc;
+}
+
 /* Shared lookup of exists/ttl: *expire_ms of the live item. */
 static int peek(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                 int64_t *expire_ms)
@@ -1072,23 +1109,48 @@ int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b)
         return KV_EINVAL;
     if (a == b)
         return 0;
-    /* not inside a transaction: its undo log holds slot words, and a second swap would
-     * overwrite the map an undone first one needs (README: SWAPDB inside MULTI) */
-    if (s->txn)
-        return KV_ELOCKED;
     for (unsigned i = 0; i < SHM_STRIPES; i++) /* ascending, as every multi-stripe holder */
         pthread_rwlock_wrlock(&s->stripes[i].lock);
     struct shm_dbs *d = s->dbs;
     unsigned cur = __atomic_load_n(&d->sel, __ATOMIC_ACQUIRE) & 1, nxt = cur ^ 1;
     unsigned pa = shm_db_phys(s, a), pb = shm_db_phys(s, b);
-    memcpy(d->map[nxt], d->map[cur], sizeof(d->map[nxt]));
-    d->map[nxt][a] = (uint8_t)(a ^ pb);
-    d->map[nxt][b] = (uint8_t)(b ^ pa);
+    uint8_t map[SHM_MAX_DB] __attribute__((aligned(8)));
+    int rc = 0;
+
+    memcpy(map, d->map[cur], sizeof(map));
+    map[a] = (uint8_t)(a ^ pb);
+    map[b] = (uint8_t)(b ^ pa);
+    if (!s->txn) {
+        memcpy(d->map[nxt], map, sizeof(map));
+    } else {
+        /* inside a transaction the map is undone like slots: each 8-byte word of the
+         * spare copy that changes, then the selector word, is logged before it is
+         * stored, so a second swap in the same EXEC (which rewrites the copy the first
+         * made current) is undone too, newest first (DESIGN.md, "Where the two meet") */
+        uint64_t *w = (uint64_t *)(void *)d->map[nxt];
+        const uint64_t *nw = (const uint64_t *)(const void *)map;
+
+        for (unsigned i = 0; i < SHM_MAX_DB / 8 && rc == 0; i++)
+            if (w[i] != nw[i] && (rc = kv_shm_txn_log(s, &w[i], nw[i])) == 0)
+                __atomic_store_n(&w[i], nw[i], __ATOMIC_RELEASE);
+        if (rc == 0) {
+            uint64_t *selw = (uint64_t *)(void *)d; /* sel and pad: one aligned word */
+            uint64_t nsel = (__atomic_load_n(selw, __ATOMIC_ACQUIRE) & ~(uint64_t)UINT32_MAX) |
+                            nxt; /* the word once sel = nxt is stored below (little end) */
+
+            rc = kv_shm_txn_log(s, selw, nsel);
+        }
+    }
     kv_shm_crash_point(s, KV_SHM_CRASH_BATCH); /* the new map written, not yet current */
-    __atomic_store_n(&d->sel, nxt, __ATOMIC_RELEASE); /* the swap: one store */
+    if (rc == 0) {
+        __atomic_store_n(&d->sel, nxt, __ATOMIC_RELEASE); /* the swap: one store */
+        uint64_t v = __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->swapped[a], v, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->swapped[b], v, __ATOMIC_RELAXED);
+    }
     for (unsigned i = SHM_STRIPES; i-- > 0;)
         pthread_rwlock_unlock(&s->stripes[i].lock);
-    return 0;
+    return rc; /* KV_ENOMEM: the log could not grow; the spare copy may differ, unused */
 }
 
 int kv_shm_sweep(struct kv_shm_store *s, size_t max_work)

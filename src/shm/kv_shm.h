@@ -193,6 +193,11 @@ int kv_shm_db_set_h(struct kv_shm_store *s, unsigned db, const void *key, size_t
 int kv_shm_db_mset(struct kv_shm_store *s, unsigned db, const struct kv_shm_pair *pairs,
                    size_t n, const struct kv_shm_set_opts *opts, uint64_t *versions);
 int kv_shm_db_del(struct kv_shm_store *s, unsigned db, const void *key, size_t klen);
+/* Compare-and-delete: removes key only if its live item has version (GETDEL: the value
+ * answered and the removal are one step). 0, KV_ENOTFOUND (absent or expired: an expired
+ * item is removed), KV_EEXISTS (another version: nothing changes). */
+int kv_shm_db_del_version(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                          uint64_t version);
 int kv_shm_db_exists(struct kv_shm_store *s, unsigned db, const void *key, size_t klen);
 int kv_shm_db_incr(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                    int64_t delta, int64_t *result, uint64_t *version);
@@ -241,6 +246,15 @@ void kv_shm_txn_commit(struct kv_shm_store *s);
 int kv_shm_version(struct kv_shm_store *s, const void *key, size_t klen, uint64_t *version);
 int kv_shm_db_version(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                       uint64_t *version);
+/* WATCH: 0 and *version when key is there (and live), else KV_ENOTFOUND. *now is the
+ * store's version counter (a WATCH records it, C). *mark: the version of db's last SWAPDB,
+ * and for an absent or expired key also the newest version at which this key -- or,
+ * rarely, another key of its cell of hashes (1 in 16384) -- was written and is gone since
+ * (removed, or expired but still there). A key WATCHed at C changed iff it is there with
+ * another version (or was absent and is there), or mark > C. Removals of keys that were
+ * expired when removed count as of their write (no logical change). */
+int kv_shm_db_watch(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                    uint64_t *version, uint64_t *mark, uint64_t *now);
 
 /* Removes key: 0 when it existed, KV_ENOTFOUND when not. */
 int kv_shm_del(struct kv_shm_store *s, const void *key, size_t klen);

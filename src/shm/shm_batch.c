@@ -22,6 +22,7 @@
  * SHM_LOG_MAGIC, klen 0, vlen 24 * capacity, `version` = entries written so far. */
 #include <sched.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "kv_mem.h"
@@ -409,6 +410,7 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
                     rc = KV_ENOMEM;
                 }
                 if (rc == 0) {
+                    shm_gone_mark(s, hs, NULL, 0); /* a live key left this name */
                     __atomic_store_n(sslot, 0, __ATOMIC_RELEASE);
                     __atomic_sub_fetch(&shm_stripe_of(s, hs)->keys, 1, __ATOMIC_RELAXED);
                     shm_db_count(s, ps, -1);
@@ -454,8 +456,11 @@ uint64_t kv_shm_batch_undo(struct kv_shm_store *s)
             struct entry e;
             kv_shm_item_read(s, log, SHM_ITEM_HDR + i * sizeof(e), &e, sizeof(e));
             uint64_t so = e.slot & 0xFFFFFFFFFFFFull;
+            /* a slot, or (SWAPDB inside a transaction) a word of the database maps and
+             * their selector in the header page */
+            int in_dbs = so >= SHM_DBS_OFF && so + 8 <= SHM_DBS_OFF + offsetof(struct shm_dbs, keys);
             if ((e.slot & ~0xFFFFFFFFFFFFull) != entry_check(so, e.nw, e.ow) ||
-                so < s->data_off || so + 8 > s->data_end || so % 8)
+                (!in_dbs && (so < s->data_off || so + 8 > s->data_end)) || so % 8)
                 continue;
             uint64_t *slot = shm_ptr(s, so);
             if (*slot == e.nw)

@@ -61,6 +61,7 @@ static int unlink_word(struct kv_shm_store *s, uint64_t w, uint64_t ver, int exp
     if (slot && *slot == w && found->version == ver &&
         (!expired_only || item_expired(found, now))) {
         int expired = item_expired(found, now);
+        shm_gone_mark(s, h, found, kv_shm_now_ms());
         __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
         __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
         shm_db_count(s, found->db, -1);
@@ -107,6 +108,7 @@ static int page_drain(struct kv_shm_store *s, uint64_t pi, enum drain_mode mode)
             kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, pdb, it->data, klen, &found);
         if (slot && SHM_WORD_OFF(*slot) == off && found == it) {
             if (mode == DRAIN_EVICT) {
+                shm_gone_mark(s, h, found, kv_shm_now_ms());
                 __atomic_store_n(slot, 0, __ATOMIC_RELEASE);
                 __atomic_sub_fetch(&st->keys, 1, __ATOMIC_RELAXED);
                 shm_db_count(s, found->db, -1);

@@ -56,6 +56,7 @@
 #define SHM_PAGE_SHIFT     16
 #define SHM_PAGE           (1u << SHM_PAGE_SHIFT) /* 64 KiB */
 #define SHM_STRIPES        1024u                  /* power of two, <= 2^SHM_INIT_LEVEL */
+#define SHM_GONE_CELLS     16384u /* WATCH's removal stamps: SHM_STRIPES x 2^k */
 #define SHM_INIT_LEVEL     10
 #define SHM_SLOTS          7                     /* slot words per bucket / overflow line */
 #define SHM_LINE           64u                   /* bytes per bucket / overflow line */
@@ -269,7 +270,40 @@ struct kv_shm_store {
     uint64_t restored_items; /* ro after open: recovery took an older copy for a torn slot */
     struct shm_txn *txn; /* owned: transaction mode (shm_txn.c), NULL = off; set and read
                           * only while the caller runs alone (kv_shm_txn_begin) */
+    /* WATCH of an absent key (shm_txn.c, kv_shm_db_watch): per cell of key hashes, the
+     * newest "a key of this cell written after version V was removed" stamp. A cell is
+     * the stripe and 4 bits of the slot tag, so it is written only under its stripe's
+     * exclusive lock; relaxed atomics for the reader (EXEC, under the server's gate).
+     * Process-local: WATCH sessions do not outlive the process. */
+    uint64_t gone[SHM_GONE_CELLS];
+    /* per logical database, the version at its last SWAPDB (written while every stripe is
+     * held): a WATCHed key of a database swapped since reads as changed (kv_shm_db_watch) */
+    uint64_t swapped[SHM_MAX_DB];
 };
+
+/* Cell of gone[] for a key hash, or for the slot word of a key of stripe st. */
+static inline unsigned shm_gone_cell(uint64_t h)
+{
+    return (unsigned)(h & (SHM_STRIPES - 1)) |
+           (unsigned)(((h >> 48) & (SHM_GONE_CELLS / SHM_STRIPES - 1)) * SHM_STRIPES);
+}
+
+/* A slot that held item it (of a key with hash bits h: the slot word carries the tag bits
+ * and the stripe gives the low ones) was emptied, under the stripe's exclusive lock. A
+ * live item's removal is a change now (a fresh version); an expired one's is no logical
+ * change, and counts as of its own write (a stale key at WATCH stays unchanged, as in
+ * Redis; one written after the WATCH and expired since still reads as changed). */
+static inline void shm_gone_mark(struct kv_shm_store *s, uint64_t h, const struct shm_item *it,
+                                 int64_t now_ms)
+{
+    uint64_t *c = &s->gone[shm_gone_cell(h)];
+    uint64_t v = it && it->expire_ms && it->expire_ms <= now_ms
+                     ? it->version
+                     : __atomic_add_fetch(&s->hdr->version_ctr, 1, __ATOMIC_RELAXED);
+
+    if (v > __atomic_load_n(c, __ATOMIC_RELAXED))
+        __atomic_store_n(c, v, __ATOMIC_RELAXED);
+}
 
 /* ---- shm_util.c ---- */
 uint32_t kv_shm_crc32c(uint32_t crc, const void *buf, size_t len);
