@@ -313,7 +313,7 @@ static void budget_log(struct kv_io_thread *thr, const struct kv_io_conn *c, siz
         return;
     kv_io_log(thr->io, 1, "%s: holds %zu bytes, the most, and all clients %zu, above "
               "--max-client-memory %zu; closing (and %llu more since the last such line)",
-              conn_peer(c, peer, sizeof(peer)), c->mem, total, thr->io->cfg->max_client_memory,
+              conn_peer(c, peer, sizeof(peer)), c->mem, total, kv_config_client_budget(thr->io->cfg),
               (unsigned long long)quiet);
 }
 
@@ -324,7 +324,7 @@ static void budget_log(struct kv_io_thread *thr, const struct kv_io_conn *c, siz
 static void budget_check(struct kv_io_thread *thr, int asked)
 {
     struct kv_io *io = thr->io;
-    size_t budget = io->cfg->max_client_memory, total;
+    size_t budget = kv_config_client_budget(io->cfg), total;
 
     if (thr->client_mem > thr->trim_high)
         thr->trim_high = thr->client_mem;
@@ -1272,6 +1272,21 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     conn_parse_input(c);
 }
 
+/* A connection passed --client-query-buffer-limit: logged at most once a second. */
+static void query_limit_log(struct kv_io_conn *c, size_t held)
+{
+    uint64_t quiet;
+    char peer[64];
+
+    if (!kv_io_ratelog_take(&c->thr->io->qbuf_log, ev_now(c->thr->loop), &quiet))
+        return;
+    kv_io_log(c->thr->io, 1, "%s: %zu bytes of unparsed input, above "
+              "--client-query-buffer-limit %zu; closing (and %llu more since the last such "
+              "line)", conn_peer(c, peer, sizeof(peer)), held,
+              __atomic_load_n(&c->thr->io->cfg->query_buf_limit, __ATOMIC_RELAXED),
+              (unsigned long long)quiet);
+}
+
 /* Parses what the current message holds into requests, then makes room for
  * the next read. From on_read, and from conn_settle when an unauthenticated
  * connection's answer has been written (the gate opens). */
@@ -1291,6 +1306,11 @@ static void conn_parse_input(struct kv_io_conn *c)
         c->partial_since = 0;
     else if (c->partial_since == 0)
         c->partial_since = ev_now(loop); /* a request started: its deadline runs */
+    if (m->len - m->parsed > __atomic_load_n(&c->thr->io->cfg->query_buf_limit, __ATOMIC_RELAXED)) {
+        query_limit_log(c, m->len - m->parsed); /* Redis's client-query-buffer-limit */
+        conn_close(c);
+        return;
+    }
     if (conn_make_room(c, need) != 0) {
         kv_io_log(c->thr->io, 0, "out of memory for a receive buffer; closing connection");
         conn_close(c);

@@ -267,6 +267,7 @@ struct kv_io {
     unsigned conns;                  /* atomic: open connections */
     unsigned monitors;               /* atomic: connections in MONITOR mode, every thread */
     struct kv_io_ratelog evict_log;  /* budget closes */
+    struct kv_io_ratelog qbuf_log;   /* --client-query-buffer-limit closes */
     struct kv_io_ratelog auth_log;   /* wrong passwords */
     struct kv_io_ratelog accept_log; /* accepts paused for lack of descriptors */
     /* listener */

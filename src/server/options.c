@@ -179,7 +179,9 @@ size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
             snprintf(v, sizeof(v), " (set)");
         else if (o->type == KV_CT_FLAG)
             v[0] = '\0';
-        else if (o->type == KV_CT_SIZE) {
+        else if (o->type == KV_CT_SIZE &&
+                 !((o->flags & KV_CF_PERCENT) &&
+                   KV_CONFIG_IS_PCT(*(const size_t *)((const char *)cfg + o->offset)))) {
             char t[32];
 
             snprintf(v, sizeof(v), " %s",
@@ -241,7 +243,7 @@ size_t kv_options_config_get(const struct kv_config *cfg, const struct kv_option
             const struct kv_config_option *o = &kv_config_options[i];
             const char *nm = kv_config_option_config_name(o);
 
-            if (done[i] || !is_config(o) ||
+            if (done[i] || !is_config(o) || (o->flags & KV_CF_HIDDEN) ||
                 !kv_glob_match((const uint8_t *)lower, a->len, (const uint8_t *)nm, strlen(nm)))
                 continue;
             done[i] = 1;

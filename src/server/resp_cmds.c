@@ -877,6 +877,9 @@ static int cmd_config(struct cmdctx *x)
             return KV_ENOMEM;
         rc = kv_options_config_set(x->srv->cfg_rw, a, (x->argc - 2) / 2, err, sizeof(err));
         kv_mem_free(KV_MOD_PACKET, a);
+        if (rc == 0 && x->srv->store) /* maxmemory reaches the store (a no-op otherwise) */
+            kv_shm_set_maxmemory(x->srv->store,
+                                 __atomic_load_n(&x->srv->cfg->maxmemory, __ATOMIC_RELAXED));
         return rc == 0 ? reply_str(x->res, "+OK\r\n") : reply_err(x->res, "-%s", err);
     }
     if (arg_is(&v[1], "RESETSTAT")) {
