@@ -1677,7 +1677,8 @@ int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *
         return KV_ENOMEM;
     }
     io->cfg = cfg;
-    io->listen_fd = io->unix_fd = -1;
+    io->listen_fd = io->unix_fd = io->relisten_fd = -1;
+    pthread_mutex_init(&io->relisten_lock, NULL);
     pthread_mutex_init(&io->peers_lock, NULL);
     io->peers_lock_ok = 1;
     io->dispatch = dispatch;
@@ -1797,7 +1798,37 @@ void kv_io_set_session_end(struct kv_io *io, void (*fn)(void *ctx, struct kv_ses
 
 uint16_t kv_io_port(const struct kv_io *io)
 {
-    return io->port;
+    return __atomic_load_n(&io->port, __ATOMIC_RELAXED);
+}
+
+int kv_io_relisten(struct kv_io *io, uint16_t port, char *why, size_t cap)
+{
+    struct kv_config c;
+    uint16_t bound;
+    int fd, old;
+
+    if (io->cfg->no_tcp || !io->listener_started) {
+        snprintf(why, cap, "%s", io->cfg->no_tcp ? "TCP is off (--no-tcp)" : "not running");
+        return KV_EINVAL;
+    }
+    memcpy(c.bind_addr, io->cfg->bind_addr, sizeof(c.bind_addr));
+    c.port = port;
+    pthread_mutex_lock(&io->relisten_lock);
+    fd = listen_socket(&c, &bound);
+    if (fd < 0) {
+        snprintf(why, cap, "%s", fd == KV_EINVAL ? "not an IPv4 address" : strerror(errno));
+        pthread_mutex_unlock(&io->relisten_lock);
+        return fd == KV_EINVAL ? KV_EINVAL : KV_EIO;
+    }
+    /* the listener thread swaps its watcher to fd and closes the old socket;
+     * a socket handed over before that one was taken is closed here */
+    old = __atomic_exchange_n(&io->relisten_fd, fd, __ATOMIC_ACQ_REL);
+    if (old >= 0)
+        close(old);
+    __atomic_store_n(&io->port, bound, __ATOMIC_RELAXED);
+    ev_async_send(io->lloop, &io->lrelisten);
+    pthread_mutex_unlock(&io->relisten_lock);
+    return 0;
 }
 
 /* ---- attached clients: the request ring ------------------------------------------ */

@@ -253,7 +253,10 @@ struct kv_io {
     void (*session_end)(void *ctx, struct kv_session *s); /* ro after start; may be NULL */
     void *session_ctx;               /* borrowed */
     int listen_fd;                   /* owned: TCP; -1 with --no-tcp */
-    uint16_t port;                   /* ro after create; 0 with --no-tcp */
+    uint16_t port;                   /* atomic (CONFIG SET port); 0 with --no-tcp */
+    int relisten_fd;                 /* atomic: a new TCP listener for the listener
+                                      * thread to take over (kv_io_relisten), or -1 */
+    pthread_mutex_t relisten_lock;   /* one kv_io_relisten at a time */
     int unix_fd;                     /* owned: unix-domain listener; -1 = none */
     dev_t unix_dev;                  /* ro after create: the socket file we bound, */
     ino_t unix_ino;                  /* removed at close only if still ours */
@@ -277,6 +280,7 @@ struct kv_io {
     ev_io accept_unix_w;             /* unix listener, when there is one */
     ev_timer backoff;                /* accept paused after EMFILE/ENFILE */
     ev_async lstop;
+    ev_async lrelisten;              /* relisten_fd is set */
     int listener_started;
 };
 

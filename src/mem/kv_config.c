@@ -36,7 +36,7 @@ static const char *const huge_pages[] = {[KV_HUGE_TRY] = "try", [KV_HUGE_REQUIRE
 const struct kv_config_option kv_config_options[] = {
     {"bind", "bind", KV_CT_STR, F(bind_addr), 0, 0, NULL, NULL, "127.0.0.1", 0, "ADDR",
      "IPv4 address to listen on", NULL},
-    {"port", "port", KV_CT_UINT, F(port), 0, 65535, NULL, NULL, "7379", 0, "N",
+    {"port", "port", KV_CT_UINT, F(port), 0, 65535, NULL, NULL, "7379", RT, "N",
      "TCP port (0 = any free port, which needs\n--shm-name or --data-file)", NULL},
     {"unix", "unixsocket", KV_CT_STR, F(unix_path), 0, 0, NULL, NULL, NULL, KV_CF_NONEMPTY,
      "PATH", "also listen on a unix-domain socket at PATH (both\n"

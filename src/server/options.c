@@ -261,6 +261,13 @@ static pthread_mutex_t config_set_lock = PTHREAD_MUTEX_INITIALIZER;
 int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *args,
                           size_t npairs, char *err, size_t errcap)
 {
+    return kv_options_config_set_ex(cfg, args, npairs, NULL, NULL, err, errcap);
+}
+
+int kv_options_config_set_ex(struct kv_config *cfg, const struct kv_options_arg *args,
+                             size_t npairs, kv_options_apply_fn apply, void *ctx, char *err,
+                             size_t errcap)
+{
     /* every pair past the first problem is never looked at, and each good
      * pair takes a row no other pair may: at most kv_config_noptions of them */
     const struct kv_config_option *rows[kv_config_noptions];
@@ -335,6 +342,8 @@ int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *ar
                  kv_config_option_config_name(rows[npairs - 1]), why);
         goto out;
     }
+    if (apply && (rc = apply(ctx, cfg, &next, err, errcap)) != 0)
+        goto out;
     for (size_t i = 0; i < npairs; i++)
         if (rows[i]->flags & KV_CF_RUNTIME)
             kv_config_option_copy(rows[i], cfg, &next);

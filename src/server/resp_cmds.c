@@ -839,6 +839,23 @@ static struct kv_options_arg *config_args(struct cmdctx *x, size_t first)
     return a;
 }
 
+/* CONFIG SET's apply step (Redis's apply functions): a new port is listened
+ * on before anything is stored, so that a port in use changes nothing. */
+static int config_apply(void *ctx, const struct kv_config *cur, const struct kv_config *next,
+                        char *err, size_t errcap)
+{
+    struct kv_server *srv = ctx;
+    char why[160];
+
+    if (next->port != cur->port && srv->io &&
+        kv_io_relisten(srv->io, next->port, why, sizeof(why)) != 0) {
+        snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument 'port') - "
+                 "Unable to listen on this port: %s", why);
+        return KV_EIO;
+    }
+    return 0;
+}
+
 /* CONFIG GET / SET / RESETSTAT / HELP over the options table (options.c),
  * with Redis 7.0's replies and errors. */
 static int cmd_config(struct cmdctx *x)
@@ -875,7 +892,8 @@ static int cmd_config(struct cmdctx *x)
             return reply_err(x->res, "-ERR syntax error");
         if (!(a = config_args(x, 2)))
             return KV_ENOMEM;
-        rc = kv_options_config_set(x->srv->cfg_rw, a, (x->argc - 2) / 2, err, sizeof(err));
+        rc = kv_options_config_set_ex(x->srv->cfg_rw, a, (x->argc - 2) / 2, config_apply, x->srv,
+                                      err, sizeof(err));
         kv_mem_free(KV_MOD_PACKET, a);
         if (rc == 0 && x->srv->store) /* maxmemory reaches the store (a no-op otherwise) */
             kv_shm_set_maxmemory(x->srv->store,
