@@ -249,6 +249,63 @@ static void test_config_query_buffer_limit_closes(void)
     free(log);
 }
 
+/* qbuf + qbuf-free of a connection in CLIENT LIST, as another sees it. */
+static long long qbuf_of(int fd, const char *name)
+{
+    char *r = ask(fd, "CLIENT LIST\r\n"), want[64], *p, *q;
+    long long v = -1;
+
+    snprintf(want, sizeof(want), "name=%s ", name);
+    p = strstr(r, want);
+    if (p && (q = strstr(p, " qbuf=")) != NULL) {
+        v = atoll(q + 6);
+        q = strstr(q, " qbuf-free=");
+        v = q ? v + atoll(q + 11) : -1;
+    }
+    free(r);
+    return v;
+}
+
+/* The receive buffer as Redis's query buffer (its querybuf unit): kept
+ * empty between requests (16 KiB), grown for a large request and kept after
+ * it, back to 16 KiB after a small one, given back after --recv-buf-keep
+ * seconds of idleness; CLIENT LIST says so. */
+static void test_config_receive_buffer_kept_and_shrunk(void)
+{
+    static const char *const args[] = {"--recv-buf-keep", "1", NULL};
+    static char val[400000];
+    struct kv_test_server ks = {0};
+    int a, b, closed;
+    long long q;
+    char hdr[64], *r;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&ks, args) == 0);
+    a = kv_test_connect(ks.port);
+    b = kv_test_connect(ks.port);
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    expect(a, "CLIENT SETNAME qb\r\n", "+OK\r\n");
+    q = qbuf_of(b, "qb");
+    CU_ASSERT(q >= 16384 && q < 32768);
+    memset(val, 'A', sizeof(val));
+    snprintf(hdr, sizeof(hdr), "*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$%zu\r\n", sizeof(val));
+    send(a, hdr, strlen(hdr), MSG_NOSIGNAL);
+    send(a, val, sizeof(val), MSG_NOSIGNAL);
+    r = xchg(a, "\r\n", 5, &closed);
+    CU_ASSERT_STRING_EQUAL(r, "+OK\r\n");
+    free(r);
+    q = qbuf_of(b, "qb");
+    CU_ASSERT(q > 32768);
+    expect(a, "SET x small\r\n", "+OK\r\n");
+    CU_ASSERT(qbuf_of(b, "qb") > 0 && qbuf_of(b, "qb") < q);
+    CU_ASSERT(qbuf_of(b, "qb") < 32768);
+    usleep(2600 * 1000); /* keep 1 s, swept every second */
+    CU_ASSERT_EQUAL(qbuf_of(b, "qb"), 0);
+    expect(a, "PING\r\n", "+PONG\r\n"); /* and it reads again */
+    close(a);
+    close(b);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
+}
+
 /* key-load-delay: hidden (Redis's HIDDEN_CONFIG), answered by name. */
 static void test_config_hidden_key_load_delay(void)
 {
@@ -278,6 +335,7 @@ int main(void)
         {"test_config_maxmemory_limits_the_store", test_config_maxmemory_limits_the_store},
         {"test_config_query_buffer_limit_closes", test_config_query_buffer_limit_closes},
         {"test_config_hidden_key_load_delay", test_config_hidden_key_load_delay},
+        {"test_config_receive_buffer_kept_and_shrunk", test_config_receive_buffer_kept_and_shrunk},
     };
 
     return kv_test_run_suite("config", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));

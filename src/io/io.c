@@ -213,6 +213,7 @@ static void conn_free(struct kv_io_conn *c)
 static void conn_mark_flush(struct kv_io_conn *c);
 static void conn_flush(struct kv_io_conn *c);
 static void conn_parse_input(struct kv_io_conn *c);
+static size_t rbuf_release(struct kv_io_thread *thr, ev_tstamp idle_before);
 
 /* Closes the socket and drops everything queued. The conn itself lives on
  * (closed) until conn_settle() finds no request with the workers. */
@@ -330,6 +331,10 @@ static void budget_check(struct kv_io_thread *thr, int asked)
         thr->trim_high = thr->client_mem;
     if (budget == 0)
         return;
+    /* kept receive buffers go first: nobody is closed for memory that is only
+     * there to save the next read a pool round trip */
+    if (io_client_mem(io) > budget)
+        rbuf_release(thr, 0);
     for (int n = 0; n < KV_IO_EVICT_BURST && (total = io_client_mem(io)) > budget; n++) {
         struct kv_io_conn *big = NULL;
 
@@ -415,6 +420,52 @@ static void peer_snapshot(struct kv_io_conn *c)
 
     __atomic_store_n(&c->peer.qbuf, m ? m->len - m->parsed : 0, __ATOMIC_RELAXED);
     __atomic_store_n(&c->peer.qbuf_free, m ? m->cap - m->len : 0, __ATOMIC_RELAXED);
+}
+
+/* c's receive buffer is empty (one reference, all parsed): keep it for the
+ * next read, or give it back (--recv-buf-keep 0), or, when it grew past
+ * --recv-buf for input more than KV_IO_RBUF_SHRINK times what has arrived
+ * since it was last empty, put a --recv-buf one in its place (Redis's
+ * query buffer shrinking to the recent peak). */
+static void rbuf_settle(struct kv_io_conn *c)
+{
+    const struct kv_config *cfg = c->thr->io->cfg;
+    struct kv_io_msg *m = c->cur, *n;
+    size_t peak = c->rbuf_peak;
+
+    c->rbuf_peak = 0;
+    if (!__atomic_load_n(&cfg->recv_buf_keep, __ATOMIC_RELAXED)) {
+        msg_unref(m);
+        c->cur = NULL;
+        return;
+    }
+    m->len = m->parsed = 0;
+    if (m->cap > cfg->recv_buf && peak * KV_IO_RBUF_SHRINK < m->cap) {
+        n = msg_new(c, cfg->recv_buf);
+        msg_unref(m);
+        c->cur = n; /* NULL when out of memory: the next read asks again */
+    }
+}
+
+/* Gives back the empty receive buffers kept by thr's connections idle since
+ * before idle_before (every one with idle_before 0). Returns the bytes. */
+static size_t rbuf_release(struct kv_io_thread *thr, ev_tstamp idle_before)
+{
+    size_t freed = 0;
+
+    for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
+        struct kv_io_msg *m = c->cur;
+
+        if (c->closed || !m || m->refs != 1 || m->parsed != m->len || m->ring ||
+            (idle_before > 0 && c->last_active >= idle_before))
+            continue;
+        freed += m->cap;
+        msg_unref(m);
+        c->cur = NULL;
+        c->rbuf_peak = 0;
+        peer_snapshot(c);
+    }
+    return freed;
 }
 
 /* Appends a request to the output queue. Binary answers are queued when
@@ -845,12 +896,12 @@ static void conn_settle(struct kv_io_conn *c)
                 return; /* marked for flush: settled again */
         }
     }
-    /* an idle connection keeps no receive buffer (the pool has it back), so
-     * thousands of quiet clients cost a few hundred bytes each */
-    if (c->cur && c->cur->refs == 1 && c->cur->parsed == c->cur->len) {
-        msg_unref(c->cur);
-        c->cur = NULL;
-    }
+    /* the receive buffer, empty: kept for the next read (no pool round
+     * trip per request), shrunk when it grew for a request much larger than
+     * the latest ones, given back at once with --recv-buf-keep 0; on_sweep
+     * gives back the buffers of connections idle for --recv-buf-keep */
+    if (c->cur && c->cur->refs == 1 && c->cur->parsed == c->cur->len && !c->cur->ring)
+        rbuf_settle(c);
     peer_snapshot(c);
     conn_update_reading(c);
 }
@@ -1264,6 +1315,8 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     }
     kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);
     m->len += (size_t)n;
+    if (m->len - m->parsed > c->rbuf_peak)
+        c->rbuf_peak = m->len - m->parsed;
     c->last_active = ev_now(loop);
     __atomic_store_n(&c->peer.active, (int64_t)c->last_active, __ATOMIC_RELAXED);
     if (c->proto == KV_PROTO_UNKNOWN) /* the first byte picks the protocol */
@@ -1401,6 +1454,8 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
 
     /* much client memory given back (clients that held a lot have gone):
      * return the freed heap pages to the system */
+    /* --recv-buf-keep: idle connections give their empty receive buffers back */
+    rbuf_release(thr, now - __atomic_load_n(&cfg->recv_buf_keep, __ATOMIC_RELAXED));
     if (thr->trim_high > thr->client_mem + KV_IO_TRIM_STEP) {
         malloc_trim(0);
         thr->trim_high = thr->client_mem;

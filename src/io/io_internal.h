@@ -72,6 +72,11 @@ struct kv_io_msg {
  * a binary GET of a value of up to ~200 bytes allocates no response packet
  * (over RESP the request body takes the front of it, so ~170 bytes). */
 #define KV_IO_SCRATCH 232
+/* An empty receive buffer that grew past --recv-buf is replaced by one of
+ * --recv-buf bytes when the input since it was last empty was less than
+ * 1/KV_IO_RBUF_SHRINK of it (growth doubles: a buffer holding what it grew
+ * for is at most about twice that). */
+#define KV_IO_RBUF_SHRINK 4
 
 /* One request: the call the workers see, plus what the IO thread needs to
  * answer it. Freed as soon as its answer has been copied into the
@@ -148,7 +153,10 @@ struct kv_io_conn {                  /* io-thread only */
     ev_io ww;                        /* write watcher, on only while output is pending */
     int fd;                          /* owned: closed in conn_close */
     struct kv_io_thread *thr;        /* borrowed: outlives the conn */
-    struct kv_io_msg *cur;           /* owned ref: message being filled */
+    struct kv_io_msg *cur;           /* owned ref: message being filled; kept empty
+                                      * between requests for --recv-buf-keep seconds */
+    size_t rbuf_peak;                /* most unparsed input held since the receive
+                                      * buffer was last found empty (its shrink rule) */
     struct kv_io_req *out_head;      /* owned: requests whose answers wait for
                                       * an earlier one (text, --in-order) */
     struct kv_io_req *out_tail;

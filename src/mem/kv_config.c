@@ -72,6 +72,9 @@ const struct kv_config_option kv_config_options[] = {
      "close a connection whose started frame takes longer", NULL},
     {"recv-buf", NULL, KV_CT_SIZE, F(recv_buf), 1024, 1u << 20, NULL, NULL, "16k", 0, "SIZE",
      "receive buffer size", NULL},
+    {"recv-buf-keep", NULL, KV_CT_UINT, F(recv_buf_keep), 0, 3600, NULL, NULL, "2", RT, "S",
+     "an idle connection keeps its empty receive buffer S\n"
+     "seconds for its next read (0 = give it back at once)", NULL},
     {"shutdown-grace", NULL, KV_CT_SECONDS, F(shutdown_grace), 0, 3600, NULL, NULL, "5", 0, "S",
      "seconds to flush output at shutdown", NULL},
     {"log-level", NULL, KV_CT_ENUM, F(log_level), 0, 3, log_levels, NULL, "info",

@@ -41,6 +41,8 @@ struct kv_config {
                                   * requests and output; 0 = none. Above it the
                                   * connection holding the most is closed */
     size_t recv_buf;             /* size of a receive buffer (message) */
+    unsigned recv_buf_keep;      /* seconds an idle connection keeps its empty receive
+                                  * buffer for the next read; 0 = give it back at once */
     size_t query_buf_limit;      /* Redis's client-query-buffer-limit: a connection whose
                                   * unparsed input would pass it is closed */
     unsigned key_load_delay;     /* Redis's key-load-delay: microseconds slept per key
