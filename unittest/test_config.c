@@ -306,6 +306,66 @@ static void test_config_receive_buffer_kept_and_shrunk(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
 }
 
+/* The fields " flags=... multi=..." of the CLIENT LIST line named name. */
+static void client_flags(int fd, const char *name, char *flags, size_t fcap, long long *multi)
+{
+    char *r = ask(fd, "CLIENT LIST\r\n"), want[64], *p, *q;
+
+    snprintf(want, sizeof(want), "name=%s ", name);
+    flags[0] = '\0';
+    *multi = -99;
+    p = strstr(r, want);
+    if (p && (q = strstr(p, " flags=")) != NULL)
+        sscanf(q + 7, "%7[^ ]", flags);
+    if (p && (q = strstr(p, " multi=")) != NULL)
+        *multi = atoll(q + 7);
+    free(r);
+    (void)fcap;
+}
+
+/* CLIENT LIST shows MULTI as Redis: flag x and the commands queued, from
+ * MULTI to EXEC or DISCARD (multi=-1 outside). */
+static void test_config_client_list_shows_multi(void)
+{
+    struct kv_test_server ks = {0};
+    int a, b;
+    char flags[8];
+    long long multi;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
+    a = kv_test_connect(ks.port);
+    b = kv_test_connect(ks.port);
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    expect(a, "CLIENT SETNAME tx\r\n", "+OK\r\n");
+    client_flags(b, "tx", flags, sizeof(flags), &multi);
+    CU_ASSERT_STRING_EQUAL(flags, "N");
+    CU_ASSERT_EQUAL(multi, -1);
+    expect(a, "MULTI\r\n", "+OK\r\n");
+    client_flags(b, "tx", flags, sizeof(flags), &multi);
+    CU_ASSERT_STRING_EQUAL(flags, "x");
+    CU_ASSERT_EQUAL(multi, 0);
+    expect(a, "SET k 1\r\nINCR k\r\n", "+QUEUED\r\n+QUEUED\r\n");
+    client_flags(b, "tx", flags, sizeof(flags), &multi);
+    CU_ASSERT_EQUAL(multi, 2);
+    expect(a, "EXEC\r\n", "*2\r\n+OK\r\n:2\r\n");
+    client_flags(b, "tx", flags, sizeof(flags), &multi);
+    CU_ASSERT_STRING_EQUAL(flags, "N");
+    CU_ASSERT_EQUAL(multi, -1);
+    expect(a, "CLIENT NO-EVICT ON\r\nMULTI\r\n", "+OK\r\n+OK\r\n");
+    client_flags(b, "tx", flags, sizeof(flags), &multi);
+    CU_ASSERT_STRING_EQUAL(flags, "xe"); /* Redis's letters in Redis's order */
+    expect(a, "DISCARD\r\n", "+OK\r\n");
+    expect(a, "MULTI\r\nSET k 2\r\n", "+OK\r\n+QUEUED\r\n");
+    client_flags(b, "tx", flags, sizeof(flags), &multi);
+    CU_ASSERT_EQUAL(multi, 1);
+    expect(a, "DISCARD\r\n", "+OK\r\n");
+    client_flags(b, "tx", flags, sizeof(flags), &multi);
+    CU_ASSERT_EQUAL(multi, -1);
+    close(a);
+    close(b);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
+}
+
 /* key-load-delay: hidden (Redis's HIDDEN_CONFIG), answered by name. */
 static void test_config_hidden_key_load_delay(void)
 {
@@ -336,6 +396,7 @@ int main(void)
         {"test_config_query_buffer_limit_closes", test_config_query_buffer_limit_closes},
         {"test_config_hidden_key_load_delay", test_config_hidden_key_load_delay},
         {"test_config_receive_buffer_kept_and_shrunk", test_config_receive_buffer_kept_and_shrunk},
+        {"test_config_client_list_shows_multi", test_config_client_list_shows_multi},
     };
 
     return kv_test_run_suite("config", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));

@@ -457,6 +457,7 @@ static size_t rbuf_release(struct kv_io_thread *thr, ev_tstamp idle_before)
         struct kv_io_msg *m = c->cur;
 
         if (c->closed || !m || m->refs != 1 || m->parsed != m->len || m->ring ||
+            (c->ring && c->ring->assembling) || /* a ring frame is being assembled in it */
             (idle_before > 0 && c->last_active >= idle_before))
             continue;
         freed += m->cap;

@@ -2037,6 +2037,7 @@ struct multi_state {
     int dirty;     /* a command was refused while queueing: EXEC answers EXECABORT */
     uint16_t db;   /* the database queued commands are built in: SELECT inside MULTI
                     * changes this, and the connection's only when EXEC runs */
+    struct kv_session *s; /* borrowed: whose queue (its multi_n shows the state) */
 };
 
 void kv_server_resp_session_end(struct kv_session *s)
@@ -2056,6 +2057,7 @@ static void multi_reset(struct multi_state *ms)
     ms->q.failed = 0;
     ms->n = 0;
     ms->active = ms->dirty = 0;
+    __atomic_store_n(&ms->s->multi_n, 0, __ATOMIC_RELAXED);
 }
 
 /* Appends one ExecSub{opcode, body, tag, db}. */
@@ -2076,6 +2078,7 @@ static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, con
     body_uint(&ms->q, 3, tag);
     body_uint(&ms->q, 4, db);
     ms->n++;
+    __atomic_store_n(&ms->s->multi_n, (uint32_t)ms->n + 1, __ATOMIC_RELAXED);
 }
 
 static int multi_refuse(struct cmdctx *x, struct multi_state *ms, int rc)
@@ -2153,8 +2156,12 @@ queued:
 
 static struct multi_state *multi_of(struct kv_session *s)
 {
-    if (!s->multi)
-        s->multi = kv_mem_calloc(KV_MOD_SERVER, sizeof(struct multi_state));
+    struct multi_state *ms;
+
+    if (!s->multi && (ms = kv_mem_calloc(KV_MOD_SERVER, sizeof(struct multi_state))) != NULL) {
+        ms->s = s;
+        s->multi = ms;
+    }
     return s->multi;
 }
 
@@ -2169,6 +2176,7 @@ static int cmd_multi(struct cmdctx *x)
     multi_reset(ms);
     ms->active = 1;
     ms->db = x->session->db;
+    __atomic_store_n(&x->session->multi_n, 1, __ATOMIC_RELAXED);
     return reply_str(x->res, "+OK\r\n");
 }
 
