@@ -366,6 +366,37 @@ static void test_config_client_list_shows_multi(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
 }
 
+/* OBJECT IDLETIME from the item's LRU time, not touched by asking; GET and
+ * SET reset it; FREQ is Redis's no-LFU error; nil for a missing key. */
+static void test_config_object_idletime_and_freq(void)
+{
+    struct kv_test_server ks = {0};
+    int fd;
+    char *r;
+
+    CU_ASSERT_FATAL(kv_test_server_start(&ks, NULL) == 0);
+    fd = kv_test_connect(ks.port);
+    CU_ASSERT_FATAL(fd >= 0);
+    expect(fd, "SET ok v\r\nSELECT 3\r\nSET ok3 v\r\n", "+OK\r\n+OK\r\n+OK\r\n");
+    expect(fd, "OBJECT IDLETIME ok3\r\nOBJECT IDLETIME ok\r\n", ":0\r\n$-1\r\n"); /* per db */
+    expect(fd, "SELECT 0\r\n", "+OK\r\n");
+    usleep(2200 * 1000);
+    expect(fd, "OBJECT IDLETIME ok\r\n", ":2\r\n");
+    expect(fd, "OBJECT IDLETIME ok\r\n", ":2\r\n"); /* asking does not touch it */
+    expect(fd, "GET ok\r\nOBJECT IDLETIME ok\r\n", "$1\r\nv\r\n:0\r\n");
+    expect(fd, "OBJECT IDLETIME nosuch\r\nOBJECT FREQ nosuch\r\n", "$-1\r\n$-1\r\n");
+    r = ask(fd, "OBJECT FREQ ok\r\n");
+    CU_ASSERT(strncmp(r, "-ERR An LFU maxmemory policy is not selected, access frequency not "
+                         "tracked.", 75) == 0);
+    free(r);
+    expect(fd, "OBJECT ENCODING ok\r\n",
+           "-ERR unknown subcommand 'ENCODING'. Try OBJECT HELP.\r\n");
+    expect(fd, "OBJECT IDLETIME\r\n",
+           "-ERR wrong number of arguments for 'object|idletime' command\r\n");
+    close(fd);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&ks), 0);
+}
+
 /* key-load-delay: hidden (Redis's HIDDEN_CONFIG), answered by name. */
 static void test_config_hidden_key_load_delay(void)
 {
@@ -397,6 +428,7 @@ int main(void)
         {"test_config_hidden_key_load_delay", test_config_hidden_key_load_delay},
         {"test_config_receive_buffer_kept_and_shrunk", test_config_receive_buffer_kept_and_shrunk},
         {"test_config_client_list_shows_multi", test_config_client_list_shows_multi},
+        {"test_config_object_idletime_and_freq", test_config_object_idletime_and_freq},
     };
 
     return kv_test_run_suite("config", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));

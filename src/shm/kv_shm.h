@@ -206,6 +206,11 @@ int kv_shm_db_incr(struct kv_shm_store *s, unsigned db, const void *key, size_t 
                    int64_t delta, int64_t *result, uint64_t *version);
 int kv_shm_db_expire(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                      int64_t ttl_ms);
+/* Milliseconds since the key was last read or written (the item's LRU time, 4 ms units;
+ * wraps after ~198 days), without touching it: Redis's OBJECT IDLETIME. KV_ENOTFOUND when
+ * absent or expired. */
+int kv_shm_db_idle(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                   int64_t *idle_ms);
 int kv_shm_db_ttl(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                   int64_t *ttl_ms);
 
