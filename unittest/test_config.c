@@ -90,7 +90,8 @@ static char set_value(int fd, int key, size_t vlen)
     got = xchg(fd, "\r\n", 5, &closed);
     r = got[0];
     if (r == '-')
-        CU_ASSERT(strncmp(got, "-OOM command not allowed when used memory > 'maxmemory'.", 56) == 0);
+        CU_ASSERT(strncmp(got, "-OOM command not allowed when used memory > 'maxmemory'.",
+                          56) == 0);
     free(got);
     return r;
 }

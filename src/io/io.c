@@ -314,8 +314,8 @@ static void budget_log(struct kv_io_thread *thr, const struct kv_io_conn *c, siz
         return;
     kv_io_log(thr->io, 1, "%s: holds %zu bytes, the most, and all clients %zu, above "
               "--max-client-memory %zu; closing (and %llu more since the last such line)",
-              conn_peer(c, peer, sizeof(peer)), c->mem, total, kv_config_client_budget(thr->io->cfg),
-              (unsigned long long)quiet);
+              conn_peer(c, peer, sizeof(peer)), c->mem, total,
+              kv_config_client_budget(thr->io->cfg), (unsigned long long)quiet);
 }
 
 /* Keeps the open connections of every thread under --max-client-memory by
@@ -1360,7 +1360,8 @@ static void conn_parse_input(struct kv_io_conn *c)
         c->partial_since = 0;
     else if (c->partial_since == 0)
         c->partial_since = ev_now(loop); /* a request started: its deadline runs */
-    if (m->len - m->parsed > __atomic_load_n(&c->thr->io->cfg->query_buf_limit, __ATOMIC_RELAXED)) {
+    if (m->len - m->parsed >
+        __atomic_load_n(&c->thr->io->cfg->query_buf_limit, __ATOMIC_RELAXED)) {
         query_limit_log(c, m->len - m->parsed); /* Redis's client-query-buffer-limit */
         conn_close(c);
         return;

@@ -285,7 +285,8 @@ size_t kv_server_info_format(struct kv_server *srv, const struct kv_server_stats
             buf, cap, len,
             "used_memory:%llu\r\nused_memory_human:%s\r\nused_memory_rss:%llu\r\n"
             "used_memory_rss_human:%s\r\nused_memory_heap:%lld\r\nused_memory_store:%llu\r\n"
-            "store_bytes_free:%llu\r\nstore_huge_page_bytes:%llu\r\nstore_size:%zu\r\nmaxmemory:%zu\r\n"
+            "store_bytes_free:%llu\r\nstore_huge_page_bytes:%llu\r\nstore_size:%zu\r\n"
+            "maxmemory:%zu\r\n"
             "maxmemory_human:%s\r\nmaxmemory_policy:%s\r\nmaxmemory_clients:%zu\r\n"
             "client_memory:%llu\r\nmem_allocator:libc\r\n",
             (unsigned long long)used, human(used, h1, sizeof(h1)),
