@@ -292,7 +292,7 @@ static void test_options_config_get_patterns(void)
     CU_ASSERT_EQUAL(GET(&c, &g, "MAX-CONNS"), 1); /* the command-line spelling, as asked */
     CU_ASSERT_STRING_EQUAL(g.text, "MAX-CONNS=77;");
     CU_ASSERT_EQUAL(GET(&c, &g, "maxmemory*"), 3);
-    CU_ASSERT_STRING_EQUAL(g.text, "maxmemory-clients=268435456;maxmemory=268435456;"
+    CU_ASSERT_STRING_EQUAL(g.text, "maxmemory-clients=268435456;maxmemory=0;"
                                    "maxmemory-policy=allkeys-lru;");
     /* several patterns; a parameter matched twice is answered once */
     CU_ASSERT_EQUAL(GET(&c, &g, "maxclients", "max?lients", "UNIXSOCKETPERM", "nosuch"), 2);
@@ -305,9 +305,16 @@ static void test_options_config_get_patterns(void)
     /* '*' answers every parameter exactly once */
     size_t every = 0;
     for (size_t i = 0; i < kv_config_noptions; i++)
-        every += !(kv_config_options[i].flags & KV_CF_NO_CONFIG);
+        every += !(kv_config_options[i].flags & (KV_CF_NO_CONFIG | KV_CF_HIDDEN));
     CU_ASSERT_EQUAL(GET(&c, &g, "*", "*"), every);
     CU_ASSERT(strstr(g.text, "no-resp=no;") && strstr(g.text, "log-level=info;"));
+    /* a hidden parameter (Redis's key-load-delay) by its name only, never by a pattern */
+    CU_ASSERT(strstr(g.text, "key-load-delay") == NULL);
+    CU_ASSERT_EQUAL(GET(&c, &g, "key-load-*", "*delay"), 0);
+    CU_ASSERT_EQUAL(GET(&c, &g, "key-load-delay"), 1);
+    CU_ASSERT_STRING_EQUAL(g.text, "key-load-delay=0;");
+    CU_ASSERT_EQUAL(GET(&c, &g, "daemonize"), 1);
+    CU_ASSERT_STRING_EQUAL(g.text, "daemonize=no;");
 }
 
 static int config_set(struct kv_config *c, const char *const *args, char *e, size_t cap)
@@ -333,11 +340,15 @@ static void test_options_config_set_is_all_or_none(void)
     CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument 'timeout') "
                                 "- argument couldn't be parsed into an integer");
     CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
-    CU_ASSERT_EQUAL(SET(&c, "maxclients", "50", "port", "1"), KV_EINVAL);
-    CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument 'port') - "
-                                "can't set immutable config");
+    CU_ASSERT_EQUAL(SET(&c, "maxclients", "50", "databases", "1"), KV_EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument "
+                                "'databases') - can't set immutable config");
+    CU_ASSERT_EQUAL(SET(&c, "daemonize", "yes"), KV_EINVAL);
+    CU_ASSERT(strstr(err, "'daemonize') - can't set immutable config") != NULL);
     /* the value a fixed parameter already has is accepted, and changes nothing */
-    CU_ASSERT_EQUAL(SET(&c, "port", "7379", "save", "", "appendonly", "NO", "memory", "256m"), 0);
+    CU_ASSERT_EQUAL(SET(&c, "databases", "16", "save", "", "appendonly", "NO", "memory", "256m",
+                        "daemonize", "no"),
+                    0);
     CU_ASSERT_EQUAL(SET(&c, "maxclients", "50", "save", "900 1"), KV_EINVAL);
     CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument 'save') - "
                                 "can't set immutable config");
@@ -388,6 +399,97 @@ static void test_options_config_set_is_all_or_none(void)
     c.log_level = before.log_level;
     c.max_client_memory = before.max_client_memory;
     CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0); /* nothing else moved */
+}
+
+/* maxmemory-clients takes Redis's percentages (of maxmemory, else of the
+ * store's size); above 100% is Redis's error; the budget follows maxmemory. */
+static void test_options_client_memory_percent(void)
+{
+    struct kv_config c, before;
+    struct got g;
+
+    kv_config_defaults(&c);
+    before = c;
+    CU_ASSERT_EQUAL(kv_config_client_budget(&c), 256u << 20);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory", "10000001", "maxmemory-clients", "200%",
+                        "client-query-buffer-limit", "invalid"),
+                    KV_EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "ERR CONFIG SET failed (possibly related to argument "
+                                "'maxmemory-clients') - percentage argument must be less or "
+                                "equal to 100");
+    CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory-clients", "%"), KV_EINVAL);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory-clients", "x%"), KV_EINVAL);
+    CU_ASSERT_EQUAL(SET(&c, "client-query-buffer-limit", "invalid"), KV_EINVAL);
+    CU_ASSERT(strstr(err, "argument must be a memory value") != NULL);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory", "-1"), KV_EINVAL);
+    CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
+    /* a percentage of the store's size while maxmemory is 0 */
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory-clients", "10%"), 0);
+    CU_ASSERT_EQUAL(GET(&c, &g, "maxmemory-clients"), 1);
+    CU_ASSERT_STRING_EQUAL(g.text, "maxmemory-clients=10%;");
+    CU_ASSERT_EQUAL(kv_config_client_budget(&c), c.memory / 10);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory", "10000000"), 0);
+    CU_ASSERT_EQUAL(kv_config_client_budget(&c), 1000000);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory-clients", "100%"), 0);
+    CU_ASSERT_EQUAL(kv_config_client_budget(&c), 10000000);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory-clients", "0%"), 0); /* 0% = 0 = none, as Redis */
+    CU_ASSERT_EQUAL(kv_config_client_budget(&c), 0);
+    CU_ASSERT_EQUAL(SET(&c, "maxmemory-clients", "5m"), 0);
+    CU_ASSERT_EQUAL(GET(&c, &g, "maxmemory-clients", "maxmemory"), 2);
+    CU_ASSERT_STRING_EQUAL(g.text, "maxmemory-clients=5242880;maxmemory=10000000;");
+    CU_ASSERT_EQUAL(kv_config_client_budget(&c), 5u << 20);
+}
+
+/* CONFIG SET's apply step: its failure changes nothing and is the answer;
+ * it sees the new values before they are stored. */
+struct apply_probe {
+    int calls, fail;
+    uint16_t port_seen, port_before;
+};
+
+static int probe_apply(void *ctx, const struct kv_config *cur, const struct kv_config *next,
+                       char *e, size_t cap)
+{
+    struct apply_probe *p = ctx;
+
+    p->calls++;
+    p->port_before = cur->port;
+    p->port_seen = next->port;
+    if (p->fail) {
+        snprintf(e, cap, "ERR CONFIG SET failed (possibly related to argument 'port') - "
+                 "Unable to listen on this port: test");
+        return KV_EIO;
+    }
+    return 0;
+}
+
+static void test_options_config_set_apply_rolls_back(void)
+{
+    struct kv_config c, before;
+    struct apply_probe p = {0, 1, 0, 0};
+    struct kv_options_arg a[6] = {{"maxmemory", 9}, {"10000001", 8}, {"port", 4},
+                                  {"7380", 4},      {"maxclients", 10}, {"10", 2}};
+
+    kv_config_defaults(&c);
+    before = c;
+    CU_ASSERT_EQUAL(kv_options_config_set_ex(&c, a, 3, probe_apply, &p, err, sizeof(err)), KV_EIO);
+    CU_ASSERT_EQUAL(p.calls, 1);
+    CU_ASSERT_EQUAL(p.port_seen, 7380);
+    CU_ASSERT_EQUAL(p.port_before, 7379);
+    CU_ASSERT(strstr(err, "Unable to listen on this port") != NULL);
+    CU_ASSERT_EQUAL(memcmp(&c, &before, sizeof(c)), 0);
+    /* a bad value is found before apply runs */
+    a[5] = (struct kv_options_arg){"0", 1};
+    CU_ASSERT_EQUAL(kv_options_config_set_ex(&c, a, 3, probe_apply, &p, err, sizeof(err)),
+                    KV_EINVAL);
+    CU_ASSERT_EQUAL(p.calls, 1);
+    a[5] = (struct kv_options_arg){"10", 2};
+    p.fail = 0;
+    CU_ASSERT_EQUAL(kv_options_config_set_ex(&c, a, 3, probe_apply, &p, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.port, 7380);
+    CU_ASSERT_EQUAL(c.maxmemory, 10000001);
+    CU_ASSERT_EQUAL(c.max_conns, 10);
 }
 
 /* The text of README's section that starts with the line head, up to the
@@ -470,6 +572,8 @@ int main(void)
         {"test_options_config_get_patterns", test_options_config_get_patterns},
         {"test_options_config_set_is_all_or_none", test_options_config_set_is_all_or_none},
         {"test_options_readme_tables_agree", test_options_readme_tables_agree},
+        {"test_options_client_memory_percent", test_options_client_memory_percent},
+        {"test_options_config_set_apply_rolls_back", test_options_config_set_apply_rolls_back},
     };
 
     return kv_test_run_suite("options", NULL, NULL, tests, sizeof(tests) / sizeof(tests[0]));

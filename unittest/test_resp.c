@@ -1109,8 +1109,8 @@ static void test_resp_config_and_info(void)
          "-ERR CONFIG SET failed (possibly related to argument 'timeout') - argument couldn't be "
          "parsed into an integer\r\n"},
         {"CONFIG GET maxclients\r\n", "*2\r\n$10\r\nmaxclients\r\n$3\r\n100\r\n"}, /* unchanged */
-        {"CONFIG SET port 1\r\n", "-ERR CONFIG SET failed (possibly related to argument 'port') "
-                                  "- can't set immutable config\r\n"},
+        {"CONFIG SET databases 2\r\n", "-ERR CONFIG SET failed (possibly related to argument "
+                                       "'databases') - can't set immutable config\r\n"},
         {"CONFIG SET nosuch 1\r\n",
          "-ERR Unknown option or number of arguments for CONFIG SET - 'nosuch'\r\n"},
         {"CONFIG SET maxclients 50 timeout 7\r\n", "+OK\r\n"},

@@ -213,6 +213,7 @@ static void conn_free(struct kv_io_conn *c)
 static void conn_mark_flush(struct kv_io_conn *c);
 static void conn_flush(struct kv_io_conn *c);
 static void conn_parse_input(struct kv_io_conn *c);
+static size_t rbuf_release(struct kv_io_thread *thr, ev_tstamp idle_before);
 
 /* Closes the socket and drops everything queued. The conn itself lives on
  * (closed) until conn_settle() finds no request with the workers. */
@@ -313,8 +314,8 @@ static void budget_log(struct kv_io_thread *thr, const struct kv_io_conn *c, siz
         return;
     kv_io_log(thr->io, 1, "%s: holds %zu bytes, the most, and all clients %zu, above "
               "--max-client-memory %zu; closing (and %llu more since the last such line)",
-              conn_peer(c, peer, sizeof(peer)), c->mem, total, thr->io->cfg->max_client_memory,
-              (unsigned long long)quiet);
+              conn_peer(c, peer, sizeof(peer)), c->mem, total,
+              kv_config_client_budget(thr->io->cfg), (unsigned long long)quiet);
 }
 
 /* Keeps the open connections of every thread under --max-client-memory by
@@ -324,12 +325,16 @@ static void budget_log(struct kv_io_thread *thr, const struct kv_io_conn *c, siz
 static void budget_check(struct kv_io_thread *thr, int asked)
 {
     struct kv_io *io = thr->io;
-    size_t budget = io->cfg->max_client_memory, total;
+    size_t budget = kv_config_client_budget(io->cfg), total;
 
     if (thr->client_mem > thr->trim_high)
         thr->trim_high = thr->client_mem;
     if (budget == 0)
         return;
+    /* kept receive buffers go first: nobody is closed for memory that is only
+     * there to save the next read a pool round trip */
+    if (io_client_mem(io) > budget)
+        rbuf_release(thr, 0);
     for (int n = 0; n < KV_IO_EVICT_BURST && (total = io_client_mem(io)) > budget; n++) {
         struct kv_io_conn *big = NULL;
 
@@ -415,6 +420,53 @@ static void peer_snapshot(struct kv_io_conn *c)
 
     __atomic_store_n(&c->peer.qbuf, m ? m->len - m->parsed : 0, __ATOMIC_RELAXED);
     __atomic_store_n(&c->peer.qbuf_free, m ? m->cap - m->len : 0, __ATOMIC_RELAXED);
+}
+
+/* c's receive buffer is empty (one reference, all parsed): keep it for the
+ * next read, or give it back (--recv-buf-keep 0), or, when it grew past
+ * --recv-buf for input more than KV_IO_RBUF_SHRINK times what has arrived
+ * since it was last empty, put a --recv-buf one in its place (Redis's
+ * query buffer shrinking to the recent peak). */
+static void rbuf_settle(struct kv_io_conn *c)
+{
+    const struct kv_config *cfg = c->thr->io->cfg;
+    struct kv_io_msg *m = c->cur, *n;
+    size_t peak = c->rbuf_peak;
+
+    c->rbuf_peak = 0;
+    if (!__atomic_load_n(&cfg->recv_buf_keep, __ATOMIC_RELAXED)) {
+        msg_unref(m);
+        c->cur = NULL;
+        return;
+    }
+    m->len = m->parsed = 0;
+    if (m->cap > cfg->recv_buf && peak * KV_IO_RBUF_SHRINK < m->cap) {
+        n = msg_new(c, cfg->recv_buf);
+        msg_unref(m);
+        c->cur = n; /* NULL when out of memory: the next read asks again */
+    }
+}
+
+/* Gives back the empty receive buffers kept by thr's connections idle since
+ * before idle_before (every one with idle_before 0). Returns the bytes. */
+static size_t rbuf_release(struct kv_io_thread *thr, ev_tstamp idle_before)
+{
+    size_t freed = 0;
+
+    for (struct kv_io_conn *c = thr->conns; c; c = c->next) {
+        struct kv_io_msg *m = c->cur;
+
+        if (c->closed || !m || m->refs != 1 || m->parsed != m->len || m->ring ||
+            (c->ring && c->ring->assembling) || /* a ring frame is being assembled in it */
+            (idle_before > 0 && c->last_active >= idle_before))
+            continue;
+        freed += m->cap;
+        msg_unref(m);
+        c->cur = NULL;
+        c->rbuf_peak = 0;
+        peer_snapshot(c);
+    }
+    return freed;
 }
 
 /* Appends a request to the output queue. Binary answers are queued when
@@ -845,12 +897,12 @@ static void conn_settle(struct kv_io_conn *c)
                 return; /* marked for flush: settled again */
         }
     }
-    /* an idle connection keeps no receive buffer (the pool has it back), so
-     * thousands of quiet clients cost a few hundred bytes each */
-    if (c->cur && c->cur->refs == 1 && c->cur->parsed == c->cur->len) {
-        msg_unref(c->cur);
-        c->cur = NULL;
-    }
+    /* the receive buffer, empty: kept for the next read (no pool round
+     * trip per request), shrunk when it grew for a request much larger than
+     * the latest ones, given back at once with --recv-buf-keep 0; on_sweep
+     * gives back the buffers of connections idle for --recv-buf-keep */
+    if (c->cur && c->cur->refs == 1 && c->cur->parsed == c->cur->len && !c->cur->ring)
+        rbuf_settle(c);
     peer_snapshot(c);
     conn_update_reading(c);
 }
@@ -1267,12 +1319,29 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     }
     kv_mem_stat_add(KV_STAT_BYTES_IN, (uint64_t)n);
     m->len += (size_t)n;
+    if (m->len - m->parsed > c->rbuf_peak)
+        c->rbuf_peak = m->len - m->parsed;
     c->last_active = ev_now(loop);
     __atomic_store_n(&c->peer.active, (int64_t)c->last_active, __ATOMIC_RELAXED);
     if (c->proto == KV_PROTO_UNKNOWN) /* the first byte picks the protocol */
         c->proto = m->buf[0] == KV_FRAME_MAGIC0 || !c->thr->io->text.command ? KV_PROTO_BINARY
                                                                              : KV_PROTO_TEXT;
     conn_parse_input(c);
+}
+
+/* A connection passed --client-query-buffer-limit: logged at most once a second. */
+static void query_limit_log(struct kv_io_conn *c, size_t held)
+{
+    uint64_t quiet;
+    char peer[64];
+
+    if (!kv_io_ratelog_take(&c->thr->io->qbuf_log, ev_now(c->thr->loop), &quiet))
+        return;
+    kv_io_log(c->thr->io, 1, "%s: %zu bytes of unparsed input, above "
+              "--client-query-buffer-limit %zu; closing (and %llu more since the last such "
+              "line)", conn_peer(c, peer, sizeof(peer)), held,
+              __atomic_load_n(&c->thr->io->cfg->query_buf_limit, __ATOMIC_RELAXED),
+              (unsigned long long)quiet);
 }
 
 /* Parses what the current message holds into requests, then makes room for
@@ -1294,6 +1363,12 @@ static void conn_parse_input(struct kv_io_conn *c)
         c->partial_since = 0;
     else if (c->partial_since == 0)
         c->partial_since = ev_now(loop); /* a request started: its deadline runs */
+    if (m->len - m->parsed >
+        __atomic_load_n(&c->thr->io->cfg->query_buf_limit, __ATOMIC_RELAXED)) {
+        query_limit_log(c, m->len - m->parsed); /* Redis's client-query-buffer-limit */
+        conn_close(c);
+        return;
+    }
     if (conn_make_room(c, need) != 0) {
         kv_io_log(c->thr->io, 0, "out of memory for a receive buffer; closing connection");
         conn_close(c);
@@ -1384,6 +1459,8 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
 
     /* much client memory given back (clients that held a lot have gone):
      * return the freed heap pages to the system */
+    /* --recv-buf-keep: idle connections give their empty receive buffers back */
+    rbuf_release(thr, now - __atomic_load_n(&cfg->recv_buf_keep, __ATOMIC_RELAXED));
     if (thr->trim_high > thr->client_mem + KV_IO_TRIM_STEP) {
         malloc_trim(0);
         thr->trim_high = thr->client_mem;
@@ -1660,7 +1737,8 @@ int kv_io_create(const struct kv_config *cfg, kv_io_dispatch_fn dispatch, void *
         return KV_ENOMEM;
     }
     io->cfg = cfg;
-    io->listen_fd = io->unix_fd = -1;
+    io->listen_fd = io->unix_fd = io->relisten_fd = -1;
+    pthread_mutex_init(&io->relisten_lock, NULL);
     pthread_mutex_init(&io->peers_lock, NULL);
     io->peers_lock_ok = 1;
     io->dispatch = dispatch;
@@ -1780,7 +1858,37 @@ void kv_io_set_session_end(struct kv_io *io, void (*fn)(void *ctx, struct kv_ses
 
 uint16_t kv_io_port(const struct kv_io *io)
 {
-    return io->port;
+    return __atomic_load_n(&io->port, __ATOMIC_RELAXED);
+}
+
+int kv_io_relisten(struct kv_io *io, uint16_t port, char *why, size_t cap)
+{
+    struct kv_config c;
+    uint16_t bound;
+    int fd, old;
+
+    if (io->cfg->no_tcp || !io->listener_started) {
+        snprintf(why, cap, "%s", io->cfg->no_tcp ? "TCP is off (--no-tcp)" : "not running");
+        return KV_EINVAL;
+    }
+    memcpy(c.bind_addr, io->cfg->bind_addr, sizeof(c.bind_addr));
+    c.port = port;
+    pthread_mutex_lock(&io->relisten_lock);
+    fd = listen_socket(&c, &bound);
+    if (fd < 0) {
+        snprintf(why, cap, "%s", fd == KV_EINVAL ? "not an IPv4 address" : strerror(errno));
+        pthread_mutex_unlock(&io->relisten_lock);
+        return fd == KV_EINVAL ? KV_EINVAL : KV_EIO;
+    }
+    /* the listener thread swaps its watcher to fd and closes the old socket;
+     * a socket handed over before that one was taken is closed here */
+    old = __atomic_exchange_n(&io->relisten_fd, fd, __ATOMIC_ACQ_REL);
+    if (old >= 0)
+        close(old);
+    __atomic_store_n(&io->port, bound, __ATOMIC_RELAXED);
+    ev_async_send(io->lloop, &io->lrelisten);
+    pthread_mutex_unlock(&io->relisten_lock);
+    return 0;
 }
 
 /* ---- attached clients: the request ring ------------------------------------------ */

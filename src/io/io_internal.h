@@ -72,6 +72,11 @@ struct kv_io_msg {
  * a binary GET of a value of up to ~200 bytes allocates no response packet
  * (over RESP the request body takes the front of it, so ~170 bytes). */
 #define KV_IO_SCRATCH 232
+/* An empty receive buffer that grew past --recv-buf is replaced by one of
+ * --recv-buf bytes when the input since it was last empty was less than
+ * 1/KV_IO_RBUF_SHRINK of it (growth doubles: a buffer holding what it grew
+ * for is at most about twice that). */
+#define KV_IO_RBUF_SHRINK 4
 
 /* One request: the call the workers see, plus what the IO thread needs to
  * answer it. Freed as soon as its answer has been copied into the
@@ -148,7 +153,10 @@ struct kv_io_conn {                  /* io-thread only */
     ev_io ww;                        /* write watcher, on only while output is pending */
     int fd;                          /* owned: closed in conn_close */
     struct kv_io_thread *thr;        /* borrowed: outlives the conn */
-    struct kv_io_msg *cur;           /* owned ref: message being filled */
+    struct kv_io_msg *cur;           /* owned ref: message being filled; kept empty
+                                      * between requests for --recv-buf-keep seconds */
+    size_t rbuf_peak;                /* most unparsed input held since the receive
+                                      * buffer was last found empty (its shrink rule) */
     struct kv_io_req *out_head;      /* owned: requests whose answers wait for
                                       * an earlier one (text, --in-order) */
     struct kv_io_req *out_tail;
@@ -254,7 +262,10 @@ struct kv_io {
     void (*session_end)(void *ctx, struct kv_session *s); /* ro after start; may be NULL */
     void *session_ctx;               /* borrowed */
     int listen_fd;                   /* owned: TCP; -1 with --no-tcp */
-    uint16_t port;                   /* ro after create; 0 with --no-tcp */
+    uint16_t port;                   /* atomic (CONFIG SET port); 0 with --no-tcp */
+    int relisten_fd;                 /* atomic: a new TCP listener for the listener
+                                      * thread to take over (kv_io_relisten), or -1 */
+    pthread_mutex_t relisten_lock;   /* one kv_io_relisten at a time */
     int unix_fd;                     /* owned: unix-domain listener; -1 = none */
     dev_t unix_dev;                  /* ro after create: the socket file we bound, */
     ino_t unix_ino;                  /* removed at close only if still ours */
@@ -268,6 +279,7 @@ struct kv_io {
     unsigned conns;                  /* atomic: open connections */
     unsigned monitors;               /* atomic: connections in MONITOR mode, every thread */
     struct kv_io_ratelog evict_log;  /* budget closes */
+    struct kv_io_ratelog qbuf_log;   /* --client-query-buffer-limit closes */
     struct kv_io_ratelog auth_log;   /* wrong passwords */
     struct kv_io_ratelog accept_log; /* accepts paused for lack of descriptors */
     /* listener */
@@ -277,6 +289,7 @@ struct kv_io {
     ev_io accept_unix_w;             /* unix listener, when there is one */
     ev_timer backoff;                /* accept paused after EMFILE/ENFILE */
     ev_async lstop;
+    ev_async lrelisten;              /* relisten_fd is set */
     int listener_started;
 };
 

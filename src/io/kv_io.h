@@ -91,6 +91,14 @@ void kv_io_complete(void *origin, struct kv_call *calls);
 /* The port actually bound (useful with port 0); 0 with cfg->no_tcp. */
 uint16_t kv_io_port(const struct kv_io *io);
 
+/* CONFIG SET port: listens on cfg->bind_addr:port (0 = any free port) with a
+ * new socket, then has the listener thread accept there and close the old
+ * one (connections open on the old port stay). Returns 0, or an error with
+ * the reason in why (the old listener is untouched): KV_EIO (bind/listen,
+ * e.g. the port is in use), KV_EINVAL (--no-tcp, or not running). Any
+ * thread but the listener's; serialised. */
+int kv_io_relisten(struct kv_io *io, uint16_t port, char *why, size_t cap);
+
 /* Transports of a connection. */
 enum { KV_IO_TCP = 0, KV_IO_UNIX = 1 };
 

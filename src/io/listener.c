@@ -112,6 +112,22 @@ static void on_lstop(struct ev_loop *loop, ev_async *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* CONFIG SET port (kv_io_relisten): accept on the new socket from now on. */
+static void on_lrelisten(struct ev_loop *loop, ev_async *w, int revents)
+{
+    struct kv_io *io = w->data;
+    int fd = __atomic_exchange_n(&io->relisten_fd, -1, __ATOMIC_ACQ_REL);
+
+    if (fd < 0)
+        return;
+    ev_io_stop(loop, &io->accept_w);
+    close(io->listen_fd);
+    io->listen_fd = fd;
+    ev_io_set(&io->accept_w, fd, EV_READ);
+    if (!ev_is_active(&io->backoff)) /* else on_backoff starts it */
+        ev_io_start(loop, &io->accept_w);
+}
+
 static void *listener_main(void *arg)
 {
     struct kv_io *io = arg;
@@ -136,6 +152,9 @@ int kv_io_listener_start(struct kv_io *io)
     ev_timer_init(&io->backoff, on_backoff, ACCEPT_BACKOFF, 0.);
     io->backoff.data = io;
     ev_async_init(&io->lstop, on_lstop);
+    ev_async_init(&io->lrelisten, on_lrelisten);
+    io->lrelisten.data = io;
+    ev_async_start(io->lloop, &io->lrelisten);
     if (io->listen_fd >= 0)
         ev_io_start(io->lloop, &io->accept_w);
     if (io->unix_fd >= 0)
@@ -167,5 +186,8 @@ void kv_io_listener_stop(struct kv_io *io)
     if (io->listen_fd >= 0)
         close(io->listen_fd);
     io->listen_fd = -1;
+    if (io->relisten_fd >= 0) /* handed over after the listener's last turn */
+        close(io->relisten_fd);
+    io->relisten_fd = -1;
     kv_io_unix_close(io);
 }

@@ -226,7 +226,22 @@ static size_t peer_line(const struct kv_io *io, const struct kv_io_peer *p,
     int64_t active = __atomic_load_n(&p->active, __ATOMIC_RELAXED);
     uint8_t resp = __atomic_load_n(&c->session.resp, __ATOMIC_RELAXED);
     unsigned db = __atomic_load_n(&c->session.db, __ATOMIC_RELAXED);
+    uint32_t multi_n = __atomic_load_n(&c->session.multi_n, __ATOMIC_RELAXED);
+    char flags[8], *f = flags;
     int n, extra;
+
+    /* Redis's letters, in its order, of those that exist here */
+    if (__atomic_load_n(&c->monitor, __ATOMIC_RELAXED))
+        *f++ = 'O';
+    if (multi_n)
+        *f++ = 'x';
+    if (p->id.transport == KV_IO_UNIX)
+        *f++ = 'U';
+    if (__atomic_load_n(&c->session.no_evict, __ATOMIC_RELAXED))
+        *f++ = 'e';
+    if (f == flags)
+        *f++ = 'N';
+    *f = '\0';
 
     if (c == self) { /* our own state: exact, and the command being run counts */
         qbuf = p->cmd_wire + (c->cur ? c->cur->len - c->cur->parsed : 0);
@@ -236,16 +251,13 @@ static size_t peer_line(const struct kv_io *io, const struct kv_io_peer *p,
 #define T(i) (p->text[i] ? p->text[i] : "")
     n = snprintf(buf, cap,
                  "id=%llu addr=%s laddr=%s fd=%d name=%s age=%lld idle=%lld flags=%s db=%u sub=0 "
-                 "psub=0 ssub=0 multi=-1 qbuf=%zu qbuf-free=%zu argv-mem=0 multi-mem=0 rbs=%zu "
+                 "psub=0 ssub=0 multi=%lld qbuf=%zu qbuf-free=%zu argv-mem=0 multi-mem=0 rbs=%zu "
                  "rbp=%zu obl=0 oll=0 omem=0 tot-mem=%zu events=r cmd=%s user=default "
                  "redir=-1 resp=%u lib-name=%s lib-ver=%s transport=%s",
                  (unsigned long long)p->serial, addr, laddr, p->id.fd, T(KV_IO_TEXT_NAME),
                  (long long)(now_mono - p->since),
                  (long long)(active && now_wall > active ? now_wall - active : 0),
-                 __atomic_load_n(&c->monitor, __ATOMIC_RELAXED)            ? "O"
-                 : __atomic_load_n(&c->session.no_evict, __ATOMIC_RELAXED) ? "e"
-                                                                           : "N",
-                 db, qbuf,
+                 flags, db, (long long)multi_n - 1, qbuf,
                  qfree, qbuf + qfree, qbuf + qfree,
                  __atomic_load_n(&c->mem, __ATOMIC_RELAXED), cmd ? cmd : "NULL",
                  resp == 3 ? 3u : 2u, T(KV_IO_TEXT_LIB_NAME), T(KV_IO_TEXT_LIB_VER),

@@ -51,6 +51,8 @@ struct kv_session {
     void *watch;             /* the WATCHed keys: touched by handlers only, and a
                               * connection's calls run one after another, in order */
     void *multi;             /* the text adapter's MULTI queue: io-thread only */
+    uint32_t multi_n;        /* MULTI for CLIENT LIST: 1 + the commands queued, 0 = not
+                              * in MULTI; written by the text adapter, atomic access */
 };
 enum { KV_REPLY_ON = 0, KV_REPLY_OFF = 1, KV_REPLY_SKIP = 2 };
 #define KV_SESSION_AUTHED 0x1u

@@ -36,7 +36,7 @@ static const char *const huge_pages[] = {[KV_HUGE_TRY] = "try", [KV_HUGE_REQUIRE
 const struct kv_config_option kv_config_options[] = {
     {"bind", "bind", KV_CT_STR, F(bind_addr), 0, 0, NULL, NULL, "127.0.0.1", 0, "ADDR",
      "IPv4 address to listen on", NULL},
-    {"port", "port", KV_CT_UINT, F(port), 0, 65535, NULL, NULL, "7379", 0, "N",
+    {"port", "port", KV_CT_UINT, F(port), 0, 65535, NULL, NULL, "7379", RT, "N",
      "TCP port (0 = any free port, which needs\n--shm-name or --data-file)", NULL},
     {"unix", "unixsocket", KV_CT_STR, F(unix_path), 0, 0, NULL, NULL, NULL, KV_CF_NONEMPTY,
      "PATH", "also listen on a unix-domain socket at PATH (both\n"
@@ -59,15 +59,22 @@ const struct kv_config_option kv_config_options[] = {
      RT, "SIZE", "pending output that closes the connection\n(one answer alone is always sent)",
      NULL},
     {"max-client-memory", "maxmemory-clients", KV_CT_SIZE, F(max_client_memory), 1u << 20,
-     SZ_MAX, NULL, NULL, "256m", RT | KV_CF_ZERO_OK, "SIZE",
+     SZ_MAX - 128, NULL, NULL, "256m", RT | KV_CF_ZERO_OK | KV_CF_PERCENT, "SIZE",
      "budget over all connections' input, requests and output;\n"
-     "above it the connection holding the most is closed; 0 = none", NULL},
+     "above it the connection holding the most is closed; 0 = none;\n"
+     "N% = N percent of --maxmemory (of --memory when it is 0)", NULL},
+    {"client-query-buffer-limit", "client-query-buffer-limit", KV_CT_SIZE, F(query_buf_limit),
+     1u << 20, SZ_MAX, NULL, NULL, "1g", RT, "SIZE",
+     "unparsed input a connection may hold; past it the\nconnection is closed", NULL},
     {"idle-timeout", "timeout", KV_CT_UINT, F(idle_timeout), 0, 86400 * 365, NULL, NULL, "0", RT,
      "S", "close connections idle for S seconds (0 = never)", NULL},
     {"frame-timeout", NULL, KV_CT_UINT, F(frame_timeout), 0, 86400, NULL, NULL, "30", RT, "S",
      "close a connection whose started frame takes longer", NULL},
     {"recv-buf", NULL, KV_CT_SIZE, F(recv_buf), 1024, 1u << 20, NULL, NULL, "16k", 0, "SIZE",
      "receive buffer size", NULL},
+    {"recv-buf-keep", NULL, KV_CT_UINT, F(recv_buf_keep), 0, 3600, NULL, NULL, "2", RT, "S",
+     "an idle connection keeps its empty receive buffer S\n"
+     "seconds for its next read (0 = give it back at once)", NULL},
     {"shutdown-grace", NULL, KV_CT_SECONDS, F(shutdown_grace), 0, 3600, NULL, NULL, "5", 0, "S",
      "seconds to flush output at shutdown", NULL},
     {"log-level", NULL, KV_CT_ENUM, F(log_level), 0, 3, log_levels, NULL, "info",
@@ -78,8 +85,11 @@ const struct kv_config_option kv_config_options[] = {
      "shared-memory segment name", "/libevkv-PORT"},
     {"data-file", NULL, KV_CT_STR, F(data_file), 0, 0, NULL, NULL, NULL, 0, "PATH",
      "map the store from a file instead of shm", NULL},
-    {"memory", "maxmemory", KV_CT_SIZE, F(memory), 1u << 20, SZ_MAX, NULL, NULL, "256m", 0,
+    {"memory", NULL, KV_CT_SIZE, F(memory), 1u << 20, SZ_MAX, NULL, NULL, "256m", 0,
      "SIZE", "store size", NULL},
+    {"maxmemory", "maxmemory", KV_CT_SIZE, F(maxmemory), 0, SZ_MAX, NULL, NULL, "0", RT, "SIZE",
+     "keep the store's pages in use under SIZE: past it a write\n"
+     "evicts (--eviction lru) or is refused; 0 = --memory", NULL},
     {"eviction", "maxmemory-policy", KV_CT_ENUM, F(eviction), 0, 1, evictions, evictions_redis,
      "none", 0, "none|lru", "when full: answer OUT_OF_MEMORY or evict (LRU)", NULL},
     {"sync", NULL, KV_CT_ENUM, F(sync), 0, 2, syncs, NULL, "everysec", 0, "always|everysec|no",
@@ -120,9 +130,13 @@ const struct kv_config_option kv_config_options[] = {
      "16", 0, "N", "databases for SELECT, 0 .. N-1", NULL},
     {"in-order", NULL, KV_CT_FLAG, F(in_order), 0, 1, NULL, NULL, NULL, 0, NULL,
      "answer binary requests in request order on each connection", NULL},
+    {"key-load-delay", "key-load-delay", KV_CT_UINT, F(key_load_delay), 0, 1000000, NULL, NULL,
+     "0", RT | KV_CF_HIDDEN, "US", "microseconds slept per key --load-rdb imports (a test knob)",
+     NULL},
     /* CONFIG only: Redis parameters tools read, with the one answer they have here */
     {NULL, "save", KV_CT_CONST, NOFIELD, 0, 0, NULL, NULL, "", 0, NULL, NULL, NULL},
     {NULL, "appendonly", KV_CT_CONST, NOFIELD, 0, 0, NULL, NULL, "no", 0, NULL, NULL, NULL},
+    {NULL, "daemonize", KV_CT_CONST, NOFIELD, 0, 0, NULL, NULL, "no", 0, NULL, NULL, NULL},
 };
 const size_t kv_config_noptions = sizeof(kv_config_options) / sizeof(kv_config_options[0]);
 
@@ -308,6 +322,21 @@ int kv_config_option_parse(const struct kv_config_option *o, const char *text,
             set_uint(o, c, v);
         return 0;
     case KV_CT_SIZE:
+        if ((o->flags & KV_CF_PERCENT) && text && *text && text[strlen(text) - 1] == '%') {
+            char num[24];
+            size_t l = strlen(text) - 1;
+
+            if (l == 0 || l >= sizeof(num))
+                return why_is(why, cap, "argument must be a memory or percent value");
+            memcpy(num, text, l);
+            num[l] = '\0';
+            if (parse_dec(num, &v) != 0)
+                return why_is(why, cap, "argument must be a memory or percent value");
+            if (v > 100)
+                return why_is(why, cap, "percentage argument must be less or equal to 100");
+            set_uint(o, c, v ? KV_CONFIG_PCT(v) : 0); /* 0% = none, as Redis's 0 */
+            return 0;
+        }
         if (parse_size(text, &v) != 0)
             return why_is(why, cap, "argument must be a memory value");
         if ((v < o->min && !(v == 0 && (o->flags & KV_CF_ZERO_OK))) || v > o->max)
@@ -387,7 +416,10 @@ size_t kv_config_option_format(const struct kv_config_option *o, const struct kv
     switch (o->type) {
     case KV_CT_UINT:
     case KV_CT_SIZE:
-        n = snprintf(buf, cap, "%llu", get_uint(o, c));
+        if ((o->flags & KV_CF_PERCENT) && KV_CONFIG_IS_PCT(get_uint(o, c)))
+            n = snprintf(buf, cap, "%u%%", KV_CONFIG_PCT_OF(get_uint(o, c)));
+        else
+            n = snprintf(buf, cap, "%llu", get_uint(o, c));
         break;
     case KV_CT_SECONDS:
         n = snprintf(buf, cap, "%.0f", *(const double *)cfield(o, c));
@@ -415,6 +447,18 @@ size_t kv_config_option_format(const struct kv_config_option *o, const struct kv
         break;
     }
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+size_t kv_config_client_budget(const struct kv_config *c)
+{
+    size_t v = __atomic_load_n(&c->max_client_memory, __ATOMIC_RELAXED), of;
+
+    if (!KV_CONFIG_IS_PCT(v))
+        return v;
+    of = __atomic_load_n(&c->maxmemory, __ATOMIC_RELAXED);
+    if (!of)
+        of = c->memory;
+    return of / 100 * KV_CONFIG_PCT_OF(v) + of % 100 * KV_CONFIG_PCT_OF(v) / 100;
 }
 
 int kv_config_option_differs(const struct kv_config_option *o, const struct kv_config *a,

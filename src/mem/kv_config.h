@@ -41,6 +41,12 @@ struct kv_config {
                                   * requests and output; 0 = none. Above it the
                                   * connection holding the most is closed */
     size_t recv_buf;             /* size of a receive buffer (message) */
+    unsigned recv_buf_keep;      /* seconds an idle connection keeps its empty receive
+                                  * buffer for the next read; 0 = give it back at once */
+    size_t query_buf_limit;      /* Redis's client-query-buffer-limit: a connection whose
+                                  * unparsed input would pass it is closed */
+    unsigned key_load_delay;     /* Redis's key-load-delay: microseconds slept per key
+                                  * imported by --load-rdb (a test knob; hidden) */
     int log_level;               /* 0 error, 1 warn, 2 info, 3 debug */
     char log_file[1024];         /* "" = stderr; reopened on SIGHUP */
     double shutdown_grace;       /* seconds to flush output at shutdown */
@@ -49,6 +55,8 @@ struct kv_config {
     char shm_name[256];          /* shm_open name, "" = derived from the port */
     char data_file[1024];        /* file path for a disk-backed segment, "" = shm */
     size_t memory;               /* segment size, bytes */
+    size_t maxmemory;            /* Redis's maxmemory: the store's pages in use are kept
+                                  * under it (0 = the segment's size); run time */
     enum kv_eviction eviction;
     enum kv_huge_pages huge_pages; /* default try */
     size_t max_key;              /* 1 .. max_key bytes */
@@ -102,6 +110,16 @@ enum kv_config_type {
 #define KV_CF_ENUM_NUM 0x8u   /* ENUM: the index as a number is accepted too (log-level) */
 #define KV_CF_NO_CONFIG 0x10u /* not a CONFIG parameter (requirepass-file: an action) */
 #define KV_CF_SECRET 0x20u    /* shown as "(set)" on the start-up line */
+#define KV_CF_HIDDEN 0x40u    /* CONFIG GET by its exact name only, never by a pattern
+                               * (Redis's HIDDEN_CONFIG: test and debugging knobs) */
+#define KV_CF_PERCENT 0x80u   /* SIZE: "N%" (0..100) accepted too, kept as KV_CONFIG_PCT(N)
+                               * in the same field (Redis's maxmemory-clients) */
+
+/* A SIZE field of a KV_CF_PERCENT row holds either bytes or a percentage: the
+ * top 128 values of size_t are percentages (Redis keeps them negative). */
+#define KV_CONFIG_PCT(n) (SIZE_MAX - (size_t)(n))
+#define KV_CONFIG_IS_PCT(v) ((v) >= SIZE_MAX - 127)
+#define KV_CONFIG_PCT_OF(v) ((unsigned)(SIZE_MAX - (v)))
 
 struct kv_config_option {
     const char *name;         /* the command-line option, without "--"; NULL: CONFIG only */
@@ -144,6 +162,11 @@ int kv_config_option_parse(const struct kv_config_option *o, const char *text,
  * yes / no, enums by config_names), into buf. Returns the length written. */
 size_t kv_config_option_format(const struct kv_config_option *o, const struct kv_config *c,
                                char *buf, size_t cap);
+
+/* The budget of --max-client-memory in bytes (0 = none): the field itself, or
+ * its percentage of maxmemory (of the segment's size when maxmemory is 0).
+ * Reads the run-time fields with relaxed atomic loads (any thread). */
+size_t kv_config_client_budget(const struct kv_config *c);
 
 /* 1 when o's field differs between a and b. */
 int kv_config_option_differs(const struct kv_config_option *o, const struct kv_config *a,

@@ -616,6 +616,13 @@ static void handle_expire(void *ctx, struct kv_call *call)
     case KV__EXPIRE_REQUEST__ACTION__QUERY:
         rc = 0;
         break;
+    case KV__EXPIRE_REQUEST__ACTION__IDLE: /* OBJECT IDLETIME: ttl_ms is the idle time */
+        rc = kv_shm_db_idle(srv->store, call->db, k.key, k.klen, &ttl);
+        if (rc != 0)
+            answer_store_error(call, rc);
+        else
+            answer_uints(call, pb_zigzag_encode(ttl), pb_zigzag_encode(prev));
+        return;
     default:
         answer_error(call, KV_ST_BAD_REQUEST, "unknown expire action");
         return;

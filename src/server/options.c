@@ -179,7 +179,9 @@ size_t kv_options_describe(const struct kv_config *cfg, char *buf, size_t cap)
             snprintf(v, sizeof(v), " (set)");
         else if (o->type == KV_CT_FLAG)
             v[0] = '\0';
-        else if (o->type == KV_CT_SIZE) {
+        else if (o->type == KV_CT_SIZE &&
+                 !((o->flags & KV_CF_PERCENT) &&
+                   KV_CONFIG_IS_PCT(*(const size_t *)((const char *)cfg + o->offset)))) {
             char t[32];
 
             snprintf(v, sizeof(v), " %s",
@@ -241,7 +243,7 @@ size_t kv_options_config_get(const struct kv_config *cfg, const struct kv_option
             const struct kv_config_option *o = &kv_config_options[i];
             const char *nm = kv_config_option_config_name(o);
 
-            if (done[i] || !is_config(o) ||
+            if (done[i] || !is_config(o) || (o->flags & KV_CF_HIDDEN) ||
                 !kv_glob_match((const uint8_t *)lower, a->len, (const uint8_t *)nm, strlen(nm)))
                 continue;
             done[i] = 1;
@@ -258,6 +260,13 @@ static pthread_mutex_t config_set_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *args,
                           size_t npairs, char *err, size_t errcap)
+{
+    return kv_options_config_set_ex(cfg, args, npairs, NULL, NULL, err, errcap);
+}
+
+int kv_options_config_set_ex(struct kv_config *cfg, const struct kv_options_arg *args,
+                             size_t npairs, kv_options_apply_fn apply, void *ctx, char *err,
+                             size_t errcap)
 {
     /* every pair past the first problem is never looked at, and each good
      * pair takes a row no other pair may: at most kv_config_noptions of them */
@@ -333,6 +342,8 @@ int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *ar
                  kv_config_option_config_name(rows[npairs - 1]), why);
         goto out;
     }
+    if (apply && (rc = apply(ctx, cfg, &next, err, errcap)) != 0)
+        goto out;
     for (size_t i = 0; i < npairs; i++)
         if (rows[i]->flags & KV_CF_RUNTIME)
             kv_config_option_copy(rows[i], cfg, &next);

@@ -59,4 +59,15 @@ size_t kv_options_config_get(const struct kv_config *cfg, const struct kv_option
 int kv_options_config_set(struct kv_config *cfg, const struct kv_options_arg *args,
                           size_t npairs, char *err, size_t errcap);
 
+/* The same, with Redis's apply step: once every value is parsed and checked,
+ * apply(ctx, cfg, next, ...) acts on what changed and cannot be a mere store
+ * (a new port is listened on); if it fails, nothing changes and its text
+ * (Redis's error without '-') is the answer. apply runs under CONFIG SET's
+ * lock, before the fields are stored. */
+typedef int (*kv_options_apply_fn)(void *ctx, const struct kv_config *cur,
+                                   const struct kv_config *next, char *err, size_t errcap);
+int kv_options_config_set_ex(struct kv_config *cfg, const struct kv_options_arg *args,
+                             size_t npairs, kv_options_apply_fn apply, void *ctx, char *err,
+                             size_t errcap);
+
 #endif

@@ -410,6 +410,8 @@ static int load_string(void *ctx, const struct kv_rdb_string *s)
         return rc;
     }
     l->cnt->strings++;
+    if (l->cfg->key_load_delay) /* Redis's key-load-delay: a test knob for slow loads */
+        usleep(l->cfg->key_load_delay);
     return 0;
 }
 

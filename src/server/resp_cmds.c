@@ -77,6 +77,8 @@ enum reply_style {
     RS_RESET,       /* +RESET, whatever the answer (RESET's UNWATCH call) */
     RS_LOCAL,       /* EXEC: a connection command queued in MULTI (its argv is the body),
                      * run on the IO thread as EXEC's reply is laid out (rs_exec) */
+    RS_IDLETIME,    /* OBJECT IDLETIME: :seconds idle, nil when missing */
+    RS_FREQ,        /* OBJECT FREQ: Redis's no-LFU error, nil when missing */
     RS__COUNT,
     RS_NONE = RS__COUNT, /* answered on the spot: no call */
 };
@@ -665,6 +667,46 @@ static int cmd_memory(struct cmdctx *x)
     return keys_body(x, 2, KV_OP_GET, RS_MEMORY_USAGE);
 }
 
+/* OBJECT IDLETIME | FREQ key, HELP. IDLETIME reads the item's LRU time without
+ * touching it; FREQ is tracked only under an LFU policy, which libevkv does not
+ * have, so it answers Redis's error for that (nil for a missing key first, as
+ * Redis). ENCODING and REFCOUNT are not here: a string's encoding is not kept
+ * (README, "Redis's own test suite"). */
+static int cmd_object(struct cmdctx *x)
+{
+    const struct kv_slice *sub = &x->argv[1];
+    struct out o = {0};
+
+    if (arg_is(sub, "HELP") && x->argc == 2) {
+        static const char *const help[] = {
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "FREQ <key>",
+            "    Return the access frequency index of the key <key>.",
+            "IDLETIME <key>",
+            "    Return the idle time of the key <key>.",
+            "HELP",
+            "    Print this help.",
+        };
+        out_fmt(&o, "*%zu\r\n", sizeof(help) / sizeof(help[0]));
+        for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++)
+            out_fmt(&o, "+%s\r\n", help[i]);
+        return out_reply(&o, x->res);
+    }
+    if (arg_is(sub, "IDLETIME") || arg_is(sub, "FREQ")) {
+        int idle = arg_is(sub, "IDLETIME");
+
+        if (x->argc != 3)
+            return reply_err(x->res, "-ERR wrong number of arguments for 'object|%s' command",
+                             idle ? "idletime" : "freq");
+        out_init_room(&o, x->call, x->argv[2].len + 16);
+        body_bytes(&o, 1, &x->argv[2]);
+        body_uint(&o, 2, idle ? 3 /* IDLE */ : 2 /* QUERY */);
+        return dispatch(&o, x->call, x->res, KV_OP_EXPIRE, idle ? RS_IDLETIME : RS_FREQ);
+    }
+    return reply_err(x->res, "-ERR unknown subcommand '%.*s'. Try OBJECT HELP.",
+                     (int)(sub->len < 64 ? sub->len : 64), (const char *)sub->p);
+}
+
 static int cmd_time(struct cmdctx *x)
 {
     struct out o = {0};
@@ -842,6 +884,23 @@ static struct kv_options_arg *config_args(struct cmdctx *x, size_t first)
     return a;
 }
 
+/* CONFIG SET's apply step (Redis's apply functions): a new port is listened
+ * on before anything is stored, so that a port in use changes nothing. */
+static int config_apply(void *ctx, const struct kv_config *cur, const struct kv_config *next,
+                        char *err, size_t errcap)
+{
+    struct kv_server *srv = ctx;
+    char why[160];
+
+    if (next->port != cur->port && srv->io &&
+        kv_io_relisten(srv->io, next->port, why, sizeof(why)) != 0) {
+        snprintf(err, errcap, "ERR CONFIG SET failed (possibly related to argument 'port') - "
+                 "Unable to listen on this port: %s", why);
+        return KV_EIO;
+    }
+    return 0;
+}
+
 /* CONFIG GET / SET / RESETSTAT / HELP over the options table (options.c),
  * with Redis 7.0's replies and errors. */
 static int cmd_config(struct cmdctx *x)
@@ -878,8 +937,12 @@ static int cmd_config(struct cmdctx *x)
             return reply_err(x->res, "-ERR syntax error");
         if (!(a = config_args(x, 2)))
             return KV_ENOMEM;
-        rc = kv_options_config_set(x->srv->cfg_rw, a, (x->argc - 2) / 2, err, sizeof(err));
+        rc = kv_options_config_set_ex(x->srv->cfg_rw, a, (x->argc - 2) / 2, config_apply, x->srv,
+                                      err, sizeof(err));
         kv_mem_free(KV_MOD_PACKET, a);
+        if (rc == 0 && x->srv->store) /* maxmemory reaches the store (a no-op otherwise) */
+            kv_shm_set_maxmemory(x->srv->store,
+                                 __atomic_load_n(&x->srv->cfg->maxmemory, __ATOMIC_RELAXED));
         return rc == 0 ? reply_str(x->res, "+OK\r\n") : reply_err(x->res, "-%s", err);
     }
     if (arg_is(&v[1], "RESETSTAT")) {
@@ -2023,6 +2086,7 @@ struct multi_state {
     int local;     /* a connection command is queued (RS_LOCAL): EXEC is a barrier */
     uint16_t db;   /* the database queued commands are built in: SELECT inside MULTI
                     * changes this, and the connection's only when EXEC runs */
+    struct kv_session *s; /* borrowed: whose queue (its multi_n shows the state) */
 };
 
 void kv_server_resp_session_end(struct kv_session *s)
@@ -2042,6 +2106,7 @@ static void multi_reset(struct multi_state *ms)
     ms->q.failed = 0;
     ms->n = 0;
     ms->active = ms->dirty = ms->local = 0;
+    __atomic_store_n(&ms->s->multi_n, 0, __ATOMIC_RELAXED);
 }
 
 /* Appends one ExecSub{opcode, body, tag, db}. */
@@ -2062,6 +2127,7 @@ static void multi_add(struct multi_state *ms, uint32_t opcode, uint32_t tag, con
     body_uint(&ms->q, 3, tag);
     body_uint(&ms->q, 4, db);
     ms->n++;
+    __atomic_store_n(&ms->s->multi_n, (uint32_t)ms->n + 1, __ATOMIC_RELAXED);
 }
 
 static int multi_refuse(struct cmdctx *x, struct multi_state *ms, int rc)
@@ -2162,8 +2228,12 @@ queued:
 
 static struct multi_state *multi_of(struct kv_session *s)
 {
-    if (!s->multi)
-        s->multi = kv_mem_calloc(KV_MOD_SERVER, sizeof(struct multi_state));
+    struct multi_state *ms;
+
+    if (!s->multi && (ms = kv_mem_calloc(KV_MOD_SERVER, sizeof(struct multi_state))) != NULL) {
+        ms->s = s;
+        s->multi = ms;
+    }
     return s->multi;
 }
 
@@ -2178,6 +2248,7 @@ static int cmd_multi(struct cmdctx *x)
     multi_reset(ms);
     ms->active = 1;
     ms->db = x->session->db;
+    __atomic_store_n(&x->session->multi_n, 1, __ATOMIC_RELAXED);
     return reply_str(x->res, "+OK\r\n");
 }
 
@@ -2297,6 +2368,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"TOUCH",        -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
     {"TIME",          1, F | L,           cmd_time,     RS_NONE,        0},
     {"MEMORY",       -2, R,               cmd_memory,   RS_MEMORY_USAGE, 0},
+    {"OBJECT",       -2, R,               cmd_object,   RS_IDLETIME,    0},
     {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
     {"DBSIZE",        1, R | F,           cmd_nobody,   RS_DBSIZE,      KV_OP_STATS},
     {"INFO",         -1, L,               cmd_info,     RS_NONE,        0},
@@ -2932,6 +3004,21 @@ static void rs_randomkey(struct out *o, const struct kv_call *call, const struct
     out_nil(o);
 }
 
+static void rs_idletime(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    struct fields f;
+
+    read_fields(call, &f);
+    out_line_int(o, ':', pb_zigzag_decode(f.u[1]) / 1000);
+}
+
+static void rs_freq(struct out *o, const struct kv_call *call, const struct kv_server *srv)
+{
+    OUT_LIT(o, "-ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
+               "Please note that when switching between policies at runtime LRU and LFU data "
+               "will take some time to adjust.\r\n");
+}
+
 static void rs_type(struct out *o, const struct kv_call *call, const struct kv_server *srv)
 {
     struct fields f;
@@ -3130,6 +3217,8 @@ static const struct {
     [RS_RANDOMKEY] = {rs_randomkey, NULL, NULL, RF_BIG},
     [RS_MEMORY_USAGE] = {rs_memory_usage, "$-1\r\n", NULL, 0},
     [RS_TYPE] = {rs_type, NULL, NULL, 0},
+    [RS_IDLETIME] = {rs_idletime, "$-1\r\n", NULL, 0},
+    [RS_FREQ] = {rs_freq, "$-1\r\n", NULL, 0},
     [RS_EXPIRETIME_S] = {rs_expiretime, ":-2\r\n", NULL, 0},
     [RS_EXPIRETIME_MS] = {rs_expiretime, ":-2\r\n", NULL, 0},
     [RS_RENAME] = {rs_ok, "-ERR no such key\r\n", NULL, RF_REDIS_ERR},

@@ -285,15 +285,18 @@ size_t kv_server_info_format(struct kv_server *srv, const struct kv_server_stats
             buf, cap, len,
             "used_memory:%llu\r\nused_memory_human:%s\r\nused_memory_rss:%llu\r\n"
             "used_memory_rss_human:%s\r\nused_memory_heap:%lld\r\nused_memory_store:%llu\r\n"
-            "store_bytes_free:%llu\r\nstore_huge_page_bytes:%llu\r\nmaxmemory:%zu\r\n"
+            "store_bytes_free:%llu\r\nstore_huge_page_bytes:%llu\r\nstore_size:%zu\r\n"
+            "maxmemory:%zu\r\n"
             "maxmemory_human:%s\r\nmaxmemory_policy:%s\r\nmaxmemory_clients:%zu\r\n"
             "client_memory:%llu\r\nmem_allocator:libc\r\n",
             (unsigned long long)used, human(used, h1, sizeof(h1)),
             (unsigned long long)st->rss_bytes, human(st->rss_bytes, h2, sizeof(h2)),
             (long long)st->heap_bytes, (unsigned long long)st->store.bytes_used,
             (unsigned long long)st->store.bytes_free, (unsigned long long)st->store.huge_bytes,
-            cfg->memory, human(cfg->memory, h3, sizeof(h3)),
-            cfg->eviction == KV_EVICT_LRU ? "allkeys-lru" : "noeviction", cfg->max_client_memory,
+            cfg->memory, __atomic_load_n(&cfg->maxmemory, __ATOMIC_RELAXED),
+            human(__atomic_load_n(&cfg->maxmemory, __ATOMIC_RELAXED), h3, sizeof(h3)),
+            cfg->eviction == KV_EVICT_LRU ? "allkeys-lru" : "noeviction",
+            kv_config_client_budget(cfg),
             (unsigned long long)st->mem.stat[KV_STAT_CLIENT_MEMORY]);
     }
     if (section(sections, KV_INFO_PERSISTENCE, "Persistence", buf, cap, &len, &first)) {

@@ -702,6 +702,28 @@ int kv_shm_ttl(struct kv_shm_store *s, const void *key, size_t klen, int64_t *tt
     return kv_shm_db_ttl(s, 0, key, klen, ttl_ms);
 }
 
+int kv_shm_db_idle(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                   int64_t *idle_ms)
+{
+    if (key_bad(s, key, klen) || db >= SHM_MAX_DB)
+        return KV_EINVAL;
+    uint64_t h = kv_shm_hash(s, key, klen);
+    struct shm_stripe *st = shm_stripe_of(s, h);
+    struct shm_item *it;
+    int64_t now = kv_shm_now_ms();
+    int rc = KV_ENOTFOUND;
+    pthread_rwlock_rdlock(&st->lock);
+    uint64_t *slot = kv_shm_index_find(s, kv_shm_index_bucket(s, h), h, shm_db_phys(s, db), key,
+                                       klen, &it);
+    if (slot && !item_expired(it, now)) {
+        uint32_t a = __atomic_load_n(&it->atime, __ATOMIC_RELAXED);
+        *idle_ms = (int64_t)(uint32_t)(atime_at(s, now) - a) * 4;
+        rc = 0;
+    }
+    pthread_rwlock_unlock(&st->lock);
+    return rc;
+}
+
 int kv_shm_db_ttl(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                   int64_t *ttl_ms)
 {

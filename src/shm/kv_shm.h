@@ -84,6 +84,14 @@ int kv_shm_store_open(const struct kv_config *cfg, char *errbuf, size_t errcap,
 int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_opts *opts,
                          char *errbuf, size_t errcap, struct kv_shm_store **out);
 
+/* Redis's maxmemory for the store: data pages (items, large values) are refused once the
+ * segment's pages in use (index and data) reach bytes, rounded down to whole pages (at
+ * least one); the writer then makes room as when the segment is full -- evicts under
+ * --eviction lru, else answers KV_ENOMEM. 0: the segment's size is the only limit. Any
+ * thread, at any time; a limit below what is in use refuses new pages until enough are
+ * emptied (by deletes, expiry, compaction or eviction), nothing is evicted at once. */
+void kv_shm_set_maxmemory(struct kv_shm_store *s, uint64_t bytes);
+
 /* Marks the clean shutdown, unmaps, unlocks and frees s. No call may be running on s. */
 void kv_shm_store_close(struct kv_shm_store *s);
 
@@ -203,6 +211,11 @@ int kv_shm_db_incr(struct kv_shm_store *s, unsigned db, const void *key, size_t 
                    int64_t delta, int64_t *result, uint64_t *version);
 int kv_shm_db_expire(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                      int64_t ttl_ms);
+/* Milliseconds since the key was last read or written (the item's LRU time, 4 ms units;
+ * wraps after ~198 days), without touching it: Redis's OBJECT IDLETIME. KV_ENOTFOUND when
+ * absent or expired. */
+int kv_shm_db_idle(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
+                   int64_t *idle_ms);
 int kv_shm_db_ttl(struct kv_shm_store *s, unsigned db, const void *key, size_t klen,
                   int64_t *ttl_ms);
 

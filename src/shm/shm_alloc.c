@@ -86,6 +86,21 @@ static int stack_pop(struct kv_shm_store *s, uint64_t n, uint64_t *out)
     return 0;
 }
 
+void kv_shm_set_maxmemory(struct kv_shm_store *s, uint64_t bytes)
+{
+    uint64_t pages = bytes >> SHM_PAGE_SHIFT;
+
+    __atomic_store_n(&s->page_limit, bytes && !pages ? 1 : pages, __ATOMIC_RELAXED);
+}
+
+/* 1 when n more data pages would pass --maxmemory. page_lock held. */
+static int over_limit(const struct kv_shm_store *s, uint64_t n)
+{
+    uint64_t lim = __atomic_load_n(&s->page_limit, __ATOMIC_RELAXED);
+
+    return lim && s->n_pages - s->hdr->pages_free + n > lim;
+}
+
 static void stack_push(struct kv_shm_store *s, uint64_t pi)
 {
     struct shm_hdr *h = s->hdr;
@@ -203,7 +218,7 @@ static int chunk_alloc(struct kv_shm_store *s, unsigned c, int new_page, uint64_
     if (!new_page)
         goto out;
     pthread_mutex_lock(&s->hdr->page_lock);
-    rc = stack_pop(s, 1, &pi);
+    rc = over_limit(s, 1) ? KV_ENOMEM : stack_pop(s, 1, &pi);
     if (rc == 0) {
         memset(&s->pg[pi], 0, sizeof(s->pg[pi]));
         pmap_set(s, pi, PM_MAKE(PM_SLAB, c));
@@ -226,7 +241,7 @@ static int large_alloc(struct kv_shm_store *s, uint64_t n, uint64_t *off)
     if (n > 64 && !(pis = kv_mem_alloc(KV_MOD_SHM, n * sizeof(*pis))))
         return KV_ENOMEM;
     pthread_mutex_lock(&s->hdr->page_lock);
-    int rc = stack_pop(s, n, pis);
+    int rc = over_limit(s, n) ? KV_ENOMEM : stack_pop(s, n, pis);
     if (rc == 0) {
         for (uint64_t k = 0; k < n; k++) {
             memset(&s->pg[pis[k]], 0, sizeof(s->pg[pis[k]]));

@@ -221,6 +221,8 @@ struct kv_shm_store {
     int fd;              /* owned: holds the flock while open (owner) */
     int attach;          /* ro after open: second mapping, no ownership */
     int lru;             /* ro after open: cfg->eviction == KV_EVICT_LRU */
+    uint64_t page_limit; /* atomic: --maxmemory in pages (0 = the whole segment); data
+                          * pages are refused past it (kv_shm_set_maxmemory) */
     int is_file;         /* ro after open */
     size_t max_key;      /* ro after open */
     uint64_t hkey[2];    /* ro after open: hdr->hash_key */

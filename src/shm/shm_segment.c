@@ -602,6 +602,7 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
     s->fd = -1;
     s->size = cfg->memory;
     s->lru = cfg->eviction == KV_EVICT_LRU;
+    kv_shm_set_maxmemory(s, cfg->maxmemory);
     s->max_key = cfg->max_key;
     s->open_id = __atomic_add_fetch(&opens, 1, __ATOMIC_RELAXED);
     s->attach = opts ? opts->attach : 0;
