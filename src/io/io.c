@@ -162,7 +162,7 @@ static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
     r->conn = c;
     r->msg = m;
     r->out_next = NULL;
-    r->done = r->queued = r->body_owned = r->in_place = r->silent = 0;
+    r->done = r->queued = r->body_owned = r->in_place = r->silent = r->ring_room = 0;
     r->charged = sizeof(*r);
     conn_charge(c, (int64_t)sizeof(*r));
     if (m)
@@ -179,6 +179,8 @@ static void req_charge(struct kv_io_req *r, size_t n)
 
 static void req_free(struct kv_io_req *r)
 {
+    if (r->ring_room)
+        kv_io_ring_room_drop(r);
     if (r->call.resp_owned)
         kv_mem_free(KV_MOD_PACKET, r->call.resp);
     if (r->body_owned)
@@ -948,6 +950,16 @@ static int ring_in_place_ok(uint16_t opcode)
     }
 }
 
+/* kv_call.answer_room of an attached client's requests: on the connection's own IO
+ * thread, the handler may build its answer in the response ring (no copy at layout). */
+static void ring_answer_room(struct kv_call *call)
+{
+    struct kv_io_req *r = (struct kv_io_req *)call;
+
+    if (r->conn->thr != current_thread || !kv_io_ring_room(r->conn, r))
+        call->answer_room = NULL; /* a worker thread, or no room: scratch as usual */
+}
+
 static int ring_copy_body(struct kv_io_req *r)
 {
     uint8_t *b = kv_mem_alloc(KV_MOD_PACKET, r->call.body_len);
@@ -1001,6 +1013,8 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
             req->call.body = f.body;
             req->call.body_len = f.body_len;
             req->request_id = f.request_id;
+            if (c->ring)
+                req->call.answer_room = ring_answer_room;
             if (m->ring && f.body_len && !ring_in_place_ok(f.opcode) && ring_copy_body(req) != 0) {
                 kv_io_log(thr->io, 0, "out of memory for a request; closing connection");
                 req_free(req);

@@ -360,6 +360,89 @@ err:
 }
 
 /* ---- output ----------------------------------------------------------------------- */
+int kv_io_ring_room(struct kv_io_conn *c, struct kv_io_req *r)
+{
+    struct kv_io_ring *g = c->ring;
+    struct kv_ring *q;
+    int64_t space;
+    size_t at, contig;
+
+    /* the room is the next frame's place: only when nothing is to be written before it
+     * (no output waiting for ring space, no other room lent, in order: the first answer) */
+    if (!g || g->closed || g->bad || c->closed || c->ob_head || g->room_owner ||
+        (r->queued && c->out_head != r))
+        return 0;
+    q = &g->resp;
+    space = kv_ring_space(q);
+    if (space <= 0)
+        return 0; /* an impossible tail is told by the next put */
+    at = (size_t)(q->pos & q->mask);
+    contig = (size_t)(q->cap - at);
+    if ((uint64_t)space < contig)
+        contig = (size_t)space;
+    if (contig <= KV_FRAME_OVERHEAD + r->call.scratch_cap)
+        return 0; /* no more room than the request's own scratch */
+    g->room_owner = r;
+    g->room = q->data + at + KV_FRAME_HDR;
+    g->room_cap = contig - KV_FRAME_OVERHEAD;
+    r->ring_room = 1;
+    r->call.scratch = g->room;
+    r->call.scratch_cap = (uint32_t)(g->room_cap < UINT32_MAX ? g->room_cap : UINT32_MAX);
+    return 1;
+}
+
+void kv_io_ring_room_drop(struct kv_io_req *r)
+{
+    struct kv_io_ring *g = r->conn->ring;
+
+    r->ring_room = 0;
+    if (g && g->room_owner == r)
+        g->room_owner = NULL;
+}
+
+/* Another answer is to be written where the room lent to owner lies (it never should: a
+ * call with a room is handed back alone, at once): the owner's answer moves to a packet
+ * of its own first. */
+static void room_evict(struct kv_io_ring *g)
+{
+    struct kv_io_req *o = g->room_owner;
+    uint8_t *p;
+
+    g->room_owner = NULL;
+    o->ring_room = 0;
+    o->call.scratch = o->scratch;
+    o->call.scratch_cap = sizeof(o->scratch);
+    if (o->call.resp != g->room || o->call.resp_owned)
+        return;
+    p = o->call.resp_len ? kv_mem_alloc(KV_MOD_PACKET, o->call.resp_len) : NULL;
+    if (p)
+        memcpy(p, g->room, o->call.resp_len);
+    else /* nothing to copy, or no memory: the status alone answers */
+        o->call.resp_len = 0;
+    o->call.resp = p;
+    o->call.resp_owned = p != NULL;
+}
+
+/* The answer of r was built in its room: header before it and crc after it, in place. */
+static void room_commit(struct kv_io_conn *c, const struct kv_io_req *r, uint8_t *frame)
+{
+    struct kv_ring *q = &c->ring->resp;
+    struct kv_frame f = {
+        .version = KV_FRAME_VERSION,
+        .flags = KV_FRAME_F_RESPONSE,
+        .opcode = r->call.opcode,
+        .request_id = r->request_id,
+        .body_len = r->call.resp_len,
+        .status = r->call.status,
+    };
+
+    kv_frame_encode_header(&f, frame);
+    kv_put_le32(frame + KV_FRAME_HDR + r->call.resp_len,
+                kv_crc32(0, frame, KV_FRAME_HDR + r->call.resp_len));
+    q->pos += r->out_len;
+    __atomic_store_n(&c->peer.ring_in_place, c->peer.ring_in_place + 1, __ATOMIC_RELAXED);
+}
+
 int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r)
 {
     struct kv_io_ring *g = c->ring;
@@ -379,6 +462,19 @@ int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r)
         g->bad = 1; /* conn_flush closes it */
         return KV_EAGAIN;
     }
+    if (g->room_owner) {
+        if (g->room_owner == r) {
+            /* the space seen when the room was lent can only have grown */
+            g->room_owner = NULL;
+            if (r->call.resp == g->room && r->call.resp_len <= g->room_cap &&
+                (uint64_t)space >= r->out_len) {
+                room_commit(c, r, g->room - KV_FRAME_HDR); /* the value's one copy: done */
+                goto laid;
+            }
+        } else {
+            room_evict(g);
+        }
+    }
     if ((uint64_t)space < r->out_len)
         return KV_EAGAIN;
     kv_frame_encode_header(&f, hdr);
@@ -387,6 +483,7 @@ int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r)
     if (r->call.resp_len)
         kv_ring_write(q, r->call.resp, r->call.resp_len); /* the value's one copy here */
     kv_ring_write(q, crc, sizeof(crc));
+laid:
     c->out_bytes -= r->out_len;
     __atomic_store_n(&c->peer.ring_out, c->peer.ring_out + r->out_len, __ATOMIC_RELAXED);
     kv_mem_stat_add(KV_STAT_BYTES_OUT, r->out_len);

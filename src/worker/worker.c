@@ -226,6 +226,8 @@ void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
         return;
     }
     kv_worker_gate_enter(reg);
+    if (call->answer_room)
+        call->answer_room(call);
     reg->h[call->opcode].fn(reg->h[call->opcode].ctx, call);
     kv_worker_gate_leave(reg);
 }
@@ -253,7 +255,8 @@ static void run_batch(struct kv_worker_pool *pool, struct kv_call *calls)
                 hint(reg, &h, 1);
             }
             kv_worker_run(reg, last);
-            if (!last->next || last->next->origin != first->origin)
+            /* an answer built in its origin's room goes back before the next handler */
+            if (!last->next || last->next->origin != first->origin || last->answer_room)
                 break;
             last = last->next;
         }
