@@ -254,6 +254,27 @@ int kv_client_send_raw(struct kv_client *c, const void *buf, size_t len)
 
 static int ring_recv(struct kv_client *c, struct kv_response *r);
 
+int kv_client_ready(struct kv_client *c)
+{
+    struct kv_ring_frame rf;
+    struct kv_frame f;
+    uint8_t hdr[KV_FRAME_HDR];
+    int rc;
+
+    if (!c->map) {
+        if (c->in_len <= c->in_off)
+            return 0;
+        return kv_frame_decode(c->in + c->in_off, c->in_len - c->in_off, KV_CLIENT_MAX_BODY, 1,
+                               &f) != KV_EAGAIN;
+    }
+    rc = kv_ring_frame_peek(&c->resp, KV_CLIENT_MAX_BODY, 1, &rf, hdr);
+    if (rc == 0 && rf.total > c->resp.cap)
+        return 1; /* larger than the ring: recv copies it out as it comes */
+    if (rc < 0)
+        return rc == KV_EPROTO ? KV_EPROTO : 1; /* a bad frame: recv tells it */
+    return rc;
+}
+
 int kv_client_recv(struct kv_client *c, struct kv_response *r)
 {
     if (c->map)

@@ -133,18 +133,21 @@ static struct kv_io_msg *msg_new(struct kv_io_conn *c, size_t size)
     return m;
 }
 
-static void msg_unref(struct kv_io_msg *m)
+static void msg_last_ref(struct kv_io_msg *m)
 {
-    if (m && m->ring) { /* a span of a request ring: released in ring order */
-        if (--m->refs == 0)
-            kv_io_ring_span_done(m);
+    if (m->ring) { /* a span of a request ring: released in ring order */
+        kv_io_ring_span_done(m);
         return;
     }
-    if (m && --m->refs == 0) {
-        conn_charge(m->conn, -(int64_t)m->cap);
-        kv_mem_buf_put(m->buf, m->cap);
-        kv_mem_obj_put(KV_MOD_MESSAGE, m, sizeof(*m));
-    }
+    conn_charge(m->conn, -(int64_t)m->cap);
+    kv_mem_buf_put(m->buf, m->cap);
+    kv_mem_obj_put(KV_MOD_MESSAGE, m, sizeof(*m));
+}
+
+static inline void msg_unref(struct kv_io_msg *m)
+{
+    if (m && --m->refs == 0)
+        msg_last_ref(m);
 }
 
 /* ---- requests --------------------------------------------------------------- */

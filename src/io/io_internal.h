@@ -245,6 +245,7 @@ struct kv_io_thread {
     ev_idle ring_spin;               /* on while an attached client's ring is polled */
     struct kv_io_ring *rings;        /* io-thread only: attached clients of this thread */
     unsigned rings_spinning;         /* io-thread only: of those, how many are polled */
+    uint64_t rings_found_ns;         /* io-thread only: when a polled ring last had frames */
 };
 
 /* A log line of one kind at most once a second, over every thread. */

@@ -84,6 +84,7 @@ static void ring_poll(struct kv_io_ring *g, uint64_t now)
         return;
     if (g->req.rd != before) {
         g->last_ns = now;
+        g->conn->thr->rings_found_ns = now;
         g->found = 1;
     }
     left = kv_ring_avail(&g->req);
@@ -120,6 +121,10 @@ static void try_park(struct kv_io_ring *g, uint64_t now)
     spin_stop(g);
 }
 
+/* A ring parks once neither it nor any other ring of the thread has had a frame for its
+ * window: while the thread polls anyway (some client is busy), looking at a quiet ring
+ * costs a load, and parking it would make its client's next request a system call on
+ * both sides (an eventfd write, and a read here). */
 void kv_io_ring_spin_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
@@ -127,11 +132,14 @@ void kv_io_ring_spin_cb(struct ev_loop *loop, ev_idle *w, int revents)
 
     for (;;) {
         for (struct kv_io_ring *g = thr->rings, *next; g; g = next) {
+            uint64_t last;
+
             next = g->next;
             if (!g->spinning)
                 continue;
             ring_poll(g, now);
-            if (!g->closed && g->spinning && now - g->last_ns > g->window_ns)
+            last = g->last_ns > thr->rings_found_ns ? g->last_ns : thr->rings_found_ns;
+            if (!g->closed && g->spinning && now > last && now - last > g->window_ns)
                 try_park(g, now);
         }
         kv_io_thread_pump(thr); /* dispatch, completions, publish answers */
