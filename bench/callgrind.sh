@@ -7,8 +7,12 @@
 #   bench/callgrind.sh [-b SERVER] [-k KVCLIENT] [-n REQUESTS] [-x "SERVER ARGS"] [ROW ...]
 #
 # A ROW is NAME:KVCLIENT-BENCH-ARGS, e.g. 'get16:-t get -c 50 -P 16'; the default rows are
-# GET and SET, binary and RESP, -P 1 and -P 16 over TCP (-c 50, 100-byte values, 100,000
-# keys), plus GET over shm and MGET of 10 over shm. For each row: the server runs under
+# GET and SET, binary and RESP, -P 1 and -P 16 over TCP (100-byte values, 100,000 keys),
+# with ONE connection: then every read of the server holds exactly one pipeline, so the
+# count is the same run after run (with -c 50 how many requests one wake-up finds depends
+# on timing, and the whole-server count moves by +-4% between identical binaries). Rows
+# with --shm run over the rings (the spin loops count too: prefer --ring-spin-us 0 in -x
+# to count the work alone). For each row: the server runs under
 # `valgrind --tool=callgrind --instr-atstart=no` (whole server, every thread), the keys are
 # loaded with instrumentation off, then it is switched on for exactly REQUESTS requests of
 # the row (`kvclient bench -n`), and the instructions counted are divided by REQUESTS
@@ -33,10 +37,10 @@ done
 shift $((OPTIND - 1))
 rows=("$@")
 if [ ${#rows[@]} -eq 0 ]; then
-    rows=("get1:-t get -c 50 -P 1" "get16:-t get -c 50 -P 16" "set1:-t set -c 50 -P 1"
-          "set16:-t set -c 50 -P 16" "rget1:--protocol resp -t get -c 50 -P 1"
-          "rget16:--protocol resp -t get -c 50 -P 16" "rset1:--protocol resp -t set -c 50 -P 1"
-          "rset16:--protocol resp -t set -c 50 -P 16")
+    rows=("get1:-t get -c 1 -P 1" "get16:-t get -c 1 -P 16" "set1:-t set -c 1 -P 1"
+          "set16:-t set -c 1 -P 16" "rget1:--protocol resp -t get -c 1 -P 1"
+          "rget16:--protocol resp -t get -c 1 -P 16" "rset1:--protocol resp -t set -c 1 -P 1"
+          "rset16:--protocol resp -t set -c 1 -P 16")
 fi
 OUT=${OUT:-$(mktemp -d /tmp/kv-callgrind.XXXXXX)}
 mkdir -p "$OUT"

@@ -121,27 +121,41 @@ static void try_park(struct kv_io_ring *g, uint64_t now)
     spin_stop(g);
 }
 
-/* A ring parks once neither it nor any other ring of the thread has had a frame for its
- * window: while the thread polls anyway (some client is busy), looking at a quiet ring
- * costs a load, and parking it would make its client's next request a system call on
- * both sides (an eventfd write, and a read here). */
+/* The thread's rings park together: once no ring of the thread has had a frame for the
+ * longest window among them. While the thread polls anyway (some client is busy), looking
+ * at a quiet ring costs a load, and parking it alone would make its client's next request
+ * a system call on both sides (an eventfd write there, a read here) and wait for this loop
+ * to let libev look at the eventfd. */
 void kv_io_ring_spin_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
     uint64_t start = now_ns(), now = start;
 
     for (;;) {
-        for (struct kv_io_ring *g = thr->rings, *next; g; g = next) {
-            uint64_t last;
+        uint64_t wmax = 0;
 
+        for (struct kv_io_ring *g = thr->rings, *next; g; g = next) {
             next = g->next;
-            if (!g->spinning)
-                continue;
+            if (!g->spinning) {
+                /* parked (or held back): a load tells whether its client published since;
+                 * then serve it now rather than after this slice, when libev reads the
+                 * eventfd the client wrote (on_efd then finds it served) */
+                if (g->closed || !g->can_read || kv_ring_avail(&g->req) <= (int64_t)g->stuck)
+                    continue;
+                kv_ring_unpark(&g->req);
+                spin_start(g);
+            }
             ring_poll(g, now);
-            last = g->last_ns > thr->rings_found_ns ? g->last_ns : thr->rings_found_ns;
-            if (!g->closed && g->spinning && now > last && now - last > g->window_ns)
-                try_park(g, now);
+            if (g->window_ns > wmax)
+                wmax = g->window_ns;
         }
+        if (now > thr->rings_found_ns && now - thr->rings_found_ns > wmax)
+            for (struct kv_io_ring *g = thr->rings, *next; g; g = next) {
+                next = g->next;
+                if (!g->closed && g->spinning && now > g->last_ns &&
+                    now - g->last_ns > g->window_ns)
+                    try_park(g, now);
+            }
         kv_io_thread_pump(thr); /* dispatch, completions, publish answers */
         if (!thr->rings_spinning)
             return;
@@ -168,6 +182,15 @@ static void on_efd(struct ev_loop *loop, ev_io *w, int revents)
         kv_io_conn_mark_flush(g->conn); /* the client made room in the response ring */
     spin_start(g);
     ring_poll(g, now);
+    /* the thread was asleep: when one client is back, the others usually are too (one
+     * process serving many rings, or a peer that lost its core for a while). Polling
+     * them all again now spares each of them the eventfd write of its next request
+     * (and this thread the read); those that stay quiet park again after their window. */
+    for (struct kv_io_ring *h = g->conn->thr->rings; h; h = h->next)
+        if (h != g && !h->spinning && h->can_read && h->parked_ns) {
+            kv_ring_unpark(&h->req);
+            spin_start(h);
+        }
 }
 
 void kv_io_ring_kick(struct kv_io_conn *c)
