@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -926,6 +927,8 @@ static void *bthread_shm(struct bthread *t)
     unsigned live = 0, next = 0;
     const char *spin = getenv("KV_CLIENT_SPIN_US");
     uint64_t spin_ns = (spin ? (uint64_t)atoi(spin) : 50) * 1000u, idle_since = 0, now;
+    const char *yield = getenv("KV_CLIENT_SPIN_YIELD_US");
+    uint64_t yield_ns = (yield ? (uint64_t)atoi(yield) : 0) * 1000u;
 
     if (!conns || !kc)
         t->failed = 1;
@@ -981,7 +984,10 @@ static void *bthread_shm(struct bthread *t)
         if (!idle_since)
             idle_since = now;
         if (now - idle_since < spin_ns) {
-            __builtin_ia32_pause();
+            if (yield_ns && now - idle_since > yield_ns)
+                sched_yield(); /* the server may be waiting for this very core */
+            else
+                __builtin_ia32_pause();
             continue;
         }
         idle_since = 0;

@@ -18,6 +18,7 @@
  * wake-up that brought nothing. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -130,6 +131,7 @@ void kv_io_ring_spin_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
     uint64_t start = now_ns(), now = start;
+    uint64_t yield_ns = (uint64_t)thr->io->cfg->ring_spin_yield_us * 1000;
 
     for (;;) {
         uint64_t wmax = 0;
@@ -162,7 +164,11 @@ void kv_io_ring_spin_cb(struct ev_loop *loop, ev_idle *w, int revents)
         now = now_ns();
         if (now - start > KV_RING_SPIN_SLICE_NS)
             return; /* let the loop look at its other watchers */
-        __builtin_ia32_pause();
+        /* every ring empty for a while: the peer may be waiting for this very core */
+        if (yield_ns && now > thr->rings_found_ns && now - thr->rings_found_ns > yield_ns)
+            sched_yield();
+        else
+            __builtin_ia32_pause();
     }
 }
 
