@@ -92,7 +92,8 @@ static const char *peer_name(int fd, char *buf, size_t cap)
  * --max-client-memory by closing the connection holding the most (Redis's
  * maxmemory-clients). A closed connection leaves the thread's total at once:
  * what it still holds is being given back. */
-static void conn_charge(struct kv_io_conn *c, int64_t d)
+/* inlined: called several times per request (LTO stopped doing it as io.c grew) */
+static inline __attribute__((always_inline)) void conn_charge(struct kv_io_conn *c, int64_t d)
 {
     struct kv_io_thread *thr = c->thr;
 
@@ -895,8 +896,9 @@ static void batch_append(struct kv_io_thread *thr, struct kv_io_conn *c, struct 
  * it joins the thread's batch when nothing of c is with the workers, or when c's calls
  * are the tail of the batch not yet dispatched (one run, never split by the pool); else
  * it waits in c's hold until c's run is back (process_done). */
-static void batch_add(struct kv_io_thread *thr, struct kv_io_conn *c, struct kv_io_req *req,
-                      size_t wire_len)
+static inline __attribute__((always_inline)) void batch_add(struct kv_io_thread *thr,
+                                                           struct kv_io_conn *c,
+                                                           struct kv_io_req *req, size_t wire_len)
 {
     req->wire_len = wire_len;
     c->inflight++;

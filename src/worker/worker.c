@@ -219,7 +219,9 @@ static void hint(const struct kv_worker_registry *reg, struct hinter *h, int sta
     h->at[stage] = c->next;
 }
 
-void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
+/* kv_worker_run, inlined into run_batch (the hot loop) */
+static inline __attribute__((always_inline)) void run_call(const struct kv_worker_registry *reg,
+                                                           struct kv_call *call)
 {
     call->status = KV_ST_OK;
     if (call->opcode >= KV_WORKER_MAX_OPCODE || !reg->h[call->opcode].fn) {
@@ -235,6 +237,11 @@ void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
     kv_worker_gate_enter(reg);
     reg->h[call->opcode].fn(reg->h[call->opcode].ctx, call);
     kv_worker_gate_leave(reg);
+}
+
+void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
+{
+    run_call(reg, call);
 }
 
 void kv_worker_registry_set_solo(struct kv_worker_registry *reg, int solo)
@@ -264,7 +271,7 @@ static void run_batch(struct kv_worker_pool *pool, struct kv_call *calls)
                 hint(reg, &h, 0);
                 hint(reg, &h, 1);
             }
-            kv_worker_run(reg, last);
+            run_call(reg, last);
             /* an answer built in its origin's room goes back before the next handler */
             if (!last->next || last->next->origin != first->origin || last->answer_room)
                 break;
