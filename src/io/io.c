@@ -1884,9 +1884,13 @@ void kv_io_conn_parse_ring(struct kv_io_conn *c)
         struct kv_io_msg *s, *saved;
 
         if (c->closed || c->closing || c->gated || !g->can_read ||
-            c->inflight >= KV_IO_MAX_INFLIGHT)
+            c->inflight >= KV_IO_MAX_INFLIGHT) {
+            avail = kv_ring_avail(q);
+            g->stuck = avail > 0 ? (uint64_t)avail : 0; /* read again once kicked */
             return;
+        }
         avail = kv_ring_avail(q);
+        g->stuck = 0;
         if (avail < 0) {
             kv_io_log(c->thr->io, 1, "fd %d: attached client (pid %d) wrote an impossible "
                       "request-ring head; closing it", c->fd, c->peer.id.pid);
@@ -1898,8 +1902,10 @@ void kv_io_conn_parse_ring(struct kv_io_conn *c)
             return;
         c->last_active = ev_now(c->thr->loop);
         if (g->assembling) {
-            if (!ring_assemble(c, avail))
+            if (!ring_assemble(c, avail)) {
+                g->stuck = (uint64_t)avail; /* seen, and not usable until more comes */
                 return;
+            }
             continue;
         }
         n = kv_ring_contig(q, 0, &p);
@@ -1931,8 +1937,10 @@ void kv_io_conn_parse_ring(struct kv_io_conn *c)
             continue;
         /* a partial frame at the reader: wait for it where it will lie whole, else
          * assemble it in a receive buffer (it wraps, or is larger than the ring) */
-        if (need ? need <= room : room >= KV_FRAME_HDR)
+        if (need ? need <= room : room >= KV_FRAME_HDR) {
+            g->stuck = (uint64_t)avail; /* part of a frame: its rest wakes us */
             return;
+        }
         if (!c->cur && !(c->cur = msg_new(c, cfg->recv_buf))) {
             kv_io_log(c->thr->io, 0, "out of memory for a ring request; closing connection");
             conn_close(c);
