@@ -928,7 +928,7 @@ static void *bthread_shm(struct bthread *t)
     const char *spin = getenv("KV_CLIENT_SPIN_US");
     uint64_t spin_ns = (spin ? (uint64_t)atoi(spin) : 50) * 1000u, idle_since = 0, now;
     const char *yield = getenv("KV_CLIENT_SPIN_YIELD_US");
-    uint64_t yield_ns = (yield ? (uint64_t)atoi(yield) : 0) * 1000u;
+    uint64_t yield_ns = (yield ? (uint64_t)atoi(yield) : 10) * 1000u;
 
     if (!conns || !kc)
         t->failed = 1;

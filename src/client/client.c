@@ -1393,7 +1393,7 @@ int kv_client_attach(struct kv_client *c, uint32_t req_size, uint32_t resp_size)
     kv_ring_views(map, &c->req, &c->resp);
     c->spin_ns = (spin ? (unsigned)atoi(spin) : 50) * 1000u;
     spin = getenv("KV_CLIENT_SPIN_YIELD_US");
-    c->yield_ns = (spin ? (unsigned)atoi(spin) : 0) * 1000u;
+    c->yield_ns = (spin ? (unsigned)atoi(spin) : 10) * 1000u;
     return 0;
 
 err:
