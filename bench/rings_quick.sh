@@ -1,14 +1,17 @@
 #!/bin/bash
 # SPDX-License-Identifier: BSD-3-Clause -- libevkv, see LICENSE
 # bench/rings_quick.sh -- the quick interleaved comparison behind README "Shared-memory rings"
-# figures: libevkv TCP / unix / shm (this tree, bin/), libevkv TCP of another build
-# ($MAIN_BIN, default bin/libevkv), Redis and echo_server over unix sockets. Prefer bench/compare.sh.
-# interleaved rounds: libevkv TCP / unix / shm (this branch), libevkv TCP (main), redis unix, echo unix
-cd /work/wt-rings
-T=$(mktemp -d); K=./bin/kvclient; runs=${RUNS:-3}; secs=${SECS:-2}
+# figures: libevkv TCP / unix / shm (this tree's bin/, or $KV_BIN), libevkv TCP of another
+# build ($MAIN_BIN, default the same binary), Redis and echo_server over unix sockets.
+# Runs from anywhere (paths are this tree's). Environment: RUNS (3), SECS (2),
+# ROWS ("get1 get16 lat mget"), KV_ARGS (extra options of the libevkv under test, e.g.
+# "--ring-spin-us 200"), KV_BIN, MAIN_BIN. Prefer bench/compare.sh for the full table.
+cd "$(dirname "$0")/.." || exit 1
+KV_BIN=${KV_BIN:-./bin/libevkv}
+T=$(mktemp -d); K=${KV_CLIENT:-./bin/kvclient}; runs=${RUNS:-3}; secs=${SECS:-2}
 rm -f $T/*.sock
-./bin/libevkv --port 17711 --unix $T/kv.sock --shm-name /rb-bench --memory 512m --log-level warn >$T/kv.log 2>&1 & kvpid=$!
-${MAIN_BIN:-./bin/libevkv} --port 17712 --shm-name /rb-bench-main --memory 512m --log-level warn >$T/kvm.log 2>&1 & mpid=$!
+$KV_BIN --port 17711 --unix $T/kv.sock --shm-name /rb-bench --memory 512m --log-level warn ${KV_ARGS:-} >$T/kv.log 2>&1 & kvpid=$!
+${MAIN_BIN:-$KV_BIN} --port 17712 --shm-name /rb-bench-main --memory 512m --log-level warn >$T/kvm.log 2>&1 & mpid=$!
 redis-server --port 0 --unixsocket $T/redis.sock --unixsocketperm 700 --save '' --appendonly no --daemonize no --io-threads 1 >$T/redis.log 2>&1 & rpid=$!
 ./bin/echo_server -p 17713 -d 100 -s $T/echo.sock >$T/echo.log 2>&1 & epid=$!
 sleep 2
@@ -22,6 +25,7 @@ for i in $(seq $runs); do for r in ${ROWS:-get1 get16 lat mget}; do for s in kv-
   echo "$s $r $i $l" >> $T/results
 done; done; echo "round $i load $(cut -d' ' -f1 /proc/loadavg)" >&2; done
 kill $kvpid $mpid $rpid $epid; wait 2>/dev/null
+rm -f /dev/shm/rb-bench /dev/shm/rb-bench-main
 python3 - $T/results <<'PY'
 import sys, json, statistics as st
 med = {}

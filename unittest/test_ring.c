@@ -482,6 +482,104 @@ static void test_ring_large_values_and_wraps(void)
     CU_ASSERT(ring_row_zero(&s));
 }
 
+/* CLIENT LIST over RESP on TCP: the shm_in_place= of the first attached client, or -1. */
+static long long in_place_of(const struct kv_test_server *s)
+{
+    char buf[8192], *p;
+    size_t len = 0;
+    long long v = -1;
+    int fd = kv_test_connect(s->port);
+
+    if (fd < 0)
+        return -1;
+    if (write(fd, "CLIENT LIST\r\n", 13) == 13) {
+        while (len < sizeof(buf) - 1) {
+            ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+            buf[len] = '\0';
+            p = strstr(buf, "\r\n"); /* "$N\r\n" N bytes "\r\n" */
+            if (buf[0] != '$' || (p && len >= (size_t)(p + 2 - buf) + (size_t)atoi(buf + 1) + 2))
+                break;
+        }
+    }
+    close(fd);
+    buf[len] = '\0';
+    p = strstr(buf, "shm_in_place=");
+    if (p)
+        sscanf(p + 13, "%lld", &v);
+    return v;
+}
+
+/* Answers built in the response ring where they are sent (issue 15: a GET's value copied
+ * once, from the store into the ring): with the handlers on the IO thread (--workers 0)
+ * every GET, MGET and SET answer over shm is laid out in place, pipelined or not, and
+ * reads back right; with workers the answers are copied as before, and equally right. */
+static void test_ring_answers_built_in_place(void)
+{
+    for (int workers = 0; workers <= 2; workers += 2) {
+        const char *args[] = {"--workers", workers ? "2" : "0", NULL};
+        struct kv_test_server s;
+        struct kv_client *c;
+        struct kv_bytes keys[10];
+        struct kv_value vals[10];
+        char kn[10][8];
+        uint8_t val[10][100];
+        const uint8_t *ref;
+        size_t rlen;
+        long long expect = 0;
+
+        sock_path(&s);
+        CU_ASSERT_FATAL(kv_test_server_start(&s, args) == 0);
+        c = attached(&s, 5000);
+        CU_ASSERT_FATAL(c != NULL);
+        for (int i = 0; i < 10; i++) {
+            snprintf(kn[i], sizeof(kn[i]), "k%d", i);
+            memset(val[i], 'a' + i, sizeof(val[i]));
+            keys[i].data = kn[i];
+            keys[i].len = strlen(kn[i]);
+            CU_ASSERT_EQUAL(kv_client_set(c, kn[i], keys[i].len, val[i], 100, NULL, NULL), 0);
+            expect++;
+        }
+        for (int i = 0; i < 50; i++, expect++) {
+            CU_ASSERT_EQUAL_FATAL(kv_client_get_ref(c, kn[i % 10], 2, &ref, &rlen, NULL), 0);
+            CU_ASSERT_FATAL(rlen == 100 && memcmp(ref, val[i % 10], 100) == 0);
+        }
+        CU_ASSERT_EQUAL(kv_client_get_ref(c, "nope", 4, &ref, &rlen, NULL), KV_ENOTFOUND);
+        for (int i = 0; i < 10; i++, expect++) {
+            CU_ASSERT_EQUAL_FATAL(kv_client_mget(c, keys, 10, vals), 0);
+            for (int j = 0; j < 10; j++)
+                CU_ASSERT(vals[j].found && vals[j].len == 100 &&
+                          memcmp(vals[j].data, val[j], 100) == 0);
+            kv_client_values_free(vals, 10);
+        }
+        /* a pipeline of 16 GETs: each answer in place, behind the one before */
+        for (unsigned i = 0; i < 16; i++) {
+            uint8_t body[8] = {0x0a, 2, 'k', (uint8_t)('0' + i % 10)};
+
+            CU_ASSERT_EQUAL(kv_client_queue(c, KV_OP_GET, 500 + i, body, 4), 0);
+        }
+        CU_ASSERT_EQUAL(kv_client_flush(c), 0);
+        for (unsigned i = 0; i < 16; i++, expect++) {
+            struct kv_response r;
+
+            CU_ASSERT_EQUAL_FATAL(kv_client_recv(c, &r), 0);
+            CU_ASSERT_EQUAL(r.status, KV_ST_OK);
+            /* GetResponse: field 1 the value (0x0a, 100), then the version */
+            CU_ASSERT(r.body_len > 102 && r.body[0] == 0x0a && r.body[1] == 100 &&
+                      memcmp(r.body + 2, val[(r.request_id - 500) % 10], 100) == 0);
+        }
+        fprintf(stderr, "\n    --workers %d: %lld answers in place of %lld\n", workers,
+                in_place_of(&s), expect);
+        CU_ASSERT_EQUAL(in_place_of(&s), workers ? 0 : expect);
+        kv_client_close(c);
+        CU_ASSERT_EQUAL(kv_test_server_stop(&s), 0);
+        CU_ASSERT(ring_row_zero(&s));
+    }
+}
+
 static void test_ring_kill9_of_one_client(void)
 {
     struct kv_test_server s;
@@ -730,6 +828,7 @@ int main(void)
         {"test_ring_kvclient_test_over_shm", test_ring_kvclient_test_over_shm},
         {"test_ring_attach_refused", test_ring_attach_refused},
         {"test_ring_large_values_and_wraps", test_ring_large_values_and_wraps},
+        {"test_ring_answers_built_in_place", test_ring_answers_built_in_place},
         {"test_ring_kill9_of_one_client", test_ring_kill9_of_one_client},
         {"test_ring_server_killed_while_attached", test_ring_server_killed_while_attached},
         {"test_ring_scribbler_closed_alone", test_ring_scribbler_closed_alone},

@@ -12,7 +12,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -922,7 +924,11 @@ static void *bthread_shm(struct bthread *t)
     struct bconn *conns = kv_mem_calloc(KV_MOD_CLIENT, t->nconns * sizeof(*conns));
     struct kv_client **kc = kv_mem_calloc(KV_MOD_CLIENT, t->nconns * sizeof(*kc));
     size_t req = kv_bench_request_max(o);
-    unsigned live = 0;
+    unsigned live = 0, next = 0;
+    const char *spin = getenv("KV_CLIENT_SPIN_US");
+    uint64_t spin_ns = (spin ? (uint64_t)atoi(spin) : 50) * 1000u, idle_since = 0, now;
+    const char *yield = getenv("KV_CLIENT_SPIN_YIELD_US");
+    uint64_t yield_ns = (yield ? (uint64_t)atoi(yield) : 10) * 1000u;
 
     if (!conns || !kc)
         t->failed = 1;
@@ -950,12 +956,50 @@ static void *bthread_shm(struct bthread *t)
             goto out;
         }
     }
-    while (live > 0)
-        for (unsigned i = 0; i < t->nconns; i++)
-            if (conns[i].waiting > 0 && shm_round(t, &conns[i], kc[i], &live) != 0) {
+    /* serve whichever rings have answers; only when none had any for the spin window,
+     * wait (spin, then sleep) on the oldest connection still waiting */
+    while (live > 0) {
+        int any = 0;
+
+        for (unsigned i = 0; i < t->nconns; i++) {
+            int rdy;
+
+            if (conns[i].waiting == 0)
+                continue;
+            rdy = kv_client_ready(kc[i]);
+            if (rdy != 0 && shm_round(t, &conns[i], kc[i], &live) != 0) {
                 t->failed = 1;
                 goto out;
             }
+            if (rdy != 0) {
+                any = 1;
+                next = i + 1 < t->nconns ? i + 1 : 0;
+            }
+        }
+        if (any) {
+            idle_since = 0;
+            continue;
+        }
+        now = now_ns();
+        if (!idle_since)
+            idle_since = now;
+        if (now - idle_since < spin_ns) {
+            if (yield_ns && now - idle_since > yield_ns)
+                sched_yield(); /* the server may be waiting for this very core */
+            else
+                __builtin_ia32_pause();
+            continue;
+        }
+        idle_since = 0;
+        for (unsigned k = 0; k < t->nconns; k++, next = next + 1 < t->nconns ? next + 1 : 0)
+            if (conns[next].waiting > 0) {
+                if (shm_round(t, &conns[next], kc[next], &live) != 0) {
+                    t->failed = 1;
+                    goto out;
+                }
+                break;
+            }
+    }
 out:
     for (unsigned i = 0; conns && i < t->nconns; i++) {
         if (kc && kc[i])

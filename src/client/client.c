@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -47,6 +48,7 @@ struct kv_client {
     struct kv_ring req, resp;          /* we produce req, consume resp */
     int held;                          /* the last answer is borrowed in place in resp */
     unsigned spin_ns;                  /* spin before sleeping on resp_efd */
+    unsigned yield_ns;                 /* then sched_yield() between looks; 0 = never */
     int server_gone;                   /* the socket ended */
 };
 
@@ -253,6 +255,28 @@ int kv_client_send_raw(struct kv_client *c, const void *buf, size_t len)
 }
 
 static int ring_recv(struct kv_client *c, struct kv_response *r);
+
+int kv_client_ready(struct kv_client *c)
+{
+    struct kv_frame f;
+    uint8_t len[4];
+    int64_t avail;
+    uint64_t total;
+
+    if (!c->map) {
+        if (c->in_len <= c->in_off)
+            return 0;
+        return kv_frame_decode(c->in + c->in_off, c->in_len - c->in_off, KV_CLIENT_MAX_BODY, 1,
+                               &f) != KV_EAGAIN;
+    }
+    /* the header's body length alone: recv checks the rest (and says what is wrong) */
+    avail = kv_ring_avail(&c->resp);
+    if (avail < KV_FRAME_HDR)
+        return avail < 0 ? KV_EPROTO : 0;
+    kv_ring_peek(&c->resp, 16, len, sizeof(len));
+    total = KV_FRAME_OVERHEAD + (uint64_t)kv_get_le32(len);
+    return (uint64_t)avail >= total || total > c->resp.cap; /* larger: recv copies it out */
+}
 
 int kv_client_recv(struct kv_client *c, struct kv_response *r)
 {
@@ -1219,7 +1243,10 @@ static int ring_recv(struct kv_client *c, struct kv_response *r)
             if (!spin_until)
                 spin_until = now + c->spin_ns;
             if (now < spin_until) {
-                __builtin_ia32_pause();
+                if (c->yield_ns && now + c->spin_ns - spin_until > c->yield_ns)
+                    sched_yield(); /* the server may be waiting for this very core */
+                else
+                    __builtin_ia32_pause();
                 continue;
             }
         }
@@ -1365,6 +1392,8 @@ int kv_client_attach(struct kv_client *c, uint32_t req_size, uint32_t resp_size)
     fcntl(c->resp_efd, F_SETFL, O_NONBLOCK);
     kv_ring_views(map, &c->req, &c->resp);
     c->spin_ns = (spin ? (unsigned)atoi(spin) : 50) * 1000u;
+    spin = getenv("KV_CLIENT_SPIN_YIELD_US");
+    c->yield_ns = (spin ? (unsigned)atoi(spin) : 10) * 1000u;
     return 0;
 
 err:

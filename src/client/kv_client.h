@@ -101,6 +101,12 @@ int kv_client_flush(struct kv_client *c);
 int kv_client_recv(struct kv_client *c, struct kv_response *r);
 /* Sends raw bytes as they are (tests of malformed input). */
 int kv_client_send_raw(struct kv_client *c, const void *buf, size_t len);
+/* Whether kv_client_recv() would return without waiting: 1 when a whole answer is there
+ * (attached: in the response ring; else: in the receive buffer, the socket is not read),
+ * 0 when not yet, KV_EPROTO for an impossible ring. No system call, nothing consumed: a
+ * value borrowed from the last answer stays valid. For one thread serving many attached
+ * connections without waiting on any one of them. */
+int kv_client_ready(struct kv_client *c);
 
 /* ---- synchronous calls ----------------------------------------------------- */
 /* Sends one request and waits for its response (other responses arriving in

@@ -92,7 +92,8 @@ static const char *peer_name(int fd, char *buf, size_t cap)
  * --max-client-memory by closing the connection holding the most (Redis's
  * maxmemory-clients). A closed connection leaves the thread's total at once:
  * what it still holds is being given back. */
-static void conn_charge(struct kv_io_conn *c, int64_t d)
+/* inlined: called several times per request (LTO stopped doing it as io.c grew) */
+static inline __attribute__((always_inline)) void conn_charge(struct kv_io_conn *c, int64_t d)
 {
     struct kv_io_thread *thr = c->thr;
 
@@ -133,18 +134,21 @@ static struct kv_io_msg *msg_new(struct kv_io_conn *c, size_t size)
     return m;
 }
 
-static void msg_unref(struct kv_io_msg *m)
+static void msg_last_ref(struct kv_io_msg *m)
 {
-    if (m && m->ring) { /* a span of a request ring: released in ring order */
-        if (--m->refs == 0)
-            kv_io_ring_span_done(m);
+    if (m->ring) { /* a span of a request ring: released in ring order */
+        kv_io_ring_span_done(m);
         return;
     }
-    if (m && --m->refs == 0) {
-        conn_charge(m->conn, -(int64_t)m->cap);
-        kv_mem_buf_put(m->buf, m->cap);
-        kv_mem_obj_put(KV_MOD_MESSAGE, m, sizeof(*m));
-    }
+    conn_charge(m->conn, -(int64_t)m->cap);
+    kv_mem_buf_put(m->buf, m->cap);
+    kv_mem_obj_put(KV_MOD_MESSAGE, m, sizeof(*m));
+}
+
+static inline void msg_unref(struct kv_io_msg *m)
+{
+    if (m && --m->refs == 0)
+        msg_last_ref(m);
 }
 
 /* ---- requests --------------------------------------------------------------- */
@@ -162,7 +166,7 @@ static struct kv_io_req *req_new(struct kv_io_conn *c, struct kv_io_msg *m)
     r->conn = c;
     r->msg = m;
     r->out_next = NULL;
-    r->done = r->queued = r->body_owned = r->in_place = r->silent = 0;
+    r->done = r->queued = r->body_owned = r->in_place = r->silent = r->ring_room = 0;
     r->charged = sizeof(*r);
     conn_charge(c, (int64_t)sizeof(*r));
     if (m)
@@ -179,6 +183,8 @@ static void req_charge(struct kv_io_req *r, size_t n)
 
 static void req_free(struct kv_io_req *r)
 {
+    if (r->ring_room)
+        kv_io_ring_room_drop(r);
     if (r->call.resp_owned)
         kv_mem_free(KV_MOD_PACKET, r->call.resp);
     if (r->body_owned)
@@ -942,8 +948,9 @@ static void batch_append(struct kv_io_thread *thr, struct kv_io_conn *c, struct 
  * it joins the thread's batch when nothing of c is with the workers, or when c's calls
  * are the tail of the batch not yet dispatched (one run, never split by the pool); else
  * it waits in c's hold until c's run is back (process_done). */
-static void batch_add(struct kv_io_thread *thr, struct kv_io_conn *c, struct kv_io_req *req,
-                      size_t wire_len)
+static inline __attribute__((always_inline)) void batch_add(struct kv_io_thread *thr,
+                                                           struct kv_io_conn *c,
+                                                           struct kv_io_req *req, size_t wire_len)
 {
     req->wire_len = wire_len;
     c->inflight++;
@@ -1000,6 +1007,16 @@ static int ring_in_place_ok(uint16_t opcode)
     }
 }
 
+/* kv_call.answer_room of an attached client's requests: on the connection's own IO
+ * thread, the handler may build its answer in the response ring (no copy at layout). */
+static void ring_answer_room(struct kv_call *call)
+{
+    struct kv_io_req *r = (struct kv_io_req *)call;
+
+    if (r->conn->thr != current_thread || !kv_io_ring_room(r->conn, r))
+        call->answer_room = NULL; /* a worker thread, or no room: scratch as usual */
+}
+
 static int ring_copy_body(struct kv_io_req *r)
 {
     uint8_t *b = kv_mem_alloc(KV_MOD_PACKET, r->call.body_len);
@@ -1053,6 +1070,8 @@ static void conn_parse_binary(struct kv_io_conn *c, size_t *need)
             req->call.body = f.body;
             req->call.body_len = f.body_len;
             req->request_id = f.request_id;
+            if (c->ring)
+                req->call.answer_room = ring_answer_room;
             if (m->ring && f.body_len && !ring_in_place_ok(f.opcode) && ring_copy_body(req) != 0) {
                 kv_io_log(thr->io, 0, "out of memory for a request; closing connection");
                 req_free(req);
@@ -1976,9 +1995,13 @@ void kv_io_conn_parse_ring(struct kv_io_conn *c)
         struct kv_io_msg *s, *saved;
 
         if (c->closed || c->closing || c->gated || !g->can_read ||
-            c->inflight >= KV_IO_MAX_INFLIGHT)
+            c->inflight >= KV_IO_MAX_INFLIGHT) {
+            avail = kv_ring_avail(q);
+            g->stuck = avail > 0 ? (uint64_t)avail : 0; /* read again once kicked */
             return;
+        }
         avail = kv_ring_avail(q);
+        g->stuck = 0;
         if (avail < 0) {
             kv_io_log(c->thr->io, 1, "fd %d: attached client (pid %d) wrote an impossible "
                       "request-ring head; closing it", c->fd, c->peer.id.pid);
@@ -1990,8 +2013,10 @@ void kv_io_conn_parse_ring(struct kv_io_conn *c)
             return;
         c->last_active = ev_now(c->thr->loop);
         if (g->assembling) {
-            if (!ring_assemble(c, avail))
+            if (!ring_assemble(c, avail)) {
+                g->stuck = (uint64_t)avail; /* seen, and not usable until more comes */
                 return;
+            }
             continue;
         }
         n = kv_ring_contig(q, 0, &p);
@@ -2023,8 +2048,10 @@ void kv_io_conn_parse_ring(struct kv_io_conn *c)
             continue;
         /* a partial frame at the reader: wait for it where it will lie whole, else
          * assemble it in a receive buffer (it wraps, or is larger than the ring) */
-        if (need ? need <= room : room >= KV_FRAME_HDR)
+        if (need ? need <= room : room >= KV_FRAME_HDR) {
+            g->stuck = (uint64_t)avail; /* part of a frame: its rest wakes us */
             return;
+        }
         if (!c->cur && !(c->cur = msg_new(c, cfg->recv_buf))) {
             kv_io_log(c->thr->io, 0, "out of memory for a ring request; closing connection");
             conn_close(c);

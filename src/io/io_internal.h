@@ -48,6 +48,12 @@ struct kv_io_ring {
     uint8_t closed;                  /* eventfds closed; the mapping waits for conn_free */
     uint8_t found;                   /* frames arrived since the last wake */
     uint8_t assembling;              /* a frame is being copied into conn->cur */
+    /* the answer room lent to one call (kv_io_ring_room): the body of the next frame, in
+     * place at the producer's private head; nothing else is written to the ring until
+     * that call's answer is laid out */
+    struct kv_io_req *room_owner;    /* borrowed: NULL = no room lent */
+    uint8_t *room;                   /* in resp: the frame's header goes just before it */
+    size_t room_cap;
 };
 
 /* One receive buffer. Requests decoded from it point into buf, so it lives
@@ -95,6 +101,7 @@ struct kv_io_req {
     uint8_t body_owned;          /* call.body is KV_MOD_PACKET memory (text protocol) */
     uint8_t in_place;            /* text reply already written at the end of the output */
     uint8_t silent;              /* text: CLIENT REPLY OFF/SKIP, the reply is dropped */
+    uint8_t ring_room;           /* owns its ring's answer room (kv_io_ring_room) */
     uint8_t scratch[KV_IO_SCRATCH] __attribute__((aligned(8))); /* call.scratch */
 };
 
@@ -146,6 +153,7 @@ struct kv_io_peer {
     /* attached to shared-memory rings (atomics: written by the IO thread once attached) */
     uint32_t ring_req, ring_resp;    /* ring capacities; 0 = not attached */
     uint64_t ring_in, ring_out;      /* bytes through the request / response ring */
+    uint64_t ring_in_place;          /* answers built where they are sent (no copy) */
 };
 
 struct kv_io_conn {                  /* io-thread only */
@@ -246,6 +254,7 @@ struct kv_io_thread {
     ev_idle ring_spin;               /* on while an attached client's ring is polled */
     struct kv_io_ring *rings;        /* io-thread only: attached clients of this thread */
     unsigned rings_spinning;         /* io-thread only: of those, how many are polled */
+    uint64_t rings_found_ns;         /* io-thread only: when a polled ring last had frames */
 };
 
 /* A log line of one kind at most once a second, over every thread. */
@@ -319,6 +328,12 @@ void kv_io_ring_free(struct kv_io_conn *c);   /* from conn_free: the mapping */
  * fit now (the caller queues it in the output buffers). */
 int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r);
 void kv_io_ring_flush(struct kv_io_conn *c);  /* output buffers into the ring; publish, wake */
+/* Lends r's handler room for its answer body in the response ring (call.scratch), when
+ * the ring has contiguous space beyond the request's own scratch and nothing else waits
+ * to be written there: 1 when lent. Its answer is then laid out by kv_io_ring_put with no
+ * copy. */
+int kv_io_ring_room(struct kv_io_conn *c, struct kv_io_req *r);
+void kv_io_ring_room_drop(struct kv_io_req *r); /* r is freed before its answer went out */
 void kv_io_ring_span_done(struct kv_io_msg *m); /* a span's last request is freed */
 void kv_io_ring_kick(struct kv_io_conn *c);   /* reading may go on: poll the ring again */
 /* io.c, for ring_conn.c */

@@ -123,12 +123,14 @@ size_t kv_io_peers_format(struct kv_io *io, int unix_only, unsigned max, char *b
             n = snprintf(line, sizeof(line),
                          "id=%llu addr=%s:0 laddr=%s:0 fd=%d name= age=%lld db=0 "
                          "transport=shm pid=%d uid=%u ring_req=%u ring_resp=%u "
-                         "shm_in=%llu shm_out=%llu\n",
+                         "shm_in=%llu shm_out=%llu shm_in_place=%llu\n",
                          (unsigned long long)p->serial, io->cfg->unix_path, io->cfg->unix_path,
                          p->id.fd, (long long)(now - p->since), p->id.pid, p->id.uid, rq,
                          __atomic_load_n(&p->ring_resp, __ATOMIC_RELAXED),
                          (unsigned long long)__atomic_load_n(&p->ring_in, __ATOMIC_RELAXED),
-                         (unsigned long long)__atomic_load_n(&p->ring_out, __ATOMIC_RELAXED));
+                         (unsigned long long)__atomic_load_n(&p->ring_out, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&p->ring_in_place,
+                                                             __ATOMIC_RELAXED));
         } else if (p->id.transport == KV_IO_UNIX) {
             n = snprintf(line, sizeof(line),
                          "id=%llu addr=%s:0 laddr=%s:0 fd=%d name= age=%lld db=0 "
@@ -213,7 +215,7 @@ static void peer_addrs(const struct kv_io *io, const struct kv_io_peer *p, char 
     }
 }
 
-/* One line of CLIENT LIST into buf (cap >= 700 + its texts): its length. */
+/* One line of CLIENT LIST into buf (cap >= 800 + its texts): its length. */
 static size_t peer_line(const struct kv_io *io, const struct kv_io_peer *p,
                         const struct kv_io_conn *self, int64_t now_mono, int64_t now_wall,
                         char *buf, size_t cap)
@@ -261,11 +263,23 @@ static size_t peer_line(const struct kv_io *io, const struct kv_io_peer *p,
                  qfree, qbuf + qfree, qbuf + qfree,
                  __atomic_load_n(&c->mem, __ATOMIC_RELAXED), cmd ? cmd : "NULL",
                  resp == 3 ? 3u : 2u, T(KV_IO_TEXT_LIB_NAME), T(KV_IO_TEXT_LIB_VER),
-                 p->id.transport == KV_IO_UNIX ? "unix" : "tcp");
+                 p->id.transport != KV_IO_UNIX ? "tcp"
+                 : __atomic_load_n(&p->ring_req, __ATOMIC_RELAXED) ? "shm"
+                                                                    : "unix");
 #undef T
     if (n < 0 || (size_t)n >= cap)
         return 0;
-    if (p->id.transport == KV_IO_UNIX)
+    if (p->id.transport == KV_IO_UNIX && __atomic_load_n(&p->ring_req, __ATOMIC_RELAXED))
+        extra = snprintf(buf + n, cap - (size_t)n,
+                         " pid=%d uid=%u ring_req=%u ring_resp=%u shm_in=%llu shm_out=%llu "
+                         "shm_in_place=%llu\n", p->id.pid, p->id.uid,
+                         __atomic_load_n(&p->ring_req, __ATOMIC_RELAXED),
+                         __atomic_load_n(&p->ring_resp, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&p->ring_in, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&p->ring_out, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&p->ring_in_place,
+                                                             __ATOMIC_RELAXED));
+    else if (p->id.transport == KV_IO_UNIX)
         extra = snprintf(buf + n, cap - (size_t)n, " pid=%d uid=%u\n", p->id.pid, p->id.uid);
     else
         extra = snprintf(buf + n, cap - (size_t)n, "\n");
@@ -292,7 +306,7 @@ char *kv_io_clients_format(struct kv_io *io, const struct kv_session *self, int 
 
     pthread_mutex_lock(&io->peers_lock);
     for (const struct kv_io_peer *p = io->peers; p; p = p->next)
-        cap += 700 + p->text_len[0] + p->text_len[1] + p->text_len[2];
+        cap += 800 + p->text_len[0] + p->text_len[1] + p->text_len[2];
     buf = kv_mem_alloc(KV_MOD_PACKET, cap);
     for (const struct kv_io_peer *p = io->peers; buf && p; p = p->next) {
         int want = !ids && (!self_only || conn_of_peer(p) == me);

@@ -18,6 +18,7 @@
  * wake-up that brought nothing. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -74,20 +75,24 @@ static void spin_stop(struct kv_io_ring *g)
         ev_idle_stop(thr->loop, &thr->ring_spin);
 }
 
+/* Runs what the request ring has. The parser leaves in g->stuck the bytes it saw and could
+ * not use (part of a frame): only more than these is news for try_park. They are the bytes
+ * the parser saw, not those there now: bytes published after its last look, with the
+ * parked flag down (so without a wake-up), taken for stuck ones, would have let the ring
+ * park on a request it never read (a hang found under callgrind: head 736 bytes ahead,
+ * both sides parked, nothing in flight). */
 static void ring_poll(struct kv_io_ring *g, uint64_t now)
 {
     uint64_t before = g->req.rd;
-    int64_t left;
 
     kv_io_conn_parse_ring(g->conn);
     if (g->closed)
         return;
     if (g->req.rd != before) {
         g->last_ns = now;
+        g->conn->thr->rings_found_ns = now;
         g->found = 1;
     }
-    left = kv_ring_avail(&g->req);
-    g->stuck = left > 0 ? (uint64_t)left : 0;
 }
 
 /* The window has passed without a frame: sleep on the eventfd, unless the re-check after
@@ -120,27 +125,53 @@ static void try_park(struct kv_io_ring *g, uint64_t now)
     spin_stop(g);
 }
 
+/* The thread's rings park together: once no ring of the thread has had a frame for the
+ * longest window among them. While the thread polls anyway (some client is busy), looking
+ * at a quiet ring costs a load, and parking it alone would make its client's next request
+ * a system call on both sides (an eventfd write there, a read here) and wait for this loop
+ * to let libev look at the eventfd. */
 void kv_io_ring_spin_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
     struct kv_io_thread *thr = w->data;
     uint64_t start = now_ns(), now = start;
+    uint64_t yield_ns = (uint64_t)thr->io->cfg->ring_spin_yield_us * 1000;
 
     for (;;) {
+        uint64_t wmax = 0;
+
         for (struct kv_io_ring *g = thr->rings, *next; g; g = next) {
             next = g->next;
-            if (!g->spinning)
-                continue;
+            if (!g->spinning) {
+                /* parked (or held back): a load tells whether its client published since;
+                 * then serve it now rather than after this slice, when libev reads the
+                 * eventfd the client wrote (on_efd then finds it served) */
+                if (g->closed || !g->can_read || kv_ring_avail(&g->req) <= (int64_t)g->stuck)
+                    continue;
+                kv_ring_unpark(&g->req);
+                spin_start(g);
+            }
             ring_poll(g, now);
-            if (!g->closed && g->spinning && now - g->last_ns > g->window_ns)
-                try_park(g, now);
+            if (g->window_ns > wmax)
+                wmax = g->window_ns;
         }
+        if (now > thr->rings_found_ns && now - thr->rings_found_ns > wmax)
+            for (struct kv_io_ring *g = thr->rings, *next; g; g = next) {
+                next = g->next;
+                if (!g->closed && g->spinning && now > g->last_ns &&
+                    now - g->last_ns > g->window_ns)
+                    try_park(g, now);
+            }
         kv_io_thread_pump(thr); /* dispatch, completions, publish answers */
         if (!thr->rings_spinning)
             return;
         now = now_ns();
         if (now - start > KV_RING_SPIN_SLICE_NS)
             return; /* let the loop look at its other watchers */
-        __builtin_ia32_pause();
+        /* every ring empty for a while: the peer may be waiting for this very core */
+        if (yield_ns && now > thr->rings_found_ns && now - thr->rings_found_ns > yield_ns)
+            sched_yield();
+        else
+            __builtin_ia32_pause();
     }
 }
 
@@ -160,6 +191,15 @@ static void on_efd(struct ev_loop *loop, ev_io *w, int revents)
         kv_io_conn_mark_flush(g->conn); /* the client made room in the response ring */
     spin_start(g);
     ring_poll(g, now);
+    /* the thread was asleep: when one client is back, the others usually are too (one
+     * process serving many rings, or a peer that lost its core for a while). Polling
+     * them all again now spares each of them the eventfd write of its next request
+     * (and this thread the read); those that stay quiet park again after their window. */
+    for (struct kv_io_ring *h = g->conn->thr->rings; h; h = h->next)
+        if (h != g && !h->spinning && h->can_read && h->parked_ns) {
+            kv_ring_unpark(&h->req);
+            spin_start(h);
+        }
 }
 
 void kv_io_ring_kick(struct kv_io_conn *c)
@@ -360,6 +400,89 @@ err:
 }
 
 /* ---- output ----------------------------------------------------------------------- */
+int kv_io_ring_room(struct kv_io_conn *c, struct kv_io_req *r)
+{
+    struct kv_io_ring *g = c->ring;
+    struct kv_ring *q;
+    int64_t space;
+    size_t at, contig;
+
+    /* the room is the next frame's place: only when nothing is to be written before it
+     * (no output waiting for ring space, no other room lent, in order: the first answer) */
+    if (!g || g->closed || g->bad || c->closed || c->ob_head || g->room_owner ||
+        (r->queued && c->out_head != r))
+        return 0;
+    q = &g->resp;
+    space = kv_ring_space(q);
+    if (space <= 0)
+        return 0; /* an impossible tail is told by the next put */
+    at = (size_t)(q->pos & q->mask);
+    contig = (size_t)(q->cap - at);
+    if ((uint64_t)space < contig)
+        contig = (size_t)space;
+    if (contig <= KV_FRAME_OVERHEAD + r->call.scratch_cap)
+        return 0; /* no more room than the request's own scratch */
+    g->room_owner = r;
+    g->room = q->data + at + KV_FRAME_HDR;
+    g->room_cap = contig - KV_FRAME_OVERHEAD;
+    r->ring_room = 1;
+    r->call.scratch = g->room;
+    r->call.scratch_cap = (uint32_t)(g->room_cap < UINT32_MAX ? g->room_cap : UINT32_MAX);
+    return 1;
+}
+
+void kv_io_ring_room_drop(struct kv_io_req *r)
+{
+    struct kv_io_ring *g = r->conn->ring;
+
+    r->ring_room = 0;
+    if (g && g->room_owner == r)
+        g->room_owner = NULL;
+}
+
+/* Another answer is to be written where the room lent to owner lies (it never should: a
+ * call with a room is handed back alone, at once): the owner's answer moves to a packet
+ * of its own first. */
+static void room_evict(struct kv_io_ring *g)
+{
+    struct kv_io_req *o = g->room_owner;
+    uint8_t *p;
+
+    g->room_owner = NULL;
+    o->ring_room = 0;
+    o->call.scratch = o->scratch;
+    o->call.scratch_cap = sizeof(o->scratch);
+    if (o->call.resp != g->room || o->call.resp_owned)
+        return;
+    p = o->call.resp_len ? kv_mem_alloc(KV_MOD_PACKET, o->call.resp_len) : NULL;
+    if (p)
+        memcpy(p, g->room, o->call.resp_len);
+    else /* nothing to copy, or no memory: the status alone answers */
+        o->call.resp_len = 0;
+    o->call.resp = p;
+    o->call.resp_owned = p != NULL;
+}
+
+/* The answer of r was built in its room: header before it and crc after it, in place. */
+static void room_commit(struct kv_io_conn *c, const struct kv_io_req *r, uint8_t *frame)
+{
+    struct kv_ring *q = &c->ring->resp;
+    struct kv_frame f = {
+        .version = KV_FRAME_VERSION,
+        .flags = KV_FRAME_F_RESPONSE,
+        .opcode = r->call.opcode,
+        .request_id = r->request_id,
+        .body_len = r->call.resp_len,
+        .status = r->call.status,
+    };
+
+    kv_frame_encode_header(&f, frame);
+    kv_put_le32(frame + KV_FRAME_HDR + r->call.resp_len,
+                kv_crc32(0, frame, KV_FRAME_HDR + r->call.resp_len));
+    q->pos += r->out_len;
+    __atomic_store_n(&c->peer.ring_in_place, c->peer.ring_in_place + 1, __ATOMIC_RELAXED);
+}
+
 int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r)
 {
     struct kv_io_ring *g = c->ring;
@@ -379,6 +502,19 @@ int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r)
         g->bad = 1; /* conn_flush closes it */
         return KV_EAGAIN;
     }
+    if (g->room_owner) {
+        if (g->room_owner == r) {
+            /* the space seen when the room was lent can only have grown */
+            g->room_owner = NULL;
+            if (r->call.resp == g->room && r->call.resp_len <= g->room_cap &&
+                (uint64_t)space >= r->out_len) {
+                room_commit(c, r, g->room - KV_FRAME_HDR); /* the value's one copy: done */
+                goto laid;
+            }
+        } else {
+            room_evict(g);
+        }
+    }
     if ((uint64_t)space < r->out_len)
         return KV_EAGAIN;
     kv_frame_encode_header(&f, hdr);
@@ -387,6 +523,7 @@ int kv_io_ring_put(struct kv_io_conn *c, const struct kv_io_req *r)
     if (r->call.resp_len)
         kv_ring_write(q, r->call.resp, r->call.resp_len); /* the value's one copy here */
     kv_ring_write(q, crc, sizeof(crc));
+laid:
     c->out_bytes -= r->out_len;
     __atomic_store_n(&c->peer.ring_out, c->peer.ring_out + r->out_len, __ATOMIC_RELAXED);
     kv_mem_stat_add(KV_STAT_BYTES_OUT, r->out_len);

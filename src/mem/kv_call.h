@@ -83,6 +83,13 @@ struct kv_call {
     uint8_t resp_owned;        /* 1: resp is kv_mem_alloc(KV_MOD_PACKET) memory */
     uint8_t resp3;             /* RESP: the session spoke RESP3 when the call was built (a
                                 * later pipelined HELLO or RESET does not change its reply) */
+    /* may be NULL: called by kv_worker_run just before the handler. The origin may point
+     * scratch / scratch_cap at the place the answer body will be sent from (an attached
+     * client's response ring), so that an answer built in scratch is written once, where
+     * it is sent; it clears answer_room when it lends nothing (e.g. called on a worker
+     * thread). A call whose answer_room is still set after its handler is handed back
+     * (done) alone, at once: the room is valid until then. */
+    void (*answer_room)(struct kv_call *call);
 };
 
 #endif

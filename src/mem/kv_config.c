@@ -126,6 +126,9 @@ const struct kv_config_option kv_config_options[] = {
     {"ring-spin-us", NULL, KV_CT_UINT, F(ring_spin_us), 0, 100000, NULL, NULL, "50", 0, "N",
      "how long the server spins on an empty request ring before\n"
      "it sleeps on the eventfd (0 = sleep at once)", NULL},
+    {"ring-spin-yield-us", NULL, KV_CT_UINT, F(ring_spin_yield_us), 0, 100000, NULL, NULL, "10",
+     0, "N", "after N us of spinning with every ring empty, the server\n"
+     "calls sched_yield() between polls (0 = never)", NULL},
     {"databases", "databases", KV_CT_UINT, F(databases), 1, 256 /* KV_SHM_MAX_DB */, NULL, NULL,
      "16", 0, "N", "databases for SELECT, 0 .. N-1", NULL},
     {"in-order", NULL, KV_CT_FLAG, F(in_order), 0, 1, NULL, NULL, NULL, 0, NULL,

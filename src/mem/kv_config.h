@@ -76,6 +76,8 @@ struct kv_config {
     size_t ring_max;             /* largest ring a client may ask for */
     unsigned ring_spin_us;       /* how long a consumer spins on an empty ring before it
                                   * parks (adaptive below it); 0 = park at once */
+    unsigned ring_spin_yield_us; /* after this long spinning with every ring empty, yield
+                                  * the core between polls; 0 = never */
 
     /* service */
     char requirepass[256];       /* "" = no AUTH required */

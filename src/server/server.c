@@ -190,8 +190,10 @@ err_destroy:
 
 int kv_server_start(struct kv_server *srv)
 {
-    int rc = kv_worker_pool_create(srv->cfg, srv->reg, done, srv, &srv->pool);
+    int rc;
 
+    kv_worker_registry_set_solo(srv->reg, srv->cfg->workers == 0 && srv->cfg->io_threads == 1);
+    rc = kv_worker_pool_create(srv->cfg, srv->reg, done, srv, &srv->pool);
     if (rc != 0)
         return rc;
     return kv_io_start(srv->io);

@@ -54,6 +54,11 @@ void kv_worker_prefetch(const struct kv_worker_registry *reg, struct kv_call *ca
 /* Runs the handler of call->opcode, or answers UNKNOWN_OPCODE. The handler runs inside
  * reg's gate (see kv_worker_exclusive). */
 void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call);
+/* Before start: solo = only one thread will ever run handlers (one IO thread, no workers).
+ * kv_worker_run then skips the gate: exclusive sections are opened by handlers only, so
+ * that thread is the only one they could exclude, and it is the one running them. Other
+ * users of the gate (the expiry sweep) still enter it and are still excluded. */
+void kv_worker_registry_set_solo(struct kv_worker_registry *reg, int solo);
 
 /* The gate of reg: every handler run is inside it (shared, on a slot of the calling
  * thread's own), and an exclusive section runs alone. A thread that changes what the

@@ -41,6 +41,7 @@ struct kv_worker_registry {
         void *ctx;
     } h[KV_WORKER_MAX_OPCODE]; /* ro after start */
     int any_prefetch;          /* ro after start */
+    int solo;                  /* ro after start: one thread runs every handler */
     char pad0[128];
     uint32_t closed;           /* atomic: an exclusive section runs or waits (futex word) */
     char pad1[124];
@@ -218,16 +219,34 @@ static void hint(const struct kv_worker_registry *reg, struct hinter *h, int sta
     h->at[stage] = c->next;
 }
 
-void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
+/* kv_worker_run, inlined into run_batch (the hot loop) */
+static inline __attribute__((always_inline)) void run_call(const struct kv_worker_registry *reg,
+                                                           struct kv_call *call)
 {
     call->status = KV_ST_OK;
     if (call->opcode >= KV_WORKER_MAX_OPCODE || !reg->h[call->opcode].fn) {
         call->status = KV_ST_UNKNOWN_OPCODE;
         return;
     }
+    if (call->answer_room)
+        call->answer_room(call);
+    if (reg->solo) { /* no other handler can run meanwhile: the gate has nothing to hold */
+        reg->h[call->opcode].fn(reg->h[call->opcode].ctx, call);
+        return;
+    }
     kv_worker_gate_enter(reg);
     reg->h[call->opcode].fn(reg->h[call->opcode].ctx, call);
     kv_worker_gate_leave(reg);
+}
+
+void kv_worker_run(const struct kv_worker_registry *reg, struct kv_call *call)
+{
+    run_call(reg, call);
+}
+
+void kv_worker_registry_set_solo(struct kv_worker_registry *reg, int solo)
+{
+    reg->solo = solo;
 }
 
 /* Runs a list and hands it back, one done() per run of equal origin. Calls
@@ -252,8 +271,9 @@ static void run_batch(struct kv_worker_pool *pool, struct kv_call *calls)
                 hint(reg, &h, 0);
                 hint(reg, &h, 1);
             }
-            kv_worker_run(reg, last);
-            if (!last->next || last->next->origin != first->origin)
+            run_call(reg, last);
+            /* an answer built in its origin's room goes back before the next handler */
+            if (!last->next || last->next->origin != first->origin || last->answer_room)
                 break;
             last = last->next;
         }
