@@ -107,8 +107,8 @@ static int hash_fits(uint64_t b, uint64_t h)
 
 /* Validates and claims the item that word w of bucket b names; NULL when unsound. A second
  * reference to an item already claimed is returned as is (duplicates are resolved in step
- * 6). */
-static struct shm_item *claim_item(struct rec *r, uint64_t w, uint64_t b)
+ * 6). *hp: the item's keyed hash, when it was needed (data files), else left alone. */
+static struct shm_item *claim_item(struct rec *r, uint64_t w, uint64_t b, uint64_t *hp)
 {
     struct kv_shm_store *s = r->s;
     uint64_t off = SHM_WORD_OFF(w);
@@ -138,6 +138,7 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w, uint64_t b)
         if (SHM_WORD_TAG(w) != (uint16_t)(h >> 48) || !hash_fits(b, h) ||
             (SHM_WORD_CLS(w) != c && SHM_WORD_CLS(w) != SHM_CLASS_MOVED))
             return NULL;
+        *hp = h;
     }
     /* --sync: removed, or never committed (shm_sync.c). On a torn image a slot may name a
      * chunk that was freed and reused after the last sync while the disk still has its
@@ -311,7 +312,8 @@ static int claim_bucket(struct rec *r, uint64_t b)
                 spare_ref = mo >= s->data_off && mo + SHM_ITEM_HDR <= s->data_end &&
                             ((const struct shm_item *)shm_ptr(s, mo))->atime == SHM_ATIME_DEAD;
             }
-            struct shm_item *it = spare_ref ? NULL : claim_item(r, line[i], b);
+            uint64_t h = 0;
+            struct shm_item *it = spare_ref ? NULL : claim_item(r, line[i], b, &h);
             /* (a torn slot, or a moved word whose chunk holds a removed item: the key's
              * previous copy is still looked for, below) */
             if (!it && s->is_file && r->nlost < (1u << 20)) {
@@ -335,7 +337,8 @@ static int claim_bucket(struct rec *r, uint64_t b)
                 }
                 continue;
             }
-            uint64_t h = kv_shm_hash(s, it->data, it->klen);
+            if (!s->is_file) /* (a data file's claim has hashed it) */
+                h = kv_shm_hash(s, it->data, it->klen);
             uint64_t w = shm_word(SHM_WORD_OFF(line[i]), it->cls, h);
             if (line[i] != w)
                 line[i] = w; /* tag or class bits were damaged */
@@ -497,7 +500,8 @@ static int restore_lost(struct rec *r)
         if (cd->dead)
             continue; /* removed after its older copies: stays removed */
         uint64_t w = shm_word(cd->off, cd->cls, cd->h);
-        struct shm_item *it = claim_item(r, w, l->bucket); /* claims it, checks it once more */
+        uint64_t hh;
+        struct shm_item *it = claim_item(r, w, l->bucket, &hh); /* claims, checks once more */
         if (!it)
             continue;
         *l->slot = w;
