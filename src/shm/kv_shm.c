@@ -39,7 +39,7 @@ static int item_expired(const struct shm_item *it, int64_t now)
 static uint32_t atime_at(const struct kv_shm_store *s, int64_t now)
 {
     uint32_t a = (uint32_t)((uint64_t)(now - (int64_t)s->hdr->created_ms) / 4);
-    return a == SHM_ATIME_DEAD ? a - 1 : a; /* that value marks an unlinked item (--sync) */
+    return a >= SHM_ATIME_VOID ? SHM_ATIME_VOID - 1 : a; /* those mark unlinked items (--sync) */
 }
 
 static void item_seal(const struct kv_shm_store *s, struct shm_item *it)
@@ -423,13 +423,15 @@ int kv_shm_put_versioned(struct kv_shm_store *s, unsigned pdb, const void *key, 
         }
         pthread_rwlock_unlock(&st->lock);
         if (rc) {
-            kv_shm_free(s, off);
+            kv_shm_free_unpublished(s, off);
             if (rc == KV_ENOMEM && attempt < ROOM_TRIES && kv_shm_line_room(s, attempt) == 0)
                 continue;
             return rc;
         }
-        if (old)
-            kv_shm_free(s, old);
+        if (old == off)
+            kv_shm_free_unpublished(s, old);
+        else if (old)
+            kv_shm_free_replaced(s, old);
         else
             kv_shm_index_grow(s, h);
         uint64_t cur = __atomic_load_n(&s->hdr->version_ctr, __ATOMIC_RELAXED);
@@ -571,7 +573,7 @@ int kv_shm_db_set_h(struct kv_shm_store *s, unsigned db, const void *key, size_t
         }
         pthread_rwlock_unlock(&st->lock);
         if (rc) {
-            kv_shm_free(s, off);
+            kv_shm_free_unpublished(s, off);
             /* no index line for a new key: make room for one, then start again */
             if (rc == KV_ENOMEM && attempt < ROOM_TRIES && kv_shm_line_room(s, attempt) == 0)
                 continue;
@@ -794,7 +796,7 @@ static int rewrite_locked(struct kv_shm_store *s, struct shm_stripe *st, uint64_
     uint64_t prev = slot ? *slot : 0;
     rc = publish(s, st, b, slot, shm_word(off, cls, h), pdb);
     if (rc) {
-        kv_shm_free(s, off);
+        kv_shm_free_unpublished(s, off);
         *line = 1;
         return rc;
     }

@@ -122,7 +122,7 @@ static void undo_in_memory(struct kv_shm_store *s, struct bkey *k, size_t n, uns
 static void free_items(struct kv_shm_store *s, struct bkey *k, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        kv_shm_free(s, k[i].off);
+        kv_shm_free_unpublished(s, k[i].off); /* never, or no longer, any key's state */
 }
 
 static int key_ok(const struct kv_shm_store *s, const struct kv_shm_pair *p)
@@ -360,7 +360,7 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
             }
             if (rc) {
                 if (off)
-                    kv_shm_free(s, off);
+                    kv_shm_free_unpublished(s, off);
                 if (log_off)
                     kv_shm_free(s, log_off);
                 off = log_off = 0;
@@ -420,7 +420,7 @@ int kv_shm_rename(struct kv_shm_store *s, unsigned sdb, const void *skey, size_t
             if (log)
                 __atomic_store_n(&s->hdr->batch[row], 0, __ATOMIC_RELEASE); /* the commit */
             if (rc) { /* only in a transaction: the new item was never reachable */
-                kv_shm_free(s, off);
+                kv_shm_free_unpublished(s, off);
                 off = 0;
                 inserted = 0;
                 txn_full = 1;

@@ -73,11 +73,14 @@
 #define SHM_BATCH_ROWS     64u      /* multi-key writes in progress at once */
 #define SHM_LOG_MAGIC      0x474F4C42u /* "BLOG": a batch's undo log, never indexed */
 #define SHM_CHAIN_MAX      100000u /* overflow lines a chain may have; more is taken for a cycle */
-/* --sync (shm_sync.c): an unlinked item's atime while its chunk waits for the next sync
- * (live items never take this value, kv_shm.c), and the class byte of a slot word that a
- * split moved to the new bucket and left in the old one until a sync has completed (no
- * item class has it, so every run-time walker sees an unsound slot and passes over it) */
+/* --sync (shm_sync.c): the atime of a removed item (DEAD) and of one that never was a
+ * key's committed state (VOID: a rejected or undone write's new item) while its chunk
+ * waits for the next sync (live items take neither value, kv_shm.c), and the class byte
+ * of a slot word that a split moved to the new bucket and left in the old one until a
+ * sync has completed (no item class has it, so every run-time walker sees an unsound slot
+ * and passes over it) */
 #define SHM_ATIME_DEAD     0xFFFFFFFFu
+#define SHM_ATIME_VOID     0xFFFFFFFEu
 #define SHM_CLASS_MOVED    0xFEu
 
 /* pmap entry: type in the top 4 bits */
@@ -368,6 +371,10 @@ void kv_shm_free_now(struct kv_shm_store *s, uint64_t off);
  * with --sync it is not marked dead, so that recovery may still take it for the key's
  * previous copy when the newer one is torn (shm_sync.c). Every other free marks it. */
 void kv_shm_free_replaced(struct kv_shm_store *s, uint64_t off);
+/* kv_shm_free of a write's new item that never became the key's state (refused, or
+ * undone): with --sync marked VOID, which recovery ignores altogether -- neither a
+ * removal (DEAD: the key's copies older than it are stale) nor a previous copy. */
+void kv_shm_free_unpublished(struct kv_shm_store *s, uint64_t off);
 /* One free page, marked with pmap entry e. KV_ENOMEM when none. */
 int kv_shm_page_alloc(struct kv_shm_store *s, uint32_t e, uint64_t *pi);
 /* Allocates a zeroed overflow line (a chunk of the line class). */

@@ -38,14 +38,23 @@ struct misplaced {
     uint64_t word, bucket;
 };
 
+/* A copy of a key found for a lost slot (below). */
+struct cand {
+    uint64_t off, ver, h; /* off 0 = none */
+    unsigned cls;
+    unsigned bits; /* low bits of h that agree with the slot's bucket, up to the level */
+    int dead;      /* the copy is marked removed */
+};
+
 /* A slot of a data file whose item did not verify: after a power loss, possibly a key
  * overwritten after the last sync whose new item is older on disk than the slot. */
 struct lost {
     uint64_t *slot;
+    uint64_t word; /* what the slot held */
     uint64_t bucket;
     uint16_t tag;
-    unsigned cls;                /* of the best copy found */
-    uint64_t off, ver, h;        /* the best copy found: off 0 = none */
+    struct cand best; /* the newest copy found of the first key of that tag and bucket */
+    struct cand alt;  /* the newest of another key (rare: 26+ bits of the hash agree) */
 };
 
 struct rec {
@@ -86,9 +95,20 @@ static uint64_t *bucket_ptr(const struct rec *r, uint64_t b)
     return kv_shm_index_line(r->s, b);
 }
 
-/* Validates and claims the item a slot names; NULL when unsound. A second reference to an
- * item already claimed is returned as is (duplicates are resolved in step 6). */
-static struct shm_item *claim_item(struct rec *r, uint64_t w)
+/* Whether a word of bucket b may name an item of keyed hash h: a word sits in a bucket b
+ * that is h mod 2^l for a level l at least b's bit length (a split's old bucket too), so h
+ * agrees with b in those bits. 16 + 10 or more bits of a hash no client can compute. */
+static int hash_fits(uint64_t b, uint64_t h)
+{
+    unsigned bits = b ? 64u - (unsigned)__builtin_clzll(b) : 0;
+    uint64_t mask = (1ull << (bits > SHM_INIT_LEVEL ? bits : SHM_INIT_LEVEL)) - 1;
+    return (h & mask) == b;
+}
+
+/* Validates and claims the item that word w of bucket b names; NULL when unsound. A second
+ * reference to an item already claimed is returned as is (duplicates are resolved in step
+ * 6). *hp: the item's keyed hash, when it was needed (data files), else left alone. */
+static struct shm_item *claim_item(struct rec *r, uint64_t w, uint64_t b, uint64_t *hp)
 {
     struct kv_shm_store *s = r->s;
     uint64_t off = SHM_WORD_OFF(w);
@@ -103,11 +123,29 @@ static struct shm_item *claim_item(struct rec *r, uint64_t w)
     r->why = KV_SHM_DROP_HEADER;
     if (it->magic != SHM_ITEM_MAGIC || it->klen == 0 || it->db >= SHM_MAX_DB)
         return NULL;
-    /* --sync: removed (shm_sync.c). On a torn image a slot may name a chunk that was
-     * freed and reused after the last sync while the disk still has its removed item:
-     * taking it would bring back a key deleted before that sync. A key removed after the
-     * sync may be absent, so no reference to a removed item is ever needed. */
-    if (it->atime == SHM_ATIME_DEAD)
+    /* A data file after a power loss (--sync): the slot's page may be newer than its
+     * item's, and the chunk it names may then still hold an item it held before (freed,
+     * reused since): another key's, or of another class. Only an item of the word's own
+     * tag, bucket and class is the one the word was written for; anything else is a torn
+     * slot, and recovery looks for the key's previous copy (restore_lost). Checked before
+     * anything is claimed: a stale item's claim would take its page (class, or a large
+     * item's pages) from the items that do live there. After a kill (shm, or a file
+     * without a power loss) the word always matches its item. */
+    if (s->is_file) {
+        if (it->klen > s->max_key || off + SHM_ITEM_HDR + it->klen > s->data_end)
+            return NULL;
+        uint64_t h = kv_shm_hash(s, it->data, it->klen);
+        if (SHM_WORD_TAG(w) != (uint16_t)(h >> 48) || !hash_fits(b, h) ||
+            (SHM_WORD_CLS(w) != c && SHM_WORD_CLS(w) != SHM_CLASS_MOVED))
+            return NULL;
+        *hp = h;
+    }
+    /* --sync: removed, or never committed (shm_sync.c). On a torn image a slot may name a
+     * chunk that was freed and reused after the last sync while the disk still has its
+     * removed item: taking it would bring back a key deleted before that sync. A key
+     * removed after the sync may be absent, so no reference to a removed item is ever
+     * needed; none to a refused write's item ever existed. */
+    if (it->atime >= SHM_ATIME_VOID)
         return NULL;
     if (c == SHM_CLASS_LARGE) {
         uint64_t n = kv_shm_large_pages(size);
@@ -274,7 +312,8 @@ static int claim_bucket(struct rec *r, uint64_t b)
                 spare_ref = mo >= s->data_off && mo + SHM_ITEM_HDR <= s->data_end &&
                             ((const struct shm_item *)shm_ptr(s, mo))->atime == SHM_ATIME_DEAD;
             }
-            struct shm_item *it = spare_ref ? NULL : claim_item(r, line[i]);
+            uint64_t h = 0;
+            struct shm_item *it = spare_ref ? NULL : claim_item(r, line[i], b, &h);
             /* (a torn slot, or a moved word whose chunk holds a removed item: the key's
              * previous copy is still looked for, below) */
             if (!it && s->is_file && r->nlost < (1u << 20)) {
@@ -287,7 +326,8 @@ static int claim_bucket(struct rec *r, uint64_t b)
                     r->caplost = cap;
                 }
                 r->lost[r->nlost++] =
-                    (struct lost){.slot = &line[i], .bucket = b, .tag = SHM_WORD_TAG(line[i])};
+                    (struct lost){.slot = &line[i], .word = line[i], .bucket = b,
+                                  .tag = SHM_WORD_TAG(line[i])};
             }
             if (!it) {
                 line[i] = 0;
@@ -297,7 +337,8 @@ static int claim_bucket(struct rec *r, uint64_t b)
                 }
                 continue;
             }
-            uint64_t h = kv_shm_hash(s, it->data, it->klen);
+            if (!s->is_file) /* (a data file's claim has hashed it) */
+                h = kv_shm_hash(s, it->data, it->klen);
             uint64_t w = shm_word(SHM_WORD_OFF(line[i]), it->cls, h);
             if (line[i] != w)
                 line[i] = w; /* tag or class bits were damaged */
@@ -317,12 +358,20 @@ static int lost_cmp(const void *a, const void *b)
     return (x->tag > y->tag) - (x->tag < y->tag);
 }
 
-/* Offers the chunk at off, read as an item of class c, to the lost slots of its key. */
+static int same_key(const struct kv_shm_store *s, uint64_t off, const struct shm_item *b)
+{
+    const struct shm_item *a = shm_ptr(s, off);
+    return a->klen == b->klen && a->db == b->db && memcmp(a->data, b->data, a->klen) == 0;
+}
+
+/* Offers the chunk at off, read as an item of class c, to the lost slots of its key.
+ * Copies marked removed take part (the newest copy of a key decides: removed, the key
+ * stays removed); a never-committed write's item (VOID) does not. */
 static void offer(struct rec *r, uint64_t off, unsigned c)
 {
     struct kv_shm_store *s = r->s;
     const struct shm_item *it = shm_ptr(s, off);
-    if (it->magic != SHM_ITEM_MAGIC || it->cls != c || it->atime == SHM_ATIME_DEAD ||
+    if (it->magic != SHM_ITEM_MAGIC || it->cls != c || it->atime == SHM_ATIME_VOID ||
         it->klen == 0 || it->klen > s->max_key || off + SHM_ITEM_HDR + it->klen > s->data_end)
         return;
     uint64_t size = SHM_ITEM_HDR + (uint64_t)it->klen + it->vlen;
@@ -346,26 +395,62 @@ static void offer(struct rec *r, uint64_t off, unsigned c)
         l--;
     int checked = 0;
     for (; l < r->lost + r->nlost && l->tag == key.tag; l++) {
-        /* the slot's bucket and tag: 16 + 10 or more bits of the keyed hash, so no value a
-         * client stored can pose as an item here (it cannot know the key). A word sits in
-         * a bucket b that is h mod 2^l for a level l at least b's bit length (a split's
-         * old bucket too), so h agrees with b in those bits. */
-        unsigned bits = l->bucket ? 64u - (unsigned)__builtin_clzll(l->bucket) : 0;
-        uint64_t mask = (1ull << (bits > SHM_INIT_LEVEL ? bits : SHM_INIT_LEVEL)) - 1;
-        if ((h & mask) != l->bucket || (l->off && it->version <= l->ver))
+        /* the slot's bucket and tag: no value a client stored can pose as an item here
+         * (it cannot know the hash key) */
+        if (!hash_fits(l->bucket, h))
+            continue;
+        struct cand *cd = !l->best.off || same_key(s, l->best.off, it) ? &l->best : &l->alt;
+        /* newer wins; of two copies of one version (a compaction's move), the unmarked:
+         * the one moved away is marked after the sync that follows the move */
+        int dead = it->atime == SHM_ATIME_DEAD;
+        if (cd->off && (it->version < cd->ver || (it->version == cd->ver && dead >= cd->dead)))
             continue;
         if (!checked && kv_shm_item_crc(s, it) != it->crc)
             return;
         checked = 1;
-        *l = (struct lost){l->slot, l->bucket, l->tag, c, off, it->version, h};
+        /* up to the bits that place a key in that bucket at the image's state: L + 1 in
+         * a bucket split at this level, L in one not yet split (or for a word a split
+         * left in its old bucket) */
+        unsigned lv = r->L + (SHM_WORD_CLS(l->word) != SHM_CLASS_MOVED &&
+                              (l->bucket < r->p || l->bucket >> r->L));
+        uint64_t x = (h ^ l->bucket) & ((1ull << lv) - 1);
+        unsigned bits = x ? (unsigned)__builtin_ctzll(x) : lv;
+        *cd = (struct cand){off, it->version, h, c, bits, dead};
     }
 }
 
+/* Whether the index (as claimed so far) names an item with the key of cd's copy: in any
+ * bucket the key may sit in at some level (a torn split may leave it in an older one). */
+static int key_present(struct rec *r, const struct cand *cd)
+{
+    struct kv_shm_store *s = r->s;
+    const struct shm_item *it = shm_ptr(s, cd->off);
+    for (unsigned lv = SHM_INIT_LEVEL; lv <= r->L + 1 && lv < 40; lv++) {
+        uint64_t b = cd->h & ((1ull << lv) - 1);
+        if (lv > SHM_INIT_LEVEL && b == (cd->h & ((1ull << (lv - 1)) - 1)))
+            continue; /* the same bucket as one level down */
+        if (b >= s->n_dir * SHM_PAGE_BUCKETS)
+            break;
+        for (uint64_t *line = bucket_ptr(r, b); line; line = next_line(s, line))
+            for (int i = 0; i < SHM_SLOTS; i++)
+                if (line[i] && SHM_WORD_TAG(line[i]) == (uint16_t)(cd->h >> 48) &&
+                    same_key(s, SHM_WORD_OFF(line[i]), it))
+                    return 1;
+    }
+    return 0;
+}
+
 /* Step 3b, data files only: for each slot whose item did not verify, the newest intact
- * copy of a key of that bucket and tag that is not marked dead (shm_sync.c keeps a
- * replaced item intact, and marked, until a sync has completed after its slot changed),
- * looked for at every chunk position of every page that is not an index page, a line
- * page or claimed by a large item already. */
+ * copy of a key of that bucket and tag (shm_sync.c keeps a replaced item intact until a
+ * sync has completed after its slot changed), looked for at every chunk position of every
+ * page that is not an index page, a line page or claimed by a large item already; none
+ * when that newest copy is marked removed (then the copies older than it are stale: the
+ * key was removed after them). Two keys that agree in tag and bucket bits (about 2^-26 a
+ * pair): the copy the slot itself names, if one does (refused as removed); else the key
+ * whose hash agrees with the bucket in more bits (up to those that place a key there at
+ * the image's state); else one not marked removed (the newest copy of a key, when intact
+ * and not removed, is that key's synced state or a later one); else the one the index
+ * does not name elsewhere (the slot was its one reference); else the newer. */
 static int restore_lost(struct rec *r)
 {
     struct kv_shm_store *s = r->s;
@@ -392,17 +477,38 @@ static int restore_lost(struct rec *r)
     }
     for (size_t k = 0; k < r->nlost; k++) {
         struct lost *l = &r->lost[k];
-        if (!l->off || *l->slot)
+        if (!l->best.off || *l->slot)
             continue;
-        uint64_t w = shm_word(l->off, l->cls, l->h);
-        struct shm_item *it = claim_item(r, w); /* claims it, and checks it once more */
+        const struct cand *cd = &l->best;
+        if (l->alt.off) {
+            const struct cand *a = &l->alt, *b = &l->best;
+            uint64_t o = SHM_WORD_OFF(l->word);
+            int take_alt;
+            if ((a->off == o) != (b->off == o))
+                take_alt = a->off == o;
+            else if (a->bits != b->bits)
+                take_alt = a->bits > b->bits;
+            else if (a->dead != b->dead)
+                take_alt = b->dead;
+            else {
+                int pb = key_present(r, b), pa = key_present(r, a);
+                take_alt = pa != pb ? pb : a->ver > b->ver;
+            }
+            if (take_alt)
+                cd = a;
+        }
+        if (cd->dead)
+            continue; /* removed after its older copies: stays removed */
+        uint64_t w = shm_word(cd->off, cd->cls, cd->h);
+        uint64_t hh;
+        struct shm_item *it = claim_item(r, w, l->bucket, &hh); /* claims, checks once more */
         if (!it)
             continue;
         *l->slot = w;
         r->restored++;
         if (it->version > r->maxver)
             r->maxver = it->version;
-        uint64_t want = bucket_for(r, l->h);
+        uint64_t want = bucket_for(r, cd->h);
         if (want != l->bucket && mis_add(r, l->slot, w, want))
             return KV_ENOMEM;
     }

@@ -12,28 +12,40 @@
  * a sync begun after it stopped being pointed at has completed.
  *
  *   - A freed chunk (an overwritten or deleted item, an evicted one, a compacted one,
- *     a large item's pages, an index line) is not returned to the allocator: it is marked
- *     dead (atime = SHM_ATIME_DEAD, outside the checksum) and listed. A sync takes the
- *     list before it begins and frees what is on it after it completes. The bytes of an
- *     item that some copy of the index may still name therefore stay intact until then.
+ *     a large item's pages, an index line) is not returned to the allocator: a removed
+ *     item is marked dead (atime = SHM_ATIME_DEAD, outside the checksum), a refused
+ *     write's item void, and the chunk is listed. It then waits for two syncs. The
+ *     first is the next to begin (it takes the list before it begins): until it has
+ *     completed, some copy of the index may still name the item, which stays intact --
+ *     for a replaced one, as the key's previous copy. After it, every item of the list
+ *     that is not marked yet (a replaced one) is marked dead: it can be nobody's
+ *     previous copy any more. The second sync puts those marks on the disk, and only
+ *     after it completes is the chunk freed and reused. So a chunk is never reused while
+ *     an image of the disk could show its item unmarked, and no torn image shows a stale
+ *     copy of a key as an intact, unmarked item: recovery may take the newest copy of a
+ *     key whose slot is torn, and drops the key when that copy is marked removed (a key
+ *     deleted before the last sync never comes back, with any value).
  *   - A split leaves each moved slot word in the old bucket too, with the class byte
- *     SHM_CLASS_MOVED (so nothing at run time uses it); the same sync clears them, before
- *     it frees the chunks of its list. A torn split (new bucket old on disk, old bucket
+ *     SHM_CLASS_MOVED (so nothing at run time uses it); the first sync clears them, before
+ *     it marks the chunks of its list. A torn split (new bucket old on disk, old bucket
  *     new) then still names the item; recovery files it where the state says.
  *   - A new index page is synced on its own (zeroed) before the directory names it, so a
  *     torn image never reads a page's stale bytes as slots.
  *   - The torn case left: a slot rewritten after the sync (the key overwritten) whose new
  *     item's pages are older on disk than the slot's. Recovery (shm_recover.c) then finds
  *     the slot's item unsound and looks for the key's previous copy, which the list above
- *     has kept intact: an item at a sound chunk position, not marked dead, whose keyed
- *     hash has the slot's bucket and tag (the newest version wins).
+ *     has kept intact: the newest item at a sound chunk position whose keyed hash has the
+ *     slot's bucket and tag (none when that newest one is marked removed; a void one is
+ *     never looked at). Every item older than the key's state at the last completed sync
+ *     is marked on the disk or gone, so the newest intact one is that state or later.
  *
  * The policies: everysec runs the sync every second (skipped when nothing was written or
  * freed); always runs it whenever a writer waits in kv_shm_sync_barrier (the server calls
  * it before it releases a batch of answers, so one sync commits every write of every
  * worker that waits meanwhile); no starts no thread and defers nothing: the kernel's
- * writeback, no bound. Memory: chunks freed in one interval wait; a writer that finds the
- * store full while some wait runs a sync itself (kv_shm_sync_reclaim) before it evicts.
+ * writeback, no bound. Memory: chunks freed in one interval wait for the end of the next
+ * one; a writer that finds the store full while some wait runs syncs itself
+ * (kv_shm_sync_reclaim, up to two) before it evicts.
  *
  * Locks: y->mu (counters, waiters) and y->lmu (the lists) are leaves; the sync itself
  * takes a stripe lock per moved word and the allocator's locks when it frees, with no
@@ -80,11 +92,13 @@ struct shm_sync {
     int last_errno;
     int64_t last_start_ms, last_done_ms; /* CLOCK_REALTIME */
     uint64_t last_us, max_us, total_us;
-    uint64_t released; /* chunks freed after a sync, in all */
+    uint64_t released; /* chunks freed after their second sync, in all */
     pthread_mutex_t run; /* one sync at a time: the thread's or a reclaiming writer's */
+    struct lists aged;   /* guarded by run: chunks past their first sync, marked; freed
+                          * after the next sync completes (moved words: none) */
     pthread_mutex_t lmu; /* guards cur */
     struct lists cur;
-    uint64_t pending;     /* atomic: chunks waiting (cur + the list of a running sync) */
+    uint64_t pending;     /* atomic: chunks waiting (cur, aged, the list of a running sync) */
 };
 
 static int64_t now_ms(void)
@@ -123,8 +137,10 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-/* Clears the moved words of l (if still there), then frees its chunks. No lock held. */
-static void lists_release(struct kv_shm_store *s, struct lists *l)
+static void mark_dead(struct kv_shm_store *s, uint64_t off, uint32_t mark);
+
+/* Clears the moved words of l (if still there). No lock held. */
+static void moved_clear(struct kv_shm_store *s, struct lists *l)
 {
     for (size_t i = 0; i < l->nmv; i++) {
         struct shm_stripe *st = &s->stripes[l->mv[i].stripe & (SHM_STRIPES - 1)];
@@ -133,8 +149,31 @@ static void lists_release(struct kv_shm_store *s, struct lists *l)
             __atomic_store_n(l->mv[i].slot, 0, __ATOMIC_RELEASE);
         pthread_rwlock_unlock(&st->lock);
     }
+}
+
+/* Marks dead every item of l that is not marked yet (replaced ones), after their first
+ * sync: nobody's previous copy any more. Only the sync holding y->run owns them. */
+static void chunks_mark(struct kv_shm_store *s, struct lists *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        uint64_t off = l->off[i];
+        if (off >= s->data_off && off + SHM_ITEM_HDR <= s->data_end &&
+            ((struct shm_item *)shm_ptr(s, off))->atime < SHM_ATIME_VOID)
+            mark_dead(s, off, SHM_ATIME_DEAD);
+    }
+}
+
+static void chunks_free(struct kv_shm_store *s, struct lists *l)
+{
     for (size_t i = 0; i < l->n; i++)
         kv_shm_free_now(s, l->off[i]);
+}
+
+/* Clears the moved words of l, then frees its chunks at once (the close). No lock held. */
+static void lists_release(struct kv_shm_store *s, struct lists *l)
+{
+    moved_clear(s, l);
+    chunks_free(s, l);
 }
 
 /* One sync: take the lists, flush, release. Holds y->run. 0, or KV_EIO (lists kept). */
@@ -158,11 +197,25 @@ static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
     uint64_t t0 = mono_us();
     int rc = msync(s->base, s->size, MS_SYNC) ? errno : 0;
     uint64_t us = mono_us() - t0;
+    size_t nfreed = 0;
     if (rc == 0) {
         if (y->flushed)
             y->flushed(y->flushed_ctx);
-        lists_release(s, &l);
-        __atomic_sub_fetch(&y->pending, l.n, __ATOMIC_RELAXED);
+        /* the list of the sync before: its marks were made before this one began, so
+         * they are on the disk now -- its chunks may be reused */
+        chunks_free(s, &y->aged);
+        nfreed = y->aged.n;
+        __atomic_sub_fetch(&y->pending, nfreed, __ATOMIC_RELAXED);
+        lists_free(&y->aged);
+        /* this sync's list: nothing on the disk names its items or needs them as a
+         * previous copy now; marked, they wait for the next sync */
+        moved_clear(s, &l);
+        chunks_mark(s, &l);
+        kv_mem_free(KV_MOD_SHM, l.mv);
+        l.mv = NULL;
+        l.nmv = l.capmv = 0;
+        y->aged = l;
+        memset(&l, 0, sizeof(l));
     } else {
         /* nothing is known to be on disk: the lists wait for the next sync */
         pthread_mutex_lock(&y->lmu);
@@ -176,7 +229,6 @@ static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
         } /* else: leaked until the next recovery, never reused early */
         pthread_mutex_unlock(&y->lmu);
     }
-    size_t nfreed = l.n;
     lists_free(&l);
     pthread_mutex_lock(&y->mu);
     y->completed = n;
@@ -286,6 +338,8 @@ void kv_shm_sync_stop(struct kv_shm_store *s)
     s->defer = 0;
     lists_release(s, &y->cur);
     lists_free(&y->cur);
+    chunks_free(s, &y->aged);
+    lists_free(&y->aged);
     pthread_cond_destroy(&y->wake);
     pthread_cond_destroy(&y->done);
     pthread_mutex_destroy(&y->mu);
@@ -295,33 +349,37 @@ void kv_shm_sync_stop(struct kv_shm_store *s)
     kv_mem_free(KV_MOD_SHM, y);
 }
 
-/* Marks the item at off dead, if it is one: recovery never takes it for a key's previous
- * copy. Only the owner of an unlinked chunk gets here, so nothing else writes it now.
- * Why removals only: a key deleted before the last sync and written again after it must
- * not come back with its deleted value when that later write is torn; a key merely
- * overwritten has its newer copy win by version anyway. */
-static void mark_dead(struct kv_shm_store *s, uint64_t off)
+/* Marks the item at off (SHM_ATIME_DEAD or _VOID), if it is one. Only the owner of an
+ * unlinked chunk gets here, so nothing else writes it now. What recovery makes of a mark
+ * (shm_recover.c, restore_lost): a removed item (DEAD) is never taken, and when it is the
+ * newest copy of a key whose slot is torn, no older copy is taken either -- the key was
+ * removed after them (a key deleted before the last sync and written again after it must
+ * not come back with its deleted value, nor with any older one); a new item that never was
+ * the key's state (VOID: a refused or undone write) is ignored; a replaced item is not
+ * marked, and stays the key's previous copy (the newest copy wins by version). */
+static void mark_dead(struct kv_shm_store *s, uint64_t off, uint32_t mark)
 {
     if (off < s->data_off || off + SHM_ITEM_HDR > s->data_end)
         return;
     struct shm_item *it = shm_ptr(s, off);
     if (__atomic_load_n(&it->magic, __ATOMIC_RELAXED) == SHM_ITEM_MAGIC)
-        __atomic_store_n(&it->atime, SHM_ATIME_DEAD, __ATOMIC_RELAXED);
+        __atomic_store_n(&it->atime, mark, __ATOMIC_RELAXED);
 }
 
-static void defer_free(struct kv_shm_store *s, uint64_t off, int dead)
+/* mark: 0 (replaced), SHM_ATIME_DEAD (removed) or SHM_ATIME_VOID (never committed) */
+static void defer_free(struct kv_shm_store *s, uint64_t off, uint32_t mark)
 {
     struct shm_sync *y = s->sync;
     /* in a transaction (shm_txn.c; only its thread runs): an undo may point at the item
      * again, so it is freed at the commit (which calls kv_shm_free with s->txn cleared) */
-    if (s->txn && kv_shm_txn_defer_free(s, off, dead))
+    if (s->txn && kv_shm_txn_defer_free(s, off, mark != 0))
         return;
     if (!s->defer || !y) {
         kv_shm_free_now(s, off);
         return;
     }
-    if (dead)
-        mark_dead(s, off);
+    if (mark)
+        mark_dead(s, off, mark);
     pthread_mutex_lock(&y->lmu);
     int rc = grow((void **)&y->cur.off, &y->cur.cap, y->cur.n + 1, sizeof(uint64_t));
     if (rc == 0) {
@@ -338,12 +396,17 @@ static void defer_free(struct kv_shm_store *s, uint64_t off, int dead)
 
 void kv_shm_free(struct kv_shm_store *s, uint64_t off)
 {
-    defer_free(s, off, 1);
+    defer_free(s, off, SHM_ATIME_DEAD);
 }
 
 void kv_shm_free_replaced(struct kv_shm_store *s, uint64_t off)
 {
     defer_free(s, off, 0);
+}
+
+void kv_shm_free_unpublished(struct kv_shm_store *s, uint64_t off)
+{
+    defer_free(s, off, SHM_ATIME_VOID);
 }
 
 int kv_shm_sync_moved(struct kv_shm_store *s, uint64_t *const *slots, const uint64_t *words,
@@ -375,8 +438,11 @@ int kv_shm_sync_reclaim(struct kv_shm_store *s)
     if (!s->defer || !y || __atomic_load_n(&y->pending, __ATOMIC_RELAXED) == 0 ||
         __atomic_load_n(&y->hold, __ATOMIC_RELAXED))
         return 0;
+    /* a chunk is freed by the second sync after it waits: two, when none was aged yet */
     uint64_t before = __atomic_load_n(&y->pending, __ATOMIC_RELAXED);
-    sync_once(s, y);
+    for (int i = 0; i < 2 && __atomic_load_n(&y->pending, __ATOMIC_RELAXED) >= before; i++)
+        if (sync_once(s, y))
+            break;
     return __atomic_load_n(&y->pending, __ATOMIC_RELAXED) < before;
 }
 
