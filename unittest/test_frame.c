@@ -790,7 +790,7 @@ static void test_frame_status_names(void)
     static const char *const names[] = {
         "OK",           "NOT_FOUND", "EXISTS",    "BAD_REQUEST",   "UNKNOWN_OPCODE",
         "CRC_MISMATCH", "TOO_LARGE", "BAD_FRAME", "OUT_OF_MEMORY", "NOT_A_NUMBER",
-        "BUSY",         "INTERNAL",  "NOAUTH",
+        "BUSY",         "INTERNAL",  "NOAUTH",    "DISK_ERROR",
     };
 
     CU_ASSERT_EQUAL_FATAL(sizeof(names) / sizeof(names[0]), KV_ST__COUNT);

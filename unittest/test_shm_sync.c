@@ -792,6 +792,183 @@ static void test_sync_server_copies(void)
     unlink(data);
 }
 
+/* ---- a failing disk: msync fails while a flag file exists (LD_PRELOAD shim) -------- */
+
+/* Starts a server whose msync fails while flag exists (bin/kvtest_failmsync.so). */
+static int start_failing(struct kv_test_server *a, const char *const *args, const char *flag)
+{
+    char shim[1024], asan[1200];
+    const char *old = getenv("ASAN_OPTIONS");
+    kv_test_bin_path("kvtest_failmsync.so", shim, sizeof(shim));
+    snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0", old ? old : "",
+             old && *old ? ":" : "");
+    char *keep = old ? strdup(old) : NULL;
+    setenv("LD_PRELOAD", shim, 1);
+    setenv("KV_TEST_MSYNC_FAIL", flag, 1);
+    setenv("ASAN_OPTIONS", asan, 1);
+    int rc = kv_test_server_start(a, args);
+    unsetenv("LD_PRELOAD");
+    unsetenv("KV_TEST_MSYNC_FAIL");
+    if (keep)
+        setenv("ASAN_OPTIONS", keep, 1);
+    else
+        unsetenv("ASAN_OPTIONS");
+    free(keep);
+    return rc;
+}
+
+static void flag_set(const char *flag, int on)
+{
+    if (on) {
+        int fd = open(flag, O_CREAT | O_WRONLY, 0600);
+        CU_ASSERT_FATAL(fd >= 0);
+        close(fd);
+    } else {
+        unlink(flag);
+    }
+}
+
+/* One RESP command on a fresh connection; the first line of the reply into line. */
+static void resp_line(uint16_t port, const char *cmd, char *line, size_t cap)
+{
+    int fd = kv_test_connect(port);
+    line[0] = '\0';
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT(write(fd, cmd, strlen(cmd)) == (ssize_t)strlen(cmd));
+    size_t n = 0;
+    while (n + 1 < cap) {
+        ssize_t r = read(fd, line + n, 1);
+        if (r <= 0 || line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    close(fd);
+}
+
+/* --sync everysec: from a failed sync until one succeeds, every write is refused
+ * (DISK_ERROR; RESP -MISCONF, as Redis after an AOF fsync error), reads are served; the
+ * first successful sync lets writes in again. */
+static void test_sync_failed_msync_refuses_writes(void)
+{
+    struct kv_test_server a = {0};
+    char data[256], flag[300], line[300];
+    snprintf(data, sizeof(data), "/dev/shm/kvsync-fail-%d.data", (int)getpid());
+    snprintf(flag, sizeof(flag), "%s.fail", data);
+    unlink(data);
+    unlink(flag);
+    const char *args[] = {"--data-file", data, "--sync", "everysec", NULL};
+    CU_ASSERT_FATAL(start_failing(&a, args, flag) == 0);
+    struct kv_client *c;
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", a.port, 5000, &c) == 0);
+    CU_ASSERT_EQUAL(kv_client_set(c, "old", 3, "v1", 2, NULL, NULL), 0);
+
+    flag_set(flag, 1);
+    int rc = 0, i;
+    for (i = 0; i < 400 && rc == 0; i++) { /* the next sync (within a second) fails */
+        rc = kv_client_set(c, "new", 3, "v2", 2, NULL, NULL);
+        if (rc == 0)
+            usleep(10000);
+    }
+    CU_ASSERT_EQUAL(rc, KV_ESTATUS);
+    CU_ASSERT_EQUAL(kv_client_last_status(c), KV_ST_DISK_ERROR);
+    CU_ASSERT(stat_of(a.port, "sync_errors") >= 1);
+    CU_ASSERT_EQUAL(kv_client_del1(c, "old", 3, NULL), KV_ESTATUS); /* removals too */
+    struct kv_value v = {0};
+    CU_ASSERT_EQUAL(kv_client_get(c, "old", 3, &v), 0); /* reads are served */
+    CU_ASSERT(v.len == 2 && memcmp(v.data, "v1", 2) == 0);
+    kv_client_value_free(&v);
+    resp_line(a.port, "*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\n1\r\n", line, sizeof(line));
+    CU_ASSERT_PTR_NOT_NULL(strstr(line, "-MISCONF Errors writing to the data file: "
+                                        "Input/output error") == line ? line : NULL);
+    resp_line(a.port, "*2\r\n$6\r\nAPPEND\r\n$1\r\nx\r\n", line, sizeof(line));
+    CU_ASSERT(strncmp(line, "-ERR", 4) == 0); /* arity first, as Redis */
+    resp_line(a.port, "*2\r\n$6\r\nSTRLEN\r\n$3\r\nold\r\n", line, sizeof(line));
+    CU_ASSERT_STRING_EQUAL(line, ":2\r");
+    { /* a write queued in MULTI is refused, and EXEC aborts, as Redis */
+        int fd = kv_test_connect(a.port);
+        const char *m = "*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\ny\r\n$1\r\n1\r\n"
+                        "*1\r\n$4\r\nEXEC\r\n";
+        char buf[512] = "";
+        size_t n = 0;
+        CU_ASSERT(write(fd, m, strlen(m)) == (ssize_t)strlen(m));
+        while (n < sizeof(buf) - 1 && !strstr(buf, "EXECABORT")) {
+            ssize_t r = read(fd, buf + n, sizeof(buf) - 1 - n);
+            if (r <= 0)
+                break;
+            n += (size_t)r;
+            buf[n] = '\0';
+        }
+        buf[n] = '\0';
+        CU_ASSERT_PTR_NOT_NULL(strstr(buf, "+OK\r\n-MISCONF Errors writing to the data file"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\r\n-EXECABORT "));
+        close(fd);
+    }
+
+    flag_set(flag, 0);
+    for (i = 0, rc = -1; i < 400 && rc != 0; i++) { /* the next sync succeeds */
+        rc = kv_client_set(c, "new", 3, "v3", 2, NULL, NULL);
+        if (rc != 0)
+            usleep(10000);
+    }
+    CU_ASSERT_EQUAL(rc, 0);
+    kv_client_close(c);
+    char *log = kv_test_server_log(&a);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+    free(log);
+
+    /* what was acknowledged is there after the restart */
+    CU_ASSERT_FATAL(kv_test_server_start(&a, args) == 0);
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", a.port, 5000, &c) == 0);
+    CU_ASSERT_EQUAL(kv_client_get(c, "new", 3, &v), 0);
+    CU_ASSERT(v.len == 2 && memcmp(v.data, "v3", 2) == 0);
+    kv_client_value_free(&v);
+    kv_client_close(c);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+    unlink(data);
+}
+
+/* --sync always: a failed msync never lets the answers it covered leave as successes --
+ * the server exits (status 1) without the clean mark, as Redis exits on an AOF fsync error
+ * under appendfsync always; the next start recovers the file with every acknowledged
+ * write. */
+static void test_sync_failed_msync_always_exits(void)
+{
+    struct kv_test_server a = {0};
+    char data[256], flag[300];
+    snprintf(data, sizeof(data), "/dev/shm/kvsync-failx-%d.data", (int)getpid());
+    snprintf(flag, sizeof(flag), "%s.fail", data);
+    unlink(data);
+    unlink(flag);
+    const char *args[] = {"--data-file", data, "--sync", "always", NULL};
+    CU_ASSERT_FATAL(start_failing(&a, args, flag) == 0);
+    struct kv_client *c;
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", a.port, 5000, &c) == 0);
+    CU_ASSERT_EQUAL(kv_client_set(c, "acked", 5, "v1", 2, NULL, NULL), 0);
+    flag_set(flag, 1);
+    int rc = kv_client_set(c, "lost", 4, "v2", 2, NULL, NULL);
+    CU_ASSERT_NOT_EQUAL(rc, 0); /* never an OK */
+    CU_ASSERT_NOT_EQUAL(rc, KV_ESTATUS);
+    kv_client_close(c);
+    flag_set(flag, 0);
+    char *log = kv_test_server_log(&a);
+    CU_ASSERT_PTR_NOT_NULL(log && strstr(log, "msync of the data file failed under --sync always"));
+    free(log);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 1);
+
+    const char *args2[] = {"--data-file", data, "--sync", "everysec", NULL};
+    CU_ASSERT_FATAL(kv_test_server_start(&a, args2) == 0);
+    CU_ASSERT(stat_of(a.port, "recovered_items") >= 1); /* not marked clean */
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", a.port, 5000, &c) == 0);
+    struct kv_value v = {0};
+    CU_ASSERT_EQUAL(kv_client_get(c, "acked", 5, &v), 0);
+    CU_ASSERT(v.len == 2 && memcmp(v.data, "v1", 2) == 0);
+    kv_client_value_free(&v);
+    kv_client_close(c);
+    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+    unlink(data);
+}
+
 /* KV_SYNC_BIG=1 (a figure for README, release build): what the torn-slot search costs a
  * recovery of a large store, against the recovery of the same store after a kill. */
 static void test_sync_recovery_cost(void)
@@ -887,6 +1064,8 @@ int main(void)
         {"test_sync_always_barrier", test_sync_always_barrier},
         {"test_sync_full_store_reclaims", test_sync_full_store_reclaims},
         {"test_sync_server_copies", test_sync_server_copies},
+        {"test_sync_failed_msync_refuses_writes", test_sync_failed_msync_refuses_writes},
+        {"test_sync_failed_msync_always_exits", test_sync_failed_msync_always_exits},
         {"test_sync_recovery_cost", test_sync_recovery_cost},
         {"test_sync_option", test_sync_option},
     };

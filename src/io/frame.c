@@ -11,7 +11,7 @@
 static const char *const status_names[KV_ST__COUNT] = {
     "OK",          "NOT_FOUND",     "EXISTS",        "BAD_REQUEST", "UNKNOWN_OPCODE",
     "CRC_MISMATCH", "TOO_LARGE",    "BAD_FRAME",     "OUT_OF_MEMORY", "NOT_A_NUMBER",
-    "BUSY",        "INTERNAL",      "NOAUTH",
+    "BUSY",        "INTERNAL",      "NOAUTH",      "DISK_ERROR",
 };
 
 const char *kv_status_name(unsigned status)

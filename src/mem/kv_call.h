@@ -26,6 +26,7 @@ enum kv_status {
     KV_ST_BUSY = 10,
     KV_ST_INTERNAL = 11,
     KV_ST_NOAUTH = 12,
+    KV_ST_DISK_ERROR = 13,
     KV_ST__COUNT
 };
 

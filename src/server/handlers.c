@@ -340,6 +340,19 @@ static int authed(struct kv_server *srv, struct kv_call *call)
     return 0;
 }
 
+/* A failed sync of the data file refuses writes until a sync succeeds (as Redis's
+ * MISCONF after an AOF fsync error): what they would acknowledge cannot be made durable. */
+static int writable(struct kv_server *srv, struct kv_call *call)
+{
+    int e = kv_server_writes_refused(srv);
+    char m[200];
+
+    if (!e)
+        return 1;
+    answer_error(call, KV_ST_DISK_ERROR, kv_server_disk_error(e, m, sizeof(m)));
+    return 0;
+}
+
 /* Constant-time comparison: the time taken does not tell how much matched. */
 static int secret_equal(const uint8_t *a, size_t alen, const char *b)
 {
@@ -517,7 +530,7 @@ static void handle_set(void *ctx, struct kv_call *call)
     uint64_t version = 0;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
+    if (!authed(srv, call) || !writable(srv, call) || parse_and_check(srv, call, &k, 2) != 0)
         return;
     if (k.f4 && (k.f5 || k.f6)) {
         answer_error(call, KV_ST_BAD_REQUEST, "only_if_absent excludes only_if_present and cas");
@@ -572,7 +585,7 @@ static void handle_incr(void *ctx, struct kv_call *call)
     uint64_t version = 0;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
+    if (!authed(srv, call) || !writable(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
         return;
     rc = kv_shm_db_incr(srv->store, call->db, k.key, k.klen, pb_zigzag_decode(k.f2), &value, &version);
     if (rc != 0) {
@@ -591,7 +604,7 @@ static void handle_expire(void *ctx, struct kv_call *call)
     int64_t ttl = -1, prev = -1;
     int rc;
 
-    if (!authed(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
+    if (!authed(srv, call) || !writable(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
         return;
     rc = kv_shm_db_ttl(srv->store, call->db, k.key, k.klen, &prev);
     if (rc != 0) {
@@ -644,7 +657,7 @@ static void handle_del(void *ctx, struct kv_call *call)
     uint64_t deleted = 0;
     int rc;
 
-    if (!authed(srv, call))
+    if (!authed(srv, call) || !writable(srv, call))
         return;
     while ((rc = next_del_key(&r, &k)) == 1)
         if (check_key_len(srv, call, k.len) != 0)
@@ -900,7 +913,7 @@ static void handle_mset(void *ctx, struct kv_call *call)
     size_t n = 0;
     int rc, nx = 0;
 
-    if (!authed(srv, call))
+    if (!authed(srv, call) || !writable(srv, call))
         return;
     /* decoded in place (the keys and values stay in the receive buffer) */
     while ((rc = next_mset_pair(&r, &k, &v, &ttl, &nx)) == 1) {
@@ -1232,7 +1245,7 @@ static void handle_rename(void *ctx, struct kv_call *call)
     uint64_t flags = 0, db = call->db, dst = 0, version = 0;
     int more, rc;
 
-    if (!authed(srv, call))
+    if (!authed(srv, call) || !writable(srv, call))
         return;
     while ((more = pb_next(&r, &f)) > 0) {
         if (f.number == 1 && f.wire == 2)
@@ -1283,7 +1296,7 @@ static void handle_swapdb(void *ctx, struct kv_call *call)
     uint64_t a = 0, b = 0;
     int more, rc;
 
-    if (!authed(srv, call))
+    if (!authed(srv, call) || !writable(srv, call))
         return;
     while ((more = pb_next(&r, &f)) > 0) {
         if (f.number == 1 && f.wire == 0)
@@ -1321,7 +1334,7 @@ static void handle_flush(void *ctx, struct kv_call *call)
     uint64_t before = 0;
     int rc, more, db_only = 0;
 
-    if (!authed(srv, call))
+    if (!authed(srv, call) || !writable(srv, call))
         return;
     while ((more = pb_next(&r, &f)) > 0)
         if (f.number == 1 && f.wire == 0)
@@ -1682,6 +1695,14 @@ static void str_lcs(struct kv_call *call, const struct str_req *q, const struct 
     kv_mem_free(KV_MOD_PROTO, m);
 }
 
+/* The string ops that never write (Redis's read-only commands of the family). */
+static int str_op_reads_only(int op)
+{
+    return op == KV__STR_REQUEST__OP__STRLEN || op == KV__STR_REQUEST__OP__GETRANGE ||
+           op == KV__STR_REQUEST__OP__GETBIT || op == KV__STR_REQUEST__OP__BITCOUNT ||
+           op == KV__STR_REQUEST__OP__BITPOS || op == KV__STR_REQUEST__OP__LCS;
+}
+
 static void handle_str(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
@@ -1698,6 +1719,8 @@ static void handle_str(void *ctx, struct kv_call *call)
     if (check_key_len(srv, call, q.klen) != 0)
         return;
     if (q.op == KV__STR_REQUEST__OP__LCS && check_key_len(srv, call, q.vlen) != 0)
+        return;
+    if (!str_op_reads_only(q.op) && !writable(srv, call))
         return;
     for (int attempt = 0; attempt < STR_ATTEMPTS; attempt++) {
         uint8_t *nv = NULL;

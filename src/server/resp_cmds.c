@@ -2546,6 +2546,12 @@ static int resp_check(struct cmdctx *x)
         return reply_str(x->res, "-NOAUTH Authentication required.\r\n");
     if (x->cmd->arity > 0 ? x->argc != (size_t)x->cmd->arity : x->argc < (size_t)-x->cmd->arity)
         return wrong_args(x->res, &x->argv[0]);
+    int e = (x->cmd->flags & CMD_WRITE) ? kv_server_writes_refused(x->srv) : 0;
+    if (e) { /* a failed sync (README "Power loss"): Redis's MISCONF, queued or not */
+        char m[200];
+
+        return reply_err(x->res, "-MISCONF %s", kv_server_disk_error(e, m, sizeof(m)));
+    }
     return 0;
 }
 
@@ -2634,6 +2640,7 @@ static void reply_status_error(struct out *o, const struct kv_call *call)
         break;
     case KV_ST_NOT_A_NUMBER: out_fmt(o, "-ERR value is not an integer or out of range\r\n"); break;
     case KV_ST_BUSY: out_fmt(o, "-BUSY %.*s\r\n", (int)m.len, (const char *)m.p); break;
+    case KV_ST_DISK_ERROR: out_fmt(o, "-MISCONF %.*s\r\n", (int)m.len, (const char *)m.p); break;
     default:
         out_fmt(o, "-ERR %s%s%.*s\r\n", kv_status_name(call->status), m.len ? ": " : "",
                 (int)(m.len < 300 ? m.len : 300), (const char *)m.p);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -47,15 +48,32 @@ static void dispatch(void *ctx, struct kv_call *calls)
     kv_worker_pool_submit(srv->pool, calls);
 }
 
+/* --sync always and a failed msync: what the waiting answers acknowledge is in memory
+ * only, and Linux may have dropped the dirty pages' error state, so retrying proves
+ * nothing. As Redis does for an AOF fsync error under appendfsync always: log and exit at
+ * once -- no answer leaves, no clean mark is written, and the next start recovers the
+ * file. */
+static void sync_failed_exit(struct kv_server *srv)
+{
+    struct kv_shm_sync_stats st;
+
+    kv_shm_sync_stats(srv->store, &st);
+    kv_server_log(srv->cfg, KV_LOG_ERROR,
+                  "msync of the data file failed under --sync always (%s): exiting without "
+                  "answering the writes it covered; the next start recovers the file",
+                  strerror(st.last_errno));
+    _exit(EXIT_FAILURE);
+}
+
 static void done(void *ctx, void *origin, struct kv_call *calls)
 {
     struct kv_server *srv = ctx;
 
     /* --sync always: no answer of this batch leaves before a sync that began after its
-     * writes has completed; workers finishing meanwhile share that sync (group commit).
-     * A failed sync is counted (STATS sync_errors) and the answers still leave. */
-    if (srv->cfg->sync == KV_SYNC_ALWAYS && srv->store)
-        kv_shm_sync_barrier(srv->store);
+     * writes has completed; workers finishing meanwhile share that sync (group commit). */
+    if (srv->cfg->sync == KV_SYNC_ALWAYS && srv->store &&
+        kv_shm_sync_barrier(srv->store) == KV_EIO)
+        sync_failed_exit(srv);
     kv_io_complete(origin, calls);
 }
 

@@ -16,6 +16,8 @@ struct kv_io;
 struct kv_shm_store;
 
 #include <pthread.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdint.h>
 
 /* SAVE / BGSAVE (save.c). The lock guards every field. */
@@ -102,6 +104,20 @@ struct kv_server_stats {
 };
 
 /* Fills *out (about 5 KiB: callers keep it on the heap or a thread's stack). */
+/* The errno of a failed data-file sync while writes are refused (README "Power loss":
+ * --sync everysec refuses every write from a failed sync until one succeeds), else 0. */
+static inline int kv_server_writes_refused(const struct kv_server *srv)
+{
+    return srv->store ? kv_shm_sync_failing(srv->store) : 0;
+}
+/* The message of that refusal (RESP: after "-MISCONF "); buf of 160 bytes or more. */
+static inline const char *kv_server_disk_error(int e, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "Errors writing to the data file: %s (writes are refused until a sync "
+                       "succeeds)", strerror(e));
+    return buf;
+}
+
 void kv_server_stats_collect(struct kv_server *srv, struct kv_server_stats *out);
 /* The signal-41 table of *st (kv_server_format_stats collects, then calls it). */
 size_t kv_server_stats_table(struct kv_server *srv, const struct kv_server_stats *st, char *buf,

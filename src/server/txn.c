@@ -344,13 +344,20 @@ static void exec_body(void *arg)
     __atomic_add_fetch(&srv->save.exec_seq, 1, __ATOMIC_ACQ_REL);
 }
 
+/* Opcodes that never write (a string op may: STR counts as a write here). */
+static int sub_reads_only(uint32_t op)
+{
+    return op == KV_OP_GET || op == KV_OP_MGET || op == KV_OP_EXISTS || op == KV_OP_SCAN ||
+           op == KV_OP_PING || op == KV_OP_STATS || op == KV_OP_WATCH;
+}
+
 static void handle_exec(void *ctx, struct kv_call *call)
 {
     struct kv_server *srv = ctx;
     struct exec_run x = {.srv = srv, .call = call};
     struct pb_reader r = {call->body, call->body + call->body_len};
     struct pb_field f;
-    int rc;
+    int rc, writes = 0;
 
     if (!authed(srv, call))
         return;
@@ -375,6 +382,15 @@ static void handle_exec(void *ctx, struct kv_call *call)
             answer(call, KV_ST_BAD_REQUEST, "EXEC and WATCH with keys cannot be inside EXEC");
             return;
         }
+        writes |= !sub_reads_only(op);
+    }
+    /* a failed sync refuses an EXEC that would write, whole (as Redis's MISCONF) */
+    int e = rc >= 0 && writes ? kv_server_writes_refused(srv) : 0;
+    if (e) {
+        char m[200];
+
+        answer(call, KV_ST_DISK_ERROR, kv_server_disk_error(e, m, sizeof(m)));
+        return;
     }
     if (rc < 0) {
         answer(call, KV_ST_BAD_REQUEST, "body does not decode");

@@ -400,8 +400,14 @@ void kv_shm_sync_stats(struct kv_shm_store *s, struct kv_shm_sync_stats *out);
 /* With --sync always: returns once a sync that began after every write this thread has
  * made (every write call that returned before) has completed; one sync serves every
  * thread waiting at once. 0 at once for the other policies and stores; KV_EIO when that
- * sync failed (the write is in memory, not known to be on disk). */
+ * sync failed (the write is in memory, not known to be on disk); KV_ECLOSED when the
+ * store began to close first. */
 int kv_shm_sync_barrier(struct kv_shm_store *s);
+
+/* The errno of the last sync when it failed; 0 when it succeeded, when none has run yet,
+ * and without --sync. Writes are refused meanwhile (the server's policy, README "Power
+ * loss"): what they would acknowledge could not be made durable. */
+int kv_shm_sync_failing(const struct kv_shm_store *s);
 
 /* Runs a sync now and waits for it (a plain msync for a data file without --sync): what
  * was written before the call is on disk when it returns 0; KV_EIO when msync failed. */

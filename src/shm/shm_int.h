@@ -341,8 +341,8 @@ static inline int kv_shm_deferring(const struct kv_shm_store *s)
 int kv_shm_sync_moved(struct kv_shm_store *s, uint64_t *const *slots, const uint64_t *words,
                       size_t n, unsigned stripe);
 /* Makes the pages in [off, off + len) durable now (a new index page before it is
- * linked). No-op without --sync. */
-void kv_shm_sync_range(struct kv_shm_store *s, uint64_t off, uint64_t len);
+ * linked). No-op (0) without --sync; KV_EIO when msync failed. */
+int kv_shm_sync_range(struct kv_shm_store *s, uint64_t off, uint64_t len);
 /* Runs a sync now (a writer short of memory while frees wait for one): 1 when something
  * was released. */
 int kv_shm_sync_reclaim(struct kv_shm_store *s);

@@ -651,8 +651,12 @@ int kv_shm_store_open_ex(const struct kv_config *cfg, const struct kv_shm_open_o
     if (rc == 0 && s->is_file && !s->attach && cfg->sync != KV_SYNC_NO) {
         /* what recovery rewrote reaches the disk before any new write can: a power loss
          * later never mixes pages of the image it repaired with pages of its repair */
-        if (s->recovered)
-            msync(s->base, s->size, MS_SYNC);
+        if (s->recovered && msync(s->base, s->size, MS_SYNC) != 0) {
+            say(errbuf, errcap, "cannot flush the repaired data file %s: %s", s->name,
+                strerror(errno));
+            kv_shm_store_close(s);
+            return KV_EIO;
+        }
         rc = kv_shm_sync_start(s, cfg->sync, opts);
         if (rc) {
             say(errbuf, errcap, "cannot start the --sync thread for %s", s->name);
@@ -692,9 +696,9 @@ void kv_shm_store_close(struct kv_shm_store *s)
          * clean, so the next open rebuilds the derived state instead of trusting it */
         /* a file: everything on disk first, then the clean mark on its own, so that a
          * power loss during the flush never leaves a torn image marked clean */
-        if (s->is_file)
-            msync(s->base, s->size, MS_SYNC);
-        if (__atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED) == s->corrupt_at_open)
+        /* a flush that failed leaves the file unmarked: the next open recovers it */
+        int flushed = !s->is_file || msync(s->base, s->size, MS_SYNC) == 0;
+        if (flushed && __atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED) == s->corrupt_at_open)
             __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
         if (s->is_file)
             msync(s->base, SHM_HDR_SIZE, MS_SYNC);

@@ -90,6 +90,7 @@ struct shm_sync {
     uint64_t synced_wseq;        /* s->wseq read before the last completed sync began */
     uint64_t errors;             /* failed syncs (their lists wait for the next) */
     int last_errno;
+    int failing;                 /* atomic: errno of the last sync when it failed, else 0 */
     int64_t last_start_ms, last_done_ms; /* CLOCK_REALTIME */
     uint64_t last_us, max_us, total_us;
     uint64_t released; /* chunks freed after their second sync, in all */
@@ -242,6 +243,7 @@ static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
         y->errors++;
         y->last_errno = rc;
     }
+    __atomic_store_n(&y->failing, rc, __ATOMIC_RELEASE);
     y->last_us = us;
     y->total_us += us;
     if (us > y->max_us)
@@ -387,11 +389,10 @@ static void defer_free(struct kv_shm_store *s, uint64_t off, uint32_t mark)
         __atomic_add_fetch(&y->pending, 1, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&y->lmu);
-    if (rc) {
-        /* no room to remember it: a flush begun now covers the unlink, then it is free */
-        msync(s->base, s->size, MS_SYNC);
+    /* no room to remember it: a flush begun now covers the unlink, then it is free;
+     * when that flush fails too, leaked until the next recovery, never reused early */
+    if (rc && msync(s->base, s->size, MS_SYNC) == 0)
         kv_shm_free_now(s, off);
-    }
 }
 
 void kv_shm_free(struct kv_shm_store *s, uint64_t off)
@@ -423,13 +424,13 @@ int kv_shm_sync_moved(struct kv_shm_store *s, uint64_t *const *slots, const uint
     return rc;
 }
 
-void kv_shm_sync_range(struct kv_shm_store *s, uint64_t off, uint64_t len)
+int kv_shm_sync_range(struct kv_shm_store *s, uint64_t off, uint64_t len)
 {
     if (!s->defer)
-        return;
+        return 0;
     long pg = sysconf(_SC_PAGESIZE);
     uint64_t a = off & ~(uint64_t)(pg - 1);
-    msync(s->base + a, off + len - a, MS_SYNC);
+    return msync(s->base + a, off + len - a, MS_SYNC) ? KV_EIO : 0;
 }
 
 int kv_shm_sync_reclaim(struct kv_shm_store *s)
@@ -462,6 +463,11 @@ void kv_shm_sync_hold(struct kv_shm_store *s, int hold)
     pthread_mutex_unlock(&y->run);
 }
 
+int kv_shm_sync_failing(const struct kv_shm_store *s)
+{
+    return s->sync ? __atomic_load_n(&s->sync->failing, __ATOMIC_ACQUIRE) : 0;
+}
+
 int kv_shm_sync_now(struct kv_shm_store *s)
 {
     if (!s->sync)
@@ -490,7 +496,8 @@ int kv_shm_sync_barrier(struct kv_shm_store *s)
         while (y->completed < target && !y->stop)
             pthread_cond_wait(&y->done, &y->mu);
         if (y->synced_wseq < w)
-            rc = KV_EIO; /* that sync failed (or the store is closing) */
+            rc = y->completed >= target ? KV_EIO  /* that sync failed */
+                                        : KV_ECLOSED; /* the store is closing */
     }
     pthread_mutex_unlock(&y->mu);
     return rc;
