@@ -395,6 +395,8 @@ static void test_resp_keyspace(void)
     expect(fd, "EXPIREAT hello 4102444800\r\n", ":1\r\n"); /* 2100-01-01 */
     expect(fd, "EXPIRETIME hello\r\n", ":4102444800\r\n");
     got = exchange(fd, "PEXPIRETIME hello\r\n", strlen("PEXPIRETIME hello\r\n"), 16, &closed);
+    if (strncmp(got, ":41024448", 9) != 0) /* (seen to fail once under load: say what came) */
+        fprintf(stderr, "\n  PEXPIRETIME hello: got %s\n", got);
     CU_ASSERT(strncmp(got, ":41024448", 9) == 0);
     free(got);
     expect(fd, "EXPIRETIME hallo\r\n", ":-1\r\n");
@@ -497,10 +499,19 @@ static void test_resp_databases_and_rename(void)
     expect(fd, "SWAPDB x 1\r\n", "-ERR invalid first DB index\r\n");
     expect(fd, "SWAPDB 1 y\r\n", "-ERR invalid second DB index\r\n");
     expect(fd, "SWAPDB 1 16\r\n", "-ERR DB index is out of range\r\n");
+    usleep(300000); /* expires / avg_ttl: the expiry sweep's pass (one 0.1 s tick here) */
     got = exchange(fd, "INFO\r\n", 6, 0, &closed);
-    CU_ASSERT(strstr(got, "# Keyspace\r\ndb0:keys=2,expires=0,avg_ttl=0\r\n"
-                          "db3:keys=2,expires=0,avg_ttl=0\r\ndb15:keys=1,") != NULL);
+    CU_ASSERT(strstr(got, "# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=9") != NULL); /* t3 */
+    CU_ASSERT(strstr(got, "\r\ndb3:keys=2,expires=1,avg_ttl=9") != NULL); /* t3's copy */
+    CU_ASSERT(strstr(got, "\r\ndb15:keys=1,expires=0,avg_ttl=0\r\n") != NULL);
     free(got);
+    expect(fd, "SELECT 15\r\n", "+OK\r\n");
+    expect(fd, "SET kt v EX 100\r\n", "+OK\r\n");
+    usleep(400000);
+    got = exchange(fd, "INFO keyspace\r\n", 15, 0, &closed);
+    CU_ASSERT(strstr(got, "db15:keys=2,expires=1,avg_ttl=99") != NULL);
+    free(got);
+    expect(fd, "DEL kt\r\n", ":1\r\n");
     expect(fd, "FLUSHDB\r\n", "+OK\r\n");
     expect(fd, "DBSIZE\r\n", ":0\r\n");
     expect(fd, "SELECT 0\r\n", "+OK\r\n");

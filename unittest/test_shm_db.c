@@ -584,6 +584,53 @@ static void test_shm_db_layout2_upgraded_in_place(void)
     kv_shm_store_unlink(&c);
 }
 
+/* INFO keyspace's expires / avg_ttl: the expiry sweep counts the keys with a TTL per
+ * database as it walks the index; after one complete pass the figures are exact for keys
+ * that did not change meanwhile, they follow SWAPDB (logical databases), and expired keys
+ * are not counted. */
+static void test_shm_db_ttl_stats_by_sweep(void)
+{
+    struct kv_config c;
+    cfg_make(&c, "ttl", 16u << 20);
+    struct kv_shm_store *s = open_with(&c, NULL, NULL, 0);
+    char k[32];
+    for (int i = 0; i < 3000; i++) {
+        struct kv_shm_set_opts o = {.ttl_ms = i % 3 == 0 ? 0 : (i % 3 == 1 ? 100000 : 300000)};
+        snprintf(k, sizeof(k), "t%d", i);
+        CU_ASSERT_EQUAL_FATAL(kv_shm_db_set(s, 0, k, strlen(k), "v", 1, &o, NULL), 0);
+        if (i < 500) {
+            struct kv_shm_set_opts o3 = {.ttl_ms = 50000};
+            CU_ASSERT_EQUAL_FATAL(kv_shm_db_set(s, 3, k, strlen(k), "w", 1, &o3, NULL), 0);
+        }
+    }
+    struct kv_shm_set_opts brief = {.ttl_ms = 1};
+    CU_ASSERT_EQUAL(kv_shm_db_set(s, 3, "gone", 4, "x", 1, &brief, NULL), 0);
+    usleep(5000);
+    uint64_t n = 0, avg = 0;
+    struct kv_shm_stats st;
+    kv_shm_stats(s, &st);
+    /* a pass in steps, as the server's tick runs it */
+    for (uint64_t b = 0; b < st.index_buckets * 2; b += 100)
+        kv_shm_sweep(s, 100);
+    CU_ASSERT_EQUAL(kv_shm_db_ttl_stats(s, 0, &n, &avg), 0);
+    CU_ASSERT_EQUAL(n, 2000); /* the keys with a TTL, not the 1000 without */
+    CU_ASSERT(avg > 190000 && avg <= 200000); /* half 100 s, half 300 s */
+    CU_ASSERT_EQUAL(kv_shm_db_ttl_stats(s, 3, &n, &avg), 0);
+    CU_ASSERT_EQUAL(n, 500); /* "gone" expired: removed, not counted */
+    CU_ASSERT(avg > 45000 && avg <= 50000);
+    CU_ASSERT_EQUAL(kv_shm_db_ttl_stats(s, 5, &n, &avg), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(avg, 0);
+    CU_ASSERT_EQUAL(kv_shm_swapdb(s, 3, 5), 0);
+    CU_ASSERT_EQUAL(kv_shm_db_ttl_stats(s, 5, &n, &avg), 0);
+    CU_ASSERT_EQUAL(n, 500);
+    CU_ASSERT_EQUAL(kv_shm_db_ttl_stats(s, 3, &n, &avg), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_NOT_EQUAL(kv_shm_db_ttl_stats(s, 256, &n, &avg), 0);
+    kv_shm_store_close(s);
+    kv_shm_store_unlink(&c);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
@@ -604,6 +651,7 @@ int main(void)
         {"test_shm_db_rename_crash_all_or_nothing", test_shm_db_rename_crash_all_or_nothing},
         {"test_shm_db_swapdb_crash", test_shm_db_swapdb_crash},
         {"test_shm_db_layout2_upgraded_in_place", test_shm_db_layout2_upgraded_in_place},
+        {"test_shm_db_ttl_stats_by_sweep", test_shm_db_ttl_stats_by_sweep},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
         if (!CU_add_test(su, tests[i].name, tests[i].fn))

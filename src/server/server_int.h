@@ -74,8 +74,8 @@ struct kv_server {
  * opcode and the signal-41 table all render this struct. */
 struct kv_server_db_stats {
     uint64_t keys;
-    uint64_t expires; /* keys with a TTL: not counted by the store yet (0) */
-    uint64_t avg_ttl; /* ms: not measured (0) */
+    uint64_t expires; /* keys with a TTL, as the expiry sweep's last pass counted them */
+    uint64_t avg_ttl; /* ms: their mean time to live then (kv_shm_db_ttl_stats) */
 };
 
 #define KV_SERVER_MAX_DBS 256 /* KV_SHM_MAX_DB */

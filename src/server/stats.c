@@ -121,6 +121,9 @@ void kv_server_stats_collect(struct kv_server *srv, struct kv_server_stats *out)
 
         if (kv_shm_db_size(srv->store, d, &k) == 0)
             out->db[d].keys = k;
+        kv_shm_db_ttl_stats(srv->store, d, &out->db[d].expires, &out->db[d].avg_ttl);
+        if (out->db[d].expires > out->db[d].keys) /* an estimate: never above the keys */
+            out->db[d].expires = out->db[d].keys;
     }
 
     t->connections_received = out->mem.stat[KV_STAT_CONNS_ACCEPTED];

@@ -1047,7 +1047,8 @@ int kv_shm_db_scan(struct kv_shm_store *s, unsigned db, uint64_t cursor, const v
 /* Unlinks the items of bucket b that are expired (every one when now == 0), of physical
  * database pdb only when pdb >= 0, under the exclusive stripe lock, then frees them.
  * Returns how many. */
-static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb, int *fullp)
+static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb, int *fullp,
+                       int count_ttl)
 {
     struct shm_stripe *st = &s->stripes[b & (SHM_STRIPES - 1)];
     uint64_t offs[128];
@@ -1061,8 +1062,13 @@ static int bucket_drop(struct kv_shm_store *s, uint64_t b, int64_t now, int pdb,
             if (!w || SHM_WORD_CLS(w) == SHM_CLASS_MOVED) /* --sync: cleared after a sync */
                 continue;
             struct shm_item *it = kv_shm_item_check(s, w);
-            if (now && (!it || !item_expired(it, now)))
+            if (now && (!it || !item_expired(it, now))) {
+                if (count_ttl && it && it->expire_ms && it->db < SHM_MAX_DB) {
+                    s->ttl.n[it->db]++;
+                    s->ttl.ms[it->db] += (double)(it->expire_ms - now);
+                }
                 continue;
+            }
             if (pdb >= 0 && (!it || it->db != (unsigned)pdb))
                 continue;
             if (slot_clear(s, st, &line[i], it) != 0) {
@@ -1088,7 +1094,7 @@ static int flush_where(struct kv_shm_store *s, int pdb)
 {
     int full = 0;
     for (uint64_t b = 0; b < kv_shm_index_active(s) && !full; b++) {
-        while (bucket_drop(s, b, 0, pdb, &full) >= 128 - SHM_SLOTS && !full) {
+        while (bucket_drop(s, b, 0, pdb, &full, 0) >= 128 - SHM_SLOTS && !full) {
         }
     }
     spares_release(s); /* memory comes back at once, spares included */
@@ -1177,16 +1183,53 @@ int kv_shm_swapdb(struct kv_shm_store *s, unsigned a, unsigned b)
     return rc; /* KV_ENOMEM: the log could not grow; the spare copy may differ, unused */
 }
 
+/* Publishes the TTL counts of the pass under way, scaled by scale (1: a complete pass). */
+static void ttl_publish(struct kv_shm_store *s, double scale)
+{
+    for (unsigned d = 0; d < SHM_MAX_DB; d++) {
+        uint64_t n = s->ttl.n[d];
+        __atomic_store_n(&s->ttl.pub_n[d], (uint64_t)((double)n * scale + 0.5), __ATOMIC_RELAXED);
+        __atomic_store_n(&s->ttl.pub_avg_ms[d], n ? (uint64_t)(s->ttl.ms[d] / (double)n) : 0,
+                         __ATOMIC_RELAXED);
+    }
+}
+
 int kv_shm_sweep(struct kv_shm_store *s, size_t max_work)
 {
     int64_t now = kv_shm_now_ms();
     int total = 0;
+    /* one sweep at a time counts (another one meanwhile only removes) */
+    int count = !__atomic_exchange_n(&s->ttl.busy, 1, __ATOMIC_ACQUIRE);
     for (size_t i = 0; i < max_work; i++) {
+        uint64_t active = kv_shm_index_active(s);
         uint64_t c = __atomic_fetch_add(&s->hdr->sweep_cursor, 1, __ATOMIC_RELAXED);
-        total += bucket_drop(s, c % kv_shm_index_active(s), now, -1, NULL);
+        total += bucket_drop(s, c % active, now, -1, NULL, count);
+        if (count && ++s->ttl.visited >= active) { /* every bucket seen once: a pass */
+            ttl_publish(s, 1.0);
+            __atomic_store_n(&s->ttl.passes, s->ttl.passes + 1, __ATOMIC_RELAXED);
+            s->ttl.visited = 0;
+            memset(s->ttl.n, 0, sizeof(s->ttl.n));
+            memset(s->ttl.ms, 0, sizeof(s->ttl.ms));
+        }
+    }
+    if (count) {
+        if (!s->ttl.passes && s->ttl.visited) /* the first pass: scaled to the whole index */
+            ttl_publish(s, (double)kv_shm_index_active(s) / (double)s->ttl.visited);
+        __atomic_store_n(&s->ttl.busy, 0, __ATOMIC_RELEASE);
     }
     __atomic_add_fetch(&s->hdr->expired, (uint64_t)total, __ATOMIC_RELAXED);
     return total;
+}
+
+int kv_shm_db_ttl_stats(struct kv_shm_store *s, unsigned db, uint64_t *expires,
+                        uint64_t *avg_ttl_ms)
+{
+    if (db >= SHM_MAX_DB || !expires || !avg_ttl_ms)
+        return KV_EINVAL;
+    unsigned pdb = shm_db_phys(s, db);
+    *expires = __atomic_load_n(&s->ttl.pub_n[pdb], __ATOMIC_RELAXED);
+    *avg_ttl_ms = __atomic_load_n(&s->ttl.pub_avg_ms[pdb], __ATOMIC_RELAXED);
+    return 0;
 }
 
 /* ---- stats ------------------------------------------------------------------------- */

@@ -223,6 +223,14 @@ int kv_shm_db_ttl(struct kv_shm_store *s, unsigned db, const void *key, size_t k
  * whatever the number of keys. */
 int kv_shm_db_size(struct kv_shm_store *s, unsigned db, uint64_t *keys);
 
+/* INFO keyspace's expires and avg_ttl of database db: the keys with an expiry and their
+ * mean time to live in ms, as the expiry sweep (kv_shm_sweep) counted them in its last
+ * complete pass over the index -- an estimate as old as one pass (a pass visits every
+ * bucket once) -- and before the first pass has completed, the pass under way scaled to
+ * the whole index. */
+int kv_shm_db_ttl_stats(struct kv_shm_store *s, unsigned db, uint64_t *expires,
+                        uint64_t *avg_ttl_ms);
+
 /* Removes every key of database db (Redis's FLUSHDB; kv_shm_flush is FLUSHALL). Keys written
  * concurrently may survive; db names the database that was db when the flush began. */
 int kv_shm_db_flush(struct kv_shm_store *s, unsigned db);

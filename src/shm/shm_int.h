@@ -273,6 +273,17 @@ struct kv_shm_store {
     uint64_t wseq;
     uint8_t wseq_pad1[64];
     uint64_t restored_items; /* ro after open: recovery took an older copy for a torn slot */
+    /* INFO keyspace's expires / avg_ttl per physical database, counted by the expiry
+     * sweep as it walks the index (kv_shm_sweep): the pass under way (owned by the sweep
+     * that holds ttl_busy), and what the last complete pass counted, or until one has,
+     * the pass under way scaled to the whole index (relaxed atomics for the readers) */
+    struct {
+        int busy; /* atomic: a sweep is counting */
+        uint64_t visited, passes;
+        uint64_t n[SHM_MAX_DB];
+        double ms[SHM_MAX_DB];
+        uint64_t pub_n[SHM_MAX_DB], pub_avg_ms[SHM_MAX_DB];
+    } ttl;
     struct shm_txn *txn; /* owned: transaction mode (shm_txn.c), NULL = off; set and read
                           * only while the caller runs alone (kv_shm_txn_begin) */
     /* WATCH of an absent key (shm_txn.c, kv_shm_db_watch): per cell of key hashes, the
