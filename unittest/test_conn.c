@@ -572,16 +572,24 @@ static void test_conn_monitor_sees_every_thread(void)
     /* a and b are on different IO threads (round-robin), one of them not mon's */
     expect(a, "*3\r\n$3\r\nset\r\n$5\r\ncn:mo\r\n$4\r\na\"b\n\r\n", "+OK\r\n");
     expect(b, "get cn:mo\r\n", "$4\r\na\"b\n\r\n");
-    expect(a, "AUTH secret\r\n", "+OK\r\n");
+    expect(a, "AUTH secret\r\n", "-ERR AUTH <password> called without any password configured "
+                                 "for the default user. Are you sure your configuration is "
+                                 "correct?\r\n"); /* no password set: Redis 7.0's error */
     expect(b, "CONFIG GET maxmemory-policy\r\n",
            "*2\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n"); /* admin: not shown */
     expect(b, "PING\r\n", "+PONG\r\n");
+    expect(b, "SELECT 3\r\n", "+OK\r\n"); /* the line names the connection's database */
+    expect(b, "GET cn:mo3\r\n", "$-1\r\n");
+    expect(b, "SELECT 0\r\n", "+OK\r\n");
     got = ask(mon, "");
     CU_ASSERT(matches(got, "^\\+[0-9]+\\.[0-9]{6} \\[0 127\\.0\\.0\\.1:[0-9]+\\] \"set\" \"cn:mo\" "
                            "\"a\\\\\"b\\\\n\"\r\n"
                            "\\+[0-9.]+ \\[0 127\\.0\\.0\\.1:[0-9]+\\] \"get\" \"cn:mo\"\r\n"
                            "\\+[0-9.]+ \\[0 [0-9.:]+\\] \"AUTH\" \"\\(redacted\\)\"\r\n"
-                           "\\+[0-9.]+ \\[0 [0-9.:]+\\] \"PING\"\r\n$"));
+                           "\\+[0-9.]+ \\[0 [0-9.:]+\\] \"PING\"\r\n"
+                           "\\+[0-9.]+ \\[3 [0-9.:]+\\] \"SELECT\" \"3\"\r\n" /* 7.0: after */
+                           "\\+[0-9.]+ \\[3 [0-9.:]+\\] \"GET\" \"cn:mo3\"\r\n"
+                           "\\+[0-9.]+ \\[0 [0-9.:]+\\] \"SELECT\" \"0\"\r\n$"));
     free(got);
     got = ask(a, "CLIENT LIST\r\n");
     CU_ASSERT(strstr(got, " flags=O ") != NULL);

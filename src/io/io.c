@@ -776,6 +776,16 @@ static void conn_flush(struct kv_io_conn *c)
         ssize_t n;
         int k = 0;
 
+        b = c->ob_head;
+        if (b->off == b->len) { /* an empty buffer (nothing laid out in it): retired, never
+                                 * sent -- a send of 0 bytes would make no progress */
+            c->ob_head = b->next;
+            if (!c->ob_head)
+                c->ob_tail = NULL;
+            conn_charge(c, -(int64_t)b->pool_cap);
+            kv_mem_buf_put(b, b->pool_cap);
+            continue;
+        }
         for (b = c->ob_head; b && k < KV_IO_IOV_MAX; b = b->next, k++) {
             iov[k].iov_base = b->data + b->off;
             iov[k].iov_len = b->len - b->off;
@@ -1159,8 +1169,10 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         .max_args = authed ? cfg->resp_max_args : 16,
         .max_bulk = authed ? cfg->max_body : cfg->max_body_noauth,
         .max_request = authed ? cfg->max_body : cfg->max_body_noauth,
-        .max_inline = 64 * 1024,
+        .max_inline = 64 * 1024, /* Redis's PROTO_INLINE_MAX_SIZE, and never above the above */
     };
+    if (lim.max_inline > lim.max_request)
+        lim.max_inline = lim.max_request;
 
     /* a partial request whose known size has not arrived: nothing to do */
     if (c->partial_need && m->len - m->parsed < c->partial_need) {
@@ -1188,9 +1200,10 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
 
             if (r == KV_ETOOBIG) /* name the limit, so that the client can say it */
                 snprintf(why, sizeof(why), "%s (the server's limits: %zu bytes per request "
-                         "(%s), %zu arguments)", err ? err : "too large", lim.max_request,
+                         "(%s), %zu per inline request, %zu arguments)",
+                         err ? err : "too large", lim.max_request,
                          authed ? "--max-body" : "--max-body-noauth, before AUTH",
-                         lim.max_args);
+                         lim.max_inline, lim.max_args);
             else
                 snprintf(why, sizeof(why), "%s", err ? err : kv_strerror((int)r));
             n = sizeof(prefix) - 1 + strlen(why) + 2;
@@ -1220,8 +1233,16 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
             return;
         }
         c->peer.cmd_wire = (size_t)r; /* CLIENT LIST qbuf= of the command being run */
+        res.busy = c->inflight > 0;
         rc = text->command(text->ctx, &c->session, thr->argv.argc, thr->argv.v, &req->call, &res);
         c->peer.cmd_wire = 0;
+        if (rc == KV_TEXT_WAIT) { /* parsed again once the calls before it have run */
+            m->parsed -= (size_t)r;
+            req_free(req);
+            c->gated = 1;
+            conn_mark_flush(c);
+            return;
+        }
         req->silent = (uint8_t)(res.silent != 0);
         if (thr->argv.cap > KV_IO_ARGV_KEEP)
             kv_resp_argv_fini(&thr->argv); /* a huge request's argv is not kept for ever */

@@ -25,7 +25,10 @@ struct kv_io;
  * this adapter (the service's) turns each command into a call or an
  * immediate reply, then each finished call into reply bytes. Answers go
  * back in request order on such connections. */
-enum { KV_TEXT_DISPATCH = 1, KV_TEXT_REPLY = 2 };
+/* KV_TEXT_WAIT: the command must not run while calls of its connection sent before it
+ * are unfinished (res->busy said so); nothing was done, and the IO thread parses the
+ * same request again once they have finished. */
+enum { KV_TEXT_DISPATCH = 1, KV_TEXT_REPLY = 2, KV_TEXT_WAIT = 3 };
 
 struct kv_text_result {
     uint8_t *body;      /* DISPATCH: request body, owned (KV_MOD_PACKET), may be NULL */
@@ -38,6 +41,7 @@ struct kv_text_result {
     int silent;         /* CLIENT REPLY OFF / SKIP: run the command, send no reply */
     int barrier;        /* parse nothing more of this connection until this answer is
                          * written (EXEC running queued connection commands at reply time) */
+    int busy;           /* input: calls of this connection sent earlier are unfinished */
 };
 
 struct kv_io_textproto {

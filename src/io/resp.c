@@ -189,6 +189,10 @@ static ssize_t parse_inline(const uint8_t *buf, size_t len, const struct kv_resp
                 *err = "unbalanced quotes in request"; /* a closing quote ends a word */
                 return KV_EPROTO;
             }
+            if (a->argc >= lim->max_args) {
+                *err = "too many arguments";
+                return KV_ETOOBIG;
+            }
             if (push(a, buf + start, i - start) != 0)
                 return KV_ENOMEM;
             i++;

@@ -398,6 +398,11 @@ typedef int (*resp_cmd_fn)(struct cmdctx *x);
 #define CMD_LOCAL 0x20u   /* answered by the IO thread, never reaches a handler */
 #define CMD_TXN 0x40u     /* runs at once inside MULTI (EXEC, DISCARD, MULTI, WATCH, QUIT) */
 #define CMD_NOMULTI 0x80u /* refused inside MULTI (the transaction is then aborted) */
+/* A local command that reads nothing an earlier call of its connection can change (or
+ * whose effect every later call carries, as SELECT's database): it runs as it is parsed.
+ * Every other local command waits until the connection's earlier calls have run (an INFO
+ * or SAVE pipelined after a SET sees it; a RESET never takes AUTH from calls before it). */
+#define CMD_PURE 0x100u
 
 /* One row per command: Redis's command table (server.c, commands/ *.json) is
  * the model. arity counts argv[0]: N = exactly N, -N = at least N. style is
@@ -452,6 +457,10 @@ static int cmd_auth(struct cmdctx *x)
         return reply_err(x->res, "-ERR syntax error");
     if (x->argc == 3 && !arg_is(&x->argv[1], "default"))
         return reply_err(x->res, "-WRONGPASS invalid username-password pair or user is disabled.");
+    if (x->argc == 2 && !x->srv->cfg->requirepass[0]) /* Redis 7.0's authCommand */
+        return reply_err(x->res, "-ERR AUTH <password> called without any password configured "
+                                 "for the default user. Are you sure your configuration is "
+                                 "correct?");
     body_bytes(&o, 1, &x->argv[x->argc - 1]);
     return send_call(x, &o, KV_OP_AUTH);
 }
@@ -2320,6 +2329,7 @@ static int cmd_unwatch(struct cmdctx *x)
 #define R CMD_READONLY
 #define F CMD_FAST
 #define L CMD_LOCAL
+#define P CMD_PURE
 #define T CMD_TXN
 static const struct resp_cmd resp_cmds[] = {
     /* name        arity flags            fn            reply style     aux */
@@ -2366,7 +2376,7 @@ static const struct resp_cmd resp_cmds[] = {
     {"RANDOMKEY",     1, R,               cmd_randomkey, RS_RANDOMKEY,  0},
     {"TYPE",          2, R | F,           cmd_keys,     RS_TYPE,        KV_OP_EXISTS},
     {"TOUCH",        -2, R | F,           cmd_exists,   RS_COUNT_FOUND, 0},
-    {"TIME",          1, F | L,           cmd_time,     RS_NONE,        0},
+    {"TIME",          1, F | L | P,       cmd_time,     RS_NONE,        0},
     {"MEMORY",       -2, R,               cmd_memory,   RS_MEMORY_USAGE, 0},
     {"OBJECT",       -2, R,               cmd_object,   RS_IDLETIME,    0},
     {"ECHO",          2, F,               cmd_echo,     RS_ECHO,        0},
@@ -2379,20 +2389,20 @@ static const struct resp_cmd resp_cmds[] = {
     {"MOVE",          3, W | F,           cmd_move,     RS_MOVED,       0},
     {"COPY",         -3, W,               cmd_copy,     RS_MOVED,       0},
     {"SWAPDB",        3, W | F,           cmd_swapdb,   RS_OK_ERR,      0},
-    {"PING",         -1, F | CMD_NOAUTH | L, cmd_ping,  RS_NONE,        0},
+    {"PING",         -1, F | CMD_NOAUTH | L | P, cmd_ping,  RS_NONE,        0},
     {"QUIT",         -1, F | CMD_NOAUTH | L | T, cmd_quit, RS_NONE,     0},
     {"AUTH",         -2, F | CMD_NOAUTH,  cmd_auth,     RS_AUTH,        0},
     {"HELLO",        -1, F | CMD_NOAUTH | L, cmd_hello, RS_NONE,        0},
     {"RESET",         1, F | CMD_NOAUTH | L | T, cmd_reset, RS_NONE,      0},
     {"MONITOR",       1, CMD_ADMIN | L,   cmd_monitor,  RS_NONE,        0},
-    {"SELECT",        2, F | L,           cmd_select,   RS_NONE,        0},
-    {"COMMAND",      -1, L,               cmd_command,  RS_NONE,        0},
+    {"SELECT",        2, F | L | P,       cmd_select,   RS_NONE,        0},
+    {"COMMAND",      -1, L | P,           cmd_command,  RS_NONE,        0},
     {"CONFIG",       -2, CMD_ADMIN | L,   cmd_config,   RS_NONE,        0},
     {"CLIENT",       -2, L,               cmd_client,   RS_NONE,        0},
     {"FUNCTION",     -2, L,               cmd_function, RS_NONE,        0},
     {"SAVE",          1, CMD_ADMIN | L | CMD_NOMULTI, cmd_save, RS_NONE, 0},
     {"BGSAVE",       -1, CMD_ADMIN | L,   cmd_save,     RS_NONE,        0},
-    {"LASTSAVE",      1, F | L,           cmd_lastsave, RS_NONE,        0},
+    {"LASTSAVE",      1, F | L | P,       cmd_lastsave, RS_NONE,        0},
     {"SHUTDOWN",     -1, CMD_ADMIN | L | CMD_NOMULTI, cmd_shutdown, RS_NONE, 0},
     {"MULTI",         1, F | L | T,       cmd_multi,    RS_NONE,        0},
     {"EXEC",          1, T,               cmd_exec,     RS_EXEC,        0},
@@ -2405,6 +2415,7 @@ static const struct resp_cmd resp_cmds[] = {
 #undef R
 #undef F
 #undef L
+#undef P
 #define RESP_NCMDS (sizeof(resp_cmds) / sizeof(resp_cmds[0]))
 
 static size_t resp_cmd_count(void)
@@ -2538,14 +2549,15 @@ static const struct resp_cmd *resp_cmd_find(const struct kv_slice *name)
     return NULL;
 }
 
-/* NOAUTH and arity: 0, or the error reply. */
+/* Arity, NOAUTH and a refused write, in Redis's order (processCommand: arity before
+ * authentication): 0, or the error reply. */
 static int resp_check(struct cmdctx *x)
 {
+    if (x->cmd->arity > 0 ? x->argc != (size_t)x->cmd->arity : x->argc < (size_t)-x->cmd->arity)
+        return wrong_args(x->res, &x->argv[0]);
     if (!(x->cmd->flags & CMD_NOAUTH) && x->srv->cfg->requirepass[0] &&
         !(__atomic_load_n(&x->session->flags, __ATOMIC_ACQUIRE) & KV_SESSION_AUTHED))
         return reply_str(x->res, "-NOAUTH Authentication required.\r\n");
-    if (x->cmd->arity > 0 ? x->argc != (size_t)x->cmd->arity : x->argc < (size_t)-x->cmd->arity)
-        return wrong_args(x->res, &x->argv[0]);
     int e = (x->cmd->flags & CMD_WRITE) ? kv_server_writes_refused(x->srv) : 0;
     if (e) { /* a failed sync (README "Power loss"): Redis's MISCONF, queued or not */
         char m[200];
@@ -2562,7 +2574,8 @@ static void monitor_feed(struct kv_server *srv, const struct cmdctx *x, struct k
 {
     if (srv->monitors && __atomic_load_n(srv->monitors, __ATOMIC_RELAXED) &&
         !(x->cmd->flags & CMD_ADMIN) && (rc == KV_TEXT_DISPATCH || rc == KV_TEXT_REPLY))
-        kv_io_monitor_feed(srv->io, s, 0, x->argc, x->argv, monitor_redact(x));
+        kv_io_monitor_feed(srv->io, s, __atomic_load_n(&s->db, __ATOMIC_RELAXED), x->argc,
+                           x->argv, monitor_redact(x));
 }
 
 static int resp_command(void *ctx, struct kv_session *s, size_t argc, const struct kv_slice *argv,
@@ -2573,6 +2586,12 @@ static int resp_command(void *ctx, struct kv_session *s, size_t argc, const stru
     struct multi_state *ms = s->multi;
     int rc;
 
+    /* before anything is done or counted: a local command that must see the calls sent
+     * before it is parsed again once they have run (outside MULTI: queued, it runs at
+     * EXEC, after them) */
+    if (res->busy && x.cmd && (x.cmd->flags & (CMD_LOCAL | CMD_PURE)) == CMD_LOCAL &&
+        !(ms && ms->active))
+        return KV_TEXT_WAIT;
     if (call) {
         call->db = s->db; /* the database the call is built in (SELECT is answered here) */
         call->resp3 = __atomic_load_n(&s->resp, __ATOMIC_RELAXED) == 3; /* and its protocol */
