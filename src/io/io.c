@@ -697,7 +697,7 @@ static void conn_update_reading(struct kv_io_conn *c)
 
     if (c->closed)
         return;
-    if (c->closing || c->thr->stopping || c->gated)
+    if (c->closing || c->thr->stopping || c->gated || c->waiting)
         want = 0;
     else if (c->ring) /* the socket stays read (liveness); the ring is what pauses */
         want = c->ring->can_read
@@ -905,6 +905,15 @@ static void conn_settle(struct kv_io_conn *c)
     /* before AUTH a connection is served one request at a time: the next is
      * parsed only once this answer is written, so a pipeline of guesses gets
      * no further than the third wrong one (KV_SESSION_CLOSE) */
+    if (c->waiting && c->inflight == 0) {
+        c->waiting = 0;
+        if (!c->closing && !c->thr->stopping && c->cur && c->cur->parsed < c->cur->len) {
+            conn_parse_input(c);
+            if (c->closed)
+                return;
+        }
+        conn_update_reading(c);
+    }
     if (c->gated && c->inflight == 0 && !c->out_head && !c->ob_head) {
         c->gated = 0;
         if (!c->closing && !c->thr->stopping && c->cur && c->cur->parsed < c->cur->len) {
@@ -1236,10 +1245,11 @@ static void conn_parse_text(struct kv_io_conn *c, size_t *need)
         res.busy = c->inflight > 0;
         rc = text->command(text->ctx, &c->session, thr->argv.argc, thr->argv.v, &req->call, &res);
         c->peer.cmd_wire = 0;
-        if (rc == KV_TEXT_WAIT) { /* parsed again once the calls before it have run */
+        if (rc == KV_TEXT_WAIT) { /* parsed again once the calls before it have run (their
+                                   * answers need not be written: order is the queue's) */
             m->parsed -= (size_t)r;
             req_free(req);
-            c->gated = 1;
+            c->waiting = 1;
             conn_mark_flush(c);
             return;
         }
@@ -1399,7 +1409,7 @@ static void conn_parse_input(struct kv_io_conn *c)
         conn_parse_binary(c, &need);
     if (c->closed || c->closing)
         return;
-    if (m->parsed == m->len)
+    if (m->parsed == m->len || c->waiting) /* waiting: a whole request, not a slow one */
         c->partial_since = 0;
     else if (c->partial_since == 0)
         c->partial_since = ev_now(loop); /* a request started: its deadline runs */

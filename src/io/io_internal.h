@@ -194,6 +194,8 @@ struct kv_io_conn {                  /* io-thread only */
     size_t mem;                      /* bytes held in the client-memory budget: receive
                                       * buffers, requests, owned bodies and replies, output;
                                       * written by this thread, atomic store (CLIENT LIST) */
+    uint8_t waiting;                 /* a parsed local command waits for the calls before it
+                                      * (KV_TEXT_WAIT): not read, reparsed at inflight 0 */
     uint8_t gated;                   /* before AUTH (or after a barrier: kv_text_result):
                                       * the next request is parsed only once this one's
                                       * answer is written */

@@ -82,6 +82,8 @@ struct kv_call {
     uint16_t db;               /* the database the call works in (RESP: the session's at
                                 * the time the call was built; binary: 0) */
     uint8_t resp_owned;        /* 1: resp is kv_mem_alloc(KV_MOD_PACKET) memory */
+    uint8_t writes_ok;         /* a sub-call of an EXEC whose writes were allowed as a whole
+                                * (a sync failing meanwhile refuses none of them) */
     uint8_t resp3;             /* RESP: the session spoke RESP3 when the call was built (a
                                 * later pipelined HELLO or RESET does not change its reply) */
     /* may be NULL: called by kv_worker_run just before the handler. The origin may point

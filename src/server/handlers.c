@@ -344,7 +344,7 @@ static int authed(struct kv_server *srv, struct kv_call *call)
  * MISCONF after an AOF fsync error): what they would acknowledge cannot be made durable. */
 static int writable(struct kv_server *srv, struct kv_call *call)
 {
-    int e = kv_server_writes_refused(srv);
+    int e = call->writes_ok ? 0 : kv_server_writes_refused(srv);
     char m[200];
 
     if (!e)
@@ -604,7 +604,11 @@ static void handle_expire(void *ctx, struct kv_call *call)
     int64_t ttl = -1, prev = -1;
     int rc;
 
-    if (!authed(srv, call) || !writable(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
+    if (!authed(srv, call) || parse_and_check(srv, call, &k, 0) != 0)
+        return;
+    /* QUERY and IDLE read (TTL, EXPIRETIME, OBJECT IDLETIME): served while writes are not */
+    if ((k.f2 == KV__EXPIRE_REQUEST__ACTION__SET || k.f2 == KV__EXPIRE_REQUEST__ACTION__CLEAR) &&
+        !writable(srv, call))
         return;
     rc = kv_shm_db_ttl(srv->store, call->db, k.key, k.klen, &prev);
     if (rc != 0) {

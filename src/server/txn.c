@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv.pb-c.h"
 #include "kv_call.h"
 #include "kv_err.h"
 #include "kv_io.h"
@@ -335,6 +336,7 @@ static void exec_body(void *arg)
         sub.body_len = (uint32_t)blen;
         sub.scratch = room;
         sub.scratch_cap = sizeof(room);
+        sub.writes_ok = 1; /* judged for the whole EXEC before it began (handle_exec) */
         kv_worker_run(srv->reg, &sub);
         gb_result(&x->out, sub.status, sub.resp, sub.resp_len);
         if (sub.resp_owned)
@@ -344,9 +346,33 @@ static void exec_body(void *arg)
     __atomic_add_fetch(&srv->save.exec_seq, 1, __ATOMIC_ACQ_REL);
 }
 
-/* Opcodes that never write (a string op may: STR counts as a write here). */
-static int sub_reads_only(uint32_t op)
+/* The value of varint field number in body, or def. */
+static uint64_t body_uint(const uint8_t *body, size_t blen, uint32_t number, uint64_t def)
 {
+    struct pb_reader r = {body, body + blen};
+    struct pb_field f;
+
+    while (pb_next(&r, &f) == 1)
+        if (f.number == number && f.wire == 0)
+            def = f.u64;
+    return def;
+}
+
+/* A sub-request that never writes: the read opcodes, EXPIRE's QUERY and IDLE (TTL,
+ * EXPIRETIME, OBJECT IDLETIME), the string family's reads (STRLEN, GETRANGE, GETBIT,
+ * BITCOUNT, BITPOS, LCS). */
+static int sub_reads_only(uint32_t op, const uint8_t *body, size_t blen)
+{
+    if (op == KV_OP_EXPIRE) {
+        uint64_t a = body_uint(body, blen, 2, 0);
+        return a == KV__EXPIRE_REQUEST__ACTION__QUERY || a == KV__EXPIRE_REQUEST__ACTION__IDLE;
+    }
+    if (op == KV_OP_STR) {
+        uint64_t o = body_uint(body, blen, 1, 0);
+        return o == KV__STR_REQUEST__OP__STRLEN || o == KV__STR_REQUEST__OP__GETRANGE ||
+               o == KV__STR_REQUEST__OP__GETBIT || o == KV__STR_REQUEST__OP__BITCOUNT ||
+               o == KV__STR_REQUEST__OP__BITPOS || o == KV__STR_REQUEST__OP__LCS;
+    }
     return op == KV_OP_GET || op == KV_OP_MGET || op == KV_OP_EXISTS || op == KV_OP_SCAN ||
            op == KV_OP_PING || op == KV_OP_STATS || op == KV_OP_WATCH;
 }
@@ -382,13 +408,14 @@ static void handle_exec(void *ctx, struct kv_call *call)
             answer(call, KV_ST_BAD_REQUEST, "EXEC and WATCH with keys cannot be inside EXEC");
             return;
         }
-        writes |= !sub_reads_only(op);
+        writes |= !sub_reads_only(op, body, blen);
     }
     /* a failed sync refuses an EXEC that would write, whole (as Redis's MISCONF) */
     int e = rc >= 0 && writes ? kv_server_writes_refused(srv) : 0;
     if (e) {
         char m[200];
 
+        watch_clear(call->session); /* a refused EXEC forgets its watches, as Redis */
         answer(call, KV_ST_DISK_ERROR, kv_server_disk_error(e, m, sizeof(m)));
         return;
     }

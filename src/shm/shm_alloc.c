@@ -132,6 +132,11 @@ static void page_release(struct kv_shm_store *s, uint64_t pi)
     pthread_mutex_unlock(&s->hdr->page_lock);
 }
 
+void kv_shm_page_unused(struct kv_shm_store *s, uint64_t pi)
+{
+    page_release(s, pi);
+}
+
 /* ---- slab pages and their class lists (class lock held) --------------------------- */
 
 static void list_add(struct kv_shm_store *s, struct shm_class *k, uint64_t pi)

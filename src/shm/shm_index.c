@@ -274,9 +274,11 @@ int kv_shm_index_page_add(struct kv_shm_store *s, uint64_t chunk)
     memset(shm_ptr(s, shm_page_base(s, pi)), 0, SHM_PAGE);
     /* --sync: the zeroed page is on disk before the directory can name it there, so a torn
      * image never reads the page's older bytes as slots (no-op otherwise); when that
-     * flush fails the page is never named, and stays unused until the next recovery */
-    if (kv_shm_sync_range(s, shm_page_base(s, pi), SHM_PAGE) != 0)
+     * flush fails the page is never named and goes back (the failure is recorded) */
+    if (kv_shm_sync_range(s, shm_page_base(s, pi), SHM_PAGE) != 0) {
+        kv_shm_page_unused(s, pi);
         return KV_EIO;
+    }
     __atomic_store_n(&s->dir2[chunk], kv_shm_dir_make(pi), __ATOMIC_RELEASE);
     __atomic_store_n(&s->dir[chunk], kv_shm_dir_make(pi), __ATOMIC_RELEASE);
     __atomic_add_fetch(&s->hdr->index_pages, 1, __ATOMIC_RELAXED);

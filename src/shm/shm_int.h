@@ -273,6 +273,9 @@ struct kv_shm_store {
     uint64_t wseq;
     uint8_t wseq_pad1[64];
     uint64_t restored_items; /* ro after open: recovery took an older copy for a torn slot */
+    int sync_failed;         /* atomic: an msync of the data file failed since the open: the
+                              * close does not mark the file clean (Linux may have dropped
+                              * the failed pages' dirty state, so a later flush proves nothing) */
     /* INFO keyspace's expires / avg_ttl per physical database, counted by the expiry
      * sweep as it walks the index (kv_shm_sweep): the pass under way (owned by the sweep
      * that holds ttl_busy), and what the last complete pass counted, or until one has,
@@ -388,6 +391,8 @@ void kv_shm_free_replaced(struct kv_shm_store *s, uint64_t off);
 void kv_shm_free_unpublished(struct kv_shm_store *s, uint64_t off);
 /* One free page, marked with pmap entry e. KV_ENOMEM when none. */
 int kv_shm_page_alloc(struct kv_shm_store *s, uint32_t e, uint64_t *pi);
+/* Gives back a page kv_shm_page_alloc handed out that nothing ever named. */
+void kv_shm_page_unused(struct kv_shm_store *s, uint64_t pi);
 /* Allocates a zeroed overflow line (a chunk of the line class). */
 int kv_shm_line_alloc(struct kv_shm_store *s, uint64_t *off);
 /* Rebuilds the allocator from a recovery claim map (pmap entries + used bitmaps). */

@@ -696,9 +696,11 @@ void kv_shm_store_close(struct kv_shm_store *s)
          * clean, so the next open rebuilds the derived state instead of trusting it */
         /* a file: everything on disk first, then the clean mark on its own, so that a
          * power loss during the flush never leaves a torn image marked clean */
-        /* a flush that failed leaves the file unmarked: the next open recovers it */
+        /* a flush that failed, now or since the open, leaves the file unmarked: the next
+         * open recovers it */
         int flushed = !s->is_file || msync(s->base, s->size, MS_SYNC) == 0;
-        if (flushed && __atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED) == s->corrupt_at_open)
+        if (flushed && !__atomic_load_n(&s->sync_failed, __ATOMIC_ACQUIRE) &&
+            __atomic_load_n(&s->hdr->corrupt, __ATOMIC_RELAXED) == s->corrupt_at_open)
             __atomic_store_n(&s->hdr->clean, SHM_CLEAN, __ATOMIC_RELEASE);
         if (s->is_file)
             msync(s->base, SHM_HDR_SIZE, MS_SYNC);

@@ -177,6 +177,22 @@ static void lists_release(struct kv_shm_store *s, struct lists *l)
     chunks_free(s, l);
 }
 
+/* Records a failed msync (errno e) made outside sync_once: counted as a failed sync, so
+ * that writes are refused (everysec) or the next barrier fails (always), and the close
+ * does not mark the file clean. */
+static void sync_failure(struct kv_shm_store *s, int e)
+{
+    struct shm_sync *y = s->sync;
+    __atomic_store_n(&s->sync_failed, 1, __ATOMIC_RELEASE);
+    if (!y)
+        return;
+    pthread_mutex_lock(&y->mu);
+    y->errors++;
+    y->last_errno = e;
+    __atomic_store_n(&y->failing, e, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&y->mu);
+}
+
 /* One sync: take the lists, flush, release. Holds y->run. 0, or KV_EIO (lists kept). */
 static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
 {
@@ -242,6 +258,7 @@ static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
     } else {
         y->errors++;
         y->last_errno = rc;
+        __atomic_store_n(&s->sync_failed, 1, __ATOMIC_RELEASE);
     }
     __atomic_store_n(&y->failing, rc, __ATOMIC_RELEASE);
     y->last_us = us;
@@ -391,8 +408,12 @@ static void defer_free(struct kv_shm_store *s, uint64_t off, uint32_t mark)
     pthread_mutex_unlock(&y->lmu);
     /* no room to remember it: a flush begun now covers the unlink, then it is free;
      * when that flush fails too, leaked until the next recovery, never reused early */
-    if (rc && msync(s->base, s->size, MS_SYNC) == 0)
-        kv_shm_free_now(s, off);
+    if (rc) {
+        if (msync(s->base, s->size, MS_SYNC) == 0)
+            kv_shm_free_now(s, off);
+        else
+            sync_failure(s, errno);
+    }
 }
 
 void kv_shm_free(struct kv_shm_store *s, uint64_t off)
@@ -430,7 +451,10 @@ int kv_shm_sync_range(struct kv_shm_store *s, uint64_t off, uint64_t len)
         return 0;
     long pg = sysconf(_SC_PAGESIZE);
     uint64_t a = off & ~(uint64_t)(pg - 1);
-    return msync(s->base + a, off + len - a, MS_SYNC) ? KV_EIO : 0;
+    if (msync(s->base + a, off + len - a, MS_SYNC) == 0)
+        return 0;
+    sync_failure(s, errno);
+    return KV_EIO;
 }
 
 int kv_shm_sync_reclaim(struct kv_shm_store *s)
@@ -470,8 +494,12 @@ int kv_shm_sync_failing(const struct kv_shm_store *s)
 
 int kv_shm_sync_now(struct kv_shm_store *s)
 {
-    if (!s->sync)
-        return s->is_file && !s->attach && msync(s->base, s->size, MS_SYNC) ? KV_EIO : 0;
+    if (!s->sync) {
+        if (!s->is_file || s->attach || msync(s->base, s->size, MS_SYNC) == 0)
+            return 0;
+        sync_failure(s, errno);
+        return KV_EIO;
+    }
     return sync_once(s, s->sync);
 }
 
@@ -487,6 +515,10 @@ int kv_shm_sync_barrier(struct kv_shm_store *s)
                                               : __atomic_load_n(&s->wseq, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&y->mu);
     int rc = 0;
+    if (y->errors) { /* see below: never an answer after a failed msync */
+        pthread_mutex_unlock(&y->mu);
+        return KV_EIO;
+    }
     if (y->synced_wseq < w) {
         /* the next sync to begin reads wseq after this point: it covers w */
         uint64_t target = y->started + 1;
@@ -495,7 +527,12 @@ int kv_shm_sync_barrier(struct kv_shm_store *s)
         pthread_cond_signal(&y->wake);
         while (y->completed < target && !y->stop)
             pthread_cond_wait(&y->done, &y->mu);
-        if (y->synced_wseq < w)
+        /* any failed msync since the open fails every later barrier: the error is reported
+         * once, and the pages it lost may be marked clean, so the next sync's success says
+         * nothing about writes made before it */
+        if (y->errors)
+            rc = KV_EIO;
+        else if (y->synced_wseq < w)
             rc = y->completed >= target ? KV_EIO  /* that sync failed */
                                         : KV_ECLOSED; /* the store is closing */
     }
