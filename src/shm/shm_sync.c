@@ -239,9 +239,11 @@ static int sync_once(struct kv_shm_store *s, struct shm_sync *y)
         if (grow((void **)&y->cur.off, &y->cur.cap, y->cur.n + l.n, sizeof(uint64_t)) == 0 &&
             grow((void **)&y->cur.mv, &y->cur.capmv, y->cur.nmv + l.nmv,
                  sizeof(struct moved)) == 0) {
-            memcpy(y->cur.off + y->cur.n, l.off, l.n * sizeof(uint64_t));
+            if (l.n) /* (memcpy of NULL, 0 is undefined) */
+                memcpy(y->cur.off + y->cur.n, l.off, l.n * sizeof(uint64_t));
             y->cur.n += l.n;
-            memcpy(y->cur.mv + y->cur.nmv, l.mv, l.nmv * sizeof(struct moved));
+            if (l.nmv)
+                memcpy(y->cur.mv + y->cur.nmv, l.mv, l.nmv * sizeof(struct moved));
             y->cur.nmv += l.nmv;
         } /* else: leaked until the next recovery, never reused early */
         pthread_mutex_unlock(&y->lmu);
