@@ -828,6 +828,41 @@ static void flag_set(const char *flag, int on)
     }
 }
 
+/* RESP requests on a fresh connection; the replies into buf until stop appears (or the
+ * server stops sending). */
+static void resp_until(uint16_t port, const char *req, const char *stop, char *buf, size_t cap)
+{
+    int fd = kv_test_connect(port);
+    size_t n = 0;
+    buf[0] = '\0';
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    while (n < cap - 1 && !strstr(buf, stop)) {
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+        buf[n] = '\0';
+    }
+    close(fd);
+}
+
+/* A server on data file args holds key = want: the acknowledged write survived. */
+static void restart_holds(struct kv_test_server *a, const char *const *args, const char *key,
+                          const char *want)
+{
+    struct kv_client *c;
+    struct kv_value v = {0};
+    CU_ASSERT_FATAL(kv_test_server_start(a, args) == 0);
+    CU_ASSERT(stat_of(a->port, "recovered_items") >= 1); /* not marked clean */
+    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", a->port, 5000, &c) == 0);
+    CU_ASSERT_EQUAL(kv_client_get(c, key, strlen(key), &v), 0);
+    CU_ASSERT(v.len == strlen(want) && memcmp(v.data, want, v.len) == 0);
+    kv_client_value_free(&v);
+    kv_client_close(c);
+    CU_ASSERT_EQUAL(kv_test_server_stop(a), 0);
+}
+
 /* One RESP command on a fresh connection; the first line of the reply into line. */
 static void resp_line(uint16_t port, const char *cmd, char *line, size_t cap)
 {
@@ -887,41 +922,15 @@ static void test_sync_failed_msync_refuses_writes(void)
     CU_ASSERT_STRING_EQUAL(line, ":2\r");
     resp_line(a.port, "*2\r\n$3\r\nTTL\r\n$3\r\nold\r\n", line, sizeof(line));
     CU_ASSERT_STRING_EQUAL(line, ":-1\r"); /* a read through the EXPIRE opcode */
-    { /* an EXEC of reads runs */
-        int fd = kv_test_connect(a.port);
-        const char *m = "MULTI\r\nTTL old\r\nSTRLEN old\r\nGET old\r\nEXEC\r\n";
-        char buf[512] = "";
-        size_t n = 0;
-        CU_ASSERT(write(fd, m, strlen(m)) == (ssize_t)strlen(m));
-        while (n < sizeof(buf) - 1 && !strstr(buf, "$2\r\nv1\r\n")) {
-            ssize_t r = read(fd, buf + n, sizeof(buf) - 1 - n);
-            if (r <= 0)
-                break;
-            n += (size_t)r;
-            buf[n] = '\0';
-        }
-        CU_ASSERT_PTR_NOT_NULL(strstr(buf, "*3\r\n:-1\r\n:2\r\n$2\r\nv1\r\n"));
-        close(fd);
-    }
-    { /* a write queued in MULTI is refused, and EXEC aborts, as Redis */
-        int fd = kv_test_connect(a.port);
-        const char *m = "*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\ny\r\n$1\r\n1\r\n"
-                        "*1\r\n$4\r\nEXEC\r\n";
-        char buf[512] = "";
-        size_t n = 0;
-        CU_ASSERT(write(fd, m, strlen(m)) == (ssize_t)strlen(m));
-        while (n < sizeof(buf) - 1 && !strstr(buf, "EXECABORT")) {
-            ssize_t r = read(fd, buf + n, sizeof(buf) - 1 - n);
-            if (r <= 0)
-                break;
-            n += (size_t)r;
-            buf[n] = '\0';
-        }
-        buf[n] = '\0';
-        CU_ASSERT_PTR_NOT_NULL(strstr(buf, "+OK\r\n-MISCONF Errors writing to the data file"));
-        CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\r\n-EXECABORT "));
-        close(fd);
-    }
+    char buf[512];
+    /* an EXEC of reads runs */
+    resp_until(a.port, "MULTI\r\nTTL old\r\nSTRLEN old\r\nGET old\r\nEXEC\r\n",
+               "$2\r\nv1\r\n", buf, sizeof(buf));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "*3\r\n:-1\r\n:2\r\n$2\r\nv1\r\n"));
+    /* a write queued in MULTI is refused, and EXEC aborts, as Redis */
+    resp_until(a.port, "MULTI\r\nSET y 1\r\nEXEC\r\n", "EXECABORT", buf, sizeof(buf));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "+OK\r\n-MISCONF Errors writing to the data file"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\r\n-EXECABORT "));
 
     flag_set(flag, 0);
     for (i = 0, rc = -1; i < 400 && rc != 0; i++) { /* the next sync succeeds */
@@ -937,14 +946,7 @@ static void test_sync_failed_msync_refuses_writes(void)
 
     /* what was acknowledged is there after the restart; a file that had a failed sync is
      * not marked clean at the stop, so the start recovers it */
-    CU_ASSERT_FATAL(kv_test_server_start(&a, args) == 0);
-    CU_ASSERT(stat_of(a.port, "recovered_items") >= 1);
-    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", a.port, 5000, &c) == 0);
-    CU_ASSERT_EQUAL(kv_client_get(c, "new", 3, &v), 0);
-    CU_ASSERT(v.len == 2 && memcmp(v.data, "v3", 2) == 0);
-    kv_client_value_free(&v);
-    kv_client_close(c);
-    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+    restart_holds(&a, args, "new", "v3");
     unlink(data);
 }
 
@@ -977,15 +979,7 @@ static void test_sync_failed_msync_always_exits(void)
     CU_ASSERT_EQUAL(kv_test_server_stop(&a), 1);
 
     const char *args2[] = {"--data-file", data, "--sync", "everysec", NULL};
-    CU_ASSERT_FATAL(kv_test_server_start(&a, args2) == 0);
-    CU_ASSERT(stat_of(a.port, "recovered_items") >= 1); /* not marked clean */
-    CU_ASSERT_FATAL(kv_client_connect("127.0.0.1", a.port, 5000, &c) == 0);
-    struct kv_value v = {0};
-    CU_ASSERT_EQUAL(kv_client_get(c, "acked", 5, &v), 0);
-    CU_ASSERT(v.len == 2 && memcmp(v.data, "v1", 2) == 0);
-    kv_client_value_free(&v);
-    kv_client_close(c);
-    CU_ASSERT_EQUAL(kv_test_server_stop(&a), 0);
+    restart_holds(&a, args2, "acked", "v1");
     unlink(data);
 }
 
